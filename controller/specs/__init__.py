@@ -1,0 +1,1 @@
+"""The spec language: loading, validating and typing Model, Policy and Environment documents."""
