@@ -1,0 +1,28 @@
+"""``flywheel init DIR``: scaffold a new GitOps repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from controller.scaffold import ScaffoldError, scaffold
+
+
+@click.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--no-git", is_flag=True, help="Write the files only; do not make a git repository.")
+@click.option("--branch", default="main", show_default=True, help="Name of the release branch.")
+def init(directory: Path, no_git: bool, branch: str) -> None:
+    """Scaffold a new Flywheel repository in DIRECTORY.
+
+    One example model, a policy with an approval rule for production, staging
+    and production environments, and a .gitignore for Flywheel's state.
+    """
+    try:
+        written = scaffold(directory, git=not no_git, branch=branch)
+    except ScaffoldError as exc:
+        raise click.ClickException(str(exc)) from exc
+    where = "" if no_git else f" (git, branch {branch})"
+    click.echo(f"Created {len(written)} files in {directory}{where}")
+    click.echo(f"Next: cd {directory} && flywheel validate")

@@ -1,0 +1,72 @@
+"""``flywheel init``: scaffold a new GitOps repository from the template shipped in this package.
+
+The template holds one example model (an iris classifier trained on data that
+ships with scikit-learn), a policy with an approval rule for production, and a
+staging and a production environment on the embedded home.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from importlib import resources
+from importlib.abc import Traversable
+from pathlib import Path
+
+# Files whose name in the template differs from the name they get: a file
+# called .gitignore would be dropped by packaging tools.
+_RENAMES = {"gitignore": ".gitignore"}
+
+
+class ScaffoldError(Exception):
+    """The target cannot be scaffolded (exists and is not empty, git failed, ...)."""
+
+
+def _copy(node: Traversable, dest: Path) -> list[Path]:
+    written: list[Path] = []
+    for child in sorted(node.iterdir(), key=lambda c: c.name):
+        if child.name == "__pycache__":
+            continue
+        target = dest / _RENAMES.get(child.name, child.name)
+        if child.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            written.extend(_copy(child, target))
+        else:
+            target.write_bytes(child.read_bytes())
+            written.append(target)
+    return written
+
+
+def scaffold(directory: Path, *, git: bool = True, branch: str = "main") -> list[Path]:
+    """Write the template into ``directory`` and, with ``git``, make it a repository with one commit.
+
+    Refuses a directory that exists and is not empty. Returns the files written.
+    """
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise ScaffoldError(f"{directory}: exists and is not an empty directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    written = _copy(resources.files("controller.scaffold").joinpath("template"), directory)
+    if git:
+        _git_init(directory, branch)
+    return written
+
+
+def _git_init(directory: Path, branch: str) -> None:
+    if shutil.which("git") is None:
+        raise ScaffoldError("git is not installed; install it or pass --no-git")
+    env = {
+        "GIT_AUTHOR_NAME": "flywheel",
+        "GIT_AUTHOR_EMAIL": "flywheel@localhost",
+        **os.environ,
+    }
+    env.setdefault("GIT_COMMITTER_NAME", env["GIT_AUTHOR_NAME"])
+    env.setdefault("GIT_COMMITTER_EMAIL", env["GIT_AUTHOR_EMAIL"])
+    for args in (
+        ["init", "--quiet", f"--initial-branch={branch}"],
+        ["add", "--all"],
+        ["commit", "--quiet", "--no-verify", "-m", "Start a Flywheel repository"],
+    ):
+        done = subprocess.run(["git", *args], cwd=directory, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ScaffoldError(f"git {args[0]} failed: {done.stderr.strip()}")

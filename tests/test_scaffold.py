@@ -1,0 +1,64 @@
+"""`flywheel init` scaffolds a complete GitOps repository: files, a first git commit, and no clobbering."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from controller.cli import main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_init_writes_the_template_and_commits_it(tmp_path: Path) -> None:
+    target = tmp_path / "ml-repo"
+    result = CliRunner().invoke(main, ["init", str(target)])
+    assert result.exit_code == 0, result.output
+    for relative in (
+        "specs/iris/model.yaml",
+        "specs/iris/train.py",
+        "specs/iris/requirements.txt",
+        "policies/default.yaml",
+        "environments/staging.yaml",
+        "environments/production.yaml",
+    ):
+        assert (target / relative).is_file(), relative
+    assert ".flywheel/" in (target / ".gitignore").read_text().splitlines()
+    branch = subprocess.run(
+        ["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=target, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert branch == "main"
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=target, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "specs/iris/model.yaml" in tracked and ".gitignore" in tracked
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=target, capture_output=True, text=True, check=True
+    ).stdout
+    assert status == ""
+
+
+def test_init_refuses_a_non_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(main, ["init", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "not an empty directory" in result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_init_without_git_writes_files_only(tmp_path: Path) -> None:
+    target = tmp_path / "plain"
+    result = CliRunner().invoke(main, ["init", "--no-git", str(target)])
+    assert result.exit_code == 0, result.output
+    assert (target / "specs/iris/model.yaml").is_file()
+    assert not (target / ".git").exists()
+
+
+def test_template_model_code_matches_the_example_repository() -> None:
+    """The scaffold's iris model is this repository's example; they must not drift apart."""
+    template = REPO_ROOT / "controller/scaffold/template/specs/iris"
+    example = REPO_ROOT / "specs/iris"
+    for name in ("train.py", "evaluate.py", "common.py", "requirements.txt"):
+        assert (template / name).read_bytes() == (example / name).read_bytes(), name
