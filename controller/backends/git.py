@@ -1,0 +1,593 @@
+"""The git backend: the one place that reads the repository Flywheel watches.
+
+The engine calls :class:`Repository` to list branches and their heads, load
+the validated :class:`~controller.specs.types.Catalog` of any commit, find
+which models a commit range changed, and take the pieces of a model's
+identity (source tree id, requirements and spec blob ids). The pipeline
+runner calls :meth:`Repository.export_tree` to materialise a model's source
+directory for its steps.
+
+Everything is read from git objects: no checkout, and the user's work tree
+and index are never touched. A local path (work tree or bare repository) is
+read in place; a remote URL is kept as a bare mirror under ``mirror_root``
+and brought up to date by :meth:`Repository.fetch`.
+
+Reading stays cheap on large repositories:
+
+* spec files are found by walking only ``specs/*/``, ``policies/`` and
+  ``environments/``; a model directory whose tree id was seen before is not
+  read again;
+* parsed documents are cached by (path, blob id), so the catalog of a commit
+  that differs from a loaded one in a single spec re-parses that one file;
+  a catalog is cached by commit and by the exact set of spec blobs, so a
+  commit that changed only code reuses the catalog outright;
+* :meth:`Repository.changed_models` diffs the two trees (libgit2 skips equal
+  subtrees) and looks each changed path and its ancestors up in a per-catalog
+  index from path to model names, so its cost follows what changed, not the
+  size of the repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import pygit2
+from pygit2.enums import FileMode
+
+from controller.specs import ParsedFile, check_catalog, is_spec_path, parse_document
+from controller.specs.types import Catalog, Model
+
+__all__ = [
+    "ChangedModels",
+    "GitError",
+    "ModelInputs",
+    "Repository",
+    "is_remote",
+]
+
+_SPEC_SUFFIXES = (".yaml", ".yml")
+_MODEL_FILES = ("model.yaml", "model.yml")
+_SCP_LIKE = re.compile(r"^[\w.+-]+@[\w.-]+:")
+_GIT_TIMEOUT_SECONDS = 600.0
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class GitError(Exception):
+    """A repository, ref, commit or path that cannot be read."""
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """The git pieces of a model's identity at one commit.
+
+    ``None`` means the thing is absent at that commit (a missing requirements
+    file, no Dockerfile), which is itself part of the identity.
+    """
+
+    commit: str
+    model: str
+    spec_blob: str | None
+    source_tree: str | None
+    requirements_blob: str | None
+    dockerfile_blob: str | None = None
+
+
+@dataclass(frozen=True)
+class ChangedModels:
+    """What a commit range changed, by name.
+
+    ``modified`` models exist on both sides and have a changed spec, source
+    file, requirements file or Dockerfile. ``invalid`` lists the changed spec
+    files that have errors at the new commit (their model is then absent from
+    the new catalog, so it shows as removed until fixed).
+    """
+
+    added: frozenset[str] = frozenset()
+    removed: frozenset[str] = frozenset()
+    modified: frozenset[str] = frozenset()
+    policies: frozenset[str] = frozenset()
+    environments: frozenset[str] = frozenset()
+    invalid: tuple[str, ...] = ()
+
+    @property
+    def models(self) -> frozenset[str]:
+        """Every model touched: added, removed or modified."""
+        return self.added | self.removed | self.modified
+
+    def __bool__(self) -> bool:
+        return bool(self.models or self.policies or self.environments or self.invalid)
+
+
+@dataclass(frozen=True)
+class _PathIndex:
+    """From a repo-relative path (file or directory) to the documents it feeds."""
+
+    models: Mapping[str, frozenset[str]]
+    policies: Mapping[str, str]  # spec path -> policy name
+    environments: Mapping[str, str]  # spec path -> environment name
+
+    @classmethod
+    def build(cls, catalog: Catalog) -> _PathIndex:
+        models: dict[str, set[str]] = {}
+        for model in catalog.models.values():
+            inputs = (model.spec_path, model.source.path, model.source.requirements, model.source.dockerfile)
+            for raw in inputs:
+                if raw is not None:
+                    models.setdefault(_normalise(raw), set()).add(model.name)
+        return cls(
+            models={path: frozenset(names) for path, names in models.items()},
+            policies={p.spec_path: p.name for p in catalog.policies.values()},
+            environments={e.spec_path: e.name for e in catalog.environments.values()},
+        )
+
+    def models_fed_by(self, path: str) -> set[str]:
+        found: set[str] = set()
+        for candidate in _self_and_ancestors(path):
+            names = self.models.get(candidate)
+            if names:
+                found |= names
+        return found
+
+
+@dataclass
+class _Loaded:
+    catalog: Catalog
+    blobs: Mapping[str, str]
+    _index: _PathIndex | None = field(default=None, repr=False)
+
+    @property
+    def index(self) -> _PathIndex:
+        if self._index is None:
+            self._index = _PathIndex.build(self.catalog)
+        return self._index
+
+
+class _LRU(Generic[K, V]):
+    def __init__(self, size: int) -> None:
+        self._size = max(1, size)
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def is_remote(location: str) -> bool:
+    """True for a URL to mirror (``https://``, ``ssh://``, ``file://``, ``git@host:``), not a local path."""
+    return "://" in location or bool(_SCP_LIKE.match(location))
+
+
+class Repository:
+    """Read-only view of one git repository, with parse and catalog caches.
+
+    Build it with :meth:`open`. Every method that takes a commit accepts any
+    revision git understands (a sha, a branch name, ``HEAD~1``).
+    """
+
+    def __init__(
+        self,
+        repo: pygit2.Repository,
+        *,
+        location: str,
+        remote: bool = False,
+        parse_cache_size: int = 100_000,
+        catalog_cache_size: int = 32,
+    ) -> None:
+        self._repo = repo
+        self.location = location
+        self.remote = remote
+        self._lock = threading.RLock()
+        self._parsed: _LRU[tuple[str, str], ParsedFile] = _LRU(parse_cache_size)
+        self._by_commit: _LRU[str, _Loaded] = _LRU(catalog_cache_size)
+        self._by_blobs: _LRU[str, _Loaded] = _LRU(catalog_cache_size)
+        # model directory tree id -> {"model.yaml": blob id}; tree ids are content, so this never goes stale
+        self._model_dirs: _LRU[str, dict[str, str]] = _LRU(parse_cache_size)
+
+    # ------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls,
+        location: str,
+        *,
+        mirror_root: Path,
+        parse_cache_size: int = 100_000,
+        catalog_cache_size: int = 32,
+    ) -> Repository:
+        """Open a local repository in place, or mirror a remote one into ``mirror_root``."""
+        if not is_remote(location):
+            path = Path(location).expanduser()
+            if not path.exists():
+                raise GitError(f"no repository at {location}")
+            try:
+                repo = pygit2.Repository(str(path))
+            except pygit2.GitError as exc:
+                raise GitError(f"not a git repository: {location}: {exc}") from exc
+            return cls(
+                repo,
+                location=location,
+                parse_cache_size=parse_cache_size,
+                catalog_cache_size=catalog_cache_size,
+            )
+        mirror = _mirror_path(mirror_root, location)
+        if not (mirror / "HEAD").exists():
+            _clone_mirror(location, mirror)
+        try:
+            repo = pygit2.Repository(str(mirror))
+        except pygit2.GitError as exc:
+            raise GitError(f"broken mirror of {location} at {mirror}: {exc}") from exc
+        return cls(
+            repo,
+            location=location,
+            remote=True,
+            parse_cache_size=parse_cache_size,
+            catalog_cache_size=catalog_cache_size,
+        )
+
+    @property
+    def path(self) -> Path:
+        """The git directory being read (the mirror, for a remote)."""
+        return Path(self._repo.path)
+
+    def fetch(self) -> None:
+        """Bring a mirror up to date, pruning deleted branches. A no-op for a local repository."""
+        if not self.remote:
+            return
+        _run_git(["fetch", "--prune", "--quiet", "origin"], cwd=self.path, what=f"fetch {self.location}")
+
+    # ------------------------------------------------------------- refs
+
+    def branches(self) -> dict[str, str]:
+        """Branch name -> head commit sha."""
+        heads: dict[str, str] = {}
+        for name in self._repo.listall_references():
+            if not name.startswith("refs/heads/"):
+                continue
+            try:
+                target = self._repo.lookup_reference(name).resolve().peel(pygit2.Commit)
+            except (KeyError, ValueError, pygit2.GitError):
+                continue  # a dangling or non-commit branch is not a branch to build
+            heads[name.removeprefix("refs/heads/")] = str(target.id)
+        return heads
+
+    @property
+    def default_branch(self) -> str:
+        """``main``, else ``master``, else the branch HEAD points at."""
+        heads = self.branches()
+        for name in ("main", "master"):
+            if name in heads:
+                return name
+        try:
+            head = self._repo.lookup_reference("HEAD").target
+        except (KeyError, pygit2.GitError) as exc:
+            raise GitError(f"{self.location}: no main or master branch and no HEAD") from exc
+        if isinstance(head, str) and head.removeprefix("refs/heads/") in heads:
+            return head.removeprefix("refs/heads/")
+        raise GitError(f"{self.location}: no main or master branch")
+
+    def resolve(self, ref: str) -> str:
+        """The commit sha a revision names."""
+        return str(self._commit(ref).id)
+
+    def merge_base(self, a: str, b: str) -> str | None:
+        """The best common ancestor of two commits, or ``None`` when their histories are unrelated."""
+        left, right = self._commit(a), self._commit(b)
+        try:
+            base: pygit2.Oid | None = self._repo.merge_base(left.id, right.id)
+        except pygit2.GitError as exc:
+            raise GitError(f"merge base of {a} and {b}: {exc}") from exc
+        return str(base) if base else None
+
+    # ------------------------------------------------------------ reading
+
+    def spec_blobs(self, commit: str) -> dict[str, str]:
+        """Spec file path -> blob id at a commit, reading only the spec directories."""
+        root = self._commit(commit).tree
+        found: dict[str, str] = {}
+        specs = _subtree(root, "specs")
+        if specs is not None:
+            for entry in specs:
+                if entry.filemode != FileMode.TREE:
+                    continue
+                for name, oid in self._model_dir(entry).items():
+                    found[f"specs/{entry.name}/{name}"] = oid
+        for top in ("policies", "environments"):
+            tree = _subtree(root, top)
+            if tree is None:
+                continue
+            for entry in tree:
+                if _is_blob(entry) and entry.name and entry.name.endswith(_SPEC_SUFFIXES):
+                    found[f"{top}/{entry.name}"] = str(entry.id)
+        return {path: oid for path, oid in found.items() if is_spec_path(path)}
+
+    def read_blob(self, oid: str) -> bytes:
+        """The content of a blob."""
+        try:
+            obj = self._repo[oid]
+        except (KeyError, ValueError) as exc:
+            raise GitError(f"no object {oid}") from exc
+        if not isinstance(obj, pygit2.Blob):
+            raise GitError(f"object {oid} is a {obj.type_str}, not a blob")
+        return obj.data
+
+    def spec_files(self, commit: str) -> dict[str, bytes]:
+        """Spec file path -> content at a commit."""
+        return {path: self.read_blob(oid) for path, oid in self.spec_blobs(commit).items()}
+
+    def read_file(self, commit: str, path: str) -> bytes | None:
+        """A file's content at a commit, or ``None`` when there is no file at that path."""
+        obj = self._lookup(self._commit(commit).tree, path)
+        return obj.data if isinstance(obj, pygit2.Blob) else None
+
+    def tree_id(self, commit: str, path: str) -> str | None:
+        """The git object id of a directory (or file) at a commit, or ``None`` when absent."""
+        obj = self._lookup(self._commit(commit).tree, path)
+        return None if obj is None else str(obj.id)
+
+    def export_tree(self, commit: str, path: str, dest: Path) -> None:
+        """Write the directory ``path`` of a commit into ``dest``, keeping executable bits and symlinks.
+
+        ``dest`` is created if needed; files already in it are overwritten.
+        """
+        obj = self._lookup(self._commit(commit).tree, path)
+        if not isinstance(obj, pygit2.Tree):
+            raise GitError(f"{path!r} is not a directory at {commit}")
+        dest.mkdir(parents=True, exist_ok=True)
+        self._write_tree(obj, dest)
+
+    # ---------------------------------------------------------- catalogs
+
+    def catalog(self, commit: str) -> Catalog:
+        """Every spec at a commit, parsed and checked (cached by commit, by spec set and by blob)."""
+        return self._load(commit).catalog
+
+    def changed_paths(self, old: str, new: str) -> list[str]:
+        """Repo-relative paths of the files that differ between two commits (added, removed or changed)."""
+        a, b = self._commit(old).tree, self._commit(new).tree
+        if a.id == b.id:
+            return []
+        paths: set[str] = set()
+        for delta in a.diff_to_tree(b).deltas:
+            paths.add(delta.old_file.path)
+            paths.add(delta.new_file.path)
+        return sorted(paths)
+
+    def changed_models(self, old: str, new: str) -> ChangedModels:
+        """Which models, policies and environments changed between two commits."""
+        before, after = self._load(old), self._load(new)
+        paths = self.changed_paths(old, new)
+        touched: set[str] = set()
+        policies: set[str] = set()
+        environments: set[str] = set()
+        invalid: list[str] = []
+        for path in paths:
+            touched |= before.index.models_fed_by(path)
+            touched |= after.index.models_fed_by(path)
+            for index in (before.index, after.index):
+                if path in index.policies:
+                    policies.add(index.policies[path])
+                if path in index.environments:
+                    environments.add(index.environments[path])
+            if path in after.blobs and after.catalog.errors_for(path):
+                invalid.append(path)
+        old_models, new_models = before.catalog.models, after.catalog.models
+        return ChangedModels(
+            added=frozenset(n for n in touched if n in new_models and n not in old_models),
+            removed=frozenset(n for n in touched if n in old_models and n not in new_models),
+            modified=frozenset(n for n in touched if n in old_models and n in new_models),
+            policies=frozenset(policies),
+            environments=frozenset(environments),
+            invalid=tuple(invalid),
+        )
+
+    def model_inputs(self, commit: str, model: Model | str) -> ModelInputs:
+        """The source tree id, requirements, Dockerfile and spec blob ids of a model at a commit."""
+        sha = self.resolve(commit)
+        if isinstance(model, str):
+            found = self.catalog(sha).models.get(model)
+            if found is None:
+                raise GitError(f"no valid model {model!r} at {sha}")
+            model = found
+        root = self._commit(sha).tree
+        source = model.source
+
+        def oid(path: str | None, want: type[pygit2.Object]) -> str | None:
+            if path is None:
+                return None
+            obj = self._lookup(root, path)
+            return str(obj.id) if isinstance(obj, want) else None
+
+        return ModelInputs(
+            commit=sha,
+            model=model.name,
+            spec_blob=oid(model.spec_path, pygit2.Blob),
+            source_tree=oid(source.path, pygit2.Tree),
+            requirements_blob=oid(source.requirements, pygit2.Blob),
+            dockerfile_blob=oid(source.dockerfile, pygit2.Blob),
+        )
+
+    # ---------------------------------------------------------- internals
+
+    def _commit(self, ref: str) -> pygit2.Commit:
+        try:
+            obj = self._repo.revparse_single(ref)
+            commit = obj.peel(pygit2.Commit)
+        except (KeyError, ValueError, pygit2.GitError) as exc:
+            raise GitError(f"{self.location}: no commit {ref!r}") from exc
+        if not isinstance(commit, pygit2.Commit):
+            raise GitError(f"{self.location}: {ref!r} is not a commit")
+        return commit
+
+    def _lookup(self, root: pygit2.Tree, path: str) -> pygit2.Object | None:
+        clean = _normalise(path)
+        if not clean:
+            return root
+        try:
+            return root[clean]
+        except (KeyError, ValueError):
+            return None
+
+    def _model_dir(self, entry: pygit2.Object) -> dict[str, str]:
+        key = str(entry.id)
+        cached = self._model_dirs.get(key)
+        if cached is not None:
+            return cached
+        tree = self._repo[entry.id]
+        found: dict[str, str] = {}
+        if isinstance(tree, pygit2.Tree):
+            for name in _MODEL_FILES:
+                if name in tree:
+                    child = tree[name]
+                    if isinstance(child, pygit2.Blob):
+                        found[name] = str(child.id)
+        self._model_dirs.put(key, found)
+        return found
+
+    def _load(self, commit: str) -> _Loaded:
+        sha = self.resolve(commit)
+        with self._lock:
+            loaded = self._by_commit.get(sha)
+            if loaded is not None:
+                return loaded
+            blobs = self.spec_blobs(sha)
+            key = _blob_set_key(blobs)
+            loaded = self._by_blobs.get(key)
+            if loaded is None:
+                loaded = _Loaded(catalog=check_catalog(self._parse_all(blobs)), blobs=blobs)
+                self._by_blobs.put(key, loaded)
+            self._by_commit.put(sha, loaded)
+            return loaded
+
+    def _parse_all(self, blobs: Mapping[str, str]) -> Iterable[ParsedFile]:
+        parsed: list[ParsedFile] = []
+        for path, oid in sorted(blobs.items()):
+            doc = self._parsed.get((path, oid))
+            if doc is None:
+                doc = parse_document(path, self.read_blob(oid))
+                self._parsed.put((path, oid), doc)
+            parsed.append(doc)
+        return parsed
+
+    def _write_tree(self, tree: pygit2.Tree, dest: Path) -> None:
+        for entry in tree:
+            name = entry.name
+            if not name or name in (".", "..", ".git") or "/" in name or "\\" in name or "\0" in name:
+                raise GitError(f"unsafe path {name!r} in tree {tree.id}")
+            target = dest / name
+            mode = entry.filemode
+            if mode == FileMode.TREE:
+                sub = self._repo[entry.id]
+                assert isinstance(sub, pygit2.Tree)
+                target.mkdir(exist_ok=True)
+                self._write_tree(sub, target)
+            elif mode == FileMode.LINK:
+                blob = self._repo[entry.id]
+                assert isinstance(blob, pygit2.Blob)
+                if target.is_symlink() or target.exists():
+                    target.unlink()
+                os.symlink(blob.data, target)
+            elif mode in (FileMode.BLOB, FileMode.BLOB_EXECUTABLE):
+                blob = self._repo[entry.id]
+                assert isinstance(blob, pygit2.Blob)
+                if target.is_symlink():
+                    target.unlink()
+                target.write_bytes(blob.data)
+                target.chmod(0o755 if mode == FileMode.BLOB_EXECUTABLE else 0o644)
+            # submodules (FileMode.COMMIT) have no content in this repository: skipped
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def _normalise(path: str) -> str:
+    """A repo-relative path without ``./``, trailing slash or leading slash; ``""`` for the root."""
+    clean = posixpath.normpath(path.replace("\\", "/")).lstrip("/")
+    return "" if clean == "." else clean
+
+
+def _self_and_ancestors(path: str) -> Iterable[str]:
+    yield path
+    while path:
+        path = posixpath.dirname(path)
+        yield path
+
+
+def _subtree(root: pygit2.Tree, name: str) -> pygit2.Tree | None:
+    if name not in root:
+        return None
+    obj = root[name]
+    return obj if isinstance(obj, pygit2.Tree) else None
+
+
+def _is_blob(entry: pygit2.Object) -> bool:
+    return entry.filemode in (FileMode.BLOB, FileMode.BLOB_EXECUTABLE)
+
+
+def _blob_set_key(blobs: Mapping[str, str]) -> str:
+    digest = hashlib.sha256()
+    for path, oid in sorted(blobs.items()):
+        digest.update(f"{path}\0{oid}\n".encode())
+    return digest.hexdigest()
+
+
+def _mirror_path(mirror_root: Path, url: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", url.rstrip("/").rsplit("/", 1)[-1]).strip("-.") or "repo"
+    digest = hashlib.sha256(url.encode()).hexdigest()[:12]
+    return mirror_root / f"{slug.removesuffix('.git')}-{digest}.git"
+
+
+def _clone_mirror(url: str, mirror: Path) -> None:
+    mirror.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".clone-", dir=mirror.parent))
+    try:
+        _run_git(["clone", "--mirror", "--quiet", "--", url, str(staging / "repo.git")], what=f"mirror {url}")
+        if mirror.exists():  # an incomplete earlier attempt: replace it
+            shutil.rmtree(mirror)
+        (staging / "repo.git").rename(mirror)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _run_git(args: list[str], *, what: str, cwd: Path | None = None) -> None:
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    try:
+        subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=_GIT_TIMEOUT_SECONDS,
+        )
+    except FileNotFoundError as exc:
+        raise GitError("git is not installed") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise GitError(f"{what}: timed out after {_GIT_TIMEOUT_SECONDS:.0f}s") from exc
+    except subprocess.CalledProcessError as exc:
+        message = exc.stderr.decode(errors="replace").strip() if exc.stderr else ""
+        raise GitError(f"{what}: {message or f'git exited with {exc.returncode}'}") from exc
