@@ -1,0 +1,32 @@
+"""An in-memory forge for engine tests: records every report and status it is given."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from controller.backends.forge import CommitState, Review, ReviewTarget
+
+
+@dataclass
+class FakeForge:
+    reviews: dict[tuple[str, str], Review] = field(default_factory=dict)
+    statuses: list[tuple[ReviewTarget, CommitState, str]] = field(default_factory=list)
+    publications: int = 0
+
+    def publish_report(self, target: ReviewTarget, body: str) -> None:
+        self.publications += 1
+        old = self.reviews.get((target.proposal, target.model))
+        state: CommitState = old.state if old and old.commit == target.commit else "pending"
+        description = old.description if old and old.commit == target.commit else ""
+        self.reviews[(target.proposal, target.model)] = Review(
+            target.proposal, target.model, target.commit, state, description, body, time.time()
+        )
+
+    def set_status(self, target: ReviewTarget, state: CommitState, description: str) -> None:
+        self.statuses.append((target, state, description))
+        old = self.reviews.get((target.proposal, target.model))
+        body = old.body if old else ""
+        self.reviews[(target.proposal, target.model)] = Review(
+            target.proposal, target.model, target.commit, state, description, body, time.time()
+        )
