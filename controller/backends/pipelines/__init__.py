@@ -1,0 +1,136 @@
+"""The pipeline runner interface: run one model's steps for one run, report each step.
+
+The engine calls :meth:`PipelineRunner.start` with a :class:`RunRequest` and
+gets a :class:`RunHandle` back; the run goes on in the background, reports
+progress through ``RunRequest.on_event`` and ends in a :class:`RunResult`.
+Every home implements this one Protocol: :mod:`.local` runs each step as a
+subprocess in an isolated virtualenv (embedded home), the Argo runner runs one
+pod per step (cluster home), and :mod:`.fake` plays back scripted results for
+engine tests. The step contract (environment variables, working directory,
+metrics file) is the one in DESIGN.md and is the same in every home.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from controller.specs.types import Model
+
+__all__ = [
+    "EventKind",
+    "PipelineRunner",
+    "RunHandle",
+    "RunRequest",
+    "RunResult",
+    "RunStatus",
+    "StepEvent",
+    "StepResult",
+    "StepStatus",
+    "ignore_event",
+]
+
+RunStatus = Literal["succeeded", "failed", "error", "cancelled"]
+"""``failed``: a step exited non-zero, timed out or wrote bad metrics.
+``error``: the runner could not do its part (environment build, command not found, bad DAG)."""
+
+StepStatus = Literal["succeeded", "failed", "error", "skipped", "cancelled"]
+"""``skipped``: never started (a step it needs did not succeed, or the run stopped first)."""
+
+EventKind = Literal["started", "finished", "retrying"]
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """Progress of one step, for the CLI and the engine's log.
+
+    ``elapsed_seconds`` counts from the start of the run for ``started``, and
+    from the start of the attempt for ``finished`` and ``retrying``.
+    """
+
+    run_id: str
+    step: str
+    kind: EventKind
+    attempt: int
+    elapsed_seconds: float
+    status: StepStatus | None = None  # set on "finished"
+    message: str = ""
+
+
+def ignore_event(event: StepEvent) -> None:
+    """The default progress callback: does nothing."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRequest:
+    """Everything a runner needs to run one model's pipeline once.
+
+    ``source_dir`` is the model's code directory, already exported from git by
+    the caller. ``data`` maps each data input's name (``DataInput.name``) to a
+    local path or URI. The runner owns ``run_dir``: the shared workdir, the
+    model directory, the metrics and the step logs are created under it.
+    ``environment_hash`` names the environment (a virtualenv on the embedded
+    home, an image tag on the cluster); ``venv`` may name an already built
+    virtualenv for the local runner, which otherwise builds or reuses one.
+    """
+
+    run_id: str
+    model: Model
+    source_dir: Path
+    run_dir: Path
+    params: Mapping[str, Any] = field(default_factory=dict)
+    data: Mapping[str, str] = field(default_factory=dict)
+    baseline_model_dir: Path | None = None
+    environment_hash: str | None = None
+    venv: Path | None = None
+    max_parallel: int = 2
+    on_event: Callable[[StepEvent], None] = ignore_event
+
+
+@dataclass(frozen=True)
+class StepResult:
+    name: str
+    status: StepStatus
+    exit_code: int | None = None
+    attempts: int = 0
+    duration_seconds: float = 0.0
+    log_path: Path | None = None
+    log_tail: str = ""  # the last lines of the log, filled when the step did not succeed
+    message: str = ""  # why it failed, in words (timeout, bad metrics, command not found, ...)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    status: RunStatus
+    steps: tuple[StepResult, ...] = ()
+    metrics: Mapping[str, float] = field(default_factory=dict)  # merged across steps
+    model_dir: Path | None = None
+    environment_hash: str | None = None
+    error: str = ""  # set when status is not "succeeded"
+    duration_seconds: float = 0.0
+
+    def step(self, name: str) -> StepResult | None:
+        return next((s for s in self.steps if s.name == name), None)
+
+
+class RunHandle(Protocol):
+    """A started run."""
+
+    def wait(self, timeout: float | None = None) -> RunResult:
+        """Block until the run ends; raises ``TimeoutError`` if ``timeout`` passes first."""
+        ...
+
+    def cancel(self) -> None:
+        """Stop the run promptly: kill every running step; the run ends ``cancelled``."""
+        ...
+
+    def done(self) -> bool: ...
+
+
+class PipelineRunner(Protocol):
+    def start(self, request: RunRequest) -> RunHandle:
+        """Start the run in the background and return at once."""
+        ...

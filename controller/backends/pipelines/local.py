@@ -1,0 +1,553 @@
+"""The embedded home's pipeline runner: each step a subprocess in the model's virtualenv.
+
+:class:`LocalRunner` implements :class:`~controller.backends.pipelines.PipelineRunner`.
+The engine starts a run; one supervisor thread per run schedules the steps as
+a DAG (a step starts when every step it ``needs`` succeeded, independent steps
+in parallel up to ``RunRequest.max_parallel``), and one small thread per
+running step blocks in ``waitpid`` and reports the exit. The supervisor sleeps
+on a queue until a step exits, the run is cancelled or the nearest timeout is
+due, so no time is lost polling.
+
+Each step, per DESIGN.md's step contract:
+
+* runs in ``RunRequest.source_dir`` in its own session (its own process group,
+  which is what timeouts and ``cancel()`` kill: SIGTERM, then SIGKILL after
+  ``kill_grace_seconds``);
+* gets ``FLYWHEEL_PARAMS``, ``FLYWHEEL_DATA_<NAME>``, ``FLYWHEEL_WORKDIR``,
+  ``FLYWHEEL_MODEL_DIR``, ``FLYWHEEL_METRICS`` and, when there is a baseline,
+  ``FLYWHEEL_BASELINE_MODEL_DIR``, with the virtualenv's ``bin`` first on
+  ``PATH`` and ``VIRTUAL_ENV`` set (``PYTHONPATH``/``PYTHONHOME`` are dropped);
+* writes stdout and stderr straight into ``<run_dir>/logs/<step>.log`` (the
+  runner never holds a log in memory; a failed step's result carries the
+  last 50 lines);
+* gets a fresh metrics file per attempt, ``<run_dir>/metrics/<step>.<n>.json``.
+  After the step exits 0 the file (if the step wrote one) must be a JSON
+  object of finite numbers, or the step fails saying why. The steps' metrics
+  are merged in pipeline order into ``RunResult.metrics`` and
+  ``<run_dir>/metrics.json``.
+
+The command: ``run`` is split with :func:`shlex.split` and executed directly,
+with the program looked up on the step's PATH (so ``python train.py`` is the
+virtualenv's python) — unless it uses shell syntax (``| & ; < > ( ) $ `` ` ``
+``* ? ~``, a newline, a leading ``VAR=value`` or a shell builtin such as
+``cd``), in which case it runs as ``/bin/sh -c run`` with the same
+environment. A program that cannot be found or started is a runner-side
+``error``; so is a virtualenv that cannot be built.
+
+Retries re-run a failed attempt (non-zero exit, timeout, bad metrics) up to
+``Step.retries`` times, each attempt announced in the log. After a step fails
+for good no new step starts; running ones finish; the steps that were never
+started are ``skipped``.
+
+Layout of ``run_dir``: ``params.json``, ``work/`` (FLYWHEEL_WORKDIR),
+``model/`` (FLYWHEEL_MODEL_DIR), ``logs/``, ``metrics/``, ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import queue
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller.backends.pipelines import (
+    EventKind,
+    RunRequest,
+    RunResult,
+    RunStatus,
+    StepEvent,
+    StepResult,
+    StepStatus,
+)
+from controller.backends.pipelines.venvs import VenvBuildError, VenvCache, environment_spec_for
+from controller.specs.types import Step
+
+__all__ = ["LocalRunHandle", "LocalRunner"]
+
+log = logging.getLogger(__name__)
+
+LOG_TAIL_LINES = 50
+_TAIL_BYTES = 64 * 1024
+_SHELL_CHARS = frozenset("|&;<>()$`*?~\n")
+_SHELL_BUILTINS = frozenset(
+    {"cd", "export", "source", ".", "set", "unset", "exec", "eval", "if", "for", "while", "case", "test", "["}
+)
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_DROPPED_ENV = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "__PYVENV_LAUNCHER__")
+
+
+class LocalRunner:
+    """Runs pipelines as local subprocesses.
+
+    ``venvs`` builds (or reuses) the model's virtualenv when the request does
+    not name one; without it, and without ``RunRequest.venv``, steps run in
+    the controller's own environment (``sys.prefix``), which suits tests and
+    demos only.
+    """
+
+    def __init__(self, *, venvs: VenvCache | None = None, kill_grace_seconds: float = 5.0) -> None:
+        self.venvs = venvs
+        self.kill_grace_seconds = kill_grace_seconds
+
+    def start(self, request: RunRequest) -> LocalRunHandle:
+        handle = LocalRunHandle(request, venvs=self.venvs, kill_grace_seconds=self.kill_grace_seconds)
+        handle._thread.start()
+        return handle
+
+
+def uses_shell(command: str) -> bool:
+    """Whether ``command`` needs ``/bin/sh -c`` rather than a direct exec (see the module docstring)."""
+    if any(c in _SHELL_CHARS for c in command):
+        return True
+    words = command.split()
+    return bool(words) and (words[0] in _SHELL_BUILTINS or bool(_ASSIGNMENT.match(words[0])))
+
+
+class _RunError(Exception):
+    """A runner-side problem that ends the run with status ``error``."""
+
+
+@dataclass
+class _Attempt:
+    step: Step
+    number: int
+    proc: subprocess.Popen[bytes]
+    started: float
+    deadline: float
+    metrics_path: Path
+    kill_at: float | None = None
+    timed_out: bool = False
+    cancelled: bool = False
+
+
+@dataclass
+class _StepState:
+    first_started: float = 0.0
+    attempts: int = 0
+    result: StepResult | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class LocalRunHandle:
+    """One run in progress; see :class:`~controller.backends.pipelines.RunHandle`."""
+
+    def __init__(self, request: RunRequest, *, venvs: VenvCache | None, kill_grace_seconds: float) -> None:
+        self.request = request
+        self._venvs = venvs
+        self._grace = kill_grace_seconds
+        self._inbox: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
+        self._done = threading.Event()
+        self._result: RunResult | None = None
+        self._cancel_requested = False
+        self._thread = threading.Thread(
+            target=self._supervise, name=f"flywheel-run-{request.run_id}", daemon=True
+        )
+        # Filled by _prepare.
+        self._env: dict[str, str] = {}
+        self._environment_hash = request.environment_hash
+        run_dir = request.run_dir
+        self._workdir = run_dir / "work"
+        self._model_dir = run_dir / "model"
+        self._logs = run_dir / "logs"
+        self._metrics_dir = run_dir / "metrics"
+
+    # ------------------------------------------------------------ RunHandle
+
+    def wait(self, timeout: float | None = None) -> RunResult:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"run {self.request.run_id} still running after {timeout}s")
+        assert self._result is not None
+        return self._result
+
+    def cancel(self) -> None:
+        self._cancel_requested = True
+        self._inbox.put(("cancel", 0))
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    # ----------------------------------------------------------- supervisor
+
+    def _supervise(self) -> None:
+        started = time.monotonic()
+        states = {step.name: _StepState() for step in self.request.model.steps}
+        running: dict[str, _Attempt] = {}
+        error = ""
+        status: RunStatus = "succeeded"
+        try:
+            _check_dag(self.request.model.steps)
+            self._prepare()
+            status, error = self._schedule(states, running, started)
+        except _RunError as exc:
+            status, error = "error", str(exc)
+        except Exception:  # a bug of ours: still end the run, kill what runs, say why
+            log.exception("run %s: runner failed", self.request.run_id)
+            status, error = "error", f"runner failed:\n{traceback.format_exc(limit=5)}"
+            for attempt in running.values():
+                _kill_group(attempt.proc, signal.SIGKILL)
+        finally:
+            self._finish(states, status, error, started)
+
+    def _prepare(self) -> None:
+        request = self.request
+        for directory in (self._workdir, self._model_dir, self._logs, self._metrics_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        params_path = request.run_dir / "params.json"
+        try:
+            params_path.write_text(json.dumps(dict(request.params), indent=2, sort_keys=True))
+        except (TypeError, ValueError) as exc:
+            raise _RunError(f"params are not JSON-serialisable: {exc}") from exc
+        venv = self._resolve_venv()
+        env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV and not k.startswith("FLYWHEEL_")}
+        env["PATH"] = os.pathsep.join([str(venv / "bin"), env.get("PATH", os.defpath)])
+        env["VIRTUAL_ENV"] = str(venv)
+        env["PYTHONUNBUFFERED"] = "1"
+        for data_input in request.model.data:
+            env[data_input.env_name] = request.data.get(data_input.name, data_input.uri)
+        env["FLYWHEEL_PARAMS"] = str(params_path)
+        env["FLYWHEEL_WORKDIR"] = str(self._workdir)
+        env["FLYWHEEL_MODEL_DIR"] = str(self._model_dir)
+        if request.baseline_model_dir is not None:
+            env["FLYWHEEL_BASELINE_MODEL_DIR"] = str(request.baseline_model_dir)
+        self._env = env
+
+    def _resolve_venv(self) -> Path:
+        request = self.request
+        if request.venv is not None:
+            if not (request.venv / "bin" / "python").exists():
+                raise _RunError(f"virtualenv {request.venv} has no bin/python")
+            return request.venv
+        if self._venvs is None:
+            return Path(sys.prefix)
+        try:
+            spec = environment_spec_for(request.model, request.source_dir)
+            if request.environment_hash is not None and request.environment_hash != spec.hash:
+                raise _RunError(
+                    f"environment hash {request.environment_hash} was asked for, but the model's "
+                    f"requirements and Python give {spec.hash}"
+                )
+            self._environment_hash = spec.hash
+            return self._venvs.ensure(spec)
+        except VenvBuildError as exc:
+            raise _RunError(f"cannot build the model's virtualenv: {exc}") from exc
+
+    def _schedule(
+        self, states: dict[str, _StepState], running: dict[str, _Attempt], run_started: float
+    ) -> tuple[RunStatus, str]:
+        steps = self.request.model.steps
+        limit = max(1, self.request.max_parallel)
+        stopping = ""  # why no new step may start
+        outcome: RunStatus = "succeeded"
+        while True:
+            if self._cancel_requested and outcome != "cancelled":
+                outcome, stopping = "cancelled", "the run was cancelled"
+                self._terminate_all(running)
+            if not stopping:
+                for step in steps:
+                    if len(running) >= limit:
+                        break
+                    state = states[step.name]
+                    if state.attempts or state.result is not None:
+                        continue
+                    if all(_succeeded(states[need]) for need in step.needs):
+                        self._emit(step.name, "started", 1, time.monotonic() - run_started)
+                        state.first_started = time.monotonic()
+                        failure = self._launch(step, 1, state, running)
+                        if failure is not None:
+                            outcome, stopping = "error", failure
+            if not running:
+                break
+            message = self._next_message(running)
+            if message is None:
+                continue
+            kind, value = message
+            if kind == "cancel":
+                continue
+            name = next(n for n, a in running.items() if a.proc.pid == value)
+            attempt = running.pop(name)
+            failure_kind = self._on_exit(attempt, states[attempt.step.name], running, retry=not stopping)
+            if failure_kind is not None and not stopping:
+                outcome = failure_kind
+                settled = states[name].result
+                stopping = f"step {name}: {settled.message if settled else 'failed'}"
+        for step in steps:
+            if states[step.name].result is None:
+                states[step.name].result = StepResult(name=step.name, status="skipped")
+        if outcome == "succeeded":
+            return outcome, ""
+        return outcome, stopping
+
+    def _next_message(self, running: dict[str, _Attempt]) -> tuple[str, int] | None:
+        """Wait for a step to exit or a cancel; meanwhile enforce timeouts. None: a timer fired."""
+        now = time.monotonic()
+        due: list[float] = []
+        for attempt in running.values():
+            if not attempt.timed_out and not attempt.cancelled:
+                if now >= attempt.deadline:
+                    attempt.timed_out = True
+                    attempt.kill_at = now + self._grace
+                    _kill_group(attempt.proc, signal.SIGTERM)
+                else:
+                    due.append(attempt.deadline)
+            if attempt.kill_at is not None:
+                if now >= attempt.kill_at:
+                    _kill_group(attempt.proc, signal.SIGKILL)
+                    attempt.kill_at = None
+                else:
+                    due.append(attempt.kill_at)
+        timeout = max(0.0, min(due) - now) if due else None
+        try:
+            return self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def _terminate_all(self, running: dict[str, _Attempt]) -> None:
+        kill_at = time.monotonic() + self._grace
+        for attempt in running.values():
+            attempt.cancelled = True
+            attempt.kill_at = kill_at
+            _kill_group(attempt.proc, signal.SIGTERM)
+
+    def _launch(self, step: Step, number: int, state: _StepState, running: dict[str, _Attempt]) -> str | None:
+        """Start one attempt; on a runner-side problem record the step as ``error`` and say why."""
+        state.attempts = number
+        safe = _safe_name(step.name)
+        log_path = self._logs / f"{safe}.log"
+        metrics_path = self._metrics_dir / f"{safe}.{number}.json"
+        metrics_path.unlink(missing_ok=True)
+        total = step.retries + 1
+        with open(log_path, "ab") as log_file:
+            log_file.write(
+                f"==> flywheel: step {step.name}, attempt {number}/{total}: {step.run}\n".encode()
+            )
+            log_file.flush()
+            try:
+                argv = self._argv(step.run)
+                # A step's own env comes first; the contract's variables win over it.
+                env = {**dict(step.env), **self._env, "FLYWHEEL_METRICS": str(metrics_path)}
+                proc = subprocess.Popen(
+                    argv,
+                    cwd=self.request.source_dir,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except (_RunError, OSError, ValueError) as exc:
+                message = f"cannot start step {step.name}: {exc}"
+                log_file.write(f"==> flywheel: {message}\n".encode())
+                log_file.flush()
+                state.result = StepResult(
+                    name=step.name, status="error", attempts=number, log_path=log_path,
+                    duration_seconds=time.monotonic() - state.first_started,
+                    log_tail=_log_tail(log_path), message=message,
+                )
+                self._emit(step.name, "finished", number, 0.0, "error", message)
+                return message
+        now = time.monotonic()
+        running[step.name] = _Attempt(
+            step=step, number=number, proc=proc, started=now, deadline=now + step.timeout_seconds,
+            metrics_path=metrics_path,
+        )
+        name = f"flywheel-step-{proc.pid}"
+        reaper = threading.Thread(target=self._reap, args=(proc,), daemon=True, name=name)
+        reaper.start()
+        return None
+
+    def _reap(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.wait()  # blocking waitpid: no polling
+        self._inbox.put(("exit", proc.pid))
+
+    def _argv(self, command: str) -> list[str]:
+        if uses_shell(command):
+            return ["/bin/sh", "-c", command]
+        argv = shlex.split(command)
+        if not argv:
+            raise _RunError("the step's command is empty")
+        program = argv[0]
+        if "/" in program:
+            path = Path(program) if os.path.isabs(program) else self.request.source_dir / program
+            if not os.access(path, os.X_OK) or path.is_dir():
+                raise _RunError(f"{program}: not found or not executable in {self.request.source_dir}")
+            argv[0] = str(path)
+        else:
+            found = shutil.which(program, path=self._env["PATH"])
+            if found is None:
+                raise _RunError(f"command not found: {program}")
+            argv[0] = found
+        return argv
+
+    def _on_exit(
+        self, attempt: _Attempt, state: _StepState, running: dict[str, _Attempt], *, retry: bool
+    ) -> RunStatus | None:
+        """Record an attempt's end; retry it or settle the step. Returns the run's failure, if any."""
+        step, proc = attempt.step, attempt.proc
+        code = proc.returncode
+        duration = time.monotonic() - attempt.started
+        if attempt.timed_out or attempt.cancelled:
+            _kill_group(proc, signal.SIGKILL)  # leftovers that ignored SIGTERM
+        metrics: dict[str, float] = {}
+        status: StepStatus
+        if attempt.cancelled:
+            status, message = "cancelled", "cancelled while running"
+        elif attempt.timed_out:
+            status, message = "failed", f"timed out after {step.timeout_seconds:g}s (timeout_seconds); killed"
+        elif code != 0:
+            status, message = "failed", f"exited with code {code}"
+        else:
+            try:
+                metrics = _read_metrics(attempt.metrics_path)
+                status, message = "succeeded", ""
+            except ValueError as exc:
+                status, message = "failed", f"invalid metrics in FLYWHEEL_METRICS: {exc}"
+        log_path = self._logs / f"{_safe_name(step.name)}.log"
+        with open(log_path, "ab") as log_file:
+            note = message or "succeeded"
+            log_file.write(f"==> flywheel: attempt {attempt.number} {note} in {duration:.2f}s\n".encode())
+        if status == "failed" and retry and attempt.number <= step.retries and not self._cancel_requested:
+            self._emit(step.name, "retrying", attempt.number, duration, "failed", message)
+            failure = self._launch(step, attempt.number + 1, state, running)
+            return "error" if failure is not None else None
+        state.metrics = metrics
+        state.result = StepResult(
+            name=step.name,
+            status=status,
+            exit_code=code,
+            attempts=attempt.number,
+            duration_seconds=time.monotonic() - state.first_started,
+            log_path=log_path,
+            log_tail="" if status == "succeeded" else _log_tail(log_path),
+            message=message,
+        )
+        self._emit(step.name, "finished", attempt.number, duration, status, message)
+        if status == "succeeded":
+            return None
+        return "cancelled" if status == "cancelled" else "failed"
+
+    def _finish(self, states: dict[str, _StepState], status: RunStatus, error: str, started: float) -> None:
+        merged: dict[str, float] = {}
+        results: list[StepResult] = []
+        for step in self.request.model.steps:
+            state = states[step.name]
+            results.append(state.result or StepResult(name=step.name, status="skipped"))
+            if state.result is not None and state.result.status == "succeeded":
+                merged.update(state.metrics)
+        if status == "succeeded" and any(r.status != "succeeded" for r in results):
+            status, error = "error", "not every step succeeded"
+        try:
+            if self.request.run_dir.is_dir():
+                merged_path = self.request.run_dir / "metrics.json"
+                merged_path.write_text(json.dumps(merged, indent=2, sort_keys=True))
+        except OSError as exc:
+            log.warning("run %s: cannot write metrics.json: %s", self.request.run_id, exc)
+        self._result = RunResult(
+            run_id=self.request.run_id,
+            status=status,
+            steps=tuple(results),
+            metrics=merged,
+            model_dir=self._model_dir if self._model_dir.is_dir() else None,
+            environment_hash=self._environment_hash,
+            error=error,
+            duration_seconds=time.monotonic() - started,
+        )
+        self._done.set()
+
+    def _emit(
+        self, step: str, kind: EventKind, attempt: int, elapsed: float,
+        status: StepStatus | None = None, message: str = "",
+    ) -> None:
+        event = StepEvent(
+            run_id=self.request.run_id, step=step, kind=kind, attempt=attempt,
+            elapsed_seconds=elapsed, status=status, message=message,
+        )
+        try:
+            self.request.on_event(event)
+        except Exception:
+            log.exception("run %s: progress callback failed on %s", self.request.run_id, event)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _check_dag(steps: tuple[Step, ...]) -> None:
+    names = [s.name for s in steps]
+    if len(set(names)) != len(names):
+        raise _RunError(f"duplicate step names in {names}")
+    known = set(names)
+    for step in steps:
+        unknown = [n for n in step.needs if n not in known]
+        if unknown:
+            raise _RunError(f"step {step.name} needs unknown steps {unknown}")
+    needs = {s.name: set(s.needs) for s in steps}
+    while needs:
+        free = [n for n, deps in needs.items() if not deps & needs.keys()]
+        if not free:
+            raise _RunError(f"the steps' needs form a cycle among {sorted(needs)}")
+        for name in free:
+            del needs[name]
+
+
+def _succeeded(state: _StepState) -> bool:
+    return state.result is not None and state.result.status == "succeeded"
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _kill_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)  # the step is its session's and group's leader: pgid == pid
+
+
+def _read_metrics(path: Path) -> dict[str, float]:
+    """The metrics a step wrote: absent or empty means none; anything else must be ``{name: number}``."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    if not text.strip():
+        return {}
+    try:
+        data: Any = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object {{\"name\": number}}, got {type(data).__name__}")
+    bad = {
+        k: v for k, v in data.items()
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
+    }
+    if bad:
+        shown = ", ".join(f"{k}={v!r}" for k, v in list(bad.items())[:5])
+        raise ValueError(f"metric values must be finite numbers: {shown}")
+    return {str(k): float(v) for k, v in data.items()}
+
+
+def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - _TAIL_BYTES))
+            data = handle.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
