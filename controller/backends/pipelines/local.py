@@ -110,9 +110,26 @@ class LocalRunner:
 
 
 def uses_shell(command: str) -> bool:
-    """Whether ``command`` needs ``/bin/sh -c`` rather than a direct exec (see the module docstring)."""
-    if any(c in _SHELL_CHARS for c in command):
-        return True
+    """Whether ``command`` needs ``/bin/sh -c`` rather than a direct exec (see the module docstring).
+
+    Quoting is honoured: ``python -c 'import a; a.f()'`` execs directly, since
+    the ``;`` is inside single quotes; ``$`` and backticks still count inside
+    double quotes, where the shell would expand them.
+    """
+    quote = ""
+    for char in command:
+        if quote == "'":
+            if char == "'":
+                quote = ""
+        elif quote == '"':
+            if char == '"':
+                quote = ""
+            elif char in "$`":
+                return True
+        elif char in "'\"":
+            quote = char
+        elif char in _SHELL_CHARS:
+            return True
     words = command.split()
     return bool(words) and (words[0] in _SHELL_BUILTINS or bool(_ASSIGNMENT.match(words[0])))
 
@@ -331,9 +348,7 @@ class LocalRunHandle:
         metrics_path.unlink(missing_ok=True)
         total = step.retries + 1
         with open(log_path, "ab") as log_file:
-            log_file.write(
-                f"==> flywheel: step {step.name}, attempt {number}/{total}: {step.run}\n".encode()
-            )
+            log_file.write(f"==> flywheel: step {step.name}, attempt {number}/{total}: {step.run}\n".encode())
             log_file.flush()
             try:
                 argv = self._argv(step.run)
@@ -354,15 +369,23 @@ class LocalRunHandle:
                 log_file.write(f"==> flywheel: {message}\n".encode())
                 log_file.flush()
                 state.result = StepResult(
-                    name=step.name, status="error", attempts=number, log_path=log_path,
+                    name=step.name,
+                    status="error",
+                    attempts=number,
+                    log_path=log_path,
                     duration_seconds=time.monotonic() - state.first_started,
-                    log_tail=_log_tail(log_path), message=message,
+                    log_tail=_log_tail(log_path),
+                    message=message,
                 )
                 self._emit(step.name, "finished", number, 0.0, "error", message)
                 return message
         now = time.monotonic()
         running[step.name] = _Attempt(
-            step=step, number=number, proc=proc, started=now, deadline=now + step.timeout_seconds,
+            step=step,
+            number=number,
+            proc=proc,
+            started=now,
+            deadline=now + step.timeout_seconds,
             metrics_path=metrics_path,
         )
         name = f"flywheel-step-{proc.pid}"
@@ -469,12 +492,22 @@ class LocalRunHandle:
         self._done.set()
 
     def _emit(
-        self, step: str, kind: EventKind, attempt: int, elapsed: float,
-        status: StepStatus | None = None, message: str = "",
+        self,
+        step: str,
+        kind: EventKind,
+        attempt: int,
+        elapsed: float,
+        status: StepStatus | None = None,
+        message: str = "",
     ) -> None:
         event = StepEvent(
-            run_id=self.request.run_id, step=step, kind=kind, attempt=attempt,
-            elapsed_seconds=elapsed, status=status, message=message,
+            run_id=self.request.run_id,
+            step=step,
+            kind=kind,
+            attempt=attempt,
+            elapsed_seconds=elapsed,
+            status=status,
+            message=message,
         )
         try:
             self.request.on_event(event)
@@ -529,9 +562,10 @@ def _read_metrics(path: Path) -> dict[str, float]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"expected a JSON object {{\"name\": number}}, got {type(data).__name__}")
+        raise ValueError(f'expected a JSON object {{"name": number}}, got {type(data).__name__}')
     bad = {
-        k: v for k, v in data.items()
+        k: v
+        for k, v in data.items()
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
     }
     if bad:
@@ -550,4 +584,3 @@ def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     except OSError:
         return ""
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
-

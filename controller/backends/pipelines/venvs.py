@@ -212,7 +212,7 @@ class VenvCache:
         req_file.write_text("".join(f"{line}\n" for line in requirements))
         try:
             if self._uv:
-                self._build_with_uv(self._uv, spec, tmp, req_file, bool(requirements))
+                self._build_with_uv(self._uv, spec, tmp, final, req_file, bool(requirements))
             else:
                 self._build_with_pip(spec, tmp, final, req_file, bool(requirements))
         finally:
@@ -222,11 +222,20 @@ class VenvCache:
         return [arg for path in self.find_links for arg in ("--find-links", str(path))]
 
     def _build_with_uv(
-        self, uv: str, spec: EnvironmentSpec, tmp: Path, req_file: Path, any_req: bool
+        self, uv: str, spec: EnvironmentSpec, tmp: Path, final: Path, req_file: Path, any_req: bool
     ) -> None:
         env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
         env.pop("VIRTUAL_ENV", None)
-        create = [uv, "venv", "--no-config", "--quiet", "--relocatable", "--allow-existing"]
+        create = [
+            uv,
+            "venv",
+            "--no-config",
+            "--quiet",
+            "--relocatable",
+            "--allow-existing",
+            "--prompt",
+            final.name,
+        ]
         found = _run([*create, "--python", spec.python, str(tmp)], env=env)
         if found.returncode != 0:
             fallback = _current_interpreter_if(spec.python)
@@ -254,11 +263,16 @@ class VenvCache:
                 f"{_current_version()}); install it or change source.python"
             )
         env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
-        _check(_run([interpreter, "-m", "venv", str(tmp)], env=env), "creating the virtualenv")
+        _check(
+            _run([interpreter, "-m", "venv", "--prompt", final.name, str(tmp)], env=env),
+            "creating the virtualenv",
+        )
         if any_req:
             pip = [str(tmp / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-            _check(_run([*pip, *self._find_links_args(), "-r", str(req_file)], env=env),
-                   "installing the requirements")
+            _check(
+                _run([*pip, *self._find_links_args(), "-r", str(req_file)], env=env),
+                "installing the requirements",
+            )
         _retarget_scripts(tmp, final)
 
 
@@ -279,8 +293,13 @@ def _current_interpreter_if(requested: str) -> str | None:
 def _run(cmd: list[str], *, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(
-            cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, check=False,
+            cmd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            check=False,
         )
     except OSError as exc:
         raise VenvBuildError(f"cannot run {cmd[0]}: {exc}") from exc
