@@ -405,3 +405,50 @@ def test_iris_pipeline_end_to_end_in_its_own_virtualenv(tmp_path: Path) -> None:
     assert {"f1_macro", "log_loss"} <= result.metrics.keys()
     assert result.model_dir is not None and (result.model_dir / "model.joblib").is_file()
     assert result.environment_hash is not None and len(result.environment_hash) == 64
+
+
+# ------------------------------------------------- the fake keeps the same rules
+
+
+def test_fake_runner_follows_the_same_dag_rules(tmp_path: Path) -> None:
+    from controller.backends.pipelines.fake import FakeRunner, ScriptedStep
+
+    model = _model(
+        Step(name="evaluate", run="-", needs=("train",)),
+        Step(name="train", run="-"),
+        Step(name="report", run="-", needs=("evaluate",)),
+    )
+    runner = FakeRunner(
+        {
+            "train": ScriptedStep(metrics={"loss": 0.1}, model_files={"model.bin": b"x"}),
+            "m/evaluate": ScriptedStep(status="failed", log="boom\n"),
+        }
+    )
+    events: list[StepEvent] = []
+    request = RunRequest(
+        run_id="f1", model=model, source_dir=tmp_path, run_dir=tmp_path / "run", on_event=events.append
+    )
+    result = runner.start(request).wait(0)
+    assert result.status == "failed" and result.metrics == {"loss": 0.1}
+    assert [s.status for s in result.steps] == ["failed", "succeeded", "skipped"]
+    assert result.steps[0].log_tail == "boom\n" and (tmp_path / "run" / "model" / "model.bin").is_file()
+    assert [(e.step, e.kind) for e in events][:2] == [("train", "started"), ("train", "finished")]
+    assert runner.requests == [request]
+
+
+def test_fake_runner_can_hold_a_run_and_cancel_it(tmp_path: Path) -> None:
+    from controller.backends.pipelines.fake import FakeRunner
+
+    runner = FakeRunner(hold=True)
+    request = RunRequest(
+        run_id="f2", model=_model(Step(name="a", run="-")), source_dir=tmp_path, run_dir=tmp_path / "run"
+    )
+    held = runner.start(request)
+    assert not held.done()
+    with pytest.raises(TimeoutError):
+        held.wait(0.01)
+    held.cancel()
+    assert held.wait(0).status == "cancelled"
+    other = runner.start(request)
+    runner.release_all()
+    assert other.wait(0).status == "succeeded"
