@@ -396,6 +396,10 @@ class Repository:
             if path in after.blobs and after.catalog.errors_for(path):
                 invalid.append(path)
         old_models, new_models = before.catalog.models, after.catalog.models
+        if before is not after:
+            # a cross-document check can drop or restore a model whose own files did not change
+            # (an environment it names was removed, say): compare the names, once, in C
+            touched |= old_models.keys() ^ new_models.keys()
         return ChangedModels(
             added=frozenset(n for n in touched if n in new_models and n not in old_models),
             removed=frozenset(n for n in touched if n in old_models and n not in new_models),
