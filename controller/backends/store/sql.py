@@ -97,6 +97,13 @@ def _aware(value: datetime, name: str) -> datetime:
     return value.astimezone(UTC)
 
 
+def _checked_times(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``changes`` with every datetime checked to be aware and turned to UTC."""
+    return {
+        name: _aware(value, name) if isinstance(value, datetime) else value for name, value in changes.items()
+    }
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes in, aware UTC datetimes out, whatever the database keeps."""
 
@@ -589,7 +596,7 @@ class SqlStore:
         unknown = set(changes) - RunChanges.__optional_keys__
         if unknown:
             raise TypeError(f"update_run() cannot change {', '.join(sorted(unknown))}")
-        values: dict[str, Any] = dict(changes)
+        values = _checked_times(changes)
         if "steps" in changes:
             values["steps"] = {name: result.to_json() for name, result in changes["steps"].items()}
         if "metrics" in changes:
@@ -796,7 +803,7 @@ class SqlStore:
             result = conn.execute(
                 update(rollouts)
                 .where(rollouts.c.id == rollout_id, rollouts.c.revision == expected_revision)
-                .values(**changes, revision=rollouts.c.revision + 1, updated_at=self._now())
+                .values(**_checked_times(changes), revision=rollouts.c.revision + 1, updated_at=self._now())
             )
             if result.rowcount == 0:
                 actual = conn.execute(
