@@ -253,9 +253,11 @@ class Environment:
     max_parallel: int = 2
     serving_backend: str = "local"  # local | kserve
     port: int | None = None  # the router's port on the embedded home
-    namespace: str | None = None  # cluster home
+    namespace: str | None = None  # cluster home: serving.namespace, else pipeline.namespace
     metrics_source: str = "builtin"  # builtin | prometheus
     prometheus_url: str | None = None
+    pipeline_namespace: str | None = None  # cluster home: where Argo runs the steps
+    serving_namespace: str | None = None  # cluster home: where KServe serves
 
 
 # ------------------------------------------------------------------- Catalog

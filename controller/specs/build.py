@@ -1,0 +1,243 @@
+"""Turn schema-valid documents into the typed records of :mod:`controller.specs.types`.
+
+Called by :mod:`controller.specs.parse` only after a document has passed its
+JSON Schema, so nothing here re-checks validity; it fills in defaults, parses
+durations and resolves the model's source paths against the repository. A
+path that escapes the repository (or is absolute) is the one problem found
+here.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+from controller.specs.durations import parse_duration
+from controller.specs.loader import DocPath
+from controller.specs.schema import Problem
+from controller.specs.types import (
+    Analysis,
+    AnalysisCheck,
+    ApprovalRule,
+    CanaryStep,
+    DataInput,
+    Drift,
+    Environment,
+    Gate,
+    Identity,
+    Metric,
+    Model,
+    Notification,
+    Policy,
+    Resources,
+    Rollout,
+    Serving,
+    Source,
+    Stage,
+    Step,
+    Triggers,
+)
+
+Document = Model | Policy | Environment
+
+DEFAULT_TIMEOUT = "1h"
+DEFAULT_INTERVAL = "10s"
+DEFAULT_LATENCY_PERCENTILE = 99.0
+
+
+def build(kind: str, doc: dict[str, Any], spec_path: str) -> tuple[Document, list[Problem]]:
+    """The typed record of a schema-valid document of ``kind`` read from ``spec_path``."""
+    if kind == "Model":
+        return build_model(doc, spec_path)
+    if kind == "Policy":
+        return build_policy(doc, spec_path), []
+    return build_environment(doc, spec_path), []
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def resolve_path(base: str, relative: str, where: DocPath, problems: list[Problem]) -> str:
+    """``relative`` joined to the repo-relative directory ``base``, normalised; "." is the root."""
+    if relative.startswith("/") or relative.startswith("\\") or (len(relative) > 1 and relative[1] == ":"):
+        problems.append(Problem(where, f"must be a path relative to the spec, got {relative!r}"))
+        return relative
+    joined = posixpath.normpath(posixpath.join(base or ".", relative))
+    if joined == ".." or joined.startswith("../"):
+        problems.append(Problem(where, f"path {relative!r} leads outside the repository"))
+    return joined
+
+
+def build_model(doc: dict[str, Any], spec_path: str) -> tuple[Model, list[Problem]]:
+    problems: list[Problem] = []
+    spec: dict[str, Any] = doc["spec"]
+    source_doc = spec.get("source", {})
+    spec_dir = posixpath.dirname(spec_path)
+    where = ("spec", "source")
+    code = resolve_path(spec_dir, source_doc.get("path", "."), (*where, "path"), problems)
+    requirements = resolve_path(
+        code, source_doc.get("requirements", "requirements.txt"), (*where, "requirements"), problems
+    )
+    dockerfile = source_doc.get("dockerfile")
+    if dockerfile is not None:
+        dockerfile = resolve_path(code, dockerfile, (*where, "dockerfile"), problems)
+    source = Source(
+        path=code, requirements=requirements, python=source_doc.get("python", "3.11"), dockerfile=dockerfile
+    )
+
+    metrics_doc = spec.get("metrics", {})
+    triggers_doc = spec.get("triggers", {})
+    drift_doc = triggers_doc.get("drift")
+    serving_doc = spec.get("serving", {})
+    model = Model(
+        name=doc["metadata"]["name"],
+        spec_path=spec_path,
+        source=source,
+        data=tuple(
+            DataInput(name=d["name"], uri=d["uri"], version=d.get("version"), digest=d.get("digest"))
+            for d in spec.get("data", ())
+        ),
+        params=dict(spec.get("params", {})),
+        steps=tuple(_step(s) for s in spec["pipeline"]["steps"]),
+        metrics=tuple(
+            Metric(name=m["name"], direction=m.get("direction", "higher"))
+            for m in metrics_doc.get("reported", ())
+        ),
+        primary_metric=metrics_doc.get("primary"),
+        gates=tuple(
+            Gate(
+                metric=g["metric"],
+                min=_float(g.get("min")),
+                max=_float(g.get("max")),
+                max_regression=_float(g.get("maxRegression")),
+                max_relative_regression=_float(g.get("maxRelativeRegression")),
+            )
+            for g in spec.get("validation", {}).get("gates", ())
+        ),
+        serving=Serving(
+            runtime=serving_doc.get("runtime", "sklearn"),
+            command=serving_doc.get("command"),
+            sample_inputs=tuple(tuple(row) for row in serving_doc.get("sampleInputs", ())),
+        ),
+        rollout=_rollout(spec.get("rollout", {})),
+        triggers=Triggers(
+            schedule=triggers_doc.get("schedule"),
+            data_change=triggers_doc.get("dataChange", False),
+            drift=None if drift_doc is None else Drift(drift_doc["metric"], float(drift_doc["threshold"])),
+        ),
+        notifications=tuple(_notification(n) for n in spec.get("notifications", ())),
+        labels=dict(doc["metadata"].get("labels", {})),
+        description=spec.get("description", ""),
+    )
+    return model, problems
+
+
+def _step(doc: dict[str, Any]) -> Step:
+    resources = doc.get("resources", {})
+    return Step(
+        name=doc["name"],
+        run=doc["run"],
+        needs=tuple(doc.get("needs", ())),
+        timeout_seconds=parse_duration(doc.get("timeout", DEFAULT_TIMEOUT)),
+        retries=int(doc.get("retries", 0)),
+        resources=Resources(
+            cpu=resources.get("cpu"),
+            memory=resources.get("memory"),
+            gpu=None if resources.get("gpu") is None else int(resources["gpu"]),
+        ),
+        env=tuple(doc.get("env", {}).items()),
+    )
+
+
+def _rollout(doc: dict[str, Any]) -> Rollout:
+    analysis = doc.get("analysis", {})
+    return Rollout(
+        stages=tuple(
+            Stage(
+                environment=s["environment"],
+                canary=tuple(
+                    CanaryStep(weight=int(c["weight"]), duration_seconds=parse_duration(c["duration"]))
+                    for c in s.get("canary", ())
+                ),
+                approval=s.get("approval"),
+            )
+            for s in doc.get("stages", ())
+        ),
+        analysis=Analysis(
+            interval_seconds=parse_duration(analysis.get("interval", DEFAULT_INTERVAL)),
+            failure_limit=int(analysis.get("failureLimit", 2)),
+            no_data=analysis.get("noData", "inconclusive"),
+            checks=tuple(_check(c) for c in analysis.get("checks", ())),
+        ),
+    )
+
+
+def _check(doc: dict[str, Any]) -> AnalysisCheck:
+    builtin = doc.get("builtin")
+    percentile = _float(doc.get("percentile"))
+    if builtin == "latency" and percentile is None:
+        percentile = DEFAULT_LATENCY_PERCENTILE
+    return AnalysisCheck(
+        name=doc["name"],
+        builtin=builtin,
+        query=doc["prometheus"]["query"] if "prometheus" in doc else None,
+        percentile=percentile,
+        min=_float(doc.get("min")),
+        max=_float(doc.get("max")),
+    )
+
+
+def _notification(doc: dict[str, Any]) -> Notification:
+    if "slack" in doc:
+        return Notification(channel="slack", target=doc["slack"]["channel"])
+    return Notification(channel="console")
+
+
+def build_policy(doc: dict[str, Any], spec_path: str) -> Policy:
+    spec: dict[str, Any] = doc["spec"]
+    trust = spec.get("trust", {})
+    return Policy(
+        name=doc["metadata"]["name"],
+        spec_path=spec_path,
+        groups={name: tuple(group["members"]) for name, group in spec.get("groups", {}).items()},
+        identities=tuple(
+            Identity(user=i["user"], github=i.get("github"), slack=i.get("slack"))
+            for i in spec.get("identities", ())
+        ),
+        trusted_groups=tuple(trust.get("groups", ())),
+        trusted_users=tuple(trust.get("users", ())),
+        commands={command: tuple(groups) for command, groups in spec.get("commands", {}).items()},
+        approvals=tuple(
+            ApprovalRule(
+                name=r["name"],
+                groups=tuple(r["groups"]),
+                required=int(r.get("required", 1)),
+                allow_author=r.get("allowAuthor", False),
+                expires_after_seconds=None if "expiresAfter" not in r else parse_duration(r["expiresAfter"]),
+            )
+            for r in spec.get("approvals", ())
+        ),
+    )
+
+
+def build_environment(doc: dict[str, Any], spec_path: str) -> Environment:
+    spec: dict[str, Any] = doc["spec"]
+    pipeline = spec.get("pipeline", {})
+    serving = spec.get("serving", {})
+    metrics = spec.get("metrics", {})
+    return Environment(
+        name=doc["metadata"]["name"],
+        spec_path=spec_path,
+        home=spec.get("home", "embedded"),
+        production=spec.get("production", False),
+        runner=pipeline.get("runner", "local"),
+        max_parallel=int(pipeline.get("maxParallel", 2)),
+        serving_backend=serving.get("backend", "local"),
+        port=None if serving.get("port") is None else int(serving["port"]),
+        namespace=serving.get("namespace") or pipeline.get("namespace"),
+        metrics_source=metrics.get("source", "builtin"),
+        prometheus_url=metrics.get("prometheusUrl"),
+        pipeline_namespace=pipeline.get("namespace"),
+        serving_namespace=serving.get("namespace"),
+    )

@@ -1,0 +1,210 @@
+"""Checks within one document that a JSON Schema cannot express.
+
+Unique names inside a list, references to a declared step, metric or group,
+and the pipeline's steps forming a DAG. Called by :mod:`controller.specs.parse`
+on schema-valid documents only; it also lists the names a document refers to
+in other documents (environments, approval rules) or declares for them, for
+the cross-document checks of :mod:`controller.specs.validate`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from controller.specs.loader import DocPath
+from controller.specs.schema import Problem
+
+Target = Literal["Environment", "approval rule"]
+
+
+@dataclass(frozen=True)
+class Mention:
+    """A name a document refers to (or declares) for another document, and where."""
+
+    target: Target
+    name: str
+    path: DocPath
+
+
+def unknown(what: str, name: str, known: Iterable[str]) -> str:
+    """``unknown metric 'acc'; did you mean 'accuracy'?`` and the like."""
+    names = sorted(set(known))
+    message = f"unknown {what} '{name}'"
+    close = difflib.get_close_matches(name, names, n=1)
+    if close:
+        return f"{message}; did you mean '{close[0]}'?"
+    if names:
+        return f"{message} (declared: {', '.join(names)})"
+    return f"{message} (none is declared)"
+
+
+def _duplicates(items: list[Any], field: str, base: DocPath, what: str) -> Iterable[Problem]:
+    first: dict[Any, int] = {}
+    for index, item in enumerate(items):
+        name = item[field]
+        if name in first:
+            yield Problem(
+                (*base, index, field), f"duplicate {what} '{name}' (first at {base[-1]}[{first[name]}])"
+            )
+        else:
+            first[name] = index
+
+
+def check_document(kind: str, doc: dict[str, Any]) -> list[Problem]:
+    """Every problem of a schema-valid document that its schema cannot see."""
+    if kind == "Model":
+        return _check_model(doc["spec"])
+    if kind == "Policy":
+        return _check_policy(doc["spec"])
+    return []
+
+
+def _check_model(spec: dict[str, Any]) -> list[Problem]:
+    problems: list[Problem] = []
+    problems += _duplicates(spec.get("data", []), "name", ("spec", "data"), "data input")
+    problems += _check_steps(spec["pipeline"]["steps"])
+
+    metrics = spec.get("metrics", {})
+    reported = metrics.get("reported", [])
+    problems += _duplicates(reported, "name", ("spec", "metrics", "reported"), "metric")
+    declared = {m["name"] for m in reported}
+
+    def need_metric(name: str, path: DocPath) -> None:
+        if name not in declared:
+            problems.append(Problem(path, unknown("metric", name, declared)))
+
+    if "primary" in metrics:
+        need_metric(metrics["primary"], ("spec", "metrics", "primary"))
+    for index, gate in enumerate(spec.get("validation", {}).get("gates", [])):
+        need_metric(gate["metric"], ("spec", "validation", "gates", index, "metric"))
+    drift = spec.get("triggers", {}).get("drift")
+    if drift is not None:
+        need_metric(drift["metric"], ("spec", "triggers", "drift", "metric"))
+
+    rollout = spec.get("rollout", {})
+    problems += _duplicates(rollout.get("stages", []), "environment", ("spec", "rollout", "stages"), "stage")
+    checks = rollout.get("analysis", {}).get("checks", [])
+    problems += _duplicates(checks, "name", ("spec", "rollout", "analysis", "checks"), "check")
+    return problems
+
+
+def _check_steps(steps: list[dict[str, Any]]) -> list[Problem]:
+    base: DocPath = ("spec", "pipeline", "steps")
+    problems = list(_duplicates(steps, "name", base, "step"))
+    index_of: dict[str, int] = {}
+    for index, step in enumerate(steps):
+        index_of.setdefault(step["name"], index)
+    edges: dict[str, list[str]] = {}
+    for index, step in enumerate(steps):
+        if index_of[step["name"]] != index:
+            continue  # a duplicate, already reported
+        edges[step["name"]] = []
+        for n, need in enumerate(step.get("needs", [])):
+            if need == step["name"]:
+                problems.append(Problem((*base, index, "needs", n), f"step '{need}' cannot need itself"))
+            elif need not in index_of:
+                problems.append(Problem((*base, index, "needs", n), unknown("step", need, index_of)))
+            else:
+                edges[step["name"]].append(need)
+    for cycle in _cycles(edges):
+        first = cycle[0]
+        problems.append(
+            Problem((*base, index_of[first], "needs"), f"steps form a cycle: {' -> '.join([*cycle, first])}")
+        )
+    return problems
+
+
+def _cycles(edges: dict[str, list[str]]) -> list[list[str]]:
+    """One cycle per strongly tangled group, each starting at its earliest-declared step."""
+    order = {name: i for i, name in enumerate(edges)}
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    found: list[list[str]] = []
+    for start in edges:
+        if state.get(start):
+            continue
+        stack: list[tuple[str, int]] = [(start, 0)]
+        trail: list[str] = [start]
+        state[start] = 1
+        while stack:
+            node, i = stack[-1]
+            if i < len(edges[node]):
+                stack[-1] = (node, i + 1)
+                nxt = edges[node][i]
+                if state.get(nxt) == 1:
+                    cycle = trail[trail.index(nxt) :]
+                    pivot = min(range(len(cycle)), key=lambda k: order[cycle[k]])
+                    # follow "needs" backwards so the cycle reads in run order: train -> evaluate -> train
+                    cycle = cycle[pivot:] + cycle[:pivot]
+                    cycle = [cycle[0], *reversed(cycle[1:])]
+                    found.append(cycle)
+                elif not state.get(nxt):
+                    state[nxt] = 1
+                    stack.append((nxt, 0))
+                    trail.append(nxt)
+            else:
+                state[node] = 2
+                stack.pop()
+                trail.pop()
+    return found
+
+
+def _check_policy(spec: dict[str, Any]) -> list[Problem]:
+    problems: list[Problem] = []
+    groups: dict[str, Any] = spec.get("groups", {})
+
+    def need_group(name: str, path: DocPath) -> None:
+        if name != "*" and name not in groups:
+            problems.append(Problem(path, unknown("group", name, groups)))
+
+    for index, name in enumerate(spec.get("trust", {}).get("groups", [])):
+        if name == "*":
+            problems.append(
+                Problem(("spec", "trust", "groups", index), "'*' cannot be trusted; name the groups")
+            )
+        else:
+            need_group(name, ("spec", "trust", "groups", index))
+    for command, allowed in spec.get("commands", {}).items():
+        for index, name in enumerate(allowed):
+            need_group(name, ("spec", "commands", command, index))
+    identities = spec.get("identities", [])
+    problems += _duplicates(identities, "user", ("spec", "identities"), "identity for user")
+    rules = spec.get("approvals", [])
+    problems += _duplicates(rules, "name", ("spec", "approvals"), "approval rule")
+    for index, rule in enumerate(rules):
+        members: set[str] = set()
+        for n, name in enumerate(rule["groups"]):
+            if name == "*":
+                problems.append(
+                    Problem(("spec", "approvals", index, "groups", n), "approvals must name groups, not '*'")
+                )
+                continue
+            need_group(name, ("spec", "approvals", index, "groups", n))
+            members.update(groups.get(name, {}).get("members", []))
+        required = rule.get("required", 1)
+        if all(g in groups for g in rule["groups"]) and required > len(members):
+            problems.append(
+                Problem(
+                    ("spec", "approvals", index, "required"),
+                    f"needs {required} approvals but its groups have only {len(members)} members",
+                )
+            )
+    return problems
+
+
+def mentions(kind: str, doc: dict[str, Any]) -> tuple[list[Mention], list[Mention]]:
+    """(names this document refers to in others, names it declares for others) of a valid document."""
+    refers: list[Mention] = []
+    declares: list[Mention] = []
+    if kind == "Model":
+        for index, stage in enumerate(doc["spec"].get("rollout", {}).get("stages", [])):
+            base: DocPath = ("spec", "rollout", "stages", index)
+            refers.append(Mention("Environment", stage["environment"], (*base, "environment")))
+            if "approval" in stage:
+                refers.append(Mention("approval rule", stage["approval"], (*base, "approval")))
+    elif kind == "Policy":
+        for index, rule in enumerate(doc["spec"].get("approvals", [])):
+            declares.append(Mention("approval rule", rule["name"], ("spec", "approvals", index, "name")))
+    return refers, declares

@@ -1,0 +1,277 @@
+"""A fast yes/no check of a document against a JSON Schema.
+
+jsonschema takes about a millisecond to accept one model spec, too slow for a
+repository of ten thousand models. :func:`compile_schema` turns a schema into
+a tree of small closures that answers valid (``True``) or invalid (``False``)
+with jsonschema's semantics for the keywords it supports.
+:mod:`controller.specs.schema` trusts a ``True`` and asks jsonschema, the
+reference, for the errors (and the final word) on a ``False``. It interprets
+the schema, it does not restate it: the schemas stay the one definition of
+validity. Every check is exact, never merely conservative, because ``not``
+and ``oneOf`` turn a wrong "no" into a wrong "yes".
+
+Only the keywords the Flywheel schemas use are supported; any other keyword
+makes :func:`compile_schema` raise :class:`UnsupportedSchema`, so a schema
+change cannot silently weaken the check.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+Check = Callable[[Any], bool]
+
+_ANNOTATIONS = frozenset(
+    {"$schema", "$id", "$comment", "$defs", "title", "description", "default", "examples", "deprecated"}
+)
+_OBJECT_KEYWORDS = frozenset({"properties", "additionalProperties", "required"})
+
+
+class UnsupportedSchema(ValueError):
+    """The schema uses a keyword this compiler does not implement."""
+
+
+def compile_schema(schema: Mapping[str, Any]) -> Check:
+    """Compile a draft 2020-12 ``schema`` (local ``$ref`` only) into a conservative validity check."""
+    return _Compiler(schema).compile(schema)
+
+
+def _always(instance: Any) -> bool:
+    return True
+
+
+def _never(instance: Any) -> bool:
+    return False
+
+
+_TYPES: dict[str, Check] = {
+    "string": lambda x: type(x) is str,
+    "object": lambda x: type(x) is dict,
+    "array": lambda x: type(x) is list,
+    "boolean": lambda x: type(x) is bool,
+    "null": lambda x: x is None,
+    "number": lambda x: type(x) is int or type(x) is float,
+    "integer": lambda x: type(x) is int or (type(x) is float and x.is_integer()),
+}
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """JSON equality: booleans are not numbers, 1 == 1.0."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if type(a) is str or type(b) is str or a is None or b is None:
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return bool(a == b)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    return False
+
+
+def _all(checks: list[Check]) -> Check:
+    if not checks:
+        return _always
+    if len(checks) == 1:
+        return checks[0]
+    if len(checks) == 2:
+        first, second = checks
+        return lambda x: first(x) and second(x)
+    frozen = tuple(checks)
+
+    def check(x: Any) -> bool:
+        return all(c(x) for c in frozen)
+
+    return check
+
+
+class _Compiler:
+    def __init__(self, root: Mapping[str, Any]) -> None:
+        self.root = root
+        self.refs: dict[str, Check] = {}
+
+    def ref(self, ref: str) -> Check:
+        if ref in self.refs:
+            return self.refs[ref]
+        if not ref.startswith("#"):
+            raise UnsupportedSchema(f"only local $ref is supported: {ref}")
+        target: Any = self.root
+        for part in ref[1:].split("/")[1:]:
+            target = target[part.replace("~1", "/").replace("~0", "~")]
+        late: list[Check] = []
+        self.refs[ref] = lambda x: late[0](x)  # for recursive schemas
+        compiled = self.compile(target)
+        late.append(compiled)
+        self.refs[ref] = compiled
+        return compiled
+
+    def compile(self, schema: Any) -> Check:
+        if schema is True:
+            return _always
+        if schema is False:
+            return _never
+        if not isinstance(schema, Mapping):
+            raise UnsupportedSchema(f"not a schema: {schema!r}")
+        checks: list[Check] = []
+        handled = set(_ANNOTATIONS)
+        if "$ref" in schema:
+            checks.append(self.ref(schema["$ref"]))
+            handled.add("$ref")
+        types = schema.get("type")
+        handled.add("type")
+        if types == "object" and _OBJECT_KEYWORDS & schema.keys():
+            checks.append(self._object(schema))
+            handled |= _OBJECT_KEYWORDS
+        elif isinstance(types, str):
+            checks.append(_TYPES[types])
+        elif isinstance(types, list):
+            alternatives = [_TYPES[t] for t in types]
+            checks.append(lambda x: any(t(x) for t in alternatives))
+        if _OBJECT_KEYWORDS & schema.keys() and not handled >= _OBJECT_KEYWORDS:
+            checks.append(self._object(schema, typed=False))
+            handled |= _OBJECT_KEYWORDS
+        for keyword, value in schema.items():
+            if keyword in handled:
+                continue
+            make = getattr(self, "_kw_" + keyword.replace("$", ""), None)
+            if make is None:
+                raise UnsupportedSchema(f"keyword {keyword!r} is not supported")
+            checks.append(make(value, schema))
+        return _all(checks)
+
+    # -- objects
+
+    def _object(self, schema: Mapping[str, Any], *, typed: bool = True) -> Check:
+        props: dict[str, Check] = {k: self.compile(v) for k, v in schema.get("properties", {}).items()}
+        required = tuple(schema.get("required", ()))
+        additional_schema = schema.get("additionalProperties", True)
+        additional: Check | None = None if additional_schema is True else self.compile(additional_schema)
+        forbid_extra = additional_schema is False
+        get = props.get
+
+        def check(x: Any) -> bool:
+            if type(x) is not dict:
+                return not typed
+            for key in required:
+                if key not in x:
+                    return False
+            for key, value in x.items():
+                c = get(key)
+                if c is not None:
+                    if not c(value):
+                        return False
+                elif forbid_extra or (additional is not None and not additional(value)):
+                    return False
+            return True
+
+        return check
+
+    def _kw_minProperties(self, n: int, schema: Any) -> Check:
+        return lambda x: type(x) is not dict or len(x) >= n
+
+    def _kw_maxProperties(self, n: int, schema: Any) -> Check:
+        return lambda x: type(x) is not dict or len(x) <= n
+
+    def _kw_propertyNames(self, sub: Any, schema: Any) -> Check:
+        c = self.compile(sub)
+        return lambda x: type(x) is not dict or all(c(k) for k in x)
+
+    def _kw_dependentRequired(self, deps: Mapping[str, list[str]], schema: Any) -> Check:
+        items = [(k, tuple(v)) for k, v in deps.items()]
+        return lambda x: type(x) is not dict or all(all(r in x for r in rs) for k, rs in items if k in x)
+
+    def _kw_dependentSchemas(self, deps: Mapping[str, Any], schema: Any) -> Check:
+        items = [(k, self.compile(v)) for k, v in deps.items()]
+        return lambda x: type(x) is not dict or all(c(x) for k, c in items if k in x)
+
+    # -- arrays
+
+    def _kw_items(self, sub: Any, schema: Any) -> Check:
+        c = self.compile(sub)
+        return lambda x: type(x) is not list or all(c(i) for i in x)
+
+    def _kw_minItems(self, n: int, schema: Any) -> Check:
+        return lambda x: type(x) is not list or len(x) >= n
+
+    def _kw_maxItems(self, n: int, schema: Any) -> Check:
+        return lambda x: type(x) is not list or len(x) <= n
+
+    def _kw_uniqueItems(self, unique: bool, schema: Any) -> Check:
+        if not unique:
+            return _always
+
+        def check(x: Any) -> bool:
+            if type(x) is not list:
+                return True
+            if all(type(i) is str for i in x):
+                return len(set(x)) == len(x)
+            return not any(_equal(a, b) for i, a in enumerate(x) for b in x[i + 1 :])
+
+        return check
+
+    # -- scalars
+
+    def _kw_const(self, value: Any, schema: Any) -> Check:
+        if type(value) is str:
+            return lambda x: type(x) is str and x == value
+        return lambda x: _equal(x, value)
+
+    def _kw_enum(self, values: list[Any], schema: Any) -> Check:
+        if all(type(v) is str for v in values):
+            allowed = frozenset(values)
+            return lambda x: type(x) is str and x in allowed
+        return lambda x: any(_equal(x, v) for v in values)
+
+    def _kw_pattern(self, pattern: str, schema: Any) -> Check:
+        search = re.compile(pattern).search
+        return lambda x: type(x) is not str or search(x) is not None
+
+    def _kw_minLength(self, n: int, schema: Any) -> Check:
+        return lambda x: type(x) is not str or len(x) >= n
+
+    def _kw_maxLength(self, n: int, schema: Any) -> Check:
+        return lambda x: type(x) is not str or len(x) <= n
+
+    def _kw_minimum(self, n: float, schema: Any) -> Check:
+        return lambda x: (type(x) is not int and type(x) is not float) or not x < n
+
+    def _kw_maximum(self, n: float, schema: Any) -> Check:
+        return lambda x: (type(x) is not int and type(x) is not float) or not x > n
+
+    def _kw_exclusiveMinimum(self, n: float, schema: Any) -> Check:
+        return lambda x: (type(x) is not int and type(x) is not float) or not x <= n
+
+    def _kw_exclusiveMaximum(self, n: float, schema: Any) -> Check:
+        return lambda x: (type(x) is not int and type(x) is not float) or not x >= n
+
+    # -- combinators
+
+    def _kw_allOf(self, subs: list[Any], schema: Any) -> Check:
+        return _all([self.compile(s) for s in subs])
+
+    def _kw_anyOf(self, subs: list[Any], schema: Any) -> Check:
+        checks = [self.compile(s) for s in subs]
+        return lambda x: any(c(x) for c in checks)
+
+    def _kw_oneOf(self, subs: list[Any], schema: Any) -> Check:
+        checks = [self.compile(s) for s in subs]
+        return lambda x: sum(1 for c in checks if c(x)) == 1
+
+    def _kw_not(self, sub: Any, schema: Any) -> Check:
+        c = self.compile(sub)
+        return lambda x: not c(x)
+
+    def _kw_if(self, sub: Any, schema: Mapping[str, Any]) -> Check:
+        condition = self.compile(sub)
+        then = self.compile(schema.get("then", True))
+        otherwise = self.compile(schema.get("else", True))
+        return lambda x: then(x) if condition(x) else otherwise(x)
+
+    def _kw_then(self, sub: Any, schema: Any) -> Check:
+        return _always  # applied by "if"
+
+    def _kw_else(self, sub: Any, schema: Any) -> Check:
+        return _always  # applied by "if"

@@ -1,0 +1,144 @@
+"""Parse and check one spec file on its own: YAML, schema, typed record, in-document checks.
+
+:func:`parse_document` depends only on the file's path and bytes, so a caller
+that reads specs from git can cache its result by blob id (and path) and hand
+the results to :func:`controller.specs.validate.check_catalog` for the checks
+across documents. It never raises on bad input: every problem becomes a
+located :class:`~controller.specs.types.SpecError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from controller.specs import schema
+from controller.specs.build import Document, build
+from controller.specs.checks import Target, check_document, mentions
+from controller.specs.loader import MAX_BYTES, DocPath, YamlDocument, YamlError, load_yaml
+from controller.specs.paths import spec_kind
+from controller.specs.schema import KINDS, Problem, describe
+from controller.specs.types import Kind, Location, SpecError
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A name one document refers to, or declares, for the checks across documents."""
+
+    target: Target
+    name: str
+    path: str  # rendered path inside the document
+    location: Location
+
+
+@dataclass(frozen=True)
+class ParsedFile:
+    """One spec file, parsed and checked on its own.
+
+    ``document`` is the typed record when the file had no error of its own
+    (the checks across documents may still exclude it from the catalog).
+    """
+
+    path: str
+    kind: Kind | None = None
+    name: str | None = None
+    name_location: Location | None = None
+    document: Document | None = None
+    errors: tuple[SpecError, ...] = ()
+    references: tuple[Reference, ...] = ()  # environments and approval rules it needs
+    declarations: tuple[Reference, ...] = ()  # approval rules it declares
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def render_path(path: DocPath) -> str:
+    """``("spec", "gates", 0, "min")`` → ``spec.gates[0].min``."""
+    out = ""
+    for element in path:
+        if isinstance(element, int):
+            out += f"[{element}]"
+        elif element and all(c.isalnum() or c in "-_" for c in element):
+            out += f".{element}" if out else element
+        else:
+            out += f"[{element!r}]"
+    return out
+
+
+def parse_document(path: str, data: bytes, *, max_bytes: int = MAX_BYTES) -> ParsedFile:
+    """Parse, schema-check, build and self-check the spec file at repo-relative ``path``.
+
+    The kind is fixed by the path (see :func:`controller.specs.paths.spec_kind`);
+    for any other path it is taken from the document's ``kind``.
+    """
+    expected = spec_kind(path)
+    try:
+        loaded = load_yaml(data, max_bytes=max_bytes)
+    except YamlError as exc:
+        error = SpecError(Location(path, exc.line, exc.column), "", exc.message, kind=expected or "")
+        return ParsedFile(path=path, kind=expected, errors=(error,))
+    except Exception as exc:  # never let a hostile file take the caller down
+        error = SpecError(Location(path), "", f"cannot read the file as YAML: {exc}", kind=expected or "")
+        return ParsedFile(path=path, kind=expected, errors=(error,))
+    return _check_loaded(path, loaded, expected)
+
+
+def _check_loaded(path: str, loaded: YamlDocument, expected: Kind | None) -> ParsedFile:
+    data = loaded.data
+    metadata = data.get("metadata")
+    raw_name = metadata.get("name") if isinstance(metadata, dict) else None
+    name = raw_name if isinstance(raw_name, str) and raw_name else None
+    kind = expected
+    if kind is None:
+        raw_kind = data.get("kind")
+        kind = next((k for k in KINDS if k == raw_kind), None)
+    name_location = Location(path, *loaded.locate(("metadata", "name")))
+
+    def located(problem: Problem) -> SpecError:
+        line, column = loaded.locate(problem.path, key=problem.at_key)
+        shown = problem.path[:-1] if problem.at_key else problem.path
+        return SpecError(
+            Location(path, line, column), render_path(shown), problem.message, kind or "", name or ""
+        )
+
+    if kind is None:
+        if "kind" in data:
+            message = f"expected one of {', '.join(KINDS)}, got {describe(data['kind'])}"
+            problem = Problem(("kind",), message)
+        else:
+            problem = Problem((), "missing required field 'kind'")
+        return ParsedFile(path=path, name=name, name_location=name_location, errors=(located(problem),))
+
+    problems = schema.check(kind, data)
+    document: Document | None = None
+    references: list[Reference] = []
+    declarations: list[Reference] = []
+    if not problems:
+        try:
+            document, problems = build(kind, data, path)
+            problems += check_document(kind, data)
+            refers, declares = mentions(kind, data)
+        except Exception as exc:  # a schema gap must not crash the controller
+            problems = [Problem((), f"internal error while reading this {kind}: {exc!r}")]
+            document, refers, declares = None, [], []
+
+        def reference(mention: Any) -> Reference:
+            line, column = loaded.locate(mention.path)
+            return Reference(
+                mention.target, mention.name, render_path(mention.path), Location(path, line, column)
+            )
+
+        references = [reference(m) for m in refers]
+        declarations = [reference(m) for m in declares]
+    errors = sorted((located(p) for p in problems), key=lambda e: (e.location.line, e.location.column))
+    return ParsedFile(
+        path=path,
+        kind=kind,
+        name=name,
+        name_location=name_location,
+        document=None if errors else document,
+        errors=tuple(errors),
+        references=tuple(references),
+        declarations=tuple(declarations),
+    )
