@@ -13,6 +13,7 @@ this environment at time T".
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -113,6 +114,29 @@ def test_claim_complete_and_lease_expiry(store: SqlStore, clock: Clock) -> None:
     store.complete_event(reclaimed[0].id)
     clock.advance(3600)
     assert store.claim_events(limit=10, worker="w4") == []
+
+
+def test_concurrent_workers_never_claim_the_same_event(tmp_path: Path) -> None:
+    stores = [SqlStore(state_url(tmp_path)) for _ in range(3)]
+    try:
+        for n in range(60):
+            stores[0].put_event(source="poll", delivery_id=str(n), kind="push", payload={})
+        claimed: list[list[int]] = [[] for _ in stores]
+
+        def work(index: int) -> None:
+            while batch := stores[index].claim_events(limit=4, worker=f"w{index}"):
+                claimed[index].extend(event.id for event in batch)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(stores))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=20)
+        every = [event_id for ids in claimed for event_id in ids]
+        assert sorted(every) == sorted(set(every)) and len(every) == 60
+    finally:
+        for opened in stores:
+            opened.close()
 
 
 def test_pruned_events_no_longer_deduplicate(store: SqlStore, clock: Clock) -> None:

@@ -223,7 +223,8 @@ def _create_append_only_guards() -> None:
     elif dialect == "postgresql":
         op.execute(
             "CREATE FUNCTION flywheel_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ "
-            "BEGIN RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP; END $$"
+            "BEGIN RAISE EXCEPTION USING MESSAGE = "
+            "TG_TABLE_NAME || ' is append-only: ' || TG_OP || ' refused'; END $$"
         )
         for table in APPEND_ONLY:
             op.execute(
