@@ -106,7 +106,7 @@ KFP_SCRIPT = textwrap.dedent(
 
     use_venv, reps, root = sys.argv[1] == "1", int(sys.argv[2]), sys.argv[3]
 
-    @dsl.component
+    @dsl.component(base_image="python:3.11")
     def noop():
         pass
 
@@ -139,7 +139,7 @@ def kfp_python(tmp: Path) -> tuple[str | None, str]:
     venv = tmp / "kfp-venv"
     if uv:
         steps = [
-            [uv, "venv", "--quiet", "--python", sys.executable, str(venv)],
+            [uv, "venv", "--quiet", "--seed", "--python", sys.executable, str(venv)],
             [uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), "kfp"],
         ]
     else:
