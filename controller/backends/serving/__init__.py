@@ -1,0 +1,140 @@
+"""The serving interface: run model versions and split one environment's traffic between them.
+
+The rollout engine calls :class:`ServingBackend` to put a registered model
+version behind an environment's endpoint (:meth:`~ServingBackend.deploy`),
+to shift traffic between versions during a canary
+(:meth:`~ServingBackend.set_weights`) and to stop a version that no longer
+serves (:meth:`~ServingBackend.retire`). Every home implements this one
+Protocol: :mod:`.local` runs one model server process per version and a
+weighted router per environment (embedded home), the KServe backend maps the
+same calls onto an InferenceService's ``canaryTrafficPercent`` (cluster home),
+and :mod:`.fake` records the calls in memory for engine tests.
+
+Every method with a side effect is idempotent: the engine repeats a call after
+a crash without knowing whether the first one took effect, so deploying a
+version that already runs healthy starts nothing, and setting the weights that
+are already set changes nothing.
+
+Clients send Open Inference Protocol v2 requests to :meth:`~ServingBackend.endpoint`;
+a server for one version honours the serving contract of DESIGN.md
+(``/v2/health/ready``, ``/v2/models/{name}/ready``, ``/v2/models/{name}/infer``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from controller.backends.pipelines.venvs import EnvironmentSpec
+from controller.specs.types import Environment, Serving
+
+__all__ = [
+    "DeployedVersion",
+    "ServedVersion",
+    "ServingBackend",
+    "ServingError",
+    "check_weights",
+]
+
+
+class ServingError(RuntimeError):
+    """A version could not be deployed, routed or retired; the message says why (and shows the log tail)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServedVersion:
+    """One immutable model version, as the serving backend needs it.
+
+    ``artifact_dir`` holds what the train step wrote into ``FLYWHEEL_MODEL_DIR``
+    (for the sklearn runtime: ``model.joblib`` and ``model-settings.json``); it
+    is only read, never changed.
+
+    Where the server's Python packages come from: ``environment`` is the
+    model's own environment (its requirements), which a backend extends with
+    the runtime's server packages (MLServer for ``sklearn``/``xgboost``) and
+    builds; ``venv`` is an already-built virtualenv to use as it is (for a
+    built-in runtime it must contain the server already). ``source_dir`` is
+    the model's exported code, the working directory of a custom server
+    command (the artifact directory when not given).
+    """
+
+    model: str
+    version: str  # the version label, e.g. "v3"
+    artifact_dir: Path
+    serving: Serving
+    environment: EnvironmentSpec | None = None
+    venv: Path | None = None
+    source_dir: Path | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeployedVersion:
+    """A version that runs in an environment, and the share of traffic it gets now."""
+
+    model: str
+    version: str
+    url: str  # the server's own base URL (not through the router)
+    weight: int  # percent of the model's traffic, 0 when not routed
+    pid: int | None = None  # embedded home only
+    metrics_url: str | None = None  # the server's own Prometheus endpoint, when it has one
+    started_at: float = 0.0  # unix time
+
+
+class ServingBackend(Protocol):
+    def deploy(self, *, environment: Environment, version: ServedVersion) -> None:
+        """Run a server for ``version`` unless one runs healthy already; return once it is ready.
+
+        Raises :class:`ServingError`, with the tail of the server's log, when
+        the server does not become ready in time. A deployed version gets no
+        traffic until :meth:`set_weights` gives it some.
+        """
+        ...
+
+    def set_weights(self, *, environment: Environment, model: str, weights: Mapping[str, int]) -> None:
+        """Route ``model``'s traffic: version label → percent, summing to 100.
+
+        Every version named must be deployed and pass its health check now;
+        versions left out get no traffic. An empty mapping stops routing the
+        model.
+        """
+        ...
+
+    def retire(self, *, environment: Environment, model: str, version: str) -> None:
+        """Stop the server of ``version``; nothing happens when it does not run.
+
+        Raises :class:`ServingError` when the version still gets traffic.
+        """
+        ...
+
+    def deployed(self, *, environment: Environment, model: str) -> Sequence[DeployedVersion]:
+        """The versions of ``model`` that run in ``environment``, with their current weights."""
+        ...
+
+    def endpoint(self, *, environment: Environment, model: str) -> str:
+        """Base URL of the model for clients: append ``/infer`` (or ``/ready``) for OIP v2 calls."""
+        ...
+
+    def metrics_url(self, *, environment: Environment) -> str:
+        """Prometheus endpoint with ``flywheel_requests_total`` and ``flywheel_request_duration_seconds``."""
+        ...
+
+    def shutdown(self) -> None:
+        """Stop everything this backend runs (tests and the demo; the controller leaves servers running)."""
+        ...
+
+
+def check_weights(weights: Mapping[str, int]) -> dict[str, int]:
+    """``weights`` as a plain dict, or :class:`ServingError` unless they are percentages summing to 100.
+
+    An empty mapping is valid: it means the model gets no traffic.
+    """
+    result: dict[str, int] = {}
+    for version, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
+            raise ServingError(f"weight of {version} must be an integer percent 0..100, got {weight!r}")
+        result[version] = weight
+    if result and sum(result.values()) != 100:
+        raise ServingError(f"weights must sum to 100, got {sum(result.values())}: {result}")
+    return result

@@ -1,0 +1,364 @@
+"""One model server process of the embedded home: what to run, launching it, finding it again, stopping it.
+
+:class:`~controller.backends.serving.local.LocalServing` uses these helpers;
+they also start the router process. What they pin down:
+
+* **What runs.** For the ``sklearn`` and ``xgboost`` runtimes, MLServer (the
+  server KServe runs for them) from the model's own virtualenv extended with
+  :data:`RUNTIME_REQUIREMENTS` (:func:`serving_environment`), started as
+  ``mlserver start <server dir>``. The server directory is ours: it gets a
+  ``settings.json`` (loopback host, free HTTP/gRPC/metrics ports, no worker
+  pool) and ``<model>/model-settings.json``, a copy of the artifact's own with
+  ``name`` set to the Flywheel model name, ``parameters.version`` to the
+  version label and ``parameters.uri`` made absolute; the artifact directory
+  is only read. For the ``custom`` runtime, ``Serving.command`` runs in the
+  model's source directory (the artifact directory when there is none) with
+  the environment variables of :data:`CUSTOM_SERVER_ENV`, and must answer the
+  same routes on ``FLYWHEEL_PORT`` (with ``/metrics`` on that port too).
+* **Detached.** A server is started by a short-lived launcher process in a new
+  session (``start_new_session``): it is no child of the controller, so it
+  outlives a ``kill -9`` of the controller and never becomes the controller's
+  zombie; being its own process group's leader, it is stopped with all its
+  children by ``killpg``.
+* **Recorded.** A :class:`ProcessRecord` (pid, the kernel's start time of that
+  pid, ports, start time) is written atomically into the server directory, so
+  a restarted controller finds the process again; a pid counts as the same
+  process only when its start time matches (no pid reuse), and a zombie
+  counts as gone.
+* **Ready.** A server is ready when ``GET /v2/health/ready`` and
+  ``GET /v2/models/{name}/ready`` both answer 200.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from controller.backends.pipelines.local import uses_shell
+from controller.backends.pipelines.venvs import EnvironmentSpec
+from controller.backends.serving import ServedVersion, ServingError
+
+__all__ = [
+    "CUSTOM_SERVER_ENV",
+    "RUNTIME_REQUIREMENTS",
+    "LaunchPlan",
+    "ProcessRecord",
+    "free_port",
+    "http_status",
+    "is_alive",
+    "is_ready",
+    "log_tail",
+    "plan_custom_server",
+    "plan_mlserver",
+    "serving_environment",
+    "spawn_detached",
+    "stop_process",
+]
+
+LOOPBACK = "127.0.0.1"
+
+RUNTIME_REQUIREMENTS: Mapping[str, tuple[str, ...]] = {
+    # Tested together with scikit-learn 1.4 to 1.9 on Python 3.11.
+    "sklearn": ("mlserver==1.7.1", "mlserver-sklearn==1.7.1"),
+    "xgboost": ("mlserver==1.7.1", "mlserver-xgboost==1.7.1"),
+}
+"""Packages added to a model's requirements to serve it with a built-in runtime."""
+
+_MLSERVER_IMPLEMENTATIONS = {
+    "sklearn": ("mlserver_sklearn.SKLearnModel", "model.joblib"),
+    "xgboost": ("mlserver_xgboost.XGBoostModel", "model.bst"),
+}
+
+CUSTOM_SERVER_ENV: Mapping[str, str] = {
+    "FLYWHEEL_HOST": "the address to listen on (127.0.0.1)",
+    "FLYWHEEL_PORT": "the HTTP port to listen on, for the OIP v2 routes and /metrics",
+    "FLYWHEEL_MODEL_DIR": "the artifact directory of the version (read only)",
+    "FLYWHEEL_MODEL_NAME": "the model name, as in /v2/models/{name}",
+    "FLYWHEEL_MODEL_VERSION": "the version label, e.g. v3",
+}
+"""The environment variables a custom server command gets, and what they mean."""
+
+_DROPPED_ENV = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "__PYVENV_LAUNCHER__")
+_LOG_TAIL_LINES = 40
+
+# The launcher: starts the server in a new session with its output in the log file, prints its pid
+# and exits at once, so the server is re-parented away from the controller.
+_LAUNCHER = """\
+import json, os, subprocess, sys
+spec = json.loads(sys.stdin.read())
+with open(spec["log"], "ab") as log:
+    proc = subprocess.Popen(spec["argv"], cwd=spec["cwd"], env=spec["env"], stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+print(proc.pid, flush=True)
+os._exit(0)
+"""
+
+
+def serving_environment(base: EnvironmentSpec, runtime: str) -> EnvironmentSpec:
+    """The model's environment plus the server packages of ``runtime`` (``custom``: unchanged)."""
+    if runtime == "custom":
+        return base
+    extra = RUNTIME_REQUIREMENTS.get(runtime)
+    if extra is None:
+        raise ServingError(f"serving runtime {runtime!r} is not supported on the embedded home")
+    requirements = base.requirements.rstrip("\n") + "\n" + "".join(f"{line}\n" for line in extra)
+    return EnvironmentSpec(requirements=requirements, python=base.python, platform=base.platform)
+
+
+# ------------------------------------------------------------------ records
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessRecord:
+    """A process we started and may find again: a model server or a router."""
+
+    pid: int
+    process_start: str | None  # the kernel's start time of pid (field 22 of /proc/PID/stat)
+    port: int
+    started_at: float  # unix time
+    kind: str = "server"  # server | router
+    model: str = ""
+    version: str = ""
+    runtime: str = ""
+    metrics_port: int | None = None  # when metrics are not on ``port``
+    grpc_port: int | None = None
+    log: str = ""
+    token: str = ""  # router only: the admin token
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.metrics_port or self.port}/metrics"
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(asdict(self), handle, indent=2, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> ProcessRecord | None:
+        """The record at ``path``; None when there is none or it cannot be read."""
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+            return cls(**data)
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+# --------------------------------------------------------------------- plans
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchPlan:
+    argv: tuple[str, ...]
+    cwd: Path
+    env: Mapping[str, str]
+    port: int
+    metrics_port: int | None = None
+    grpc_port: int | None = None
+
+
+def _base_env(venv: Path | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
+    if venv is not None:
+        env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
+        env["VIRTUAL_ENV"] = str(venv)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def plan_mlserver(version: ServedVersion, *, venv: Path, server_dir: Path) -> LaunchPlan:
+    """Write MLServer's settings for ``version`` into ``server_dir`` and say how to start it."""
+    implementation = _MLSERVER_IMPLEMENTATIONS.get(version.serving.runtime)
+    if implementation is None:
+        raise ServingError(f"runtime {version.serving.runtime!r} is not served by MLServer")
+    mlserver = venv / "bin" / "mlserver"
+    if not mlserver.exists():
+        raise ServingError(f"{venv} has no MLServer (expected {mlserver})")
+    artifact = version.artifact_dir.resolve()
+    settings_file = artifact / "model-settings.json"
+    model_settings: dict[str, Any] = {"implementation": implementation[0]}
+    if settings_file.is_file():
+        try:
+            model_settings = json.loads(settings_file.read_text())
+        except ValueError as exc:
+            raise ServingError(f"{settings_file} is not valid JSON: {exc}") from exc
+    parameters = dict(model_settings.get("parameters") or {})
+    uri = Path(str(parameters.get("uri") or implementation[1]))
+    parameters["uri"] = str(uri if uri.is_absolute() else (artifact / uri).resolve())
+    parameters["version"] = version.version
+    model_settings.update(name=version.model, parameters=parameters)
+    port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    settings = {
+        "host": LOOPBACK,
+        "http_port": port,
+        "grpc_port": grpc_port,
+        "metrics_port": metrics_port,
+        "parallel_workers": 0,
+        "load_models_at_startup": True,
+        "debug": False,
+        "model_repository_root": str(server_dir),
+    }
+    model_dir = server_dir / version.model
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (server_dir / "settings.json").write_text(json.dumps(settings, indent=2))
+    (model_dir / "model-settings.json").write_text(json.dumps(model_settings, indent=2))
+    return LaunchPlan(
+        argv=(str(mlserver), "start", str(server_dir)),
+        cwd=server_dir,
+        env=_base_env(venv),
+        port=port,
+        metrics_port=metrics_port,
+        grpc_port=grpc_port,
+    )
+
+
+def plan_custom_server(version: ServedVersion, *, venv: Path | None) -> LaunchPlan:
+    """How to start ``Serving.command`` for ``version``, with the :data:`CUSTOM_SERVER_ENV` variables."""
+    command = (version.serving.command or "").strip()
+    if not command:
+        raise ServingError(f"model {version.model}: runtime custom needs serving.command")
+    port = free_port()
+    env = _base_env(venv)
+    env.update(
+        FLYWHEEL_HOST=LOOPBACK,
+        FLYWHEEL_PORT=str(port),
+        FLYWHEEL_MODEL_DIR=str(version.artifact_dir.resolve()),
+        FLYWHEEL_MODEL_NAME=version.model,
+        FLYWHEEL_MODEL_VERSION=version.version,
+    )
+    argv = ("/bin/sh", "-c", command) if uses_shell(command) else tuple(shlex.split(command))
+    cwd = (version.source_dir or version.artifact_dir).resolve()
+    return LaunchPlan(argv=argv, cwd=cwd, env=env, port=port)
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def spawn_detached(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: Path) -> int:
+    """Start ``argv`` in a new session, detached from this process; its pid."""
+    spec = json.dumps({"argv": list(argv), "cwd": str(cwd), "env": dict(env), "log": str(log)})
+    try:
+        done = subprocess.run(
+            [sys.executable, "-I", "-c", _LAUNCHER], input=spec, capture_output=True, text=True,
+            timeout=30, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ServingError(f"cannot start {argv[0]}: {exc}") from exc
+    if done.returncode != 0 or not done.stdout.strip().isdigit():
+        message = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ServingError(f"cannot start {shlex.join(argv)} in {cwd}: {message}")
+    return int(done.stdout.strip())
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) is in parentheses and may contain spaces
+    return [text[: text.index(" ")], "comm", *text[text.rindex(")") + 2 :].split()]
+
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), None without /proc."""
+    fields = _stat(pid)
+    return fields[21] if fields and len(fields) > 21 else None
+
+
+def is_alive(pid: int, process_start: str | None) -> bool:
+    """Whether ``pid`` is the process that was recorded: running, not a zombie, same start time."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    fields = _stat(pid)
+    if fields is None:
+        return not Path("/proc/self/stat").exists()  # no /proc here: trust kill(0)
+    if fields[2] in ("Z", "X"):
+        return False
+    return process_start is None or fields[21] == process_start
+
+
+def stop_process(pid: int, process_start: str | None, *, grace_seconds: float = 5.0) -> None:
+    """Stop the recorded process and its process group: SIGTERM, then SIGKILL after ``grace_seconds``."""
+    for sig, wait in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, 5.0)):
+        if not is_alive(pid, process_start):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)  # a session leader: pgid == pid
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # reap it if it happens to be our child
+            if not is_alive(pid, process_start):
+                return
+            time.sleep(0.02)
+    if is_alive(pid, process_start):
+        raise ServingError(f"process {pid} did not stop")
+
+
+def http_status(url: str, path: str, *, timeout: float = 2.0, method: str = "GET") -> int | None:
+    """The HTTP status of ``method path`` on ``url`` (http://host:port), None when nothing answers."""
+    host_port = url.removeprefix("http://").rstrip("/")
+    host, _, port = host_port.partition(":")
+    connection = http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
+
+
+def is_ready(url: str, model: str, *, timeout: float = 2.0) -> bool:
+    """Both OIP v2 readiness routes of the server at ``url`` answer 200."""
+    return (
+        http_status(url, "/v2/health/ready", timeout=timeout) == 200
+        and http_status(url, f"/v2/models/{model}/ready", timeout=timeout) == 200
+    )
+
+
+def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log file ('' when there is none)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 64 * 1024))
+            data = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(data.rstrip().splitlines()[-lines:])
