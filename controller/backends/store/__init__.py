@@ -40,12 +40,15 @@ __all__ = [
     "Approval",
     "ApprovalChannel",
     "AuditEntry",
+    "CommitStatus",
     "Conflict",
     "Decision",
     "InboxEvent",
     "ModelVersion",
     "NotFound",
     "OutboxMessage",
+    "Review",
+    "ReviewState",
     "RolloutChanges",
     "RolloutRecord",
     "Run",
@@ -69,6 +72,7 @@ RunStatus = Literal["queued", "running", "succeeded", "failed", "error", "cancel
 TERMINAL_RUN_STATUSES: frozenset[RunStatus] = frozenset({"succeeded", "failed", "error", "cancelled"})
 Decision = Literal["approve", "reject"]
 ApprovalChannel = Literal["cli", "github", "slack"]
+ReviewState = Literal["pending", "success", "failure", "error"]
 
 
 # -------------------------------------------------------------------- errors
@@ -172,10 +176,34 @@ class Run:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     error: str | None = None
+    reused_from: int | None = None  # a cache hit: the run whose result this one took
 
     @property
     def finished(self) -> bool:
         return self.status in TERMINAL_RUN_STATUSES
+
+
+@dataclass(frozen=True)
+class Review:
+    """The local forge's report of one model on one proposal, and its latest status."""
+
+    proposal: str
+    model: str
+    commit: str
+    state: ReviewState
+    description: str
+    body: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class CommitStatus:
+    proposal: str
+    model: str
+    commit: str
+    state: ReviewState
+    description: str
+    at: datetime
 
 
 class RunChanges(TypedDict, total=False):
@@ -378,6 +406,7 @@ class Store(Protocol):
         data_fingerprints: Mapping[str, str] | None = None,
         environment_hash: str | None = None,
         status: RunStatus = "queued",
+        reused_from: int | None = None,
     ) -> Run: ...
 
     def update_run(self, run_id: int, **changes: Unpack[RunChanges]) -> Run: ...
@@ -536,6 +565,28 @@ class Store(Protocol):
     def get_message(self, message_id: int) -> OutboxMessage: ...
 
     # key-value
+    # reviews (the local forge)
+    def save_review(
+        self,
+        *,
+        proposal: str,
+        model: str,
+        commit: str,
+        body: str | None = None,
+        state: ReviewState | None = None,
+        description: str | None = None,
+    ) -> Review:
+        """Create or update in place the review of ``model`` on ``proposal``.
+
+        ``body`` left out keeps the current report; ``state`` given also appends
+        to the commit's status history. A new commit starts ``pending``.
+        """
+        ...
+
+    def reviews(self, *, proposal: str | None = None, model: str | None = None) -> list[Review]: ...
+
+    def commit_statuses(self, *, proposal: str, model: str) -> list[CommitStatus]: ...
+
     def get_meta(self, key: str) -> str | None: ...
 
     def set_meta(self, key: str, value: str) -> None: ...

@@ -65,6 +65,7 @@ from controller.backends.store import (
     Approval,
     ApprovalChannel,
     AuditEntry,
+    CommitStatus,
     Conflict,
     Decision,
     InboxEvent,
@@ -72,6 +73,8 @@ from controller.backends.store import (
     ModelVersion,
     NotFound,
     OutboxMessage,
+    Review,
+    ReviewState,
     RolloutChanges,
     RolloutRecord,
     Run,
@@ -192,6 +195,7 @@ runs = Table(
     _time("started_at", nullable=True),
     _time("finished_at", nullable=True),
     Column("error", Text()),
+    Column("reused_from", Integer()),
 )
 
 versions = Table(
@@ -292,6 +296,31 @@ outbox = Table(
     _time("sent_at", nullable=True),
     Column("last_error", Text()),
     UniqueConstraint("key", name="uq_outbox_key"),
+)
+
+
+reviews = Table(
+    "reviews",
+    metadata,
+    Column("proposal", String(255), primary_key=True),
+    Column("model", String(255), primary_key=True),
+    Column("commit", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("description", Text(), nullable=False),
+    Column("body", Text(), nullable=False),
+    _time("updated_at"),
+)
+
+commit_statuses = Table(
+    "commit_statuses",
+    metadata,
+    Column("id", Integer(), primary_key=True, autoincrement=True),
+    Column("proposal", String(255), nullable=False),
+    Column("model", String(255), nullable=False),
+    Column("commit", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("description", Text(), nullable=False),
+    _time("at"),
 )
 
 
@@ -571,10 +600,12 @@ class SqlStore:
         data_fingerprints: Mapping[str, str] | None = None,
         environment_hash: str | None = None,
         status: RunStatus = "queued",
+        reused_from: int | None = None,
     ) -> Run:
         with self._write() as conn:
             result = conn.execute(
                 insert(runs).values(
+                    reused_from=reused_from,
                     model=model,
                     ref=ref,
                     commit=commit,
@@ -1089,6 +1120,70 @@ class SqlStore:
         with self._read() as conn:
             return _get_message(conn, message_id, by="id")
 
+    # ------------------------------------------------------------- reviews
+
+    def save_review(
+        self, *, proposal: str, model: str, commit: str, body: str | None = None,
+        state: ReviewState | None = None, description: str | None = None,
+    ) -> Review:
+        now = self._now()
+        with self._write() as conn:
+            row = conn.execute(
+                select(reviews).where(reviews.c.proposal == proposal, reviews.c.model == model)
+            ).mappings().first()
+            same_commit = row is not None and row["commit"] == commit
+            values = {
+                "commit": commit,
+                # A new commit starts pending until a status for it is set.
+                "state": state or (row["state"] if row is not None and same_commit else "pending"),
+                "description": description
+                if description is not None
+                else (row["description"] if row is not None and same_commit else ""),
+                "body": body if body is not None else (row["body"] if row is not None else ""),
+                "updated_at": now,
+            }
+            if row is None:
+                conn.execute(insert(reviews).values(proposal=proposal, model=model, **values))
+            else:
+                conn.execute(
+                    update(reviews)
+                    .where(reviews.c.proposal == proposal, reviews.c.model == model)
+                    .values(**values)
+                )
+            if state is not None:
+                conn.execute(
+                    insert(commit_statuses).values(
+                        proposal=proposal, model=model, commit=commit, state=state,
+                        description=description or "", at=now,
+                    )
+                )
+            return _review(
+                conn.execute(
+                    select(reviews).where(reviews.c.proposal == proposal, reviews.c.model == model)
+                ).mappings().one()
+            )
+
+    def reviews(self, *, proposal: str | None = None, model: str | None = None) -> list[Review]:
+        query = select(reviews).order_by(reviews.c.proposal, reviews.c.model)
+        if proposal is not None:
+            query = query.where(reviews.c.proposal == proposal)
+        if model is not None:
+            query = query.where(reviews.c.model == model)
+        with self._read() as conn:
+            return [_review(row) for row in conn.execute(query).mappings()]
+
+    def commit_statuses(self, *, proposal: str, model: str) -> list[CommitStatus]:
+        query = (
+            select(commit_statuses)
+            .where(commit_statuses.c.proposal == proposal, commit_statuses.c.model == model)
+            .order_by(commit_statuses.c.id)
+        )
+        with self._read() as conn:
+            return [
+                CommitStatus(r["proposal"], r["model"], r["commit"], r["state"], r["description"], r["at"])
+                for r in conn.execute(query).mappings()
+            ]
+
     # ----------------------------------------------------------- key-value
 
     def get_meta(self, key: str) -> str | None:
@@ -1156,6 +1251,19 @@ def _run(row: RowMapping) -> Run:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         error=row["error"],
+        reused_from=row["reused_from"],
+    )
+
+
+def _review(row: RowMapping) -> Review:
+    return Review(
+        proposal=row["proposal"],
+        model=row["model"],
+        commit=row["commit"],
+        state=row["state"],
+        description=row["description"],
+        body=row["body"],
+        updated_at=row["updated_at"],
     )
 
 
