@@ -452,3 +452,28 @@ def test_fake_runner_can_hold_a_run_and_cancel_it(tmp_path: Path) -> None:
     other = runner.start(request)
     runner.release_all()
     assert other.wait(0).status == "succeeded"
+
+
+def test_cancel_kills_the_steps_children_too(tmp_path: Path) -> None:
+    started = threading.Event()
+    (tmp_path / "src").mkdir()
+    request = RunRequest(
+        run_id="r1",
+        model=_model(Step(name="parent", run='sleep 30 & echo $! > "$FLYWHEEL_WORKDIR/child.pid"; wait')),
+        source_dir=tmp_path / "src",
+        run_dir=tmp_path / "run",
+        on_event=lambda e: started.set(),
+    )
+    handle = LocalRunner().start(request)
+    assert started.wait(5)
+    pid_file = tmp_path / "run" / "work" / "child.pid"
+    deadline = time.monotonic() + 5
+    while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    child = int(pid_file.read_text())
+    handle.cancel()
+    assert handle.wait(timeout=5).status == "cancelled"
+    deadline = time.monotonic() + 2
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _alive(child)

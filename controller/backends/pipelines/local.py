@@ -16,7 +16,8 @@ Each step, per DESIGN.md's step contract:
 * gets ``FLYWHEEL_PARAMS``, ``FLYWHEEL_DATA_<NAME>``, ``FLYWHEEL_WORKDIR``,
   ``FLYWHEEL_MODEL_DIR``, ``FLYWHEEL_METRICS`` and, when there is a baseline,
   ``FLYWHEEL_BASELINE_MODEL_DIR``, with the virtualenv's ``bin`` first on
-  ``PATH`` and ``VIRTUAL_ENV`` set (``PYTHONPATH``/``PYTHONHOME`` are dropped);
+  ``PATH``, ``VIRTUAL_ENV`` and ``PYTHONUNBUFFERED=1`` set (``PYTHONPATH``/``PYTHONHOME``
+  are dropped); a step's own ``env`` is applied under these;
 * writes stdout and stderr straight into ``<run_dir>/logs/<step>.log`` (the
   runner never holds a log in memory; a failed step's result carries the
   last 50 lines);
@@ -286,6 +287,7 @@ class LocalRunHandle:
                         failure = self._launch(step, 1, state, running)
                         if failure is not None:
                             outcome, stopping = "error", failure
+                            break
             if not running:
                 break
             message = self._next_message(running)
