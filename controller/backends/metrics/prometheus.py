@@ -1,0 +1,249 @@
+"""The Prometheus metrics source: answers analysis checks with PromQL.
+
+Used on the cluster home, and on the embedded home when an Environment names a
+Prometheus. The rollout engine calls :meth:`PrometheusMetrics.measure`; this
+module turns the check into an instant PromQL query and runs it through
+``prometheus_api_client.PrometheusConnect``.
+
+- Built-in checks become PromQL over the router's ``flywheel_*`` metrics
+  (see :func:`builtin_queries`).
+- A check's own ``query`` has ``{{model}}``, ``{{version}}`` and
+  ``{{environment}}`` filled in as escaped label values, so a name cannot end
+  the string it sits in and inject PromQL, and ``{{window}}`` as a PromQL
+  duration such as ``1m``.
+- The query must give one number: an empty result ("no series"), NaN (0/0,
+  no requests), several series, an HTTP error and an unreachable server all
+  become a measurement without a value and with the reason; nothing raises.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import requests
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from prometheus_api_client.prometheus_connect import PrometheusConnect
+from urllib3.util.retry import Retry
+
+from controller.backends.metrics import (
+    DEFAULT_PERCENTILE,
+    NO_REQUESTS,
+    NO_SERIES,
+    REQUEST_DURATION,
+    REQUESTS_TOTAL,
+    Measurement,
+)
+from controller.specs.types import AnalysisCheck
+
+_PLACEHOLDER = re.compile(r"\{\{\s*(model|version|environment|window)\s*\}\}")
+_BODY_REPR = re.compile(r"\((b(['\"]).*\2)\)\s*$", re.DOTALL)
+
+
+class UnsafeLabelValue(ValueError):
+    """A label value that cannot be put into a PromQL string safely."""
+
+
+def escape_label_value(value: str) -> str:
+    """``value`` escaped for the inside of a double-quoted PromQL string.
+
+    Backslashes, double quotes and line breaks are escaped. Single quotes and
+    backticks are refused: a template may put the value in a single-quoted or
+    raw string, where no escape would keep them from ending it.
+    """
+    if "'" in value or "`" in value:
+        raise UnsafeLabelValue(f"label value {value!r} contains a quote that cannot be escaped safely")
+    return (
+        value.replace("\\", "\\\\")
+        .replace('"', '\\"')
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+        .replace("\t", "\\t")
+    )
+
+
+def promql_duration(seconds: float) -> str:
+    """A PromQL duration for ``seconds``: ``90`` → ``1m30s``, ``1.5`` → ``1500ms``."""
+    millis = max(round(seconds * 1000), 1)
+    if millis % 1000:
+        return f"{millis}ms"
+    rest = millis // 1000
+    parts = []
+    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size:
+            parts.append(f"{rest // size}{unit}")
+            rest %= size
+    return "".join(parts)
+
+
+def render_query(template: str, *, model: str, version: str, environment: str, window_seconds: float) -> str:
+    """Fill the ``{{...}}`` placeholders of a check's PromQL template."""
+    values = {
+        "model": escape_label_value(model),
+        "version": escape_label_value(version),
+        "environment": escape_label_value(environment),
+        "window": promql_duration(window_seconds),
+    }
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
+
+
+@dataclass(frozen=True)
+class Queries:
+    """The PromQL for one check: its value and, when known, the number of requests behind it."""
+
+    value: str
+    samples: str | None = None
+    nan_reason: str = NO_REQUESTS  # what NaN (0/0) means for this query
+
+
+def builtin_queries(
+    builtin: str,
+    *,
+    percentile: float | None,
+    model: str,
+    version: str,
+    environment: str,
+    window_seconds: float,
+) -> Queries:
+    """The PromQL for a built-in check, over the same metrics the built-in source reads."""
+    selector = (
+        f'environment="{escape_label_value(environment)}",'
+        f'model="{escape_label_value(model)}",version="{escape_label_value(version)}"'
+    )
+    window = promql_duration(window_seconds)
+    total = f"sum(increase({REQUESTS_TOTAL}{{{selector}}}[{window}]))"
+    if builtin == "requestCount":
+        return Queries(value=total)
+    if builtin == "successRate":
+        # `or vector(0)`: a version with only errors has no success series at all.
+        success = f'sum(increase({REQUESTS_TOTAL}{{{selector},outcome="success"}}[{window}]))'
+        return Queries(value=f"({success} or vector(0)) / {total}", samples=total)
+    if builtin == "latency":
+        q = (percentile if percentile is not None else DEFAULT_PERCENTILE) / 100.0
+        buckets = f"sum by (le) (rate({REQUEST_DURATION}_bucket{{{selector}}}[{window}]))"
+        count = f"sum(increase({REQUEST_DURATION}_count{{{selector}}}[{window}]))"
+        return Queries(value=f"histogram_quantile({q:g}, {buckets})", samples=count)
+    raise ValueError(f"unknown builtin check {builtin!r}")
+
+
+class PrometheusMetrics:
+    """A :class:`~controller.backends.metrics.MetricsSource` backed by a Prometheus server.
+
+    Connection failures are retried once, without waiting: the next analysis
+    round is the real retry. Close it (or use it as a context manager) to
+    release its HTTP connections.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+        self.url = url.rstrip("/")
+        retry = Retry(total=1, connect=1, read=0, status=0, backoff_factor=0, raise_on_status=False)
+        # The library annotates timeout as int; requests takes any number of seconds.
+        client_timeout: Any = timeout
+        self._client = PrometheusConnect(url=self.url, retry=retry, timeout=client_timeout)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> PrometheusMetrics:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def measure(
+        self,
+        check: AnalysisCheck,
+        *,
+        model: str,
+        version: str,
+        environment: str,
+        window_seconds: float,
+    ) -> Measurement:
+        try:
+            if check.query is not None:
+                queries = Queries(
+                    value=render_query(
+                        check.query,
+                        model=model,
+                        version=version,
+                        environment=environment,
+                        window_seconds=window_seconds,
+                    ),
+                    nan_reason=f"query returned NaN ({NO_REQUESTS}?)",
+                )
+            elif check.builtin is not None:
+                queries = builtin_queries(
+                    check.builtin,
+                    percentile=check.percentile,
+                    model=model,
+                    version=version,
+                    environment=environment,
+                    window_seconds=window_seconds,
+                )
+            else:
+                return Measurement.missing(f"check {check.name!r} has neither a builtin nor a query")
+        except ValueError as err:
+            return Measurement.missing(str(err))
+
+        value, reason = self._query(queries.value)
+        samples: int | None = None
+        if queries.samples is not None:
+            count, _ = self._query(queries.samples)
+            samples = round(count) if count is not None and not math.isnan(count) else None
+        elif check.builtin == "requestCount" and value is not None and not math.isnan(value):
+            samples = round(value)
+        if value is None:
+            return Measurement.missing(reason, samples=samples)
+        if math.isnan(value):
+            return Measurement.missing(queries.nan_reason, samples=samples)
+        return Measurement(value=value, samples=samples)
+
+    def _query(self, promql: str) -> tuple[float | None, str]:
+        """Run an instant query that must give one number: (value, "") or (None, reason)."""
+        try:
+            result = self._client.custom_query(query=promql)
+        except requests.exceptions.RequestException as err:
+            return None, f"Prometheus unreachable at {self.url}: {type(err).__name__}"
+        except PrometheusApiClientException as err:
+            return None, f"query failed: {_prometheus_error(err)}"
+        except (ValueError, KeyError, TypeError) as err:  # not the Prometheus API's JSON
+            return None, f"query failed: unexpected answer from {self.url} ({err})"
+        return _one_number(result)
+
+
+def _prometheus_error(err: PrometheusApiClientException) -> str:
+    """Prometheus's own error message, from the library's "HTTP Status Code N (b'...')" text."""
+    text = str(err)
+    match = _BODY_REPR.search(text)
+    if match is not None:
+        try:
+            body = ast.literal_eval(match.group(1))
+            message = json.loads(body)["error"]
+        except (ValueError, SyntaxError, TypeError, KeyError):
+            return text
+        if isinstance(message, str):
+            return message
+    return text
+
+
+def _one_number(result: Any) -> tuple[float | None, str]:
+    """The one number in a query's ``data.result``: an instant vector with one sample, or a scalar."""
+    try:
+        if isinstance(result, list) and len(result) == 2 and not isinstance(result[0], dict):
+            return float(result[1]), ""  # a scalar: [time, "value"]
+        if not isinstance(result, list):
+            return None, f"query failed: unexpected result {result!r}"
+        if not result:
+            return None, NO_SERIES
+        if len(result) > 1:
+            return None, f"query returned {len(result)} series; it must return one"
+        return float(result[0]["value"][1]), ""
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None, f"query failed: the result is not a number: {result!r}"
