@@ -288,19 +288,22 @@ def test_reads_the_exposition_prometheus_client_writes(router: Router) -> None:
     total = Counter(
         "flywheel_requests", "Requests.", ["environment", "model", "version", "outcome"], registry=registry
     )
-    duration = Histogram(
+    duration = Histogram(  # labelled by outcome too, as the router does
         "flywheel_request_duration_seconds",
         "Latency.",
-        ["environment", "model", "version"],
+        ["environment", "model", "version", "outcome"],
         registry=registry,
     )
     total.labels(ENV, "iris", "v2", "success").inc(97)
     total.labels(ENV, "iris", "v2", "error").inc(3)
-    for _ in range(100):
-        duration.labels(ENV, "iris", "v2").observe(0.02)  # all in the (0.01, 0.025] default bucket
+    for _ in range(97):
+        duration.labels(ENV, "iris", "v2", "success").observe(0.02)  # the (0.01, 0.025] default bucket
+    for _ in range(3):
+        duration.labels(ENV, "iris", "v2", "error").observe(0.2)  # the (0.1, 0.25] bucket
     router.text = generate_latest(registry).decode()
 
     source = make_source(router, Clock())
     assert measure(source, SUCCESS).value == pytest.approx(0.97)
     assert measure(source, COUNT).value == 100
-    assert measure(source, P99).value == pytest.approx(0.01 + 0.015 * 0.99)
+    assert measure(source, P95).value == pytest.approx(0.01 + 0.015 * 95 / 97)
+    assert measure(source, P99).value == pytest.approx(0.1 + 0.15 * 2 / 3)

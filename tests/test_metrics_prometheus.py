@@ -57,11 +57,12 @@ P95 = AnalysisCheck(name="p95", builtin="latency", percentile=95, max=0.5)
 
 # Per-second rates the target's counters grow at: iris v2 serves 99 successes
 # and 1 error a second, with latencies in the buckets below; v0 is deployed
-# but idle; a second model has a series of its own.
+# but idle; v3 only fails; a second model has a series of its own.
 REQUEST_RATES = {
     ("iris", "v2", "success"): 99.0,
     ("iris", "v2", "error"): 1.0,
     ("iris", "v0", "success"): 0.0,
+    ("iris", "v3", "error"): 5.0,
     ("wine", "v2", "success"): 10.0,
 }
 BUCKET_RATES = {  # cumulative per second: 50 ≤ 0.1 s, 90 ≤ 0.25 s, 99 ≤ 0.5 s, all ≤ 1 s
@@ -261,6 +262,13 @@ def test_builtin_success_rate_and_request_count(source: PrometheusMetrics) -> No
 
 
 @needs_prometheus
+def test_a_version_that_only_fails_has_a_success_rate_of_zero(source: PrometheusMetrics) -> None:
+    rate = measure(source, SUCCESS, version="v3")
+    assert rate.value == 0.0
+    assert rate.samples == pytest.approx(5 * WINDOW, rel=0.25)
+
+
+@needs_prometheus
 def test_builtin_latency_percentiles(source: PrometheusMetrics) -> None:
     p99 = measure(source, P99)
     assert p99.value == pytest.approx(0.5)
@@ -313,7 +321,7 @@ def test_several_series_is_not_one_number(source: PrometheusMetrics) -> None:
     check = AnalysisCheck(name="raw", query='flywheel_requests_total{model="{{model}}"}', min=0)
     measurement = measure(source, check)
     assert measurement.value is None
-    assert measurement.reason == "query returned 3 series; it must return one"
+    assert measurement.reason == "query returned 4 series; it must return one"
 
 
 @needs_prometheus

@@ -193,14 +193,14 @@ class PrometheusMetrics:
             return Measurement.missing(str(err))
 
         value, reason = self._query(queries.value)
+        if value is None:
+            return Measurement.missing(reason)
         samples: int | None = None
         if queries.samples is not None:
             count, _ = self._query(queries.samples)
-            samples = round(count) if count is not None and not math.isnan(count) else None
-        elif check.builtin == "requestCount" and value is not None and not math.isnan(value):
+            samples = round(count) if count is not None and math.isfinite(count) else None
+        elif check.builtin == "requestCount" and math.isfinite(value):
             samples = round(value)
-        if value is None:
-            return Measurement.missing(reason, samples=samples)
         if math.isnan(value):
             return Measurement.missing(queries.nan_reason, samples=samples)
         return Measurement(value=value, samples=samples)
