@@ -7,11 +7,13 @@ only converts an already-valid string. Called by :mod:`controller.specs.build`.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _PART = re.compile(r"([0-9]+)([hms])")
 _SECONDS = {"h": 3600, "m": 60, "s": 1}
 
 
+@lru_cache(maxsize=1024)  # specs repeat the same few durations; this runs once per step and canary
 def parse_duration(text: str) -> float:
     """Seconds in a duration like ``1h30m``; raise ``ValueError`` if it is not one."""
     parts = _PART.findall(text)

@@ -192,32 +192,46 @@ def _fail(node: Node, message: str) -> YamlError:
     return YamlError(message, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+# Plain scalars that are booleans or null under YAML 1.1 (PyYAML's bool and null resolvers).
+_WORDS: dict[str, Any] = {
+    **dict.fromkeys(("yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON"), True),
+    **dict.fromkeys(("no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF"), False),
+    **dict.fromkeys(("~", "null", "Null", "NULL", ""), None),
+}
+# First characters of plain scalars that may be numbers (or merge/value keys): resolved by regex.
+_NUMERIC = frozenset("0123456789-+.<=")
+
+
 def _plain(value: str) -> Any:
     """Resolve a plain scalar exactly as PyYAML's safe loader does (timestamps stay strings)."""
-    resolvers = _IMPLICIT.get(value[:1])
-    if resolvers is None:
+    if value in _WORDS:
+        return _WORDS[value]
+    first = value[:1]
+    if first not in _NUMERIC:
         return value
-    for tag, regexp in resolvers:
+    if value.isdigit() and value.isascii() and (first != "0" or len(value) == 1):
+        return int(value)
+    for tag, regexp in _IMPLICIT[first]:
         if regexp.match(value):
+            if tag == _FLOAT:
+                if "_" not in value and ":" not in value and first != ".":
+                    try:
+                        return float(value)
+                    except ValueError:
+                        pass
+                return _SCALARS.construct_yaml_float(ScalarNode(tag, value))
             if tag == _INT:
                 return _SCALARS.construct_yaml_int(ScalarNode(tag, value))
-            if tag == _FLOAT:
-                return _SCALARS.construct_yaml_float(ScalarNode(tag, value))
-            if tag == _BOOL:
-                return _SCALARS.bool_values[value.lower()]
-            if tag == _NULL:
-                return None
             if tag == _MERGE:
                 return _MERGE
-            return value
+            return value  # timestamps and "=" stay strings
     return value
 
 
 def _value(node: Node) -> Any:
     tag = node.tag
-    if tag == _PLAIN:
-        value = node.value
-        return _plain(value) if value[:1] in _IMPLICIT else value
+    if tag is _PLAIN:
+        return _plain(node.value)
     if tag == _STR:
         if type(node) is ScalarNode:
             return node.value
@@ -239,18 +253,33 @@ def _value(node: Node) -> Any:
     raise _fail(node, f"tag !!{tag[len(_T) :]} does not fit this kind of node")
 
 
+def _key(node: Node) -> str:
+    if type(node) is not ScalarNode:
+        raise _fail(node, "mapping keys must be plain strings, not lists or mappings")
+    key = _value(node)
+    if type(key) is not str:
+        shown = "null" if key is None else str(key).lower() if isinstance(key, bool) else str(key)
+        raise _fail(node, f"mapping key {shown} is not a string; put it in quotes")
+    if key == _MERGE and node.tag is _PLAIN:
+        raise _fail(node, "merge keys (<<) are not allowed")
+    return key
+
+
 def _mapping(node: MappingNode) -> dict[str, Any]:
+    # The hot loop of loading: plain string keys and plain scalar values take the short paths.
     out: dict[str, Any] = {}
     for key_node, value_node in node.value:
-        if type(key_node) is not ScalarNode:
-            raise _fail(key_node, "mapping keys must be plain strings, not lists or mappings")
-        key = _value(key_node)
-        if type(key) is not str:
-            shown = "null" if key is None else str(key).lower() if isinstance(key, bool) else str(key)
-            raise _fail(key_node, f"mapping key {shown} is not a string; put it in quotes")
-        if key == _MERGE and key_node.tag == _PLAIN:
-            raise _fail(key_node, "merge keys (<<) are not allowed")
+        key = key_node.value
+        if key_node.tag is not _PLAIN or key in _WORDS or key[:1] in _NUMERIC:
+            key = _key(key_node)
         if key in out:
             raise _fail(key_node, f"duplicate key '{key}'")
-        out[key] = _value(value_node)
+        tag = value_node.tag
+        if tag is _PLAIN:
+            value = value_node.value
+            out[key] = value if value[:1] not in _NUMERIC and value not in _WORDS else _plain(value)
+        elif tag is _MAP and type(value_node) is MappingNode:
+            out[key] = _mapping(value_node)
+        else:
+            out[key] = _value(value_node)
     return out

@@ -9,13 +9,15 @@ tree rather than a git commit; the git reader uses
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from controller.specs.loader import MAX_BYTES
 from controller.specs.parse import ParsedFile, parse_document
 from controller.specs.paths import is_spec_path, spec_kind
 from controller.specs.types import Catalog, Location, SpecError
-from controller.specs.validate import check_catalog
+from controller.specs.validate import check_catalog, gc_paused
 
 SPEC_DIRS = ("specs", "policies", "environments")
 
@@ -40,7 +42,8 @@ def find_spec_files(root: Path) -> list[str]:
 
 def load_tree(root: Path, *, max_bytes: int = MAX_BYTES) -> Catalog:
     """Parse and check every spec file of the repository at ``root``; never raises on bad specs."""
-    return check_catalog(parse_file(root, rel, max_bytes=max_bytes) for rel in find_spec_files(root))
+    with gc_paused():
+        return check_catalog(parse_file(root, rel, max_bytes=max_bytes) for rel in find_spec_files(root))
 
 
 def parse_file(root: Path, rel: str, *, max_bytes: int = MAX_BYTES) -> ParsedFile:
@@ -52,3 +55,90 @@ def parse_file(root: Path, rel: str, *, max_bytes: int = MAX_BYTES) -> ParsedFil
         error = SpecError(Location(rel), "", f"cannot read the file: {exc.strerror or exc}")
         return ParsedFile(path=rel, kind=spec_kind(rel), errors=(error,))
     return parse_document(rel, data, max_bytes=max_bytes)
+
+
+@dataclass(frozen=True)
+class PathsReport:
+    """What ``flywheel validate PATH...`` found: errors (paths as the user wrote them) and counts."""
+
+    errors: tuple[SpecError, ...] = ()
+    models: int = 0
+    policies: int = 0
+    environments: int = 0
+    files: int = 0  # spec files checked (and reported on)
+    empty_roots: tuple[str, ...] = ()  # directories given that hold no spec files
+
+    def summary(self) -> str:
+        counts = [
+            (self.models, "model", "models"),
+            (self.policies, "policy", "policies"),
+            (self.environments, "environment", "environments"),
+        ]
+        return ", ".join(f"{n} {one if n == 1 else many}" for n, one, many in counts)
+
+
+def find_root(file: Path) -> Path:
+    """The repository root of a spec file: the nearest directory under which it is a spec path,
+    else the nearest directory holding ``.git``, else the file's own directory."""
+    file = file.resolve()
+    for parent in file.parents:
+        if is_spec_path(file.relative_to(parent).as_posix()):
+            return parent
+    for parent in file.parents:
+        if (parent / ".git").exists():
+            return parent
+    return file.parent
+
+
+def validate_paths(paths: Sequence[Path], *, cwd: Path | None = None) -> PathsReport:
+    """Check the repositories at the given directories and the given spec files.
+
+    A directory is a repository root: all its specs are checked and reported.
+    A file is checked with the rest of its repository as context for the
+    checks across documents, and only its own errors are reported.
+    """
+    here = (cwd or Path.cwd()).resolve()
+    whole: dict[Path, None] = {}
+    chosen: dict[Path, set[str]] = {}
+    for given in paths:
+        target = given if given.is_absolute() else here / given
+        if target.is_dir():
+            whole[target.resolve()] = None
+        else:
+            root = find_root(target)
+            chosen.setdefault(root, set()).add(target.resolve().relative_to(root).as_posix())
+    errors: list[SpecError] = []
+    counts = {"Model": 0, "Policy": 0, "Environment": 0}
+    files = 0
+    empty: list[str] = []
+    with gc_paused():
+        for root in sorted({*whole, *chosen}):
+            listed = find_spec_files(root)
+            wanted = None if root in whole else chosen[root]
+            if wanted is None and not listed:
+                empty.append(_shown(root, ".", here))
+            parsed = [parse_file(root, rel) for rel in sorted({*listed, *(wanted or ())})]
+            catalog = check_catalog(parsed)
+            reported = {p.path for p in parsed} if wanted is None else wanted
+            files += len(reported)
+            for file in parsed:
+                if file.path in reported and file.document is not None and not catalog.errors_for(file.path):
+                    counts[type(file.document).__name__] += 1
+            for error in catalog.errors:
+                if error.location.file in reported:
+                    shown = _shown(root, error.location.file, here)
+                    errors.append(replace(error, location=replace(error.location, file=shown)))
+    return PathsReport(
+        errors=tuple(errors),
+        models=counts["Model"],
+        policies=counts["Policy"],
+        environments=counts["Environment"],
+        files=files,
+        empty_roots=tuple(empty),
+    )
+
+
+def _shown(root: Path, rel: str, here: Path) -> str:
+    if root == here:
+        return rel
+    return Path(os.path.relpath(root / rel, here)).as_posix()
