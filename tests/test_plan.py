@@ -20,7 +20,7 @@ MODEL = Model(name="iris", spec_path="specs/iris/model.yaml", source=Source("spe
 ERROR = SpecError(Location("specs/bad/model.yaml", 3, 5), "spec.params", "expected an object, got 'x'")
 
 
-def _run(status: str, *, commit: str = "c1", key: str = "k1", run_id: str = "r1") -> PriorRun:
+def _run(status: str, *, commit: str = "c1", key: str = "k1", run_id: int = 1) -> PriorRun:
     return PriorRun(id=run_id, model="iris", commit=commit, cache_key=key, status=status)
 
 
@@ -31,23 +31,23 @@ def test_new_model_on_a_proposal_starts_a_run() -> None:
 
 def test_a_head_already_planned_needs_nothing() -> None:
     head = ModelHead("iris", MODEL, cache_key="k1", latest=_run("running", commit="c1"))
-    assert plan_proposal(ref="b", commit="c1", heads=[head], running_here={"r1"}) == []
+    assert plan_proposal(ref="b", commit="c1", heads=[head], running_here={1}) == []
 
 
 def test_a_run_orphaned_by_a_restart_is_resumed() -> None:
     head = ModelHead("iris", MODEL, cache_key="k1", latest=_run("running", commit="c1"))
-    assert plan_proposal(ref="b", commit="c1", heads=[head]) == [ResumeRun("r1", "iris", "b", "c1")]
+    assert plan_proposal(ref="b", commit="c1", heads=[head]) == [ResumeRun(1, "iris", "b", "c1")]
 
 
 def test_newer_head_cancels_the_older_run_and_starts_its_own() -> None:
     head = ModelHead("iris", MODEL, cache_key="k2", latest=_run("running", commit="c1"))
-    actions = plan_proposal(ref="b", commit="c2", heads=[head], running_here={"r1"})
-    assert actions == [CancelRun("r1", "iris", "superseded by c2"), StartRun("iris", "b", "c2", "k2")]
+    actions = plan_proposal(ref="b", commit="c2", heads=[head], running_here={1})
+    assert actions == [CancelRun(1, "iris", "superseded by c2"), StartRun("iris", "b", "c2", "k2")]
 
 
 def test_unchanged_inputs_reuse_the_earlier_result() -> None:
     head = ModelHead("iris", MODEL, cache_key="k1", latest=_run("succeeded", commit="c1"))
-    assert plan_proposal(ref="b", commit="c2", heads=[head]) == [ReuseRun("iris", "b", "c2", "k1", "r1")]
+    assert plan_proposal(ref="b", commit="c2", heads=[head]) == [ReuseRun("iris", "b", "c2", "k1", 1)]
 
 
 def test_a_failed_run_with_the_same_key_is_not_reused() -> None:
@@ -56,9 +56,9 @@ def test_a_failed_run_with_the_same_key_is_not_reused() -> None:
 
 
 def test_a_successful_run_elsewhere_is_reused() -> None:
-    other = PriorRun(id="r9", model="iris", commit="x", cache_key="k2", status="succeeded")
+    other = PriorRun(id=9, model="iris", commit="x", cache_key="k2", status="succeeded")
     head = ModelHead("iris", MODEL, cache_key="k2", reusable=other)
-    assert plan_proposal(ref="b", commit="c2", heads=[head]) == [ReuseRun("iris", "b", "c2", "k2", "r9")]
+    assert plan_proposal(ref="b", commit="c2", heads=[head]) == [ReuseRun("iris", "b", "c2", "k2", 9)]
 
 
 def test_bad_spec_blocks_only_its_model() -> None:
@@ -68,8 +68,8 @@ def test_bad_spec_blocks_only_its_model() -> None:
 
 
 def test_closing_a_proposal_cancels_only_active_runs() -> None:
-    runs = [_run("running", run_id="r1"), _run("succeeded", run_id="r2"), _run("queued", run_id="r3")]
+    runs = [_run("running", run_id=1), _run("succeeded", run_id=2), _run("queued", run_id=3)]
     assert plan_closed(ref="b", runs=runs) == [
-        CancelRun("r1", "iris", "proposal b closed"),
-        CancelRun("r3", "iris", "proposal b closed"),
+        CancelRun(1, "iris", "proposal b closed"),
+        CancelRun(3, "iris", "proposal b closed"),
     ]

@@ -18,6 +18,9 @@ _COMMANDS: dict[str, str] = {
     "validate": "controller.cli.specs:validate",
     "schema": "controller.cli.specs:schema",
     "init": "controller.cli.scaffold:init",
+    "run": "controller.cli.run:run",
+    "review": "controller.cli.review:review",
+    "cache": "controller.cli.cache:cache",
 }
 
 

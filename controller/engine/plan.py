@@ -31,7 +31,7 @@ ACTIVE = ("queued", "running")
 class PriorRun:
     """What planning needs to know of a stored run."""
 
-    id: str
+    id: int
     model: str
     commit: str
     cache_key: str
@@ -62,7 +62,7 @@ class StartRun:
 class ResumeRun:
     """Start again a run that was queued or running when the controller stopped."""
 
-    run_id: str
+    run_id: int
     model: str
     ref: str
     commit: str
@@ -74,12 +74,12 @@ class ReuseRun:
     ref: str
     commit: str
     cache_key: str
-    source_run: str
+    source_run: int
 
 
 @dataclass(frozen=True)
 class CancelRun:
-    run_id: str
+    run_id: int
     model: str
     reason: str
 
@@ -96,7 +96,7 @@ Action = StartRun | ResumeRun | ReuseRun | CancelRun | ReportSpecErrors
 
 
 def plan_proposal(
-    *, ref: str, commit: str, heads: Sequence[ModelHead], running_here: Collection[str] = ()
+    *, ref: str, commit: str, heads: Sequence[ModelHead], running_here: Collection[int] = ()
 ) -> list[Action]:
     """The actions for one proposal head; ``running_here`` has the ids of the runs this controller runs."""
     actions: list[Action] = []

@@ -1,0 +1,61 @@
+"""``flywheel cache ls|prune``: results kept by cache key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from controller.cli.options import parse_duration, state_dir_option
+
+
+@click.group()
+def cache() -> None:
+    """Run results kept by cache key (a key with a result is never trained again)."""
+
+
+@cache.command("ls")
+@state_dir_option
+def list_entries(state_dir: Path) -> None:
+    """List the cached results: key, model, run, age, size on disk."""
+    from controller.engine.cache import cache_entries
+
+    entries = cache_entries(state_dir)
+    if not entries:
+        click.echo("cache is empty")
+        return
+    click.echo(f"{'KEY':<18}{'MODEL':<20}{'RUN':>6}  {'FINISHED':<20}{'SIZE':>10}")
+    for entry in entries:
+        finished = entry.finished_at.strftime("%Y-%m-%d %H:%M:%S") if entry.finished_at else "-"
+        size = _size(entry.bytes)
+        click.echo(f"{entry.cache_key[:16]:<18}{entry.model:<20}{entry.run_id:>6}  {finished:<20}{size:>10}")
+
+
+@cache.command()
+@click.option("--older-than", "older_than", required=True, help="Age like 7d, 12h or 30m.")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed, remove nothing.")
+@state_dir_option
+def prune(older_than: str, dry_run: bool, state_dir: Path) -> None:
+    """Remove cached results (and unused virtualenvs) older than a duration.
+
+    The runs stay in the history; their results can no longer be reused, so
+    the same inputs train again. Results that a model version was made from
+    are kept, whatever their age.
+    """
+    from controller.engine.cache import prune_cache
+
+    removed = prune_cache(state_dir, older_than_seconds=parse_duration(older_than), dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    total = sum(item.bytes for item in removed)
+    click.echo(f"{verb} {len(removed)} entries, {_size(total)}")
+    for item in removed:
+        click.echo(f"  {item.kind} {item.name} ({_size(item.bytes)})")
+
+
+def _size(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"

@@ -1,0 +1,61 @@
+"""``flywheel run``: the controller's main loop on the embedded home."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from controller.cli.options import state_dir_option
+
+
+@click.command()
+@click.option("--repo", required=True, help="Path or URL of the git repository to watch.")
+@click.option("--interval", type=float, default=5.0, show_default=True, help="Seconds between polls.")
+@click.option("--once", is_flag=True, help="Reconcile once, wait for the work started, exit 0 if all passed.")
+@click.option(
+    "--branch", "release_branch", default=None, help="The release branch (default: main, or master)."
+)
+@click.option(
+    "--max-runs", type=click.IntRange(min=1), default=2, show_default=True, help="Pipelines at once."
+)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--venv-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    envvar="FLYWHEEL_VENV_DIR",
+    help="Where models' virtualenvs are kept (default: STATE_DIR/venvs); share it between repositories.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
+@state_dir_option
+def run(
+    repo: str,
+    interval: float,
+    once: bool,
+    release_branch: str | None,
+    max_runs: int,
+    log_format: str,
+    venv_dir: Path | None,
+    verbose: bool,
+    state_dir: Path,
+) -> None:
+    """Watch a repository: train every proposal and report the result.
+
+    Every branch other than the release branch whose models differ from their
+    merge-base with it is a proposal; each new head is trained and its report
+    is kept in the store (see `flywheel review show`).
+    """
+    from controller.app import ControllerSettings, run_controller
+    from controller.logs import setup_logging
+
+    setup_logging("json" if log_format == "json" else "text", verbose=verbose)
+    settings = ControllerSettings(
+        repo=repo,
+        state_dir=state_dir,
+        interval_seconds=interval,
+        max_active_runs=max_runs,
+        release_branch=release_branch,
+        venv_dir=venv_dir,
+    )
+    raise SystemExit(run_controller(settings, once=once))
