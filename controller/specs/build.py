@@ -76,12 +76,15 @@ def build_model(doc: dict[str, Any], spec_path: str) -> tuple[Model, list[Proble
     spec_dir = posixpath.dirname(spec_path)
     where = ("spec", "source")
     code = resolve_path(spec_dir, source_doc.get("path", "."), (*where, "path"), problems)
+    inner: list[Problem] = []  # files under an escaping directory: one error is enough
     requirements = resolve_path(
-        code, source_doc.get("requirements", "requirements.txt"), (*where, "requirements"), problems
+        code, source_doc.get("requirements", "requirements.txt"), (*where, "requirements"), inner
     )
     dockerfile = source_doc.get("dockerfile")
     if dockerfile is not None:
-        dockerfile = resolve_path(code, dockerfile, (*where, "dockerfile"), problems)
+        dockerfile = resolve_path(code, dockerfile, (*where, "dockerfile"), inner)
+    if not problems:
+        problems += inner
     source = Source(
         path=code, requirements=requirements, python=source_doc.get("python", "3.11"), dockerfile=dockerfile
     )

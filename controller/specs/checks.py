@@ -188,7 +188,8 @@ def _check_policy(spec: dict[str, Any]) -> list[Problem]:
             problems.append(
                 Problem(
                     ("spec", "approvals", index, "required"),
-                    f"needs {required} approvals but its groups have only {len(members)} members",
+                    f"needs {required} approvals but its groups have only {len(members)} "
+                    + ("member" if len(members) == 1 else "members"),
                 )
             )
     return problems

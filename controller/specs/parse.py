@@ -131,6 +131,16 @@ def _check_loaded(path: str, loaded: YamlDocument, expected: Kind | None) -> Par
 
         references = [reference(m) for m in refers]
         declarations = [reference(m) for m in declares]
+    elif kind == "Policy":
+        # an invalid policy still says which approval rules it meant to declare, for better messages
+        rules = data.get("spec", {}).get("approvals") if isinstance(data.get("spec"), dict) else None
+        for index, rule in enumerate(rules if isinstance(rules, list) else []):
+            if isinstance(rule, dict) and isinstance(rule.get("name"), str):
+                where: DocPath = ("spec", "approvals", index, "name")
+                line, column = loaded.locate(where)
+                declarations.append(
+                    Reference("approval rule", rule["name"], render_path(where), Location(path, line, column))
+                )
     errors = sorted((located(p) for p in problems), key=lambda e: (e.location.line, e.location.column))
     return ParsedFile(
         path=path,

@@ -156,6 +156,8 @@ def _sentence(error: ValidationError) -> str:
     if validator == "type":
         types = [value] if isinstance(value, str) else list(value)
         wanted = _join([_TYPE_NAMES.get(t, t) for t in types], "or")
+        if isinstance(schema, Mapping) and schema.get("title"):
+            return f"expected {schema['title']}, got {got}"
         message = f"expected {wanted}, got {got}"
         if "string" in types and isinstance(instance, int | float | bool):
             message += " (put it in quotes to make it a string)"
