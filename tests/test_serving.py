@@ -8,6 +8,7 @@ Pinned down here:
 * its metrics count inference requests by environment, model, version and
   outcome, with a duration histogram; a non-2xx answer and an unreachable
   server count as errors; health probes are not counted;
+* a request dropped on a pooled keep-alive connection is sent once more;
 * its routes survive a ``kill -9`` and restart of the router; the admin
   routes need the token when one is set;
 * :class:`LocalServing`, with a custom server command (a tiny aiohttp OIP v2
@@ -26,11 +27,13 @@ The real MLServer end to end is in ``test_serving_mlserver.py`` (slow).
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import os
 import re
 import shlex
 import signal
+import socketserver
 import subprocess
 import sys
 import threading
@@ -313,6 +316,59 @@ def test_router_counts_an_unreachable_server_as_error(router: Client) -> None:
     assert (status, version) == (502, "v1")
     labels = {"environment": "staging", "model": "m", "version": "v1"}
     assert scrape(router)[series("flywheel_requests_total", **labels, outcome="error")] == 1
+
+
+class _DroppingServer(socketserver.ThreadingTCPServer):
+    """Answers every request with 200, except that it drops the first connection at its second request,
+    as a server does that closes an idle keep-alive connection just as a request comes in."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _DroppingHandler)
+        self.connections = 0
+
+
+class _DroppingHandler(socketserver.StreamRequestHandler):
+    server: _DroppingServer
+
+    def handle(self) -> None:
+        self.server.connections += 1
+        first = self.server.connections == 1
+        for served in itertools.count():
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                byte = self.rfile.read(1)
+                if not byte:
+                    return
+                head += byte
+            length = re.search(rb"(?i)content-length: *(\d+)", head)
+            self.rfile.read(int(length.group(1)) if length else 0)
+            if first and served == 1:
+                return  # close without answering
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            self.wfile.flush()
+
+
+def test_router_retries_once_when_a_pooled_connection_is_dropped(router: Client) -> None:
+    upstream = _DroppingServer()
+    thread = threading.Thread(target=upstream.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{upstream.server_address[1]}"
+        assert put_routes(router, "m", {"v1": (url, 100)}) == 200
+        assert router.infer("m") == (200, "v1")
+        assert router.infer("m") == (200, "v1")  # dropped on the pooled connection, answered on a new one
+        assert upstream.connections == 2
+        labels = {"environment": "staging", "model": "m", "version": "v1"}
+        samples = scrape(router)
+        assert samples[series("flywheel_requests_total", **labels, outcome="success")] == 2
+        assert series("flywheel_requests_total", **labels, outcome="error") not in samples
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+        thread.join(5)
 
 
 def test_router_routes_survive_a_restart(procs: Processes, tmp_path: Path) -> None:
