@@ -1,0 +1,305 @@
+"""Approval rules: who may approve what, and whether an approval gate is satisfied.
+
+Pure functions (no I/O), shared by every channel that records a decision —
+``flywheel approve`` on the CLI, ``/flywheel approve`` comments on GitHub and
+Slack buttons — so all of them apply the very same check. The caller records
+an allowed decision with :meth:`Store.add_approval` (with :func:`expires_at`),
+writes the audit entry, and asks :func:`approval_state` whether the gate of a
+rollout stage is now open.
+
+Every function takes the :class:`~controller.specs.types.Policy` explicitly.
+It must be the policy of the release branch (main), never the one in the
+proposal being judged (Invariant 1): a pull request cannot grant its author
+the right to approve it. Group membership is read from that policy at the
+time of evaluation, so removing someone from a group on main withdraws their
+past approvals as well.
+
+Approvals are bound to one model version and one environment ("Identity of
+things"); records for any other version or environment are ignored even if a
+caller passes them by mistake.
+
+Decisions per user: only a user's latest unexpired decision counts, so a
+reviewer who rejects and later approves (or the reverse) has changed their
+mind rather than cast two votes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from controller.backends.store import Approval, Decision
+from controller.specs.types import ApprovalRule, Policy
+
+__all__ = [
+    "READ_ONLY_COMMANDS",
+    "ApprovalCheck",
+    "Channel",
+    "GateState",
+    "Refusal",
+    "approval_state",
+    "check_approval",
+    "expires_at",
+    "groups_of",
+    "may_run",
+    "resolve_user",
+]
+
+Channel = Literal["cli", "github", "slack"]
+Refusal = Literal["unmapped", "not_in_groups", "author", "duplicate"]
+
+ANYONE = "*"
+# Commands an outside identity that maps to no Flywheel user may still run,
+# when the policy opens them to "*": they read state and change nothing.
+READ_ONLY_COMMANDS: frozenset[str] = frozenset({"help", "status"})
+
+
+# ------------------------------------------------------------------ identity
+
+
+def resolve_user(policy: Policy, *, channel: Channel, name: str) -> str | None:
+    """The Flywheel user behind ``name`` on ``channel``, or ``None`` when the policy does not know them.
+
+    ``cli``: ``name`` is the Flywheel user itself, known when it is a member of
+    a group or listed in the identities. ``github``: matched against the
+    identities' GitHub logins (case-insensitively, as GitHub does).
+    ``slack``: matched against the identities' Slack member ids (exactly).
+    ``policy`` must be main's.
+    """
+    name = name.strip()
+    if not name:
+        return None
+    if channel == "cli":
+        if any(name in members for members in policy.groups.values()):
+            return name
+        return name if any(identity.user == name for identity in policy.identities) else None
+    if channel == "github":
+        login = name.casefold()
+        for identity in policy.identities:
+            if identity.github is not None and identity.github.casefold() == login:
+                return identity.user
+        return None
+    for identity in policy.identities:
+        if identity.slack is not None and identity.slack == name:
+            return identity.user
+    return None
+
+
+def groups_of(policy: Policy, user: str | None) -> frozenset[str]:
+    """The groups ``user`` is a member of in ``policy`` (main's); none for ``None``."""
+    if user is None:
+        return frozenset()
+    return frozenset(group for group, members in policy.groups.items() if user in members)
+
+
+def may_run(policy: Policy, *, user: str | None, command: str) -> bool:
+    """Whether ``user`` may run ``command`` under ``policy`` (main's).
+
+    A command the policy does not list may be run by nobody. ``"*"`` opens a
+    command to every Flywheel user; an unmapped identity (``user is None``)
+    may run only the read-only commands (:data:`READ_ONLY_COMMANDS`, help and
+    status) and only when they are open to ``"*"`` — a stranger commenting on
+    a pull request can ask for help but cannot retrain, promote or roll back,
+    whatever the policy says.
+    """
+    allowed = policy.commands.get(command)
+    if not allowed:
+        return False
+    if ANYONE in allowed:
+        return user is not None or command in READ_ONLY_COMMANDS
+    return not groups_of(policy, user).isdisjoint(allowed)
+
+
+# ----------------------------------------------------------------- decisions
+
+
+@dataclass(frozen=True)
+class ApprovalCheck:
+    """Whether one person may record one decision now, and if not, why (a sentence for them)."""
+
+    allowed: bool
+    reason: str = ""
+    refusal: Refusal | None = None
+    duplicate: bool = False  # the same decision is already recorded: a retry, not a second vote
+
+
+def expires_at(rule: ApprovalRule, now: datetime) -> datetime | None:
+    """When a decision recorded ``now`` under ``rule`` stops counting; ``None`` if it never expires."""
+    if rule.expires_after_seconds is None:
+        return None
+    return now + timedelta(seconds=rule.expires_after_seconds)
+
+
+def check_approval(
+    *,
+    policy: Policy,
+    rule: ApprovalRule,
+    user: str | None,
+    author: str | None,
+    model: str,
+    version: int,
+    environment: str,
+    existing: Sequence[Approval],
+    now: datetime,
+    decision: Decision = "approve",
+) -> ApprovalCheck:
+    """May ``user`` record ``decision`` on ``model`` v``version`` for ``environment`` under ``rule``?
+
+    ``policy`` must be main's, never the proposal's. ``user`` is the Flywheel
+    user (see :func:`resolve_user`; ``None`` when unmapped). ``author`` is
+    whoever made the change — a Flywheel user, or their GitHub login / Slack
+    id, both are recognised. ``existing`` is what
+    :meth:`Store.approvals_for` returned for this version and environment.
+
+    Refused, in this order: an unmapped user; a user in none of the rule's
+    groups (the reason names the groups that may); the change's author when
+    the rule does not allow it. When the user's latest unexpired decision on
+    this version and environment is already ``decision``, the result is
+    ``duplicate=True`` and not allowed, so a retried click counts once.
+    """
+    verb = "approve" if decision == "approve" else "reject"
+    target = f"{model} v{version} for {environment}"
+    if user is None:
+        return ApprovalCheck(
+            False,
+            f"You are not a known Flywheel user, so you cannot {verb} {target}; "
+            f"ask to be added to the identities in the policy.",
+            refusal="unmapped",
+        )
+    if groups_of(policy, user).isdisjoint(rule.groups):
+        return ApprovalCheck(
+            False,
+            f"{user} cannot {verb} {target}: {rule.name} needs a member of {_either(rule.groups)}.",
+            refusal="not_in_groups",
+        )
+    if not rule.allow_author and author is not None and _is_author(policy, user, author):
+        return ApprovalCheck(
+            False,
+            f"{user} made this change and cannot {verb} it: {rule.name} needs someone else "
+            f"from {_either(rule.groups)}.",
+            refusal="author",
+        )
+    latest = _latest_decisions(
+        existing, rule=rule, model=model, version=version, environment=environment, now=now
+    )
+    if user in latest and latest[user].decision == decision:
+        past = "approved" if decision == "approve" else "rejected"
+        return ApprovalCheck(
+            False,
+            f"{user} has already {past} {target}; it counts once.",
+            refusal="duplicate",
+            duplicate=True,
+        )
+    return ApprovalCheck(True)
+
+
+# --------------------------------------------------------------------- gates
+
+
+@dataclass(frozen=True)
+class GateState:
+    """Where an approval gate stands: open, closed by a rejection, or waiting, in a sentence."""
+
+    satisfied: bool
+    rejected: bool
+    approvers: tuple[str, ...]  # distinct eligible users whose latest unexpired decision is approve
+    rejecters: tuple[str, ...]  # the same, for reject
+    missing: int  # approvals still needed (0 once satisfied)
+    message: str
+
+
+def approval_state(
+    *,
+    policy: Policy,
+    rule: ApprovalRule,
+    model: str,
+    version: int,
+    environment: str,
+    approvals: Sequence[Approval],
+    now: datetime,
+) -> GateState:
+    """The state of ``rule``'s gate for ``model`` v``version`` in ``environment`` at ``now``.
+
+    ``policy`` must be main's: it says who is in the rule's groups now, and
+    only their decisions count. Records for another model, version or
+    environment, and decisions expired at ``now`` (by their own ``expires_at``
+    or by ``rule.expires_after_seconds``), are ignored. Each user counts once,
+    by their latest decision. Any eligible reject closes the gate.
+    """
+    latest = _latest_decisions(
+        approvals, rule=rule, model=model, version=version, environment=environment, now=now
+    )
+    eligible = {user: a for user, a in latest.items() if not groups_of(policy, user).isdisjoint(rule.groups)}
+    approvers = tuple(sorted(u for u, a in eligible.items() if a.decision == "approve"))
+    rejecters = tuple(sorted(u for u, a in eligible.items() if a.decision == "reject"))
+    required = max(rule.required, 1)
+    missing = max(required - len(approvers), 0)
+    if rejecters:
+        message = f"{model} v{version} for {environment} was rejected by {_and(rejecters)}."
+        return GateState(False, True, approvers, rejecters, missing, message)
+    if missing == 0:
+        message = f"{model} v{version} for {environment} was approved by {_and(approvers)}."
+        return GateState(True, False, approvers, rejecters, 0, message)
+    plural = "approval" if missing == 1 else "approvals"
+    message = f"waiting for {missing} more {plural} from {_either(rule.groups)}"
+    if approvers:
+        message += f" (approved so far by {_and(approvers)})"
+    return GateState(False, False, approvers, rejecters, missing, message)
+
+
+# ------------------------------------------------------------------ internal
+
+
+def _latest_decisions(
+    approvals: Sequence[Approval],
+    *,
+    rule: ApprovalRule,
+    model: str,
+    version: int,
+    environment: str,
+    now: datetime,
+) -> dict[str, Approval]:
+    """Each user's latest decision on this version and environment that still counts at ``now``."""
+    latest: dict[str, Approval] = {}
+    relevant = (
+        a for a in approvals if a.model == model and a.version == version and a.environment == environment
+    )
+    for approval in sorted(relevant, key=lambda a: (a.created_at, a.id)):
+        latest[approval.user] = approval
+    return {user: a for user, a in latest.items() if _counts_at(a, rule, now)}
+
+
+def _counts_at(approval: Approval, rule: ApprovalRule, now: datetime) -> bool:
+    if not approval.valid_at(now):
+        return False
+    limit = expires_at(rule, approval.created_at)  # main's rule may be stricter than when it was given
+    return limit is None or now < limit
+
+
+def _is_author(policy: Policy, user: str, author: str) -> bool:
+    if author == user:
+        return True
+    for identity in policy.identities:
+        if identity.user != user:
+            continue
+        if identity.github is not None and identity.github.casefold() == author.casefold():
+            return True
+        if identity.slack is not None and identity.slack == author:
+            return True
+    return False
+
+
+def _either(groups: Sequence[str]) -> str:
+    names = list(groups)
+    if len(names) <= 1:
+        return names[0] if names else "no group"
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _and(users: Sequence[str]) -> str:
+    names = list(users)
+    if len(names) <= 1:
+        return names[0] if names else "nobody"
+    return ", ".join(names[:-1]) + " and " + names[-1]
