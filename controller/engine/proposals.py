@@ -61,7 +61,6 @@ class _Active:
     commit: str
     handle: RunHandle
     started: float
-    step: str = ""
 
 
 @dataclass
@@ -108,6 +107,7 @@ class ProposalReconciler:
         self.clock = clock
         self._active: dict[int, _Active] = {}
         self._inputs: dict[tuple[str, str], RunInputs] = {}
+        self._current_step: dict[int, str] = {}  # written by runner threads, read by progress()
         self.finished: list[Finished] = []
 
     # ------------------------------------------------------------- observe
@@ -302,10 +302,6 @@ class ProposalReconciler:
             max_parallel=environment.max_parallel if environment is not None else 2,
             on_event=self._on_step_event,
         )
-        handle = runner.start(request)
-        self._active[run.id] = _Active(run.id, model, run.ref, run.commit, handle, self.clock())
-        run = self.store.update_run(run.id, status="running", started_at=_now())
-        self._audit("run.started", run, detail={"cache_key": run.cache_key, "runner": runner_name})
         log.info(
             "training %s on %s at %s (run %s)",
             model.name,
@@ -314,6 +310,10 @@ class ProposalReconciler:
             run.id,
             extra={"proposal": run.ref, "model": model.name, "run": run.id},
         )
+        handle = runner.start(request)
+        self._active[run.id] = _Active(run.id, model, run.ref, run.commit, handle, self.clock())
+        run = self.store.update_run(run.id, status="running", started_at=_now())
+        self._audit("run.started", run, detail={"cache_key": run.cache_key, "runner": runner_name})
         self._publish(run, model, main_catalog, outcome="running", summary_line="Training…")
         self._set_status(run, "pending", "training")
 
@@ -408,6 +408,7 @@ class ProposalReconciler:
             if not active.handle.done():
                 continue
             del self._active[run_id]
+            self._current_step.pop(run_id, None)
             result = active.handle.wait(0)
             if main_catalog is None:
                 main_catalog = self._main_catalog()
@@ -427,7 +428,10 @@ class ProposalReconciler:
     def progress(self) -> list[tuple[str, str, str, float]]:
         """(proposal, model, current step, elapsed seconds) of every active run."""
         now = self.clock()
-        return [(a.ref, a.model.name, a.step, now - a.started) for a in self._active.values()]
+        return [
+            (a.ref, a.model.name, self._current_step.get(a.run_id, ""), now - a.started)
+            for a in self._active.values()
+        ]
 
     def shutdown(self) -> None:
         """Cancel every active run (the controller is stopping); they are re-run on the next start."""
@@ -593,9 +597,9 @@ class ProposalReconciler:
         return self.store.get_version(model.name, number)
 
     def _on_step_event(self, event: StepEvent) -> None:
+        if event.kind == "started":
+            self._current_step[int(event.run_id)] = event.step
         active = self._active.get(int(event.run_id))
-        if active is not None and event.kind == "started":
-            active.step = event.step
         where = {"run": event.run_id, "step": event.step, "attempt": event.attempt}
         if active is not None:
             where |= {"proposal": active.ref, "model": active.model.name}
