@@ -1,0 +1,190 @@
+"""The webhook receiver: an ASGI app that verifies GitHub deliveries and writes them to the inbox.
+
+Called by ``flywheel serve`` (through :func:`serve`) and by tests, which
+build the app with :func:`create_app` around a store of their own.
+
+``POST /hooks/github`` answers, in this order of checks:
+
+* 413 when the body exceeds ``settings.max_body_bytes`` (the limit is
+  enforced while the body streams in; the rest is never read);
+* 401 when ``X-Hub-Signature-256`` is missing or is not a valid signature of
+  the raw body under one of the secrets — nothing is stored;
+* 400 when a signed delivery lacks well-formed ``X-GitHub-Event`` or
+  ``X-GitHub-Delivery`` headers, or its body is not a JSON object;
+* 202 ``ignored`` for events Flywheel does not handle (counted, not stored);
+* 202 ``accepted`` once a new event is durably in the inbox, 200
+  ``duplicate`` when its delivery id was seen before (nothing changes);
+* 503 when the store fails, so that GitHub delivers again later.
+
+The handler only verifies and enqueues: it never waits on training. ``GET
+/healthz`` checks the store answers a cheap read; ``GET /metrics`` exposes
+per-app Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from typing import Literal
+
+import anyio.to_thread
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from controller.backends.store import Store
+from webhooks.github import HANDLED_EVENTS, BadDelivery, parse_delivery, verify_signature
+from webhooks.settings import WebhookSettings
+
+__all__ = ["GITHUB_HOOK_PATH", "Outcome", "create_app", "serve"]
+
+GITHUB_HOOK_PATH = "/hooks/github"
+SOURCE = "github"
+
+Outcome = Literal[
+    "accepted", "duplicate", "ignored", "bad_signature", "too_large", "bad_request", "store_error"
+]
+
+_log = logging.getLogger("flywheel.webhooks")
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class _Metrics:
+    """The app's own metrics, in a registry of its own (not the process-global one)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.deliveries = Counter(
+            "flywheel_webhook_deliveries",
+            "Webhook deliveries received, by event (handled events by name, the rest as 'other') and outcome",
+            ["event", "outcome"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "flywheel_webhook_request_duration_seconds",
+            "Time from the start of a delivery's request to its answer, by outcome",
+            ["outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe(self, event: str | None, outcome: Outcome, started: float) -> None:
+        label = event if event in HANDLED_EVENTS else "other"
+        self.deliveries.labels(event=label, outcome=outcome).inc()
+        self.latency.labels(outcome=outcome).observe(time.perf_counter() - started)
+
+
+async def _read_limited(request: Request, limit: int) -> bytes | None:
+    """The raw body, or ``None`` as soon as it is known to be longer than ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(settings: WebhookSettings, store: Store) -> Starlette:
+    """The receiver's ASGI app, writing verified deliveries to ``store``.
+
+    ``store`` is called from worker threads, so it must be usable from any
+    thread (a file-backed or PostgreSQL store; not ``sqlite://`` in memory).
+    """
+    metrics = _Metrics()
+    secrets = settings.github_secrets
+
+    def answer(event: str | None, outcome: Outcome, started: float, status: int, **body: str) -> Response:
+        metrics.observe(event, outcome, started)
+        headers = {"Connection": "close"} if outcome == "too_large" else None
+        return JSONResponse({"status": outcome, **body}, status_code=status, headers=headers)
+
+    async def github_hook(request: Request) -> Response:
+        started = time.perf_counter()
+        event = request.headers.get("x-github-event")
+        body = await _read_limited(request, settings.max_body_bytes)
+        if body is None:
+            return answer(
+                event, "too_large", started, 413, error=f"body over {settings.max_body_bytes} bytes"
+            )
+        if not verify_signature(body, request.headers.get("x-hub-signature-256"), secrets):
+            return answer(
+                event, "bad_signature", started, 401, error="missing or invalid X-Hub-Signature-256"
+            )
+        try:
+            delivery = parse_delivery(
+                event=event, delivery_id=request.headers.get("x-github-delivery"), body=body
+            )
+        except BadDelivery as exc:
+            return answer(event, "bad_request", started, 400, error=str(exc))
+        if not delivery.handled:
+            return answer(event, "ignored", started, 202, delivery=delivery.delivery_id)
+        put = partial(
+            store.put_event,
+            source=SOURCE,
+            delivery_id=delivery.delivery_id,
+            kind=delivery.kind,
+            payload=delivery.payload,
+        )
+        try:
+            new = await anyio.to_thread.run_sync(put)
+        except Exception:
+            _log.exception("could not store GitHub delivery %s (%s)", delivery.delivery_id, delivery.kind)
+            return answer(
+                event, "store_error", started, 503, error="the inbox is unavailable; deliver again later"
+            )
+        if new:
+            return answer(event, "accepted", started, 202, delivery=delivery.delivery_id, kind=delivery.kind)
+        return answer(event, "duplicate", started, 200, delivery=delivery.delivery_id, kind=delivery.kind)
+
+    async def healthz(request: Request) -> Response:
+        try:
+            await anyio.to_thread.run_sync(store.get_meta, "webhooks.healthz")
+        except Exception as exc:
+            _log.warning("health check: the store is unreachable: %s", exc)
+            return JSONResponse(
+                {"status": "unavailable", "error": "the store is unreachable"}, status_code=503
+            )
+        return JSONResponse({"status": "ok"})
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route(GITHUB_HOOK_PATH, github_hook, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+        ]
+    )
+
+
+def serve(
+    settings: WebhookSettings,
+    store: Store,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    log_level: str = "info",
+    access_log: bool = True,
+) -> None:
+    """Serve the receiver with uvicorn until interrupted (``flywheel serve`` calls this)."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        create_app(settings, store),
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=access_log,
+        proxy_headers=False,
+        server_header=False,
+    )
+    uvicorn.Server(config).run()
