@@ -1,0 +1,456 @@
+"""The GitHub webhook receiver (webhooks.app): what it stores, what it refuses, and what it answers.
+
+Pins down Invariant 3 at the door — unsigned or wrongly signed deliveries and
+replays change nothing — and Invariant 5's first step: a handled delivery is
+in the durable inbox before GitHub gets a 2xx, and a store failure answers 503
+so that GitHub delivers again. Also: the body size limit (413, enforced while
+streaming), the settings refusing to start without a secret, secret rotation,
+ignored events, the health check and the per-app metrics. Real payloads come
+from ../shared/reference/github-webhooks/ (tests using them skip without it).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+import uvicorn
+from starlette.testclient import TestClient
+
+from controller.backends.store import Store, open_store
+from webhooks.app import GITHUB_HOOK_PATH, create_app
+from webhooks.github import HANDLED_EVENTS, sign, verify_signature
+from webhooks.settings import (
+    DEFAULT_MAX_BODY_BYTES,
+    ENV_MAX_BODY_BYTES,
+    ENV_PREVIOUS_SECRET,
+    ENV_SECRET,
+    SettingsError,
+    WebhookSettings,
+)
+
+SECRET = "It's a Secret to Everybody"
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "github-webhooks"
+needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason="no reference GitHub payloads")
+
+
+def inbox_rows(state: Path) -> list[tuple[str, str, str, str]]:
+    """(source, delivery_id, kind, payload) of every inbox row, read straight from the database file."""
+    with sqlite3.connect(state / "state.db") as db:
+        return list(db.execute("SELECT source, delivery_id, kind, payload FROM inbox_events ORDER BY id"))
+
+
+def headers(
+    body: bytes, *, event: str = "push", delivery: str | None = None, secret: str = SECRET
+) -> dict[str, str]:
+    return {
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+        "X-Hub-Signature-256": sign(body, secret),
+        "Content-Type": "application/json",
+    }
+
+
+def event_of(path: Path) -> str:
+    return path.name.split(".")[0]
+
+
+def metric(client: TestClient, event: str, outcome: str) -> float:
+    wanted = f'flywheel_webhook_deliveries_total{{event="{event}",outcome="{outcome}"}} '
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(wanted):
+            return float(line[len(wanted) :])
+    return 0.0
+
+
+PUSH = json.dumps({"ref": "refs/heads/main", "before": "0" * 40, "after": "1" * 40, "commits": []}).encode()
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def store(state: Path) -> Iterator[Store]:
+    opened = open_store(state)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def settings() -> WebhookSettings:
+    return WebhookSettings(github_secrets=(SECRET,))
+
+
+@pytest.fixture
+def client(settings: WebhookSettings, store: Store) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, store)) as test_client:
+        yield test_client
+
+
+# ------------------------------------------------------------- accepted
+
+
+@needs_reference
+def test_real_payloads_of_handled_events_are_stored_with_their_kind(client: TestClient, state: Path) -> None:
+    files = sorted(p for p in REFERENCE.glob("*.json") if event_of(p) in HANDLED_EVENTS)
+    assert {event_of(p) for p in files} == HANDLED_EVENTS
+    expected = []
+    for path in files:
+        body = path.read_bytes()
+        payload = json.loads(body)
+        kind = f"{event_of(path)}.{payload['action']}" if "action" in payload else event_of(path)
+        delivery = str(uuid.uuid4())
+        response = client.post(
+            GITHUB_HOOK_PATH, content=body, headers=headers(body, event=event_of(path), delivery=delivery)
+        )
+        assert response.status_code == 202, (path.name, response.text)
+        assert response.json() == {"status": "accepted", "delivery": delivery, "kind": kind}
+        expected.append(("github", delivery, kind, payload))
+    rows = inbox_rows(state)
+    assert [(s, d, k, json.loads(p)) for s, d, k, p in rows] == expected
+    assert {k.split(".")[0] for _, _, k, _ in expected} == HANDLED_EVENTS
+    assert "push" in {k for _, _, k, _ in expected} and "ping" in {k for _, _, k, _ in expected}
+
+
+@needs_reference
+def test_real_payloads_of_other_events_are_ignored_and_not_stored(client: TestClient, state: Path) -> None:
+    files = sorted(p for p in REFERENCE.glob("*.json") if event_of(p) not in HANDLED_EVENTS)
+    assert files
+    for path in files:
+        body = path.read_bytes()
+        response = client.post(GITHUB_HOOK_PATH, content=body, headers=headers(body, event=event_of(path)))
+        assert response.status_code == 202 and response.json()["status"] == "ignored", path.name
+    assert inbox_rows(state) == []
+    assert metric(client, "other", "ignored") == len(files)
+
+
+def test_replayed_delivery_is_a_duplicate_and_changes_nothing(client: TestClient, state: Path) -> None:
+    delivery = str(uuid.uuid4())
+    first = client.post(GITHUB_HOOK_PATH, content=PUSH, headers=headers(PUSH, delivery=delivery))
+    assert first.status_code == 202
+    again = client.post(GITHUB_HOOK_PATH, content=PUSH, headers=headers(PUSH, delivery=delivery))
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"
+    other = json.dumps(
+        {"ref": "refs/heads/evil"}
+    ).encode()  # same id, other (signed) body: still the first one
+    assert (
+        client.post(GITHUB_HOOK_PATH, content=other, headers=headers(other, delivery=delivery)).status_code
+        == 200
+    )
+    rows = inbox_rows(state)
+    assert len(rows) == 1 and json.loads(rows[0][3])["ref"] == "refs/heads/main"
+    assert metric(client, "push", "accepted") == 1 and metric(client, "push", "duplicate") == 2
+
+
+def test_rotation_accepts_the_previous_secret_too(store: Store, state: Path) -> None:
+    settings = WebhookSettings(github_secrets=("new secret", "old secret"))
+    with TestClient(create_app(settings, store)) as client:
+        for secret in ("new secret", "old secret"):
+            assert (
+                client.post(GITHUB_HOOK_PATH, content=PUSH, headers=headers(PUSH, secret=secret)).status_code
+                == 202
+            )
+        assert (
+            client.post(GITHUB_HOOK_PATH, content=PUSH, headers=headers(PUSH, secret=SECRET)).status_code
+            == 401
+        )
+    assert len(inbox_rows(state)) == 2
+
+
+# ------------------------------------------------------------- refused
+
+
+def _forgeries() -> dict[str, tuple[bytes, dict[str, str]]]:
+    good = headers(PUSH)
+    flipped = bytearray(PUSH)
+    flipped[5] ^= 0x01
+    missing = {k: v for k, v in good.items() if k != "X-Hub-Signature-256"}
+    import hashlib
+    import hmac
+
+    sha1 = "sha1=" + hmac.new(SECRET.encode(), PUSH, hashlib.sha1).hexdigest()
+    return {
+        "wrong secret": (PUSH, headers(PUSH, secret="guess")),
+        "flipped body byte": (bytes(flipped), good),
+        "missing header": (PUSH, missing),
+        "sha1 prefix": (PUSH, {**missing, "X-Hub-Signature-256": sha1}),
+        "legacy sha1 header only": (PUSH, {**missing, "X-Hub-Signature": sha1}),
+        "truncated digest": (PUSH, {**good, "X-Hub-Signature-256": good["X-Hub-Signature-256"][:-2]}),
+        "bare digest": (PUSH, {**good, "X-Hub-Signature-256": good["X-Hub-Signature-256"][len("sha256=") :]}),
+        "empty secret": (PUSH, headers(PUSH, secret="")),
+        "garbage body unsigned": (b"\x00\xffnot json", missing),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_forgeries()))
+def test_forged_or_unsigned_delivery_is_401_and_stores_nothing(
+    client: TestClient, state: Path, case: str
+) -> None:
+    body, request_headers = _forgeries()[case]
+    response = client.post(GITHUB_HOOK_PATH, content=body, headers=request_headers)
+    assert response.status_code == 401, response.text
+    assert inbox_rows(state) == []
+    assert metric(client, "push", "bad_signature") == 1
+
+
+def test_verify_signature_only_takes_sha256_of_the_exact_body() -> None:
+    assert verify_signature(PUSH, sign(PUSH, SECRET), [SECRET])
+    assert verify_signature(PUSH, sign(PUSH, SECRET).upper().replace("SHA256=", "sha256="), [SECRET])
+    assert not verify_signature(PUSH, sign(PUSH, SECRET), [])
+    assert not verify_signature(PUSH + b" ", sign(PUSH, SECRET), [SECRET])
+    assert not verify_signature(PUSH, " " + sign(PUSH, SECRET), [SECRET])
+    assert not verify_signature(PUSH, None, [SECRET])
+
+
+@pytest.mark.parametrize(
+    ("body", "drop", "event"),
+    [
+        (b"not json at all", None, "push"),
+        (b'{"truncated": ', None, "push"),
+        (b"[1, 2, 3]", None, "push"),
+        (b'"a string"', None, "push"),
+        (b"\xff\xfe\x00", None, "push"),
+        (b'{"x": NaN}', None, "push"),
+        (b'{"x": 1e999}', None, "push"),
+        (b'{"x": ' + b"9" * 5000 + b"}", None, "push"),
+        (b"[" * 100_000 + b"]" * 100_000, None, "push"),
+        (b'{"action": 7}', None, "pull_request"),
+        (b'{"action": "opened; DROP TABLE"}', None, "pull_request"),
+        (PUSH, "X-GitHub-Event", "push"),
+        (PUSH, "X-GitHub-Delivery", "push"),
+        (PUSH, None, "Push Event"),
+        (PUSH, None, ""),
+    ],
+    ids=lambda value: repr(value)[:30],
+)
+def test_signed_but_malformed_delivery_is_400_and_stores_nothing(
+    client: TestClient, state: Path, body: bytes, drop: str | None, event: str
+) -> None:
+    request_headers = headers(body, event=event)
+    if drop is not None:
+        del request_headers[drop]
+    response = client.post(GITHUB_HOOK_PATH, content=body, headers=request_headers)
+    assert response.status_code == 400, response.text
+    assert response.json()["status"] == "bad_request"
+    assert inbox_rows(state) == []
+
+
+@pytest.mark.parametrize("delivery", ["", "has space", "x" * 200, "../../etc", "ünïcode"])
+def test_malformed_delivery_id_is_400(client: TestClient, state: Path, delivery: str) -> None:
+    request_headers = headers(PUSH)
+    request_headers["X-GitHub-Delivery"] = delivery
+    response = client.post(
+        GITHUB_HOOK_PATH, content=PUSH, headers={k: v.encode("utf-8") for k, v in request_headers.items()}
+    )
+    assert response.status_code == 400
+    assert inbox_rows(state) == []
+
+
+def test_unhandled_event_is_ignored_not_stored_but_counted(client: TestClient, state: Path) -> None:
+    body = json.dumps({"action": "completed", "check_run": {"id": 1}}).encode()
+    response = client.post(GITHUB_HOOK_PATH, content=body, headers=headers(body, event="check_run"))
+    assert response.status_code == 202 and response.json()["status"] == "ignored"
+    assert inbox_rows(state) == []
+    assert metric(client, "other", "ignored") == 1
+
+
+def test_oversized_body_is_413_and_stores_nothing(store: Store, state: Path) -> None:
+    settings = WebhookSettings(github_secrets=(SECRET,), max_body_bytes=1024)
+    big = json.dumps({"ref": "refs/heads/main", "pad": "x" * 2000}).encode()
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit must hold while streaming
+        for start in range(0, len(big), 100):
+            yield big[start : start + 100]
+
+    with TestClient(create_app(settings, store)) as client:
+        assert client.post(GITHUB_HOOK_PATH, content=big, headers=headers(big)).status_code == 413
+        assert client.post(GITHUB_HOOK_PATH, content=chunks(), headers=headers(big)).status_code == 413
+        at_limit = json.dumps({"pad": "x" * (1024 - 11)}).encode()
+        assert len(at_limit) == 1024
+        assert client.post(GITHUB_HOOK_PATH, content=at_limit, headers=headers(at_limit)).status_code == 202
+        assert metric(client, "push", "too_large") == 2
+    assert len(inbox_rows(state)) == 1
+
+
+# ------------------------------------------------------------- store down
+
+
+class _BrokenStore:
+    """A real store whose writes fail (a full disk, a lost database), and optionally its reads."""
+
+    def __init__(self, store: Store, *, reads_fail: bool = False) -> None:
+        self._store = store
+        self._reads_fail = reads_fail
+
+    def put_event(self, **kwargs: Any) -> bool:
+        raise OSError("disk I/O error")
+
+    def get_meta(self, key: str) -> str | None:
+        if self._reads_fail:
+            raise OSError("database is gone")
+        return self._store.get_meta(key)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_store_failure_is_503_never_2xx(settings: WebhookSettings, store: Store, state: Path) -> None:
+    broken = cast(Store, _BrokenStore(store))
+    with TestClient(create_app(settings, broken), raise_server_exceptions=True) as client:
+        response = client.post(GITHUB_HOOK_PATH, content=PUSH, headers=headers(PUSH))
+        assert response.status_code == 503 and response.json()["status"] == "store_error"
+        assert metric(client, "push", "store_error") == 1
+        ping = b'{"zen": "Keep it logically awesome.", "hook_id": 1}'
+        assert (
+            client.post(GITHUB_HOOK_PATH, content=ping, headers=headers(ping, event="ping")).status_code
+            == 503
+        )
+        # ignored events never touch the store, so they still answer
+        assert (
+            client.post(GITHUB_HOOK_PATH, content=PUSH, headers=headers(PUSH, event="star")).status_code
+            == 202
+        )
+        assert client.get("/healthz").status_code == 200
+    assert inbox_rows(state) == []
+
+
+def test_healthz_reports_an_unreachable_store(settings: WebhookSettings, store: Store) -> None:
+    with TestClient(create_app(settings, store)) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+    with TestClient(create_app(settings, cast(Store, _BrokenStore(store, reads_fail=True)))) as client:
+        assert client.get("/healthz").status_code == 503
+
+
+# ------------------------------------------------------------- metrics
+
+
+def test_metrics_count_each_outcome_per_app(settings: WebhookSettings, store: Store) -> None:
+    first = TestClient(create_app(settings, store))
+    second = TestClient(create_app(settings, store))
+    with first, second:
+        delivery = str(uuid.uuid4())
+        first.post(GITHUB_HOOK_PATH, content=PUSH, headers=headers(PUSH, delivery=delivery))
+        first.post(GITHUB_HOOK_PATH, content=PUSH, headers=headers(PUSH, delivery=delivery))
+        first.post(GITHUB_HOOK_PATH, content=PUSH, headers=headers(PUSH, secret="wrong"))
+        first.post(GITHUB_HOOK_PATH, content=b"nope", headers=headers(b"nope"))
+        first.post(GITHUB_HOOK_PATH, content=PUSH, headers=headers(PUSH, event="fork"))
+        # attacker-chosen event names fold into "other", so labels stay bounded
+        first.post(GITHUB_HOOK_PATH, content=PUSH, headers={"X-GitHub-Event": "x" * 50})
+        assert metric(first, "push", "accepted") == 1
+        assert metric(first, "push", "duplicate") == 1
+        assert metric(first, "push", "bad_signature") == 1
+        assert metric(first, "push", "bad_request") == 1
+        assert metric(first, "other", "ignored") == 1
+        assert metric(first, "other", "bad_signature") == 1
+        assert metric(second, "push", "accepted") == 0
+        text = first.get("/metrics").text
+        assert 'flywheel_webhook_request_duration_seconds_count{outcome="accepted"} 1.0' in text
+        assert "x" * 50 not in text
+
+
+# ------------------------------------------------------------- settings
+
+
+def test_settings_refuse_to_start_without_a_secret() -> None:
+    with pytest.raises(SettingsError, match=ENV_SECRET):
+        WebhookSettings.from_env({})
+    with pytest.raises(SettingsError, match="empty"):
+        WebhookSettings.from_env({ENV_SECRET: ""})
+    with pytest.raises(SettingsError):
+        WebhookSettings.from_env({ENV_SECRET: "  \n"})
+    with pytest.raises(SettingsError):
+        WebhookSettings(github_secrets=())
+    with pytest.raises(SettingsError, match=ENV_MAX_BODY_BYTES):
+        WebhookSettings.from_env({ENV_SECRET: "s", ENV_MAX_BODY_BYTES: "lots"})
+    with pytest.raises(SettingsError):
+        WebhookSettings.from_env({ENV_SECRET: "s", ENV_MAX_BODY_BYTES: "0"})
+
+
+def test_settings_from_env() -> None:
+    settings = WebhookSettings.from_env({ENV_SECRET: " a,b "})
+    assert settings.github_secrets == (" a,b ",)  # taken exactly: never split or trimmed
+    assert settings.max_body_bytes == DEFAULT_MAX_BODY_BYTES == 25 * 1024 * 1024
+    rotating = WebhookSettings.from_env(
+        {ENV_SECRET: "new", ENV_PREVIOUS_SECRET: "old", ENV_MAX_BODY_BYTES: "1000"}
+    )
+    assert rotating.github_secrets == ("new", "old") and rotating.max_body_bytes == 1000
+    assert "new" not in repr(rotating) and "old" not in repr(rotating)
+
+
+# ------------------------------------------------------------- over a real socket
+
+
+@pytest.fixture
+def live(settings: WebhookSettings, store: Store) -> Iterator[str]:
+    """The app under a real uvicorn on a loopback port; yields its base URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    limited = WebhookSettings(github_secrets=settings.github_secrets, max_body_bytes=64 * 1024)
+    config = uvicorn.Config(
+        create_app(limited, store), host="127.0.0.1", port=port, log_level="error", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_real_server_accepts_over_keep_alive(live: str, state: Path) -> None:
+    with httpx.Client(base_url=live) as http:
+        delivery = str(uuid.uuid4())
+        assert (
+            http.post(GITHUB_HOOK_PATH, content=PUSH, headers=headers(PUSH, delivery=delivery)).status_code
+            == 202
+        )
+        assert (
+            http.post(GITHUB_HOOK_PATH, content=PUSH, headers=headers(PUSH, delivery=delivery)).status_code
+            == 200
+        )
+        assert http.get("/healthz").status_code == 200
+    assert [row[1] for row in inbox_rows(state)] == [delivery]
+
+
+def test_real_server_answers_413_without_waiting_for_the_rest_of_the_body(live: str, state: Path) -> None:
+    port = int(live.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(
+            b"POST /hooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\n"
+            b"X-GitHub-Delivery: 1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000000000\r\n\r\n" + b"{" * 4096
+        )  # announces 1 GB, sends 4 KB: the answer must come anyway
+        answer = conn.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(
+            b"POST /hooks/github HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"8000\r\n"
+            + b"x" * 0x8000
+            + b"\r\n"
+            + b"8000\r\n"
+            + b"x" * 0x8000
+            + b"\r\n"
+            + b"8000\r\n"
+            + b"x" * 0x8000
+            + b"\r\n"
+        )  # no length announced; 96 KB against a 64 KB limit, never finished
+        answer = conn.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert inbox_rows(state) == []
