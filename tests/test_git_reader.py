@@ -9,8 +9,10 @@ Pinned down here, on throwaway repositories built with the ``git`` CLI:
   as spec files;
 * ``changed_models`` names a model when its code, requirements or spec
   changed, when it was added or removed, when a shared source directory it
-  uses changed, and names nothing for an unrelated file;
+  uses changed, or when a cross-document check drops it (its environment
+  was removed), and names nothing for an unrelated file;
 * a catalog of a second commit re-parses only the spec files that changed;
+  the garbage collector paused for a large load is always restored;
 * a directory's tree id is stable while its content is; ``export_tree``
   writes content, executable bits and symlinks;
 * a ``file://`` URL is mirrored, and ``fetch`` sees new commits and deleted
@@ -20,6 +22,7 @@ Pinned down here, on throwaway repositories built with the ``git`` CLI:
 
 from __future__ import annotations
 
+import gc
 import os
 import stat
 import subprocess
@@ -30,6 +33,7 @@ import pytest
 import yaml
 
 import controller.specs
+from controller.backends import git as git_backend
 from controller.backends.git import ChangedModels, GitError, Repository
 
 GIT_ENV = {
@@ -496,3 +500,21 @@ def test_missing_things_are_git_errors(work: Work, tmp_path: Path) -> None:
     plain.mkdir()
     with pytest.raises(GitError):
         Repository.open(str(plain), mirror_root=tmp_path)
+
+
+def test_model_dropped_by_a_cross_check_is_named(work: Work, tmp_path: Path) -> None:
+    changes = changes_after(work, tmp_path, lambda w: w.remove("environments/staging.yaml"))
+    assert changes.environments == {"staging"}
+    assert changes.removed == {"iris", "wine"}  # both roll out to the environment that is gone
+
+
+def test_gc_pause_is_restored_after_large_loads_only() -> None:
+    assert gc.isenabled()
+    with git_backend._gc_paused(10):
+        assert gc.isenabled()
+    with git_backend._gc_paused(10_000):
+        assert not gc.isenabled()
+        with git_backend._gc_paused(10_000):
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()

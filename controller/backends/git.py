@@ -29,6 +29,7 @@ Reading stays cheap on large repositories:
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import posixpath
@@ -38,8 +39,9 @@ import subprocess
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -143,17 +145,13 @@ class _PathIndex:
         return found
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Loaded:
+    """A checked catalog, the spec blobs it came from, and its path index (built once, with it)."""
+
     catalog: Catalog
     blobs: Mapping[str, str]
-    _index: _PathIndex | None = field(default=None, repr=False)
-
-    @property
-    def index(self) -> _PathIndex:
-        if self._index is None:
-            self._index = _PathIndex.build(self.catalog)
-        return self._index
+    index: _PathIndex
 
 
 class _LRU(Generic[K, V]):
@@ -482,7 +480,9 @@ class Repository:
             key = _blob_set_key(blobs)
             loaded = self._by_blobs.get(key)
             if loaded is None:
-                loaded = _Loaded(catalog=check_catalog(self._parse_all(blobs)), blobs=blobs)
+                with _gc_paused(len(blobs)):
+                    catalog = check_catalog(self._parse_all(blobs))
+                    loaded = _Loaded(catalog=catalog, blobs=blobs, index=_PathIndex.build(catalog))
                 self._by_blobs.put(key, loaded)
             self._by_commit.put(sha, loaded)
             return loaded
@@ -526,6 +526,37 @@ class Repository:
 
 
 # ----------------------------------------------------------------- helpers
+
+_GC_PAUSE_MIN_FILES = 500
+_gc_lock = threading.Lock()
+_gc_pause = {"depth": 0, "restore": False}
+
+
+@contextmanager
+def _gc_paused(files: int) -> Iterator[None]:
+    """Hold the cyclic garbage collector while a large catalog is built.
+
+    Parsing thousands of documents creates objects fast enough to set off
+    repeated full collections over a heap that is only growing (about a third
+    of the cold load of 10,000 specs); the documents hold no cycles, so
+    reference counting frees what is dropped. Small loads leave the collector
+    alone; nested or concurrent pauses restore it once, when the last ends.
+    """
+    if files < _GC_PAUSE_MIN_FILES:
+        yield
+        return
+    with _gc_lock:
+        if _gc_pause["depth"] == 0:
+            _gc_pause["restore"] = gc.isenabled()
+            gc.disable()
+        _gc_pause["depth"] += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pause["depth"] -= 1
+            if _gc_pause["depth"] == 0 and _gc_pause["restore"]:
+                gc.enable()
 
 
 def _normalise(path: str) -> str:
