@@ -27,8 +27,14 @@ from pathlib import Path, PurePosixPath
 from controller.backends import data as data_inputs
 from controller.backends.forge import CommitState, Forge, ReviewTarget
 from controller.backends.git import GitError, Repository
-from controller.backends.pipelines import PipelineRunner, RunHandle, RunRequest, RunResult, StepEvent
-from controller.backends.pipelines.venvs import EnvironmentSpec
+from controller.backends.pipelines import (
+    PipelineRunner,
+    RunHandle,
+    RunRequest,
+    RunResult,
+    StepEvent,
+    environment_hash,
+)
 from controller.backends.store import ModelVersion, Run, Store
 from controller.backends.store import StepResult as StoredStep
 from controller.engine.gates import GateResult, evaluate_gates, failed_gates
@@ -191,7 +197,7 @@ class ProposalReconciler:
         if pieces.source_tree is None:
             raise GitError(f"source directory {model.source.path} does not exist at {commit[:10]}")
         requirements = self.repository.read_file(commit, model.source.requirements) or b""
-        environment = EnvironmentSpec(
+        environment = environment_hash(
             requirements=requirements.decode("utf-8", "replace"), python=model.source.python
         )
         fingerprints = {}
@@ -212,7 +218,7 @@ class ProposalReconciler:
             params=dict(model.params),
             pipeline=pipeline_identity(model),
             data_fingerprints=fingerprints,
-            environment_hash=environment.hash,
+            environment_hash=environment,
         )
         self._inputs[(commit, model.name)] = inputs
         return inputs

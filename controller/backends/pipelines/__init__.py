@@ -29,6 +29,7 @@ __all__ = [
     "StepEvent",
     "StepResult",
     "StepStatus",
+    "environment_hash",
     "ignore_event",
 ]
 
@@ -134,3 +135,14 @@ class PipelineRunner(Protocol):
     def start(self, request: RunRequest) -> RunHandle:
         """Start the run in the background and return at once."""
         ...
+
+
+def environment_hash(*, requirements: str, python: str) -> str:
+    """The name of a model's environment in every home: its virtualenv here, its image tag on a cluster.
+
+    The engine puts it in the run's cache key; runners build (or find) the
+    environment it names.
+    """
+    from controller.backends.pipelines.venvs import EnvironmentSpec
+
+    return EnvironmentSpec(requirements=requirements, python=python).hash
