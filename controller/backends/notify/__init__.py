@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
 
-__all__ = ["LOGGER_NAME", "EventKind", "FanoutNotifier", "Notifier", "RolloutEvent"]
+__all__ = [
+    "LOGGER_NAME",
+    "EventKind",
+    "FanoutNotifier",
+    "Notifier",
+    "RolloutEvent",
+    "event_from_json",
+    "event_to_json",
+]
 
 LOGGER_NAME = "flywheel.notify"
 
@@ -101,3 +109,34 @@ class FanoutNotifier:
                 notifier.post(event)
             except Exception:
                 self._logger.exception("notifier %s failed to post %s", type(notifier).__name__, event.key)
+
+
+def event_to_json(event: RolloutEvent) -> dict[str, object]:
+    """``event`` as JSON for the outbox; :func:`event_from_json` reads it back."""
+    return {
+        "kind": event.kind,
+        "model": event.model,
+        "version": event.version,
+        "environment": event.environment,
+        "message": event.message,
+        "at": event.at.isoformat(),
+        "detail": dict(event.detail),
+        "step": event.step,
+        "occurrence": event.occurrence,
+    }
+
+
+def event_from_json(data: Mapping[str, object]) -> RolloutEvent:
+    step = data.get("step")
+    detail = data.get("detail")
+    return RolloutEvent(
+        kind=str(data["kind"]),  # type: ignore[arg-type]
+        model=str(data["model"]),
+        version=int(str(data["version"])),
+        environment=str(data["environment"]),
+        message=str(data["message"]),
+        at=datetime.fromisoformat(str(data["at"])),
+        detail=dict(detail) if isinstance(detail, Mapping) else {},
+        step=None if step is None else int(str(step)),
+        occurrence=int(str(data.get("occurrence", 0))),
+    )

@@ -544,11 +544,15 @@ class Store(Protocol):
         ...
 
     # outbox
-    def enqueue(self, *, destination: str, key: str, payload: JSONObject) -> OutboxMessage:
+    def enqueue(
+        self, *, destination: str, key: str, payload: JSONObject, replace: bool = True
+    ) -> OutboxMessage:
         """Queue a message; for a known ``key`` replace its payload (newest wins) and never duplicate it.
 
         A message already sent with the very same payload is left alone; with a
-        different payload it is due again.
+        different payload it is due again. With ``replace=False`` a known key is
+        left exactly as it is (a one-off event, such as a notification repeated
+        after a crash, is announced once).
         """
         ...
 

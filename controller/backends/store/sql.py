@@ -1039,7 +1039,9 @@ class SqlStore:
 
     # -------------------------------------------------------------- outbox
 
-    def enqueue(self, *, destination: str, key: str, payload: JSONObject) -> OutboxMessage:
+    def enqueue(
+        self, *, destination: str, key: str, payload: JSONObject, replace: bool = True
+    ) -> OutboxMessage:
         now = self._now()
         with self._write() as conn:
             inserted = conn.execute(
@@ -1063,8 +1065,8 @@ class SqlStore:
                 raise ValueError(
                     f"outbox key {key!r} belongs to destination {existing.destination!r}, not {destination!r}"
                 )
-            if existing.payload == _dumps_roundtrip(payload):
-                return existing  # same content: never send it twice
+            if not replace or existing.payload == _dumps_roundtrip(payload):
+                return existing  # same content, or a one-off event: never send it twice
             conn.execute(
                 update(outbox)
                 .where(outbox.c.id == existing.id)

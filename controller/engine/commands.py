@@ -1,0 +1,383 @@
+"""What people ask of a rollout: approve, reject, promote, pause, resume, abort, rollback.
+
+One implementation for every channel: ``flywheel approve`` and friends on the
+CLI, ``/flywheel ...`` comments on GitHub and the buttons in Slack all call
+:class:`Commands`, so the same person gets the same answer everywhere.
+
+Every request is checked against the policy on the release branch (main),
+never against a proposal's (Invariant 1): who the person is on that channel
+(:func:`~controller.engine.approvals.resolve_user`), whether the policy lets
+them run the command, and for decisions the approval rule of the stage
+(groups, not the change's author, expiry, bound to the version and
+environment). Every request, allowed or refused, goes to the audit log with
+who, when and why (Invariant 6).
+
+Commands only record intent; the rollout engine acts on it at its next tick
+(:mod:`controller.engine.rollout`): ``pause``/``resume`` set the rollout's
+``paused`` flag, ``abort`` and ``rollback`` of an active rollout put an
+``abort`` request in its detail, ``promote`` a ``promote`` request (skip the
+rest of the current canary step; approval gates still apply), and
+``rollback`` with no active rollout queues an inbox event that restores the
+previous version. Approvals are rows in the store that the engine reads.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from controller.backends.store import Conflict, RolloutChanges, RolloutRecord, Store
+from controller.engine.approvals import (
+    Channel,
+    approval_state,
+    check_approval,
+    expires_at,
+    may_run,
+    resolve_user,
+)
+from controller.specs.types import ApprovalRule, Catalog, Model, Policy
+
+__all__ = [
+    "CONTROL_COMMANDS",
+    "Actor",
+    "CommandOutcome",
+    "Commands",
+    "ControlCommand",
+    "main_policy",
+    "policy_with_rule",
+]
+
+ControlCommand = Literal["pause", "resume", "abort", "promote", "rollback"]
+CONTROL_COMMANDS: tuple[ControlCommand, ...] = ("pause", "resume", "abort", "promote", "rollback")
+ROLLBACK_EVENT = "rollback"  # inbox kind of a rollback request with no active rollout
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks, as the channel knows them: a Flywheel user (cli), a GitHub login or a Slack member id."""
+
+    channel: Channel
+    name: str
+
+
+@dataclass(frozen=True)
+class CommandOutcome:
+    """The answer to one request: done or refused, in a sentence for the person who asked."""
+
+    ok: bool
+    message: str
+    refusal: str | None = None  # why it was refused: unmapped | not_allowed | not_in_groups | author | ...
+    user: str | None = None  # the Flywheel user the actor maps to
+    rollout_id: int | None = None
+    duplicate: bool = False  # the same decision was already recorded; nothing changed
+
+
+def main_policy(catalog: Catalog) -> Policy | None:
+    """The policy that governs commands: the only one, or the one named ``default``."""
+    if len(catalog.policies) == 1:
+        return next(iter(catalog.policies.values()))
+    return catalog.policies.get("default")
+
+
+def policy_with_rule(catalog: Catalog, rule: str) -> tuple[Policy, ApprovalRule] | None:
+    for policy in catalog.policies.values():
+        for candidate in policy.approvals:
+            if candidate.name == rule:
+                return policy, candidate
+    return None
+
+
+class Commands:
+    """Checks and records requests about rollouts; ``catalog`` returns main's specs now."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        catalog: Callable[[], Catalog],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.clock = clock
+
+    # ------------------------------------------------------------ decisions
+
+    def decide(
+        self,
+        actor: Actor,
+        *,
+        decision: Literal["approve", "reject"],
+        model: str,
+        version: int | None = None,
+        environment: str | None = None,
+        comment: str = "",
+    ) -> CommandOutcome:
+        """Approve or reject ``model`` ``version`` for ``environment`` (default: what the rollout awaits)."""
+        catalog = self.catalog()
+        policy = main_policy(catalog)
+        if policy is None:
+            return self._refuse(actor, decision, model, None, "no_policy", _NO_POLICY)
+        user = resolve_user(policy, channel=actor.channel, name=actor.name)
+        if user is None:
+            why = _unmapped(actor)
+            return self._refuse(actor, decision, model, None, "unmapped", why, version=version)
+        if not may_run(policy, user=user, command=decision):
+            why = f"{user} may not {decision}: the policy on main does not allow it."
+            return self._refuse(actor, decision, model, user, "not_allowed", why, version=version)
+        spec = catalog.models.get(model)
+        if spec is None:
+            return self._refuse(
+                actor, decision, model, user, "unknown_model", f"there is no model {model!r} on main."
+            )
+        rollout = self._rollout_for(model, version)
+        if rollout is None:
+            what = f"{model} v{version}" if version is not None else model
+            why = f"{what} has no rollout to {decision}; name a version that is being rolled out."
+            return self._refuse(actor, decision, model, user, "no_rollout", why, version=version)
+        env = environment or _gate_environment(spec, rollout)
+        if env is None:
+            why = f"{model} v{rollout.version} has no approval gate left; nothing to {decision}."
+            return self._refuse(actor, decision, model, user, "no_gate", why, version=rollout.version)
+        rule_name = next((s.approval for s in spec.rollout.stages if s.environment == env), None)
+        found = policy_with_rule(catalog, rule_name) if rule_name else None
+        if found is None:
+            why = f"{env} needs no approval for {model}; nothing to {decision}."
+            return self._refuse(
+                actor, decision, model, user, "no_gate", why, version=rollout.version, env=env
+            )
+        rule_policy, rule = found
+        now = self.clock()
+        existing = self.store.approvals_for(model=model, version=rollout.version, environment=env)
+        author = rollout.detail.get("author")
+        check = check_approval(
+            policy=rule_policy,
+            rule=rule,
+            user=user,
+            author=str(author) if author else None,
+            model=model,
+            version=rollout.version,
+            environment=env,
+            existing=existing,
+            now=now,
+            decision=decision,
+        )
+        if check.duplicate:
+            return CommandOutcome(True, check.reason, user=user, rollout_id=rollout.id, duplicate=True)
+        if not check.allowed:
+            return self._refuse(
+                actor,
+                decision,
+                model,
+                user,
+                check.refusal or "refused",
+                check.reason,
+                version=rollout.version,
+                env=env,
+            )
+        with self.store.transaction():
+            self.store.add_approval(
+                model=model,
+                version=rollout.version,
+                environment=env,
+                user=user,
+                decision=decision,
+                channel=actor.channel,
+                comment=comment,
+                expires_at=expires_at(rule, now),
+            )
+            self.store.append_audit(
+                actor=user,
+                action=f"approval.{decision}",
+                model=model,
+                version=rollout.version,
+                environment=env,
+                detail={"channel": actor.channel, "as": actor.name, "rule": rule.name, "comment": comment},
+            )
+        state = approval_state(
+            policy=rule_policy,
+            rule=rule,
+            model=model,
+            version=rollout.version,
+            environment=env,
+            approvals=self.store.approvals_for(model=model, version=rollout.version, environment=env),
+            now=now,
+        )
+        past = "approved" if decision == "approve" else "rejected"
+        message = f"{user} {past} {model} v{rollout.version} for {env}. {state.message}"
+        return CommandOutcome(True, message, user=user, rollout_id=rollout.id)
+
+    # -------------------------------------------------------------- control
+
+    def control(
+        self, actor: Actor, *, command: ControlCommand, model: str, reason: str = ""
+    ) -> CommandOutcome:
+        """Pause, resume, abort, promote or roll back ``model``'s rollout."""
+        catalog = self.catalog()
+        policy = main_policy(catalog)
+        if policy is None:
+            return self._refuse(actor, command, model, None, "no_policy", _NO_POLICY)
+        user = resolve_user(policy, channel=actor.channel, name=actor.name)
+        if user is None:
+            why = _unmapped(actor)
+            return self._refuse(actor, command, model, None, "unmapped", why)
+        if not may_run(policy, user=user, command=command):
+            return self._refuse(
+                actor,
+                command,
+                model,
+                user,
+                "not_allowed",
+                f"{user} may not {command}: the policy on main does not allow it.",
+            )
+        if model not in catalog.models and not self.store.list_versions(model):
+            return self._refuse(actor, command, model, user, "unknown_model", f"there is no model {model!r}.")
+        now = self.clock()
+        active = self._active(model)
+        if active is None:
+            if command != "rollback":
+                return self._refuse(
+                    actor, command, model, user, "no_rollout", f"{model} has no rollout in progress."
+                )
+            self.store.put_event(
+                source=actor.channel,
+                delivery_id=f"rollback-{uuid.uuid4()}",
+                kind=ROLLBACK_EVENT,
+                payload={"model": model, "by": user, "reason": reason},
+            )
+            self._audit(user, actor, command, model, None, reason, result="queued")
+            return CommandOutcome(
+                True, f"{user} asked to roll {model} back to its previous version.", user=user
+            )
+        request = {"by": user, "reason": reason, "at": now.isoformat()}
+        changes: RolloutChanges
+        if command in ("pause", "resume"):
+            paused = command == "pause"
+            if active.paused == paused:
+                state = "paused" if paused else "not paused"
+                return CommandOutcome(
+                    True, f"{model} v{active.version} is already {state}.", user=user, rollout_id=active.id
+                )
+            changes = {"paused": paused, "detail": {**active.detail, command: request}}
+        elif command in ("abort", "rollback"):
+            if "abort" in active.detail:
+                return CommandOutcome(
+                    True,
+                    f"{model} v{active.version} is already being stopped.",
+                    user=user,
+                    rollout_id=active.id,
+                )
+            changes = {"detail": {**active.detail, "abort": {**request, "kind": command}}}
+        else:  # promote
+            changes = {
+                "detail": {
+                    **active.detail,
+                    "promote": {**request, "stage": active.stage_index, "step": active.step_index},
+                }
+            }
+        updated = self._update(active, changes)
+        self._audit(user, actor, command, model, updated, reason, result="recorded")
+        words = {
+            "pause": "paused",
+            "resume": "resumed",
+            "abort": "asked to abort",
+            "rollback": "asked to roll back",
+            "promote": "promoted past the current step of",
+        }[command]
+        return CommandOutcome(
+            True,
+            f"{user} {words} {model} v{updated.version} ({updated.environment}).",
+            user=user,
+            rollout_id=updated.id,
+        )
+
+    # -------------------------------------------------------------- helpers
+
+    def _active(self, model: str) -> RolloutRecord | None:
+        return next((r for r in self.store.rollouts_for(model) if r.active), None)
+
+    def _rollout_for(self, model: str, version: int | None) -> RolloutRecord | None:
+        for rollout in self.store.rollouts_for(model):
+            if version is None and rollout.active:
+                return rollout
+            if version is not None and rollout.version == version:
+                return rollout
+        return None
+
+    def _update(self, rollout: RolloutRecord, changes: RolloutChanges) -> RolloutRecord:
+        for _ in range(5):
+            try:
+                return self.store.update_rollout(rollout.id, expected_revision=rollout.revision, **changes)
+            except Conflict:
+                rollout = self.store.get_rollout(rollout.id)
+                detail = changes.get("detail")
+                if detail is not None:  # re-apply our keys on the fresh detail
+                    ours = {k: v for k, v in detail.items() if k in ("pause", "resume", "abort", "promote")}
+                    changes = {**changes, "detail": {**rollout.detail, **ours}}
+        return self.store.update_rollout(rollout.id, expected_revision=rollout.revision, **changes)
+
+    def _audit(
+        self,
+        user: str,
+        actor: Actor,
+        command: str,
+        model: str,
+        rollout: RolloutRecord | None,
+        reason: str,
+        *,
+        result: str,
+    ) -> None:
+        self.store.append_audit(
+            actor=user,
+            action=f"command.{command}",
+            model=model,
+            version=rollout.version if rollout else None,
+            environment=rollout.environment if rollout else None,
+            detail={"channel": actor.channel, "as": actor.name, "reason": reason, "result": result},
+        )
+
+    def _refuse(
+        self,
+        actor: Actor,
+        command: str,
+        model: str,
+        user: str | None,
+        refusal: str,
+        why: str,
+        *,
+        version: int | None = None,
+        env: str | None = None,
+    ) -> CommandOutcome:
+        self.store.append_audit(
+            actor=user or f"{actor.channel}:{actor.name}",
+            action="command.refused",
+            model=model,
+            version=version,
+            environment=env,
+            detail={
+                "command": command,
+                "channel": actor.channel,
+                "as": actor.name,
+                "refusal": refusal,
+                "why": why,
+            },
+        )
+        return CommandOutcome(False, why, refusal=refusal, user=user)
+
+
+_NO_POLICY = "main has no policy (or several and none named 'default'); commands are refused."
+
+
+def _unmapped(actor: Actor) -> str:
+    return f"{actor.name} is not a known Flywheel user on {actor.channel}; ask to be added to the policy."
+
+
+def _gate_environment(model: Model, rollout: RolloutRecord) -> str | None:
+    """The first environment from the rollout's current stage on whose stage asks for an approval."""
+    for stage in model.rollout.stages:
+        if stage.environment in rollout.stages[rollout.stage_index :] and stage.approval:
+            return stage.environment
+    return None

@@ -1,0 +1,48 @@
+"""Queueing rollout notifications, and delivering them through a notifier.
+
+The rollout engine calls :func:`queue_event` for each thing people should
+hear about. Each event goes into the outbox once per channel of the model's
+``notifications`` (the console always), keyed by the event's idempotency key,
+so an event the engine repeats after a crash is still announced once
+(Invariant 5). :class:`NotifierSender` is the outbox sender that hands an
+event to a :class:`~controller.backends.notify.Notifier` (the console one on
+the embedded home; Slack registers its own sender).
+"""
+
+from __future__ import annotations
+
+from controller.backends.notify import Notifier, RolloutEvent, event_from_json, event_to_json
+from controller.backends.store import OutboxMessage, Store
+from controller.specs.types import Model
+
+__all__ = ["NotifierSender", "destinations", "queue_event"]
+
+
+def destinations(model: Model | None) -> dict[str, str]:
+    """Outbox destination → target (e.g. the Slack channel) for ``model``'s notifications; console always."""
+    found = {"console": ""}
+    for notification in model.notifications if model is not None else ():
+        found.setdefault(notification.channel, notification.target)
+    return found
+
+
+def queue_event(store: Store, model: Model | None, event: RolloutEvent) -> None:
+    """Queue ``event`` for every channel of ``model``; an event already queued is left as it was."""
+    payload = event_to_json(event)
+    for destination, target in destinations(model).items():
+        store.enqueue(
+            destination=destination,
+            key=f"{destination}:{event.key}",
+            payload={"event": payload, "target": target},
+            replace=False,
+        )
+
+
+class NotifierSender:
+    """Outbox sender for one notifier: posts the event stored in each message."""
+
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+
+    def send(self, message: OutboxMessage) -> None:
+        self.notifier.post(event_from_json(message.payload["event"]))

@@ -1,0 +1,115 @@
+"""Delivering the outbox: messages to GitHub, Slack and the console, retried until they are sent.
+
+The engine never calls an outside service inline. It queues a message with
+:meth:`Store.enqueue` (one idempotency key per message, so a repeat after a
+crash does not duplicate it) and the controller's loop calls
+:func:`deliver_due` now and then, which hands each due message to the
+:class:`Sender` registered for its destination.
+
+A sender raises :class:`DeliveryError` when a message could not be
+delivered: with ``retry_after`` when the service said when to come back
+(``Retry-After``, ``X-RateLimit-Reset``, Slack's 429), with ``permanent``
+when retrying cannot help (the message is kept, marked given up, and
+logged). Any other exception is retried with exponential backoff. A
+rate-limited or failing destination is not tried again in the same pass, so
+an outage of one service delays its own messages only, and loses none
+(Invariant 5).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from controller.backends.store import OutboxMessage, Store
+
+__all__ = ["DeliveryError", "DeliveryStats", "Sender", "backoff_seconds", "deliver_due"]
+
+log = logging.getLogger("flywheel.outbox")
+
+BACKOFF_BASE_SECONDS = 2.0
+BACKOFF_MAX_SECONDS = 300.0
+
+
+class DeliveryError(Exception):
+    """A message was not delivered; ``retry_after`` (seconds) when the service said when to retry."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.permanent = permanent
+
+
+class Sender(Protocol):
+    def send(self, message: OutboxMessage) -> None:
+        """Deliver ``message`` (idempotently: it may be sent again after a crash); raise when it was not."""
+        ...
+
+
+@dataclass
+class DeliveryStats:
+    sent: int = 0
+    failed: int = 0
+    gave_up: int = 0
+    deferred: set[str] = field(default_factory=set)  # destinations skipped for the rest of the pass
+
+
+def backoff_seconds(attempts: int, *, jitter: Callable[[], float] = random.random) -> float:
+    """Exponential backoff after ``attempts`` failed attempts: 2 s, 4 s, ... up to 5 min, ±25% jitter."""
+    base = min(BACKOFF_BASE_SECONDS * 2.0 ** max(attempts - 1, 0), BACKOFF_MAX_SECONDS)
+    return base * (0.75 + 0.5 * jitter())
+
+
+def deliver_due(
+    store: Store,
+    senders: Mapping[str, Sender],
+    *,
+    now: datetime | None = None,
+    limit: int = 100,
+) -> DeliveryStats:
+    """Send every due message whose destination has a sender; record each outcome in the store.
+
+    Messages for destinations without a sender here are left for another
+    process (the webhook service and the controller may share a store).
+    """
+    stats = DeliveryStats()
+    when = now or datetime.now(UTC)
+    for message in store.due_messages(now=when, limit=limit):
+        sender = senders.get(message.destination)
+        if sender is None or message.destination in stats.deferred:
+            continue
+        try:
+            sender.send(message)
+        except DeliveryError as exc:
+            stats.deferred.add(message.destination)
+            if exc.permanent:
+                stats.gave_up += 1
+                log.error("giving up on %s message %s: %s", message.destination, message.key, exc)
+                store.mark_failed(message.id, error=str(exc), retry_at=None)
+                continue
+            stats.failed += 1
+            delay = exc.retry_after if exc.retry_after is not None else backoff_seconds(message.attempts + 1)
+            log.warning(
+                "%s message %s not delivered, retrying in %.0fs: %s",
+                message.destination,
+                message.key,
+                delay,
+                exc,
+            )
+            store.mark_failed(message.id, error=str(exc), retry_at=when + timedelta(seconds=max(delay, 0.0)))
+        except Exception as exc:
+            stats.deferred.add(message.destination)
+            stats.failed += 1
+            delay = backoff_seconds(message.attempts + 1)
+            log.exception("%s message %s failed, retrying in %.0fs", message.destination, message.key, delay)
+            store.mark_failed(
+                message.id, error=f"{type(exc).__name__}: {exc}", retry_at=when + timedelta(seconds=delay)
+            )
+        else:
+            if store.mark_sent(message.id, revision=message.revision):
+                stats.sent += 1
+    return stats
