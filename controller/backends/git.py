@@ -304,6 +304,10 @@ class Repository:
             raise GitError(f"merge base of {a} and {b}: {exc}") from exc
         return str(base) if base else None
 
+    def commit_author(self, commit: str) -> str:
+        """The name of the author of ``commit`` (who made the change, for approval rules)."""
+        return str(self._commit(commit).author.name)
+
     # ------------------------------------------------------------ reading
 
     def spec_blobs(self, commit: str) -> dict[str, str]:

@@ -36,6 +36,7 @@ __all__ = [
     "ServingBackend",
     "ServingError",
     "check_weights",
+    "inference_request",
 ]
 
 
@@ -108,6 +109,17 @@ class ServingBackend(Protocol):
         """
         ...
 
+    def smoke_test(
+        self, *, environment: Environment, model: str, version: str, inputs: Sequence[Sequence[object]]
+    ) -> None:
+        """Send ``inputs`` (rows of features) to ``version``'s own server as one OIP v2 inference request.
+
+        Raises :class:`ServingError` saying what went wrong unless the server
+        answers 200 with one output row per input row. Empty ``inputs`` only
+        checks readiness.
+        """
+        ...
+
     def deployed(self, *, environment: Environment, model: str) -> Sequence[DeployedVersion]:
         """The versions of ``model`` that run in ``environment``, with their current weights."""
         ...
@@ -123,6 +135,14 @@ class ServingBackend(Protocol):
     def shutdown(self) -> None:
         """Stop everything this backend runs (tests and the demo; the controller leaves servers running)."""
         ...
+
+
+def inference_request(inputs: Sequence[Sequence[object]]) -> dict[str, object]:
+    """An OIP v2 request body for rows of numeric features (one FP64 tensor ``[rows, columns]``)."""
+    rows = [list(row) for row in inputs]
+    width = len(rows[0]) if rows else 0
+    data = [float(value) for row in rows for value in row]  # type: ignore[arg-type]
+    return {"inputs": [{"name": "input-0", "shape": [len(rows), width], "datatype": "FP64", "data": data}]}
 
 
 def check_weights(weights: Mapping[str, int]) -> dict[str, int]:

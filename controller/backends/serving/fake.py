@@ -43,6 +43,7 @@ class FakeServing:
     weight_changes: int = 0  # set_weights calls that changed the routing
     fail_deploy: set[tuple[str, str]] = field(default_factory=set)  # (model, version)
     unready: set[tuple[str, str]] = field(default_factory=set)  # (model, version)
+    fail_smoke: set[tuple[str, str]] = field(default_factory=set)  # (model, version)
     base_url: str = "http://fake-router.invalid"
 
     # --------------------------------------------------------- the Protocol
@@ -82,6 +83,15 @@ class FakeServing:
         routed.pop(version, None)
         if self.running.pop((environment.name, model, version), None) is not None:
             self.stops += 1
+
+    def smoke_test(
+        self, *, environment: Environment, model: str, version: str, inputs: Sequence[Sequence[object]]
+    ) -> None:
+        self.calls.append(ServingCall("smoke_test", environment.name, model, version))
+        if (environment.name, model, version) not in self.running:
+            raise ServingError(f"version {version} of {model} is not running in {environment.name} (fake)")
+        if (model, version) in self.fail_smoke:
+            raise ServingError(f"smoke test of {model} {version}: HTTP 500 (fake)")
 
     def deployed(self, *, environment: Environment, model: str) -> Sequence[DeployedVersion]:
         routed = self.weights.get((environment.name, model), {})

@@ -45,7 +45,13 @@ from pathlib import Path
 from typing import Any
 
 from controller.backends.pipelines.venvs import VenvBuildError, VenvCache
-from controller.backends.serving import DeployedVersion, ServedVersion, ServingError, check_weights
+from controller.backends.serving import (
+    DeployedVersion,
+    ServedVersion,
+    ServingError,
+    check_weights,
+    inference_request,
+)
 from controller.backends.serving.router import TOKEN_ENV, load_routes
 from controller.backends.serving.server import (
     LaunchPlan,
@@ -161,6 +167,43 @@ class LocalServing:
             server_dir = self._server_dir(environment.name, model, version)
             self._stop_server(server_dir)
 
+    def smoke_test(
+        self, *, environment: Environment, model: str, version: str, inputs: Sequence[Sequence[object]]
+    ) -> None:
+        _check_names(environment.name, model, version)
+        record = self._live_server(environment.name, model, version)
+        if record is None:
+            raise ServingError(f"version {version} of {model} is not running in {environment.name}")
+        if not is_ready(record.url, model):
+            raise ServingError(f"version {version} of {model} in {environment.name} is not ready")
+        if not inputs:
+            return
+        body = json.dumps(inference_request(inputs)).encode()
+        host, _, port = record.url.removeprefix("http://").rstrip("/").partition(":")
+        connection = http.client.HTTPConnection(host, int(port or 80), timeout=10.0)
+        try:
+            connection.request(
+                "POST", f"/v2/models/{model}/infer", body=body, headers={"Content-Type": "application/json"}
+            )
+            response = connection.getresponse()
+            answer = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise ServingError(f"smoke test of {model} {version}: no answer ({exc})") from exc
+        finally:
+            connection.close()
+        if response.status != 200:
+            tail = answer.decode("utf-8", "replace")[:500]
+            raise ServingError(f"smoke test of {model} {version}: HTTP {response.status}: {tail}")
+        try:
+            outputs = json.loads(answer)["outputs"]
+            rows = outputs[0]["shape"][0]
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise ServingError(
+                f"smoke test of {model} {version}: not an OIP v2 answer: {answer[:200]!r}"
+            ) from exc
+        if rows != len(inputs):
+            raise ServingError(f"smoke test of {model} {version}: {len(inputs)} inputs gave {rows} outputs")
+
     def deployed(self, *, environment: Environment, model: str) -> Sequence[DeployedVersion]:
         _check_names(environment.name, model)
         routes = self._routes(environment.name).get(model, {})
@@ -270,8 +313,10 @@ class LocalServing:
                 return
             alive = is_alive(record.pid, record.process_start)
             if not alive or time.monotonic() >= deadline:
-                what = "exited before it was ready" if not alive else (
-                    f"was not ready after {self.ready_timeout_seconds:g}s"
+                what = (
+                    "exited before it was ready"
+                    if not alive
+                    else (f"was not ready after {self.ready_timeout_seconds:g}s")
                 )
                 self._stop_server(server_dir, keep_dir=True)
                 tail = log_tail(server_dir / "server.log")
@@ -314,14 +359,26 @@ class LocalServing:
         port = environment.port or free_port()
         token = secrets.token_urlsafe(24)
         argv = [
-            sys.executable, "-m", "controller.backends.serving.router",
-            "--port", str(port), "--state", str(env_dir / "routes.json"), "--environment", environment.name,
+            sys.executable,
+            "-m",
+            "controller.backends.serving.router",
+            "--port",
+            str(port),
+            "--state",
+            str(env_dir / "routes.json"),
+            "--environment",
+            environment.name,
         ]
         log = env_dir / "router.log"
         pid = spawn_detached(argv, cwd=env_dir, env={**os.environ, TOKEN_ENV: token}, log=log)
         record = ProcessRecord(
-            kind="router", pid=pid, process_start=process_start_time(pid), port=port,
-            started_at=time.time(), log=str(log), token=token,
+            kind="router",
+            pid=pid,
+            process_start=process_start_time(pid),
+            port=port,
+            started_at=time.time(),
+            log=str(log),
+            token=token,
         )
         record.save(env_dir / "router.json")
         if not self._router_up(record, wait=30.0):
