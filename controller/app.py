@@ -1,8 +1,10 @@
 """The composition root: builds the backends the configuration names and runs the controller loop.
 
-``flywheel run`` calls :func:`run_controller`. This is the one place that
-chooses implementations (the embedded home's local runner, local forge and
-SQLite store); the engine only sees their interfaces.
+``flywheel run`` calls :func:`run_controller`; ``flywheel demo`` builds a
+:class:`Controller` with :func:`build_controller` and drives it itself. This
+is the one place that chooses implementations (the embedded home's local
+runner, local forge, local serving, SQLite store, console notifier); the
+engine only sees their interfaces.
 """
 
 from __future__ import annotations
@@ -11,17 +13,30 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 from controller.backends.forge.local import LocalForge
-from controller.backends.git import Repository
+from controller.backends.git import GitError, Repository
+from controller.backends.metrics import MetricsSource
+from controller.backends.metrics.builtin import BuiltinMetrics
+from controller.backends.metrics.prometheus import PrometheusMetrics
+from controller.backends.notify.console import ConsoleNotifier
 from controller.backends.pipelines import PipelineRunner
 from controller.backends.pipelines.local import LocalRunner
-from controller.backends.pipelines.venvs import VenvCache
-from controller.backends.store import Store, open_store
+from controller.backends.pipelines.venvs import EnvironmentSpec, VenvCache
+from controller.backends.serving import ServedVersion, ServingBackend
+from controller.backends.serving.local import LocalServing
+from controller.backends.store import InboxEvent, ModelVersion, Run, Store, open_store
+from controller.engine.commands import ROLLBACK_EVENT
+from controller.engine.notices import NotifierSender
+from controller.engine.outbox import Sender, deliver_due
 from controller.engine.proposals import ProposalReconciler
+from controller.engine.release import Registrar
+from controller.engine.rollout import RolloutEngine, label
+from controller.specs.types import Catalog, Environment, Model
 
 log = logging.getLogger("flywheel.controller")
 
@@ -35,6 +50,8 @@ class ControllerSettings:
     release_branch: str | None = None
     venv_dir: Path | None = None  # default: <state_dir>/venvs
     progress_every_seconds: float = 10.0
+    promote: bool = True  # register versions of main and roll them out
+    tick_seconds: float = 1.0  # how often rollouts advance and the outbox is delivered
 
 
 @dataclass
@@ -42,29 +59,127 @@ class Controller:
     store: Store
     repository: Repository
     proposals: ProposalReconciler
+    rollouts: RolloutEngine
+    serving: ServingBackend
+    senders: dict[str, Sender] = field(default_factory=dict)
+    # inbox event kind -> handler; the controller is the inbox's one consumer
+    handlers: dict[str, Callable[[InboxEvent], None]] = field(default_factory=dict)
+
+    def main_catalog(self) -> Catalog:
+        return self.repository.catalog(self.repository.resolve(self.proposals.release_branch))
+
+    def tick(self) -> None:
+        """Advance rollouts, carry out queued rollback requests, deliver the outbox."""
+        self.handle_requests()
+        self.rollouts.tick()
+        deliver_due(self.store, self.senders)
+
+    def handle_requests(self) -> None:
+        """Handle the inbox's events in order; one that fails is recorded with its error."""
+        for event in self.store.claim_events(limit=50, worker="controller", lease_seconds=120):
+            handler = self.handlers.get(event.kind)
+            if handler is None:
+                self.store.complete_event(
+                    event.id, error=f"no handler for {event.source} event {event.kind!r}"
+                )
+                continue
+            try:
+                handler(event)
+                self.store.complete_event(event.id)
+            except Exception as exc:
+                log.exception("%s event %s (%s) failed", event.source, event.id, event.kind)
+                self.store.complete_event(event.id, error=f"{type(exc).__name__}: {exc}")
 
     def close(self) -> None:
         self.proposals.shutdown()
         self.store.close()
 
 
-def build_controller(settings: ControllerSettings) -> Controller:
+def build_controller(
+    settings: ControllerSettings,
+    *,
+    serving: ServingBackend | None = None,
+    senders: Mapping[str, Sender] | None = None,
+) -> Controller:
     state_dir = settings.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(state_dir)
     repository = Repository.open(settings.repo, mirror_root=state_dir / "mirrors")
     venvs = VenvCache(settings.venv_dir or state_dir / "venvs")
     runners: dict[str, PipelineRunner] = {"local": LocalRunner(venvs=venvs)}
+    serving_backend = serving or LocalServing(state_dir / "serving", venvs=venvs)
+    release_branch = settings.release_branch or repository.default_branch
+
+    def main_catalog() -> Catalog:
+        return repository.catalog(repository.resolve(release_branch))
+
+    builtin = BuiltinMetrics(
+        lambda name: serving_backend.metrics_url(environment=main_catalog().environments[name])
+    )
+    prometheus: dict[str, PrometheusMetrics] = {}
+
+    def metrics_for(environment: Environment) -> MetricsSource:
+        if environment.metrics_source == "prometheus" and environment.prometheus_url:
+            if environment.prometheus_url not in prometheus:
+                prometheus[environment.prometheus_url] = PrometheusMetrics(environment.prometheus_url)
+            return prometheus[environment.prometheus_url]
+        return builtin
+
+    def served_version(version: ModelVersion, model: Model) -> ServedVersion:
+        requirements = repository.read_file(version.commit, model.source.requirements) or b""
+        source_dir = None
+        if model.serving.runtime == "custom":
+            source_dir = state_dir / "versions" / model.name / label(version.number) / "src"
+            if not source_dir.is_dir():
+                repository.export_tree(version.commit, model.source.path, source_dir)
+        return ServedVersion(
+            model=model.name,
+            version=label(version.number),
+            artifact_dir=Path(version.artifact_uri),
+            serving=model.serving,
+            environment=EnvironmentSpec(
+                requirements=requirements.decode("utf-8", "replace"), python=model.source.python
+            ),
+            source_dir=source_dir,
+        )
+
+    rollouts = RolloutEngine(
+        store=store,
+        serving=serving_backend,
+        metrics=metrics_for,
+        catalog=main_catalog,
+        served_version=served_version,
+    )
+
+    def author_of(run: Run) -> str | None:
+        source = store.get_run(run.reused_from) if run.reused_from is not None else run
+        try:
+            return repository.commit_author(source.commit)
+        except GitError:
+            return None
+
+    registrar = Registrar(store=store, rollouts=rollouts, catalog=main_catalog, author_of=author_of)
     proposals = ProposalReconciler(
         repository=repository,
         store=store,
         forge=LocalForge(store),
         runners=runners,
         work_dir=state_dir,
-        release_branch=settings.release_branch,
+        release_branch=release_branch,
         max_active_runs=settings.max_active_runs,
+        on_release=registrar.release if settings.promote else None,
     )
-    return Controller(store=store, repository=repository, proposals=proposals)
+    all_senders: dict[str, Sender] = {"console": NotifierSender(ConsoleNotifier())}
+    all_senders.update(senders or {})
+    return Controller(
+        store=store,
+        repository=repository,
+        proposals=proposals,
+        rollouts=rollouts,
+        serving=serving_backend,
+        senders=all_senders,
+        handlers={ROLLBACK_EVENT: lambda event: rollouts.handle_rollback_request(event.payload)},
+    )
 
 
 def run_controller(settings: ControllerSettings, *, once: bool = False) -> int:
@@ -72,12 +187,13 @@ def run_controller(settings: ControllerSettings, *, once: bool = False) -> int:
 
     With ``once`` the exit code is 0 when every run this pass started or
     reused passed, 1 otherwise (a gate failed, a step crashed, a spec is bad).
+    Rollouts are advanced only by a controller that keeps running.
     """
     controller = build_controller(settings)
     stop = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("stopping (signal %s); active runs will resume on the next start", signum)
+        log.info("stopping (signal %s); runs and rollouts resume on the next start", signum)
         stop.set()
 
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -94,6 +210,7 @@ def _loop(controller: Controller, settings: ControllerSettings, *, stop: threadi
     log.info("watching %s (state in %s)", settings.repo, settings.state_dir)
     summary = None
     last_poll = 0.0
+    last_tick = 0.0
     last_progress = time.monotonic()
     while not stop.is_set():
         now = time.monotonic()
@@ -102,7 +219,11 @@ def _loop(controller: Controller, settings: ControllerSettings, *, stop: threadi
             summary = proposals.reconcile()
             last_poll = now
         proposals.collect()
+        if not once and now - last_tick >= settings.tick_seconds:
+            controller.tick()
+            last_tick = now
         if once and not proposals.busy:
+            deliver_due(controller.store, controller.senders)
             break
         if time.monotonic() - last_progress >= settings.progress_every_seconds:
             for ref, model, step, elapsed in proposals.progress():

@@ -57,6 +57,11 @@ from controller.specs.types import Catalog, Environment, Location, Model, SpecEr
 log = logging.getLogger("flywheel.proposals")
 
 TRIGGER = "proposal"
+RELEASE_TRIGGER = "merge"
+TRAINING_TRIGGERS = (TRIGGER, RELEASE_TRIGGER)
+
+# Called when a run of the release branch has been judged: (run, model, state).
+ReleaseHook = Callable[[Run, Model, CommitState], object]
 
 
 @dataclass
@@ -102,6 +107,7 @@ class ProposalReconciler:
         release_branch: str | None = None,
         max_active_runs: int = 2,
         clock: Callable[[], float] = time.time,
+        on_release: ReleaseHook | None = None,
     ) -> None:
         self.repository = repository
         self.store = store
@@ -111,6 +117,7 @@ class ProposalReconciler:
         self.release_branch = release_branch or repository.default_branch
         self.max_active_runs = max_active_runs
         self.clock = clock
+        self.on_release = on_release
         self._active: dict[int, _Active] = {}
         self._inputs: dict[tuple[str, str], RunInputs] = {}
         self._current_step: dict[int, str] = {}  # written by runner threads, read by progress()
@@ -137,11 +144,68 @@ class ProposalReconciler:
                 continue
             actions = plan_proposal(ref=ref, commit=head, heads=heads, running_here=self._active.keys())
             self._apply(actions, main_catalog=main_catalog, summary=summary)
+        if self.on_release is not None:
+            self._reconcile_release(main_head, main_catalog, summary)
         gone = {a.ref for a in self._active.values()} - set(branches)
         for ref in sorted(gone):
             runs = [PriorRun(r.id, r.model, r.commit, r.cache_key, r.status) for r in self._runs_of(ref)]
             self._apply(plan_closed(ref=ref, runs=runs), main_catalog=main_catalog, summary=summary)
         return summary
+
+    def _reconcile_release(self, main_head: str, main_catalog: Catalog, summary: PassSummary) -> None:
+        """Every model on the release branch gets a version of its current content.
+
+        A model whose content (cache key) has no run on the release branch yet
+        gets one: the proposal's run when the keys are equal (what was
+        reviewed is what ships), a new run otherwise. A judged release run
+        without its version (the controller stopped in between) is handed to
+        the release hook again.
+        """
+        heads: list[ModelHead] = []
+        for name, model in sorted(main_catalog.models.items()):
+            try:
+                inputs = self._run_inputs(main_head, model)
+            except (data_inputs.DataError, GitError) as exc:
+                log.error("cannot plan %s on %s: %s", name, self.release_branch, exc)
+                continue
+            latest = self.store.latest_run(model=name, ref=self.release_branch)
+            if latest is not None and latest.cache_key == inputs.cache_key:
+                if latest.finished:
+                    self._release_if_unregistered(latest, model)
+                    continue
+                if latest.id in self._active:
+                    continue
+                if latest.commit != main_head:  # resume it where it is: same content, older commit
+                    self.store.update_run(latest.id, status="queued")
+                    continue
+            reusable = self.store.find_successful_run(inputs.cache_key)
+            if reusable is not None and not _artifact_exists(reusable):
+                reusable = None
+            heads.append(
+                ModelHead(
+                    name,
+                    model,
+                    cache_key=inputs.cache_key,
+                    latest=self._prior(latest),
+                    reusable=self._prior(reusable),
+                )
+            )
+        if heads:
+            actions = plan_proposal(
+                ref=self.release_branch, commit=main_head, heads=heads, running_here=self._active.keys()
+            )
+            self._apply(actions, main_catalog=main_catalog, summary=summary)
+
+    def _release_if_unregistered(self, run: Run, model: Model) -> None:
+        if self.on_release is None or run.status != "succeeded":
+            return
+        if any(v.run_id == run.id for v in self.store.list_versions(run.model)):
+            return
+        if any(g.get("outcome") == "failed" for g in run.gates):
+            return
+        if not run.gates and model.gates:
+            return  # not judged yet (stopped between finishing and judging): judged on the next collect
+        self.on_release(run, model, "success")
 
     def _runs_of(self, ref: str) -> list[Run]:
         return [self.store.get_run(a.run_id) for a in self._active.values() if a.ref == ref]
@@ -243,7 +307,7 @@ class ProposalReconciler:
                     ref=action.ref,
                     commit=action.commit,
                     cache_key=action.cache_key,
-                    trigger=TRIGGER,
+                    trigger=self._trigger(action.ref),
                     params=dict(model.params),
                     data_fingerprints=inputs.data_fingerprints,
                     environment_hash=inputs.environment_hash,
@@ -262,13 +326,15 @@ class ProposalReconciler:
     def _launch_queued(self, main_catalog: Catalog) -> None:
         """Start queued runs of live proposal heads while there is room."""
         branches = self.repository.branches()
-        queued = [r for r in self.store.list_runs(status="queued", limit=1000) if r.trigger == TRIGGER]
+        queued = [
+            r for r in self.store.list_runs(status="queued", limit=1000) if r.trigger in TRAINING_TRIGGERS
+        ]
         for run in sorted(queued, key=lambda r: r.id):
             if len(self._active) >= self.max_active_runs:
                 return
             if run.id in self._active:
                 continue
-            if branches.get(run.ref) != run.commit:
+            if run.ref != self.release_branch and branches.get(run.ref) != run.commit:
                 self.store.update_run(run.id, status="cancelled", error="the proposal moved on before it ran")
                 continue
             model = self.repository.catalog(run.commit).models.get(run.model)
@@ -350,7 +416,7 @@ class ProposalReconciler:
                 ref=action.ref,
                 commit=action.commit,
                 cache_key=action.cache_key,
-                trigger=TRIGGER,
+                trigger=self._trigger(action.ref),
                 params=source.params,
                 data_fingerprints=source.data_fingerprints,
                 environment_hash=source.environment_hash,
@@ -429,7 +495,7 @@ class ProposalReconciler:
         """Whether runs are going or waiting for room to start."""
         if self._active:
             return True
-        return any(r.trigger == TRIGGER for r in self.store.list_runs(status="queued", limit=1000))
+        return any(r.trigger in TRAINING_TRIGGERS for r in self.store.list_runs(status="queued", limit=1000))
 
     def progress(self) -> list[tuple[str, str, str, float]]:
         """(proposal, model, current step, elapsed seconds) of every active run."""
@@ -511,6 +577,8 @@ class ProposalReconciler:
             production=production,
         )
         self._set_status(run, state, description)
+        if run.ref == self.release_branch and self.on_release is not None and state == "success":
+            self.on_release(run, model, state)
         log.info(
             "%s on %s: %s — %s",
             model.name,
@@ -573,9 +641,16 @@ class ProposalReconciler:
             steps=steps,
             logs_location=logs if run.status not in ("queued",) else None,
         )
+        if run.ref == self.release_branch:
+            return
         self.forge.publish_report(ReviewTarget(run.ref, model.name, run.commit), render_report(report))
 
+    def _trigger(self, ref: str) -> str:
+        return RELEASE_TRIGGER if ref == self.release_branch else TRIGGER
+
     def _set_status(self, run: Run, state: CommitState, description: str) -> None:
+        if run.ref == self.release_branch:
+            return
         self.forge.set_status(ReviewTarget(run.ref, run.model, run.commit), state, description[:140])
 
     # ------------------------------------------------------------- helpers
