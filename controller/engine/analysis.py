@@ -10,6 +10,8 @@ Pure functions, no I/O. The rollout engine measures every check of a model's
 
 What no data means (Invariant 4: a rollout never promotes on missing data):
 
+- A built-in ``requestCount`` check below its minimum is *inconclusive*: too
+  few requests to judge, which holds the rollout like no data does.
 - A measurement without a value is *inconclusive*. With ``noData:
   inconclusive`` (the default) it is never a pass and never a failure: the
   round is inconclusive and the rollout **holds**, saying why, until data
@@ -120,6 +122,12 @@ def judge(check: AnalysisCheck, measurement: Measurement, *, min_samples: int | 
         )
     too_low = check.min is not None and value < check.min
     too_high = check.max is not None and value > check.max
+    if too_low and check.builtin == "requestCount":
+        # Too few requests is missing evidence, not a bad canary: hold, never fail or pass.
+        return result(
+            "inconclusive",
+            f"{check.name}: only {value:g} requests in the window, needs at least {check.min:g} to judge",
+        )
     bound = check.min if too_low else check.max if too_high else None
     shown = _number(value, bound)
     if too_low or too_high:

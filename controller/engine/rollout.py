@@ -228,6 +228,7 @@ class RolloutEngine:
 
     def _deploy(self, ctx: _Ctx) -> None:
         rollout, env = ctx.rollout, ctx.environment
+        stable = self._stable(env.name, ctx.model.name, ctx.version.number)
         served = self.served_version(ctx.version, ctx.model)
         try:
             self.serving.deploy(environment=env, version=served)
@@ -238,27 +239,29 @@ class RolloutEngine:
                 inputs=[list(row) for row in ctx.model.serving.sample_inputs],
             )
         except ServingError as exc:
-            self._to_rolling_back(rollout, final="failed", reason=f"deploy to {env.name} failed: {exc}")
+            reason = f"deploy to {env.name} failed: {exc}"
+            self._to_rolling_back(rollout, final="failed", reason=reason, stable=stable)
             return
-        stable = self._stable(env.name, ctx.model.name, ctx.version.number)
         self._audit(
             rollout,
             "rollout.deployed",
             detail={"stable": stable, "smoke_inputs": len(ctx.model.serving.sample_inputs)},
         )
         if ctx.stage.canary and stable is not None:
-            self._enter_step(ctx, step=0, stable=stable, failures=0)
+            self._enter_step(ctx, rollout, step=0, stable=stable, failures=0)
         else:
             why = "first deployment here" if stable is None else "no canary steps"
             self._transition(
                 rollout, "gate", detail={"stable": stable}, audit_detail={"canary": f"skipped: {why}"}
             )
 
-    def _enter_step(self, ctx: _Ctx, *, step: int, stable: int, failures: int) -> None:
+    def _enter_step(
+        self, ctx: _Ctx, rollout: RolloutRecord, *, step: int, stable: int, failures: int
+    ) -> None:
         weight = ctx.stage.canary[step].weight
         now = self._now()
-        self._transition(
-            ctx.rollout,
+        rollout = self._transition(
+            rollout,
             "canary",
             step_index=step,
             weight=weight,
@@ -273,36 +276,47 @@ class RolloutEngine:
             },
             audit_detail={"step": step, "weight": weight},
         )
+        self._apply_step(ctx, rollout)
 
-    def _canary(self, ctx: _Ctx) -> None:
-        rollout = ctx.rollout
+    def _apply_step(self, ctx: _Ctx, rollout: RolloutRecord) -> RolloutRecord | None:
+        """Route the current step's weights unless done already; ``None`` when it failed (rolling back)."""
         stable = rollout.detail.get("stable")
         step = rollout.step_index
         new = label(ctx.version.number)
         marker = f"{rollout.stage_index}:{step}"
-        if rollout.detail.get("applied") != marker:
-            weights = {new: rollout.weight}
-            if isinstance(stable, int) and rollout.weight < 100:
-                weights[label(stable)] = 100 - rollout.weight
-            try:
-                self.serving.set_weights(environment=ctx.environment, model=ctx.model.name, weights=weights)
-            except ServingError as exc:
-                self._to_rolling_back(rollout, final="failed", reason=f"could not route traffic: {exc}")
-                return
-            self.store.record_traffic(
-                environment=ctx.environment.name,
-                model=ctx.model.name,
-                weights={int(k[1:]): w for k, w in weights.items()},
-            )
-            rollout = self._update(rollout, detail={**rollout.detail, "applied": marker})
-            self._notify(
-                rollout,
-                ctx.model,
-                "step_reached",
-                f"Canary step {step + 1} of {len(ctx.stage.canary)}: {rollout.weight}% of traffic.",
-                step=step,
-                extra={"weight": rollout.weight, "stable_version": stable},
-            )
+        if rollout.detail.get("applied") == marker:
+            return rollout
+        weights = {new: rollout.weight}
+        if isinstance(stable, int) and rollout.weight < 100:
+            weights[label(stable)] = 100 - rollout.weight
+        try:
+            self.serving.set_weights(environment=ctx.environment, model=ctx.model.name, weights=weights)
+        except ServingError as exc:
+            self._to_rolling_back(rollout, final="failed", reason=f"could not route traffic: {exc}")
+            return None
+        self.store.record_traffic(
+            at=self._now(),
+            environment=ctx.environment.name,
+            model=ctx.model.name,
+            weights={int(k[1:]): w for k, w in weights.items()},
+        )
+        rollout = self._update(rollout, detail={**rollout.detail, "applied": marker})
+        self._notify(
+            rollout,
+            ctx.model,
+            "step_reached",
+            f"Canary step {step + 1} of {len(ctx.stage.canary)}: {rollout.weight}% of traffic.",
+            step=step,
+            extra={"weight": rollout.weight, "stable_version": stable},
+        )
+        return rollout
+
+    def _canary(self, ctx: _Ctx) -> None:
+        rollout = self._apply_step(ctx, ctx.rollout)
+        if rollout is None:
+            return
+        stable = rollout.detail.get("stable")
+        step = rollout.step_index
         now = self._now()
         analysis = ctx.model.rollout.analysis
         last_round = _time(rollout.detail.get("last_round_at"))
@@ -371,7 +385,9 @@ class RolloutEngine:
         if not promoted and not (elapsed and passed):
             return
         if step + 1 < len(ctx.stage.canary):
-            self._enter_step(ctx, step=step + 1, stable=int(stable or 0), failures=rollout.analysis_failures)
+            self._enter_step(
+                ctx, rollout, step=step + 1, stable=int(stable or 0), failures=rollout.analysis_failures
+            )
         else:
             self._transition(
                 rollout,
@@ -440,7 +456,7 @@ class RolloutEngine:
         new = label(ctx.version.number)
         self.serving.set_weights(environment=env, model=ctx.model.name, weights={new: 100})
         self.store.record_traffic(
-            environment=env.name, model=ctx.model.name, weights={ctx.version.number: 100}
+            at=self._now(), environment=env.name, model=ctx.model.name, weights={ctx.version.number: 100}
         )
         for deployed in self.serving.deployed(environment=env, model=ctx.model.name):
             if deployed.version != new:
@@ -480,6 +496,7 @@ class RolloutEngine:
                     self.serving.deploy(environment=env, version=self.served_version(previous, ctx.model))
             self.serving.set_weights(environment=env, model=ctx.model.name, weights=weights)
             self.store.record_traffic(
+                at=self._now(),
                 environment=env.name,
                 model=ctx.model.name,
                 weights={int(k[1:]): w for k, w in weights.items()},
@@ -539,7 +556,9 @@ class RolloutEngine:
             version = self.store.get_version(model_name, previous)
             self.serving.deploy(environment=env, version=self.served_version(version, model))
             self.serving.set_weights(environment=env, model=model_name, weights={label(previous): 100})
-            self.store.record_traffic(environment=env.name, model=model_name, weights={previous: 100})
+            self.store.record_traffic(
+                at=self._now(), environment=env.name, model=model_name, weights={previous: 100}
+            )
             self.serving.retire(environment=env, model=model_name, version=label(current_version))
             self.store.append_audit(
                 actor=by or ACTOR,
@@ -596,14 +615,19 @@ class RolloutEngine:
         }
         self._update(rollout, detail=detail)
 
-    def _to_rolling_back(self, rollout: RolloutRecord, *, final: str, reason: str) -> RolloutRecord:
+    def _to_rolling_back(
+        self, rollout: RolloutRecord, *, final: str, reason: str, stable: int | None = None
+    ) -> RolloutRecord:
         log.warning(
             "%s v%s in %s: rolling back (%s)", rollout.model, rollout.version, rollout.environment, reason
         )
+        detail: dict[str, Any] = {"final": final, "reason": reason}
+        if stable is not None:
+            detail["stable"] = stable
         return self._transition(
             rollout,
             "rolling_back",
-            detail={"final": final, "reason": reason},
+            detail=detail,
             audit_detail={"final": final, "reason": reason},
         )
 

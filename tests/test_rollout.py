@@ -1,0 +1,308 @@
+"""The rollout state machine, driven through fake serving and scripted metrics on a real store.
+
+Pins down: a good version goes staging → canary steps → approval gate →
+production and retires the one it replaced; a failing canary rolls back on
+its own with the stable version keeping all traffic; a canary without data
+holds and never promotes; approvals by the wrong people are refused and
+audited; a restarted engine resumes the same step without deploying or
+announcing anything twice; pause, resume, promote, abort and rollback act
+as their names say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from controller.backends.metrics import Measurement
+from controller.backends.metrics.fake import FakeMetrics
+from controller.backends.serving import ServedVersion
+from controller.backends.serving.fake import FakeServing
+from controller.backends.store import ModelVersion, Store, open_store
+from controller.engine.commands import Actor, Commands
+from controller.engine.outbox import deliver_due
+from controller.engine.notices import NotifierSender
+from controller.backends.notify.fake import FakeNotifier
+from controller.engine.rollout import RolloutEngine
+from controller.specs import load_tree
+from controller.specs.types import Catalog, Model
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = {
+    "success-rate": Measurement(value=1.0, samples=100),
+    "latency-p99": Measurement(value=0.05, samples=100),
+    "enough-traffic": Measurement(value=100.0, samples=100),
+}
+
+
+@dataclass
+class Clock:
+    now: datetime = field(default_factory=lambda: datetime(2026, 11, 21, 12, 0, tzinfo=UTC))
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@dataclass
+class World:
+    store: Store
+    catalog: Catalog
+    serving: FakeServing
+    metrics: FakeMetrics
+    clock: Clock
+    tmp: Path
+    notifier: FakeNotifier = field(default_factory=FakeNotifier)
+
+    def engine(self) -> RolloutEngine:
+        def served(version: ModelVersion, model: Model) -> ServedVersion:
+            return ServedVersion(
+                model=model.name,
+                version=f"v{version.number}",
+                artifact_dir=self.tmp,
+                serving=model.serving,
+            )
+
+        return RolloutEngine(
+            store=self.store,
+            serving=self.serving,
+            metrics=lambda env: self.metrics,
+            catalog=lambda: self.catalog,
+            served_version=served,
+            clock=self.clock,
+        )
+
+    def commands(self) -> Commands:
+        return Commands(store=self.store, catalog=lambda: self.catalog, clock=self.clock)
+
+    def register(self, number_hint: int) -> ModelVersion:
+        run = self.store.create_run(
+            model="iris", ref="main", commit=f"{number_hint:040d}", cache_key=f"k{number_hint}", status="succeeded"
+        )
+        return self.store.register_version(
+            model="iris",
+            run_id=run.id,
+            commit=run.commit,
+            artifact_digest=f"sha256:{number_hint}",
+            artifact_uri=str(self.tmp),
+            environment_hash="env",
+            metrics={"accuracy": 0.9},
+        )
+
+    def good_metrics(self, version: str) -> None:
+        for check, measurement in GOOD.items():
+            self.metrics.set(check, version, measurement)
+
+    def deliver(self) -> list[str]:
+        deliver_due(self.store, {"console": NotifierSender(self.notifier)}, now=self.clock() + timedelta(days=1))
+        return self.notifier.kinds()
+
+    def rollout(self, version: int):  # type: ignore[no-untyped-def]
+        return next(r for r in self.store.rollouts_for("iris") if r.version == version)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    store = open_store(tmp_path / "state")
+    catalog = load_tree(ROOT)
+    assert "iris" in catalog.models
+    yield World(store, catalog, FakeServing(), FakeMetrics(), Clock(), tmp_path)
+    store.close()
+
+
+def _settle(world: World, engine: RolloutEngine, *, seconds: float = 0.0, ticks: int = 30) -> None:
+    for _ in range(ticks):
+        engine.tick()
+        world.clock.advance(seconds)
+
+
+def _approve(world: World, version: int, user: str = "carol") -> None:
+    outcome = world.commands().decide(Actor("cli", user), decision="approve", model="iris", version=version)
+    assert outcome.ok, outcome.message
+
+
+def _first_to_production(world: World, engine: RolloutEngine) -> ModelVersion:
+    v1 = world.register(1)
+    model = world.catalog.models["iris"]
+    engine.start(v1, model, author="alice")
+    _settle(world, engine)
+    assert world.rollout(1).state == "gate" and world.rollout(1).environment == "production"
+    _approve(world, 1)
+    _settle(world, engine)
+    assert world.rollout(1).state == "succeeded"
+    return v1
+
+
+def _to_canary(world: World, engine: RolloutEngine) -> ModelVersion:
+    _first_to_production(world, engine)
+    v2 = world.register(2)
+    engine.start(v2, world.catalog.models["iris"], author="alice")
+    _settle(world, engine, ticks=5)
+    rollout = world.rollout(2)
+    assert (rollout.state, rollout.environment, rollout.step_index) == ("canary", "production", 0)
+    return v2
+
+
+def test_good_version_goes_through_every_stage_and_retires_the_previous(world: World) -> None:
+    engine = world.engine()
+    _to_canary(world, engine)
+    assert world.serving.traffic("production", "iris") == {"v2": 20, "v1": 80}
+    assert world.serving.traffic("staging", "iris") == {"v2": 100}
+    world.good_metrics("v2")
+    _settle(world, engine, seconds=11, ticks=4)  # 30 s step, analysis every 10 s
+    assert world.rollout(2).step_index == 1
+    assert world.serving.traffic("production", "iris") == {"v2": 50, "v1": 50}
+    _settle(world, engine, seconds=11, ticks=4)
+    assert world.rollout(2).state == "gate"  # canary done; production-signoff needed
+    _settle(world, engine, seconds=60, ticks=3)
+    assert world.rollout(2).state == "gate"  # waits for people, not for time
+    _approve(world, 2, "dave")
+    _settle(world, engine, ticks=3)
+    rollout = world.rollout(2)
+    assert rollout.state == "succeeded" and rollout.finished_at is not None
+    assert world.serving.traffic("production", "iris") == {"v2": 100}
+    assert ("production", "iris", "v1") not in world.serving.running
+    served = world.store.served_at(environment="production", model="iris", at=world.clock())
+    assert served == [(2, 100)]
+    kinds = world.deliver()
+    for kind in ("rollout_started", "step_reached", "awaiting_approval", "approved", "promoted"):
+        assert kind in kinds
+    actions = [e.action for e in world.store.audit(model="iris")]
+    assert "rollout.deployed" in actions and "rollout.succeeded" in actions and "approval.approve" in actions
+
+
+def test_failing_canary_rolls_back_by_itself_and_stable_keeps_all_traffic(world: World) -> None:
+    engine = world.engine()
+    _to_canary(world, engine)
+    world.good_metrics("v2")
+    world.metrics.set("success-rate", "v2", Measurement(value=0.7, samples=100))
+    _settle(world, engine, seconds=11, ticks=6)
+    rollout = world.rollout(2)
+    assert rollout.state == "rolled_back"
+    assert rollout.analysis_failures == 2  # failureLimit 2 in specs/iris
+    assert world.serving.traffic("production", "iris") == {"v1": 100}
+    assert ("production", "iris", "v2") not in world.serving.running
+    assert world.store.served_at(environment="production", model="iris", at=world.clock()) == [(1, 100)]
+    assert "rolled_back" in world.deliver()
+    assert "success-rate = 0.7" in rollout.detail["reason"]
+
+
+def test_canary_without_traffic_holds_as_inconclusive_and_never_promotes(world: World) -> None:
+    engine = world.engine()
+    _to_canary(world, engine)
+    world.metrics.set("success-rate", "v2", Measurement.missing("no requests in the window", samples=0))
+    world.metrics.set("latency-p99", "v2", Measurement.missing("no requests in the window", samples=0))
+    world.metrics.set("enough-traffic", "v2", Measurement(value=0.0, samples=0))
+    _settle(world, engine, seconds=11, ticks=40)  # far past both 30 s steps
+    rollout = world.rollout(2)
+    assert (rollout.state, rollout.step_index, rollout.analysis_failures) == ("canary", 0, 0)
+    assert world.serving.traffic("production", "iris") == {"v2": 20, "v1": 80}
+    assert rollout.detail["last_decision"]["action"] == "hold"
+    assert "inconclusive" in rollout.detail["last_decision"]["reason"]
+    kinds = world.deliver()
+    assert kinds.count("analysis_inconclusive") == 1  # told once per hold, not every round
+    assert "promoted" not in [k for k in kinds[kinds.index("analysis_inconclusive") :]]
+
+
+def test_approval_by_outsider_or_author_is_refused_and_audited(world: World) -> None:
+    engine = world.engine()
+    v1 = world.register(1)
+    engine.start(v1, world.catalog.models["iris"], author="carol")
+    _settle(world, engine)
+    commands = world.commands()
+    outsider = commands.decide(Actor("cli", "alice"), decision="approve", model="iris", version=1)
+    assert not outsider.ok and outsider.refusal == "not_in_groups"
+    author = commands.decide(Actor("cli", "carol"), decision="approve", model="iris", version=1)
+    assert not author.ok and author.refusal == "author"
+    stranger = commands.decide(Actor("cli", "mallory"), decision="approve", model="iris", version=1)
+    assert not stranger.ok and stranger.refusal == "unmapped"
+    _settle(world, engine)
+    assert world.rollout(1).state == "gate"
+    refused = [e for e in world.store.audit(model="iris") if e.action == "command.refused"]
+    assert [e.detail["refusal"] for e in refused] == ["not_in_groups", "author", "unmapped"]
+    assert world.store.approvals_for(model="iris", version=1, environment="production") == []
+
+
+def test_restarted_engine_resumes_the_same_step_without_repeating_anything(world: World) -> None:
+    engine = world.engine()
+    _to_canary(world, engine)
+    world.good_metrics("v2")
+    _settle(world, engine, seconds=11, ticks=4)
+    before = world.rollout(2)
+    assert before.step_index == 1
+    starts, changes = world.serving.starts, world.serving.weight_changes
+    queued = len(world.store.due_messages(now=world.clock() + timedelta(days=1), limit=1000))
+    # "kill -9": throw the engine away, build a new one on the same store and backends
+    fresh = world.engine()
+    fresh.tick()
+    after = world.rollout(2)
+    assert (after.state, after.step_index) == ("canary", 1)
+    assert after.detail["step_started_at"] == before.detail["step_started_at"]
+    assert world.serving.starts == starts and world.serving.weight_changes == changes
+    assert len(world.store.due_messages(now=world.clock() + timedelta(days=1), limit=1000)) == queued
+    kinds = world.deliver()
+    assert kinds.count("step_reached") == 2  # one per step, the restart added none
+
+
+def test_pause_holds_resume_continues_promote_skips_the_wait(world: World) -> None:
+    engine = world.engine()
+    _to_canary(world, engine)
+    world.good_metrics("v2")
+    commands = world.commands()
+    assert commands.control(Actor("cli", "bob"), command="pause", model="iris", reason="lunch").ok
+    _settle(world, engine, seconds=11, ticks=10)
+    assert (world.rollout(2).state, world.rollout(2).step_index) == ("canary", 0)
+    assert commands.control(Actor("cli", "bob"), command="resume", model="iris").ok
+    engine.tick()  # one round passes now
+    assert commands.control(Actor("cli", "bob"), command="promote", model="iris").ok
+    engine.tick()
+    assert world.rollout(2).step_index == 1  # no need to wait out the step
+    denied = commands.control(Actor("cli", "carol"), command="promote", model="iris")
+    assert not denied.ok and denied.refusal == "not_allowed"
+    assert "paused" in world.deliver()
+
+
+def test_abort_restores_the_stable_version(world: World) -> None:
+    engine = world.engine()
+    _to_canary(world, engine)
+    assert world.commands().control(Actor("cli", "erin"), command="abort", model="iris", reason="bad data").ok
+    _settle(world, engine, ticks=3)
+    rollout = world.rollout(2)
+    assert rollout.state == "aborted" and "erin" in rollout.detail["reason"]
+    assert world.serving.traffic("production", "iris") == {"v1": 100}
+
+
+def test_failed_smoke_test_never_sends_traffic_to_the_version(world: World) -> None:
+    engine = world.engine()
+    _first_to_production(world, engine)
+    v2 = world.register(2)
+    world.serving.fail_smoke.add(("iris", "v2"))
+    engine.start(v2, world.catalog.models["iris"])
+    _settle(world, engine, ticks=5)
+    rollout = world.rollout(2)
+    assert rollout.state == "failed" and "smoke test" in rollout.detail["reason"]
+    assert world.serving.traffic("staging", "iris") == {"v1": 100}
+    assert world.serving.traffic("production", "iris") == {"v1": 100}
+
+
+def test_rollback_after_a_finished_rollout_serves_the_previous_version(world: World) -> None:
+    engine = world.engine()
+    _to_canary(world, engine)
+    world.good_metrics("v2")
+    _settle(world, engine, seconds=11, ticks=8)
+    _approve(world, 2, "dave")
+    _settle(world, engine, ticks=3)
+    assert world.rollout(2).state == "succeeded"
+    outcome = world.commands().control(Actor("cli", "alice"), command="rollback", model="iris", reason="complaints")
+    assert outcome.ok
+    (event,) = world.store.claim_events(limit=5, worker="test")
+    engine.handle_rollback_request(event.payload)
+    assert world.serving.traffic("production", "iris") == {"v1": 100}
+    assert world.store.served_at(environment="production", model="iris", at=world.clock()) == [(1, 100)]
+    assert any(e.action == "rollout.rolled_back" for e in world.store.audit(model="iris"))
