@@ -20,13 +20,13 @@ import pytest
 
 from controller.backends.metrics import Measurement
 from controller.backends.metrics.fake import FakeMetrics
+from controller.backends.notify.fake import FakeNotifier
 from controller.backends.serving import ServedVersion
 from controller.backends.serving.fake import FakeServing
 from controller.backends.store import ModelVersion, Store, open_store
 from controller.engine.commands import Actor, Commands
-from controller.engine.outbox import deliver_due
 from controller.engine.notices import NotifierSender
-from controller.backends.notify.fake import FakeNotifier
+from controller.engine.outbox import deliver_due
 from controller.engine.rollout import RolloutEngine
 from controller.specs import load_tree
 from controller.specs.types import Catalog, Model
@@ -83,7 +83,11 @@ class World:
 
     def register(self, number_hint: int) -> ModelVersion:
         run = self.store.create_run(
-            model="iris", ref="main", commit=f"{number_hint:040d}", cache_key=f"k{number_hint}", status="succeeded"
+            model="iris",
+            ref="main",
+            commit=f"{number_hint:040d}",
+            cache_key=f"k{number_hint}",
+            status="succeeded",
         )
         return self.store.register_version(
             model="iris",
@@ -100,7 +104,9 @@ class World:
             self.metrics.set(check, version, measurement)
 
     def deliver(self) -> list[str]:
-        deliver_due(self.store, {"console": NotifierSender(self.notifier)}, now=self.clock() + timedelta(days=1))
+        deliver_due(
+            self.store, {"console": NotifierSender(self.notifier)}, now=self.clock() + timedelta(days=1)
+        )
         return self.notifier.kinds()
 
     def rollout(self, version: int):  # type: ignore[no-untyped-def]
@@ -299,7 +305,9 @@ def test_rollback_after_a_finished_rollout_serves_the_previous_version(world: Wo
     _approve(world, 2, "dave")
     _settle(world, engine, ticks=3)
     assert world.rollout(2).state == "succeeded"
-    outcome = world.commands().control(Actor("cli", "alice"), command="rollback", model="iris", reason="complaints")
+    outcome = world.commands().control(
+        Actor("cli", "alice"), command="rollback", model="iris", reason="complaints"
+    )
     assert outcome.ok
     (event,) = world.store.claim_events(limit=5, worker="test")
     engine.handle_rollback_request(event.payload)
