@@ -16,6 +16,10 @@ build the app with :func:`create_app` around a store of their own.
   ``duplicate`` when its delivery id was seen before (nothing changes);
 * 503 when the store fails, so that GitHub delivers again later.
 
+When ``settings.slack_signing_secret`` is set, ``POST /hooks/slack/actions``
+is mounted too (:mod:`webhooks.slack`: the Approve/Reject buttons); it needs
+the :class:`~controller.engine.commands.Commands` passed as ``commands``.
+
 The handler only verifies and enqueues: it never waits on training. ``GET
 /healthz`` checks the store answers a cheap read; ``GET /metrics`` exposes
 per-app Prometheus metrics.
@@ -36,10 +40,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from controller.backends.store import Store
+from controller.engine.commands import Commands
 from webhooks.github import HANDLED_EVENTS, BadDelivery, parse_delivery, verify_signature
-from webhooks.settings import WebhookSettings
+from webhooks.settings import SettingsError, WebhookSettings
+from webhooks.slack import SLACK_ACTIONS_PATH, actions_endpoint
 
-__all__ = ["GITHUB_HOOK_PATH", "Outcome", "create_app", "serve"]
+__all__ = ["GITHUB_HOOK_PATH", "SLACK_ACTIONS_PATH", "Outcome", "create_app", "serve"]
 
 GITHUB_HOOK_PATH = "/hooks/github"
 SOURCE = "github"
@@ -92,12 +98,19 @@ async def _read_limited(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def create_app(settings: WebhookSettings, store: Store) -> Starlette:
+def create_app(settings: WebhookSettings, store: Store, commands: Commands | None = None) -> Starlette:
     """The receiver's ASGI app, writing verified deliveries to ``store``.
 
     ``store`` is called from worker threads, so it must be usable from any
     thread (a file-backed or PostgreSQL store; not ``sqlite://`` in memory).
+    ``commands`` (on the same store) decides Slack button presses; it is
+    required when a Slack signing secret is set, and unused otherwise.
     """
+    if settings.slack_signing_secret is not None and commands is None:
+        raise SettingsError(
+            "a Slack signing secret is set but the webhook service was given no Commands to decide "
+            "approvals with; pass commands=Commands(...) or unset the Slack signing secret"
+        )
     metrics = _Metrics()
     secrets = settings.github_secrets
 
@@ -157,13 +170,21 @@ def create_app(settings: WebhookSettings, store: Store) -> Starlette:
     async def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(
-        routes=[
-            Route(GITHUB_HOOK_PATH, github_hook, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", metrics_endpoint, methods=["GET"]),
-        ]
-    )
+    routes = [
+        Route(GITHUB_HOOK_PATH, github_hook, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    if settings.slack_signing_secret is not None and commands is not None:
+        slack_actions = actions_endpoint(
+            signing_secret=settings.slack_signing_secret,
+            store=store,
+            commands=commands,
+            read_body=_read_limited,
+            max_body_bytes=settings.max_body_bytes,
+        )
+        routes.append(Route(SLACK_ACTIONS_PATH, slack_actions, methods=["POST"]))
+    return Starlette(routes=routes)
 
 
 def serve(
@@ -174,12 +195,13 @@ def serve(
     port: int = 8080,
     log_level: str = "info",
     access_log: bool = True,
+    commands: Commands | None = None,
 ) -> None:
     """Serve the receiver with uvicorn until interrupted (``flywheel serve`` calls this)."""
     import uvicorn
 
     config = uvicorn.Config(
-        create_app(settings, store),
+        create_app(settings, store, commands),
         host=host,
         port=port,
         log_level=log_level,

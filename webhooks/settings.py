@@ -12,6 +12,11 @@ Environment variables:
 ``FLYWHEEL_GITHUB_WEBHOOK_SECRET_PREVIOUS``
     Optional. During a rotation, the old secret, still accepted until every
     sender uses the new one; unset it afterwards.
+``FLYWHEEL_SLACK_SIGNING_SECRET``
+    Optional. The signing secret of the Slack app ("Basic Information" →
+    "App Credentials"). When set, ``POST /hooks/slack/actions`` is mounted
+    and verifies every request with it; when unset, Slack is not served at
+    all. Set but empty is refused, like the GitHub secret.
 ``FLYWHEEL_WEBHOOK_MAX_BODY_BYTES``
     Optional. The largest body accepted, in bytes (default 25 MiB, GitHub's
     own maximum payload size).
@@ -28,6 +33,7 @@ __all__ = [
     "ENV_MAX_BODY_BYTES",
     "ENV_PREVIOUS_SECRET",
     "ENV_SECRET",
+    "ENV_SLACK_SIGNING_SECRET",
     "SettingsError",
     "WebhookSettings",
 ]
@@ -36,6 +42,7 @@ DEFAULT_MAX_BODY_BYTES = 25 * 1024 * 1024
 ENV_SECRET = "FLYWHEEL_GITHUB_WEBHOOK_SECRET"
 ENV_PREVIOUS_SECRET = "FLYWHEEL_GITHUB_WEBHOOK_SECRET_PREVIOUS"
 ENV_MAX_BODY_BYTES = "FLYWHEEL_WEBHOOK_MAX_BODY_BYTES"
+ENV_SLACK_SIGNING_SECRET = "FLYWHEEL_SLACK_SIGNING_SECRET"
 
 
 class SettingsError(ValueError):
@@ -47,11 +54,13 @@ class WebhookSettings:
     """What the receiver needs: the secrets deliveries are signed with, and the body size limit.
 
     ``github_secrets`` holds the current secret first, then any still accepted
-    during a rotation. Secrets are left out of ``repr``.
+    during a rotation. ``slack_signing_secret`` is ``None`` when Slack is
+    not used. Secrets are left out of ``repr``.
     """
 
     github_secrets: tuple[str, ...] = field(repr=False)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    slack_signing_secret: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.github_secrets or any(not s.strip() for s in self.github_secrets):
@@ -61,6 +70,11 @@ class WebhookSettings:
             )
         if self.max_body_bytes <= 0:
             raise SettingsError(f"the body size limit must be positive, not {self.max_body_bytes}")
+        if self.slack_signing_secret is not None and not self.slack_signing_secret.strip():
+            raise SettingsError(
+                f"the Slack signing secret is empty: set {ENV_SLACK_SIGNING_SECRET} to the app's "
+                "signing secret, or unset it to serve no Slack requests"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WebhookSettings:
@@ -85,4 +99,10 @@ class WebhookSettings:
                 raise SettingsError(
                     f"{ENV_MAX_BODY_BYTES} must be a number of bytes, not {raw_limit!r}"
                 ) from None
-        return cls(github_secrets=tuple(secrets), max_body_bytes=limit)
+        slack_secret = env.get(ENV_SLACK_SIGNING_SECRET)
+        if slack_secret is not None and not slack_secret.strip():
+            raise SettingsError(
+                f"{ENV_SLACK_SIGNING_SECRET} is empty: set it to the Slack app's signing secret, "
+                "or unset it to serve no Slack requests"
+            )
+        return cls(github_secrets=tuple(secrets), max_body_bytes=limit, slack_signing_secret=slack_secret)
