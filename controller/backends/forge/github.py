@@ -1,0 +1,489 @@
+"""The GitHub forge: pull-request reports, check runs and comment replies, delivered through the outbox.
+
+Two halves, so that no call to GitHub is ever made inline (Invariant 5):
+
+* :class:`GitHubForge` implements :class:`~controller.backends.forge.Forge`
+  for the reconciler, and offers :meth:`~GitHubForge.react` and
+  :meth:`~GitHubForge.reply` for comment commands. Each method only queues an
+  outbox message (destination ``"github"``) under a key that makes the newest
+  payload win: one key per pull request and model for the sticky report, one
+  per commit and model for the check, one per comment for a reply. An outage
+  therefore delays messages and never duplicates them.
+* :class:`GitHubSender` is the outbox :class:`~controller.engine.outbox.Sender`
+  for ``"github"``. It makes the PyGithub calls when the controller's loop
+  delivers, and maps GitHub's answers to :class:`DeliveryError`: rate limits
+  (``Retry-After``, ``X-RateLimit-Reset``) to ``retry_after``, 5xx answers
+  and connection errors to a retry with backoff, a pull request or
+  repository that is gone (404, 410, 422) to ``permanent``. PyGithub's own
+  retries are switched off so that the outbox alone decides when to try again.
+
+The sticky report is found again by the hidden marker on its first line
+(:func:`controller.engine.report.marker`), and its comment id is remembered
+in the store's meta table, so that it is edited in place and never posted a
+second time, even after a crash between posting and marking the message sent.
+Replies to commands carry a marker of their own for the same reason.
+
+On GitHub a proposal is a pull request's head branch (the reconciler works
+from git branches). The number of its pull request comes from the metadata
+that :func:`controller.engine.trust.record_pull_request` stores from
+``pull_request`` events (:func:`pull_request_number`), and otherwise from the
+API (``GET /repos/{owner}/{repo}/pulls?head=owner:branch``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import requests
+from github import Auth, Consts, Github, GithubException, RateLimitExceededException, UnknownObjectException
+from github.Repository import Repository
+
+from controller.backends.forge import CommitState, ReviewTarget
+from controller.backends.store import OutboxMessage, Store
+
+# The outbox's error type is the sender contract (controller.engine.outbox imports only the store).
+from controller.engine.outbox import DeliveryError
+
+__all__ = [
+    "DESTINATION",
+    "CheckMode",
+    "GitHubForge",
+    "GitHubSender",
+    "GitHubSettings",
+    "branch_meta_key",
+    "pull_ref_number",
+    "pull_request_meta_key",
+    "pull_request_number",
+    "report_marker",
+]
+
+log = logging.getLogger("flywheel.github")
+
+DESTINATION = "github"
+DEFAULT_API_URL = Consts.DEFAULT_BASE_URL
+REACTIONS = frozenset({"+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes"})
+STATUS_DESCRIPTION_LIMIT = 140  # GitHub's limit on a commit status description
+SUMMARY_LIMIT = 65_535  # GitHub's limit on a check run's output summary
+NO_PULL_REQUEST_ATTEMPTS = 10  # a branch without a pull request is retried this often, then given up
+SECONDARY_LIMIT_WAIT = 60.0  # GitHub: with no Retry-After, wait at least a minute
+
+CheckMode = Literal["check-runs", "statuses"]
+
+_PULL_REF = re.compile(r"(?:refs/)?pull/(\d+)(?:/head|/merge)?")
+
+
+# ---------------------------------------------------------------- metadata
+
+
+def pull_request_meta_key(number: int) -> str:
+    """Meta key of the JSON kept per pull request (by ``controller.engine.trust.record_pull_request``)."""
+    return f"github:pr:{number}"
+
+
+def branch_meta_key(branch: str) -> str:
+    """Meta key mapping a head branch of this repository to its pull request's number."""
+    return f"github:branch:{branch}"
+
+
+def pull_ref_number(ref: str) -> int | None:
+    """The number in a pull request's own ref (``pull/<n>/head``, how a fork's head is fetched)."""
+    match = _PULL_REF.fullmatch(ref)
+    return int(match.group(1)) if match else None
+
+
+def pull_request_number(store: Store, proposal: str) -> int | None:
+    """The pull request ``proposal`` names: a number, ``pull/<n>/head``, or a branch with a known one."""
+    if proposal.isdigit():
+        return int(proposal)
+    number = pull_ref_number(proposal)
+    if number is not None:
+        return number
+    known = store.get_meta(branch_meta_key(proposal))
+    return int(known) if known and known.isdigit() else None
+
+
+def report_marker(model: str) -> str:
+    """The hidden first line of a model's sticky report; as ``controller.engine.report.marker``."""
+    return f"<!-- flywheel:report model={model} -->"
+
+
+def _reply_marker(comment_id: int) -> str:
+    return f"<!-- flywheel:reply comment={comment_id} -->"
+
+
+# ------------------------------------------------------------------- forge
+
+
+class GitHubForge:
+    """Queues what the reconciler and the comment commands show on GitHub; :class:`GitHubSender` sends it."""
+
+    def __init__(self, store: Store, repo_full_name: str) -> None:
+        if repo_full_name.count("/") != 1:
+            raise ValueError(f"expected owner/name, got {repo_full_name!r}")
+        self._store = store
+        self.repo = repo_full_name
+
+    def publish_report(self, target: ReviewTarget, body: str) -> None:
+        self._store.enqueue(
+            destination=DESTINATION,
+            key=f"github:{self.repo}:report:{target.proposal}:{target.model}",
+            payload={
+                "kind": "report",
+                "repo": self.repo,
+                "proposal": target.proposal,
+                "pr": pull_request_number(self._store, target.proposal),
+                "model": target.model,
+                "commit": target.commit,
+                "body": body,
+            },
+        )
+
+    def set_status(self, target: ReviewTarget, state: CommitState, description: str) -> None:
+        self._store.enqueue(
+            destination=DESTINATION,
+            key=f"github:{self.repo}:check:{target.commit}:{target.model}",
+            payload={
+                "kind": "check",
+                "repo": self.repo,
+                "proposal": target.proposal,
+                "model": target.model,
+                "commit": target.commit,
+                "state": state,
+                "description": description,
+            },
+        )
+
+    def react(self, comment_id: int, content: str) -> None:
+        """Queue a reaction (``eyes``, ``+1``, ``-1``, ...) on an issue or pull-request comment."""
+        if content not in REACTIONS:
+            raise ValueError(f"not a GitHub reaction: {content!r}")
+        self._store.enqueue(
+            destination=DESTINATION,
+            key=f"github:{self.repo}:reaction:{comment_id}:{content}",
+            payload={"kind": "reaction", "repo": self.repo, "comment_id": comment_id, "content": content},
+            replace=False,
+        )
+
+    def reply(self, issue: int, body: str, *, in_reply_to: int) -> None:
+        """Queue the answer to comment ``in_reply_to`` on ``issue``; one answer per comment, sent once."""
+        self._store.enqueue(
+            destination=DESTINATION,
+            key=f"github:{self.repo}:reply:{in_reply_to}",
+            payload={
+                "kind": "reply",
+                "repo": self.repo,
+                "issue": issue,
+                "in_reply_to": in_reply_to,
+                "body": body,
+            },
+            replace=False,
+        )
+
+
+# ---------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class GitHubSettings:
+    """How to reach GitHub: the repository, the API URL and either a token or a GitHub App installation."""
+
+    repository: str
+    api_url: str = DEFAULT_API_URL
+    token: str | None = None
+    app_id: str | None = None
+    private_key: str | None = None
+    installation_id: int | None = None
+    timeout: int = 15
+
+    def auth(self) -> Auth.Auth:
+        """``Auth.Token`` for a token, else the App's installation auth (PyGithub renews its tokens)."""
+        if self.token:
+            return Auth.Token(self.token)
+        if self.app_id and self.private_key and self.installation_id is not None:
+            return Auth.AppAuth(self.app_id, self.private_key).get_installation_auth(self.installation_id)
+        raise ValueError("GitHub needs a token, or an App id, private key and installation id")
+
+    @property
+    def check_mode(self) -> CheckMode:
+        """Check runs need a GitHub App; with a plain token the results are commit statuses."""
+        return "statuses" if self.token else "check-runs"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> GitHubSettings:
+        """Read ``FLYWHEEL_GITHUB_*``: ``REPOSITORY``, ``API_URL``, ``TOKEN`` or ``APP_ID``,
+        ``PRIVATE_KEY`` (or ``PRIVATE_KEY_FILE``) and ``INSTALLATION_ID``."""
+        env = os.environ if environ is None else environ
+        key = env.get("FLYWHEEL_GITHUB_PRIVATE_KEY")
+        key_file = env.get("FLYWHEEL_GITHUB_PRIVATE_KEY_FILE")
+        if not key and key_file:
+            key = Path(key_file).read_text()
+        installation = env.get("FLYWHEEL_GITHUB_INSTALLATION_ID")
+        settings = cls(
+            repository=env.get("FLYWHEEL_GITHUB_REPOSITORY", ""),
+            api_url=env.get("FLYWHEEL_GITHUB_API_URL") or DEFAULT_API_URL,
+            token=env.get("FLYWHEEL_GITHUB_TOKEN") or None,
+            app_id=env.get("FLYWHEEL_GITHUB_APP_ID") or None,
+            private_key=key or None,
+            installation_id=int(installation) if installation else None,
+        )
+        if settings.repository.count("/") != 1:
+            raise ValueError("FLYWHEEL_GITHUB_REPOSITORY must be owner/name")
+        settings.auth()  # refuse incomplete credentials now, not at the first delivery
+        return settings
+
+
+# ------------------------------------------------------------------ sender
+
+
+class GitHubSender:
+    """Delivers outbox messages for ``"github"`` with PyGithub; see the module docstring for the mapping."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        auth: Auth.Auth,
+        base_url: str = DEFAULT_API_URL,
+        timeout: int = 15,
+        per_page: int = 100,
+        checks: CheckMode = "check-runs",
+        seconds_between_requests: float | None = Consts.DEFAULT_SECONDS_BETWEEN_REQUESTS,
+        seconds_between_writes: float | None = Consts.DEFAULT_SECONDS_BETWEEN_WRITES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._checks = checks
+        self._clock = clock
+        self._github = Github(
+            auth=auth,
+            base_url=base_url.rstrip("/"),
+            timeout=timeout,
+            per_page=per_page,
+            retry=None,  # the outbox owns retries
+            seconds_between_requests=seconds_between_requests,
+            seconds_between_writes=seconds_between_writes,
+            lazy=True,  # no GET before a PATCH/POST to an object whose URL we know
+        )
+        self._repos: dict[str, Repository] = {}
+
+    @classmethod
+    def from_settings(cls, store: Store, settings: GitHubSettings, **options: Any) -> GitHubSender:
+        return cls(
+            store,
+            auth=settings.auth(),
+            base_url=settings.api_url,
+            timeout=settings.timeout,
+            checks=settings.check_mode,
+            **options,
+        )
+
+    def close(self) -> None:
+        self._github.close()
+
+    def send(self, message: OutboxMessage) -> None:
+        payload = message.payload
+        kind = payload.get("kind")
+        try:
+            if kind == "report":
+                self._send_report(payload, attempts=message.attempts)
+            elif kind == "check":
+                self._send_check(payload)
+            elif kind == "reaction":
+                self._send_reaction(payload)
+            elif kind == "reply":
+                self._send_reply(payload)
+            else:
+                raise DeliveryError(f"unknown GitHub message kind {kind!r}", permanent=True)
+        except GithubException as exc:
+            raise _delivery_error(exc, now=self._clock()) from exc
+        except requests.RequestException as exc:
+            raise DeliveryError(f"GitHub unreachable: {type(exc).__name__}: {exc}") from exc
+
+    # ------------------------------------------------------------ messages
+
+    def _send_report(self, payload: Mapping[str, Any], *, attempts: int) -> None:
+        repo = self._repo(payload["repo"])
+        proposal = str(payload["proposal"])
+        number = payload.get("pr") or self._pull_for(repo, proposal)
+        if number is None:
+            raise DeliveryError(
+                f"no pull request for {proposal} yet",
+                permanent=attempts + 1 >= NO_PULL_REQUEST_ATTEMPTS,
+            )
+        model = str(payload["model"])
+        body = str(payload["body"])
+        marker = report_marker(model)
+        if not body.startswith(marker):
+            body = f"{marker}\n{body}"
+        self._upsert_comment(
+            repo,
+            int(number),
+            marker=marker,
+            body=body,
+            meta_key=f"github:comment:{repo.full_name}:{number}:{model}",
+        )
+
+    def _send_reply(self, payload: Mapping[str, Any]) -> None:
+        repo = self._repo(payload["repo"])
+        in_reply_to = int(payload["in_reply_to"])
+        marker = _reply_marker(in_reply_to)
+        self._upsert_comment(
+            repo,
+            int(payload["issue"]),
+            marker=marker,
+            body=f"{marker}\n{payload['body']}",
+            meta_key=f"github:reply:{repo.full_name}:{in_reply_to}",
+        )
+
+    def _send_reaction(self, payload: Mapping[str, Any]) -> None:
+        # GitHub answers 200 with the existing reaction when it is already there: idempotent.
+        repo = self._repo(payload["repo"])
+        repo.get_issue(0).get_comment(int(payload["comment_id"])).create_reaction(str(payload["content"]))
+
+    def _send_check(self, payload: Mapping[str, Any]) -> None:
+        repo = self._repo(payload["repo"])
+        model = str(payload["model"])
+        sha = str(payload["commit"])
+        state = str(payload["state"])
+        description = str(payload.get("description") or "")
+        name = f"flywheel/{model}"
+        if self._checks == "statuses":
+            github_state = state if state in ("pending", "success", "failure", "error") else "error"
+            repo.get_commit(sha).create_status(
+                github_state, description=description[:STATUS_DESCRIPTION_LIMIT], context=name
+            )
+            return
+        fields: dict[str, Any] = {
+            "output": {"title": _check_title(state, description), "summary": _check_summary(description)}
+        }
+        if state == "pending":
+            fields["status"] = "in_progress"
+        else:
+            fields["status"] = "completed"
+            fields["conclusion"] = "success" if state == "success" else "failure"
+            fields["completed_at"] = datetime.fromtimestamp(self._clock(), UTC)
+        meta_key = f"github:check:{repo.full_name}:{sha}:{model}"
+        known = self._store.get_meta(meta_key)
+        check_id = int(known) if known and known.isdigit() else None
+        if check_id is None:
+            check_id = next((run.id for run in repo.get_commit(sha).get_check_runs(check_name=name)), None)
+        if check_id is not None:
+            try:
+                repo.get_check_run(check_id).edit(**fields)
+            except UnknownObjectException:
+                check_id = None
+            else:
+                self._store.set_meta(meta_key, str(check_id))
+                return
+        created = repo.create_check_run(name=name, head_sha=sha, **fields)
+        self._store.set_meta(meta_key, str(created.id))
+
+    # ------------------------------------------------------------- helpers
+
+    def _repo(self, full_name: str) -> Repository:
+        repo = self._repos.get(full_name)
+        if repo is None:
+            repo = self._repos[full_name] = self._github.get_repo(full_name)
+        return repo
+
+    def _pull_for(self, repo: Repository, proposal: str) -> int | None:
+        number = pull_request_number(self._store, proposal)
+        if number is not None:
+            return number
+        cache_key = f"github:sender:pr:{repo.full_name}:{proposal}"
+        cached = self._store.get_meta(cache_key)
+        if cached and cached.isdigit():
+            return int(cached)
+        owner = repo.full_name.split("/", 1)[0]
+        pulls = repo.get_pulls(state="all", sort="created", direction="desc", head=f"{owner}:{proposal}")
+        for pull in pulls:  # newest first; an open one wins over closed ones
+            if pull.state == "open" or number is None:
+                number = pull.number
+            if pull.state == "open":
+                break
+        if number is not None:
+            self._store.set_meta(cache_key, str(number))
+        return number
+
+    def _upsert_comment(
+        self, repo: Repository, number: int, *, marker: str, body: str, meta_key: str
+    ) -> None:
+        """Edit our comment that starts with ``marker`` on issue ``number``; create it only when absent."""
+        issue = repo.get_issue(number)
+        known = self._store.get_meta(meta_key)
+        if known and known.isdigit():
+            try:
+                issue.get_comment(int(known)).edit(body)
+                return
+            except UnknownObjectException:
+                log.info("comment %s on %s#%s is gone; looking for another", known, repo.full_name, number)
+        for comment in _ours(issue.get_comments(), marker):
+            try:
+                if comment.body != body:
+                    comment.edit(body)
+            except GithubException as exc:
+                if exc.status != 403:  # someone else's comment that copied the marker: skip it
+                    raise
+                continue
+            self._store.set_meta(meta_key, str(comment.id))
+            return
+        created = issue.create_comment(body)
+        self._store.set_meta(meta_key, str(created.id))
+
+
+def _ours(comments: Any, marker: str) -> Iterator[Any]:
+    for comment in comments:
+        if (comment.body or "").lstrip().startswith(marker):
+            yield comment
+
+
+def _check_title(state: str, description: str) -> str:
+    words = {"pending": "Running", "success": "Passed", "failure": "Failed", "error": "Errored"}
+    return words.get(state, state.capitalize()) + (f": {description}" if description else "")[:200]
+
+
+def _check_summary(description: str) -> str:
+    text = description or "No details."
+    return (text + "\n\nThe full report is the Flywheel comment on the pull request.")[:SUMMARY_LIMIT]
+
+
+def _header_number(headers: Mapping[str, Any], name: str) -> float | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _delivery_error(exc: GithubException, *, now: float) -> DeliveryError:
+    """Map a GitHub error answer to how the outbox should retry it."""
+    status = exc.status
+    headers = {str(k).lower(): v for k, v in (exc.headers or {}).items()}
+    what = f"GitHub answered {status}: {exc.message or exc.data}"
+    retry_after = _header_number(headers, "retry-after")
+    remaining = _header_number(headers, "x-ratelimit-remaining")
+    reset = _header_number(headers, "x-ratelimit-reset")
+    rate_limited = isinstance(exc, RateLimitExceededException) or (
+        status in (403, 429) and (retry_after is not None or remaining == 0)
+    )
+    if rate_limited:
+        if retry_after is not None:
+            wait = retry_after
+        elif remaining == 0 and reset is not None:
+            wait = reset - now + 1.0
+        else:
+            wait = SECONDARY_LIMIT_WAIT
+        return DeliveryError(f"rate limited: {what}", retry_after=max(wait, 1.0))
+    if status >= 500 or status in (401, 408, 409):
+        return DeliveryError(what)  # backoff: a glitch, an outage, or credentials about to be fixed
+    return DeliveryError(what, permanent=True)  # 403, 404, 410, 422: trying again cannot help
