@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -272,10 +273,9 @@ def _apply_event(state: State, event: RolloutEvent) -> None:
     approvers = detail.get("approvers")
     if isinstance(approvers, list):
         state["approvers"] = sorted({*state.get("approvers", []), *(str(a) for a in approvers)})
-    at = event.at.isoformat()
-    if state.get("at") and at < str(state["at"]):
+    if state.get("at") and event.at < datetime.fromisoformat(str(state["at"])):
         return
-    state["at"] = at
+    state["at"] = event.at.isoformat()
     state["kind"], state["message"] = event.kind, event.message
     state["stage"] = str(detail.get("stage") or event.environment)
     if isinstance(detail.get("weight"), int | float):
