@@ -21,6 +21,7 @@ with a given status, headers and message (5xx, secondary rate limit with
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import re
@@ -30,12 +31,20 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jwt
 
-__all__ = ["Failure", "FakeGitHub", "Request"]
+__all__ = [
+    "Failure",
+    "FakeGitHub",
+    "Request",
+    "issue_comment_event",
+    "pull_request_event",
+    "reference_payload",
+]
 
 PREFIX = "/api/v3"
 RATE_LIMIT = 5000
@@ -470,3 +479,72 @@ def _repository(full_name: str) -> dict[str, Any]:
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ------------------------------------------------------------ webhook payloads
+
+REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "github-webhooks"
+
+
+def reference_payload(name: str) -> dict[str, Any]:
+    """A real GitHub webhook payload from ../shared/reference/github-webhooks/ (tests skip without it)."""
+    import pytest
+
+    path = REFERENCE / f"{name}.payload.json"
+    if not path.is_file():
+        pytest.skip(f"no reference GitHub payload {path.name}")
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def pull_request_event(
+    action: str,
+    *,
+    number: int,
+    head_ref: str,
+    head_sha: str,
+    author: str,
+    fork: bool = False,
+    merged: bool = False,
+    updated_at: str = "2024-05-01T12:00:00Z",
+) -> dict[str, Any]:
+    """GitHub's ``pull_request`` payload (the real example, retargeted); ``fork`` puts the head elsewhere."""
+    payload = reference_payload("pull_request.opened" if action != "closed" else "pull_request.closed")
+    payload = copy.deepcopy(payload)
+    payload["action"] = action
+    payload["number"] = number
+    pull = payload["pull_request"]
+    pull.update(
+        number=number, updated_at=updated_at, merged=merged, state="closed" if action == "closed" else "open"
+    )
+    pull["user"]["login"] = author
+    pull["head"].update(ref=head_ref, sha=head_sha, label=f"{author}:{head_ref}")
+    if fork:
+        head_repo = copy.deepcopy(pull["base"]["repo"])
+        head_repo.update(id=head_repo["id"] + 1, full_name=f"{author}/{head_repo['name']}")
+        pull["head"]["repo"] = head_repo
+    else:
+        pull["head"]["repo"] = copy.deepcopy(pull["base"]["repo"])
+    return payload
+
+
+def issue_comment_event(
+    body: str, *, login: str, number: int, comment_id: int = 555, pull: bool = True, action: str = "created"
+) -> dict[str, Any]:
+    """GitHub's ``issue_comment`` payload (the real example) with our body, author and issue."""
+    payload = copy.deepcopy(reference_payload("issue_comment.created"))
+    payload["action"] = action
+    payload["issue"]["number"] = number
+    if pull:
+        payload["issue"]["pull_request"] = {
+            "url": f"https://api.github.com/repos/octo-org/models/pulls/{number}",
+            "html_url": f"https://github.com/octo-org/models/pull/{number}",
+            "diff_url": None,
+            "patch_url": None,
+        }
+    else:
+        payload["issue"].pop("pull_request", None)
+    payload["comment"].update(id=comment_id, body=body)
+    payload["comment"]["user"].update(login=login, type="Bot" if login.endswith("[bot]") else "User")
+    payload["sender"].update(login=login, type="Bot" if login.endswith("[bot]") else "User")
+    return payload
