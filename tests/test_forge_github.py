@@ -149,6 +149,19 @@ def test_after_a_crash_the_comment_is_found_by_its_marker_not_reposted(
     assert not any(r.path.endswith("/pulls") for r in fake.requests)  # the stored mapping was used
 
 
+def test_a_rate_limited_edit_is_retried_not_reposted(
+    store: Store, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
+) -> None:
+    forge.publish_report(ReviewTarget("7", "iris", SHA1), report("iris", "v1"))
+    deliver(store, sender)
+    store.set_meta(f"github:comment:{REPO}:7:iris", "")  # found by listing, then the edit is limited
+    forge.publish_report(ReviewTarget("7", "iris", SHA1), report("iris", "v2"))
+    fake.secondary_rate_limit(retry_after=60, method="PATCH")
+    assert deliver(store, sender).failed == 1
+    assert deliver(store, sender, after=61).sent == 1
+    assert bot_comments(fake) == [report("iris", "v2")]
+
+
 def test_a_comment_deleted_by_someone_is_posted_again(
     store: Store, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
 ) -> None:

@@ -70,6 +70,7 @@ class Failure:
     status: int
     message: str
     headers: dict[str, str] = field(default_factory=dict)
+    method: str | None = None  # only requests with this method fail; None: any
 
 
 class FakeGitHub:
@@ -147,14 +148,25 @@ class FakeGitHub:
 
     # -------------------------------------------------------------- scripting
 
-    def fail(self, status: int, message: str = "Server Error", *, times: int = 1, **headers: str) -> None:
-        """Answer the next ``times`` requests with ``status`` and ``message`` (headers by name, _ for -)."""
+    def fail(
+        self,
+        status: int,
+        message: str = "Server Error",
+        *,
+        times: int = 1,
+        method: str | None = None,
+        **headers: str,
+    ) -> None:
+        """Answer the next ``times`` requests (of ``method``, if given) with ``status`` and ``message``.
+
+        Headers are given by name with ``_`` for ``-``.
+        """
         names = {k.replace("_", "-"): v for k, v in headers.items()}
         with self._lock:
-            self._failures.extend(Failure(status, message, names) for _ in range(times))
+            self._failures.extend(Failure(status, message, names, method) for _ in range(times))
 
-    def secondary_rate_limit(self, *, retry_after: int, times: int = 1) -> None:
-        self.fail(403, SECONDARY_MESSAGE, times=times, Retry_After=str(retry_after))
+    def secondary_rate_limit(self, *, retry_after: int, times: int = 1, method: str | None = None) -> None:
+        self.fail(403, SECONDARY_MESSAGE, times=times, method=method, Retry_After=str(retry_after))
 
     def exhaust_rate_limit(self, *, reset_in: int) -> None:
         """The next request meets an exhausted primary limit that resets in ``reset_in`` seconds."""
@@ -418,8 +430,9 @@ class _Handler(BaseHTTPRequestHandler):
         with github._lock:
             github.requests.append(request)
             extra: dict[str, str] = {}
-            if github._failures:
-                failure = github._failures.pop(0)
+            failure = next((f for f in github._failures if f.method in (None, self.command)), None)
+            if failure is not None:
+                github._failures.remove(failure)
                 status, extra = failure.status, failure.headers
                 answer: Any = {"message": failure.message, "documentation_url": DOCS}
             elif not url.path.startswith(PREFIX + "/"):

@@ -430,9 +430,9 @@ class GitHubSender:
                 if comment.body != body:
                     comment.edit(body)
             except GithubException as exc:
-                if exc.status != 403:  # someone else's comment that copied the marker: skip it
+                if exc.status != 403 or _delivery_error(exc, now=self._clock()).retry_after is not None:
                     raise
-                continue
+                continue  # 403 and no rate limit: someone else's comment that copied the marker
             self._store.set_meta(meta_key, str(comment.id))
             return
         created = issue.create_comment(body)
