@@ -21,6 +21,18 @@ _COMMANDS: dict[str, str] = {
     "run": "controller.cli.run:run",
     "review": "controller.cli.review:review",
     "cache": "controller.cli.cache:cache",
+    "models": "controller.cli.registry:models",
+    "versions": "controller.cli.registry:versions",
+    "history": "controller.cli.registry:history",
+    "audit": "controller.cli.registry:audit",
+    "approve": "controller.cli.rollouts:approve",
+    "reject": "controller.cli.rollouts:reject",
+    "promote": "controller.cli.rollouts:promote",
+    "pause": "controller.cli.rollouts:pause",
+    "resume": "controller.cli.rollouts:resume",
+    "abort": "controller.cli.rollouts:abort",
+    "rollback": "controller.cli.rollouts:rollback",
+    "demo": "controller.cli.demo:demo",
 }
 
 

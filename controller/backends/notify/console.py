@@ -36,9 +36,15 @@ class ConsoleNotifier:
         self._logger.log(level, "%s", format_event(event), extra={"flywheel_event_key": event.key})
 
 
+# Figures a log line leaves out: identifiers and nested tables (the audit log and Slack have them).
+_NOT_IN_LOG_LINE = frozenset({"commit", "run", "stage", "rule", "groups"})
+
+
 def _format_detail(detail: Mapping[str, object]) -> str:
     parts = []
     for name, value in detail.items():
+        if name in _NOT_IN_LOG_LINE or isinstance(value, Mapping) or value is None:
+            continue
         if isinstance(value, list | tuple | set | frozenset):
             shown = ",".join(str(v) for v in value)
         elif isinstance(value, float):
