@@ -10,6 +10,7 @@ engine only sees their interfaces.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -17,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from controller.backends.forge.local import LocalForge
 from controller.backends.git import GitError, Repository
@@ -40,6 +42,8 @@ from controller.specs.types import Catalog, Environment, Model
 
 log = logging.getLogger("flywheel.controller")
 
+SLACK_ACTION_KIND = "slack.action"  # webhooks.slack.INBOX_KIND (the webhook layer sits above this one)
+
 
 @dataclass(frozen=True, kw_only=True)
 class ControllerSettings:
@@ -52,6 +56,15 @@ class ControllerSettings:
     progress_every_seconds: float = 10.0
     promote: bool = True  # register versions of main and roll them out
     tick_seconds: float = 1.0  # how often rollouts advance and the outbox is delivered
+    slack_token: str | None = None  # a bot token turns on Slack notifications (FLYWHEEL_SLACK_BOT_TOKEN)
+    slack_api_url: str | None = None  # a Slack-compatible Web API base URL (tests, proxies)
+
+    @classmethod
+    def from_env(cls, **values: Any) -> ControllerSettings:
+        """Settings from the given values, with Slack's from ``FLYWHEEL_SLACK_BOT_TOKEN``/``_API_URL``."""
+        values.setdefault("slack_token", os.environ.get("FLYWHEEL_SLACK_BOT_TOKEN") or None)
+        values.setdefault("slack_api_url", os.environ.get("FLYWHEEL_SLACK_API_URL") or None)
+        return cls(**values)
 
 
 @dataclass
@@ -170,6 +183,12 @@ def build_controller(
         on_release=registrar.release if settings.promote else None,
     )
     all_senders: dict[str, Sender] = {"console": NotifierSender(ConsoleNotifier())}
+    if settings.slack_token:
+        from controller.backends.notify.slack import SLACK_API_URL, SlackSender
+
+        all_senders["slack"] = SlackSender(
+            token=settings.slack_token, store=store, base_url=settings.slack_api_url or SLACK_API_URL
+        )
     all_senders.update(senders or {})
     return Controller(
         store=store,
@@ -178,7 +197,11 @@ def build_controller(
         rollouts=rollouts,
         serving=serving_backend,
         senders=all_senders,
-        handlers={ROLLBACK_EVENT: lambda event: rollouts.handle_rollback_request(event.payload)},
+        handlers={
+            ROLLBACK_EVENT: lambda event: rollouts.handle_rollback_request(event.payload),
+            # Slack button clicks are decided when they arrive; the inbox row only drops replays.
+            SLACK_ACTION_KIND: lambda event: None,
+        },
     )
 
 

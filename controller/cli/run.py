@@ -50,7 +50,7 @@ def run(
     from controller.logs import setup_logging
 
     setup_logging("json" if log_format == "json" else "text", verbose=verbose)
-    settings = ControllerSettings(
+    settings = ControllerSettings.from_env(
         repo=repo,
         state_dir=state_dir,
         interval_seconds=interval,

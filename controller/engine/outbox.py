@@ -23,9 +23,9 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 
-from controller.backends.store import OutboxMessage, Store
+from controller.backends.delivery import DeliveryError, Sender
+from controller.backends.store import Store
 
 __all__ = ["DeliveryError", "DeliveryStats", "Sender", "backoff_seconds", "deliver_due"]
 
@@ -33,21 +33,6 @@ log = logging.getLogger("flywheel.outbox")
 
 BACKOFF_BASE_SECONDS = 2.0
 BACKOFF_MAX_SECONDS = 300.0
-
-
-class DeliveryError(Exception):
-    """A message was not delivered; ``retry_after`` (seconds) when the service said when to retry."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.permanent = permanent
-
-
-class Sender(Protocol):
-    def send(self, message: OutboxMessage) -> None:
-        """Deliver ``message`` (idempotently: it may be sent again after a crash); raise when it was not."""
-        ...
 
 
 @dataclass

@@ -22,7 +22,7 @@ The controller registers :class:`SlackSender` as the outbox sender of the
 The parent message's ``channel`` and ``ts`` and what it shows are kept in the
 store's meta table under ``slack.rollout:<model>:v<version>``, so a restarted
 controller keeps editing the same message. Failures become
-:class:`~controller.engine.outbox.DeliveryError`: a 429 carries its
+:class:`~controller.backends.delivery.DeliveryError`: a 429 carries its
 ``Retry-After``; ``channel_not_found``, ``invalid_auth``, ``not_in_channel``
 and similar are permanent; everything else (5xx, ``ratelimited``, connection
 errors) is retried by the outbox with backoff, so an outage loses nothing.
@@ -41,9 +41,9 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web import SlackResponse, WebClient
 from slack_sdk.webhook import WebhookClient
 
+from controller.backends.delivery import DeliveryError
 from controller.backends.notify import RolloutEvent, event_from_json
 from controller.backends.store import OutboxMessage, Store
-from controller.engine.outbox import DeliveryError
 
 __all__ = [
     "APPROVE_ACTION",
