@@ -108,6 +108,7 @@ class ProposalReconciler:
         max_active_runs: int = 2,
         clock: Callable[[], float] = time.time,
         on_release: ReleaseHook | None = None,
+        admit: Callable[[str, str], tuple[bool, str]] | None = None,
     ) -> None:
         self.repository = repository
         self.store = store
@@ -118,6 +119,8 @@ class ProposalReconciler:
         self.max_active_runs = max_active_runs
         self.clock = clock
         self.on_release = on_release
+        self.admit = admit  # (branch, head) -> (may its code run, why); None admits every branch
+        self._held: set[tuple[str, str]] = set()  # (branch, head) told it waits for ok-to-test
         self._active: dict[int, _Active] = {}
         self._inputs: dict[tuple[str, str], RunInputs] = {}
         self._current_step: dict[int, str] = {}  # written by runner threads, read by progress()
@@ -142,6 +145,11 @@ class ProposalReconciler:
             except GitError as exc:
                 log.error("cannot read proposal %s at %s: %s", ref, head[:10], exc)
                 continue
+            if self.admit is not None and heads:
+                admitted, why = self.admit(ref, head)
+                if not admitted:
+                    self._hold(ref, head, heads, why)
+                    continue
             actions = plan_proposal(ref=ref, commit=head, heads=heads, running_here=self._active.keys())
             self._apply(actions, main_catalog=main_catalog, summary=summary)
         if self.on_release is not None:
@@ -206,6 +214,20 @@ class ProposalReconciler:
         if not run.gates and model.gates:
             return  # not judged yet (stopped between finishing and judging): judged on the next collect
         self.on_release(run, model, "success")
+
+    def _hold(self, ref: str, head: str, heads: list[ModelHead], why: str) -> None:
+        """An untrusted head runs nothing (Invariant 2); say so once per head on each model's status."""
+        if (ref, head) in self._held:
+            return
+        self._held.add((ref, head))
+        log.info("not running %s at %s: %s", ref, head[:10], why)
+        for item in heads:
+            self.forge.set_status(ReviewTarget(ref, item.name, head), "pending", why[:140])
+        self.store.append_audit(
+            actor="flywheel",
+            action="proposal.held",
+            detail={"ref": ref, "commit": head, "reason": why, "models": [h.name for h in heads]},
+        )
 
     def _runs_of(self, ref: str) -> list[Run]:
         return [self.store.get_run(a.run_id) for a in self._active.values() if a.ref == ref]

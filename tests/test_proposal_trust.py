@@ -1,0 +1,56 @@
+"""The proposal reconciler runs nothing for a head its trust gate does not admit (Invariant 2).
+
+A held head gets a pending status saying why, once, and an audit entry; once
+the gate admits that head (a trusted ``/flywheel ok-to-test``), the run
+starts. Uses real git, the fake runner and the fake forge.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from controller.backends.forge.fake import FakeForge
+from controller.backends.git import Repository
+from controller.backends.pipelines.fake import FakeRunner
+from controller.backends.store import open_store
+from controller.engine.proposals import ProposalReconciler
+from controller.scaffold import scaffold
+from tests.gitrepo import GitRepo
+
+
+def test_untrusted_head_runs_nothing_until_admitted(tmp_path: Path) -> None:
+    repo = GitRepo(tmp_path / "ml")
+    scaffold(repo.path)
+    repo.git("checkout", "-qb", "outside")
+    repo.edit("specs/iris/model.yaml", "    C: 1.0\n", "    C: 3.0\n")
+    repo.git("commit", "-qam", "outside change")
+    head = repo.git("rev-parse", "HEAD")
+    admitted: set[str] = set()
+    store = open_store(tmp_path / "state")
+    forge = FakeForge()
+    reconciler = ProposalReconciler(
+        repository=Repository.open(str(repo.path), mirror_root=tmp_path / "mirrors"),
+        store=store,
+        forge=forge,
+        runners={"local": FakeRunner()},
+        work_dir=tmp_path / "work",
+        admit=lambda ref, sha: (sha in admitted, "waits for /flywheel ok-to-test"),
+    )
+    try:
+        reconciler.reconcile()
+        reconciler.reconcile()
+        assert store.list_runs(ref="outside") == []
+        held = [s for s in forge.statuses if s[0].proposal == "outside"]
+        assert [(t.model, state, why) for t, state, why in held] == [
+            ("iris", "pending", "waits for /flywheel ok-to-test")
+        ]  # said once, not every pass
+        assert [e.action for e in store.audit()] == ["proposal.held"]
+
+        admitted.add(head)
+        reconciler.reconcile()
+        reconciler.collect()
+        runs = store.list_runs(ref="outside")
+        assert [r.commit for r in runs] == [head]
+    finally:
+        reconciler.shutdown()
+        store.close()
