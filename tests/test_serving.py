@@ -52,7 +52,8 @@ from controller.backends.serving.server import free_port, http_status, is_alive,
 from controller.specs.types import Environment, Serving
 
 # An OIP v2 server for one model version, honouring the custom-server contract. Test knobs:
-# STUB_READY_AFTER (seconds before it answers ready), STUB_NEVER_READY, STUB_FAIL=always (500 on infer);
+# STUB_READY_AFTER (seconds before it answers ready), STUB_NEVER_READY, STUB_FAIL=always (500 on infer),
+# STUB_FAIL=partial (500 when the input holds 6.7);
 # a body containing "bad" gets 400.
 STUB_SERVER = r'''
 import os, sys, time
@@ -78,7 +79,7 @@ async def model_ready(request):
 
 async def infer(request):
     body = await request.read()
-    if fail == "always":
+    if fail == "always" or (fail == "partial" and b"6.7" in body):
         return web.json_response({"error": "model raised"}, status=500)
     if b"bad" in body:
         return web.json_response({"error": "bad input"}, status=400)
