@@ -1,0 +1,84 @@
+"""The registry and rollout commands through the CLI: models, versions, history, audit, approve and friends.
+
+Each command reads the store in ``--state-dir`` and, for decisions, main's
+policy in ``--repo``; refusals exit non-zero with the reason and are audited.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from controller.backends.store import open_store
+from controller.cli import main
+from controller.scaffold import scaffold
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Path, Path]:
+    repo, state = tmp_path / "ml", tmp_path / "state"
+    scaffold(repo)
+    store = open_store(state)
+    for n in (1, 2):
+        run = store.create_run(
+            model="iris", ref="main", commit=f"{n}" * 40, cache_key=f"k{n}", status="succeeded"
+        )
+        store.register_version(
+            model="iris",
+            run_id=run.id,
+            commit=run.commit,
+            artifact_digest=f"sha256:{n}{n}",
+            artifact_uri="/x",
+            environment_hash="e",
+            metrics={"accuracy": 0.9 + n / 100},
+        )
+    past = datetime.now(UTC) - timedelta(hours=1)
+    store.record_traffic(environment="production", model="iris", weights={1: 100}, at=past)
+    store.create_rollout(
+        model="iris", version=2, stages=["staging", "production"], state="gate", detail={"author": "alice"}
+    )
+    store.close()
+    return repo, state
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def test_models_versions_history(setup: tuple[Path, Path]) -> None:
+    _, state = setup
+    code, out = _cli("models", "--state-dir", str(state))
+    assert code == 0 and "iris" in out and "v2 gate" in out and "production=v1:100%" in out
+    code, out = _cli("versions", "iris", "--state-dir", str(state), "--json")
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["version"] for r in rows] == [1, 2] and rows[1]["artifact_digest"] == "sha256:22"
+    before = (datetime.now(UTC) - timedelta(hours=2)).isoformat()
+    code, out = _cli("history", "iris", "--env", "production", "--at", before, "--state-dir", str(state))
+    assert code == 0 and "production: nothing" in out
+    code, out = _cli("history", "iris", "--env", "production", "--state-dir", str(state))
+    assert code == 0 and "v1 → 100%" in out
+
+
+def test_approve_is_checked_against_mains_policy_and_audited(setup: tuple[Path, Path]) -> None:
+    repo, state = setup
+    where = ("--repo", str(repo), "--state-dir", str(state))
+    code, out = _cli("approve", "iris", "2", "--env", "production", "--as", "alice", *where)
+    assert code == 1 and "refused" in out and "business-owners" in out
+    code, out = _cli("approve", "iris", "2", "--as", "carol", "-m", "looks good", *where)
+    assert code == 0 and "carol approved iris v2 for production" in out
+    code, out = _cli("pause", "iris", "--as", "alice", "-m", "hold on", *where)
+    assert code == 0 and "paused" in out, out
+    code, out = _cli("abort", "iris", "--as", "carol", *where)
+    assert code == 1 and "may not abort" in out
+    code, out = _cli("audit", "iris", "--state-dir", str(state))
+    assert code == 0
+    lines = out.splitlines()
+    assert any("alice" in line and "command.refused" in line for line in lines)
+    assert any("carol" in line and "approval.approve" in line and "looks good" in line for line in lines)
+    assert any("alice" in line and "command.pause" in line and "hold on" in line for line in lines)
