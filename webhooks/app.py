@@ -27,9 +27,13 @@ per-app Prometheus metrics.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import threading
 import time
-from functools import partial
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Literal
 
 import anyio.to_thread
@@ -41,7 +45,7 @@ from starlette.routing import Route
 
 from controller.backends.store import Store
 from controller.engine.commands import Commands
-from webhooks.github import HANDLED_EVENTS, BadDelivery, parse_delivery, verify_signature
+from webhooks.github import HANDLED_EVENTS, BadDelivery, Delivery, parse_delivery, verify_signature
 from webhooks.settings import SettingsError, WebhookSettings
 from webhooks.slack import SLACK_ACTIONS_PATH, actions_endpoint
 
@@ -55,6 +59,10 @@ Outcome = Literal[
 ]
 
 _log = logging.getLogger("flywheel.webhooks")
+# A batch is cut at whichever comes first; a single delivery over the byte cap is a batch of its own.
+_BATCH_MAX_DELIVERIES = 256
+_BATCH_MAX_BYTES = 8 * 1024 * 1024
+_WRITER_IDLE_SECONDS = 5.0
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -98,6 +106,120 @@ async def _read_limited(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+class InboxUnavailable(Exception):
+    """The transaction holding a delivery failed, so it is not in the inbox (answered 503)."""
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A delivery waiting for the writer, and the request waiting for its answer."""
+
+    delivery: Delivery
+    size: int
+    loop: asyncio.AbstractEventLoop
+    answer: asyncio.Future[bool] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.answer = self.loop.create_future()
+
+
+def _settle(answers: list[tuple[asyncio.Future[bool], bool | BaseException]]) -> None:
+    for answer, result in answers:
+        if answer.done():  # the request went away; what it sent is stored all the same
+            continue
+        if isinstance(result, BaseException):
+            answer.set_exception(result)
+        else:
+            answer.set_result(result)
+
+
+class _InboxWriter:
+    """Group commit: one thread writes every delivery that is waiting in one transaction.
+
+    A request hands its verified delivery to :meth:`put` and waits. The
+    writer thread takes all the deliveries pending (up to a cap), stores each
+    with ``store.put_event`` inside one ``store.transaction()``, and answers
+    the requests only once that transaction has committed: ``True`` for a new
+    event, ``False`` for a duplicate (also of an earlier delivery in the same
+    batch). When the transaction fails nothing of the batch is stored and
+    every request of it gets :class:`InboxUnavailable`. While one batch
+    commits the next one gathers, so under load one commit covers many
+    deliveries, and an idle receiver makes a delivery wait for no timer.
+
+    The thread starts with the first delivery and ends after a while idle.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._ready = threading.Condition(threading.Lock())
+        self._pending: deque[_Pending] = deque()
+        self._running = False
+
+    async def put(self, delivery: Delivery, *, size: int) -> bool:
+        """Whether ``delivery`` is new, once it is committed; raises :class:`InboxUnavailable`."""
+        item = _Pending(delivery, size, asyncio.get_running_loop())
+        with self._ready:
+            self._pending.append(item)
+            if self._running:
+                self._ready.notify()
+            else:
+                self._running = True
+                threading.Thread(target=self._run, name="flywheel-inbox-writer", daemon=True).start()
+        return await item.answer
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                if not self._pending:
+                    self._ready.wait(_WRITER_IDLE_SECONDS)
+                if not self._pending:
+                    self._running = False
+                    return
+                batch = self._take()
+            self._write(batch)
+
+    def _take(self) -> list[_Pending]:
+        batch = [self._pending.popleft()]
+        size = batch[0].size
+        while (
+            self._pending
+            and len(batch) < _BATCH_MAX_DELIVERIES
+            and size + self._pending[0].size <= _BATCH_MAX_BYTES
+        ):
+            item = self._pending.popleft()
+            size += item.size
+            batch.append(item)
+        return batch
+
+    def _write(self, batch: list[_Pending]) -> None:
+        results: list[bool | BaseException]
+        try:
+            with self._store.transaction():
+                results = [
+                    self._store.put_event(
+                        source=SOURCE,
+                        delivery_id=item.delivery.delivery_id,
+                        kind=item.delivery.kind,
+                        payload=item.delivery.payload,
+                    )
+                    for item in batch
+                ]
+        except Exception as exc:
+            _log.error("could not store %d GitHub deliveries in one transaction", len(batch), exc_info=True)
+            results = []
+            for _ in batch:
+                failure = InboxUnavailable(f"the inbox transaction failed: {exc}")
+                failure.__cause__ = exc
+                results.append(failure)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[bool], bool | BaseException]]]
+        by_loop = {}
+        for item, result in zip(batch, results, strict=True):
+            by_loop.setdefault(item.loop, []).append((item.answer, result))
+        for loop, answers in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for these any more
+                loop.call_soon_threadsafe(_settle, answers)
+
+
 def create_app(settings: WebhookSettings, store: Store, commands: Commands | None = None) -> Starlette:
     """The receiver's ASGI app, writing verified deliveries to ``store``.
 
@@ -113,6 +235,7 @@ def create_app(settings: WebhookSettings, store: Store, commands: Commands | Non
         )
     metrics = _Metrics()
     secrets = settings.github_secrets
+    inbox = _InboxWriter(store)
 
     def answer(event: str | None, outcome: Outcome, started: float, status: int, **body: str) -> Response:
         metrics.observe(event, outcome, started)
@@ -139,17 +262,12 @@ def create_app(settings: WebhookSettings, store: Store, commands: Commands | Non
             return answer(event, "bad_request", started, 400, error=str(exc))
         if not delivery.handled:
             return answer(event, "ignored", started, 202, delivery=delivery.delivery_id)
-        put = partial(
-            store.put_event,
-            source=SOURCE,
-            delivery_id=delivery.delivery_id,
-            kind=delivery.kind,
-            payload=delivery.payload,
-        )
         try:
-            new = await anyio.to_thread.run_sync(put)
-        except Exception:
-            _log.exception("could not store GitHub delivery %s (%s)", delivery.delivery_id, delivery.kind)
+            new = await inbox.put(delivery, size=len(body))
+        except Exception as exc:
+            _log.warning(
+                "could not store GitHub delivery %s (%s): %s", delivery.delivery_id, delivery.kind, exc
+            )
             return answer(
                 event, "store_error", started, 503, error="the inbox is unavailable; deliver again later"
             )
