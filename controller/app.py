@@ -20,6 +20,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from controller.backends.forge import Forge
+from controller.backends.forge.github import GitHubForge, GitHubSender, GitHubSettings
 from controller.backends.forge.local import LocalForge
 from controller.backends.git import GitError, Repository
 from controller.backends.metrics import MetricsSource
@@ -32,16 +34,18 @@ from controller.backends.pipelines.venvs import EnvironmentSpec, VenvCache
 from controller.backends.serving import ServedVersion, ServingBackend
 from controller.backends.serving.local import LocalServing
 from controller.backends.store import InboxEvent, ModelVersion, Run, Store, open_store
-from controller.engine.commands import ROLLBACK_EVENT
+from controller.engine.commands import ROLLBACK_EVENT, Commands
 from controller.engine.notices import NotifierSender
 from controller.engine.outbox import Sender, deliver_due
 from controller.engine.proposals import ProposalReconciler
 from controller.engine.release import Registrar
 from controller.engine.rollout import RolloutEngine, label
+from controller.engine.trust import TrustGate
 from controller.specs.types import Catalog, Environment, Model
 
 log = logging.getLogger("flywheel.controller")
 
+RETRAIN_EVENT = "retrain"  # queued by /flywheel retrain
 SLACK_ACTION_KIND = "slack.action"  # webhooks.slack.INBOX_KIND (the webhook layer sits above this one)
 
 
@@ -58,12 +62,15 @@ class ControllerSettings:
     tick_seconds: float = 1.0  # how often rollouts advance and the outbox is delivered
     slack_token: str | None = None  # a bot token turns on Slack notifications (FLYWHEEL_SLACK_BOT_TOKEN)
     slack_api_url: str | None = None  # a Slack-compatible Web API base URL (tests, proxies)
+    github: GitHubSettings | None = None  # GitHub as the forge (FLYWHEEL_GITHUB_REPOSITORY and credentials)
 
     @classmethod
     def from_env(cls, **values: Any) -> ControllerSettings:
         """Settings from the given values, with Slack's from ``FLYWHEEL_SLACK_BOT_TOKEN``/``_API_URL``."""
         values.setdefault("slack_token", os.environ.get("FLYWHEEL_SLACK_BOT_TOKEN") or None)
         values.setdefault("slack_api_url", os.environ.get("FLYWHEEL_SLACK_API_URL") or None)
+        if "github" not in values and os.environ.get("FLYWHEEL_GITHUB_REPOSITORY"):
+            values["github"] = GitHubSettings.from_env()
         return cls(**values)
 
 
@@ -77,6 +84,9 @@ class Controller:
     senders: dict[str, Sender] = field(default_factory=dict)
     # inbox event kind -> handler; the controller is the inbox's one consumer
     handlers: dict[str, Callable[[InboxEvent], None]] = field(default_factory=dict)
+    commands: Commands | None = None
+    forge: Forge | None = None
+    poll_now: threading.Event = field(default_factory=threading.Event)  # set: fetch and reconcile at once
 
     def main_catalog(self) -> Catalog:
         return self.repository.catalog(self.repository.resolve(self.proposals.release_branch))
@@ -172,10 +182,16 @@ def build_controller(
             return None
 
     registrar = Registrar(store=store, rollouts=rollouts, catalog=main_catalog, author_of=author_of)
+    forge: Forge = LocalForge(store)
+    admit = None
+    if settings.github is not None:
+        forge = GitHubForge(store, settings.github.repository)
+        admit = TrustGate(store, main_catalog).admits
     proposals = ProposalReconciler(
         repository=repository,
         store=store,
-        forge=LocalForge(store),
+        forge=forge,
+        admit=admit,
         runners=runners,
         work_dir=state_dir,
         release_branch=release_branch,
@@ -189,7 +205,14 @@ def build_controller(
         all_senders["slack"] = SlackSender(
             token=settings.slack_token, store=store, base_url=settings.slack_api_url or SLACK_API_URL
         )
+    if settings.github is not None:
+        all_senders["github"] = GitHubSender.from_settings(store, settings.github)
     all_senders.update(senders or {})
+
+    def retrain(event: InboxEvent) -> None:
+        ref = event.payload.get("ref")
+        proposals.retrain(str(event.payload["model"]), str(ref) if ref else None)
+
     return Controller(
         store=store,
         repository=repository,
@@ -201,18 +224,23 @@ def build_controller(
             ROLLBACK_EVENT: lambda event: rollouts.handle_rollback_request(event.payload),
             # Slack button clicks are decided when they arrive; the inbox row only drops replays.
             SLACK_ACTION_KIND: lambda event: None,
+            RETRAIN_EVENT: retrain,
         },
+        commands=Commands(store=store, catalog=main_catalog),
+        forge=forge,
     )
 
 
-def run_controller(settings: ControllerSettings, *, once: bool = False) -> int:
+def run_controller(
+    settings: ControllerSettings, *, once: bool = False, controller: Controller | None = None
+) -> int:
     """Poll and reconcile until stopped (or, with ``once``, until the work of one pass is done).
 
     With ``once`` the exit code is 0 when every run this pass started or
     reused passed, 1 otherwise (a gate failed, a step crashed, a spec is bad).
     Rollouts are advanced only by a controller that keeps running.
     """
-    controller = build_controller(settings)
+    controller = controller or build_controller(settings)
     stop = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -237,7 +265,9 @@ def _loop(controller: Controller, settings: ControllerSettings, *, stop: threadi
     last_progress = time.monotonic()
     while not stop.is_set():
         now = time.monotonic()
-        if summary is None or (not once and now - last_poll >= settings.interval_seconds):
+        due = now - last_poll >= settings.interval_seconds or controller.poll_now.is_set()
+        if summary is None or (not once and due):
+            controller.poll_now.clear()
             controller.repository.fetch()
             summary = proposals.reconcile()
             last_poll = now

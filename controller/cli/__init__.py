@@ -33,6 +33,7 @@ _COMMANDS: dict[str, str] = {
     "abort": "controller.cli.rollouts:abort",
     "rollback": "controller.cli.rollouts:rollback",
     "demo": "controller.cli.demo:demo",
+    "serve": "controller.cli.serve:serve",
 }
 
 

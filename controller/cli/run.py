@@ -2,33 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from controller.cli.options import state_dir_option
 
 
+def run_options(func: F) -> F:
+    """The options ``flywheel run`` and ``flywheel serve`` share."""
+    for option in reversed(_RUN_OPTIONS):
+        func = option(func)
+    return func
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_RUN_OPTIONS: list[Callable[[F], F]] = [
+    click.option("--repo", required=True, help="Path or URL of the git repository to watch."),
+    click.option("--interval", type=float, default=5.0, show_default=True, help="Seconds between polls."),
+    click.option(
+        "--branch", "release_branch", default=None, help="The release branch (default: main, or master)."
+    ),
+    click.option(
+        "--max-runs", type=click.IntRange(min=1), default=2, show_default=True, help="Pipelines at once."
+    ),
+    click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True),
+    click.option(
+        "--venv-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        envvar="FLYWHEEL_VENV_DIR",
+        help="Where models' virtualenvs are kept (default: STATE_DIR/venvs); share it between repositories.",
+    ),
+    click.option("-v", "--verbose", is_flag=True, help="Log debug detail."),
+    state_dir_option,
+]
+
+
 @click.command()
-@click.option("--repo", required=True, help="Path or URL of the git repository to watch.")
-@click.option("--interval", type=float, default=5.0, show_default=True, help="Seconds between polls.")
+@run_options
 @click.option("--once", is_flag=True, help="Reconcile once, wait for the work started, exit 0 if all passed.")
-@click.option(
-    "--branch", "release_branch", default=None, help="The release branch (default: main, or master)."
-)
-@click.option(
-    "--max-runs", type=click.IntRange(min=1), default=2, show_default=True, help="Pipelines at once."
-)
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option(
-    "--venv-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    envvar="FLYWHEEL_VENV_DIR",
-    help="Where models' virtualenvs are kept (default: STATE_DIR/venvs); share it between repositories.",
-)
-@click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
-@state_dir_option
 def run(
     repo: str,
     interval: float,

@@ -215,6 +215,28 @@ class ProposalReconciler:
             return  # not judged yet (stopped between finishing and judging): judged on the next collect
         self.on_release(run, model, "success")
 
+    def retrain(self, model: str, ref: str | None = None) -> int:
+        """Train ``model`` at the head of ``ref`` (default: the release branch) again, cache or not.
+
+        A run of it still going on that ref is cancelled first. Returns the new run's id.
+        """
+        ref = ref or self.release_branch
+        head = self.repository.branches().get(ref)
+        if head is None:
+            raise ValueError(f"there is no branch {ref!r} to retrain {model} on")
+        spec = self.repository.catalog(head).models.get(model)
+        if spec is None:
+            raise ValueError(f"{model} is not a valid model at the head of {ref} ({head[:10]})")
+        for active in list(self._active.values()):
+            if active.ref == ref and active.model.name == model:
+                self._cancel(CancelRun(active.run_id, model, "retrain requested"))
+        inputs = self._run_inputs(head, spec)
+        summary = PassSummary()
+        self._apply(
+            [StartRun(model, ref, head, inputs.cache_key)], main_catalog=self._main_catalog(), summary=summary
+        )
+        return summary.started[0]
+
     def _hold(self, ref: str, head: str, heads: list[ModelHead], why: str) -> None:
         """An untrusted head runs nothing (Invariant 2); say so once per head on each model's status."""
         if (ref, head) in self._held:

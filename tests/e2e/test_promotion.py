@@ -36,6 +36,7 @@ pytestmark = pytest.mark.slow
 FLYWHEEL = str(Path(sys.executable).parent / "flywheel")  # the console script of this environment
 
 
+@pytest.mark.timeout(1200)
 def test_demo_reaches_production_and_cleans_up(tmp_path: Path) -> None:
     lines: list[str] = []
     started = time.monotonic()
@@ -60,6 +61,7 @@ def test_demo_reaches_production_and_cleans_up(tmp_path: Path) -> None:
     assert not _live_processes(tmp_path / "demo" / "state" / "serving")
 
 
+@pytest.mark.timeout(1200)
 def test_kill_9_mid_canary_resumes_the_same_step_without_repeating(tmp_path: Path) -> None:
     repo = GitRepo(tmp_path / "ml")
     scaffold(repo.path)

@@ -9,7 +9,7 @@ Two halves, so that no call to GitHub is ever made inline (Invariant 5):
   payload win: one key per pull request and model for the sticky report, one
   per commit and model for the check, one per comment for a reply. An outage
   therefore delays messages and never duplicates them.
-* :class:`GitHubSender` is the outbox :class:`~controller.engine.outbox.Sender`
+* :class:`GitHubSender` is the outbox :class:`~controller.backends.delivery.Sender`
   for ``"github"``. It makes the PyGithub calls when the controller's loop
   delivers, and maps GitHub's answers to :class:`DeliveryError`: rate limits
   (``Retry-After``, ``X-RateLimit-Reset``) to ``retry_after``, 5xx answers
@@ -46,11 +46,9 @@ import requests
 from github import Auth, Consts, Github, GithubException, RateLimitExceededException, UnknownObjectException
 from github.Repository import Repository
 
+from controller.backends.delivery import DeliveryError
 from controller.backends.forge import CommitState, ReviewTarget
 from controller.backends.store import OutboxMessage, Store
-
-# The outbox's error type is the sender contract (controller.engine.outbox imports only the store).
-from controller.engine.outbox import DeliveryError
 
 __all__ = [
     "DESTINATION",

@@ -1,0 +1,92 @@
+"""``flywheel serve``: the webhook service and the controller in one process.
+
+The webhook service (:mod:`webhooks.app`, uvicorn in a thread) verifies
+GitHub deliveries (and Slack button presses, when a Slack signing secret is
+set) and writes them to the inbox; the controller loop, in the main thread,
+handles them: pull requests and pushes make it fetch and reconcile at once,
+comment commands run under main's policy. Polling goes on as the fallback for
+missed deliveries.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import click
+
+from controller.cli.run import run_options
+
+
+@click.command()
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address the webhook service listens on."
+)
+@click.option("--port", type=int, default=8080, show_default=True, help="Port of the webhook service.")
+@run_options
+def serve(
+    host: str,
+    port: int,
+    repo: str,
+    interval: float,
+    release_branch: str | None,
+    max_runs: int,
+    log_format: str,
+    venv_dir: Path | None,
+    verbose: bool,
+    state_dir: Path,
+) -> None:
+    """Serve POST /hooks/github (and /hooks/slack/actions) and run the controller on the same state."""
+    import uvicorn
+
+    from controller.app import ControllerSettings, build_controller, run_controller
+    from controller.backends.forge.github import GitHubForge
+    from controller.backends.store import InboxEvent, open_store
+    from controller.engine.commands import Commands
+    from controller.logs import setup_logging
+    from webhooks.app import create_app
+    from webhooks.events import GITHUB_EVENT_KINDS, GitHubEventHandler
+    from webhooks.settings import SettingsError, WebhookSettings
+
+    setup_logging("json" if log_format == "json" else "text", verbose=verbose)
+    try:
+        webhook_settings = WebhookSettings.from_env()
+        settings = ControllerSettings.from_env(
+            repo=repo,
+            state_dir=state_dir,
+            interval_seconds=interval,
+            max_active_runs=max_runs,
+            release_branch=release_branch,
+            venv_dir=venv_dir,
+        )
+    except (SettingsError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    controller = build_controller(settings)
+    assert controller.commands is not None
+    forge = controller.forge if isinstance(controller.forge, GitHubForge) else None
+    handler = GitHubEventHandler(
+        controller.store, catalog=controller.main_catalog, commands=controller.commands, forge=forge
+    )
+
+    def on_github(event: InboxEvent) -> None:
+        handler(event)
+        if handler.take_refs():
+            controller.poll_now.set()
+
+    for kind in GITHUB_EVENT_KINDS:
+        controller.handlers[kind] = on_github
+    # The web service gets its own store connection; it is called from uvicorn's worker threads.
+    web_store = open_store(settings.state_dir)
+    web_commands = Commands(store=web_store, catalog=controller.main_catalog)
+    app = create_app(webhook_settings, web_store, commands=web_commands)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, name="webhooks", daemon=True)
+    thread.start()
+    click.echo(f"webhooks on http://{host}:{port}/hooks/github; controller watching {repo}")
+    try:
+        code = run_controller(settings, controller=controller)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        web_store.close()
+    raise SystemExit(code)
