@@ -58,3 +58,18 @@ def test_inbox_events_are_handled_by_kind_and_unknown_kinds_recorded(repo: Path,
         assert store.claim_events(limit=10, worker="again") == []  # nothing left to retry blindly
     finally:
         controller.close()
+
+
+def test_github_settings_make_github_the_forge_with_its_sender(repo: Path, tmp_path: Path) -> None:
+    from controller.backends.forge.github import GitHubForge, GitHubSettings
+
+    github = GitHubSettings(repository="octo/ml", token="ghp_test")
+    controller = build_controller(
+        ControllerSettings(repo=str(repo), state_dir=tmp_path / "g", github=github), serving=FakeServing()
+    )
+    try:
+        assert isinstance(controller.forge, GitHubForge)
+        assert "github" in controller.senders
+        assert controller.proposals.admit is not None  # outside contributors wait for ok-to-test
+    finally:
+        controller.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from controller.backends.forge.fake import FakeForge
 from controller.backends.git import Repository
 from controller.backends.pipelines.fake import FakeRunner
@@ -51,6 +53,37 @@ def test_untrusted_head_runs_nothing_until_admitted(tmp_path: Path) -> None:
         reconciler.collect()
         runs = store.list_runs(ref="outside")
         assert [r.commit for r in runs] == [head]
+    finally:
+        reconciler.shutdown()
+        store.close()
+
+
+def test_retrain_runs_the_head_again_despite_the_cache(tmp_path: Path) -> None:
+    repo = GitRepo(tmp_path / "ml")
+    scaffold(repo.path)
+    repo.git("checkout", "-qb", "tune")
+    repo.edit("specs/iris/model.yaml", "    C: 1.0\n", "    C: 3.0\n")
+    repo.git("commit", "-qam", "tune")
+    store = open_store(tmp_path / "state")
+    reconciler = ProposalReconciler(
+        repository=Repository.open(str(repo.path), mirror_root=tmp_path / "mirrors"),
+        store=store,
+        forge=FakeForge(),
+        runners={"local": FakeRunner()},
+        work_dir=tmp_path / "work",
+    )
+    try:
+        reconciler.reconcile()
+        reconciler.collect()
+        reconciler.reconcile()  # same head: nothing new
+        (first,) = store.list_runs(ref="tune")
+        again = reconciler.retrain("iris", "tune")
+        reconciler.collect()
+        runs = store.list_runs(ref="tune")
+        assert [r.id for r in runs] == [again, first.id] and runs[0].cache_key == first.cache_key
+        assert runs[0].reused_from is None  # trained again, not a cache hit
+        with pytest.raises(ValueError, match="no branch"):
+            reconciler.retrain("iris", "gone")
     finally:
         reconciler.shutdown()
         store.close()
