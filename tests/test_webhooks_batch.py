@@ -5,8 +5,10 @@ request is answered only after the transaction holding its delivery has
 committed; when that transaction fails, every request of the batch answers
 503 and nothing of the batch is stored (while an earlier, committed batch
 stays); a delivery id repeated inside one batch is stored once (one 202, the
-rest 200 ``duplicate``), as is one repeated from an earlier batch; and the
-writer thread ends when idle and starts again with the next delivery.
+rest 200 ``duplicate``), as is one repeated from an earlier batch; the
+writer thread ends when idle and starts again with the next delivery; and a
+payload is stored as the very body that was verified (not serialised again)
+when that text reads back as the same object, and serialised otherwise.
 
 Requests run concurrently through httpx's ASGI transport on one event loop;
 a store wrapper holds the first transaction open before its commit, so the
@@ -28,6 +30,7 @@ from typing import Any, cast
 
 import httpx
 import pytest
+from starlette.testclient import TestClient
 
 import webhooks.app
 from controller.backends.store import Store, open_store
@@ -189,3 +192,35 @@ def test_the_writer_thread_ends_when_idle_and_starts_again(
         assert len(inbox_ids(state)) == 2
     finally:
         store.close()
+
+
+def test_the_stored_payload_is_the_verified_body_or_reads_back_the_same(state: Path) -> None:
+    store = open_store(state)
+    client = TestClient(create_app(WebhookSettings(github_secrets=(SECRET,)), store))
+    pretty = '{\n  "ref": "refs/heads/main",\n  "note": "café ✓",\n  "n": 1.50,\n  "ref": "refs/heads/x"\n}'
+    bodies = {
+        "utf8": pretty.encode(),  # stored verbatim: whitespace, 1.50, the repeated key and all
+        "utf16": pretty.encode("utf-16"),  # json reads UTF-16 too; stored serialised again
+        "bom": b"\xef\xbb\xbf" + pretty.encode(),
+    }
+    try:
+        for delivery, body in bodies.items():
+            assert (
+                client.post(GITHUB_HOOK_PATH, content=body, headers=headers(body, delivery)).status_code
+                == 202
+            )
+    finally:
+        client.close()
+        store.close()
+    with sqlite3.connect(state / "state.db") as db:
+        stored = dict(db.execute("SELECT delivery_id, payload FROM inbox_events").fetchall())
+    assert stored["utf8"] == pretty
+    expected = {"ref": "refs/heads/x", "note": "café ✓", "n": 1.5}
+    assert {delivery: json.loads(text) for delivery, text in stored.items()} == dict.fromkeys(
+        bodies, expected
+    )
+    reopened = open_store(state)
+    try:
+        assert reopened.get_event(1).payload == expected
+    finally:
+        reopened.close()

@@ -20,21 +20,27 @@ When ``settings.slack_signing_secret`` is set, ``POST /hooks/slack/actions``
 is mounted too (:mod:`webhooks.slack`: the Approve/Reject buttons); it needs
 the :class:`~controller.engine.commands.Commands` passed as ``commands``.
 
-The handler only verifies and enqueues: it never waits on training. ``GET
-/healthz`` checks the store answers a cheap read; ``GET /metrics`` exposes
-per-app Prometheus metrics.
+The handler only verifies and enqueues: it never waits on training.
+Deliveries are written by group commit (:class:`_InboxWriter`): one writer
+thread stores every delivery waiting at that moment in one transaction and
+answers each request after the commit, so a 2xx still means the event is
+durably in the inbox, and under load one commit serves many deliveries. A
+payload is stored as the verified body it was parsed from, not serialised
+again. ``GET /healthz`` checks the store answers a cheap read; ``GET
+/metrics`` exposes per-app Prometheus metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -110,11 +116,45 @@ class InboxUnavailable(Exception):
     """The transaction holding a delivery failed, so it is not in the inbox (answered 503)."""
 
 
+class _ReceivedPayload(dict[str, Any]):
+    """A delivery's payload as parsed, that knows its JSON text: the verified body it was parsed from.
+
+    The SQL store writes that text (see ``__json_text__`` in
+    :func:`controller.backends.store.sql.json_text`) instead of serialising
+    the payload again; any other store sees a plain dict.
+    """
+
+    __slots__ = ("_text",)
+
+    def __init__(self, payload: dict[str, Any], text: str) -> None:
+        super().__init__(payload)
+        self._text = text
+
+    def __json_text__(self) -> str:
+        return self._text
+
+
+def _as_received(payload: dict[str, Any], body: bytes) -> dict[str, Any]:
+    """``payload`` carrying ``body`` as its JSON text, when that text reads back as exactly ``payload``.
+
+    ``json.loads`` also reads UTF-16/32 and a UTF-8 byte order mark, and lets
+    encoded lone surrogates through; such bodies are serialised again instead.
+    """
+    if json.detect_encoding(body) != "utf-8":
+        return payload
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return payload
+    return _ReceivedPayload(payload, text)
+
+
 @dataclass(eq=False)
 class _Pending:
     """A delivery waiting for the writer, and the request waiting for its answer."""
 
     delivery: Delivery
+    payload: dict[str, Any]
     size: int
     loop: asyncio.AbstractEventLoop
     answer: asyncio.Future[bool] = field(init=False)
@@ -155,9 +195,13 @@ class _InboxWriter:
         self._pending: deque[_Pending] = deque()
         self._running = False
 
-    async def put(self, delivery: Delivery, *, size: int) -> bool:
-        """Whether ``delivery`` is new, once it is committed; raises :class:`InboxUnavailable`."""
-        item = _Pending(delivery, size, asyncio.get_running_loop())
+    async def put(self, delivery: Delivery, *, body: bytes) -> bool:
+        """Whether ``delivery`` (verified, parsed from ``body``) is new, once it is committed.
+
+        Raises :class:`InboxUnavailable` when the transaction holding it failed.
+        """
+        payload = _as_received(delivery.payload, body)
+        item = _Pending(delivery, payload, len(body), asyncio.get_running_loop())
         with self._ready:
             self._pending.append(item)
             if self._running:
@@ -200,7 +244,7 @@ class _InboxWriter:
                         source=SOURCE,
                         delivery_id=item.delivery.delivery_id,
                         kind=item.delivery.kind,
-                        payload=item.delivery.payload,
+                        payload=item.payload,
                     )
                     for item in batch
                 ]
@@ -223,8 +267,9 @@ class _InboxWriter:
 def create_app(settings: WebhookSettings, store: Store, commands: Commands | None = None) -> Starlette:
     """The receiver's ASGI app, writing verified deliveries to ``store``.
 
-    ``store`` is called from worker threads, so it must be usable from any
-    thread (a file-backed or PostgreSQL store; not ``sqlite://`` in memory).
+    ``store`` is called from the app's inbox writer thread and from worker
+    threads, so it must be usable from any thread (a file-backed or
+    PostgreSQL store; not ``sqlite://`` in memory).
     ``commands`` (on the same store) decides Slack button presses; it is
     required when a Slack signing secret is set, and unused otherwise.
     """
@@ -263,7 +308,7 @@ def create_app(settings: WebhookSettings, store: Store, commands: Commands | Non
         if not delivery.handled:
             return answer(event, "ignored", started, 202, delivery=delivery.delivery_id)
         try:
-            new = await inbox.put(delivery, size=len(body))
+            new = await inbox.put(delivery, body=body)
         except Exception as exc:
             _log.warning(
                 "could not store GitHub delivery %s (%s): %s", delivery.delivery_id, delivery.kind, exc
@@ -315,7 +360,11 @@ def serve(
     access_log: bool = True,
     commands: Commands | None = None,
 ) -> None:
-    """Serve the receiver with uvicorn until interrupted (``flywheel serve`` calls this)."""
+    """Serve the receiver with uvicorn until interrupted (``flywheel serve`` calls this).
+
+    uvicorn runs on uvloop and parses HTTP with httptools when they are
+    installed (``uvicorn[standard]``), and on asyncio and h11 otherwise.
+    """
     import uvicorn
 
     config = uvicorn.Config(

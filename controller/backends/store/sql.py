@@ -370,17 +370,39 @@ def schema_revision(engine: Engine) -> tuple[str, ...]:
 # --------------------------------------------------------------------- store
 
 
+def json_text(value: Any) -> str:
+    """The text a JSON column stores for ``value``.
+
+    A value that already knows its JSON text says so with a ``__json_text__()``
+    method (the webhook receiver's payloads do: the verified body they were
+    parsed from), and that text is stored as it is instead of serialising the
+    object again; it must be the JSON text of exactly that value. Anything
+    else goes through :func:`json.dumps`.
+    """
+    known = getattr(value, "__json_text__", None)
+    if known is not None:
+        text = known()
+        if isinstance(text, str):
+            return text
+    return json.dumps(value)
+
+
 def build_engine(url: str, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> Engine:
     """An engine for ``url``; for SQLite, every connection is set up for WAL and queued writes."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True)
+        return create_engine(parsed, pool_pre_ping=True, json_serializer=json_text)
     memory = parsed.database in (None, "", ":memory:")
     if memory:
         # One shared connection, so the whole program sees one database; single-threaded use only.
-        engine = create_engine(parsed, poolclass=StaticPool, connect_args={"check_same_thread": False})
+        engine = create_engine(
+            parsed,
+            poolclass=StaticPool,
+            connect_args={"check_same_thread": False},
+            json_serializer=json_text,
+        )
     else:
-        engine = create_engine(parsed)
+        engine = create_engine(parsed, json_serializer=json_text)
 
     @event.listens_for(engine, "connect")
     def _setup(dbapi_connection: Any, _record: Any) -> None:
@@ -1125,14 +1147,22 @@ class SqlStore:
     # ------------------------------------------------------------- reviews
 
     def save_review(
-        self, *, proposal: str, model: str, commit: str, body: str | None = None,
-        state: ReviewState | None = None, description: str | None = None,
+        self,
+        *,
+        proposal: str,
+        model: str,
+        commit: str,
+        body: str | None = None,
+        state: ReviewState | None = None,
+        description: str | None = None,
     ) -> Review:
         now = self._now()
         with self._write() as conn:
-            row = conn.execute(
-                select(reviews).where(reviews.c.proposal == proposal, reviews.c.model == model)
-            ).mappings().first()
+            row = (
+                conn.execute(select(reviews).where(reviews.c.proposal == proposal, reviews.c.model == model))
+                .mappings()
+                .first()
+            )
             same_commit = row is not None and row["commit"] == commit
             values = {
                 "commit": commit,
@@ -1155,14 +1185,18 @@ class SqlStore:
             if state is not None:
                 conn.execute(
                     insert(commit_statuses).values(
-                        proposal=proposal, model=model, commit=commit, state=state,
-                        description=description or "", at=now,
+                        proposal=proposal,
+                        model=model,
+                        commit=commit,
+                        state=state,
+                        description=description or "",
+                        at=now,
                     )
                 )
             return _review(
-                conn.execute(
-                    select(reviews).where(reviews.c.proposal == proposal, reviews.c.model == model)
-                ).mappings().one()
+                conn.execute(select(reviews).where(reviews.c.proposal == proposal, reviews.c.model == model))
+                .mappings()
+                .one()
             )
 
     def reviews(self, *, proposal: str | None = None, model: str | None = None) -> list[Review]:
