@@ -16,6 +16,7 @@ a line and column (:meth:`YamlDocument.locate`).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -102,6 +103,15 @@ class YamlDocument:
 
 def load_yaml(data: bytes, *, max_bytes: int = MAX_BYTES) -> YamlDocument:
     """Parse one spec file's bytes into a :class:`YamlDocument`; raise :class:`YamlError` if unfit."""
+    return load_text(decode_spec(data, max_bytes=max_bytes))
+
+
+def decode_spec(data: bytes, *, max_bytes: int = MAX_BYTES) -> str:
+    """The text of one spec file, without a BOM; raise :class:`YamlError` if it is too big, binary or empty.
+
+    The checks on the bytes that come before any YAML reader, shared by
+    :func:`load_yaml` and the fast reader of :mod:`controller.specs.fastyaml`.
+    """
     if len(data) > max_bytes:
         raise YamlError(f"file is too large: the limit is {max_bytes} bytes")
     if b"\0" in data:
@@ -116,6 +126,11 @@ def load_yaml(data: bytes, *, max_bytes: int = MAX_BYTES) -> YamlDocument:
         text = text[1:]
     if not text.strip():
         raise YamlError("file is empty")
+    return text
+
+
+def load_text(text: str) -> YamlDocument:
+    """Parse text from :func:`decode_spec` into a :class:`YamlDocument`; raise :class:`YamlError` if unfit."""
     if "&" in text:
         _refuse_anchors(text)
     loader = _Loader(text)
@@ -193,13 +208,14 @@ def _fail(node: Node, message: str) -> YamlError:
 
 
 # Plain scalars that are booleans or null under YAML 1.1 (PyYAML's bool and null resolvers).
-_WORDS: dict[str, Any] = {
+WORDS: dict[str, Any] = {
     **dict.fromkeys(("yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON"), True),
     **dict.fromkeys(("no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF"), False),
     **dict.fromkeys(("~", "null", "Null", "NULL", ""), None),
 }
 # First characters of plain scalars that may be numbers (or merge/value keys): resolved by regex.
-_NUMERIC = frozenset("0123456789-+.<=")
+NUMERIC_START = frozenset("0123456789-+.<=")
+_WORDS, _NUMERIC = WORDS, NUMERIC_START
 
 
 def _plain(value: str) -> Any:
@@ -228,10 +244,14 @@ def _plain(value: str) -> Any:
     return value
 
 
+# The same few numbers and words recur across thousands of specs; their values are immutable.
+resolve_plain = functools.lru_cache(maxsize=4096)(_plain)
+
+
 def _value(node: Node) -> Any:
     tag = node.tag
     if tag is _PLAIN:
-        return _plain(node.value)
+        return resolve_plain(node.value)
     if tag == _STR:
         if type(node) is ScalarNode:
             return node.value
@@ -277,7 +297,7 @@ def _mapping(node: MappingNode) -> dict[str, Any]:
         tag = value_node.tag
         if tag is _PLAIN:
             value = value_node.value
-            out[key] = value if value[:1] not in _NUMERIC and value not in _WORDS else _plain(value)
+            out[key] = value if value[:1] not in _NUMERIC and value not in _WORDS else resolve_plain(value)
         elif tag is _MAP and type(value_node) is MappingNode:
             out[key] = _mapping(value_node)
         else:

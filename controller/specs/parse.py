@@ -1,5 +1,11 @@
 """Parse and check one spec file on its own: YAML, schema, typed record, in-document checks.
 
+Positions are only needed for errors, so :func:`parse_document` reads a file
+with the fast reader for plain YAML (:mod:`controller.specs.fastyaml`) first;
+when that reader declines the file, or the document it read has any problem
+at all, the full loader (:mod:`controller.specs.loader`) reads it again and
+every error is located from there.
+
 :func:`parse_document` depends only on the file's path and bytes, so a caller
 that reads specs from git can cache its result by blob id (and path) and hand
 the results to :func:`controller.specs.validate.check_catalog` for the checks
@@ -9,13 +15,16 @@ located :class:`~controller.specs.types.SpecError`.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from controller.specs import schema
 from controller.specs.build import Document, build
 from controller.specs.checks import Target, check_document, mentions
-from controller.specs.loader import MAX_BYTES, DocPath, YamlDocument, YamlError, load_yaml
+from controller.specs.fastyaml import PlainDocument, load_plain
+from controller.specs.loader import MAX_BYTES, DocPath, YamlError, decode_spec, load_text
 from controller.specs.paths import spec_kind
 from controller.specs.schema import KINDS, Problem, describe
 from controller.specs.types import Kind, Location, SpecError
@@ -59,11 +68,14 @@ def render_path(path: DocPath) -> str:
     for element in path:
         if isinstance(element, int):
             out += f"[{element}]"
-        elif element and all(c.isalnum() or c in "-_" for c in element):
+        elif _WORD.fullmatch(element):
             out += f".{element}" if out else element
         else:
             out += f"[{element!r}]"
     return out
+
+
+_WORD = re.compile(r"[\w-]+")  # letters and digits (str.isalnum), "_" and "-"
 
 
 def parse_document(path: str, data: bytes, *, max_bytes: int = MAX_BYTES) -> ParsedFile:
@@ -74,17 +86,47 @@ def parse_document(path: str, data: bytes, *, max_bytes: int = MAX_BYTES) -> Par
     """
     expected = spec_kind(path)
     try:
-        loaded = load_yaml(data, max_bytes=max_bytes)
-    except YamlError as exc:
-        error = SpecError(Location(path, exc.line, exc.column), "", exc.message, kind=expected or "")
-        return ParsedFile(path=path, kind=expected, errors=(error,))
+        text = decode_spec(data, max_bytes=max_bytes)
+    except Exception as exc:  # YamlError, or anything a hostile file could set off
+        return _unreadable(path, expected, exc)
+    plain = _load_plain(text)
+    if plain is not None:
+        parsed = _check_loaded(path, plain, expected)
+        if parsed.ok:
+            return parsed
+    # outside the fast reader's subset, or not valid: the full loader reads it and locates every error
+    try:
+        loaded = load_text(text)
     except Exception as exc:  # never let a hostile file take the caller down
-        error = SpecError(Location(path), "", f"cannot read the file as YAML: {exc}", kind=expected or "")
-        return ParsedFile(path=path, kind=expected, errors=(error,))
+        return _unreadable(path, expected, exc)
     return _check_loaded(path, loaded, expected)
 
 
-def _check_loaded(path: str, loaded: YamlDocument, expected: Kind | None) -> ParsedFile:
+def _unreadable(path: str, expected: Kind | None, exc: Exception) -> ParsedFile:
+    if isinstance(exc, YamlError):
+        error = SpecError(Location(path, exc.line, exc.column), "", exc.message, kind=expected or "")
+    else:
+        error = SpecError(Location(path), "", f"cannot read the file as YAML: {exc}", kind=expected or "")
+    return ParsedFile(path=path, kind=expected, errors=(error,))
+
+
+def _load_plain(text: str) -> PlainDocument | None:
+    try:
+        return load_plain(text)
+    except Exception:  # a flaw in the fast reader must cost only time: the full loader decides
+        return None
+
+
+class _Loaded(Protocol):
+    """A loaded document: :class:`~controller.specs.loader.YamlDocument` or :class:`PlainDocument`."""
+
+    @property
+    def data(self) -> dict[str, Any]: ...
+
+    def locate(self, path: Sequence[str | int], *, key: bool = False) -> tuple[int, int]: ...
+
+
+def _check_loaded(path: str, loaded: _Loaded, expected: Kind | None) -> ParsedFile:
     data = loaded.data
     metadata = data.get("metadata")
     raw_name = metadata.get("name") if isinstance(metadata, dict) else None
