@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 import pygit2
-from pygit2.enums import FileMode
+from pygit2.enums import FileMode, ObjectType
 
 from controller.specs import ParsedFile, check_catalog, is_spec_path, parse_document
 from controller.specs.types import Catalog, Model
@@ -500,10 +500,20 @@ class Repository:
         for path, oid in sorted(blobs.items()):
             doc = self._parsed.get((path, oid))
             if doc is None:
-                doc = parse_document(path, self.read_blob(oid))
+                doc = parse_document(path, self._spec_bytes(oid))
                 self._parsed.put((path, oid), doc)
             parsed.append(doc)
         return parsed
+
+    def _spec_bytes(self, oid: str) -> bytes:
+        """A spec blob's content, read straight from the object database (no ``Blob`` object to build)."""
+        try:
+            kind, data = self._repo.odb.read(oid)
+        except (KeyError, ValueError, pygit2.GitError) as exc:
+            raise GitError(f"no object {oid}") from exc
+        if kind != ObjectType.BLOB:
+            raise GitError(f"object {oid} is not a blob")
+        return bytes(data)
 
     def _write_tree(self, tree: pygit2.Tree, dest: Path) -> None:
         for entry in tree:
