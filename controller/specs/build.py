@@ -10,6 +10,7 @@ here.
 from __future__ import annotations
 
 import posixpath
+import re
 from typing import Any
 
 from controller.specs.durations import parse_duration
@@ -58,11 +59,19 @@ def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+# A normalised relative path: non-empty segments, none of them "." or "..".
+_NORMAL = re.compile(r"(?!\.\.?(?:/|$))[^/]+(?:/(?!\.\.?(?:/|$))[^/]+)*")
+
+
 def resolve_path(base: str, relative: str, where: DocPath, problems: list[Problem]) -> str:
     """``relative`` joined to the repo-relative directory ``base``, normalised; "." is the root."""
     if relative.startswith("/") or relative.startswith("\\") or (len(relative) > 1 and relative[1] == ":"):
         problems.append(Problem(where, f"must be a path relative to the spec, got {relative!r}"))
         return relative
+    if _NORMAL.fullmatch(relative) and (not base or _NORMAL.fullmatch(base)):
+        return f"{base}/{relative}" if base else relative  # what normpath would give, without its work
+    if relative == "." and _NORMAL.fullmatch(base):
+        return base
     joined = posixpath.normpath(posixpath.join(base or ".", relative))
     if joined == ".." or joined.startswith("../"):
         problems.append(Problem(where, f"path {relative!r} leads outside the repository"))
@@ -97,31 +106,27 @@ def build_model(doc: dict[str, Any], spec_path: str) -> tuple[Model, list[Proble
         name=doc["metadata"]["name"],
         spec_path=spec_path,
         source=source,
+        # (tuples of list comprehensions: quicker than of generators, and this runs per spec)
         data=tuple(
-            DataInput(name=d["name"], uri=d["uri"], version=d.get("version"), digest=d.get("digest"))
-            for d in spec.get("data", ())
+            [
+                DataInput(name=d["name"], uri=d["uri"], version=d.get("version"), digest=d.get("digest"))
+                for d in spec.get("data", ())
+            ]
         ),
         params=dict(spec.get("params", {})),
-        steps=tuple(_step(s) for s in spec["pipeline"]["steps"]),
+        steps=tuple([_step(s) for s in spec["pipeline"]["steps"]]),
         metrics=tuple(
-            Metric(name=m["name"], direction=m.get("direction", "higher"))
-            for m in metrics_doc.get("reported", ())
+            [
+                Metric(name=m["name"], direction=m.get("direction", "higher"))
+                for m in metrics_doc.get("reported", ())
+            ]
         ),
         primary_metric=metrics_doc.get("primary"),
-        gates=tuple(
-            Gate(
-                metric=g["metric"],
-                min=_float(g.get("min")),
-                max=_float(g.get("max")),
-                max_regression=_float(g.get("maxRegression")),
-                max_relative_regression=_float(g.get("maxRelativeRegression")),
-            )
-            for g in spec.get("validation", {}).get("gates", ())
-        ),
+        gates=tuple([_gate(g) for g in spec.get("validation", {}).get("gates", ())]),
         serving=Serving(
             runtime=serving_doc.get("runtime", "sklearn"),
             command=serving_doc.get("command"),
-            sample_inputs=tuple(tuple(row) for row in serving_doc.get("sampleInputs", ())),
+            sample_inputs=tuple([tuple(row) for row in serving_doc.get("sampleInputs", ())]),
         ),
         rollout=_rollout(spec.get("rollout", {})),
         triggers=Triggers(
@@ -129,11 +134,23 @@ def build_model(doc: dict[str, Any], spec_path: str) -> tuple[Model, list[Proble
             data_change=triggers_doc.get("dataChange", False),
             drift=None if drift_doc is None else Drift(drift_doc["metric"], float(drift_doc["threshold"])),
         ),
-        notifications=tuple(_notification(n) for n in spec.get("notifications", ())),
+        notifications=tuple([_notification(n) for n in spec.get("notifications", ())]),
         labels=dict(doc["metadata"].get("labels", {})),
         description=spec.get("description", ""),
     )
     return model, problems
+
+
+def _gate(doc: dict[str, Any]) -> Gate:
+    low, high = doc.get("min"), doc.get("max")
+    drop, relative = doc.get("maxRegression"), doc.get("maxRelativeRegression")
+    return Gate(
+        metric=doc["metric"],
+        min=None if low is None else float(low),
+        max=None if high is None else float(high),
+        max_regression=None if drop is None else float(drop),
+        max_relative_regression=None if relative is None else float(relative),
+    )
 
 
 def _step(doc: dict[str, Any]) -> Step:
@@ -157,21 +174,27 @@ def _rollout(doc: dict[str, Any]) -> Rollout:
     analysis = doc.get("analysis", {})
     return Rollout(
         stages=tuple(
-            Stage(
-                environment=s["environment"],
-                canary=tuple(
-                    CanaryStep(weight=int(c["weight"]), duration_seconds=parse_duration(c["duration"]))
-                    for c in s.get("canary", ())
-                ),
-                approval=s.get("approval"),
-            )
-            for s in doc.get("stages", ())
+            [
+                Stage(
+                    environment=s["environment"],
+                    canary=tuple(
+                        [
+                            CanaryStep(
+                                weight=int(c["weight"]), duration_seconds=parse_duration(c["duration"])
+                            )
+                            for c in s.get("canary", ())
+                        ]
+                    ),
+                    approval=s.get("approval"),
+                )
+                for s in doc.get("stages", ())
+            ]
         ),
         analysis=Analysis(
             interval_seconds=parse_duration(analysis.get("interval", DEFAULT_INTERVAL)),
             failure_limit=int(analysis.get("failureLimit", 2)),
             no_data=analysis.get("noData", "inconclusive"),
-            checks=tuple(_check(c) for c in analysis.get("checks", ())),
+            checks=tuple([_check(c) for c in analysis.get("checks", ())]),
         ),
     )
 
