@@ -18,7 +18,9 @@ Reading stays cheap on large repositories:
   ``environments/``; a model directory whose tree id was seen before is not
   read again;
 * parsed documents are cached by (path, blob id), so the catalog of a commit
-  that differs from a loaded one in a single spec re-parses that one file;
+  that differs from a loaded one in a single spec re-parses that one file; a
+  load of thousands of new files shares the parsing with a helper process
+  when a core is free (:func:`controller.specs.parse_many`);
   a catalog is cached by commit and by the exact set of spec blobs, so a
   commit that changed only code reuses the catalog outright;
 * :meth:`Repository.changed_models` diffs the two trees (libgit2 skips equal
@@ -48,7 +50,7 @@ from typing import Generic, TypeVar
 import pygit2
 from pygit2.enums import FileMode, ObjectType
 
-from controller.specs import ParsedFile, check_catalog, is_spec_path, parse_document
+from controller.specs import ParsedFile, check_catalog, is_spec_path, parse_document, parse_many
 from controller.specs.types import Catalog, Model
 
 __all__ = [
@@ -496,12 +498,19 @@ class Repository:
             return loaded
 
     def _parse_all(self, blobs: Mapping[str, str]) -> Iterable[ParsedFile]:
+        order = sorted(blobs.items())
+        cached = [self._parsed.get(key) for key in order]
+        misses = [key for key, doc in zip(order, cached, strict=True) if doc is None]
+        files = [(path, self._spec_bytes(oid)) for path, oid in misses]
+        if len(files) >= _GC_PAUSE_MIN_FILES:
+            fresh = iter(parse_many(files))  # a large load: may share the work with a helper process
+        else:
+            fresh = (parse_document(path, data) for path, data in files)
         parsed: list[ParsedFile] = []
-        for path, oid in sorted(blobs.items()):
-            doc = self._parsed.get((path, oid))
+        for key, doc in zip(order, cached, strict=True):
             if doc is None:
-                doc = parse_document(path, self._spec_bytes(oid))
-                self._parsed.put((path, oid), doc)
+                doc = next(fresh)
+                self._parsed.put(key, doc)
             parsed.append(doc)
         return parsed
 
