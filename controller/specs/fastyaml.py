@@ -34,7 +34,8 @@ _UNSAFE = re.compile(r"[^\n\x20-\x7e]")
 
 _PLAIN_START = r"[A-Za-z0-9_./~$(+=^;<)]|-(?=[^ \n])"
 _PLAIN = rf"(?:{_PLAIN_START})(?:[^ :\n]++|:(?=[^ \n])| ++(?=[^ #\n]))*+"
-# First characters of plain scalars that are strings whatever follows (unless the whole is a WORD).
+# First characters of plain scalars that are strings whatever follows (unless the whole is a WORD);
+# with NUMERIC_START ("-" only before a non-space), every first character _PLAIN_START allows.
 _STRING_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_/~$(^;)")
 _VALUE = rf"\"[^\"\\\n]*\"|'[^'\n]*'|\[[^\[\]{{}}#'\\:?\n]*\]|\{{ *\}}|{_PLAIN}"
 
@@ -214,7 +215,11 @@ def _build(rows: list[Row]) -> tuple[dict[str, Any], dict[int, Entries]]:
                 if not key:
                     if not value:
                         raise _NotPlain  # "-" alone: an empty or nested entry
-                    now.append(_scalar(value))
+                    first = value[0]
+                    if first in _STRING_START:
+                        now.append(WORDS.get(value, value))
+                    else:
+                        now.append(resolve_plain(value) if first in NUMERIC_START else _scalar(value))
                     continue
                 item: dict[str, Any] = {}
                 item_rows: dict[str, int] = {}
@@ -226,7 +231,12 @@ def _build(rows: list[Row]) -> tuple[dict[str, Any], dict[int, Entries]]:
         if key in now or key in WORDS:
             raise _NotPlain  # a duplicate key, or a key that is not a string
         if value:
-            now[key] = value if value[0] in _STRING_START and value not in WORDS else _scalar(value)
+            # a plain string (or a word: true, null, ...), a plain number, or anything else
+            first = value[0]
+            if first in _STRING_START:
+                now[key] = WORDS.get(value, value)
+            else:
+                now[key] = resolve_plain(value) if first in NUMERIC_START else _scalar(value)
             now_rows[key] = index
         else:
             pending, pending_row = key, index
@@ -263,13 +273,12 @@ def _flow(value: str) -> list[Any]:
             if len(item) < 2 or item[-1] != '"' or '"' in item[1:-1] or "\\" in item:
                 raise _NotPlain
             out.append(item[1:-1])
-        elif _FLOW_PLAIN.fullmatch(item) is not None:
-            out.append(resolve_plain(item) if first in NUMERIC_START or item in WORDS else item)
+        elif '"' in item or not (first in _STRING_START or first in NUMERIC_START):
+            raise _NotPlain  # a quote inside, or not a plain scalar's first character
+        elif first in _STRING_START:
+            out.append(WORDS.get(item, item))
+        elif first == "-" and item[1:2] in ("", " "):
+            raise _NotPlain  # "-" alone, or a block entry
         else:
-            raise _NotPlain
+            out.append(resolve_plain(item))
     return out
-
-
-# A plain scalar inside [...]: no quotes, and the character class of the line pattern already
-# keeps out the flow indicators, "#", ":" and "'".
-_FLOW_PLAIN = re.compile(rf"(?:{_PLAIN_START})[^\"]*")
