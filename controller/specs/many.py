@@ -73,17 +73,19 @@ def parse_many(
 
 
 def _idle_cpu() -> bool:
-    """Whether a core is free for the helper: more CPUs than the recent load average, by one.
+    """Whether a core is likely free for the helper, from the last minute's load average.
 
-    On a busy machine the helper only competes with this process for the same
-    cores (measured: slower than parsing alone), so it is not started.
+    The load average counts this busy process too, so on two cores a load
+    up to 1.5 still leaves most of a core. On a busier machine the helper only
+    competes with this process for the same cores (measured at load 2: slower
+    than parsing alone), so it is not started.
     """
     cpus = os.cpu_count() or 1
     try:
         load = os.getloadavg()[0]
     except OSError:
         load = 0.0
-    return cpus > 1 and load <= cpus - 1
+    return cpus > 1 and load < cpus - 0.5
 
 
 class _Helper:
