@@ -186,18 +186,7 @@ class ProposalReconciler:
                 if latest.commit != main_head:  # resume it where it is: same content, older commit
                     self.store.update_run(latest.id, status="queued")
                     continue
-            reusable = self.store.find_successful_run(inputs.cache_key)
-            if reusable is not None and not _artifact_exists(reusable):
-                reusable = None
-            heads.append(
-                ModelHead(
-                    name,
-                    model,
-                    cache_key=inputs.cache_key,
-                    latest=self._prior(latest),
-                    reusable=self._prior(reusable),
-                )
-            )
+            heads.append(self._head(model, inputs.cache_key, latest))
         if heads:
             actions = plan_proposal(
                 ref=self.release_branch, commit=main_head, heads=heads, running_here=self._active.keys()
@@ -272,24 +261,22 @@ class ProposalReconciler:
                 error = SpecError(Location(model.spec_path), "spec.data", str(exc), "Model", name)
                 heads.append(ModelHead(name, None, errors=(error,), latest=self._prior(latest)))
                 continue
-            reusable = self.store.find_successful_run(inputs.cache_key)
-            if reusable is not None and not _artifact_exists(reusable):
-                reusable = None
-            heads.append(
-                ModelHead(
-                    name,
-                    model,
-                    cache_key=inputs.cache_key,
-                    latest=self._prior(latest),
-                    reusable=self._prior(reusable),
-                )
-            )
+            heads.append(self._head(model, inputs.cache_key, latest))
         for spec_path in changed.invalid:
             name = _model_name_from_path(spec_path, catalog)
             errors = catalog.errors_for(spec_path)
             latest = self.store.latest_run(model=name, ref=ref)
             heads.append(ModelHead(name, None, errors=errors, latest=self._prior(latest)))
         return heads
+
+    def _head(self, model: Model, cache_key: str, latest: Run | None) -> ModelHead:
+        """A model to plan, with a successful run of the same key (whose artifact still exists) to reuse."""
+        reusable = self.store.find_successful_run(cache_key)
+        if reusable is not None and not _artifact_exists(reusable):
+            reusable = None
+        return ModelHead(
+            model.name, model, cache_key=cache_key, latest=self._prior(latest), reusable=self._prior(reusable)
+        )
 
     @staticmethod
     def _prior(run: Run | None) -> PriorRun | None:
@@ -711,15 +698,7 @@ class ProposalReconciler:
         return None
 
     def _production_version(self, model: Model, main_catalog: Catalog) -> ModelVersion | None:
-        environment = production_environment(model, main_catalog)
-        if environment is None:
-            return None
-        served = self.store.served_at(environment=environment, model=model.name, at=_now())
-        live = [(weight, version) for version, weight in served if weight > 0]
-        if not live:
-            return None
-        _, number = max(live)
-        return self.store.get_version(model.name, number)
+        return production_version(self.store, model, main_catalog)
 
     def _on_step_event(self, event: StepEvent) -> None:
         if event.kind == "started":
@@ -760,6 +739,16 @@ def production_environment(model: Model, catalog: Catalog) -> str | None:
         if environment is not None and environment.production:
             return environment.name
     return model.rollout.stages[-1].environment if model.rollout.stages else None
+
+
+def production_version(store: Store, model: Model, catalog: Catalog) -> ModelVersion | None:
+    """The version that takes most of the production environment's traffic now, if any."""
+    environment = production_environment(model, catalog)
+    if environment is None:
+        return None
+    served = store.served_at(environment=environment, model=model.name, at=_now())
+    live = [(weight, version) for version, weight in served if weight > 0]
+    return store.get_version(model.name, max(live)[1]) if live else None
 
 
 def _params_diff(main: Mapping[str, object], here: Mapping[str, object]) -> dict[str, tuple[object, object]]:

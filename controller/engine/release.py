@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from controller.backends.forge import CommitState
 from controller.backends.store import ModelVersion, Run, Store
-from controller.engine.proposals import production_environment
+from controller.engine.proposals import production_version
 from controller.engine.rollout import RolloutEngine
 from controller.specs.types import Catalog, Model
 
-__all__ = ["Registrar", "production_version"]
+__all__ = ["Registrar"]
 
 log = logging.getLogger("flywheel.release")
 
@@ -60,6 +59,7 @@ class Registrar:
             )
             return None
         baseline = production_version(self.store, model, self.catalog())
+        known = any(v.run_id == run.id for v in self.store.list_versions(run.model))
         version = self.store.register_version(
             model=run.model,
             run_id=run.id,
@@ -71,10 +71,7 @@ class Registrar:
             params=run.params,
             metrics=run.metrics,
         )
-        if not any(
-            e.action == "version.registered" and e.version == version.number
-            for e in self.store.audit(model=run.model, limit=50)
-        ):
+        if not known:
             self.store.append_audit(
                 actor="flywheel",
                 action="version.registered",
@@ -93,13 +90,3 @@ class Registrar:
             return version
         self.rollouts.start(version, model, author=self.author_of(run), baseline=baseline)
         return version
-
-
-def production_version(store: Store, model: Model, catalog: Catalog) -> ModelVersion | None:
-    """The version that takes most of the production environment's traffic now, if any."""
-    environment = production_environment(model, catalog)
-    if environment is None:
-        return None
-    served = store.served_at(environment=environment, model=model.name, at=datetime.now(UTC))
-    live = [(weight, version) for version, weight in served if weight > 0]
-    return store.get_version(model.name, max(live)[1]) if live else None
