@@ -269,14 +269,18 @@ class Repository:
         """Branch name -> head commit sha."""
         heads: dict[str, str] = {}
         for name in self._repo.listall_references():
-            if not name.startswith("refs/heads/"):
-                continue
-            try:
-                target = self._repo.lookup_reference(name).resolve().peel(pygit2.Commit)
-            except (KeyError, ValueError, pygit2.GitError):
-                continue  # a dangling or non-commit branch is not a branch to build
-            heads[name.removeprefix("refs/heads/")] = str(target.id)
+            if name.startswith("refs/heads/"):
+                target = self.ref_target(name)
+                if target is not None:  # a dangling or non-commit branch is not a branch to build
+                    heads[name.removeprefix("refs/heads/")] = target
         return heads
+
+    def ref_target(self, name: str) -> str | None:
+        """The commit sha the full ref ``name`` (``refs/pull/7/head``) points at, if there is one."""
+        try:
+            return str(self._repo.lookup_reference(name).resolve().peel(pygit2.Commit).id)
+        except (KeyError, ValueError, pygit2.GitError):
+            return None
 
     @property
     def default_branch(self) -> str:

@@ -109,6 +109,7 @@ class ProposalReconciler:
         clock: Callable[[], float] = time.time,
         on_release: ReleaseHook | None = None,
         admit: Callable[[str, str], tuple[bool, str]] | None = None,
+        heads: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         self.repository = repository
         self.store = store
@@ -120,6 +121,8 @@ class ProposalReconciler:
         self.clock = clock
         self.on_release = on_release
         self.admit = admit  # (branch, head) -> (may its code run, why); None admits every branch
+        # the refs to train and their heads: the repository's branches, or more (a fork's pull/<n>/head)
+        self.heads = heads or repository.branches
         self._held: set[tuple[str, str]] = set()  # (branch, head) told it waits for ok-to-test
         self._active: dict[int, _Active] = {}
         self._inputs: dict[tuple[str, str], RunInputs] = {}
@@ -131,7 +134,7 @@ class ProposalReconciler:
     def reconcile(self) -> PassSummary:
         """One pass over every branch: plan each proposal head and apply the actions."""
         summary = PassSummary()
-        branches = self.repository.branches()
+        branches = self.heads()
         main_head = branches.get(self.release_branch)
         if main_head is None:
             log.warning("release branch %r not found; nothing to compare proposals with", self.release_branch)
@@ -210,9 +213,13 @@ class ProposalReconciler:
         A run of it still going on that ref is cancelled first. Returns the new run's id.
         """
         ref = ref or self.release_branch
-        head = self.repository.branches().get(ref)
+        head = self.heads().get(ref)
         if head is None:
             raise ValueError(f"there is no branch {ref!r} to retrain {model} on")
+        if self.admit is not None and ref != self.release_branch:
+            admitted, why = self.admit(ref, head)
+            if not admitted:  # a retrain is no way around ok-to-test (Invariant 2)
+                raise ValueError(f"not retraining {model} on {ref}: {why}")
         spec = self.repository.catalog(head).models.get(model)
         if spec is None:
             raise ValueError(f"{model} is not a valid model at the head of {ref} ({head[:10]})")
@@ -225,6 +232,18 @@ class ProposalReconciler:
             [StartRun(model, ref, head, inputs.cache_key)], main_catalog=self._main_catalog(), summary=summary
         )
         return summary.started[0]
+
+    def changed_models(self, ref: str) -> list[str]:
+        """The models whose specs or inputs the head of ``ref`` changes against the release branch."""
+        heads = self.heads()
+        head, main_head = heads.get(ref), heads.get(self.release_branch)
+        if head is None or main_head is None:
+            return []
+        base = self.repository.merge_base(main_head, head)
+        if base is None or base == head:
+            return []
+        changed = self.repository.changed_models(base, head)
+        return sorted(changed.added | changed.modified)
 
     def _hold(self, ref: str, head: str, heads: list[ModelHead], why: str) -> None:
         """An untrusted head runs nothing (Invariant 2); say so once per head on each model's status."""
@@ -356,7 +375,7 @@ class ProposalReconciler:
 
     def _launch_queued(self, main_catalog: Catalog) -> None:
         """Start queued runs of live proposal heads while there is room."""
-        branches = self.repository.branches()
+        branches = self.heads()
         queued = [
             r for r in self.store.list_runs(status="queued", limit=1000) if r.trigger in TRAINING_TRIGGERS
         ]

@@ -21,7 +21,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from controller.backends.forge.github import branch_meta_key, pull_ref_number, pull_request_meta_key
+from controller.backends.forge.github import (
+    OPEN_PULLS_KEY,
+    branch_meta_key,
+    pull_ref_number,
+    pull_request_meta_key,
+)
+from controller.backends.git import Repository
 from controller.backends.store import Store
 from controller.engine.approvals import groups_of, resolve_user
 from controller.engine.commands import main_policy
@@ -32,6 +38,8 @@ __all__ = [
     "TrustGate",
     "author_trusted",
     "ok_to_test_key",
+    "open_pull_requests",
+    "proposal_heads",
     "pull_request_for",
     "pull_request_info",
     "record_ok_to_test",
@@ -91,7 +99,7 @@ def record_pull_request(store: Store, payload: Mapping[str, Any]) -> PullRequest
         author=str(user.get("login") or ""),
         fork=head_id is None or head_id != base_id,  # a deleted fork counts as a fork
         state=str(pull.get("state") or ""),
-        merged=bool(pull.get("merged")),
+        merged=bool(pull.get("merged") or pull.get("merged_at")),  # a listed pull has only merged_at
         updated_at=str(pull.get("updated_at") or ""),
     )
     with store.transaction():
@@ -101,7 +109,39 @@ def record_pull_request(store: Store, payload: Mapping[str, Any]) -> PullRequest
         store.set_meta(pull_request_meta_key(number), json.dumps(asdict(info), sort_keys=True))
         if not info.fork and info.head_ref:
             store.set_meta(branch_meta_key(info.head_ref), str(number))
+        still_open = open_pull_requests(store)
+        if info.state == "open":
+            still_open[number] = info.fork
+        else:
+            still_open.pop(number, None)
+        store.set_meta(OPEN_PULLS_KEY, json.dumps({str(n): f for n, f in sorted(still_open.items())}))
     return info
+
+
+def open_pull_requests(store: Store) -> dict[int, bool]:
+    """The pull requests last recorded open: number -> whether its head is in a fork."""
+    raw = store.get_meta(OPEN_PULLS_KEY)
+    return {int(number): bool(fork) for number, fork in json.loads(raw).items()} if raw else {}
+
+
+def proposal_heads(repository: Repository, store: Store) -> dict[str, str]:
+    """The proposals to train on GitHub: every branch, and ``pull/<n>/head`` of each open fork pull request.
+
+    A fork's head is not a branch of ours; GitHub keeps it under
+    ``refs/pull/<n>/head``, which a mirror fetches with everything else. Only
+    the open fork pull requests Flywheel has a record of are included
+    (GitHub keeps the refs of closed ones for ever), and only once their
+    head commit has been fetched. Whether their code may run is still the
+    trust gate's decision.
+    """
+    heads = repository.branches()
+    for number, fork in sorted(open_pull_requests(store).items()):
+        if not fork:
+            continue  # its head is one of our branches, already listed
+        sha = repository.ref_target(f"refs/pull/{number}/head")
+        if sha is not None:
+            heads[f"pull/{number}/head"] = sha
+    return heads
 
 
 def pull_request_info(store: Store, number: int) -> PullRequestInfo | None:
