@@ -9,6 +9,7 @@ engine only sees their interfaces.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -18,10 +19,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from controller.backends.forge import Forge
 from controller.backends.forge.github import GitHubForge, GitHubSender, GitHubSettings
+from controller.backends.forge.github_poll import GitHubPoller
 from controller.backends.forge.local import LocalForge
 from controller.backends.git import GitError, Repository
 from controller.backends.metrics import MetricsSource
@@ -40,7 +42,7 @@ from controller.engine.outbox import Sender, deliver_due
 from controller.engine.proposals import ProposalReconciler
 from controller.engine.release import Registrar
 from controller.engine.rollout import RolloutEngine, label
-from controller.engine.trust import TrustGate
+from controller.engine.trust import TrustGate, proposal_heads
 from controller.specs.types import Catalog, Environment, Model
 
 log = logging.getLogger("flywheel.controller")
@@ -74,6 +76,14 @@ class ControllerSettings:
         return cls(**values)
 
 
+class Poller(Protocol):
+    """Reads a service for what its webhooks may have missed and queues it in the inbox."""
+
+    def poll_if_due(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class Controller:
     store: Store
@@ -87,12 +97,15 @@ class Controller:
     commands: Commands | None = None
     forge: Forge | None = None
     poll_now: threading.Event = field(default_factory=threading.Event)  # set: fetch and reconcile at once
+    pollers: list[Poller] = field(default_factory=list)  # the fallback for missed webhook deliveries
 
     def main_catalog(self) -> Catalog:
         return self.repository.catalog(self.repository.resolve(self.proposals.release_branch))
 
     def tick(self) -> None:
-        """Advance rollouts, carry out queued rollback requests, deliver the outbox."""
+        """Poll for missed deliveries, handle the inbox, advance rollouts, deliver the outbox."""
+        for poller in self.pollers:
+            poller.poll_if_due()
         self.handle_requests()
         self.rollouts.tick()
         deliver_due(self.store, self.senders)
@@ -114,6 +127,8 @@ class Controller:
                 self.store.complete_event(event.id, error=f"{type(exc).__name__}: {exc}")
 
     def close(self) -> None:
+        for poller in self.pollers:
+            poller.close()
         self.proposals.shutdown()
         self.store.close()
 
@@ -184,14 +199,20 @@ def build_controller(
     registrar = Registrar(store=store, rollouts=rollouts, catalog=main_catalog, author_of=author_of)
     forge: Forge = LocalForge(store)
     admit = None
+    heads = None
+    pollers: list[Poller] = []
     if settings.github is not None:
         forge = GitHubForge(store, settings.github.repository)
         admit = TrustGate(store, main_catalog).admits
+        heads = functools.partial(proposal_heads, repository, store)
+        if settings.github.poll_seconds > 0:
+            pollers.append(GitHubPoller.from_settings(store, settings.github))
     proposals = ProposalReconciler(
         repository=repository,
         store=store,
         forge=forge,
         admit=admit,
+        heads=heads,
         runners=runners,
         work_dir=state_dir,
         release_branch=release_branch,
@@ -228,6 +249,7 @@ def build_controller(
         },
         commands=Commands(store=store, catalog=main_catalog),
         forge=forge,
+        pollers=pollers,
     )
 
 

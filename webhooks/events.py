@@ -10,8 +10,10 @@ claims inbox events and handles the GitHub webhook ones:
   proposal's ref to reconcile (and the base branch after a merge);
 * ``push``: returns the pushed branch (the default branch after a merge);
 * ``issue_comment`` ``created`` by a person (bots and edits are ignored): the
-  ``/flywheel`` commands in it (:func:`controller.engine.comments.handle_comment`);
-  an ``ok-to-test`` returns the pull request's ref;
+  ``/flywheel`` commands in it (:func:`controller.engine.comments.handle_comment`),
+  once per comment even when both its webhook and the poller
+  (:mod:`controller.backends.forge.github_poll`) bring it; an ``ok-to-test``
+  returns the pull request's ref;
 * ``ping``: nothing to do.
 
 Each handled event is completed; an error is recorded on the event and
@@ -28,7 +30,8 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from controller.backends.forge.github import GitHubForge
+from controller.app import Controller
+from controller.backends.forge.github import GitHubForge, comment_handled_key
 from controller.backends.store import InboxEvent, Store
 from controller.engine.commands import Commands
 from controller.engine.comments import handle_comment
@@ -39,6 +42,7 @@ from webhooks.github import HANDLED_EVENTS
 __all__ = [
     "GITHUB_EVENT_KINDS",
     "GitHubEventHandler",
+    "attach_github_events",
     "handle_github_event",
     "is_github_webhook",
     "process_github_events",
@@ -149,6 +153,33 @@ class GitHubEventHandler:
         return refs
 
 
+def attach_github_events(controller: Controller) -> GitHubEventHandler:
+    """Make ``controller`` handle GitHub's events from its inbox: delivered by webhook or found by polling.
+
+    A pull request, push or ok-to-test that names refs makes the controller
+    fetch and reconcile at once. Comment commands that leave out the model
+    use the models the pull request changes against main.
+    """
+    proposals = controller.proposals
+    assert controller.commands is not None
+    handler = GitHubEventHandler(
+        controller.store,
+        catalog=controller.main_catalog,
+        commands=controller.commands,
+        forge=controller.forge if isinstance(controller.forge, GitHubForge) else None,
+        changed_models=lambda pull: proposals.changed_models(pull.ref),
+    )
+
+    def on_github(event: InboxEvent) -> None:
+        handler(event)
+        if handler.take_refs():
+            controller.poll_now.set()
+
+    for kind in GITHUB_EVENT_KINDS:
+        controller.handlers[kind] = on_github
+    return handler
+
+
 def handle_github_event(
     store: Store,
     event: InboxEvent,
@@ -169,6 +200,12 @@ def handle_github_event(
     if name == "issue_comment":
         if action != "created" or _by_bot(payload):
             return set()
+        comment = payload.get("comment")
+        comment_id = comment.get("id") if isinstance(comment, Mapping) else None
+        handled = comment_handled_key(comment_id) if isinstance(comment_id, int) else None
+        if handled is not None and store.get_meta(handled) is not None:
+            log.info("comment %s was handled already (delivered by webhook and found by polling)", comment_id)
+            return set()
         outcome = handle_comment(
             payload,
             store=store,
@@ -177,6 +214,8 @@ def handle_github_event(
             forge=forge or GitHubForge(store, _repository(payload)),
             changed_models=changed_models,
         )
+        if handled is not None:
+            store.set_meta(handled, event.delivery_id)
         return set(outcome.refs)
     if name == "ping":
         log.info("GitHub ping for hook %s: %s", payload.get("hook_id"), payload.get("zen"))

@@ -62,8 +62,9 @@ def run(
     merge-base with it is a proposal; each new head is trained and its report
     is kept in the store (see `flywheel review show`).
     """
-    from controller.app import ControllerSettings, run_controller
+    from controller.app import ControllerSettings, build_controller, run_controller
     from controller.logs import setup_logging
+    from webhooks.events import attach_github_events
 
     setup_logging("json" if log_format == "json" else "text", verbose=verbose)
     settings = ControllerSettings.from_env(
@@ -74,4 +75,7 @@ def run(
         release_branch=release_branch,
         venv_dir=venv_dir,
     )
-    raise SystemExit(run_controller(settings, once=once))
+    controller = build_controller(settings)
+    if settings.github is not None:  # no webhook service: the poller finds GitHub's events
+        attach_github_events(controller)
+    raise SystemExit(run_controller(settings, once=once, controller=controller))

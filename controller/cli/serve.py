@@ -40,12 +40,11 @@ def serve(
     import uvicorn
 
     from controller.app import ControllerSettings, build_controller, run_controller
-    from controller.backends.forge.github import GitHubForge
-    from controller.backends.store import InboxEvent, open_store
+    from controller.backends.store import open_store
     from controller.engine.commands import Commands
     from controller.logs import setup_logging
     from webhooks.app import create_app
-    from webhooks.events import GITHUB_EVENT_KINDS, GitHubEventHandler
+    from webhooks.events import attach_github_events
     from webhooks.settings import SettingsError, WebhookSettings
 
     setup_logging("json" if log_format == "json" else "text", verbose=verbose)
@@ -62,19 +61,7 @@ def serve(
     except (SettingsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     controller = build_controller(settings)
-    assert controller.commands is not None
-    forge = controller.forge if isinstance(controller.forge, GitHubForge) else None
-    handler = GitHubEventHandler(
-        controller.store, catalog=controller.main_catalog, commands=controller.commands, forge=forge
-    )
-
-    def on_github(event: InboxEvent) -> None:
-        handler(event)
-        if handler.take_refs():
-            controller.poll_now.set()
-
-    for kind in GITHUB_EVENT_KINDS:
-        controller.handlers[kind] = on_github
+    attach_github_events(controller)
     # The web service gets its own store connection; it is called from uvicorn's worker threads.
     web_store = open_store(settings.state_dir)
     web_commands = Commands(store=web_store, catalog=controller.main_catalog)

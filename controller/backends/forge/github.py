@@ -52,11 +52,15 @@ from controller.backends.store import OutboxMessage, Store
 
 __all__ = [
     "DESTINATION",
+    "OPEN_PULLS_KEY",
     "CheckMode",
     "GitHubForge",
     "GitHubSender",
     "GitHubSettings",
     "branch_meta_key",
+    "comment_handled_key",
+    "delivery_error",
+    "github_client",
     "pull_ref_number",
     "pull_request_meta_key",
     "pull_request_number",
@@ -79,6 +83,9 @@ _PULL_REF = re.compile(r"(?:refs/)?pull/(\d+)(?:/head|/merge)?")
 
 
 # ---------------------------------------------------------------- metadata
+
+
+OPEN_PULLS_KEY = "github:open-pulls"  # meta: JSON {number: is a fork} of the pull requests recorded open
 
 
 def pull_request_meta_key(number: int) -> str:
@@ -106,6 +113,11 @@ def pull_request_number(store: Store, proposal: str) -> int | None:
         return number
     known = store.get_meta(branch_meta_key(proposal))
     return int(known) if known and known.isdigit() else None
+
+
+def comment_handled_key(comment_id: int) -> str:
+    """Meta key set once a comment's commands have run, whether it came by webhook or by polling."""
+    return f"github:comment-handled:{comment_id}"
 
 
 def report_marker(model: str) -> str:
@@ -200,6 +212,7 @@ class GitHubSettings:
     private_key: str | None = None
     installation_id: int | None = None
     timeout: int = 15
+    poll_seconds: float = 60.0  # how often the API is read for missed deliveries; 0 turns polling off
 
     def auth(self) -> Auth.Auth:
         """``Auth.Token`` for a token, else the App's installation auth (PyGithub renews its tokens)."""
@@ -217,13 +230,14 @@ class GitHubSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GitHubSettings:
         """Read ``FLYWHEEL_GITHUB_*``: ``REPOSITORY``, ``API_URL``, ``TOKEN`` or ``APP_ID``,
-        ``PRIVATE_KEY`` (or ``PRIVATE_KEY_FILE``) and ``INSTALLATION_ID``."""
+        ``PRIVATE_KEY`` (or ``PRIVATE_KEY_FILE``) and ``INSTALLATION_ID``, and ``POLL_SECONDS``."""
         env = os.environ if environ is None else environ
         key = env.get("FLYWHEEL_GITHUB_PRIVATE_KEY")
         key_file = env.get("FLYWHEEL_GITHUB_PRIVATE_KEY_FILE")
         if not key and key_file:
             key = Path(key_file).read_text()
         installation = env.get("FLYWHEEL_GITHUB_INSTALLATION_ID")
+        poll = _poll_seconds(env.get("FLYWHEEL_GITHUB_POLL_SECONDS") or "60")
         settings = cls(
             repository=env.get("FLYWHEEL_GITHUB_REPOSITORY", ""),
             api_url=env.get("FLYWHEEL_GITHUB_API_URL") or DEFAULT_API_URL,
@@ -231,6 +245,7 @@ class GitHubSettings:
             app_id=env.get("FLYWHEEL_GITHUB_APP_ID") or None,
             private_key=key or None,
             installation_id=int(installation) if installation else None,
+            poll_seconds=poll,
         )
         if settings.repository.count("/") != 1:
             raise ValueError("FLYWHEEL_GITHUB_REPOSITORY must be owner/name")
@@ -238,7 +253,39 @@ class GitHubSettings:
         return settings
 
 
+def _poll_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise ValueError(f"FLYWHEEL_GITHUB_POLL_SECONDS is {text!r}: give seconds, or 0 for no polling")
+    return seconds
+
+
 # ------------------------------------------------------------------ sender
+
+
+def github_client(
+    *,
+    auth: Auth.Auth,
+    base_url: str = DEFAULT_API_URL,
+    timeout: int = 15,
+    per_page: int = 100,
+    seconds_between_requests: float | None = Consts.DEFAULT_SECONDS_BETWEEN_REQUESTS,
+    seconds_between_writes: float | None = Consts.DEFAULT_SECONDS_BETWEEN_WRITES,
+) -> Github:
+    """A PyGithub client with its own retries off: the caller decides when to try again."""
+    return Github(
+        auth=auth,
+        base_url=base_url.rstrip("/"),
+        timeout=timeout,
+        per_page=per_page,
+        retry=None,
+        seconds_between_requests=seconds_between_requests,
+        seconds_between_writes=seconds_between_writes,
+        lazy=True,  # no GET before a PATCH/POST to an object whose URL we know
+    )
 
 
 class GitHubSender:
@@ -260,15 +307,13 @@ class GitHubSender:
         self._store = store
         self._checks = checks
         self._clock = clock
-        self._github = Github(
+        self._github = github_client(
             auth=auth,
-            base_url=base_url.rstrip("/"),
+            base_url=base_url,
             timeout=timeout,
             per_page=per_page,
-            retry=None,  # the outbox owns retries
             seconds_between_requests=seconds_between_requests,
             seconds_between_writes=seconds_between_writes,
-            lazy=True,  # no GET before a PATCH/POST to an object whose URL we know
         )
         self._repos: dict[str, Repository] = {}
 
@@ -301,7 +346,7 @@ class GitHubSender:
             else:
                 raise DeliveryError(f"unknown GitHub message kind {kind!r}", permanent=True)
         except GithubException as exc:
-            raise _delivery_error(exc, now=self._clock()) from exc
+            raise delivery_error(exc, now=self._clock()) from exc
         except requests.RequestException as exc:
             raise DeliveryError(f"GitHub unreachable: {type(exc).__name__}: {exc}") from exc
 
@@ -428,7 +473,7 @@ class GitHubSender:
                 if comment.body != body:
                     comment.edit(body)
             except GithubException as exc:
-                if exc.status != 403 or _delivery_error(exc, now=self._clock()).retry_after is not None:
+                if exc.status != 403 or delivery_error(exc, now=self._clock()).retry_after is not None:
                     raise
                 continue  # 403 and no rate limit: someone else's comment that copied the marker
             self._store.set_meta(meta_key, str(comment.id))
@@ -463,7 +508,7 @@ def _header_number(headers: Mapping[str, Any], name: str) -> float | None:
         return None
 
 
-def _delivery_error(exc: GithubException, *, now: float) -> DeliveryError:
+def delivery_error(exc: GithubException, *, now: float) -> DeliveryError:
     """Map a GitHub error answer to how the outbox should retry it."""
     status = exc.status
     headers = {str(k).lower(): v for k, v in (exc.headers or {}).items()}
