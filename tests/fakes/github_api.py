@@ -4,8 +4,11 @@ Tests point ``Github(base_url=fake.api_url)`` at it; the URL has GitHub
 Enterprise's ``/api/v3`` prefix, so the Enterprise path is what is exercised.
 It answers with GitHub's shapes, status codes and headers:
 
-* ``GET /repos/{o}/{r}``; ``GET /repos/{o}/{r}/pulls`` (``head=owner:branch``, ``state``);
-* issue comments: list (``per_page``/``page`` with ``Link`` headers), create, get, edit;
+* ``GET /repos/{o}/{r}``; ``GET /repos/{o}/{r}/pulls`` (``head=owner:branch``, ``state``,
+  ``sort``/``direction``) and ``GET .../pulls/{n}`` (only the single pull has ``merged``);
+  ``GET .../issues/{n}`` (with ``pull_request`` for a pull request);
+* issue comments: list per issue (``per_page``/``page`` with ``Link`` headers), list for
+  the repository (``since``, ``sort``, ``direction``), create, get, edit;
   reactions on a comment (201 when new, 200 with the existing one when repeated);
 * check runs: create, update, get, list for a commit (``check_name``); commit statuses;
 * ``POST /app/installations/{id}/access_tokens``, which wants the App's RS256 JWT
@@ -178,27 +181,64 @@ class FakeGitHub:
         )
 
     def add_pull(
-        self, number: int, *, head_ref: str, head_sha: str, author: str = "octocat", state: str = "open"
+        self,
+        number: int,
+        *,
+        head_ref: str,
+        head_sha: str,
+        author: str = "octocat",
+        state: str = "open",
+        fork: bool = False,
     ) -> dict[str, Any]:
-        pull = {
-            "url": f"{self.api_url}/repos/{self.repository}/pulls/{number}",
-            "id": 9000 + number,
-            "number": number,
-            "state": state,
-            "title": f"Proposal {number}",
-            "user": _user(author),
-            "head": {"label": f"{self.owner}:{head_ref}", "ref": head_ref, "sha": head_sha},
-            "base": {"label": f"{self.owner}:main", "ref": "main", "sha": "0" * 40},
-            "created_at": _now(),
-            "updated_at": _now(),
-        }
-        self.pulls.append(pull)
-        self.issues.add(number)
+        """A pull request; with ``fork`` its head is in ``author``'s fork of the repository."""
+        base_repo = _repository(self.repository)
+        head_repo = _repository(f"{author}/{self.name}", repo_id=78) if fork else base_repo
+        owner = author if fork else self.owner
+        with self._lock:
+            pull = {
+                "url": f"{self.api_url}/repos/{self.repository}/pulls/{number}",
+                "html_url": f"https://github.example/{self.repository}/pull/{number}",
+                "id": 9000 + number,
+                "number": number,
+                "state": state,
+                "title": f"Proposal {number}",
+                "user": _user(author),
+                "head": {"label": f"{owner}:{head_ref}", "ref": head_ref, "sha": head_sha, "repo": head_repo},
+                "base": {"label": f"{self.owner}:main", "ref": "main", "sha": "0" * 40, "repo": base_repo},
+                "created_at": _now(),
+                "updated_at": _now(),
+                "closed_at": None,
+                "merged_at": None,
+            }
+            self.pulls.append(pull)
+            self.issues.add(number)
         return pull
 
-    def add_comment(self, issue: int, body: str, *, login: str = "octocat") -> dict[str, Any]:
+    def push_pull(self, number: int, head_sha: str) -> None:
+        """A new head commit on pull request ``number``."""
         with self._lock:
-            return self._create_comment(issue, body, login)
+            pull = self._pull(number)
+            pull["head"]["sha"] = head_sha
+            pull["updated_at"] = _now()
+
+    def close_pull(self, number: int, *, merged: bool = False) -> None:
+        with self._lock:
+            pull = self._pull(number)
+            now = _now()
+            pull.update(state="closed", updated_at=now, closed_at=now, merged_at=now if merged else None)
+
+    def _pull(self, number: int) -> dict[str, Any]:
+        return next(p for p in self.pulls if p["number"] == number)
+
+    def add_comment(
+        self, issue: int, body: str, *, login: str = "octocat", at: str | None = None
+    ) -> dict[str, Any]:
+        """A comment by ``login``; ``at`` backdates it (GitHub's timestamp form)."""
+        with self._lock:
+            comment = self._create_comment(issue, body, login)
+            if at is not None:
+                comment.update(created_at=at, updated_at=at)
+            return comment
 
     def comments_on(self, issue: int) -> list[dict[str, Any]]:
         return [c for cid, c in self.comments.items() if self.comment_issue[cid] == issue]
@@ -242,6 +282,15 @@ class FakeGitHub:
             return 200, {}, _repository(self.repository)
         if rest == "/pulls" and method == "GET":
             return self._list_pulls(request)
+        if (m := re.fullmatch(r"/pulls/(\d+)", rest)) and method == "GET":
+            pull = next((p for p in self.pulls if p["number"] == int(m.group(1))), None)
+            if pull is None:
+                return _not_found()
+            return 200, {}, {**pull, "merged": pull["merged_at"] is not None}
+        if (m := re.fullmatch(r"/issues/(\d+)", rest)) and method == "GET":
+            return self._issue(int(m.group(1)))
+        if rest == "/issues/comments" and method == "GET":
+            return self._list_repository_comments(request)
         if m := re.fullmatch(r"/issues/(\d+)/comments", rest):
             number = int(m.group(1))
             if number not in self.issues:
@@ -317,9 +366,35 @@ class FakeGitHub:
             for p in self.pulls
             if (state == "all" or p["state"] == state) and (head is None or p["head"]["label"] == head)
         ]
+        sort = request.query.get("sort", "created")
+        pulls.sort(key=lambda p: (p["updated_at"] if sort == "updated" else p["created_at"], p["number"]))
         if request.query.get("direction", "desc") == "desc":
             pulls = list(reversed(pulls))
         return self._paginate(request, pulls)
+
+    def _issue(self, number: int) -> tuple[int, dict[str, str], Any]:
+        if number not in self.issues:
+            return _not_found()
+        issue: dict[str, Any] = {
+            "url": f"{self.api_url}/repos/{self.repository}/issues/{number}",
+            "id": 7000 + number,
+            "number": number,
+            "state": "open",
+            "title": f"Issue {number}",
+            "user": _user("octocat"),
+        }
+        if any(p["number"] == number for p in self.pulls):
+            issue["pull_request"] = {"url": f"{self.api_url}/repos/{self.repository}/pulls/{number}"}
+        return 200, {}, issue
+
+    def _list_repository_comments(self, request: Request) -> tuple[int, dict[str, str], Any]:
+        since = request.query.get("since")
+        comments = [c for c in self.comments.values() if since is None or c["updated_at"] >= _utc(since)]
+        if request.query.get("sort", "created") == "updated":
+            comments.sort(key=lambda c: (c["updated_at"], c["id"]))
+        if request.query.get("direction", "asc") == "desc":
+            comments.reverse()
+        return self._paginate(request, comments)
 
     def _react(self, comment: dict[str, Any], content: str, login: str) -> tuple[int, dict[str, str], Any]:
         for reaction in self.reactions:
@@ -476,10 +551,10 @@ def _user(login: str) -> dict[str, Any]:
     }
 
 
-def _repository(full_name: str) -> dict[str, Any]:
+def _repository(full_name: str, *, repo_id: int = 77) -> dict[str, Any]:
     owner, name = full_name.split("/")
     return {
-        "id": 77,
+        "id": repo_id,
         "node_id": "R_x",
         "name": name,
         "full_name": full_name,
@@ -492,6 +567,11 @@ def _repository(full_name: str) -> dict[str, Any]:
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _utc(stamp: str) -> str:
+    """An ISO 8601 time (``since=``, which PyGithub sends with an offset) in GitHub's own form."""
+    return datetime.fromisoformat(stamp).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ------------------------------------------------------------ webhook payloads
