@@ -134,7 +134,7 @@ class GitHubPoller:
 
     def poll(self) -> int:
         """Read open pull requests and new comments once; the number of inbox events queued."""
-        repo = self._repo = self._repo or self._github.get_repo(self.repository, lazy=True)
+        repo = self._repo = self._repo or self._github.get_repo(self.repository)  # lazy: no GET
         return self._poll_pulls(repo) + self._poll_comments(repo)
 
     # -------------------------------------------------------------- pulls
