@@ -71,5 +71,18 @@ def test_github_settings_make_github_the_forge_with_its_sender(repo: Path, tmp_p
         assert isinstance(controller.forge, GitHubForge)
         assert "github" in controller.senders
         assert controller.proposals.admit is not None  # outside contributors wait for ok-to-test
+        assert [type(p).__name__ for p in controller.pollers] == ["GitHubPoller"]  # missed deliveries
     finally:
         controller.close()
+    no_polling = build_controller(
+        ControllerSettings(
+            repo=str(repo),
+            state_dir=tmp_path / "h",
+            github=GitHubSettings("octo/ml", token="t", poll_seconds=0),
+        ),
+        serving=FakeServing(),
+    )
+    try:
+        assert no_polling.pollers == []
+    finally:
+        no_polling.close()
