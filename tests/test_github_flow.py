@@ -165,6 +165,7 @@ def test_fork_pull_request_runs_only_after_ok_to_test_found_by_polling(
         step(controller)
         step(controller)
         assert {r.commit for r in store.list_runs(ref=ref)} == {first}
+        assert "Not retraining: #7 is from a fork by mallory" in github.comments_on(FORK_PR)[-1]["body"]
 
         # Someone the policy does not allow cannot say ok-to-test.
         github.add_comment(FORK_PR, "/flywheel ok-to-test", login="mallory")

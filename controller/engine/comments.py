@@ -29,7 +29,7 @@ from controller.backends.store import Store
 from controller.engine.approvals import may_run, resolve_user
 from controller.engine.commands import CONTROL_COMMANDS, Actor, CommandOutcome, Commands
 from controller.engine.commands import main_policy as _main_policy
-from controller.engine.trust import PullRequestInfo, pull_request_info, record_ok_to_test
+from controller.engine.trust import PullRequestInfo, TrustGate, pull_request_info, record_ok_to_test
 from controller.specs.types import Catalog, Policy
 
 __all__ = [
@@ -260,6 +260,11 @@ def _run(ctx: _Context, command: ParsedCommand) -> tuple[CommandResult, str | No
         return CommandResult("status", True, text), None
     # retrain
     ref = ctx.pull.ref if ctx.pull is not None else None
+    if ctx.pull is not None:
+        admitted, why = TrustGate(ctx.store, lambda: ctx.catalog).admits(ctx.pull.ref, ctx.pull.head_sha)
+        if not admitted:  # a retrain is no way around ok-to-test (Invariant 2)
+            _audit(ctx, user, "command.refused", model, {"command": "retrain", "refusal": "untrusted_head"})
+            return CommandResult("retrain", False, f"Not retraining: {why}."), None
     ctx.store.put_event(
         source="github",
         delivery_id=f"retrain-{ctx.comment_id}-{model}",
