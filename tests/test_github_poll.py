@@ -11,7 +11,8 @@ merge), one reopened is ``reopened``; polling again before or after the
 events are handled queues nothing twice. Comments said before the first
 poll are history, even when edited later; a later ``/flywheel`` comment is
 queued once and runs once, whether its webhook came first or after, and
-not again when edited; it says whether it is on a pull request (asking
+not again when edited, and a command edited into an older comment is not run
+(webhooks ignore edits too); it says whether it is on a pull request (asking
 GitHub when the store does not know); a comment without a command is not
 queued. GitHub down, failing or rate
 limited makes ``poll_if_due`` return 0 without raising and wait (doubling
@@ -387,6 +388,18 @@ def test_a_handled_comment_edited_later_is_not_run_again(
     assert process(store, catalog) == set()
     assert (audited(store, "command.help"), audited(store, "command.status")) == (1, 0)
     assert len(outbox(store, "reply")) == 1
+
+
+def test_a_command_edited_into_a_comment_is_not_run_as_webhooks_ignore_edits(
+    store: Store, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller
+) -> None:
+    fake.add_pull(5, head_ref="tune-iris", head_sha=SHA1, author="bob-ml")
+    listening(poller, store, catalog)
+    remark = fake.add_comment(5, "Nice work.", login="alice-ml")
+    assert poller.poll() == 0
+    remark.update(body="Nice work.\n/flywheel help", updated_at=github_time(5))
+    assert poller.poll() == 0
+    assert process(store, catalog) == set() and audited(store, "command.help") == 0
 
 
 def test_a_comment_on_a_pull_request_not_recorded_asks_github_what_it_is(

@@ -11,9 +11,11 @@ handler (:mod:`webhooks.events`) deals with both:
   queued as ``opened``, a new head as ``synchronize``, one recorded closed as
   ``reopened``; one recorded open that is no longer listed is read alone
   (``GET .../pulls/{n}``) and queued as ``closed``, merged or not.
-* **comment commands**: comments created or edited since the last poll
+* **comment commands**: comments created since the last poll
   (``GET .../issues/comments?since=``) that hold a ``/flywheel`` line and
-  were not handled yet are queued as ``issue_comment`` ``created``; a
+  were not handled yet are queued as ``issue_comment`` ``created``. As with
+  webhooks, commands come from a comment as it was created: one edited since
+  is left alone, since the API cannot tell what it said at first. A
   webhook and a poll of the same comment run its commands once
   (:func:`~controller.backends.forge.github.comment_handled_key`). Comments
   from before the first poll are history, not commands.
@@ -84,6 +86,7 @@ class GitHubPoller:
         client: Github | None = None,
     ) -> None:
         self._store = store
+        self._api_url = base_url.rstrip("/")
         self.repository = repository
         self.interval_seconds = interval_seconds
         self._clock = clock
@@ -166,7 +169,7 @@ class GitHubPoller:
 
     def _queue_pull(self, repo: Repository, pull: PullRequest, action: str) -> int:
         payload = _pull_request_payload(pull)
-        delivery = f"poll-pr-{pull.number}-{payload['updated_at']}-{pull.head.sha}-{pull.state}"
+        delivery = f"poll-pr-{pull.number}-{action}-{payload['updated_at']}-{pull.head.sha}"
         event: JSONObject = {
             "action": action,
             "number": pull.number,
@@ -207,8 +210,11 @@ class GitHubPoller:
         queued = 0
         for comment in repo.get_issues_comments(sort="updated", direction="asc", since=since):
             newest = max(newest, _aware(comment.updated_at))
-            if _aware(comment.created_at) < start or not _COMMAND.search(comment.body or ""):
-                continue  # said before Flywheel listened (edited since), or no command in it
+            created = _aware(comment.created_at)
+            if created < start or _aware(comment.updated_at) != created:
+                continue  # said before Flywheel listened, or edited: webhooks ignore edits too
+            if not _COMMAND.search(comment.body or ""):
+                continue
             if self._store.get_meta(comment_handled_key(comment.id)) is not None:
                 continue
             queued += self._queue_comment(repo, comment)
@@ -223,7 +229,7 @@ class GitHubPoller:
         issue: JSONObject = {"number": number}
         known_pull = self._store.get_meta(pull_request_meta_key(number)) is not None
         if known_pull or repo.get_issue(number).pull_request is not None:
-            issue["pull_request"] = {"url": f"{repo.url}/pulls/{number}"}
+            issue["pull_request"] = {"url": f"{self._api_url}/repos/{repo.full_name}/pulls/{number}"}
         user = {"login": comment.user.login, "type": comment.user.type}
         event: JSONObject = {
             "action": "created",
