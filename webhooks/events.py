@@ -28,9 +28,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from controller.app import Controller
 from controller.backends.forge.github import GitHubForge, comment_handled_key
 from controller.backends.store import InboxEvent, Store
 from controller.engine.commands import Commands
@@ -38,6 +37,9 @@ from controller.engine.comments import handle_comment
 from controller.engine.trust import PullRequestInfo, record_pull_request
 from controller.specs.types import Catalog
 from webhooks.github import HANDLED_EVENTS
+
+if TYPE_CHECKING:
+    from controller.app import Controller
 
 __all__ = [
     "GITHUB_EVENT_KINDS",
