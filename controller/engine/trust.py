@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from controller.backends.forge.github import (
     OPEN_PULLS_KEY,
+    PullRequestInfo,
     branch_meta_key,
+    open_pull_requests,
     pull_ref_number,
+    pull_request_info,
     pull_request_meta_key,
 )
 from controller.backends.git import Repository
@@ -45,26 +48,6 @@ __all__ = [
     "record_ok_to_test",
     "record_pull_request",
 ]
-
-
-@dataclass(frozen=True)
-class PullRequestInfo:
-    """What Flywheel remembers of one pull request, from its latest ``pull_request`` event."""
-
-    number: int
-    head_ref: str
-    head_sha: str
-    base_ref: str
-    author: str  # the GitHub login that opened it
-    fork: bool  # the head lives in another repository than the base
-    state: str  # open | closed
-    merged: bool
-    updated_at: str  # GitHub's ISO timestamp, to drop events that arrive out of order
-
-    @property
-    def ref(self) -> str:
-        """The ref the proposal reconciler runs: the head branch, or ``pull/<n>/head`` for a fork."""
-        return f"pull/{self.number}/head" if self.fork else self.head_ref
 
 
 def ok_to_test_key(number: int) -> str:
@@ -118,12 +101,6 @@ def record_pull_request(store: Store, payload: Mapping[str, Any]) -> PullRequest
     return info
 
 
-def open_pull_requests(store: Store) -> dict[int, bool]:
-    """The pull requests last recorded open: number -> whether its head is in a fork."""
-    raw = store.get_meta(OPEN_PULLS_KEY)
-    return {int(number): bool(fork) for number, fork in json.loads(raw).items()} if raw else {}
-
-
 def proposal_heads(repository: Repository, store: Store) -> dict[str, str]:
     """The proposals to train on GitHub: every branch, and ``pull/<n>/head`` of each open fork pull request.
 
@@ -142,13 +119,6 @@ def proposal_heads(repository: Repository, store: Store) -> dict[str, str]:
         if sha is not None:
             heads[f"pull/{number}/head"] = sha
     return heads
-
-
-def pull_request_info(store: Store, number: int) -> PullRequestInfo | None:
-    raw = store.get_meta(pull_request_meta_key(number))
-    if not raw:
-        return None
-    return PullRequestInfo(**json.loads(raw))
 
 
 def pull_request_for(store: Store, branch: str) -> tuple[bool, PullRequestInfo | None]:

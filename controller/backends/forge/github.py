@@ -32,6 +32,7 @@ API (``GET /repos/{owner}/{repo}/pulls?head=owner:branch``).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -57,11 +58,14 @@ __all__ = [
     "GitHubForge",
     "GitHubSender",
     "GitHubSettings",
+    "PullRequestInfo",
     "branch_meta_key",
     "comment_handled_key",
     "delivery_error",
     "github_client",
+    "open_pull_requests",
     "pull_ref_number",
+    "pull_request_info",
     "pull_request_meta_key",
     "pull_request_number",
     "report_marker",
@@ -115,9 +119,43 @@ def pull_request_number(store: Store, proposal: str) -> int | None:
     return int(known) if known and known.isdigit() else None
 
 
+def pull_request_info(store: Store, number: int) -> PullRequestInfo | None:
+    """What the store last recorded of pull request ``number`` (``controller.engine.trust`` records it)."""
+    raw = store.get_meta(pull_request_meta_key(number))
+    if not raw:
+        return None
+    return PullRequestInfo(**json.loads(raw))
+
+
+def open_pull_requests(store: Store) -> dict[int, bool]:
+    """The pull requests last recorded open: number -> whether its head is in a fork."""
+    raw = store.get_meta(OPEN_PULLS_KEY)
+    return {int(number): bool(fork) for number, fork in json.loads(raw).items()} if raw else {}
+
+
 def comment_handled_key(comment_id: int) -> str:
     """Meta key set once a comment's commands have run, whether it came by webhook or by polling."""
     return f"github:comment-handled:{comment_id}"
+
+
+@dataclass(frozen=True)
+class PullRequestInfo:
+    """What Flywheel remembers of one pull request, from its latest ``pull_request`` event."""
+
+    number: int
+    head_ref: str
+    head_sha: str
+    base_ref: str
+    author: str  # the GitHub login that opened it
+    fork: bool  # the head lives in another repository than the base
+    state: str  # open | closed
+    merged: bool
+    updated_at: str  # GitHub's ISO timestamp, to drop events that arrive out of order
+
+    @property
+    def ref(self) -> str:
+        """The ref the proposal reconciler runs: the head branch, or ``pull/<n>/head`` for a fork."""
+        return f"pull/{self.number}/head" if self.fork else self.head_ref
 
 
 def report_marker(model: str) -> str:

@@ -7,7 +7,7 @@ handler (:mod:`webhooks.events`) deals with both:
 
 * **pull requests**: every open pull request (``GET /repos/{o}/{r}/pulls``,
   paginated) is compared with what the store last recorded
-  (:func:`controller.engine.trust.pull_request_info`). One never seen is
+  (:func:`~controller.backends.forge.github.pull_request_info`). One never seen is
   queued as ``opened``, a new head as ``synchronize``, one recorded closed as
   ``reopened``; one recorded open that is no longer listed is read alone
   (``GET .../pulls/{n}``) and queued as ``closed``, merged or not.
@@ -33,26 +33,26 @@ what was missed is still there to be read. The controller's loop calls
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
-from github import Auth, Github, GithubException, UnknownObjectException
+from github import Auth, GithubException, UnknownObjectException
 from github.PullRequest import PullRequest
 from github.Repository import Repository
 
 from controller.backends.forge.github import (
     DEFAULT_API_URL,
-    OPEN_PULLS_KEY,
     GitHubSettings,
     comment_handled_key,
     delivery_error,
     github_client,
+    open_pull_requests,
+    pull_request_info,
     pull_request_meta_key,
 )
 from controller.backends.store import JSONObject, Store
@@ -83,14 +83,13 @@ class GitHubPoller:
         timeout: int = 15,
         interval_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
-        client: Github | None = None,
     ) -> None:
         self._store = store
         self._api_url = base_url.rstrip("/")
         self.repository = repository
         self.interval_seconds = interval_seconds
         self._clock = clock
-        self._github = client or github_client(
+        self._github = github_client(
             auth=auth, base_url=base_url, timeout=timeout, seconds_between_requests=None
         )
         self._repo: Repository | None = None
@@ -147,17 +146,17 @@ class GitHubPoller:
         listed: set[int] = set()
         for pull in repo.get_pulls(state="open", sort="updated", direction="desc"):
             listed.add(pull.number)
-            stored = self._stored(pull.number)
+            stored = pull_request_info(self._store, pull.number)
             if stored is None:
                 action = "opened"
-            elif stored.get("state") != "open":
+            elif stored.state != "open":
                 action = "reopened"
-            elif stored.get("head_sha") != pull.head.sha:
+            elif stored.head_sha != pull.head.sha:
                 action = "synchronize"
             else:
                 continue
             queued += self._queue_pull(repo, pull, action)
-        for number in sorted(self._recorded_open() - listed):
+        for number in sorted(open_pull_requests(self._store).keys() - listed):
             try:
                 pull = repo.get_pull(number)
             except UnknownObjectException:
@@ -184,15 +183,6 @@ class GitHubPoller:
             return 0  # queued by an earlier poll and not handled yet, or handled already
         log.info("missed delivery: pull request #%s %s (found by polling)", pull.number, action)
         return 1
-
-    def _stored(self, number: int) -> Mapping[str, Any] | None:
-        raw = self._store.get_meta(pull_request_meta_key(number))
-        value = json.loads(raw) if raw else None
-        return value if isinstance(value, Mapping) else None
-
-    def _recorded_open(self) -> set[int]:
-        raw = self._store.get_meta(OPEN_PULLS_KEY)
-        return {int(number) for number in json.loads(raw)} if raw else set()
 
     # ----------------------------------------------------------- comments
 
