@@ -37,6 +37,7 @@ from pathlib import Path
 from controller.backends.pipelines import RunRequest
 from controller.backends.pipelines.local import LocalRunner
 from controller.backends.pipelines.venvs import EnvironmentSpec, VenvCache, find_uv
+from controller.clock import SYSTEM_CLOCK
 from controller.specs.types import Model, Source, Step
 
 TARGET_MS = 150.0
@@ -229,13 +230,13 @@ def bench_cache_hit(tmp: Path, reps: int) -> None:
     sp.run([*git, "commit", "-qam", "three trivial steps"], cwd=repo, check=True)
 
     def reconciler(state: Path) -> ProposalReconciler:
-        store = open_store(state)
+        store = open_store(state, clock=SYSTEM_CLOCK)
         return ProposalReconciler(
             repository=Repository.open(str(repo), mirror_root=state / "mirrors"),
             store=store,
             forge=LocalForge(store),
             runners={"local": LocalRunner()},
-            work_dir=state,
+            work_dir=state, clock=SYSTEM_CLOCK
         )
 
     state = tmp / "cache-state"

@@ -46,6 +46,7 @@ from typing import Any
 
 import aiohttp
 
+from controller.clock import SYSTEM_CLOCK
 from webhooks.github import sign
 
 SECRET = "bench secret"
@@ -75,7 +76,7 @@ def serve_child(state: str, port: int) -> None:
 
     serve(
         WebhookSettings(github_secrets=(SECRET,)),
-        open_store(state),
+        open_store(state, clock=SYSTEM_CLOCK),
         port=port,
         log_level="warning",
         access_log=False,

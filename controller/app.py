@@ -36,6 +36,7 @@ from controller.backends.pipelines.venvs import EnvironmentSpec, VenvCache
 from controller.backends.serving import ServedVersion, ServingBackend
 from controller.backends.serving.local import LocalServing
 from controller.backends.store import InboxEvent, ModelVersion, Run, Store, open_store
+from controller.clock import SYSTEM_CLOCK, Clock
 from controller.engine.commands import ROLLBACK_EVENT, Commands
 from controller.engine.notices import NotifierSender
 from controller.engine.outbox import Sender, deliver_due
@@ -98,6 +99,7 @@ class Controller:
     forge: Forge | None = None
     poll_now: threading.Event = field(default_factory=threading.Event)  # set: fetch and reconcile at once
     pollers: list[Poller] = field(default_factory=list)  # the fallback for missed webhook deliveries
+    clock: Clock = SYSTEM_CLOCK  # the one clock of everything above
 
     def main_catalog(self) -> Catalog:
         return self.repository.catalog(self.repository.resolve(self.proposals.release_branch))
@@ -108,7 +110,11 @@ class Controller:
             poller.poll_if_due()
         self.handle_requests()
         self.rollouts.tick()
-        deliver_due(self.store, self.senders)
+        self.deliver()
+
+    def deliver(self) -> None:
+        """Send the outbox's due messages through the registered senders."""
+        deliver_due(self.store, self.senders, now=self.clock.now())
 
     def handle_requests(self) -> None:
         """Handle the inbox's events in order; one that fails is recorded with its error."""
@@ -138,10 +144,12 @@ def build_controller(
     *,
     serving: ServingBackend | None = None,
     senders: Mapping[str, Sender] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> Controller:
+    """The controller the settings describe; ``clock`` is handed to every part that reads the time."""
     state_dir = settings.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(state_dir)
+    store = open_store(state_dir, clock=clock)
     repository = Repository.open(settings.repo, mirror_root=state_dir / "mirrors")
     venvs = VenvCache(settings.venv_dir or state_dir / "venvs")
     runners: dict[str, PipelineRunner] = {"local": LocalRunner(venvs=venvs)}
@@ -152,7 +160,8 @@ def build_controller(
         return repository.catalog(repository.resolve(release_branch))
 
     builtin = BuiltinMetrics(
-        lambda name: serving_backend.metrics_url(environment=main_catalog().environments[name])
+        lambda name: serving_backend.metrics_url(environment=main_catalog().environments[name]),
+        clock=clock.monotonic,
     )
     prometheus: dict[str, PrometheusMetrics] = {}
 
@@ -187,6 +196,7 @@ def build_controller(
         metrics=metrics_for,
         catalog=main_catalog,
         served_version=served_version,
+        clock=clock,
     )
 
     def author_of(run: Run) -> str | None:
@@ -206,7 +216,7 @@ def build_controller(
         admit = TrustGate(store, main_catalog).admits
         heads = functools.partial(proposal_heads, repository, store)
         if settings.github.poll_seconds > 0:
-            pollers.append(GitHubPoller.from_settings(store, settings.github))
+            pollers.append(GitHubPoller.from_settings(store, settings.github, clock=clock))
     proposals = ProposalReconciler(
         repository=repository,
         store=store,
@@ -218,6 +228,7 @@ def build_controller(
         release_branch=release_branch,
         max_active_runs=settings.max_active_runs,
         on_release=registrar.release if settings.promote else None,
+        clock=clock,
     )
     all_senders: dict[str, Sender] = {"console": NotifierSender(ConsoleNotifier())}
     if settings.slack_token:
@@ -227,7 +238,7 @@ def build_controller(
             token=settings.slack_token, store=store, base_url=settings.slack_api_url or SLACK_API_URL
         )
     if settings.github is not None:
-        all_senders["github"] = GitHubSender.from_settings(store, settings.github)
+        all_senders["github"] = GitHubSender.from_settings(store, settings.github, clock=clock)
     all_senders.update(senders or {})
 
     def retrain(event: InboxEvent) -> None:
@@ -247,9 +258,10 @@ def build_controller(
             SLACK_ACTION_KIND: lambda event: None,
             RETRAIN_EVENT: retrain,
         },
-        commands=Commands(store=store, catalog=main_catalog),
+        commands=Commands(store=store, catalog=main_catalog, clock=clock),
         forge=forge,
         pollers=pollers,
+        clock=clock,
     )
 
 
@@ -298,7 +310,7 @@ def _loop(controller: Controller, settings: ControllerSettings, *, stop: threadi
             controller.tick()
             last_tick = now
         if once and not proposals.busy:
-            deliver_due(controller.store, controller.senders)
+            controller.deliver()
             break
         if time.monotonic() - last_progress >= settings.progress_every_seconds:
             for ref, model, step, elapsed in proposals.progress():

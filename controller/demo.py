@@ -35,7 +35,6 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from controller.app import Controller, ControllerSettings, build_controller
@@ -123,7 +122,9 @@ class _Demo:
         self.controller = build_controller(settings)
         self._thread(self._control_loop, "controller")
         self._thread(self._traffic, "traffic")
-        commands = Commands(store=self.controller.store, catalog=self.controller.main_catalog)
+        commands = Commands(
+            store=self.controller.store, catalog=self.controller.main_catalog, clock=self.controller.clock
+        )
 
         self.say(f"Training {MODEL} on main; it becomes v1 (virtualenvs are built once, in {venv_dir})")
         self.wait_for(lambda: self._rollout(1) is not None, "v1 to be registered", timeout=600)
@@ -238,7 +239,7 @@ class _Demo:
                     controller.serving.endpoint(environment=catalog.environments[name], model=MODEL)
                     + "/infer"
                     for name in ("staging", "production")
-                    if controller.store.served_at(environment=name, model=MODEL, at=_now())
+                    if controller.store.served_at(environment=name, model=MODEL, at=controller.clock.now())
                 ]
                 refreshed = time.monotonic()
             for url in urls:
@@ -338,6 +339,3 @@ def run_demo(options: DemoOptions | None = None) -> None:
         notify.propagate = True
         demo.close()
 
-
-def _now() -> datetime:
-    return datetime.now(UTC)

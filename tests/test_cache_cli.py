@@ -11,10 +11,11 @@ from click.testing import CliRunner
 
 from controller.backends.store import open_store
 from controller.cli import main
+from controller.clock import SYSTEM_CLOCK
 
 
 def _result(state: Path, *, model: str, key: str, age_days: float) -> int:
-    store = open_store(state)
+    store = open_store(state, clock=SYSTEM_CLOCK)
     run = store.create_run(model=model, ref="b", commit="c" * 40, cache_key=key, environment_hash="e" * 64)
     artifact = state / "runs" / str(run.id) / "model"
     artifact.mkdir(parents=True)
@@ -34,7 +35,7 @@ def test_ls_lists_results_and_prune_removes_only_old_unreleased_ones(tmp_path: P
     old = _result(state, model="iris", key="a" * 64, age_days=10)
     released = _result(state, model="iris", key="b" * 64, age_days=10)
     fresh = _result(state, model="wdbc", key="c" * 64, age_days=0)
-    store = open_store(state)
+    store = open_store(state, clock=SYSTEM_CLOCK)
     store.register_version(
         model="iris",
         run_id=released,
@@ -69,7 +70,7 @@ def test_ls_lists_results_and_prune_removes_only_old_unreleased_ones(tmp_path: P
 
     after = runner.invoke(main, ["cache", "ls", "--state-dir", str(state)])
     assert "a" * 16 not in after.output and "b" * 16 in after.output
-    store = open_store(state)
+    store = open_store(state, clock=SYSTEM_CLOCK)
     assert store.get_run(old).status == "succeeded"  # history stays
     store.close()
 

@@ -31,6 +31,7 @@ from controller.backends.forge.github import (
     report_marker,
 )
 from controller.backends.store import Store, open_store
+from controller.clock import SYSTEM_CLOCK
 from controller.engine.outbox import DeliveryStats, deliver_due
 from controller.engine.report import marker
 from tests.fakes.github_api import FakeGitHub
@@ -43,7 +44,7 @@ SHA2 = "2" * 40
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    s = open_store(tmp_path / "state")
+    s = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     yield s
     s.close()
 
@@ -66,6 +67,7 @@ def make_sender(
         per_page=2,  # small pages, so that finding the sticky comment paginates
         seconds_between_requests=None,
         seconds_between_writes=None,
+        clock=SYSTEM_CLOCK,
         **options,  # type: ignore[arg-type]
     )
 

@@ -24,6 +24,7 @@ from github import Auth
 from controller.backends.forge.github import GitHubForge, GitHubSender
 from controller.backends.git import Repository
 from controller.backends.store import OutboxMessage, Store, open_store
+from controller.clock import SYSTEM_CLOCK
 from controller.engine.approvals import resolve_user
 from controller.engine.commands import Commands, main_policy
 from controller.engine.comments import HELP, CommentOutcome, handle_comment, parse_commands
@@ -107,7 +108,7 @@ def catalog() -> Catalog:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(tmp_path / "state")
+    opened = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     yield opened
     opened.close()
 
@@ -150,7 +151,7 @@ def say(
         issue_comment_event(body, login=login, number=number, **kw),  # type: ignore[arg-type]
         store=store,
         catalog=lambda: catalog,
-        commands=Commands(store=store, catalog=lambda: catalog),
+        commands=Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK),
         forge=GitHubForge(store, FULL_NAME),
     )
 
@@ -175,7 +176,7 @@ def test_acknowledged_at_once_and_answered_through_a_real_github(store: Store, c
             base_url=fake.api_url,
             timeout=2,
             seconds_between_requests=None,
-            seconds_between_writes=None,
+            seconds_between_writes=None, clock=SYSTEM_CLOCK
         )
         try:
             deliver_due(store, {"github": sender}, now=datetime.now(UTC) + timedelta(seconds=1))
@@ -318,7 +319,7 @@ def test_a_pull_request_editing_policies_is_judged_by_mains_policy(
         issue_comment_event("/flywheel approve iris production", login="mallory-gh", number=31),
         store=store,
         catalog=main_catalog,
-        commands=Commands(store=store, catalog=main_catalog),
+        commands=Commands(store=store, catalog=main_catalog, clock=SYSTEM_CLOCK),
         forge=GitHubForge(store, FULL_NAME),
     )
     assert [r.ok for r in outcome.results] == [False]

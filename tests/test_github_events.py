@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from controller.backends.store import InboxEvent, Store, open_store
+from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
 from controller.engine.trust import pull_request_info
 from controller.specs import Catalog, load_tree
@@ -39,7 +40,7 @@ def catalog() -> Catalog:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(tmp_path / "state")
+    opened = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     yield opened
     opened.close()
 
@@ -57,7 +58,7 @@ def process(store: Store, catalog: Catalog, **kw: Any) -> set[str]:
     return process_github_events(
         store,
         catalog=lambda: catalog,
-        commands=Commands(store=store, catalog=lambda: catalog),
+        commands=Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK),
         limit=50,
         **kw,
     )
@@ -209,9 +210,8 @@ def test_handler_for_a_dispatcher_keyed_by_kind(store: Store, catalog: Catalog) 
     assert {"pull_request.opened", "pull_request.closed", "push", "issue_comment.created", "ping"} <= set(
         GITHUB_EVENT_KINDS
     )
-    handler = GitHubEventHandler(
-        store, catalog=lambda: catalog, commands=Commands(store=store, catalog=lambda: catalog)
-    )
+    commands = Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK)
+    handler = GitHubEventHandler(store, catalog=lambda: catalog, commands=commands)
     put(
         store,
         "pull_request",

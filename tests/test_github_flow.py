@@ -82,7 +82,11 @@ def build(tmp_path: Path, bare: Path, github: FakeGitHub) -> Controller:
     )
     # PyGithub waits a second between writes by default; the local API needs no such courtesy.
     controller.senders["github"] = GitHubSender.from_settings(
-        controller.store, settings, seconds_between_requests=None, seconds_between_writes=None
+        controller.store,
+        settings,
+        seconds_between_requests=None,
+        seconds_between_writes=None,
+        clock=controller.clock,
     )
     controller.proposals.runners = {
         "local": FakeRunner(

@@ -34,6 +34,7 @@ from github import Auth
 from controller.backends.forge.github import GitHubSender, GitHubSettings, comment_handled_key
 from controller.backends.forge.github_poll import GitHubPoller
 from controller.backends.store import InboxEvent, NotFound, OutboxMessage, Store, open_store
+from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
 from controller.engine.outbox import deliver_due
 from controller.engine.trust import open_pull_requests, pull_request_info
@@ -48,17 +49,23 @@ SHA1, SHA2 = "1" * 40, "2" * 40
 LONG_AGO = "2024-05-01T12:00:00Z"
 
 
-class Clock:
-    """The poller's monotonic clock, moved by hand."""
+class PollClock:
+    """The real wall clock (the fake GitHub API stamps with it) and a monotonic clock moved by hand."""
 
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.ticks = 1000.0
 
-    def __call__(self) -> float:
-        return self.now
+    def now(self) -> datetime:
+        return SYSTEM_CLOCK.now()
+
+    def timestamp(self) -> float:
+        return SYSTEM_CLOCK.timestamp()
+
+    def monotonic(self) -> float:
+        return self.ticks
 
     def advance(self, seconds: float) -> None:
-        self.now += seconds
+        self.ticks += seconds
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +75,7 @@ def catalog() -> Catalog:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(tmp_path / "state")
+    opened = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     yield opened
     opened.close()
 
@@ -80,12 +87,12 @@ def fake() -> Iterator[FakeGitHub]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> PollClock:
+    return PollClock()
 
 
 @pytest.fixture
-def poller(store: Store, fake: FakeGitHub, clock: Clock) -> Iterator[GitHubPoller]:
+def poller(store: Store, fake: FakeGitHub, clock: PollClock) -> Iterator[GitHubPoller]:
     polling = GitHubPoller(
         store,
         repository=fake.repository,
@@ -100,9 +107,8 @@ def poller(store: Store, fake: FakeGitHub, clock: Clock) -> Iterator[GitHubPolle
 
 
 def process(store: Store, catalog: Catalog) -> set[str]:
-    return process_github_events(
-        store, catalog=lambda: catalog, commands=Commands(store=store, catalog=lambda: catalog)
-    )
+    commands = Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK)
+    return process_github_events(store, catalog=lambda: catalog, commands=commands)
 
 
 def events(store: Store) -> list[InboxEvent]:
@@ -133,7 +139,7 @@ def deliver(store: Store, fake: FakeGitHub) -> None:
         base_url=fake.api_url,
         timeout=2,
         seconds_between_requests=None,
-        seconds_between_writes=None,
+        seconds_between_writes=None, clock=SYSTEM_CLOCK
     )
     try:
         deliver_due(store, {"github": sender}, now=datetime.now(UTC) + timedelta(seconds=1))
@@ -434,7 +440,7 @@ def test_a_comment_on_an_issue_is_queued_as_not_a_pull_request(
 
 @pytest.mark.parametrize("outage", ["down", "502"])
 def test_an_outage_backs_off_and_loses_nothing(
-    store: Store, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller, clock: Clock, outage: str
+    store: Store, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller, clock: PollClock, outage: str
 ) -> None:
     if outage == "down":
         fake.down = True
@@ -463,23 +469,23 @@ def test_an_outage_backs_off_and_loses_nothing(
 
 
 def test_backoff_doubles_while_github_keeps_failing(
-    fake: FakeGitHub, poller: GitHubPoller, clock: Clock
+    fake: FakeGitHub, poller: GitHubPoller, clock: PollClock
 ) -> None:
     fake.fail(502, "Server Error", times=3)
     assert poller.poll_if_due() == 0  # the first of three failures
-    attempts = [clock.now]
+    attempts = [clock.monotonic()]
     while len(attempts) < 5:
         clock.advance(INTERVAL / 2)
         asked = len(fake.requests)
         assert poller.poll_if_due() == 0
         if len(fake.requests) > asked:
-            attempts.append(clock.now)
+            attempts.append(clock.monotonic())
     gaps = [later - earlier for earlier, later in pairwise(attempts)]
     assert gaps == [2 * INTERVAL, 4 * INTERVAL, 8 * INTERVAL, INTERVAL]  # then the interval again
 
 
 def test_a_rate_limit_waits_until_it_resets(
-    store: Store, fake: FakeGitHub, poller: GitHubPoller, clock: Clock
+    store: Store, fake: FakeGitHub, poller: GitHubPoller, clock: PollClock
 ) -> None:
     fake.add_pull(5, head_ref="tune-iris", head_sha=SHA1, author="bob-ml")
     fake.exhaust_rate_limit(reset_in=600)
@@ -496,7 +502,7 @@ def test_a_rate_limit_waits_until_it_resets(
 
 
 def test_a_secondary_rate_limit_waits_for_retry_after(
-    fake: FakeGitHub, poller: GitHubPoller, clock: Clock
+    fake: FakeGitHub, poller: GitHubPoller, clock: PollClock
 ) -> None:
     fake.secondary_rate_limit(retry_after=300)
     assert poller.poll_if_due() == 0
@@ -520,7 +526,7 @@ def test_poll_seconds_from_the_environment(store: Store) -> None:
     assert GitHubSettings.from_env(settings_env()).poll_seconds == 60
     settings = GitHubSettings.from_env(settings_env(FLYWHEEL_GITHUB_POLL_SECONDS="30"))
     assert settings.poll_seconds == 30
-    poller = GitHubPoller.from_settings(store, settings)
+    poller = GitHubPoller.from_settings(store, settings, clock=SYSTEM_CLOCK)
     try:
         assert poller.interval_seconds == 30 and poller.repository == "octo-org/models"
     finally:

@@ -15,6 +15,7 @@ from controller.backends.forge.fake import FakeForge
 from controller.backends.git import Repository
 from controller.backends.pipelines.fake import FakeRunner
 from controller.backends.store import open_store
+from controller.clock import SYSTEM_CLOCK
 from controller.engine.proposals import ProposalReconciler
 from controller.scaffold import scaffold
 from tests.gitrepo import GitRepo
@@ -28,7 +29,7 @@ def test_untrusted_head_runs_nothing_until_admitted(tmp_path: Path) -> None:
     repo.git("commit", "-qam", "outside change")
     head = repo.git("rev-parse", "HEAD")
     admitted: set[str] = set()
-    store = open_store(tmp_path / "state")
+    store = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     forge = FakeForge()
     reconciler = ProposalReconciler(
         repository=Repository.open(str(repo.path), mirror_root=tmp_path / "mirrors"),
@@ -36,7 +37,7 @@ def test_untrusted_head_runs_nothing_until_admitted(tmp_path: Path) -> None:
         forge=forge,
         runners={"local": FakeRunner()},
         work_dir=tmp_path / "work",
-        admit=lambda ref, sha: (sha in admitted, "waits for /flywheel ok-to-test"),
+        admit=lambda ref, sha: (sha in admitted, "waits for /flywheel ok-to-test"), clock=SYSTEM_CLOCK
     )
     try:
         reconciler.reconcile()
@@ -64,13 +65,13 @@ def test_retrain_runs_the_head_again_despite_the_cache(tmp_path: Path) -> None:
     repo.git("checkout", "-qb", "tune")
     repo.edit("specs/iris/model.yaml", "    C: 1.0\n", "    C: 3.0\n")
     repo.git("commit", "-qam", "tune")
-    store = open_store(tmp_path / "state")
+    store = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     reconciler = ProposalReconciler(
         repository=Repository.open(str(repo.path), mirror_root=tmp_path / "mirrors"),
         store=store,
         forge=FakeForge(),
         runners={"local": FakeRunner()},
-        work_dir=tmp_path / "work",
+        work_dir=tmp_path / "work", clock=SYSTEM_CLOCK
     )
     try:
         reconciler.reconcile()

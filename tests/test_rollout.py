@@ -24,6 +24,7 @@ from controller.backends.notify.fake import FakeNotifier
 from controller.backends.serving import ServedVersion
 from controller.backends.serving.fake import FakeServing
 from controller.backends.store import ModelVersion, Store, open_store
+from controller.clock import FakeClock
 from controller.engine.commands import Actor, Commands
 from controller.engine.notices import NotifierSender
 from controller.engine.outbox import deliver_due
@@ -40,23 +41,12 @@ GOOD = {
 
 
 @dataclass
-class Clock:
-    now: datetime = field(default_factory=lambda: datetime(2026, 11, 21, 12, 0, tzinfo=UTC))
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-@dataclass
 class World:
     store: Store
     catalog: Catalog
     serving: FakeServing
     metrics: FakeMetrics
-    clock: Clock
+    clock: FakeClock
     tmp: Path
     notifier: FakeNotifier = field(default_factory=FakeNotifier)
 
@@ -105,7 +95,7 @@ class World:
 
     def deliver(self) -> list[str]:
         deliver_due(
-            self.store, {"console": NotifierSender(self.notifier)}, now=self.clock() + timedelta(days=1)
+            self.store, {"console": NotifierSender(self.notifier)}, now=self.clock.now() + timedelta(days=1)
         )
         return self.notifier.kinds()
 
@@ -115,10 +105,11 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    store = open_store(tmp_path / "state")
+    clock = FakeClock(datetime(2026, 11, 21, 12, 0, tzinfo=UTC))  # long past: the store must follow it
+    store = open_store(tmp_path / "state", clock=clock)
     catalog = load_tree(ROOT)
     assert "iris" in catalog.models
-    yield World(store, catalog, FakeServing(), FakeMetrics(), Clock(), tmp_path)
+    yield World(store, catalog, FakeServing(), FakeMetrics(), clock, tmp_path)
     store.close()
 
 
@@ -174,7 +165,7 @@ def test_good_version_goes_through_every_stage_and_retires_the_previous(world: W
     assert rollout.state == "succeeded" and rollout.finished_at is not None
     assert world.serving.traffic("production", "iris") == {"v2": 100}
     assert ("production", "iris", "v1") not in world.serving.running
-    served = world.store.served_at(environment="production", model="iris", at=world.clock())
+    served = world.store.served_at(environment="production", model="iris", at=world.clock.now())
     assert served == [(2, 100)]
     kinds = world.deliver()
     for kind in ("rollout_started", "step_reached", "awaiting_approval", "approved", "promoted"):
@@ -194,7 +185,7 @@ def test_failing_canary_rolls_back_by_itself_and_stable_keeps_all_traffic(world:
     assert rollout.analysis_failures == 2  # failureLimit 2 in specs/iris
     assert world.serving.traffic("production", "iris") == {"v1": 100}
     assert ("production", "iris", "v2") not in world.serving.running
-    assert world.store.served_at(environment="production", model="iris", at=world.clock()) == [(1, 100)]
+    assert world.store.served_at(environment="production", model="iris", at=world.clock.now()) == [(1, 100)]
     assert "rolled_back" in world.deliver()
     assert "success-rate = 0.7" in rollout.detail["reason"]
 
@@ -243,7 +234,7 @@ def test_restarted_engine_resumes_the_same_step_without_repeating_anything(world
     before = world.rollout(2)
     assert before.step_index == 1
     starts, changes = world.serving.starts, world.serving.weight_changes
-    queued = len(world.store.due_messages(now=world.clock() + timedelta(days=1), limit=1000))
+    queued = len(world.store.due_messages(now=world.clock.now() + timedelta(days=1), limit=1000))
     # "kill -9": throw the engine away, build a new one on the same store and backends
     fresh = world.engine()
     fresh.tick()
@@ -251,7 +242,7 @@ def test_restarted_engine_resumes_the_same_step_without_repeating_anything(world
     assert (after.state, after.step_index) == ("canary", 1)
     assert after.detail["step_started_at"] == before.detail["step_started_at"]
     assert world.serving.starts == starts and world.serving.weight_changes == changes
-    assert len(world.store.due_messages(now=world.clock() + timedelta(days=1), limit=1000)) == queued
+    assert len(world.store.due_messages(now=world.clock.now() + timedelta(days=1), limit=1000)) == queued
     kinds = world.deliver()
     assert kinds.count("step_reached") == 2  # one per step, the restart added none
 
@@ -312,5 +303,5 @@ def test_rollback_after_a_finished_rollout_serves_the_previous_version(world: Wo
     (event,) = world.store.claim_events(limit=5, worker="test")
     engine.handle_rollback_request(event.payload)
     assert world.serving.traffic("production", "iris") == {"v1": 100}
-    assert world.store.served_at(environment="production", model="iris", at=world.clock()) == [(1, 100)]
+    assert world.store.served_at(environment="production", model="iris", at=world.clock.now()) == [(1, 100)]
     assert any(e.action == "rollout.rolled_back" for e in world.store.audit(model="iris"))

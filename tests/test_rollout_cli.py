@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from controller.backends.store import open_store
 from controller.cli import main
+from controller.clock import SYSTEM_CLOCK
 from controller.scaffold import scaffold
 
 
@@ -22,7 +23,7 @@ from controller.scaffold import scaffold
 def setup(tmp_path: Path) -> tuple[Path, Path]:
     repo, state = tmp_path / "ml", tmp_path / "state"
     scaffold(repo)
-    store = open_store(state)
+    store = open_store(state, clock=SYSTEM_CLOCK)
     for n in (1, 2):
         run = store.create_run(
             model="iris", ref="main", commit=f"{n}" * 40, cache_key=f"k{n}", status="succeeded"

@@ -24,6 +24,7 @@ from controller.backends.serving import ServedVersion, inference_request
 from controller.backends.serving.local import LocalServing
 from controller.backends.serving.server import free_port
 from controller.backends.store import ModelVersion, RolloutRecord, Store, open_store
+from controller.clock import SYSTEM_CLOCK
 from controller.engine.rollout import RolloutEngine
 from controller.specs.types import (
     Analysis,
@@ -84,6 +85,7 @@ def _engine(store: Store, serving: LocalServing, tmp_path: Path, *, bad: set[int
         metrics=lambda env: metrics,
         catalog=lambda: CATALOG,
         served_version=served,
+        clock=SYSTEM_CLOCK,
     )
 
 
@@ -130,7 +132,7 @@ def _with_v1_in_production(store: Store, engine: RolloutEngine) -> None:
 def test_canary_failing_on_part_of_its_inputs_rolls_back_by_itself(
     serving: LocalServing, tmp_path: Path
 ) -> None:
-    store = open_store(tmp_path / "state")
+    store = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     engine = _engine(store, serving, tmp_path, bad={2})
     _with_v1_in_production(store, engine)
     engine.start(_register(store, 2), MODEL)  # its smoke input (5.1, ...) passes; 6.7 fails
@@ -162,7 +164,7 @@ def test_canary_failing_on_part_of_its_inputs_rolls_back_by_itself(
 
 
 def test_canary_without_traffic_holds_and_never_promotes(serving: LocalServing, tmp_path: Path) -> None:
-    store = open_store(tmp_path / "state")
+    store = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     engine = _engine(store, serving, tmp_path, bad=set())
     _with_v1_in_production(store, engine)
     engine.start(_register(store, 2), MODEL)

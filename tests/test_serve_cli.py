@@ -22,6 +22,7 @@ from pathlib import Path
 
 from controller.backends.serving.server import free_port
 from controller.backends.store import open_store
+from controller.clock import SYSTEM_CLOCK
 from controller.scaffold import scaffold
 
 FLYWHEEL = str(Path(sys.executable).parent / "flywheel")
@@ -103,7 +104,7 @@ def test_serve_receives_deliveries_and_the_controller_handles_them(tmp_path: Pat
             "repository": {"full_name": "o/r"},
         }
         assert _post(port, "push", "d-3", push) == 202
-        store = open_store(state)
+        store = open_store(state, clock=SYSTEM_CLOCK)
         try:
             limit = time.monotonic() + 30
             while True:

@@ -29,6 +29,7 @@ from starlette.testclient import TestClient
 from controller.backends.notify import RolloutEvent
 from controller.backends.notify.slack import APPROVE_ACTION, REJECT_ACTION, SlackSender, decision_value
 from controller.backends.store import OutboxMessage, Store, open_store
+from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
 from controller.engine.notices import queue_event
 from controller.engine.outbox import deliver_due
@@ -57,7 +58,7 @@ def catalog() -> Catalog:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(tmp_path / "state")
+    opened = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     yield opened
     opened.close()
 
@@ -89,7 +90,7 @@ def version(store: Store) -> int:
 
 @pytest.fixture
 def commands(store: Store, catalog: Catalog) -> Commands:
-    return Commands(store=store, catalog=lambda: catalog)
+    return Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK)
 
 
 @pytest.fixture
@@ -373,7 +374,7 @@ def test_clicking_the_posted_button_records_the_approval_and_the_message_shows_i
             detail={"may_approve": "a member of business-owners", "missing": 1},
         )
         queue_event(store, catalog.models[MODEL], awaiting)
-        deliver_due(store, {"slack": sender})
+        deliver_due(store, {"slack": sender}, now=SYSTEM_CLOCK.now())
         [parent] = slack.parents()
         button = next(b for b in parent.blocks if b["type"] == "actions")["elements"][0]
         payload = block_actions(CAROL, raw=button["value"], response_url=slack.response_url())
@@ -381,7 +382,7 @@ def test_clicking_the_posted_button_records_the_approval_and_the_message_shows_i
         assert press(client, payload) == (200, "recorded")
         refused = block_actions(NOBODY, raw=button["value"], response_url=slack.response_url())
         assert press(client, refused) == (200, "refused")
-        assert deliver_due(store, {"slack": sender}).sent == 2
+        assert deliver_due(store, {"slack": sender}, now=SYSTEM_CLOCK.now()).sent == 2
         assert "*Approved by:* carol" in json.dumps(slack.parents()[0].blocks)
         [reply] = slack.api_calls("response_url")
         assert (

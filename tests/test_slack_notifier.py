@@ -22,6 +22,7 @@ import pytest
 from controller.backends.notify import RolloutEvent
 from controller.backends.notify.slack import APPROVE_ACTION, REJECT_ACTION, SlackSender
 from controller.backends.store import OutboxMessage, Store, open_store
+from controller.clock import SYSTEM_CLOCK
 from controller.engine.notices import queue_event
 from controller.engine.outbox import DeliveryError, deliver_due
 from controller.specs import Model, load_tree
@@ -41,7 +42,7 @@ def model() -> Model:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(tmp_path / "state")
+    opened = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     yield opened
     opened.close()
 
@@ -196,11 +197,11 @@ def test_awaiting_approval_carries_buttons_with_the_version_and_says_who_may_pre
 def test_a_restarted_sender_keeps_editing_the_same_message(
     tmp_path: Path, slack: FakeSlack, model: Model
 ) -> None:
-    first = open_store(tmp_path / "state")
+    first = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     queue_event(first, model, JOURNEY[0])
     assert deliver(first, SlackSender(token=TOKEN, store=first, base_url=slack.api_url)) == 1
     first.close()
-    again = open_store(tmp_path / "state")
+    again = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     try:
         queue_event(again, model, JOURNEY[1])
         assert deliver(again, SlackSender(token=TOKEN, store=again, base_url=slack.api_url)) == 1
@@ -342,7 +343,7 @@ def test_an_unknown_channel_or_a_bad_token_gives_up_through_the_outbox(
 ) -> None:
     queue_event(store, model, JOURNEY[0])
     bad_token = SlackSender(token="xoxb-revoked", store=store, base_url=slack.api_url)
-    stats = deliver_due(store, {"slack": bad_token})
+    stats = deliver_due(store, {"slack": bad_token}, now=SYSTEM_CLOCK.now())
     assert stats.gave_up == 1 and slack_messages(store) == []
     assert slack.parents() == []
 

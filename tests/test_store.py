@@ -30,29 +30,18 @@ from controller.backends.store import (
     state_url,
 )
 from controller.backends.store.sql import SqlStore
+from controller.clock import SYSTEM_CLOCK, FakeClock
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> datetime:
-        self.now += timedelta(seconds=seconds)
-        return self.now
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Iterator[SqlStore]:
+def store(tmp_path: Path, clock: FakeClock) -> Iterator[SqlStore]:
     opened = SqlStore(state_url(tmp_path), clock=clock)
     yield opened
     opened.close()
@@ -90,7 +79,7 @@ def test_duplicate_delivery_is_dropped(store: SqlStore) -> None:
     ]
 
 
-def test_claim_complete_and_lease_expiry(store: SqlStore, clock: Clock) -> None:
+def test_claim_complete_and_lease_expiry(store: SqlStore, clock: FakeClock) -> None:
     for n in range(3):
         store.put_event(source="poll", delivery_id=f"p{n}", kind="push", payload={"n": n})
 
@@ -117,7 +106,7 @@ def test_claim_complete_and_lease_expiry(store: SqlStore, clock: Clock) -> None:
 
 
 def test_concurrent_workers_never_claim_the_same_event(tmp_path: Path) -> None:
-    stores = [SqlStore(state_url(tmp_path)) for _ in range(3)]
+    stores = [SqlStore(state_url(tmp_path), clock=SYSTEM_CLOCK) for _ in range(3)]
     try:
         for n in range(60):
             stores[0].put_event(source="poll", delivery_id=str(n), kind="push", payload={})
@@ -139,13 +128,13 @@ def test_concurrent_workers_never_claim_the_same_event(tmp_path: Path) -> None:
             opened.close()
 
 
-def test_pruned_events_no_longer_deduplicate(store: SqlStore, clock: Clock) -> None:
+def test_pruned_events_no_longer_deduplicate(store: SqlStore, clock: FakeClock) -> None:
     store.put_event(source="github", delivery_id="old", kind="push", payload={})
     store.put_event(source="github", delivery_id="open", kind="push", payload={})
     [old, _open] = store.claim_events(limit=2, worker="w")
     store.complete_event(old.id)
     clock.advance(86400)
-    assert store.prune_events(before=clock.now) == 1  # the unfinished one is kept
+    assert store.prune_events(before=clock.now()) == 1  # the unfinished one is kept
     assert store.put_event(source="github", delivery_id="old", kind="push", payload={})
     assert not store.put_event(source="github", delivery_id="open", kind="push", payload={})
 
@@ -193,7 +182,7 @@ def test_transaction_commits_all_together_and_nests(store: SqlStore) -> None:
 # ----------------------------------------------------------------------- runs
 
 
-def test_run_lifecycle_and_lookups(store: SqlStore, clock: Clock) -> None:
+def test_run_lifecycle_and_lookups(store: SqlStore, clock: FakeClock) -> None:
     run = store.create_run(
         model="churn",
         ref="pr/7",
@@ -207,7 +196,7 @@ def test_run_lifecycle_and_lookups(store: SqlStore, clock: Clock) -> None:
     assert run.status == "queued" and run.steps == {} and run.created_at == T0
     assert not run.finished
 
-    store.update_run(run.id, status="running", started_at=clock.now)
+    store.update_run(run.id, status="running", started_at=clock.now())
     store.record_step(run.id, step="train", result=StepResult(status="succeeded", duration_seconds=1.5))
     store.record_step(
         run.id,
@@ -311,7 +300,7 @@ def test_version_needs_an_existing_run(store: SqlStore) -> None:
 # ------------------------------------------------------------------- rollouts
 
 
-def test_rollout_compare_and_set(store: SqlStore, clock: Clock) -> None:
+def test_rollout_compare_and_set(store: SqlStore, clock: FakeClock) -> None:
     _register(store, _succeeded_run(store))
     rollout = store.create_rollout(
         model="churn", version=1, stages=("staging", "production"), state="pending"
@@ -336,7 +325,7 @@ def test_rollout_compare_and_set(store: SqlStore, clock: Clock) -> None:
 
     assert store.active_rollouts() == [moved]
     finished = store.update_rollout(
-        rollout.id, expected_revision=2, state="succeeded", finished_at=clock.now, detail={"reason": "done"}
+        rollout.id, expected_revision=2, state="succeeded", finished_at=clock.now(), detail={"reason": "done"}
     )
     assert store.active_rollouts() == []
     assert store.rollouts_for("churn") == [finished]
@@ -380,7 +369,7 @@ def test_served_at_answers_for_times_between_changes(store: SqlStore) -> None:
 # ------------------------------------------------------------------ approvals
 
 
-def test_approvals_are_bound_to_version_and_environment(store: SqlStore, clock: Clock) -> None:
+def test_approvals_are_bound_to_version_and_environment(store: SqlStore, clock: FakeClock) -> None:
     _register(store, _succeeded_run(store, commit="a"))
     _register(store, _succeeded_run(store, commit="b"))
     first = store.add_approval(
@@ -411,7 +400,7 @@ def test_approvals_are_bound_to_version_and_environment(store: SqlStore, clock: 
 # ---------------------------------------------------------------------- audit
 
 
-def test_audit_log_is_append_only(store: SqlStore, clock: Clock) -> None:
+def test_audit_log_is_append_only(store: SqlStore, clock: FakeClock) -> None:
     store.append_audit(actor="controller", action="run.started", model="churn", detail={"run": 1})
     clock.advance(60)
     entry = store.append_audit(actor="alice", action="approve", model="churn", version=1, environment="prod")
@@ -431,7 +420,7 @@ def test_audit_log_is_append_only(store: SqlStore, clock: Clock) -> None:
 # --------------------------------------------------------------------- outbox
 
 
-def test_outbox_key_never_duplicates_and_newest_payload_wins(store: SqlStore, clock: Clock) -> None:
+def test_outbox_key_never_duplicates_and_newest_payload_wins(store: SqlStore, clock: FakeClock) -> None:
     first = store.enqueue(destination="github", key="pr/7:sticky", payload={"body": "training..."})
     clock.advance(1)
     second = store.enqueue(destination="github", key="pr/7:sticky", payload={"body": "auc 0.91"})
@@ -458,14 +447,14 @@ def test_outbox_key_never_duplicates_and_newest_payload_wins(store: SqlStore, cl
         store.enqueue(destination="slack", key="pr/7:sticky", payload={})
 
 
-def test_outbox_due_failed_sent_flow(store: SqlStore, clock: Clock) -> None:
+def test_outbox_due_failed_sent_flow(store: SqlStore, clock: FakeClock) -> None:
     message = store.enqueue(destination="slack", key="approval:churn:1:prod", payload={"text": "approve?"})
     other = store.enqueue(destination="slack", key="other", payload={"text": "hi"})
     assert [m.id for m in store.due_messages(limit=1)] == [message.id]
 
-    store.mark_failed(message.id, error="503", retry_at=clock.now + timedelta(seconds=30))
+    store.mark_failed(message.id, error="503", retry_at=clock.now() + timedelta(seconds=30))
     assert [m.id for m in store.due_messages()] == [other.id]
-    later = clock.now + timedelta(seconds=30)
+    later = clock.now() + timedelta(seconds=30)
     [_, retry] = store.due_messages(now=later)  # by due time: "other" has waited longest
     assert retry.id == message.id and retry.attempts == 1 and retry.last_error == "503"
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from controller.backends.store import open_store
+from controller.clock import SYSTEM_CLOCK
 
 
 def test_review_is_updated_in_place_and_statuses_are_kept(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
+    store = open_store(tmp_path, clock=SYSTEM_CLOCK)
     store.save_review(proposal="tune", model="iris", commit="c1", body="first")
     store.save_review(proposal="tune", model="iris", commit="c1", state="failure", description="gate")
     review = store.save_review(proposal="tune", model="iris", commit="c1", body="second")
@@ -25,7 +26,7 @@ def test_review_is_updated_in_place_and_statuses_are_kept(tmp_path: Path) -> Non
 
 
 def test_a_run_records_the_run_it_reused(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
+    store = open_store(tmp_path, clock=SYSTEM_CLOCK)
     first = store.create_run(model="iris", ref="a", commit="c1", cache_key="k", status="succeeded")
     second = store.create_run(
         model="iris", ref="b", commit="c2", cache_key="k", status="succeeded", reused_from=first.id

@@ -17,11 +17,12 @@ from sqlalchemy import text
 
 from controller.backends.store import SchemaTooNew, open_store, state_url
 from controller.backends.store.sql import SqlStore, alembic_config, schema_revision
+from controller.clock import SYSTEM_CLOCK
 
 
 def test_default_location_is_dot_flywheel_in_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    store = open_store()
+    store = open_store(None, clock=SYSTEM_CLOCK)
     try:
         assert (tmp_path / ".flywheel" / "state.db").is_file()
     finally:
@@ -30,7 +31,7 @@ def test_default_location_is_dot_flywheel_in_cwd(tmp_path: Path, monkeypatch: py
 
 def test_directory_location_gets_state_db(tmp_path: Path) -> None:
     target = tmp_path / "nested" / "state-dir"
-    store = open_store(target)
+    store = open_store(target, clock=SYSTEM_CLOCK)
     try:
         assert (target / "state.db").is_file()
     finally:
@@ -41,7 +42,7 @@ def test_directory_location_gets_state_db(tmp_path: Path) -> None:
 def test_url_is_used_as_is(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'custom.sqlite'}"
     assert state_url(url) == url
-    store = open_store(url)
+    store = open_store(url, clock=SYSTEM_CLOCK)
     try:
         assert (tmp_path / "custom.sqlite").is_file()
     finally:
@@ -49,7 +50,7 @@ def test_url_is_used_as_is(tmp_path: Path) -> None:
 
 
 def test_every_connection_is_wal_with_foreign_keys(tmp_path: Path) -> None:
-    store = SqlStore(state_url(tmp_path))
+    store = SqlStore(state_url(tmp_path), clock=SYSTEM_CLOCK)
     try:
         first, second = store.engine.raw_connection(), store.engine.raw_connection()  # two pooled connections
         try:
@@ -71,14 +72,14 @@ def test_every_connection_is_wal_with_foreign_keys(tmp_path: Path) -> None:
 
 
 def test_migrations_create_the_schema_and_reopening_is_idempotent(tmp_path: Path) -> None:
-    store = SqlStore(state_url(tmp_path))
+    store = SqlStore(state_url(tmp_path), clock=SYSTEM_CLOCK)
     store.set_meta("kept", "yes")
     revision = schema_revision(store.engine)
     store.close()
     heads = ScriptDirectory.from_config(alembic_config()).get_heads()
     assert revision == tuple(heads) and len(heads) == 1
 
-    again = SqlStore(state_url(tmp_path))
+    again = SqlStore(state_url(tmp_path), clock=SYSTEM_CLOCK)
     try:
         assert schema_revision(again.engine) == revision
         assert again.get_meta("kept") == "yes"
@@ -101,17 +102,17 @@ def test_migrations_create_the_schema_and_reopening_is_idempotent(tmp_path: Path
 
 
 def test_a_newer_schema_than_the_code_knows_is_refused(tmp_path: Path) -> None:
-    store = SqlStore(state_url(tmp_path))
+    store = SqlStore(state_url(tmp_path), clock=SYSTEM_CLOCK)
     with store.engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     store.close()
 
     with pytest.raises(SchemaTooNew, match=r"9999.*newer than this Flywheel knows"):
-        open_store(tmp_path)
+        open_store(tmp_path, clock=SYSTEM_CLOCK)
 
 
 def test_in_memory_store_for_single_threaded_use() -> None:
-    store = open_store("sqlite://")
+    store = open_store("sqlite://", clock=SYSTEM_CLOCK)
     try:
         assert store.put_event(source="timer", delivery_id="t1", kind="schedule", payload={})
         assert not store.put_event(source="timer", delivery_id="t1", kind="schedule", payload={})

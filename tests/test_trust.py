@@ -20,6 +20,7 @@ import pytest
 
 from controller.backends.forge.github import GitHubForge
 from controller.backends.store import Store, open_store
+from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
 from controller.engine.comments import handle_comment
 from controller.engine.trust import (
@@ -44,7 +45,7 @@ def catalog() -> Catalog:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(tmp_path / "state")
+    opened = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     yield opened
     opened.close()
 
@@ -59,7 +60,7 @@ def comment(store: Store, catalog: Catalog, body: str, *, login: str, number: in
         issue_comment_event(body, login=login, number=number),
         store=store,
         catalog=lambda: catalog,
-        commands=Commands(store=store, catalog=lambda: catalog),
+        commands=Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK),
         forge=GitHubForge(store, "octo-org/models"),
     )
     return [r.ok for r in outcome.results]

@@ -27,6 +27,7 @@ import uvicorn
 from starlette.testclient import TestClient
 
 from controller.backends.store import Store, open_store
+from controller.clock import SYSTEM_CLOCK
 from webhooks.app import GITHUB_HOOK_PATH, create_app
 from webhooks.github import HANDLED_EVENTS, sign, verify_signature
 from webhooks.settings import (
@@ -82,7 +83,7 @@ def state(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def store(state: Path) -> Iterator[Store]:
-    opened = open_store(state)
+    opened = open_store(state, clock=SYSTEM_CLOCK)
     yield opened
     opened.close()
 

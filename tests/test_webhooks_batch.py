@@ -34,6 +34,7 @@ from starlette.testclient import TestClient
 
 import webhooks.app
 from controller.backends.store import Store, open_store
+from controller.clock import SYSTEM_CLOCK
 from webhooks.app import GITHUB_HOOK_PATH, create_app
 from webhooks.github import sign
 from webhooks.settings import WebhookSettings
@@ -97,7 +98,7 @@ def state(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def gated(state: Path) -> Iterator[_GatedStore]:
-    store = open_store(state)
+    store = open_store(state, clock=SYSTEM_CLOCK)
     yield _GatedStore(store)
     store.close()
 
@@ -167,7 +168,7 @@ def test_the_writer_thread_ends_when_idle_and_starts_again(
     state: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(webhooks.app, "_WRITER_IDLE_SECONDS", 0.05)
-    store = open_store(state)
+    store = open_store(state, clock=SYSTEM_CLOCK)
     app = create_app(WebhookSettings(github_secrets=(SECRET,)), store)
 
     others = {t for t in threading.enumerate() if t.name == "flywheel-inbox-writer"}  # earlier tests' apps
@@ -195,7 +196,7 @@ def test_the_writer_thread_ends_when_idle_and_starts_again(
 
 
 def test_the_stored_payload_is_the_verified_body_or_reads_back_the_same(state: Path) -> None:
-    store = open_store(state)
+    store = open_store(state, clock=SYSTEM_CLOCK)
     client = TestClient(create_app(WebhookSettings(github_secrets=(SECRET,)), store))
     pretty = '{\n  "ref": "refs/heads/main",\n  "note": "café ✓",\n  "n": 1.50,\n  "ref": "refs/heads/x"\n}'
     bodies = {
@@ -219,7 +220,7 @@ def test_the_stored_payload_is_the_verified_body_or_reads_back_the_same(state: P
     assert {delivery: json.loads(text) for delivery, text in stored.items()} == dict.fromkeys(
         bodies, expected
     )
-    reopened = open_store(state)
+    reopened = open_store(state, clock=SYSTEM_CLOCK)
     try:
         assert reopened.get_event(1).payload == expected
     finally:

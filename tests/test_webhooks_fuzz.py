@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from controller.backends.store import open_store
+from controller.clock import SYSTEM_CLOCK
 from webhooks.app import GITHUB_HOOK_PATH, create_app
 from webhooks.github import sign, verify_signature
 from webhooks.settings import WebhookSettings
@@ -122,7 +123,7 @@ def _rows(state: Path) -> int:
 def test_no_request_gets_5xx_and_unsigned_ones_change_nothing() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
-        store = open_store(state)
+        store = open_store(state, clock=SYSTEM_CLOCK)
         client = TestClient(
             create_app(WebhookSettings(github_secrets=(SECRET,), max_body_bytes=LIMIT), store)
         )

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from controller.cli.options import parse_duration, state_dir_option
+from controller.clock import SYSTEM_CLOCK
 
 
 @click.group()
@@ -20,7 +21,7 @@ def list_entries(state_dir: Path) -> None:
     """List the cached results: key, model, run, age, size on disk."""
     from controller.engine.cache import cache_entries
 
-    entries = cache_entries(state_dir)
+    entries = cache_entries(state_dir, clock=SYSTEM_CLOCK)
     if not entries:
         click.echo("cache is empty")
         return
@@ -44,7 +45,9 @@ def prune(older_than: str, dry_run: bool, state_dir: Path) -> None:
     """
     from controller.engine.cache import prune_cache
 
-    removed = prune_cache(state_dir, older_than_seconds=parse_duration(older_than), dry_run=dry_run)
+    removed = prune_cache(
+        state_dir, older_than_seconds=parse_duration(older_than), clock=SYSTEM_CLOCK, dry_run=dry_run
+    )
     verb = "would remove" if dry_run else "removed"
     total = sum(item.bytes for item in removed)
     click.echo(f"{verb} {len(removed)} entries, {_size(total)}")

@@ -9,12 +9,13 @@ from pathlib import Path
 import click
 
 from controller.cli.options import state_dir_option
+from controller.clock import SYSTEM_CLOCK
 
 
 def _open(state_dir: Path):  # type: ignore[no-untyped-def]
     from controller.backends.store import open_store
 
-    return open_store(state_dir)
+    return open_store(state_dir, clock=SYSTEM_CLOCK)
 
 
 def _when(value: datetime | None) -> str:
@@ -31,7 +32,7 @@ def models(state_dir: Path) -> None:
         if not names:
             click.echo("no model versions registered yet")
             return
-        now = datetime.now(UTC)
+        now = SYSTEM_CLOCK.now()
         click.echo(f"{'MODEL':<20} {'LATEST':<8} {'ROLLOUT':<28} SERVING")
         for name in names:
             latest = store.latest_version(name)

@@ -23,8 +23,9 @@ def show(branch: str, model: str | None, status_only: bool, state_dir: Path) -> 
     """Print the review report of BRANCH (each model it changes), as it would appear on a pull request."""
     from controller.backends.forge.local import LocalForge
     from controller.backends.store import open_store
+    from controller.clock import SYSTEM_CLOCK
 
-    store = open_store(state_dir)
+    store = open_store(state_dir, clock=SYSTEM_CLOCK)
     try:
         reviews = LocalForge(store).reviews(branch, model=model)
     finally:

@@ -40,6 +40,7 @@ def _with_commands(
 ) -> None:
     from controller.backends.git import GitError, Repository
     from controller.backends.store import open_store
+    from controller.clock import SYSTEM_CLOCK
 
     try:
         repository = Repository.open(repo, mirror_root=state_dir / "mirrors")
@@ -47,9 +48,11 @@ def _with_commands(
         repository.resolve(release)
     except GitError as exc:
         raise click.ClickException(str(exc)) from exc
-    store = open_store(state_dir)
+    store = open_store(state_dir, clock=SYSTEM_CLOCK)
     try:
-        commands = Commands(store=store, catalog=lambda: repository.catalog(repository.resolve(release)))
+        commands = Commands(
+            store=store, catalog=lambda: repository.catalog(repository.resolve(release)), clock=SYSTEM_CLOCK
+        )
         outcome = act(commands)
     finally:
         store.close()

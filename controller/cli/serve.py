@@ -63,8 +63,8 @@ def serve(
     controller = build_controller(settings)
     attach_github_events(controller)
     # The web service gets its own store connection; it is called from uvicorn's worker threads.
-    web_store = open_store(settings.state_dir)
-    web_commands = Commands(store=web_store, catalog=controller.main_catalog)
+    web_store = open_store(settings.state_dir, clock=controller.clock)
+    web_commands = Commands(store=web_store, catalog=controller.main_catalog, clock=controller.clock)
     app = create_app(webhook_settings, web_store, commands=web_commands)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, name="webhooks", daemon=True)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from controller.backends.store import Store, open_store
+from controller.clock import Clock
 
 VENV_PREFIX = "env-"
 
@@ -37,8 +38,8 @@ class Removed:
     bytes: int
 
 
-def cache_entries(state_dir: Path) -> list[CacheEntry]:
-    store = open_store(state_dir)
+def cache_entries(state_dir: Path, *, clock: Clock) -> list[CacheEntry]:
+    store = open_store(state_dir, clock=clock)
     try:
         return _entries(store, state_dir)
     finally:
@@ -55,10 +56,12 @@ def _entries(store: Store, state_dir: Path) -> list[CacheEntry]:
     return entries
 
 
-def prune_cache(state_dir: Path, *, older_than_seconds: float, dry_run: bool = False) -> list[Removed]:
-    """Remove results and virtualenvs last used more than ``older_than_seconds`` ago."""
-    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
-    store = open_store(state_dir)
+def prune_cache(
+    state_dir: Path, *, older_than_seconds: float, clock: Clock, dry_run: bool = False
+) -> list[Removed]:
+    """Remove results and virtualenvs last used more than ``older_than_seconds`` before ``clock``'s now."""
+    cutoff = clock.now() - timedelta(seconds=older_than_seconds)
+    store = open_store(state_dir, clock=clock)
     try:
         kept_runs = {v.run_id for m in store.list_models() for v in store.list_versions(m)}
         recent_envs = {

@@ -26,10 +26,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Literal
 
 from controller.backends.store import Conflict, RolloutChanges, RolloutRecord, Store
+from controller.clock import Clock
 from controller.engine.approvals import (
     Channel,
     approval_state,
@@ -98,7 +98,7 @@ class Commands:
         *,
         store: Store,
         catalog: Callable[[], Catalog],
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Clock,
     ) -> None:
         self.store = store
         self.catalog = catalog
@@ -150,7 +150,7 @@ class Commands:
                 actor, decision, model, user, "no_gate", why, version=rollout.version, env=env
             )
         rule_policy, rule = found
-        now = self.clock()
+        now = self.clock.now()
         existing = self.store.approvals_for(model=model, version=rollout.version, environment=env)
         author = rollout.detail.get("author")
         check = check_approval(
@@ -235,7 +235,7 @@ class Commands:
             )
         if model not in catalog.models and not self.store.list_versions(model):
             return self._refuse(actor, command, model, user, "unknown_model", f"there is no model {model!r}.")
-        now = self.clock()
+        now = self.clock.now()
         active = self._active(model)
         if active is None:
             if command != "rollback":

@@ -22,7 +22,7 @@ import logging
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from controller.backends.delivery import DeliveryError, Sender
 from controller.backends.store import Store
@@ -53,7 +53,7 @@ def deliver_due(
     store: Store,
     senders: Mapping[str, Sender],
     *,
-    now: datetime | None = None,
+    now: datetime,
     limit: int = 100,
 ) -> DeliveryStats:
     """Send every due message whose destination has a sender; record each outcome in the store.
@@ -62,7 +62,7 @@ def deliver_due(
     process (the webhook service and the controller may share a store).
     """
     stats = DeliveryStats()
-    when = now or datetime.now(UTC)
+    when = now
     for message in store.due_messages(now=when, limit=limit):
         sender = senders.get(message.destination)
         if sender is None or message.destination in stats.deferred:

@@ -18,10 +18,9 @@ import hashlib
 import logging
 import os
 import shutil
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from controller.backends import data as data_inputs
@@ -37,6 +36,7 @@ from controller.backends.pipelines import (
 )
 from controller.backends.store import ModelVersion, Run, Store
 from controller.backends.store import StepResult as StoredStep
+from controller.clock import Clock
 from controller.engine.gates import GateResult, evaluate_gates, failed_gates
 from controller.engine.identity import RunInputs, pipeline_identity
 from controller.engine.plan import (
@@ -106,7 +106,7 @@ class ProposalReconciler:
         work_dir: Path,
         release_branch: str | None = None,
         max_active_runs: int = 2,
-        clock: Callable[[], float] = time.time,
+        clock: Clock,
         on_release: ReleaseHook | None = None,
         admit: Callable[[str, str], tuple[bool, str]] | None = None,
         heads: Callable[[], dict[str, str]] | None = None,
@@ -433,14 +433,14 @@ class ProposalReconciler:
             extra={"proposal": run.ref, "model": model.name, "run": run.id},
         )
         handle = runner.start(request)
-        self._active[run.id] = _Active(run.id, model, run.ref, run.commit, handle, self.clock())
-        run = self.store.update_run(run.id, status="running", started_at=_now())
+        self._active[run.id] = _Active(run.id, model, run.ref, run.commit, handle, self.clock.monotonic())
+        run = self.store.update_run(run.id, status="running", started_at=self._now())
         self._audit("run.started", run, detail={"cache_key": run.cache_key, "runner": runner_name})
         self._publish(run, model, main_catalog, outcome="running", summary_line="Training…")
         self._set_status(run, "pending", "training")
 
     def _fail_to_start(self, run: Run, model: Model, main_catalog: Catalog, why: str) -> None:
-        run = self.store.update_run(run.id, status="error", error=why, finished_at=_now())
+        run = self.store.update_run(run.id, status="error", error=why, finished_at=self._now())
         self._audit("run.finished", run, detail={"status": "error", "error": why})
         self._publish(run, model, main_catalog, outcome="error", summary_line=why)
         self._set_status(run, "error", why)
@@ -450,7 +450,7 @@ class ProposalReconciler:
         if active is not None:
             active.handle.cancel()
         run = self.store.update_run(
-            action.run_id, status="cancelled", error=action.reason, finished_at=_now()
+            action.run_id, status="cancelled", error=action.reason, finished_at=self._now()
         )
         self._audit("run.cancelled", run, detail={"reason": action.reason})
         log.info("cancelled run %s of %s: %s", run.id, run.model, action.reason)
@@ -459,7 +459,7 @@ class ProposalReconciler:
     def _reuse(self, action: ReuseRun, main_catalog: Catalog) -> int:
         source = self.store.get_run(action.source_run)
         model = self.repository.catalog(action.commit).models[action.model]
-        now = _now()
+        now = self._now()
         with self.store.transaction():
             run = self.store.create_run(
                 model=action.model,
@@ -502,7 +502,7 @@ class ProposalReconciler:
                 trigger=TRIGGER,
                 status="error",
             )
-            run = self.store.update_run(run.id, error="\n".join(errors), finished_at=_now())
+            run = self.store.update_run(run.id, error="\n".join(errors), finished_at=self._now())
             self._audit("run.spec_errors", run, detail={"errors": errors})
         body = render_report(
             ReviewReport(
@@ -549,7 +549,7 @@ class ProposalReconciler:
 
     def progress(self) -> list[tuple[str, str, str, float]]:
         """(proposal, model, current step, elapsed seconds) of every active run."""
-        now = self.clock()
+        now = self.clock.monotonic()
         return [
             (a.ref, a.model.name, self._current_step.get(a.run_id, ""), now - a.started)
             for a in self._active.values()
@@ -564,7 +564,7 @@ class ProposalReconciler:
 
     def _finish(self, active: _Active, result: RunResult, main_catalog: Catalog) -> Finished:
         if result.status == "cancelled":
-            run = self.store.update_run(active.run_id, status="cancelled", finished_at=_now())
+            run = self.store.update_run(active.run_id, status="cancelled", finished_at=self._now())
             return Finished(run.id, run.model, run.ref, "error", "cancelled")
         steps = {
             step.name: StoredStep(
@@ -585,7 +585,7 @@ class ProposalReconciler:
             environment_hash=result.environment_hash or self.store.get_run(active.run_id).environment_hash,
             artifact_path=str(model_dir) if digest else None,
             artifact_digest=digest,
-            finished_at=_now(),
+            finished_at=self._now(),
             error=result.error or None,
         )
         return self._judge_and_report(run, active.model, main_catalog, result=result)
@@ -705,6 +705,9 @@ class ProposalReconciler:
 
     # ------------------------------------------------------------- helpers
 
+    def _now(self) -> datetime:
+        return self.clock.now()
+
     def _main_catalog(self) -> Catalog:
         return self.repository.catalog(self.repository.resolve(self.release_branch))
 
@@ -717,7 +720,7 @@ class ProposalReconciler:
         return None
 
     def _production_version(self, model: Model, main_catalog: Catalog) -> ModelVersion | None:
-        return production_version(self.store, model, main_catalog)
+        return production_version(self.store, model, main_catalog, at=self._now())
 
     def _on_step_event(self, event: StepEvent) -> None:
         if event.kind == "started":
@@ -760,12 +763,12 @@ def production_environment(model: Model, catalog: Catalog) -> str | None:
     return model.rollout.stages[-1].environment if model.rollout.stages else None
 
 
-def production_version(store: Store, model: Model, catalog: Catalog) -> ModelVersion | None:
-    """The version that takes most of the production environment's traffic now, if any."""
+def production_version(store: Store, model: Model, catalog: Catalog, *, at: datetime) -> ModelVersion | None:
+    """The version that takes most of the production environment's traffic at ``at``, if any."""
     environment = production_environment(model, catalog)
     if environment is None:
         return None
-    served = store.served_at(environment=environment, model=model.name, at=_now())
+    served = store.served_at(environment=environment, model=model.name, at=at)
     live = [(weight, version) for version, weight in served if weight > 0]
     return store.get_version(model.name, max(live)[1]) if live else None
 
@@ -818,6 +821,3 @@ def _digest_dir(path: Path) -> str | None:
         digest.update(hashlib.sha256(file.read_bytes()).digest())
     return "sha256:" + digest.hexdigest()
 
-
-def _now() -> datetime:
-    return datetime.now(UTC)

@@ -58,7 +58,7 @@ class Registrar:
                 "run %s of %s succeeded without a model artifact; nothing to register", run.id, run.model
             )
             return None
-        baseline = production_version(self.store, model, self.catalog())
+        baseline = production_version(self.store, model, self.catalog(), at=self.rollouts.clock.now())
         known = any(v.run_id == run.id for v in self.store.list_versions(run.model))
         version = self.store.register_version(
             model=run.model,

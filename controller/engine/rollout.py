@@ -43,7 +43,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from controller.backends.metrics import Measurement, MetricsSource
@@ -56,6 +56,7 @@ from controller.backends.store import (
     RolloutRecord,
     Store,
 )
+from controller.clock import Clock
 from controller.engine.analysis import AnalysisRun, Decision, RoundVerdict, evaluate_round, judge
 from controller.engine.approvals import approval_state
 from controller.engine.commands import policy_with_rule
@@ -101,7 +102,7 @@ class RolloutEngine:
         metrics: Callable[[Environment], MetricsSource],
         catalog: Callable[[], Catalog],
         served_version: Callable[[ModelVersion, Model], ServedVersion],
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Clock,
     ) -> None:
         self.store = store
         self.serving = serving
@@ -723,7 +724,7 @@ class RolloutEngine:
         queue_event(self.store, model, event)
 
     def _now(self) -> datetime:
-        return self.clock()
+        return self.clock.now()
 
 
 def _time(value: object) -> datetime | None:

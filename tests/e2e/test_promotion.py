@@ -28,6 +28,7 @@ from controller.backends.serving import inference_request
 from controller.backends.serving.local import default_venv_root
 from controller.backends.serving.server import free_port, is_alive
 from controller.backends.store import RolloutRecord, open_store
+from controller.clock import SYSTEM_CLOCK
 from controller.demo import DEMO_ROLLOUT, DemoOptions, run_demo
 from controller.scaffold import scaffold
 from tests.gitrepo import GitRepo
@@ -47,7 +48,7 @@ def test_demo_reaches_production_and_cleans_up(tmp_path: Path) -> None:
     assert "Review report on tune-regularisation (success)" in output
     assert "reused run" in output  # v2 is the proposal's run: what was reviewed ships
     assert "refused" in output and "carol approved iris v2 for production" in output
-    store = open_store(tmp_path / "demo" / "state")
+    store = open_store(tmp_path / "demo" / "state", clock=SYSTEM_CLOCK)
     try:
         rollouts = {r.version: r for r in store.rollouts_for("iris")}
         assert rollouts[2].state == "succeeded"
@@ -121,7 +122,7 @@ def test_kill_9_mid_canary_resumes_the_same_step_without_repeating(tmp_path: Pat
         for handle in handles:
             handle.close()
 
-    store = open_store(state)
+    store = open_store(state, clock=SYSTEM_CLOCK)
     try:
         deployed = [e for e in store.audit(model="iris") if e.action == "rollout.deployed" and e.version == 2]
         assert [e.environment for e in deployed] == ["staging", "production"]  # once each, never again
@@ -168,7 +169,7 @@ def _cli(repo: GitRepo, state: Path, *args: str) -> str:
 
 
 def _rollouts(state: Path) -> dict[int, RolloutRecord]:
-    store = open_store(state)
+    store = open_store(state, clock=SYSTEM_CLOCK)
     try:
         return {r.version: r for r in store.rollouts_for("iris")}
     finally:

@@ -25,6 +25,7 @@ from controller.backends.git import Repository
 from controller.backends.pipelines.local import LocalRunner
 from controller.backends.store import Store, open_store
 from controller.cli import main
+from controller.clock import SYSTEM_CLOCK
 from controller.engine.proposals import ProposalReconciler
 from tests.gitrepo import GitRepo
 
@@ -47,7 +48,7 @@ def repo(tmp_path: Path) -> GitRepo:
 
 def _seed_production(state: Path, *, accuracy: float) -> None:
     """Put a version of iris in production, as a promotion would have."""
-    store = open_store(state)
+    store = open_store(state, clock=SYSTEM_CLOCK)
     run = store.create_run(model="iris", ref="main", commit="0" * 40, cache_key="seed", status="succeeded")
     artifact = state / "seed-artifact"
     artifact.mkdir(parents=True, exist_ok=True)
@@ -101,7 +102,7 @@ def test_param_change_is_trained_compared_with_production_then_cached(
     assert "| ✓ | `accuracy` | regression ≤ 0.02 |" in report
     assert first[:10] in report
 
-    store = open_store(state)
+    store = open_store(state, clock=SYSTEM_CLOCK)
     (trained,) = store.list_runs(model="iris", ref="tune-c")
     assert trained.status == "succeeded" and trained.reused_from is None
     assert trained.artifact_digest and Path(trained.artifact_path or "").joinpath("model.joblib").is_file()
@@ -118,7 +119,7 @@ def test_param_change_is_trained_compared_with_production_then_cached(
     report = _review(state, "tune-c")
     assert second[:10] in report and "Cache hit" in report
     assert sorted(p.name for p in (state / "runs").iterdir()) == runs_before  # nothing ran
-    store = open_store(state)
+    store = open_store(state, clock=SYSTEM_CLOCK)
     latest = store.latest_run(model="iris", ref="tune-c")
     assert latest is not None and latest.commit == second and latest.reused_from == trained.id
     store.close()
@@ -182,14 +183,14 @@ def test_bad_spec_is_reported_located_and_other_models_still_train(
 
 @pytest.fixture
 def reconciler_parts(repo: GitRepo, tmp_path: Path) -> Iterator[tuple[ProposalReconciler, Store, FakeForge]]:
-    store = open_store(tmp_path / "state")
+    store = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     forge = FakeForge()
     reconciler = ProposalReconciler(
         repository=Repository.open(str(repo.path), mirror_root=tmp_path / "mirrors"),
         store=store,
         forge=forge,
         runners={"local": LocalRunner(kill_grace_seconds=1.0)},  # the test's own environment: fast
-        work_dir=tmp_path / "state",
+        work_dir=tmp_path / "state", clock=SYSTEM_CLOCK
     )
     yield reconciler, store, forge
     reconciler.shutdown()

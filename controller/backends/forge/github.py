@@ -36,10 +36,8 @@ import json
 import logging
 import os
 import re
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +48,7 @@ from github.Repository import Repository
 from controller.backends.delivery import DeliveryError
 from controller.backends.forge import CommitState, ReviewTarget
 from controller.backends.store import OutboxMessage, Store
+from controller.clock import Clock
 
 __all__ = [
     "DESTINATION",
@@ -340,7 +339,7 @@ class GitHubSender:
         checks: CheckMode = "check-runs",
         seconds_between_requests: float | None = Consts.DEFAULT_SECONDS_BETWEEN_REQUESTS,
         seconds_between_writes: float | None = Consts.DEFAULT_SECONDS_BETWEEN_WRITES,
-        clock: Callable[[], float] = time.time,
+        clock: Clock,
     ) -> None:
         self._store = store
         self._checks = checks
@@ -384,7 +383,7 @@ class GitHubSender:
             else:
                 raise DeliveryError(f"unknown GitHub message kind {kind!r}", permanent=True)
         except GithubException as exc:
-            raise delivery_error(exc, now=self._clock()) from exc
+            raise delivery_error(exc, now=self._clock.timestamp()) from exc
         except requests.RequestException as exc:
             raise DeliveryError(f"GitHub unreachable: {type(exc).__name__}: {exc}") from exc
 
@@ -450,7 +449,7 @@ class GitHubSender:
         else:
             fields["status"] = "completed"
             fields["conclusion"] = "success" if state == "success" else "failure"
-            fields["completed_at"] = datetime.fromtimestamp(self._clock(), UTC)
+            fields["completed_at"] = self._clock.now()
         meta_key = f"github:check:{repo.full_name}:{sha}:{model}"
         known = self._store.get_meta(meta_key)
         check_id = int(known) if known and known.isdigit() else None
@@ -511,7 +510,8 @@ class GitHubSender:
                 if comment.body != body:
                     comment.edit(body)
             except GithubException as exc:
-                if exc.status != 403 or delivery_error(exc, now=self._clock()).retry_after is not None:
+                limited = delivery_error(exc, now=self._clock.timestamp()).retry_after is not None
+                if exc.status != 403 or limited:
                     raise
                 continue  # 403 and no rate limit: someone else's comment that copied the marker
             self._store.set_meta(meta_key, str(comment.id))

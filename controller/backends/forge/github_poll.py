@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -56,6 +54,7 @@ from controller.backends.forge.github import (
     pull_request_meta_key,
 )
 from controller.backends.store import JSONObject, Store
+from controller.clock import Clock
 
 __all__ = ["COMMENTS_SINCE_KEY", "LISTENING_SINCE_KEY", "SOURCE", "GitHubPoller"]
 
@@ -82,7 +81,7 @@ class GitHubPoller:
         base_url: str = DEFAULT_API_URL,
         timeout: int = 15,
         interval_seconds: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock,
     ) -> None:
         self._store = store
         self._api_url = base_url.rstrip("/")
@@ -116,7 +115,7 @@ class GitHubPoller:
 
         A failure is logged, never raised: the next poll reads what this one could not.
         """
-        now = self._clock()
+        now = self._clock.monotonic()
         if now < self._next:
             return 0
         try:
@@ -125,7 +124,7 @@ class GitHubPoller:
             self._failures += 1
             wait = min(self.interval_seconds * 2 ** min(self._failures, 10), MAX_BACKOFF_SECONDS)
             if isinstance(exc, GithubException):
-                retry_after = delivery_error(exc, now=time.time()).retry_after
+                retry_after = delivery_error(exc, now=self._clock.timestamp()).retry_after
                 wait = max(wait, retry_after or 0.0)
             self._next = now + wait
             log.warning("polling GitHub failed (%s); next try in %.0fs", _describe(exc), wait)
@@ -190,7 +189,7 @@ class GitHubPoller:
         listening = self._store.get_meta(LISTENING_SINCE_KEY)
         cursor = self._store.get_meta(COMMENTS_SINCE_KEY)
         if listening is None or cursor is None:  # the first poll: what was said before is history
-            now = _timestamp(datetime.now(UTC))
+            now = _timestamp(self._clock.now())
             with self._store.transaction():
                 self._store.set_meta(LISTENING_SINCE_KEY, now)
                 self._store.set_meta(COMMENTS_SINCE_KEY, now)

@@ -16,7 +16,9 @@ one), which behaves exactly like production, constraints and all.
 Conventions:
 
 * Every time is a timezone-aware UTC :class:`~datetime.datetime`; naive ones
-  are refused. A method that records "now" uses the store's clock.
+  are refused. A method that records "now" uses the store's clock, the
+  :class:`~controller.clock.Clock` it was opened with (never the machine's
+  own: one clock for the whole controller).
 * Every method taking more than the record's id is keyword-only.
 * Every single method is atomic. :meth:`Store.transaction` groups several
   calls into one transaction (all or nothing).
@@ -32,6 +34,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypedDict, Unpack
+
+from controller.clock import Clock
 
 __all__ = [
     "DEFAULT_STATE_DIR",
@@ -616,8 +620,11 @@ def state_url(location: str | Path | None = None) -> str:
     return f"sqlite:///{path.resolve()}"
 
 
-def open_store(location: str | Path | None = None) -> Store:
-    """Open (creating and migrating as needed) the store at ``location``; see :func:`state_url`."""
+def open_store(location: str | Path | None, *, clock: Clock) -> Store:
+    """Open (creating and migrating as needed) the store at ``location``; see :func:`state_url`.
+
+    ``clock`` stamps every "now" the store records (received, created, due, sent).
+    """
     from controller.backends.store.sql import SqlStore
 
-    return SqlStore(state_url(location))
+    return SqlStore(state_url(location), clock=clock)

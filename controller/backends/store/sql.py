@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
@@ -84,14 +84,11 @@ from controller.backends.store import (
     ServingRecord,
     StepResult,
 )
+from controller.clock import Clock
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 DEFAULT_BUSY_TIMEOUT_MS = 10_000
 _READ_ONLY = "flywheel_read_only"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _aware(value: datetime, name: str) -> datetime:
@@ -461,7 +458,7 @@ class SqlStore:
         self,
         url: str,
         *,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Clock,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
     ) -> None:
         self._engine = build_engine(url, busy_timeout_ms=busy_timeout_ms)
@@ -497,7 +494,7 @@ class SqlStore:
         self.close()
 
     def _now(self) -> datetime:
-        return _aware(self._clock(), "clock()")
+        return _aware(self._clock.now(), "clock.now()")
 
     # ------------------------------------------------------- transactions
 
@@ -1428,5 +1425,4 @@ __all__ = [
     "metadata",
     "migrate",
     "schema_revision",
-    "utcnow",
 ]
