@@ -37,7 +37,7 @@ from controller.backends.serving import ServedVersion, ServingBackend
 from controller.backends.serving.local import LocalServing
 from controller.backends.store import InboxEvent, ModelVersion, Run, Store, open_store
 from controller.clock import SYSTEM_CLOCK, Clock
-from controller.engine.commands import ROLLBACK_EVENT, Commands
+from controller.engine.commands import ROLLBACK_EVENT, Commands, Watched, record_watched, repository_location
 from controller.engine.notices import NotifierSender
 from controller.engine.outbox import Sender, deliver_due
 from controller.engine.proposals import ProposalReconciler
@@ -155,6 +155,8 @@ def build_controller(
     runners: dict[str, PipelineRunner] = {"local": LocalRunner(venvs=venvs)}
     serving_backend = serving or LocalServing(state_dir / "serving", venvs=venvs)
     release_branch = settings.release_branch or repository.default_branch
+    watching = Watched(repository=repository_location(settings.repo), release_branch=release_branch)
+    record_watched(store, watching)
 
     def main_catalog() -> Catalog:
         return repository.catalog(repository.resolve(release_branch))

@@ -143,6 +143,14 @@ def _check(
         ("slack", "U0DAVE002", "dave"),
         ("slack", "u0dave002", None),  # Slack ids are exact
         ("slack", "U0NOBODY0", None),
+        # look-alikes are nobody: identities match character for character
+        ("cli", "carol\xa0", None),
+        ("cli", " carol", None),
+        ("cli", "carol\u200b", None),
+        ("slack", "U0DAVE002 ", None),
+        ("github", "carol-biz ", None),
+        ("github", "carol-b\u0131z", None),  # dotless i: no Unicode case folding onto a login
+        ("github", "Carol-Biz\u212a", None),  # Kelvin sign, which casefold() turns into "k"
     ],
 )
 def test_resolve_user_per_channel(channel: str, name: str, user: str | None) -> None:

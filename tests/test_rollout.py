@@ -226,6 +226,44 @@ def test_approval_by_outsider_or_author_is_refused_and_audited(world: World) -> 
     assert world.store.approvals_for(model="iris", version=1, environment="production") == []
 
 
+def test_decisions_count_only_for_the_version_at_the_gate(world: World) -> None:
+    engine = world.engine()
+    _to_canary(world, engine)  # v1 serves production; v2 is in its canary there
+    commands = world.commands()
+    superseded = commands.decide(Actor("cli", "dave"), decision="approve", model="iris", version=1)
+    assert not superseded.ok and superseded.refusal == "not_at_gate"
+    assert "v2 is" in superseded.message
+    never = commands.decide(Actor("cli", "dave"), decision="approve", model="iris", version=9)
+    assert not never.ok and never.refusal == "no_rollout"
+    passed = commands.decide(
+        Actor("cli", "dave"), decision="approve", model="iris", version=2, environment="staging"
+    )
+    assert not passed.ok and passed.refusal == "no_gate" and "past staging" in passed.message
+    nowhere = commands.decide(
+        Actor("cli", "dave"), decision="approve", model="iris", version=2, environment="qa"
+    )
+    assert not nowhere.ok and nowhere.refusal == "no_gate" and "production" in nowhere.message
+    look_alike = commands.decide(Actor("cli", "dave\xa0"), decision="approve", model="iris", version=2)
+    assert not look_alike.ok and look_alike.refusal == "unmapped"
+
+    recorded = [
+        a.user
+        for number in (1, 2, 9)
+        for env in ("staging", "production", "qa")
+        for a in world.store.approvals_for(model="iris", version=number, environment=env)
+    ]
+    assert recorded == ["carol"]  # v1's own approval, from before: nothing new
+    audit = world.store.audit(model="iris")
+    refused = [e.detail["refusal"] for e in audit if e.action == "command.refused"]
+    assert refused == ["not_at_gate", "no_rollout", "no_gate", "no_gate", "unmapped"]
+    assert [e.actor for e in audit if e.action.startswith("approval.")] == ["carol"]
+    world.deliver()
+    assert [k for k in world.notifier.kinds() if k == "approved"] == ["approved"]  # v1's, once
+
+    ahead = commands.decide(Actor("cli", "dave"), decision="approve", model="iris")  # v2's gate, ahead
+    assert ahead.ok and "dave approved iris v2 for production" in ahead.message
+
+
 def test_restarted_engine_resumes_the_same_step_without_repeating_anything(world: World) -> None:
     engine = world.engine()
     _to_canary(world, engine)

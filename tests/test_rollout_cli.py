@@ -7,6 +7,7 @@ policy in ``--repo``; refusals exit non-zero with the reason and are audited.
 from __future__ import annotations
 
 import json
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from click.testing import CliRunner
 from controller.backends.store import open_store
 from controller.cli import main
 from controller.clock import SYSTEM_CLOCK
+from controller.engine.commands import Watched, record_watched
 from controller.scaffold import scaffold
 
 
@@ -42,6 +44,7 @@ def setup(tmp_path: Path) -> tuple[Path, Path]:
     store.create_rollout(
         model="iris", version=2, stages=["staging", "production"], state="gate", detail={"author": "alice"}
     )
+    record_watched(store, Watched(repository=str(repo.resolve()), release_branch="main"))  # as `run` does
     store.close()
     return repo, state
 
@@ -83,3 +86,36 @@ def test_approve_is_checked_against_mains_policy_and_audited(setup: tuple[Path, 
     assert any("alice" in line and "command.refused" in line for line in lines)
     assert any("carol" in line and "approval.approve" in line and "looks good" in line for line in lines)
     assert any("alice" in line and "command.pause" in line and "hold on" in line for line in lines)
+
+
+def test_requests_under_another_branch_or_repository_are_refused_and_audited(
+    setup: tuple[Path, Path], tmp_path: Path
+) -> None:
+    repo, state = setup
+    git = ("git", "-C", str(repo), "-c", "user.name=alice", "-c", "user.email=alice@example.com")
+    subprocess.run([*git, "checkout", "-qb", "evil-policy"], check=True)
+    policy = repo / "policies" / "default.yaml"
+    policy.write_text(policy.read_text().replace("members: [carol]", "members: [alice, carol]"))
+    subprocess.run([*git, "commit", "-qam", "alice owns the business now"], check=True)
+    elsewhere = tmp_path / "elsewhere"
+    scaffold(elsewhere)
+
+    on_state = ("--state-dir", str(state))
+    code, out = _cli("approve", "iris", "2", "--as", "alice", "--branch", "evil-policy", *on_state)
+    assert code == 1 and "refused" in out and "never evil-policy's" in out
+    code, out = _cli("approve", "iris", "2", "--as", "alice", "--repo", str(elsewhere), *on_state)
+    assert code == 1 and "not the repository the controller watches" in out
+    code, out = _cli("pause", "iris", "--as", "alice", "--branch", "evil-policy", *on_state)
+    assert code == 1 and "never evil-policy's" in out
+
+    store = open_store(state, clock=SYSTEM_CLOCK)
+    try:
+        assert store.approvals_for(model="iris", version=2, environment="production") == []
+        refusals = [e.detail["refusal"] for e in store.audit(model="iris") if e.action == "command.refused"]
+        assert refusals == ["not_release_branch", "not_watched", "not_release_branch"]
+        assert store.rollouts_for("iris")[0].paused is False
+    finally:
+        store.close()
+    # without --repo or --branch, the watched repository's main decides: alice is still no business owner
+    code, out = _cli("approve", "iris", "2", "--as", "alice", *on_state)
+    assert code == 1 and "business-owners" in out

@@ -11,21 +11,23 @@ import getpass
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NoReturn
 
 import click
 
 from controller.cli.options import state_dir_option
-from controller.engine.commands import CommandOutcome, Commands, ControlCommand
+from controller.engine.commands import Actor, CommandOutcome, Commands, ControlCommand
+from controller.specs.types import Catalog
 
 repo_option = click.option(
     "--repo",
-    default=".",
-    show_default=True,
+    default=None,
     envvar="FLYWHEEL_REPO",
-    help="The GitOps repository whose main-branch policy decides (path or URL).",
+    help="The GitOps repository (path or URL); it must be the one the controller watches (the default).",
 )
-branch_option = click.option("--branch", default=None, help="The release branch (default: the repository's).")
+branch_option = click.option(
+    "--branch", default=None, help="The release branch; it must be the controller's (the default)."
+)
 as_option = click.option(
     "--as",
     "user",
@@ -36,20 +38,48 @@ reason_option = click.option("--reason", "-m", default="", help="Why; kept in th
 
 
 def _with_commands(
-    repo: str, branch: str | None, state_dir: Path, act: Callable[[Commands], CommandOutcome]
+    repo: str | None,
+    branch: str | None,
+    state_dir: Path,
+    act: Callable[[Commands], CommandOutcome],
+    *,
+    actor: Actor,
+    command: str,
+    model: str,
 ) -> None:
+    """Run ``act`` under the policy of the release branch of the repository the controller watches.
+
+    A ``--repo`` or ``--branch`` naming anything else is refused (and audited):
+    a decision judged under another branch's policy is one the gate would
+    never count, and the audit log must not say otherwise.
+    """
     from controller.backends.git import GitError, Repository
     from controller.backends.store import open_store
     from controller.clock import SYSTEM_CLOCK
+    from controller.engine.commands import repository_location, watched
 
-    try:
-        repository = Repository.open(repo, mirror_root=state_dir / "mirrors")
-        release = branch or repository.default_branch
-        repository.resolve(release)
-    except GitError as exc:
-        raise click.ClickException(str(exc)) from exc
     store = open_store(state_dir, clock=SYSTEM_CLOCK)
     try:
+        known = watched(store)
+        if known is not None:
+            why = None
+            if repo is not None and repository_location(repo) != known.repository:
+                refusal = "not_watched"
+                why = f"{repo} is not the repository the controller watches ({known.repository})."
+            elif branch is not None and branch != known.release_branch:
+                refusal = "not_release_branch"
+                why = f"requests are judged under the policy of {known.release_branch}, never {branch}'s."
+            if why is not None:
+                unread = Commands(store=store, catalog=_no_catalog, clock=SYSTEM_CLOCK)
+                _refused(unread.refuse(actor, command=command, model=model, refusal=refusal, why=why))
+        try:
+            repository = Repository.open(
+                known.repository if known else repo or ".", mirror_root=state_dir / "mirrors"
+            )
+            release = known.release_branch if known else branch or repository.default_branch
+            repository.resolve(release)
+        except GitError as exc:
+            raise click.ClickException(str(exc)) from exc
         commands = Commands(
             store=store, catalog=lambda: repository.catalog(repository.resolve(release)), clock=SYSTEM_CLOCK
         )
@@ -57,8 +87,16 @@ def _with_commands(
     finally:
         store.close()
     if not outcome.ok:
-        raise click.ClickException(f"refused: {outcome.message}")
+        _refused(outcome)
     click.echo(outcome.message)
+
+
+def _refused(outcome: CommandOutcome) -> NoReturn:
+    raise click.ClickException(f"refused: {outcome.message}")
+
+
+def _no_catalog() -> Catalog:
+    raise RuntimeError("a refusal made before reading the repository needs no catalog")
 
 
 def _user(user: str | None) -> str:
@@ -85,8 +123,6 @@ def _decision(decision: Literal["approve", "reject"]) -> click.Command:
         branch: str | None,
         state_dir: Path,
     ) -> None:
-        from controller.engine.commands import Actor
-
         actor = Actor("cli", _user(user))
         _with_commands(
             repo,
@@ -100,6 +136,9 @@ def _decision(decision: Literal["approve", "reject"]) -> click.Command:
                 environment=environment,
                 comment=reason,
             ),
+            actor=actor,
+            command=decision,
+            model=model,
         )
 
     verb = "Approve" if decision == "approve" else "Reject"
@@ -121,11 +160,15 @@ def _control(name: ControlCommand, help_text: str) -> click.Command:
     def command(
         model: str, user: str | None, reason: str, repo: str, branch: str | None, state_dir: Path
     ) -> None:
-        from controller.engine.commands import Actor
-
         actor = Actor("cli", _user(user))
         _with_commands(
-            repo, branch, state_dir, lambda c: c.control(actor, command=name, model=model, reason=reason)
+            repo,
+            branch,
+            state_dir,
+            lambda c: c.control(actor, command=name, model=model, reason=reason),
+            actor=actor,
+            command=name,
+            model=model,
         )
 
     return command

@@ -25,6 +25,7 @@ mind rather than cast two votes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -51,6 +52,7 @@ Channel = Literal["cli", "github", "slack"]
 Refusal = Literal["unmapped", "not_in_groups", "author", "duplicate"]
 
 ANYONE = "*"
+_GITHUB_LOGIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})", re.ASCII)
 # Commands an outside identity that maps to no Flywheel user may still run,
 # when the policy opens them to "*": they read state and change nothing.
 READ_ONLY_COMMANDS: frozenset[str] = frozenset({"help", "status"})
@@ -62,13 +64,15 @@ READ_ONLY_COMMANDS: frozenset[str] = frozenset({"help", "status"})
 def resolve_user(policy: Policy, *, channel: Channel, name: str) -> str | None:
     """The Flywheel user behind ``name`` on ``channel``, or ``None`` when the policy does not know them.
 
-    ``cli``: ``name`` is the Flywheel user itself, known when it is a member of
-    a group or listed in the identities. ``github``: matched against the
-    identities' GitHub logins (case-insensitively, as GitHub does).
-    ``slack``: matched against the identities' Slack member ids (exactly).
-    ``policy`` must be main's.
+    Identities match exactly, character for character: ``'carol\xa0'`` or a
+    Slack id with a trailing space is nobody (a look-alike must never act as
+    someone). ``cli``: ``name`` is the Flywheel user itself, known when it is
+    a member of a group or listed in the identities. ``github``: matched
+    against the identities' GitHub logins, ignoring ASCII case only, as GitHub
+    does (its logins are ASCII letters, digits and hyphens, so no Unicode case
+    folding can turn a look-alike into a login). ``slack``: matched against
+    the identities' Slack member ids. ``policy`` must be main's.
     """
-    name = name.strip()
     if not name:
         return None
     if channel == "cli":
@@ -76,9 +80,11 @@ def resolve_user(policy: Policy, *, channel: Channel, name: str) -> str | None:
             return name
         return name if any(identity.user == name for identity in policy.identities) else None
     if channel == "github":
-        login = name.casefold()
+        if not _GITHUB_LOGIN.fullmatch(name):
+            return None
+        login = name.lower()
         for identity in policy.identities:
-            if identity.github is not None and identity.github.casefold() == login:
+            if identity.github is not None and identity.github.lower() == login:
                 return identity.user
         return None
     for identity in policy.identities:

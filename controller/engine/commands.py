@@ -26,6 +26,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from controller.backends.store import Conflict, RolloutChanges, RolloutRecord, Store
@@ -46,13 +47,48 @@ __all__ = [
     "CommandOutcome",
     "Commands",
     "ControlCommand",
+    "Watched",
     "main_policy",
     "policy_with_rule",
+    "record_watched",
+    "repository_location",
+    "watched",
 ]
 
 ControlCommand = Literal["pause", "resume", "abort", "promote", "rollback"]
 CONTROL_COMMANDS: tuple[ControlCommand, ...] = ("pause", "resume", "abort", "promote", "rollback")
 ROLLBACK_EVENT = "rollback"  # inbox kind of a rollback request with no active rollout
+# What the controller on this state watches, so that commands from the CLI are judged under the policy of
+# that repository's release branch and of no other (a proposal branch's policy must never decide).
+WATCHED_REPOSITORY_KEY = "controller:repository"
+RELEASE_BRANCH_KEY = "controller:release-branch"
+
+
+@dataclass(frozen=True)
+class Watched:
+    """The repository and release branch a controller on this state directory watches."""
+
+    repository: str
+    release_branch: str
+
+
+def repository_location(repo: str) -> str:
+    """``repo`` as it is compared: a URL as it is, a local path made absolute."""
+    return repo if "://" in repo or repo.startswith("git@") else str(Path(repo).resolve())
+
+
+def record_watched(store: Store, watched: Watched) -> None:
+    """Remember what the controller watches (called when a controller starts)."""
+    with store.transaction():
+        store.set_meta(WATCHED_REPOSITORY_KEY, watched.repository)
+        store.set_meta(RELEASE_BRANCH_KEY, watched.release_branch)
+
+
+def watched(store: Store) -> Watched | None:
+    """What a controller on this state watches, or ``None`` when none has run on it."""
+    repository = store.get_meta(WATCHED_REPOSITORY_KEY)
+    branch = store.get_meta(RELEASE_BRANCH_KEY)
+    return Watched(repository, branch) if repository and branch else None
 
 
 @dataclass(frozen=True)
@@ -133,19 +169,39 @@ class Commands:
             return self._refuse(
                 actor, decision, model, user, "unknown_model", f"there is no model {model!r} on main."
             )
-        rollout = self._rollout_for(model, version)
+        rollout = self._active(model)
         if rollout is None:
             what = f"{model} v{version}" if version is not None else model
-            why = f"{what} has no rollout to {decision}; name a version that is being rolled out."
+            why = f"{what} has no rollout in progress; there is no approval gate to {decision}."
             return self._refuse(actor, decision, model, user, "no_rollout", why, version=version)
-        env = environment or _gate_environment(spec, rollout)
-        if env is None:
+        if version is not None and version != rollout.version:
+            rolled_out = any(r.version == version for r in self.store.rollouts_for(model))
+            why = (
+                f"{model} v{version} is not the version being rolled out (v{rollout.version} is); "
+                f"a decision counts only for the version at the gate."
+            )
+            refusal = "not_at_gate" if rolled_out else "no_rollout"
+            return self._refuse(actor, decision, model, user, refusal, why, version=version)
+        gates = _gates_ahead(spec, rollout)
+        if not gates:
             why = f"{model} v{rollout.version} has no approval gate left; nothing to {decision}."
             return self._refuse(actor, decision, model, user, "no_gate", why, version=rollout.version)
-        rule_name = next((s.approval for s in spec.rollout.stages if s.environment == env), None)
-        found = policy_with_rule(catalog, rule_name) if rule_name else None
+        env = environment or gates[0][0]
+        rule_name = dict(gates).get(env)
+        if rule_name is None:
+            passed = env in rollout.stages[: rollout.stage_index]
+            why = (
+                f"{model} v{rollout.version} is past {env} already; nothing to {decision} there."
+                if passed
+                else f"{env} is not an approval gate of {model} v{rollout.version}'s rollout; "
+                f"its gates ahead: {', '.join(name for name, _ in gates)}."
+            )
+            return self._refuse(
+                actor, decision, model, user, "no_gate", why, version=rollout.version, env=env
+            )
+        found = policy_with_rule(catalog, rule_name)
         if found is None:
-            why = f"{env} needs no approval for {model}; nothing to {decision}."
+            why = f"the approval rule {rule_name!r} of {env} is not in main's policies; cannot {decision}."
             return self._refuse(
                 actor, decision, model, user, "no_gate", why, version=rollout.version, env=env
             )
@@ -294,18 +350,14 @@ class Commands:
             rollout_id=updated.id,
         )
 
+    def refuse(self, actor: Actor, *, command: str, model: str, refusal: str, why: str) -> CommandOutcome:
+        """Refuse a request a channel found wrong before asking (say, another branch's policy); audited."""
+        return self._refuse(actor, command, model, None, refusal, why)
+
     # -------------------------------------------------------------- helpers
 
     def _active(self, model: str) -> RolloutRecord | None:
         return next((r for r in self.store.rollouts_for(model) if r.active), None)
-
-    def _rollout_for(self, model: str, version: int | None) -> RolloutRecord | None:
-        for rollout in self.store.rollouts_for(model):
-            if version is None and rollout.active:
-                return rollout
-            if version is not None and rollout.version == version:
-                return rollout
-        return None
 
     def _update(self, rollout: RolloutRecord, changes: RolloutChanges) -> RolloutRecord:
         for _ in range(5):
@@ -375,9 +427,8 @@ def _unmapped(actor: Actor) -> str:
     return f"{actor.name} is not a known Flywheel user on {actor.channel}; ask to be added to the policy."
 
 
-def _gate_environment(model: Model, rollout: RolloutRecord) -> str | None:
-    """The first environment from the rollout's current stage on whose stage asks for an approval."""
-    for stage in model.rollout.stages:
-        if stage.environment in rollout.stages[rollout.stage_index :] and stage.approval:
-            return stage.environment
-    return None
+def _gates_ahead(model: Model, rollout: RolloutRecord) -> list[tuple[str, str]]:
+    """``(environment, approval rule)`` of the stages from the rollout's current one on that have a gate."""
+    ahead = rollout.stages[rollout.stage_index :]
+    stages = model.rollout.stages
+    return [(s.environment, s.approval) for s in stages if s.environment in ahead and s.approval]
