@@ -1,5 +1,6 @@
 """Planning a proposal head: start, reuse on a cache hit, cancel the superseded, resume the orphaned,
-and report a bad spec without blocking the other models."""
+report a bad spec without blocking the other models, and judge a finished run again (never train it
+again) when production has moved on since it was compared."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from controller.engine.plan import (
     CancelRun,
     ModelHead,
     PriorRun,
+    Rejudge,
     ReportSpecErrors,
     ResumeRun,
     ReuseRun,
@@ -73,3 +75,33 @@ def test_closing_a_proposal_cancels_only_active_runs() -> None:
         CancelRun(1, "iris", "proposal b closed"),
         CancelRun(3, "iris", "proposal b closed"),
     ]
+
+
+def _judged(status: str, compared_with: int | None) -> PriorRun:
+    return PriorRun(1, "iris", "c1", "k1", status, compared_with=compared_with)
+
+
+def test_a_finished_head_compared_with_another_production_is_judged_again() -> None:
+    head = ModelHead("iris", MODEL, cache_key="k1", latest=_judged("succeeded", 1), production=2)
+    assert plan_proposal(ref="b", commit="c1", heads=[head]) == [Rejudge(1, "iris", "b", "c1", 2)]
+    gone = ModelHead("iris", MODEL, cache_key="k1", latest=_judged("succeeded", 1), production=None)
+    assert plan_proposal(ref="b", commit="c1", heads=[gone]) == [Rejudge(1, "iris", "b", "c1", None)]
+    first = ModelHead("iris", MODEL, cache_key="k1", latest=_judged("succeeded", None), production=1)
+    assert plan_proposal(ref="b", commit="c1", heads=[first]) == [Rejudge(1, "iris", "b", "c1", 1)]
+
+
+def test_a_finished_head_compared_with_production_as_it_is_needs_nothing() -> None:
+    head = ModelHead("iris", MODEL, cache_key="k1", latest=_judged("succeeded", 2), production=2)
+    assert plan_proposal(ref="b", commit="c1", heads=[head]) == []
+    never = ModelHead("iris", MODEL, cache_key="k1", latest=_judged("succeeded", None), production=None)
+    assert plan_proposal(ref="b", commit="c1", heads=[never]) == []
+
+
+def test_only_succeeded_runs_of_the_head_on_a_proposal_are_judged_again() -> None:
+    for status in ("error", "failed", "cancelled", "queued"):
+        head = ModelHead("iris", MODEL, cache_key="k1", latest=_judged(status, 1), production=2)
+        assert not any(isinstance(a, Rejudge) for a in plan_proposal(ref="b", commit="c1", heads=[head]))
+    older = ModelHead("iris", MODEL, cache_key="k1", latest=_judged("succeeded", 1), production=2)
+    assert plan_proposal(ref="b", commit="c2", heads=[older]) == [ReuseRun("iris", "b", "c2", "k1", 1)]
+    release = ModelHead("iris", MODEL, cache_key="k1", latest=_judged("succeeded", 1), production=None)
+    assert plan_proposal(ref="main", commit="c1", heads=[release], compare=False) == []

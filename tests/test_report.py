@@ -67,3 +67,17 @@ def test_failed_step_shows_its_log_tail() -> None:
     text = render_report(_report(outcome="error", steps=steps))
     assert "ZeroDivisionError: boom" in text
     assert "errored" in text
+
+
+def test_report_names_the_production_version_it_was_compared_with() -> None:
+    text = render_report(_report())
+    assert "Compared with the version in production: `iris` **v3**." in text
+    assert "judged again" not in text
+    none = render_report(_report(baseline=None, baseline_version=None))
+    assert "No version serves production yet: change gates read *no baseline*" in none
+
+
+def test_a_report_judged_again_says_production_changed_and_nothing_was_retrained() -> None:
+    text = render_report(_report(rejudged_from="v2"))
+    assert "Compared with the version in production: `iris` **v3**." in text
+    assert "it was v2" in text and "nothing was trained again" in text

@@ -11,7 +11,9 @@ Rules, per model the proposal changes:
   the other models are planned as usual (a bad spec blocks only itself);
 - a head already planned (the latest run on this ref is at this commit) needs
   nothing, unless its run was queued or running in a controller that is gone,
-  which is resumed;
+  which is resumed, or its result was compared with another production
+  version than the one serving now, which is judged and reported again
+  against the new one (never trained again);
 - a newer head cancels the older head's run when it is still going;
 - a cache key that already has a successful run reuses it and runs nothing;
 - otherwise a run starts.
@@ -36,6 +38,7 @@ class PriorRun:
     commit: str
     cache_key: str
     status: str  # queued | running | succeeded | failed | error | cancelled
+    compared_with: int | None = None  # the production version its gates were judged against
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class ModelHead:
     errors: tuple[SpecError, ...] = ()
     latest: PriorRun | None = None  # the latest run of this model on this proposal
     reusable: PriorRun | None = None  # a successful run anywhere with the same cache key
+    production: int | None = None  # the version serving the model's production environment now
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,17 @@ class ReuseRun:
 
 
 @dataclass(frozen=True)
+class Rejudge:
+    """Judge a finished run's gates again and refresh its report: production has moved on."""
+
+    run_id: int
+    model: str
+    ref: str
+    commit: str
+    production: int | None
+
+
+@dataclass(frozen=True)
 class CancelRun:
     run_id: int
     model: str
@@ -92,19 +107,30 @@ class ReportSpecErrors:
     errors: tuple[SpecError, ...]
 
 
-Action = StartRun | ResumeRun | ReuseRun | CancelRun | ReportSpecErrors
+Action = StartRun | ResumeRun | ReuseRun | CancelRun | ReportSpecErrors | Rejudge
 
 
 def plan_proposal(
-    *, ref: str, commit: str, heads: Sequence[ModelHead], running_here: Collection[int] = ()
+    *,
+    ref: str,
+    commit: str,
+    heads: Sequence[ModelHead],
+    running_here: Collection[int] = (),
+    compare: bool = True,
 ) -> list[Action]:
-    """The actions for one proposal head; ``running_here`` has the ids of the runs this controller runs."""
+    """The actions for one proposal head; ``running_here`` has the ids of the runs this controller runs.
+
+    ``compare=False`` (the release branch, whose runs become production) never
+    judges a finished run again.
+    """
     actions: list[Action] = []
     for head in heads:
         latest = head.latest
         if latest is not None and latest.commit == commit:
             if latest.status in ACTIVE and latest.id not in running_here:
                 actions.append(ResumeRun(latest.id, head.name, ref, commit))
+            elif compare and _compared_with_another(latest, head):
+                actions.append(Rejudge(latest.id, head.name, ref, commit, head.production))
             continue
         if latest is not None and latest.status in ACTIVE:
             actions.append(CancelRun(latest.id, head.name, f"superseded by {commit[:10]}"))
@@ -119,6 +145,10 @@ def plan_proposal(
         else:
             actions.append(StartRun(head.name, ref, commit, head.cache_key))
     return actions
+
+
+def _compared_with_another(latest: PriorRun, head: ModelHead) -> bool:
+    return latest.status == "succeeded" and head.model is not None and latest.compared_with != head.production
 
 
 def plan_closed(*, ref: str, runs: Sequence[PriorRun]) -> list[Action]:

@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
@@ -44,6 +44,7 @@ from controller.engine.plan import (
     CancelRun,
     ModelHead,
     PriorRun,
+    Rejudge,
     ReportSpecErrors,
     ResumeRun,
     ReuseRun,
@@ -153,6 +154,7 @@ class ProposalReconciler:
                 if not admitted:
                     self._hold(ref, head, heads, why)
                     continue
+            heads = [replace(h, production=self._production_number(h, main_catalog)) for h in heads]
             actions = plan_proposal(ref=ref, commit=head, heads=heads, running_here=self._active.keys())
             self._apply(actions, main_catalog=main_catalog, summary=summary)
         if self.on_release is not None:
@@ -192,7 +194,11 @@ class ProposalReconciler:
             heads.append(self._head(model, inputs.cache_key, latest))
         if heads:
             actions = plan_proposal(
-                ref=self.release_branch, commit=main_head, heads=heads, running_here=self._active.keys()
+                ref=self.release_branch,
+                commit=main_head,
+                heads=heads,
+                running_here=self._active.keys(),
+                compare=False,
             )
             self._apply(actions, main_catalog=main_catalog, summary=summary)
 
@@ -301,7 +307,13 @@ class ProposalReconciler:
     def _prior(run: Run | None) -> PriorRun | None:
         if run is None:
             return None
-        return PriorRun(run.id, run.model, run.commit, run.cache_key, run.status)
+        return PriorRun(run.id, run.model, run.commit, run.cache_key, run.status, run.baseline_version)
+
+    def _production_number(self, head: ModelHead, main_catalog: Catalog) -> int | None:
+        if head.model is None:
+            return None
+        production = self._production_version(head.model, main_catalog)
+        return production.number if production is not None else None
 
     def _run_inputs(self, commit: str, model: Model) -> RunInputs:
         cached = self._inputs.get((commit, model.name))
@@ -371,6 +383,8 @@ class ProposalReconciler:
             elif isinstance(action, ResumeRun):
                 log.info("resuming run %s of %s on %s", action.run_id, action.model, action.ref)
                 self.store.update_run(action.run_id, status="queued")
+            elif isinstance(action, Rejudge):
+                self._rejudge(action, main_catalog)
         self._launch_queued(main_catalog)
 
     def _launch_queued(self, main_catalog: Catalog) -> None:
@@ -590,15 +604,48 @@ class ProposalReconciler:
         )
         return self._judge_and_report(run, active.model, main_catalog, result=result)
 
+    def _rejudge(self, action: Rejudge, main_catalog: Catalog) -> None:
+        """Production moved on since this run was judged: judge its gates and report again, train nothing."""
+        run = self.store.get_run(action.run_id)
+        model = self.repository.catalog(action.commit).models.get(action.model)
+        if model is None:
+            return
+        before = run.baseline_version
+        log.info(
+            "%s on %s: production is now %s (was %s); judging run %s again",
+            action.model,
+            action.ref,
+            f"v{action.production}" if action.production else "nothing",
+            f"v{before}" if before else "nothing",
+            run.id,
+        )
+        self._judge_and_report(run, model, main_catalog, result=None, rejudged_from=(before,))
+
     def _judge_and_report(
-        self, run: Run, model: Model, main_catalog: Catalog, *, result: RunResult | None
+        self,
+        run: Run,
+        model: Model,
+        main_catalog: Catalog,
+        *,
+        result: RunResult | None,
+        rejudged_from: tuple[int | None] | None = None,
     ) -> Finished:
+        """Judge a finished run's gates against production now, publish its report and status.
+
+        ``rejudged_from`` holds the production version the run was judged
+        against before, when it is judged again because production moved on
+        (see :class:`~controller.engine.plan.Rejudge`).
+        """
         production = self._production_version(model, main_catalog)
         baseline = production.metrics if production is not None else None
         gates: list[GateResult] = []
         if run.status == "succeeded":
             gates = evaluate_gates(model, metrics=run.metrics, baseline=baseline)
-            run = self.store.update_run(run.id, gates=[g.to_json() for g in gates])
+            run = self.store.update_run(
+                run.id,
+                gates=[g.to_json() for g in gates],
+                baseline_version=production.number if production is not None else None,
+            )
         failed = failed_gates(gates)
         state: CommitState
         if run.status != "succeeded":
@@ -610,11 +657,16 @@ class ProposalReconciler:
         else:
             state = "success"
             description = _success_words(gates, model, run.metrics)
-        self._audit(
-            "run.finished",
-            run,
-            detail={"status": run.status, "state": state, "gates": [g.to_json() for g in gates]},
-        )
+        judged: dict[str, object] = {
+            "status": run.status,
+            "state": state,
+            "gates": [g.to_json() for g in gates],
+            "compared_with": run.baseline_version,
+        }
+        if rejudged_from is not None:
+            self._audit("run.rejudged", run, detail={**judged, "compared_before": rejudged_from[0]})
+        else:
+            self._audit("run.finished", run, detail=judged)
         outcome = {"success": "success", "failure": "failure", "error": "error", "pending": "running"}[state]
         self._publish(
             run,
@@ -625,6 +677,7 @@ class ProposalReconciler:
             gates=gates,
             result=result,
             production=production,
+            rejudged_from=rejudged_from,
         )
         self._set_status(run, state, description)
         if run.ref == self.release_branch and self.on_release is not None and state == "success":
@@ -652,6 +705,7 @@ class ProposalReconciler:
         gates: list[GateResult] | None = None,
         result: RunResult | None = None,
         production: ModelVersion | None = None,
+        rejudged_from: tuple[int | None] | None = None,
     ) -> None:
         main_model = main_catalog.models.get(model.name)
         params_changed = _params_diff(main_model.params if main_model else {}, model.params)
@@ -670,6 +724,11 @@ class ProposalReconciler:
             ]
         elif run.reused_from is not None:
             steps = [StepLine(name=name, status="cached") for name in run.steps]
+        else:  # judged again later: the steps as the store kept them
+            steps = [
+                StepLine(name=name, status=s.status, duration_seconds=s.duration_seconds, log_path=s.log_path)
+                for name, s in run.steps.items()
+            ]
         logs = str(self.work_dir / "runs" / str(run.reused_from or run.id) / "logs")
         report = ReviewReport(
             model=model.name,
@@ -683,6 +742,7 @@ class ProposalReconciler:
             metrics=run.metrics,
             baseline=production.metrics if production is not None else None,
             baseline_version=f"v{production.number}" if production is not None else None,
+            rejudged_from=None if rejudged_from is None else _label(rejudged_from[0]),
             directions={m.name: m.direction for m in model.metrics},
             primary_metric=model.primary_metric,
             gates=gates or [],
@@ -821,3 +881,6 @@ def _digest_dir(path: Path) -> str | None:
         digest.update(hashlib.sha256(file.read_bytes()).digest())
     return "sha256:" + digest.hexdigest()
 
+
+def _label(version: int | None) -> str:
+    return f"v{version}" if version is not None else "nothing"

@@ -59,6 +59,7 @@ class ReviewReport:
     metrics: Mapping[str, float] = field(default_factory=dict)
     baseline: Mapping[str, float] | None = None
     baseline_version: str | None = None
+    rejudged_from: str | None = None  # judged again: what served production when it was judged before
     directions: Mapping[str, str] = field(default_factory=dict)
     primary_metric: str | None = None
     gates: Sequence[GateResult] = ()
@@ -97,6 +98,9 @@ def _render(report: ReviewReport, *, tail_lines: int, fold_everything: bool) -> 
     if report.reused_run:
         reused = f"run `{report.reused_run}`'s result is reused"
         lines += ["", f"♻️ Cache hit: the inputs are unchanged, so {reused}."]
+
+    if report.metrics or report.gates:
+        lines += ["", _comparison(report)]
 
     if report.spec_errors:
         lines += ["", "#### Spec errors", "", "```text", *report.spec_errors, "```"]
@@ -148,6 +152,20 @@ def _render(report: ReviewReport, *, tail_lines: int, fold_everything: bool) -> 
     if report.cache_key:
         lines += ["", f"<sub>cache key `{report.cache_key[:16]}`</sub>"]
     return "\n".join(lines) + "\n"
+
+
+def _comparison(report: ReviewReport) -> str:
+    """Which production version the metrics and change gates were compared with, and since when."""
+    if report.baseline_version:
+        line = f"Compared with the version in production: `{report.model}` **{report.baseline_version}**."
+    else:
+        line = "No version serves production yet: change gates read *no baseline*, never *passed*."
+    if report.rejudged_from is not None:
+        line += (
+            f" Production has changed since this run was judged (it was {report.rejudged_from}), "
+            "so its gates were judged again against it; nothing was trained again."
+        )
+    return line
 
 
 def _metrics_table(report: ReviewReport) -> list[str]:

@@ -181,6 +181,7 @@ class Run:
     finished_at: datetime | None = None
     error: str | None = None
     reused_from: int | None = None  # a cache hit: the run whose result this one took
+    baseline_version: int | None = None  # the production version its gates were judged against
 
     @property
     def finished(self) -> bool:
@@ -223,6 +224,7 @@ class RunChanges(TypedDict, total=False):
     started_at: datetime | None
     finished_at: datetime | None
     error: str | None
+    baseline_version: int | None
 
 
 @dataclass(frozen=True)

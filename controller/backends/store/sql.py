@@ -193,6 +193,7 @@ runs = Table(
     _time("finished_at", nullable=True),
     Column("error", Text()),
     Column("reused_from", Integer()),
+    Column("baseline_version", Integer()),
 )
 
 versions = Table(
@@ -1285,6 +1286,7 @@ def _run(row: RowMapping) -> Run:
         finished_at=row["finished_at"],
         error=row["error"],
         reused_from=row["reused_from"],
+        baseline_version=row["baseline_version"],
     )
 
 
