@@ -39,7 +39,8 @@ def parts(tmp_path: Path) -> Iterator[Parts]:
     repo.git("commit", "-qam", "tune")
     clock = FakeClock()
     store = open_store(tmp_path / "state", clock=clock)
-    runner = FakeRunner({"evaluate": ScriptedStep(metrics={"accuracy": 0.93, "f1_macro": 0.9, "log_loss": 0.3})})
+    metrics = {"accuracy": 0.93, "f1_macro": 0.9, "log_loss": 0.3}
+    runner = FakeRunner({"evaluate": ScriptedStep(metrics=metrics)})
     forge = FakeForge(clock=clock)
     reconciler = ProposalReconciler(
         repository=Repository.open(str(repo.path), mirror_root=tmp_path / "mirrors"),
