@@ -105,7 +105,10 @@ class _Demo:
     # ------------------------------------------------------------- steps
 
     def run(self) -> None:
-        self.say(f"Working in {self.workdir}")
+        if self.options.keep:  # a path is worth printing only when it will still be there
+            self.say(f"Working in {self.workdir} (kept afterwards)")
+        else:
+            self.say("Working in a temporary directory, removed at the end (--keep keeps it)")
         self.say(
             "Scaffolding the example repository (flywheel init) and shortening its canary steps for the demo"
         )
