@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -75,7 +76,23 @@ def run(
         release_branch=release_branch,
         venv_dir=venv_dir,
     )
-    controller = build_controller(settings)
-    if settings.github is not None:  # no webhook service: the poller finds GitHub's events
-        attach_github_events(controller)
-    raise SystemExit(run_controller(settings, once=once, controller=controller))
+    with state_lock(state_dir):
+        controller = build_controller(settings)
+        if settings.github is not None:  # no webhook service: the poller finds GitHub's events
+            attach_github_events(controller)
+        code = run_controller(settings, once=once, controller=controller)
+    raise SystemExit(code)
+
+
+@contextmanager
+def state_lock(state_dir: Path) -> Iterator[None]:
+    """Hold the state directory's controller lock while the block runs: one controller per directory."""
+    from controller.app import ControllerLock, StateDirError
+    from controller.clock import SYSTEM_CLOCK
+
+    try:
+        lock = ControllerLock.acquire(state_dir, clock=SYSTEM_CLOCK)
+    except StateDirError as exc:
+        raise click.ClickException(str(exc)) from exc
+    with lock:
+        yield

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from controller.cli.run import run_options
+from controller.cli.run import run_options, state_lock
 
 
 @click.command()
@@ -60,20 +60,22 @@ def serve(
         )
     except (SettingsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
-    controller = build_controller(settings)
-    attach_github_events(controller)
-    # The web service gets its own store connection; it is called from uvicorn's worker threads.
-    web_store = open_store(settings.state_dir)
-    web_commands = Commands(store=web_store, catalog=controller.main_catalog)
-    app = create_app(webhook_settings, web_store, commands=web_commands)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, name="webhooks", daemon=True)
-    thread.start()
-    click.echo(f"webhooks on http://{host}:{port}/hooks/github; controller watching {repo}")
-    try:
-        code = run_controller(settings, controller=controller)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        web_store.close()
+    with state_lock(state_dir):
+        controller = build_controller(settings)
+        attach_github_events(controller)
+        # The web service gets its own store connection; it is called from uvicorn's worker threads.
+        web_store = open_store(settings.state_dir)
+        web_commands = Commands(store=web_store, catalog=controller.main_catalog)
+        app = create_app(webhook_settings, web_store, commands=web_commands)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name="webhooks", daemon=True)
+        thread.start()
+        click.echo(f"webhooks on http://{host}:{port}/hooks/github; controller watching {repo}")
+        try:
+            code = run_controller(settings, controller=controller)
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
+            web_store.close()
     raise SystemExit(code)
