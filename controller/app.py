@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from controller.backends.forge import Forge
 from controller.backends.forge.github import GitHubForge, GitHubSender, GitHubSettings
@@ -73,12 +74,34 @@ class ControllerSettings:
 
     @classmethod
     def from_env(cls, **values: Any) -> ControllerSettings:
-        """Settings from the given values, with Slack's from ``FLYWHEEL_SLACK_BOT_TOKEN``/``_API_URL``."""
-        values.setdefault("slack_token", os.environ.get("FLYWHEEL_SLACK_BOT_TOKEN") or None)
-        values.setdefault("slack_api_url", os.environ.get("FLYWHEEL_SLACK_API_URL") or None)
+        """Settings from the given values, with Slack's from ``FLYWHEEL_SLACK_BOT_TOKEN``/``_API_URL``.
+
+        A malformed setting raises ``ValueError`` with one line naming the variable.
+        """
+        values.setdefault("slack_token", _slack_token(os.environ.get("FLYWHEEL_SLACK_BOT_TOKEN")))
+        values.setdefault("slack_api_url", _http_url("FLYWHEEL_SLACK_API_URL"))
         if "github" not in values and os.environ.get("FLYWHEEL_GITHUB_REPOSITORY"):
             values["github"] = GitHubSettings.from_env()
         return cls(**values)
+
+
+def _slack_token(token: str | None) -> str | None:
+    if not token:
+        return None
+    if any(char.isspace() for char in token):
+        raise ValueError(
+            "FLYWHEEL_SLACK_BOT_TOKEN contains whitespace: give the bot token (xoxb-...) alone, or unset it"
+        )
+    return token
+
+
+def _http_url(variable: str) -> str | None:
+    value = os.environ.get(variable) or None
+    if value is not None:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"{variable} is {value!r}: give an http(s) URL, e.g. https://slack.com/api/")
+    return value
 
 
 class Poller(Protocol):
@@ -152,6 +175,11 @@ def build_controller(
     runners: dict[str, PipelineRunner] = {"local": LocalRunner(venvs=venvs)}
     serving_backend = serving or LocalServing(state_dir / "serving", venvs=venvs)
     release_branch = settings.release_branch or repository.default_branch
+    if release_branch not in repository.branches():
+        repository.fetch()  # a mirror made before the branch was pushed
+    if release_branch not in repository.branches():
+        known = ", ".join(sorted(repository.branches())) or "none"
+        raise GitError(f"{settings.repo} has no branch {release_branch!r} to release from (it has: {known})")
 
     def main_catalog() -> Catalog:
         return repository.catalog(repository.resolve(release_branch))
@@ -317,10 +345,18 @@ def _loop(controller: Controller, settings: ControllerSettings, *, stop: threadi
         stop.wait(0.2)
     if not once:
         return 0
-    bad = [f for f in proposals.finished if f.state != "success"]
     if summary is not None and summary.spec_errors:
         return 1
-    return 1 if bad else 0
+    if any(f.state != "success" for f in proposals.finished):
+        return 1
+    # Runs that never reached the finished list: failed to start (no runner, no environment) or were
+    # cache hits whose gates failed. Every run of this pass must have succeeded and passed its gates.
+    ran = (summary.started + summary.reused) if summary is not None else []
+    return 0 if all(_passed(controller.store.get_run(run_id)) for run_id in ran) else 1
+
+
+def _passed(run: Run) -> bool:
+    return run.status == "succeeded" and not any(g.get("outcome") == "failed" for g in run.gates)
 
 
 # ------------------------------------------------------------------ the state directory's lock

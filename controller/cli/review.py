@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from controller.cli.options import state_dir_option
+from controller.cli.options import existing_store, state_dir_option
 
 
 @click.group()
@@ -22,13 +22,9 @@ def review() -> None:
 def show(branch: str, model: str | None, status_only: bool, state_dir: Path) -> None:
     """Print the review report of BRANCH (each model it changes), as it would appear on a pull request."""
     from controller.backends.forge.local import LocalForge
-    from controller.backends.store import open_store
 
-    store = open_store(state_dir)
-    try:
+    with existing_store(state_dir) as store:
         reviews = LocalForge(store).reviews(branch, model=model)
-    finally:
-        store.close()
     if not reviews:
         raise click.ClickException(f"no review for {branch}" + (f" and model {model}" if model else ""))
     for item in reviews:

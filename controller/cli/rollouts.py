@@ -15,7 +15,7 @@ from typing import Literal
 
 import click
 
-from controller.cli.options import state_dir_option
+from controller.cli.options import require_state, state_dir_option
 from controller.engine.commands import CommandOutcome, Commands, ControlCommand
 
 repo_option = click.option(
@@ -41,6 +41,7 @@ def _with_commands(
     from controller.backends.git import GitError, Repository
     from controller.backends.store import open_store
 
+    require_state(state_dir)  # a decision needs a rollout, so a state, to act on
     try:
         repository = Repository.open(repo, mirror_root=state_dir / "mirrors")
         release = branch or repository.default_branch

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from controller.cli.run import run_options, state_lock
+from controller.cli.run import controller_settings, open_controller, run_options, state_lock
 
 
 @click.command()
@@ -39,7 +39,7 @@ def serve(
     """Serve POST /hooks/github (and /hooks/slack/actions) and run the controller on the same state."""
     import uvicorn
 
-    from controller.app import ControllerSettings, build_controller, run_controller
+    from controller.app import run_controller
     from controller.backends.store import open_store
     from controller.engine.commands import Commands
     from controller.logs import setup_logging
@@ -50,18 +50,18 @@ def serve(
     setup_logging("json" if log_format == "json" else "text", verbose=verbose)
     try:
         webhook_settings = WebhookSettings.from_env()
-        settings = ControllerSettings.from_env(
-            repo=repo,
-            state_dir=state_dir,
-            interval_seconds=interval,
-            max_active_runs=max_runs,
-            release_branch=release_branch,
-            venv_dir=venv_dir,
-        )
-    except (SettingsError, ValueError) as exc:
+    except SettingsError as exc:
         raise click.ClickException(str(exc)) from exc
-    with state_lock(state_dir):
-        controller = build_controller(settings)
+    settings = controller_settings(
+        repo=repo,
+        state_dir=state_dir,
+        interval_seconds=interval,
+        max_active_runs=max_runs,
+        release_branch=release_branch,
+        venv_dir=venv_dir,
+    )
+    with state_lock(state_dir) as fresh:
+        controller = open_controller(settings, fresh=fresh)
         attach_github_events(controller)
         # The web service gets its own store connection; it is called from uvicorn's worker threads.
         web_store = open_store(settings.state_dir)
