@@ -163,9 +163,11 @@ def test_github_settings_name_the_variable_that_is_wrong() -> None:
     "command",
     [
         ["models"],
+        ["status", "iris"],
         ["versions", "iris"],
         ["history", "iris"],
         ["audit"],
+        ["review", "ls"],
         ["review", "show", "lower-c"],
         ["cache", "ls"],
         ["cache", "prune", "--older-than", "7d"],

@@ -104,7 +104,7 @@ def test_second_controller_exits_with_the_first_ones_identity_and_kill_9_frees_t
         assert serve.returncode == 1 and f"(process {first.pid}" in serve.stderr
 
         # Reading and deciding take no lock: they work while the controller runs.
-        for command in (["models"], ["audit"], ["cache", "ls"]):
+        for command in (["models"], ["audit"], ["review", "ls"], ["cache", "ls"]):
             result = CliRunner().invoke(main, [*command, "--state-dir", str(state)])
             assert result.exit_code == 0, (command, result.output)
 

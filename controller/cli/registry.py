@@ -1,4 +1,7 @@
-"""``flywheel models``, ``versions``, ``history`` and ``audit``: what the registry and the audit log hold."""
+"""``flywheel versions``, ``history`` and ``audit``: what the registry and the audit log hold.
+
+``flywheel models`` (every model's state) is in :mod:`controller.cli.status`.
+"""
 
 from __future__ import annotations
 
@@ -13,35 +16,6 @@ from controller.cli.options import echo_json, existing_store, json_option, state
 
 def _when(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
-
-
-@click.command()
-@state_dir_option
-def models(state_dir: Path) -> None:
-    """Every registered model: latest version and what each environment serves now."""
-    with existing_store(state_dir) as store:
-        names = store.list_models()
-        if not names:
-            click.echo("no model versions registered yet")
-            return
-        now = datetime.now(UTC)
-        click.echo(f"{'MODEL':<20} {'LATEST':<8} {'ROLLOUT':<28} SERVING")
-        for name in names:
-            latest = store.latest_version(name)
-            rollouts = store.rollouts_for(name)
-            current = rollouts[0] if rollouts else None
-            rollout = (
-                f"v{current.version} {current.state}" + (f" @{current.environment}" if current.active else "")
-                if current
-                else "-"
-            )
-            serving = []
-            for environment in sorted({s for r in rollouts for s in r.stages}):
-                split = store.served_at(environment=environment, model=name, at=now)
-                if split:
-                    serving.append(f"{environment}=" + "+".join(f"v{v}:{w}%" for v, w in split))
-            number = f"v{latest.number}" if latest else "-"
-            click.echo(f"{name:<20} {number:<8} {rollout:<28} {' '.join(serving) or '-'}")
 
 
 @click.command()
