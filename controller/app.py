@@ -9,17 +9,22 @@ engine only sees their interfaces.
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from controller.backends.forge import Forge
 from controller.backends.forge.github import GitHubForge, GitHubSender, GitHubSettings
@@ -69,12 +74,34 @@ class ControllerSettings:
 
     @classmethod
     def from_env(cls, **values: Any) -> ControllerSettings:
-        """Settings from the given values, with Slack's from ``FLYWHEEL_SLACK_BOT_TOKEN``/``_API_URL``."""
-        values.setdefault("slack_token", os.environ.get("FLYWHEEL_SLACK_BOT_TOKEN") or None)
-        values.setdefault("slack_api_url", os.environ.get("FLYWHEEL_SLACK_API_URL") or None)
+        """Settings from the given values, with Slack's from ``FLYWHEEL_SLACK_BOT_TOKEN``/``_API_URL``.
+
+        A malformed setting raises ``ValueError`` with one line naming the variable.
+        """
+        values.setdefault("slack_token", _slack_token(os.environ.get("FLYWHEEL_SLACK_BOT_TOKEN")))
+        values.setdefault("slack_api_url", _http_url("FLYWHEEL_SLACK_API_URL"))
         if "github" not in values and os.environ.get("FLYWHEEL_GITHUB_REPOSITORY"):
             values["github"] = GitHubSettings.from_env()
         return cls(**values)
+
+
+def _slack_token(token: str | None) -> str | None:
+    if not token:
+        return None
+    if any(char.isspace() for char in token):
+        raise ValueError(
+            "FLYWHEEL_SLACK_BOT_TOKEN contains whitespace: give the bot token (xoxb-...) alone, or unset it"
+        )
+    return token
+
+
+def _http_url(variable: str) -> str | None:
+    value = os.environ.get(variable) or None
+    if value is not None:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"{variable} is {value!r}: give an http(s) URL, e.g. https://slack.com/api/")
+    return value
 
 
 class Poller(Protocol):
@@ -155,6 +182,11 @@ def build_controller(
     runners: dict[str, PipelineRunner] = {"local": LocalRunner(venvs=venvs)}
     serving_backend = serving or LocalServing(state_dir / "serving", venvs=venvs)
     release_branch = settings.release_branch or repository.default_branch
+    if release_branch not in repository.branches():
+        repository.fetch()  # a mirror made before the branch was pushed
+    if release_branch not in repository.branches():
+        known = ", ".join(sorted(repository.branches())) or "none"
+        raise GitError(f"{settings.repo} has no branch {release_branch!r} to release from (it has: {known})")
     watching = Watched(repository=repository_location(settings.repo), release_branch=release_branch)
     record_watched(store, watching)
 
@@ -326,7 +358,116 @@ def _loop(controller: Controller, settings: ControllerSettings, *, stop: threadi
         stop.wait(0.2)
     if not once:
         return 0
-    bad = [f for f in proposals.finished if f.state != "success"]
     if summary is not None and summary.spec_errors:
         return 1
-    return 1 if bad else 0
+    if any(f.state != "success" for f in proposals.finished):
+        return 1
+    # Runs that never reached the finished list: failed to start (no runner, no environment) or were
+    # cache hits whose gates failed. Every run of this pass must have succeeded and passed its gates.
+    ran = (summary.started + summary.reused) if summary is not None else []
+    return 0 if all(_passed(controller.store.get_run(run_id)) for run_id in ran) else 1
+
+
+def _passed(run: Run) -> bool:
+    return run.status == "succeeded" and not any(g.get("outcome") == "failed" for g in run.gates)
+
+
+# ------------------------------------------------------------------ the state directory's lock
+
+LOCK_FILE = "controller.lock"
+
+
+class StateDirError(Exception):
+    """The state directory cannot be used by this controller (one line, for people)."""
+
+
+class StateDirBusy(StateDirError):
+    """Another controller holds the state directory; ``holder`` is what it wrote into the lock file."""
+
+    def __init__(self, message: str, *, holder: Mapping[str, object]) -> None:
+        super().__init__(message)
+        self.holder = dict(holder)
+
+
+class ControllerLock:
+    """An exclusive lock on a state directory, held for a controller's lifetime (one controller each).
+
+    ``flock`` on ``<state_dir>/controller.lock``: an advisory lock of the
+    operating system, released by the kernel when the process ends however it
+    ends (``kill -9`` included), so a stale lock never needs cleaning up. The
+    holder writes who it is (process id, host, since when) into the file
+    after locking, for the message the next one gets. The descriptor is not
+    inherited by the pipelines and servers the controller starts. Commands
+    that only read the state, and decisions, take no lock. ``flywheel run``
+    and ``flywheel serve`` take it before they open the store; leader
+    election replaces it on the cluster home.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, state_dir: Path, *, clock: Clock) -> ControllerLock:
+        """Lock ``state_dir`` (created if needed), or raise :class:`StateDirBusy` / :class:`StateDirError`."""
+        state_dir = state_dir.resolve()
+        path = state_dir / LOCK_FILE
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StateDirError(f"cannot use the state directory {state_dir}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise StateDirBusy(
+                f"another controller is running on {state_dir} ({_describe_holder(holder)}); "
+                "stop it first, or give this one another --state-dir",
+                holder=holder,
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            why = exc.strerror or str(exc)
+            raise StateDirError(f"cannot lock the state directory {state_dir}: {why}") from exc
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": clock.now().isoformat()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        return cls(path, fd)
+
+    def release(self) -> None:
+        """Unlock (closing the descriptor releases the lock); safe to call twice."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def __enter__(self) -> ControllerLock:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> dict[str, object]:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _describe_holder(holder: Mapping[str, object]) -> str:
+    """``process 1234 on host-a since 2026-01-05 09:00:00 UTC``; what is known of it."""
+    if not holder.get("pid"):
+        return "it has not said who it is yet"
+    words = f"process {holder['pid']}"
+    if holder.get("host"):
+        words += f" on {holder['host']}"
+    since = holder.get("since")
+    if isinstance(since, str):
+        try:
+            words += f" since {datetime.fromisoformat(since):%Y-%m-%d %H:%M:%S %Z}".rstrip()
+        except ValueError:
+            words += f" since {since}"
+    return words

@@ -55,9 +55,10 @@ def _cli(*args: str) -> tuple[int, str]:
 
 
 def test_models_versions_history(setup: tuple[Path, Path]) -> None:
-    _, state = setup
-    code, out = _cli("models", "--state-dir", str(state))
-    assert code == 0 and "iris" in out and "v2 gate" in out and "production=v1:100%" in out
+    repo, state = setup
+    code, out = _cli("models", "--state-dir", str(state), "--repo", str(repo))
+    assert code == 0 and "iris" in out and "v2 in progress in staging (gate)" in out
+    assert "production=v1:100%" in out
     code, out = _cli("versions", "iris", "--state-dir", str(state), "--json")
     assert code == 0
     rows = json.loads(out)

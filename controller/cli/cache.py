@@ -6,8 +6,14 @@ from pathlib import Path
 
 import click
 
-from controller.cli.options import parse_duration, state_dir_option
-from controller.clock import SYSTEM_CLOCK
+from controller.cli.options import (
+    echo_json,
+    json_option,
+    parse_duration,
+    require_state,
+    state_dir_option,
+    state_errors,
+)
 
 
 @click.group()
@@ -16,12 +22,31 @@ def cache() -> None:
 
 
 @cache.command("ls")
+@json_option
 @state_dir_option
-def list_entries(state_dir: Path) -> None:
+def list_entries(as_json: bool, state_dir: Path) -> None:
     """List the cached results: key, model, run, age, size on disk."""
+    from controller.clock import SYSTEM_CLOCK
     from controller.engine.cache import cache_entries
 
-    entries = cache_entries(state_dir, clock=SYSTEM_CLOCK)
+    require_state(state_dir)
+    with state_errors(state_dir):
+        entries = cache_entries(state_dir, clock=SYSTEM_CLOCK)
+    if as_json:
+        echo_json(
+            [
+                {
+                    "cache_key": entry.cache_key,
+                    "model": entry.model,
+                    "run": entry.run_id,
+                    "finished_at": entry.finished_at.isoformat() if entry.finished_at else None,
+                    "path": str(entry.path),
+                    "bytes": entry.bytes,
+                }
+                for entry in entries
+            ]
+        )
+        return
     if not entries:
         click.echo("cache is empty")
         return
@@ -43,11 +68,13 @@ def prune(older_than: str, dry_run: bool, state_dir: Path) -> None:
     the same inputs train again. Results that a model version was made from
     are kept, whatever their age.
     """
+    from controller.clock import SYSTEM_CLOCK
     from controller.engine.cache import prune_cache
 
-    removed = prune_cache(
-        state_dir, older_than_seconds=parse_duration(older_than), clock=SYSTEM_CLOCK, dry_run=dry_run
-    )
+    seconds = parse_duration(older_than)
+    require_state(state_dir)
+    with state_errors(state_dir):
+        removed = prune_cache(state_dir, older_than_seconds=seconds, clock=SYSTEM_CLOCK, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     total = sum(item.bytes for item in removed)
     click.echo(f"{verb} {len(removed)} entries, {_size(total)}")

@@ -1,12 +1,18 @@
-"""Options shared by several commands."""
+"""Options and helpers shared by several commands: the state directory, ``--json``, main's specs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from controller.backends.store import Store
+    from controller.specs.types import Catalog
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -20,6 +26,98 @@ def state_dir_option(func: F) -> F:
         envvar="FLYWHEEL_STATE_DIR",
         help="Where Flywheel keeps its state (SQLite database, runs, virtualenvs).",
     )(func)
+
+
+def repo_option(help_text: str) -> Callable[[F], F]:
+    return click.option("--repo", default=".", show_default=True, envvar="FLYWHEEL_REPO", help=help_text)
+
+
+branch_option = click.option("--branch", default=None, help="The release branch (default: the repository's).")
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(func)
+
+
+def echo_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+def shown(state_dir: Path) -> str:
+    """The state directory as a person typed it: ``./.flywheel`` for the default."""
+    text = str(state_dir)
+    return text if state_dir.is_absolute() or text.startswith(("./", "../")) else f"./{text}"
+
+
+def require_state(state_dir: Path) -> None:
+    """Refuse in one line (exit 1) when ``state_dir`` holds no Flywheel state; create nothing."""
+    from controller.backends.store import STATE_DB_NAME
+
+    try:
+        found = (state_dir / STATE_DB_NAME).is_file()
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise click.ClickException(f"cannot read the Flywheel state in {shown(state_dir)}: {why}") from exc
+    if not found:
+        raise click.ClickException(
+            f"no Flywheel state in {shown(state_dir)}; run `flywheel run` first or pass --state-dir"
+        )
+
+
+@contextmanager
+def state_errors(state_dir: Path) -> Iterator[None]:
+    """Turn a state directory or database that cannot be opened into one line for people."""
+    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+    from controller.backends.store import StoreError
+
+    try:
+        yield
+    except (StoreError, SQLAlchemyError, OSError) as exc:
+        if isinstance(exc, DBAPIError):
+            why = str(exc.orig)
+        elif isinstance(exc, OSError):
+            why = exc.strerror or str(exc)
+        else:
+            why = str(exc)
+        raise click.ClickException(f"cannot use the Flywheel state in {shown(state_dir)}: {why}") from exc
+
+
+@contextmanager
+def existing_store(state_dir: Path) -> Iterator[Store]:
+    """The store in ``state_dir``, which must exist already (read-only commands and decisions)."""
+    from controller.backends.store import open_store
+    from controller.clock import SYSTEM_CLOCK
+
+    require_state(state_dir)
+    with state_errors(state_dir):
+        store = open_store(state_dir, clock=SYSTEM_CLOCK)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def main_catalog(repo: str, branch: str | None, state_dir: Path, *, required: bool) -> Catalog | None:
+    """Main's specs in ``repo``; ``None`` when they cannot be read and ``required`` is false."""
+    from controller.backends.git import GitError, Repository
+
+    try:
+        repository = Repository.open(repo, mirror_root=state_dir / "mirrors")
+        return repository.catalog(repository.resolve(branch or repository.default_branch))
+    except GitError as exc:
+        if required:
+            raise click.ClickException(str(exc)) from exc
+        return None
+
+
+def given(ctx: click.Context, name: str) -> bool:
+    """Whether the parameter ``name`` was given (on the command line or in its variable), not defaulted."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source not in (
+        click.core.ParameterSource.DEFAULT,
+        click.core.ParameterSource.DEFAULT_MAP,
+    )
 
 
 def parse_duration(text: str) -> float:

@@ -1,4 +1,7 @@
-"""``flywheel models``, ``versions``, ``history`` and ``audit``: what the registry and the audit log hold."""
+"""``flywheel versions``, ``history`` and ``audit``: what the registry and the audit log hold.
+
+``flywheel models`` (every model's state) is in :mod:`controller.cli.status`.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +11,7 @@ from pathlib import Path
 
 import click
 
-from controller.cli.options import state_dir_option
-from controller.clock import SYSTEM_CLOCK
-
-
-def _open(state_dir: Path):  # type: ignore[no-untyped-def]
-    from controller.backends.store import open_store
-
-    return open_store(state_dir, clock=SYSTEM_CLOCK)
+from controller.cli.options import echo_json, existing_store, json_option, state_dir_option
 
 
 def _when(value: datetime | None) -> str:
@@ -23,45 +19,12 @@ def _when(value: datetime | None) -> str:
 
 
 @click.command()
-@state_dir_option
-def models(state_dir: Path) -> None:
-    """Every registered model: latest version and what each environment serves now."""
-    store = _open(state_dir)
-    try:
-        names = store.list_models()
-        if not names:
-            click.echo("no model versions registered yet")
-            return
-        now = SYSTEM_CLOCK.now()
-        click.echo(f"{'MODEL':<20} {'LATEST':<8} {'ROLLOUT':<28} SERVING")
-        for name in names:
-            latest = store.latest_version(name)
-            rollouts = store.rollouts_for(name)
-            current = rollouts[0] if rollouts else None
-            rollout = (
-                f"v{current.version} {current.state}" + (f" @{current.environment}" if current.active else "")
-                if current
-                else "-"
-            )
-            serving = []
-            for environment in sorted({s for r in rollouts for s in r.stages}):
-                split = store.served_at(environment=environment, model=name, at=now)
-                if split:
-                    serving.append(f"{environment}=" + "+".join(f"v{v}:{w}%" for v, w in split))
-            number = f"v{latest.number}" if latest else "-"
-            click.echo(f"{name:<20} {number:<8} {rollout:<28} {' '.join(serving) or '-'}")
-    finally:
-        store.close()
-
-
-@click.command()
 @click.argument("model")
-@click.option("--json", "as_json", is_flag=True, help="Print the full lineage as JSON.")
+@json_option
 @state_dir_option
 def versions(model: str, as_json: bool, state_dir: Path) -> None:
     """The versions of MODEL with their lineage (run, commit, metrics, artifact digest)."""
-    store = _open(state_dir)
-    try:
+    with existing_store(state_dir) as store:
         found = store.list_versions(model)
         if not found:
             raise click.ClickException(f"{model} has no registered versions")
@@ -83,7 +46,7 @@ def versions(model: str, as_json: bool, state_dir: Path) -> None:
                 }
                 for v in found
             ]
-            click.echo(json.dumps(rows, indent=2, sort_keys=True))
+            echo_json(rows)
             return
         click.echo(f"{'VERSION':<8} {'CREATED (UTC)':<20} {'COMMIT':<11} {'RUN':<6} {'ARTIFACT':<20} METRICS")
         for v in found:
@@ -92,8 +55,6 @@ def versions(model: str, as_json: bool, state_dir: Path) -> None:
                 f"v{v.number:<7} {_when(v.created_at):<20} {v.commit[:10]:<11} {v.run_id:<6} "
                 f"{v.artifact_digest[:19]:<20} {metrics}"
             )
-    finally:
-        store.close()
 
 
 @click.command()
@@ -102,74 +63,96 @@ def versions(model: str, as_json: bool, state_dir: Path) -> None:
 @click.option(
     "--at", "at", default=None, help="Which versions served at this time (ISO 8601, UTC if no zone)."
 )
+@json_option
 @state_dir_option
-def history(model: str, environment: str | None, at: str | None, state_dir: Path) -> None:
+def history(model: str, environment: str | None, at: str | None, as_json: bool, state_dir: Path) -> None:
     """What served MODEL in each environment: every traffic change, or the split at one time (--at)."""
-    store = _open(state_dir)
-    try:
+    when = None
+    if at is not None:
+        try:
+            when = datetime.fromisoformat(at)
+        except ValueError as exc:
+            raise click.BadParameter(f"{at!r} is not an ISO 8601 time", param_hint="--at") from exc
+        when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    with existing_store(state_dir) as store:
         environments = sorted({s for r in store.rollouts_for(model) for s in r.stages})
         if environment is not None:
             environments = [environment]
         if not environments:
             raise click.ClickException(f"{model} has never been rolled out")
-        if at is not None:
-            try:
-                when = datetime.fromisoformat(at)
-            except ValueError as exc:
-                raise click.BadParameter(f"{at!r} is not an ISO 8601 time", param_hint="--at") from exc
-            when = when if when.tzinfo else when.replace(tzinfo=UTC)
-            for env in environments:
-                split = store.served_at(environment=env, model=model, at=when)
-                shown = ", ".join(f"v{v} ({w}%)" for v, w in split) or "nothing"
-                click.echo(f"{env}: {shown} at {_when(when)}")
+        if when is not None:
+            splits = {env: store.served_at(environment=env, model=model, at=when) for env in environments}
+            if as_json:
+                echo_json(
+                    {
+                        "model": model,
+                        "at": when.isoformat(),
+                        "environments": {
+                            env: [{"version": v, "weight": w} for v, w in split]
+                            for env, split in splits.items()
+                        },
+                    }
+                )
+                return
+            for env, split in splits.items():
+                served = ", ".join(f"v{v} ({w}%)" for v, w in split) or "nothing"
+                click.echo(f"{env}: {served} at {_when(when)}")
             return
-        for env in environments:
-            click.echo(f"{env}:")
-            records = store.serving_history(environment=env, model=model)
-            if not records:
-                click.echo("  (never served)")
-            for record in records:
-                click.echo(f"  {_when(record.at)}  v{record.version} → {record.weight}%")
-    finally:
-        store.close()
+        records = {env: store.serving_history(environment=env, model=model) for env in environments}
+    if as_json:
+        echo_json(
+            {
+                "model": model,
+                "at": None,
+                "environments": {
+                    env: [{"at": r.at.isoformat(), "version": r.version, "weight": r.weight} for r in changes]
+                    for env, changes in records.items()
+                },
+            }
+        )
+        return
+    for env, changes in records.items():
+        click.echo(f"{env}:")
+        if not changes:
+            click.echo("  (never served)")
+        for record in changes:
+            click.echo(f"  {_when(record.at)}  v{record.version} → {record.weight}%")
 
 
 @click.command()
 @click.argument("model", required=False)
 @click.option("--limit", type=int, default=None, help="Only the newest N entries.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (a log: it can be long).")
 @state_dir_option
 def audit(model: str | None, limit: int | None, as_json: bool, state_dir: Path) -> None:
     """The append-only audit log (of MODEL): who did what, when and why."""
-    store = _open(state_dir)
-    try:
-        for entry in store.audit(model=model, limit=limit):
-            if as_json:
-                click.echo(
-                    json.dumps(
-                        {
-                            "at": entry.at.isoformat(),
-                            "actor": entry.actor,
-                            "action": entry.action,
-                            "model": entry.model,
-                            "version": entry.version,
-                            "environment": entry.environment,
-                            "detail": entry.detail,
-                        },
-                        sort_keys=True,
-                    )
+    with existing_store(state_dir) as store:
+        entries = store.audit(model=model, limit=limit)
+    for entry in entries:
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "at": entry.at.isoformat(),
+                        "actor": entry.actor,
+                        "action": entry.action,
+                        "model": entry.model,
+                        "version": entry.version,
+                        "environment": entry.environment,
+                        "detail": entry.detail,
+                    },
+                    sort_keys=True,
                 )
-                continue
-            what = " ".join(
-                part
-                for part in (
-                    entry.model or "",
-                    f"v{entry.version}" if entry.version is not None else "",
-                    entry.environment or "",
-                )
-                if part
             )
-            why = entry.detail.get("reason") or entry.detail.get("why") or entry.detail.get("comment") or ""
-            click.echo(f"{_when(entry.at)}  {entry.actor:<12} {entry.action:<24} {what}  {why}".rstrip())
-    finally:
-        store.close()
+            continue
+        what = " ".join(
+            part
+            for part in (
+                entry.model or "",
+                f"v{entry.version}" if entry.version is not None else "",
+                entry.environment or "",
+            )
+            if part
+        )
+        why = entry.detail.get("reason") or entry.detail.get("why") or entry.detail.get("comment") or ""
+        click.echo(f"{_when(entry.at)}  {entry.actor:<12} {entry.action:<24} {what}  {why}".rstrip())

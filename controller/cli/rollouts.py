@@ -15,7 +15,7 @@ from typing import Literal, NoReturn
 
 import click
 
-from controller.cli.options import state_dir_option
+from controller.cli.options import existing_store, state_dir_option
 from controller.engine.commands import Actor, CommandOutcome, Commands, ControlCommand
 from controller.specs.types import Catalog
 
@@ -54,12 +54,11 @@ def _with_commands(
     never count, and the audit log must not say otherwise.
     """
     from controller.backends.git import GitError, Repository
-    from controller.backends.store import open_store
     from controller.clock import SYSTEM_CLOCK
     from controller.engine.commands import repository_location, watched
 
-    store = open_store(state_dir, clock=SYSTEM_CLOCK)
-    try:
+    # a decision needs a rollout, so a state, to act on
+    with existing_store(state_dir) as store:
         known = watched(store)
         if known is not None:
             why = None
@@ -84,8 +83,6 @@ def _with_commands(
             store=store, catalog=lambda: repository.catalog(repository.resolve(release)), clock=SYSTEM_CLOCK
         )
         outcome = act(commands)
-    finally:
-        store.close()
     if not outcome.ok:
         _refused(outcome)
     click.echo(outcome.message)

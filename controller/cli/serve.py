@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from controller.cli.run import run_options
+from controller.cli.run import controller_settings, open_controller, run_options, state_lock
 
 
 @click.command()
@@ -39,7 +39,7 @@ def serve(
     """Serve POST /hooks/github (and /hooks/slack/actions) and run the controller on the same state."""
     import uvicorn
 
-    from controller.app import ControllerSettings, build_controller, run_controller
+    from controller.app import run_controller
     from controller.backends.store import open_store
     from controller.engine.commands import Commands
     from controller.logs import setup_logging
@@ -50,30 +50,32 @@ def serve(
     setup_logging("json" if log_format == "json" else "text", verbose=verbose)
     try:
         webhook_settings = WebhookSettings.from_env()
-        settings = ControllerSettings.from_env(
-            repo=repo,
-            state_dir=state_dir,
-            interval_seconds=interval,
-            max_active_runs=max_runs,
-            release_branch=release_branch,
-            venv_dir=venv_dir,
-        )
-    except (SettingsError, ValueError) as exc:
+    except SettingsError as exc:
         raise click.ClickException(str(exc)) from exc
-    controller = build_controller(settings)
-    attach_github_events(controller)
-    # The web service gets its own store connection; it is called from uvicorn's worker threads.
-    web_store = open_store(settings.state_dir, clock=controller.clock)
-    web_commands = Commands(store=web_store, catalog=controller.main_catalog, clock=controller.clock)
-    app = create_app(webhook_settings, web_store, commands=web_commands)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, name="webhooks", daemon=True)
-    thread.start()
-    click.echo(f"webhooks on http://{host}:{port}/hooks/github; controller watching {repo}")
-    try:
-        code = run_controller(settings, controller=controller)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        web_store.close()
+    settings = controller_settings(
+        repo=repo,
+        state_dir=state_dir,
+        interval_seconds=interval,
+        max_active_runs=max_runs,
+        release_branch=release_branch,
+        venv_dir=venv_dir,
+    )
+    with state_lock(state_dir) as fresh:
+        controller = open_controller(settings, fresh=fresh)
+        attach_github_events(controller)
+        # The web service gets its own store connection; it is called from uvicorn's worker threads.
+        web_store = open_store(settings.state_dir, clock=controller.clock)
+        web_commands = Commands(store=web_store, catalog=controller.main_catalog, clock=controller.clock)
+        app = create_app(webhook_settings, web_store, commands=web_commands)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name="webhooks", daemon=True)
+        thread.start()
+        click.echo(f"webhooks on http://{host}:{port}/hooks/github; controller watching {repo}")
+        try:
+            code = run_controller(settings, controller=controller)
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
+            web_store.close()
     raise SystemExit(code)

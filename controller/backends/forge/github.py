@@ -44,6 +44,7 @@ from typing import Any, Literal
 import requests
 from github import Auth, Consts, Github, GithubException, RateLimitExceededException, UnknownObjectException
 from github.Repository import Repository
+from jwt.exceptions import PyJWTError
 
 from controller.backends.delivery import DeliveryError
 from controller.backends.forge import CommitState, ReviewTarget
@@ -272,8 +273,18 @@ class GitHubSettings:
         key = env.get("FLYWHEEL_GITHUB_PRIVATE_KEY")
         key_file = env.get("FLYWHEEL_GITHUB_PRIVATE_KEY_FILE")
         if not key and key_file:
-            key = Path(key_file).read_text()
+            try:
+                key = Path(key_file).read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise ValueError(f"FLYWHEEL_GITHUB_PRIVATE_KEY_FILE: cannot read {key_file}: {why}") from None
         installation = env.get("FLYWHEEL_GITHUB_INSTALLATION_ID")
+        try:
+            installation_id = int(installation) if installation else None
+        except ValueError:
+            raise ValueError(
+                f"FLYWHEEL_GITHUB_INSTALLATION_ID is {installation!r}: give the installation's number"
+            ) from None
         poll = _poll_seconds(env.get("FLYWHEEL_GITHUB_POLL_SECONDS") or "60")
         settings = cls(
             repository=env.get("FLYWHEEL_GITHUB_REPOSITORY", ""),
@@ -281,13 +292,46 @@ class GitHubSettings:
             token=env.get("FLYWHEEL_GITHUB_TOKEN") or None,
             app_id=env.get("FLYWHEEL_GITHUB_APP_ID") or None,
             private_key=key or None,
-            installation_id=int(installation) if installation else None,
+            installation_id=installation_id,
             poll_seconds=poll,
         )
         if settings.repository.count("/") != 1:
-            raise ValueError("FLYWHEEL_GITHUB_REPOSITORY must be owner/name")
-        settings.auth()  # refuse incomplete credentials now, not at the first delivery
+            raise ValueError(
+                f"FLYWHEEL_GITHUB_REPOSITORY is {settings.repository!r}: give owner/name, e.g. octo/ml-specs"
+            )
+        _check_credentials(settings)  # refuse incomplete credentials now, not at the first delivery
         return settings
+
+
+def _check_credentials(settings: GitHubSettings) -> None:
+    """Raise ``ValueError`` naming the variables when neither a token nor a whole GitHub App is given."""
+    if settings.token:
+        return
+    app = {
+        "FLYWHEEL_GITHUB_APP_ID": settings.app_id,
+        "FLYWHEEL_GITHUB_PRIVATE_KEY (or _FILE)": settings.private_key,
+        "FLYWHEEL_GITHUB_INSTALLATION_ID": settings.installation_id,
+    }
+    missing = [name for name, value in app.items() if value is None]
+    if len(missing) == len(app):
+        raise ValueError(
+            "FLYWHEEL_GITHUB_REPOSITORY is set but no credentials are: set FLYWHEEL_GITHUB_TOKEN, or "
+            "FLYWHEEL_GITHUB_APP_ID, FLYWHEEL_GITHUB_PRIVATE_KEY (or _FILE) and "
+            "FLYWHEEL_GITHUB_INSTALLATION_ID"
+        )
+    if missing:
+        given = ", ".join(name for name in app if name not in missing)
+        raise ValueError(
+            f"a GitHub App needs {' and '.join(missing)} as well (given: {given}); "
+            "or set FLYWHEEL_GITHUB_TOKEN instead"
+        )
+    try:
+        Auth.AppAuth(str(settings.app_id), str(settings.private_key)).create_jwt()
+    except (PyJWTError, ValueError, TypeError):  # what PyJWT says is about a "public key": use our words
+        raise ValueError(
+            "FLYWHEEL_GITHUB_PRIVATE_KEY (or _FILE) is not a PEM private key a GitHub App can sign with"
+        ) from None
+    settings.auth()
 
 
 def _poll_seconds(text: str) -> float:
