@@ -276,7 +276,7 @@ def test_oversized_body_is_413_and_stores_nothing(store: Store, state: Path) -> 
     with TestClient(create_app(settings, store)) as client:
         assert client.post(GITHUB_HOOK_PATH, content=big, headers=headers(big)).status_code == 413
         assert client.post(GITHUB_HOOK_PATH, content=chunks(), headers=headers(big)).status_code == 413
-        at_limit = json.dumps({"pad": "x" * (1024 - 11)}).encode()
+        at_limit = json.dumps({"ref": "refs/heads/main", "pad": "x" * (1024 - 37)}).encode()
         assert len(at_limit) == 1024
         assert client.post(GITHUB_HOOK_PATH, content=at_limit, headers=headers(at_limit)).status_code == 202
         assert metric(client, "push", "too_large") == 2

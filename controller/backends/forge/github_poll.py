@@ -252,6 +252,7 @@ def _pull_request_payload(pull: PullRequest) -> JSONObject:
         "number": pull.number,
         "state": pull.state,
         "merged": pull.merged_at is not None,
+        "merged_at": _timestamp(_aware(pull.merged_at)) if pull.merged_at is not None else None,
         "updated_at": _timestamp(_aware(pull.updated_at or pull.created_at)),
         "html_url": pull.html_url,
         "user": {"login": pull.user.login, "type": pull.user.type},
