@@ -193,9 +193,9 @@ def describe_error(error: ValidationError) -> str:
     """The first mismatch of ``error`` in one short line: where, and what was wrong (no input echoed)."""
     errors = error.errors(include_url=False, include_input=False, include_context=False)
     first = errors[0]
-    where = ".".join(str(part) for part in first["loc"]) or "the payload"
+    where = ".".join(str(part) for part in first["loc"])
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{where}: {first['msg']}{more}"
+    return f"{where}: {first['msg']}{more}" if where else f"{first['msg']}{more}"
 
 
 def validate_payload(event: str, payload: Mapping[str, Any]) -> _Model | None:
