@@ -33,15 +33,23 @@ __all__ = [
     "GITHUB_ID_MAX",
     "Account",
     "BaseRef",
+    "ClosedPullRequest",
     "Comment",
+    "DraftPullRequest",
     "HeadRef",
     "Issue",
     "IssueCommentEvent",
+    "OpenedPullRequest",
     "PayloadError",
     "PingEvent",
     "PullRequest",
+    "PullRequestClosed",
+    "PullRequestConvertedToDraft",
     "PullRequestEvent",
+    "PullRequestOpened",
+    "PullRequestReopened",
     "PushEvent",
+    "ReopenedPullRequest",
     "RepositoryId",
     "RepositoryName",
     "Sender",
@@ -112,6 +120,43 @@ class PullRequest(_Model):
     base: BaseRef
 
 
+# What GitHub's schemas fix for some actions, on the fields Flywheel reads.
+class OpenedPullRequest(PullRequest):
+    """``opened``: open and not merged."""
+
+    state: Literal["open"]
+    merged_at: None
+
+
+class ReopenedPullRequest(PullRequest):
+    """``reopened`` and ``ready_for_review``: open, not merged, and ``merged`` known."""
+
+    state: Literal["open"]
+    merged: bool
+    merged_at: None
+
+
+class DraftPullRequest(PullRequest):
+    """``converted_to_draft``: not merged."""
+
+    merged: bool
+    merged_at: None
+
+    @field_validator("merged")
+    @classmethod
+    def _not_merged(cls, merged: bool) -> bool:
+        if merged:
+            raise ValueError("a draft is not merged")
+        return merged
+
+
+class ClosedPullRequest(PullRequest):
+    """``closed``: closed, merged or not."""
+
+    state: Literal["closed"]
+    merged: bool
+
+
 class PullRequestEvent(_Model):
     """Event ``pull_request``, every action: kinds ``pull_request.opened``, ``.synchronize``, ..."""
 
@@ -124,6 +169,22 @@ class PullRequestEvent(_Model):
         if self.number != self.pull_request.number:
             raise ValueError("number and pull_request.number differ")
         return self
+
+
+class PullRequestOpened(PullRequestEvent):
+    pull_request: OpenedPullRequest
+
+
+class PullRequestReopened(PullRequestEvent):
+    pull_request: ReopenedPullRequest
+
+
+class PullRequestConvertedToDraft(PullRequestEvent):
+    pull_request: DraftPullRequest
+
+
+class PullRequestClosed(PullRequestEvent):
+    pull_request: ClosedPullRequest
 
 
 class PushEvent(_Model):
@@ -182,10 +243,19 @@ _MODELS: dict[str, type[_Model]] = {
     "issue_comment": IssueCommentEvent,
     "ping": PingEvent,
 }
+_PULL_REQUEST_ACTIONS: dict[str, type[_Model]] = {
+    "opened": PullRequestOpened,
+    "reopened": PullRequestReopened,
+    "ready_for_review": PullRequestReopened,
+    "converted_to_draft": PullRequestConvertedToDraft,
+    "closed": PullRequestClosed,
+}
 
 
-def payload_model(event: str) -> type[_Model] | None:
-    """The model of event ``event``'s payload; ``None`` for an event Flywheel does not handle."""
+def payload_model(event: str, action: object = None) -> type[_Model] | None:
+    """The model of the payload of ``event`` (with ``action``); ``None`` for an event Flywheel ignores."""
+    if event == "pull_request" and isinstance(action, str) and action in _PULL_REQUEST_ACTIONS:
+        return _PULL_REQUEST_ACTIONS[action]
     return _MODELS.get(event)
 
 
@@ -200,7 +270,7 @@ def describe_error(error: ValidationError) -> str:
 
 def validate_payload(event: str, payload: Mapping[str, Any]) -> _Model | None:
     """``payload`` as the model of ``event``; ``None`` for an unhandled event; raise :class:`PayloadError`."""
-    model = payload_model(event)
+    model = payload_model(event, payload.get("action"))
     if model is None:
         return None
     try:
