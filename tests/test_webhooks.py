@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote, urlencode
 
+import anyio
 import httpx
 import pytest
 import uvicorn
@@ -363,6 +364,35 @@ def test_oversized_body_is_413_and_stores_nothing(store: Store, state: Path) -> 
         assert client.post(GITHUB_HOOK_PATH, content=at_limit, headers=headers(at_limit)).status_code == 202
         assert metric(client, "push", "too_large") == 2
     assert len(inbox_rows(state)) == 1
+
+
+@pytest.mark.parametrize(
+    ("length", "status"), [(b"\xb2", 202), (b"9" * 5000, 413), (b"99999999999999999999", 413)]
+)
+def test_a_strange_content_length_is_no_5xx(store: Store, state: Path, length: bytes, status: int) -> None:
+    """Straight through ASGI, past any HTTP server's own checks of the header."""
+    app = create_app(WebhookSettings(github_secrets=(SECRET,)), store)
+    sent: list[dict[str, Any]] = []
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": GITHUB_HOOK_PATH,
+        "query_string": b"",
+        "headers": [
+            (b"content-length", length),
+            *((k.lower().encode(), v.encode()) for k, v in headers(PUSH).items()),
+        ],
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": PUSH, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    anyio.run(app, scope, receive, send)
+    assert sent[0]["status"] == status
+    assert len(inbox_rows(state)) == (1 if status == 202 else 0)
 
 
 # ------------------------------------------------------------- store down

@@ -103,9 +103,9 @@ class _Metrics:
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:
     """The raw body, or ``None`` as soon as it is known to be longer than ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return None
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+        return None  # announced too long (18 digits is an exabyte; more would not even convert)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
