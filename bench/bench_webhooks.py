@@ -61,10 +61,21 @@ def payload() -> bytes:
     real = REFERENCE / "pull_request.opened.payload.json"
     if real.is_file():
         return real.read_bytes()
+    repo = {"id": 1, "full_name": "octo/models"}
     filler = {
         "action": "opened",
         "number": 1,
-        "pull_request": {"body": "x" * 27_000, "head": {"sha": "a" * 40}},
+        "pull_request": {
+            "number": 1,
+            "state": "open",
+            "merged": False,
+            "merged_at": None,
+            "updated_at": "2024-05-01T12:00:00Z",
+            "user": {"login": "octocat"},
+            "body": "x" * 27_000,
+            "head": {"ref": "tune", "sha": "a" * 40, "repo": repo},
+            "base": {"ref": "main", "repo": repo},
+        },
     }
     return json.dumps(filler).encode()
 

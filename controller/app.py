@@ -55,6 +55,7 @@ log = logging.getLogger("flywheel.controller")
 
 RETRAIN_EVENT = "retrain"  # queued by /flywheel retrain
 SLACK_ACTION_KIND = "slack.action"  # webhooks.slack.INBOX_KIND (the webhook layer sits above this one)
+MAX_EVENT_ATTEMPTS = 5  # an inbox event claimed more often than this without completing is given up
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,37 +128,68 @@ class Controller:
     poll_now: threading.Event = field(default_factory=threading.Event)  # set: fetch and reconcile at once
     pollers: list[Poller] = field(default_factory=list)  # the fallback for missed webhook deliveries
     clock: Clock = SYSTEM_CLOCK  # the one clock of everything above
+    # part of tick -> the error it last failed with, so a failure that repeats is logged once
+    _failing: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
     def main_catalog(self) -> Catalog:
         return self.repository.catalog(self.repository.resolve(self.proposals.release_branch))
 
     def tick(self) -> None:
-        """Poll for missed deliveries, handle the inbox, advance rollouts, deliver the outbox."""
+        """Poll for missed deliveries, handle the inbox, advance rollouts, deliver the outbox.
+
+        A part that raises is logged and the others still run: one bad event,
+        stored value or poller never stops the loop.
+        """
         for poller in self.pollers:
-            poller.poll_if_due()
-        self.handle_requests()
-        self.rollouts.tick()
-        self.deliver()
+            self._guarded(f"poller {type(poller).__name__}", poller.poll_if_due)
+        self._guarded("inbox", self.handle_requests)
+        self._guarded("rollouts", self.rollouts.tick)
+        self._guarded("outbox", self.deliver)
 
     def deliver(self) -> None:
         """Send the outbox's due messages through the registered senders."""
         deliver_due(self.store, self.senders, now=self.clock.now())
 
+    def _guarded(self, part: str, call: Callable[[], object]) -> None:
+        """Run ``call``; an exception is logged with its traceback once while it repeats, never raised."""
+        try:
+            call()
+        except Exception as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+            if self._failing.get(part) == failure:
+                log.debug("%s still failing: %s", part, failure)
+            else:
+                log.exception("%s failed; the controller goes on", part)
+            self._failing[part] = failure
+        else:
+            if self._failing.pop(part, None) is not None:
+                log.info("%s works again", part)
+
     def handle_requests(self) -> None:
-        """Handle the inbox's events in order; one that fails is recorded with its error."""
+        """Handle the inbox's events in order; one that fails is recorded with its error and skipped.
+
+        An event claimed more than :data:`MAX_EVENT_ATTEMPTS` times without
+        being completed (the controller stopped while handling it each time)
+        is recorded as failed without being handled again.
+        """
         for event in self.store.claim_events(limit=50, worker="controller", lease_seconds=120):
             handler = self.handlers.get(event.kind)
+            error: str | None = None
             if handler is None:
-                self.store.complete_event(
-                    event.id, error=f"no handler for {event.source} event {event.kind!r}"
-                )
-                continue
+                error = f"no handler for {event.source} event {event.kind!r}"
+            elif event.attempts > MAX_EVENT_ATTEMPTS:
+                error = f"given up: claimed {event.attempts} times and never completed"
+                log.error("%s event %s (%s) %s", event.source, event.id, event.kind, error)
+            else:
+                try:
+                    handler(event)
+                except Exception as exc:
+                    log.exception("%s event %s (%s) failed", event.source, event.id, event.kind)
+                    error = f"{type(exc).__name__}: {exc}"
             try:
-                handler(event)
-                self.store.complete_event(event.id)
-            except Exception as exc:
-                log.exception("%s event %s (%s) failed", event.source, event.id, event.kind)
-                self.store.complete_event(event.id, error=f"{type(exc).__name__}: {exc}")
+                self.store.complete_event(event.id, error=error)
+            except Exception:
+                log.exception("could not complete event %s; it will be claimed again", event.id)
 
     def close(self) -> None:
         for poller in self.pollers:

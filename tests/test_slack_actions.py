@@ -7,8 +7,11 @@ unmapped or unauthorized Slack user is refused, audited and told why in an
 ephemeral reply; an authorized one is recorded exactly once, even when Slack
 retries the request or the button is clicked twice, and the rollout's message
 then shows who approved. Also: the route exists only when a signing secret is
-configured, the settings, the size limit, and payloads that are not ours.
-Payloads have the shape of Slack's real ``block_actions`` requests.
+configured, the settings, the size limit, and payloads that are not ours;
+a malformed, deeply nested or out-of-range payload (a version the store
+cannot hold, a user id that is not exactly one) or a 400-digit timestamp is
+a 4xx that changes nothing. Payloads have the shape of Slack's real
+``block_actions`` requests.
 """
 
 from __future__ import annotations
@@ -316,6 +319,46 @@ def test_payloads_that_are_not_a_flywheel_decision_change_nothing(
 ) -> None:
     assert press(client, payload) == status
     assert nothing_changed(store)
+
+
+def test_a_400_digit_timestamp_is_401_and_changes_nothing(
+    client: TestClient, store: Store, version: int
+) -> None:
+    body = form(block_actions(CAROL))
+    headers = {**signed(body), "X-Slack-Request-Timestamp": "9" * 400}
+    headers["X-Slack-Signature"] = (
+        SignatureVerifier(SECRET).generate_signature(timestamp="9" * 400, body=body) or ""
+    )
+    response = client.post(SLACK_ACTIONS_PATH, content=body, headers=headers)
+    assert (response.status_code, response.json()["status"]) == (401, "bad_signature")
+    assert nothing_changed(store)
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        ("[" * 50_000 + "]" * 50_000, "recursion limit exceeded"),
+        ('{"type": "block_actions", "x": ' + "[" * 1000 + "]" * 1000 + "}", "recursion limit exceeded"),
+        (json.dumps(block_actions(CAROL, version=2**63)), "version: Input should be less than or equal to"),
+        (json.dumps(block_actions(CAROL, version=2**31)), "version: Input should be less than or equal to"),
+        (json.dumps(block_actions(CAROL, version=0)), "version: Input should be greater than or equal to 1"),
+        (json.dumps(block_actions(CAROL, raw=json.dumps({"model": MODEL, "version": True}))), "version"),
+        (json.dumps(block_actions(CAROL, raw=json.dumps({"model": MODEL, "version": 1.0}))), "version"),
+        (json.dumps(block_actions(CAROL, raw=json.dumps({"model": MODEL, "version": "1"}))), "version"),
+        (json.dumps(block_actions(CAROL + " ")), "user.id"),
+        (json.dumps({**block_actions(CAROL), "user": {"id": 7}}), "user.id"),
+        (json.dumps({**block_actions(CAROL), "actions": {"action_id": APPROVE_ACTION}}), "actions"),
+    ],
+    ids=lambda value: value[:40],
+)
+def test_a_malformed_or_out_of_range_payload_is_400_and_changes_nothing(
+    client: TestClient, store: Store, version: int, payload: str, error: str
+) -> None:
+    body = urlencode({"payload": payload}).encode()
+    response = client.post(SLACK_ACTIONS_PATH, content=body, headers=signed(body))
+    assert (response.status_code, response.json()["status"]) == (400, "bad_request")
+    assert error in response.json()["error"]
+    assert nothing_changed(store) and store.claim_events(limit=10, worker="check") == []
 
 
 def test_a_signed_body_that_is_not_a_form_is_400(client: TestClient, store: Store, version: int) -> None:

@@ -3,9 +3,13 @@
 Pins down Invariant 3 at the door — unsigned or wrongly signed deliveries and
 replays change nothing — and Invariant 5's first step: a handled delivery is
 in the durable inbox before GitHub gets a 2xx, and a store failure answers 503
-so that GitHub delivers again. Also: the body size limit (413, enforced while
-streaming), the settings refusing to start without a secret, secret rotation,
-ignored events, the health check and the per-app metrics. Real payloads come
+so that GitHub delivers again. A signed delivery whose payload does not have
+the shape Flywheel reads (``"number": false``, a string id, ...) is a 400 that
+stores nothing. Both of GitHub's content types work: JSON, and the default
+form (``payload=<json>``), verified as sent and stored as its JSON. Also: the
+body size limit (413, enforced while streaming), the settings refusing to
+start without a secret, secret rotation, ignored events, the health check and
+the per-app metrics. Real payloads come
 from ../shared/reference/github-webhooks/ (tests using them skip without it).
 """
 
@@ -20,7 +24,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import quote, urlencode
 
+import anyio
 import httpx
 import pytest
 import uvicorn
@@ -73,6 +79,22 @@ def metric(client: TestClient, event: str, outcome: str) -> float:
     return 0.0
 
 
+FORM = "application/x-www-form-urlencoded"
+_REPO = {"id": 1, "full_name": "octo/models"}
+PULL_REQUEST: dict[str, Any] = {  # the fields of a pull_request delivery that Flywheel reads
+    "action": "synchronize",
+    "number": 7,
+    "pull_request": {
+        "number": 7,
+        "state": "open",
+        "merged": False,
+        "merged_at": None,
+        "updated_at": "2024-05-01T12:00:00Z",
+        "user": {"login": "octocat"},
+        "head": {"ref": "tune", "sha": "a" * 40, "repo": _REPO},
+        "base": {"ref": "main", "repo": _REPO},
+    },
+}
 PUSH = json.dumps({"ref": "refs/heads/main", "before": "0" * 40, "after": "1" * 40, "commits": []}).encode()
 
 
@@ -136,6 +158,13 @@ def test_real_payloads_of_other_events_are_ignored_and_not_stored(client: TestCl
     assert metric(client, "other", "ignored") == len(files)
 
 
+def test_a_pull_request_with_the_fields_flywheel_reads_is_accepted(client: TestClient, state: Path) -> None:
+    body = json.dumps(PULL_REQUEST).encode()
+    response = client.post(GITHUB_HOOK_PATH, content=body, headers=headers(body, event="pull_request"))
+    assert response.status_code == 202 and response.json()["kind"] == "pull_request.synchronize"
+    assert len(inbox_rows(state)) == 1
+
+
 def test_replayed_delivery_is_a_duplicate_and_changes_nothing(client: TestClient, state: Path) -> None:
     delivery = str(uuid.uuid4())
     first = client.post(GITHUB_HOOK_PATH, content=PUSH, headers=headers(PUSH, delivery=delivery))
@@ -167,6 +196,53 @@ def test_rotation_accepts_the_previous_secret_too(store: Store, state: Path) -> 
             == 401
         )
     assert len(inbox_rows(state)) == 2
+
+
+@needs_reference
+def test_form_encoded_deliveries_githubs_default_are_stored_as_their_json(
+    client: TestClient, state: Path
+) -> None:
+    files = sorted(p for p in REFERENCE.glob("*.json") if event_of(p) in HANDLED_EVENTS)
+    for path in files:
+        text = path.read_text()
+        body = urlencode({"payload": text}).encode()
+        request_headers = {**headers(body, event=event_of(path)), "Content-Type": FORM}
+        response = client.post(GITHUB_HOOK_PATH, content=body, headers=request_headers)
+        assert (response.status_code, response.json()["status"]) == (202, "accepted"), path.name
+    rows = inbox_rows(state)
+    assert [json.loads(row[3]) for row in rows] == [json.loads(p.read_bytes()) for p in files]
+
+
+def test_a_form_is_verified_as_sent_then_decoded(client: TestClient, state: Path) -> None:
+    body = urlencode({"payload": PUSH.decode()}).encode()
+    as_json = {**headers(PUSH), "Content-Type": FORM}  # signed over the JSON inside, not the body
+    assert client.post(GITHUB_HOOK_PATH, content=body, headers=as_json).status_code == 401
+    with_charset = {**headers(body), "Content-Type": f"{FORM}; charset=utf-8"}
+    assert client.post(GITHUB_HOOK_PATH, content=body, headers=with_charset).status_code == 202
+    assert client.post(GITHUB_HOOK_PATH, content=PUSH, headers=headers(PUSH)).status_code == 202  # JSON too
+    assert [json.loads(row[3]) for row in inbox_rows(state)] == [json.loads(PUSH)] * 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"payload=",
+        b"other=" + quote(PUSH).encode(),
+        b"payload=" + quote(PUSH).encode() + b"&payload=" + quote(PUSH).encode(),
+        b"payload=" + quote(PUSH).encode() + b"&x=1",
+        b"payload=%7B",
+        b"payload=%FF%FE",
+        "payload=ü".encode(),
+        b"just text",
+        PUSH,  # JSON, but announced as a form
+    ],
+    ids=lambda value: repr(value)[:30],
+)
+def test_a_malformed_form_is_400_and_stores_nothing(client: TestClient, state: Path, body: bytes) -> None:
+    response = client.post(GITHUB_HOOK_PATH, content=body, headers={**headers(body), "Content-Type": FORM})
+    assert (response.status_code, response.json()["status"]) == (400, "bad_request"), response.text
+    assert inbox_rows(state) == []
 
 
 # ------------------------------------------------------------- refused
@@ -227,6 +303,13 @@ def test_verify_signature_only_takes_sha256_of_the_exact_body() -> None:
         (b'{"x": ' + b"9" * 5000 + b"}", None, "push"),
         (b"[" * 100_000 + b"]" * 100_000, None, "push"),
         (b'{"action": 7}', None, "pull_request"),
+        (json.dumps(PULL_REQUEST | {"number": False}).encode(), None, "pull_request"),
+        (json.dumps(PULL_REQUEST | {"number": 8}).encode(), None, "pull_request"),  # not pull_request's
+        (json.dumps(PULL_REQUEST | {"pull_request": None}).encode(), None, "pull_request"),
+        (b'{"ref": 5}', None, "push"),
+        (b'{"ref": "refs/heads/main", "deleted": "no"}', None, "push"),
+        (b'{"zen": "hi", "hook_id": true}', None, "ping"),
+        (b'{"action": "created", "comment": {"id": "1"}}', None, "issue_comment"),
         (b'{"action": "opened; DROP TABLE"}', None, "pull_request"),
         (PUSH, "X-GitHub-Event", "push"),
         (PUSH, "X-GitHub-Delivery", "push"),
@@ -277,11 +360,40 @@ def test_oversized_body_is_413_and_stores_nothing(store: Store, state: Path) -> 
     with TestClient(create_app(settings, store)) as client:
         assert client.post(GITHUB_HOOK_PATH, content=big, headers=headers(big)).status_code == 413
         assert client.post(GITHUB_HOOK_PATH, content=chunks(), headers=headers(big)).status_code == 413
-        at_limit = json.dumps({"pad": "x" * (1024 - 11)}).encode()
+        at_limit = json.dumps({"ref": "refs/heads/main", "pad": "x" * (1024 - 37)}).encode()
         assert len(at_limit) == 1024
         assert client.post(GITHUB_HOOK_PATH, content=at_limit, headers=headers(at_limit)).status_code == 202
         assert metric(client, "push", "too_large") == 2
     assert len(inbox_rows(state)) == 1
+
+
+@pytest.mark.parametrize(
+    ("length", "status"), [(b"\xb2", 202), (b"9" * 5000, 413), (b"99999999999999999999", 413)]
+)
+def test_a_strange_content_length_is_no_5xx(store: Store, state: Path, length: bytes, status: int) -> None:
+    """Straight through ASGI, past any HTTP server's own checks of the header."""
+    app = create_app(WebhookSettings(github_secrets=(SECRET,)), store)
+    sent: list[dict[str, Any]] = []
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": GITHUB_HOOK_PATH,
+        "query_string": b"",
+        "headers": [
+            (b"content-length", length),
+            *((k.lower().encode(), v.encode()) for k, v in headers(PUSH).items()),
+        ],
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": PUSH, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    anyio.run(app, scope, receive, send)
+    assert sent[0]["status"] == status
+    assert len(inbox_rows(state)) == (1 if status == 202 else 0)
 
 
 # ------------------------------------------------------------- store down

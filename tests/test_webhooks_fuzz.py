@@ -1,29 +1,46 @@
-"""Fuzzing the GitHub webhook receiver with random and mutated deliveries.
+"""Fuzzing the GitHub and Slack receivers with random, mutated and forged requests.
 
 Pins down that no request, however malformed — random bytes, truncated or
-mutated real payloads, huge numbers, deep nesting, unicode, wrong types,
-random header values, signed or not — makes the receiver answer 5xx (the
-store here never fails), and that no request without a valid signature
-changes the store (Invariant 3). Hypothesis drives ~2,000 cases with a fixed
-seed (``derandomize``) so a failure reproduces.
+mutated real payloads, wrong types at the fields Flywheel reads, huge
+numbers, deep nesting, unicode, JSON or form bodies, random header values
+(a 400-digit Slack timestamp among them), signed or not — makes a receiver
+answer 5xx (the store here never fails); that no request without a valid
+signature changes the store (Invariant 3); that a GitHub delivery is stored
+only when it is accepted, and every stored one is then handled without
+raising or leaving a record that does not read back; and that a Slack request
+answered 4xx, or 200 ``ignored``, changes nothing: no inbox row, approval,
+audit entry or outbox message (a ``duplicate`` click keeps at most its own
+inbox row against replays). Hypothesis drives the cases with a fixed seed
+(``derandomize``) so a failure reproduces.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import logging
 import sqlite3
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from controller.backends.store import open_store
+from controller.backends.forge.github import open_pull_requests, pull_request_info
+from controller.backends.notify.slack import APPROVE_ACTION, REJECT_ACTION, decision_value
+from controller.backends.store import Store, open_store
 from controller.clock import SYSTEM_CLOCK
-from webhooks.app import GITHUB_HOOK_PATH, create_app
+from controller.engine.commands import Commands
+from controller.specs import load_tree
+from webhooks.app import GITHUB_HOOK_PATH, SLACK_ACTIONS_PATH, create_app
+from webhooks.events import process_github_events
 from webhooks.github import sign, verify_signature
 from webhooks.settings import WebhookSettings
 
@@ -82,10 +99,54 @@ def retyped_object(draw: st.DrawFn) -> bytes:
     return json.dumps(payload, ensure_ascii=draw(st.booleans())).encode()
 
 
+READ_FIELDS = [
+    "action",
+    "number",
+    "pull_request",
+    "pull_request.number",
+    "pull_request.state",
+    "pull_request.merged",
+    "pull_request.merged_at",
+    "pull_request.head",
+    "pull_request.head.sha",
+    "pull_request.head.repo",
+    "pull_request.head.repo.id",
+    "pull_request.base.repo",
+    "pull_request.user.login",
+    "ref",
+    "deleted",
+    "issue.number",
+    "issue.pull_request",
+    "comment.id",
+    "comment.body",
+    "comment.user",
+    "comment.user.type",
+    "sender.login",
+    "repository.full_name",
+]
+
+
+@st.composite
+def retyped_read_field(draw: st.DrawFn) -> bytes:
+    """A real payload with one of the fields Flywheel reads removed or set to any JSON value."""
+    payload = json.loads(draw(st.sampled_from(SEEDS)))
+    *parents, last = draw(st.sampled_from(READ_FIELDS)).split(".")
+    node: Any = payload
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        if draw(st.booleans()):
+            node.pop(last, None)
+        else:
+            node[last] = draw(json_values)
+    return json.dumps(payload).encode()
+
+
 bodies = st.one_of(
     st.binary(max_size=300),
     mutated_seed(),
     retyped_object(),
+    retyped_read_field(),
     json_values.map(lambda value: json.dumps(value).encode()),
     st.sampled_from(
         [
@@ -113,6 +174,19 @@ deliveries = (
     st.builds(lambda u: str(u), st.uuids()) | header_text | st.sampled_from(["fixed-id-1", "fixed-id-2"])
 )
 signing = st.sampled_from(["valid", "valid", "none", "wrong secret", "garbage", "sha1"])
+FORM = "application/x-www-form-urlencoded"
+content_types = st.sampled_from(
+    [
+        None,
+        "application/json",
+        FORM,
+        FORM,
+        f"{FORM}; charset=utf-8",
+        "text/plain",
+        "multipart/form-data",
+        ";;",
+    ]
+)
 
 
 def _rows(state: Path) -> int:
@@ -120,7 +194,7 @@ def _rows(state: Path) -> int:
         return int(db.execute("SELECT count(*) FROM inbox_events").fetchone()[0])
 
 
-def test_no_request_gets_5xx_and_unsigned_ones_change_nothing() -> None:
+def test_no_request_gets_5xx_and_unsigned_ones_change_nothing(caplog: pytest.LogCaptureFixture) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
         store = open_store(state, clock=SYSTEM_CLOCK)
@@ -130,6 +204,7 @@ def test_no_request_gets_5xx_and_unsigned_ones_change_nothing() -> None:
         try:
             with client:
                 _fuzz(client, state)
+            _handle_everything_stored(store, state, caplog)
         finally:
             store.close()
 
@@ -146,9 +221,27 @@ def _fuzz(client: TestClient, state: Path) -> None:
             HealthCheck.large_base_example,
         ],
     )
-    @given(body=bodies, event=st.none() | events, delivery=st.none() | deliveries, how=signing)
-    def case(body: bytes, event: str | None, delivery: str | None, how: str) -> None:
+    @given(
+        body=bodies,
+        event=st.none() | events,
+        delivery=st.none() | deliveries,
+        how=signing,
+        content_type=content_types,
+        as_form=st.booleans(),
+    )
+    def case(
+        body: bytes,
+        event: str | None,
+        delivery: str | None,
+        how: str,
+        content_type: str | None,
+        as_form: bool,
+    ) -> None:
         request_headers: dict[str, bytes] = {}
+        if content_type is not None:
+            request_headers["Content-Type"] = content_type.encode()
+            if content_type.startswith(FORM) and as_form:  # GitHub's default: payload=<the JSON>
+                body = b"payload=" + quote(body).encode()
         if event is not None:
             request_headers["X-GitHub-Event"] = event.encode("latin-1")
         if delivery is not None:
@@ -177,5 +270,228 @@ def _fuzz(client: TestClient, state: Path) -> None:
             assert _rows(state) == before
         else:
             assert _rows(state) == before + 1
+
+    case()
+
+
+def _handle_everything_stored(store: Store, state: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every accepted delivery is handled without raising, and leaves records that read back."""
+    catalog = load_tree(Path(__file__).resolve().parents[1])
+    commands = Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK)
+    with caplog.at_level(logging.WARNING, logger="flywheel"):
+        for _ in range(20):
+            if not _unhandled(state):
+                break
+            process_github_events(store, catalog=lambda: catalog, commands=commands, limit=500)
+        for number in open_pull_requests(store):
+            assert pull_request_info(store, number) is not None
+    assert _unhandled(state) == 0
+    assert not [r for r in caplog.records if "skipping the stored" in r.getMessage()]
+    with sqlite3.connect(state / "state.db") as db:
+        errors = [row[0] for row in db.execute("SELECT error FROM inbox_events WHERE error IS NOT NULL")]
+    assert errors == []
+
+
+def _unhandled(state: Path) -> int:
+    with sqlite3.connect(state / "state.db") as db:
+        return int(db.execute("SELECT count(*) FROM inbox_events WHERE completed_at IS NULL").fetchone()[0])
+
+
+# ------------------------------------------------------------------ Slack
+
+SLACK_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+CAROL = "U0CAROL01"  # a business owner in the example policy
+MODEL = "breast-cancer"
+
+
+def _button(**fields: object) -> str:
+    value = json.loads(decision_value(model=MODEL, version=1, environment="production"))
+    return json.dumps({**value, **fields})
+
+
+def _block_actions(user: str = CAROL, value: str | None = None) -> dict[str, Any]:
+    return {
+        "type": "block_actions",
+        "user": {"id": user, "username": "carol", "team_id": "T0TEAM"},
+        "api_app_id": "A0FLYWHEEL",
+        "container": {"type": "message", "message_ts": "1700000000.000001", "channel_id": "C0RELEASES"},
+        "response_url": "https://hooks.slack.com/actions/T0TEAM/1/abc",
+        "actions": [
+            {
+                "action_id": APPROVE_ACTION,
+                "block_id": "flywheel_decision",
+                "type": "button",
+                "value": value or _button(),
+            }
+        ],
+    }
+
+
+SLACK_FIELDS = [
+    "type",
+    "user",
+    "user.id",
+    "actions",
+    "actions.0",
+    "actions.0.action_id",
+    "actions.0.value",
+    "response_url",
+    "container",
+    "container.channel_id",
+    "container.message_ts",
+]
+button_values = st.one_of(
+    st.integers(1, 3).map(lambda v: _button(version=v)),  # version 1 waits at the gate; 2, 3 do not exist
+    st.integers(1, 3).map(lambda v: _button(version=v)),
+    st.integers(1, 3).map(lambda v: _button(version=v)),
+    st.integers(min_value=-(2**70), max_value=2**70).map(lambda v: _button(version=v)),
+    st.sampled_from([2**31 - 1, 2**31, 2**63 - 1, 2**63, 2**64, 0, -1]).map(lambda v: _button(version=v)),
+    json_values.map(lambda v: _button(version=v)),
+    json_values.map(lambda v: _button(model=v)),
+    json_values.map(lambda v: _button(environment=v)),
+    json_values.map(json.dumps),
+    st.text(max_size=30),
+    st.integers(1, 3000).map(lambda n: '{"model": ' + "[" * n + "]" * n + ', "version": 1}'),
+)
+
+
+@st.composite
+def slack_payloads(draw: st.DrawFn) -> str:
+    payload = _block_actions(
+        user=draw(st.sampled_from([CAROL, "U0NOBODY9", "U0CAROL01 ", "u0carol01", ""])),
+        value=draw(button_values),
+    )
+    payload["actions"][0]["action_id"] = draw(st.sampled_from([APPROVE_ACTION, REJECT_ACTION, "other_app"]))
+    if draw(st.integers(0, 2)) == 0:
+        *parents, last = draw(st.sampled_from(SLACK_FIELDS)).split(".")
+        node: Any = payload
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node.get(part)
+        if draw(st.booleans()):
+            node.pop(int(last) if isinstance(node, list) else last)
+        else:
+            node[int(last) if isinstance(node, list) else last] = draw(json_values)
+    return json.dumps(payload, ensure_ascii=draw(st.booleans()))
+
+
+slack_bodies = st.one_of(
+    slack_payloads().map(lambda text: urlencode({"payload": text}).encode()),
+    slack_payloads().map(lambda text: urlencode({"payload": text}).encode()),
+    slack_payloads().map(lambda text: urlencode({"payload": text}).encode()),
+    slack_payloads().map(str.encode),  # not a form
+    st.integers(1, 200_000).map(lambda n: urlencode({"payload": "[" * n + "]" * n}).encode()),
+    st.integers(1, 5_000).map(lambda n: urlencode({"payload": '{"a":' * n + "1" + "}" * n}).encode()),
+    json_values.map(lambda v: urlencode({"payload": json.dumps(v)}).encode()),
+    st.binary(max_size=200),
+    st.sampled_from(
+        [b"", b"payload=", b"payload=%FF", b"payload=1&payload=2", b"a&&b", b"x" * (1024 * 1024 + 1)]
+    ),
+)
+timestamps = st.one_of(
+    st.just("now"),
+    st.just("now"),
+    st.just("now"),
+    st.just("now"),
+    st.integers(-(10**6), 10**6).map(lambda delta: str(int(time.time()) + delta)),
+    st.integers(1, 500).map(lambda n: "9" * n),
+    st.sampled_from(["", "-1", "1e3", "٣", "0x10", " 1700000000", "17000000000000000000000"]),
+    header_text,
+)
+slack_signing = st.sampled_from(["valid"] * 6 + ["none", "wrong secret", "garbage", "v1"])
+TABLES = ("inbox_events", "approvals", "audit_log", "outbox")
+
+
+def _table_rows(state: Path) -> dict[str, int]:
+    with sqlite3.connect(state / "state.db") as db:
+        return {table: int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]) for table in TABLES}
+
+
+def _version_at_the_gate(store: Store) -> None:
+    run = store.create_run(
+        model=MODEL, ref="refs/heads/main", commit="c" * 40, cache_key="k1", status="succeeded"
+    )
+    version = store.register_version(
+        model=MODEL,
+        run_id=run.id,
+        commit="c" * 40,
+        artifact_digest="sha256:" + "0" * 64,
+        artifact_uri="/tmp/artifact",
+        environment_hash="e" * 16,
+        metrics={"roc_auc": 0.99},
+    )
+    store.create_rollout(
+        model=MODEL,
+        version=version.number,
+        stages=["staging", "production"],
+        state="gate",
+        detail={"author": "alice"},
+    )
+
+
+def test_no_slack_request_gets_5xx_and_malformed_ones_change_nothing() -> None:
+    catalog = load_tree(Path(__file__).resolve().parents[1])
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp)
+        store = open_store(state, clock=SYSTEM_CLOCK)
+        try:
+            _version_at_the_gate(store)
+            settings_ = WebhookSettings(github_secrets=("github",), slack_signing_secret=SLACK_SECRET)
+            commands = Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK)
+            app = create_app(settings_, store, commands)
+            with TestClient(app) as client:
+                _fuzz_slack(client, state)
+        finally:
+            store.close()
+
+
+def _utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _fuzz_slack(client: TestClient, state: Path) -> None:
+    @settings(
+        max_examples=800,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.large_base_example,
+        ],
+    )
+    @given(body=slack_bodies, stamp=timestamps, how=slack_signing)
+    def case(body: bytes, stamp: str, how: str) -> None:
+        timestamp = str(int(time.time())) if stamp == "now" else stamp
+        request_headers: dict[str, bytes] = {"Content-Type": b"application/x-www-form-urlencoded"}
+        if timestamp:
+            request_headers["X-Slack-Request-Timestamp"] = timestamp.encode("utf-8")
+        fresh = timestamp.isascii() and timestamp.isdigit() and abs(int(timestamp) - int(time.time())) <= 299
+        if how in ("valid", "v1", "wrong secret"):
+            secret = SLACK_SECRET if how != "wrong secret" else "not " + SLACK_SECRET
+            digest = hmac.new(secret.encode(), b"v0:" + timestamp.encode() + b":" + body, hashlib.sha256)
+            version = "v1" if how == "v1" else "v0"
+            request_headers["X-Slack-Signature"] = f"{version}={digest.hexdigest()}".encode()
+        elif how == "garbage":
+            request_headers["X-Slack-Signature"] = b"v0=" + uuid.uuid4().hex.encode() * 2
+        before = _table_rows(state)
+        response = client.post(SLACK_ACTIONS_PATH, content=body, headers=request_headers)
+        assert response.status_code < 500, (response.status_code, response.text)
+        status = response.json()["status"]
+        if len(body) > 1024 * 1024:
+            assert response.status_code == 413
+        elif how != "valid" or not fresh or not _utf8(body):  # Slack signs (and sends) UTF-8 only
+            assert (response.status_code, status) == (401, "bad_signature")
+        after = _table_rows(state)
+        if response.status_code >= 400 or status == "ignored":
+            assert after == before, (response.status_code, status)
+        elif status == "duplicate":  # at most the click itself, kept against replays; no decision
+            assert {**after, "inbox_events": 0} == {**before, "inbox_events": 0}
+        else:
+            assert status in ("recorded", "refused")
 
     case()

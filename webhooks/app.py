@@ -10,7 +10,11 @@ build the app with :func:`create_app` around a store of their own.
 * 401 when ``X-Hub-Signature-256`` is missing or is not a valid signature of
   the raw body under one of the secrets — nothing is stored;
 * 400 when a signed delivery lacks well-formed ``X-GitHub-Event`` or
-  ``X-GitHub-Delivery`` headers, or its body is not a JSON object;
+  ``X-GitHub-Delivery`` headers, its body is not a JSON object (or, as
+  ``application/x-www-form-urlencoded``, a form whose ``payload`` field is
+  one), or the payload of a handled event does not have the shape Flywheel
+  reads (:mod:`webhooks.payloads`) — nothing is stored, and the answer says
+  what did not fit;
 * 202 ``ignored`` for events Flywheel does not handle (counted, not stored);
 * 202 ``accepted`` once a new event is durably in the inbox, 200
   ``duplicate`` when its delivery id was seen before (nothing changes);
@@ -25,8 +29,8 @@ Deliveries are written by group commit (:class:`_InboxWriter`): one writer
 thread stores every delivery waiting at that moment in one transaction and
 answers each request after the commit, so a 2xx still means the event is
 durably in the inbox, and under load one commit serves many deliveries. A
-payload is stored as the verified body it was parsed from, not serialised
-again. ``GET /healthz`` checks the store answers a cheap read; ``GET
+payload is stored as the verified JSON text it was parsed from, not
+serialised again. ``GET /healthz`` checks the store answers a cheap read; ``GET
 /metrics`` exposes per-app Prometheus metrics.
 """
 
@@ -99,9 +103,9 @@ class _Metrics:
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:
     """The raw body, or ``None`` as soon as it is known to be longer than ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return None
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+        return None  # announced too long (18 digits is an exabyte; more would not even convert)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -195,13 +199,13 @@ class _InboxWriter:
         self._pending: deque[_Pending] = deque()
         self._running = False
 
-    async def put(self, delivery: Delivery, *, body: bytes) -> bool:
-        """Whether ``delivery`` (verified, parsed from ``body``) is new, once it is committed.
+    async def put(self, delivery: Delivery) -> bool:
+        """Whether ``delivery`` (verified and parsed) is new, once it is committed.
 
         Raises :class:`InboxUnavailable` when the transaction holding it failed.
         """
-        payload = _as_received(delivery.payload, body)
-        item = _Pending(delivery, payload, len(body), asyncio.get_running_loop())
+        payload = _as_received(delivery.payload, delivery.text)
+        item = _Pending(delivery, payload, len(delivery.text), asyncio.get_running_loop())
         with self._ready:
             self._pending.append(item)
             if self._running:
@@ -301,14 +305,17 @@ def create_app(settings: WebhookSettings, store: Store, commands: Commands | Non
             )
         try:
             delivery = parse_delivery(
-                event=event, delivery_id=request.headers.get("x-github-delivery"), body=body
+                event=event,
+                delivery_id=request.headers.get("x-github-delivery"),
+                body=body,
+                content_type=request.headers.get("content-type"),
             )
         except BadDelivery as exc:
             return answer(event, "bad_request", started, 400, error=str(exc))
         if not delivery.handled:
             return answer(event, "ignored", started, 202, delivery=delivery.delivery_id)
         try:
-            new = await inbox.put(delivery, body=body)
+            new = await inbox.put(delivery)
         except Exception as exc:
             _log.warning(
                 "could not store GitHub delivery %s (%s): %s", delivery.delivery_id, delivery.kind, exc

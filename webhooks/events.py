@@ -16,6 +16,10 @@ claims inbox events and handles the GitHub webhook ones:
   returns the pull request's ref;
 * ``ping``: nothing to do.
 
+Every payload is checked against its model (:mod:`webhooks.payloads`) before
+it is handled, as the receiver checks it at the door, so an event stored
+before those checks existed, or queued by the poller, is held to the same
+shape: one that does not fit fails with the mismatch and records nothing.
 Each handled event is completed; an error is recorded on the event and
 logged, never raised, so one bad event cannot stop the loop. Other events
 (``retrain`` and ``rollback`` requests, Slack actions, timers) are passed to
@@ -37,6 +41,7 @@ from controller.engine.comments import handle_comment
 from controller.engine.trust import PullRequestInfo, record_pull_request
 from controller.specs.types import Catalog
 from webhooks.github import HANDLED_EVENTS
+from webhooks.payloads import validate_payload
 
 if TYPE_CHECKING:
     from controller.app import Controller
@@ -191,9 +196,13 @@ def handle_github_event(
     forge: GitHubForge | None = None,
     changed_models: Callable[[PullRequestInfo], Sequence[str]] | None = None,
 ) -> set[str]:
-    """Handle one GitHub webhook event (without completing it); return the refs to reconcile."""
+    """Handle one GitHub webhook event (without completing it); return the refs to reconcile.
+
+    Raises :class:`~webhooks.payloads.PayloadError` for a payload that does not fit its model.
+    """
     name = event.kind.split(".", 1)[0]
     payload = event.payload
+    validate_payload(name, payload)
     action = payload.get("action")
     if name == "pull_request":
         return _pull_request(store, payload, action)

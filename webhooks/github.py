@@ -6,6 +6,12 @@ GitHub signs each delivery with ``X-Hub-Signature-256: sha256=<hex>``, the
 HMAC-SHA256 of the raw body under the webhook's secret; ``X-GitHub-Event``
 names the event and ``X-GitHub-Delivery`` is a GUID that stays the same when
 a delivery is redelivered, which is what the inbox deduplicates on.
+
+A webhook sends its payload as ``application/json`` (the JSON is the body) or
+as ``application/x-www-form-urlencoded``, GitHub's default (the body is
+``payload=<the JSON, URL-encoded>``); either way the signature covers the body
+as sent, so it is checked first and the form is decoded after. The payload of
+a handled event must fit its model (:mod:`webhooks.payloads`).
 """
 
 from __future__ import annotations
@@ -17,9 +23,14 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from email.message import Message
 from typing import Any
+from urllib.parse import parse_qs
+
+from webhooks.payloads import PayloadError, validate_payload
 
 __all__ = [
+    "FORM_CONTENT_TYPE",
     "HANDLED_EVENTS",
     "SIGNATURE_PREFIX",
     "BadDelivery",
@@ -31,6 +42,7 @@ __all__ = [
 
 HANDLED_EVENTS: frozenset[str] = frozenset({"pull_request", "push", "issue_comment", "ping"})
 SIGNATURE_PREFIX = "sha256="
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 _SIGNATURE = re.compile(r"sha256=[0-9a-fA-F]{64}")
 _EVENT = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -50,6 +62,7 @@ class Delivery:
     delivery_id: str  # X-GitHub-Delivery
     kind: str  # "<event>.<action>", or "<event>" for events without an action (push, ping)
     payload: dict[str, Any]
+    text: bytes  # the JSON the payload was parsed from: the body, or the form's payload field
 
     @property
     def handled(self) -> bool:
@@ -89,14 +102,47 @@ def verify_signature(body: bytes, header: str | None, secrets: Iterable[str]) ->
     return matched
 
 
-def parse_delivery(*, event: str | None, delivery_id: str | None, body: bytes) -> Delivery:
-    """Check the headers and body of a delivery whose signature was verified; raise :class:`BadDelivery`."""
+def _media_type(content_type: str | None) -> str:
+    message = Message()
+    message["content-type"] = content_type or "application/json"
+    return message.get_content_type()
+
+
+def _json_text(body: bytes, content_type: str | None) -> bytes:
+    """The JSON a delivery carries: the body itself, or its form field ``payload``."""
+    if _media_type(content_type) != FORM_CONTENT_TYPE:
+        return body
+    try:
+        form = parse_qs(
+            body.decode("ascii"),
+            keep_blank_values=True,
+            strict_parsing=True,
+            errors="strict",
+            max_num_fields=1,
+        )
+    except (UnicodeDecodeError, ValueError):
+        raise BadDelivery("the form body is not one URL-encoded 'payload' field") from None
+    values = form.get("payload")
+    if values is None or len(values) != 1:
+        raise BadDelivery("the form body has no 'payload' field")
+    return values[0].encode("utf-8")
+
+
+def parse_delivery(
+    *, event: str | None, delivery_id: str | None, body: bytes, content_type: str | None = None
+) -> Delivery:
+    """Check the headers and body of a delivery whose signature was verified; raise :class:`BadDelivery`.
+
+    ``content_type`` is the ``Content-Type`` header: a form's ``payload`` field
+    is read for ``application/x-www-form-urlencoded``, the body as JSON otherwise.
+    """
     if not event or _EVENT.fullmatch(event) is None:
         raise BadDelivery("missing or malformed X-GitHub-Event header")
     if not delivery_id or _DELIVERY.fullmatch(delivery_id) is None:
         raise BadDelivery("missing or malformed X-GitHub-Delivery header")
+    text = _json_text(body, content_type)
     try:
-        payload = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+        payload = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BadDelivery(f"the body is not JSON: {exc}") from None
     except ValueError as exc:  # e.g. an integer too long to convert
@@ -109,4 +155,8 @@ def parse_delivery(*, event: str | None, delivery_id: str | None, body: bytes) -
         if not isinstance(action, str) or _ACTION.fullmatch(action) is None:
             raise BadDelivery("the payload's 'action' is not an action name")
         kind = f"{event}.{action}"
-    return Delivery(event=event, delivery_id=delivery_id, kind=kind, payload=payload)
+    try:
+        validate_payload(event, payload)
+    except PayloadError as exc:
+        raise BadDelivery(str(exc)) from None
+    return Delivery(event=event, delivery_id=delivery_id, kind=kind, payload=payload, text=text)

@@ -6,11 +6,16 @@ Each request is checked in this order:
 
 * 413 when the body is over :data:`MAX_BODY_BYTES` (or the service's limit);
 * 401 unless ``X-Slack-Signature`` is a valid signature of the raw body and
-  ``X-Slack-Request-Timestamp`` is within five minutes of now (slack-sdk's
-  :class:`~slack_sdk.signature.SignatureVerifier`) — nothing is stored;
+  ``X-Slack-Request-Timestamp`` (at most 12 digits) is within five minutes of
+  now (slack-sdk's :class:`~slack_sdk.signature.SignatureVerifier`) —
+  nothing is stored;
 * 400 when the signed body is not an interactivity payload (form field
-  ``payload`` holding a JSON object), or a Flywheel button's value is not
-  ours;
+  ``payload`` holding a JSON object, nested no deeper than pydantic's JSON
+  parser allows), a ``block_actions`` payload does not fit the fields
+  Flywheel reads (:class:`BlockActionsPayload`: a Slack user id, the
+  actions), or a Flywheel button's value is not ours
+  (:class:`DecisionValue`: a model, and a version the store can hold) —
+  nothing is stored, nothing decided;
 * 200 ``ignored`` for other payload types and other apps' buttons;
 * 200 ``duplicate`` for an exact replay (same timestamp and body): the
   request's digest is its delivery id in the inbox, and nothing changes;
@@ -30,28 +35,33 @@ store transaction, so a crash leaves all or none of them.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal, NotRequired, TypedDict, cast
+from typing import Annotated, Literal
 from urllib.parse import parse_qs
 
 import anyio.to_thread
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from slack_sdk.signature import Clock, SignatureVerifier
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from controller.backends.notify.slack import APPROVE_ACTION, REJECT_ACTION
 from controller.backends.store import Store
+from controller.clock import Clock as FlywheelClock
 from controller.engine.commands import Actor, CommandOutcome, Commands
+from webhooks.payloads import describe_error
 
 __all__ = [
     "MAX_BODY_BYTES",
     "SLACK_ACTIONS_PATH",
     "BadAction",
+    "BlockActionsPayload",
     "ButtonPress",
+    "DecisionValue",
     "actions_endpoint",
     "parse_action",
 ]
@@ -60,41 +70,13 @@ SLACK_ACTIONS_PATH = "/hooks/slack/actions"
 SOURCE = "slack"
 INBOX_KIND = "slack.action"  # recorded for replay protection and history; already handled
 MAX_BODY_BYTES = 1024 * 1024  # interactivity payloads carry the message; far below this
+STORE_INT_MAX = 2**31 - 1  # the store's integer columns (PostgreSQL's INTEGER) hold no more
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")  # seconds since 1970: ten digits until the year 2286
 
 _DECISIONS: dict[str, Literal["approve", "reject"]] = {APPROVE_ACTION: "approve", REJECT_ACTION: "reject"}
 _log = logging.getLogger("flywheel.webhooks.slack")
 
 ReadBody = Callable[[Request, int], Awaitable[bytes | None]]
-
-
-class SlackUser(TypedDict):
-    id: str
-    username: NotRequired[str]
-    team_id: NotRequired[str]
-
-
-class SlackAction(TypedDict):
-    action_id: str
-    block_id: NotRequired[str]
-    value: NotRequired[str]
-    type: NotRequired[str]
-    action_ts: NotRequired[str]
-
-
-class SlackContainer(TypedDict, total=False):
-    type: str
-    message_ts: str
-    channel_id: str
-
-
-class BlockActionsPayload(TypedDict):
-    """The parts of Slack's ``block_actions`` payload that Flywheel reads."""
-
-    type: Literal["block_actions"]
-    user: SlackUser
-    actions: list[SlackAction]
-    response_url: NotRequired[str]
-    container: NotRequired[SlackContainer]
 
 
 class BadAction(ValueError):
@@ -115,64 +97,96 @@ class ButtonPress:
     message_ts: str | None
 
 
+class _Model(BaseModel):
+    """Strict (JSON's types as given), immutable, and blind to the fields it does not declare."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+
+class Interaction(_Model):
+    """Any interactivity payload: only its type is read before it is known to be ``block_actions``."""
+
+    type: str
+
+
+class SlackUser(_Model):
+    id: Annotated[str, Field(pattern=r"^[A-Z0-9]{1,32}$")]  # U0CAROL01, W012A3CDE: exactly as Slack writes
+
+
+class SlackAction(_Model):
+    """One action of the payload; other apps' actions may lack a value."""
+
+    action_id: str
+    value: str | None = None
+
+
+class SlackContainer(_Model):
+    message_ts: str | None = None
+    channel_id: str | None = None
+
+
+class BlockActionsPayload(_Model):
+    """The parts of Slack's ``block_actions`` payload that Flywheel reads."""
+
+    type: Literal["block_actions"]
+    user: SlackUser
+    actions: list[SlackAction]
+    response_url: str | None = None
+    container: SlackContainer | None = None
+
+
+class DecisionValue(_Model):
+    """A Flywheel button's value (:func:`controller.backends.notify.slack.decision_value`)."""
+
+    model: Annotated[str, Field(min_length=1, max_length=253)]
+    version: Annotated[int, Field(ge=1, le=STORE_INT_MAX)]
+    environment: Annotated[str, Field(max_length=253)] | None = None
+
+
 def parse_action(body: bytes) -> ButtonPress | None:
-    """The Flywheel button press in a signed request body; ``None`` when it is something else."""
+    """The Flywheel button press in a signed request body; ``None`` when it is something else.
+
+    The ``payload`` field and the button's value are parsed by pydantic's
+    JSON parser, which bounds nesting, and must fit the models above.
+    """
     try:
-        form = parse_qs(body.decode("utf-8"), max_num_fields=16, strict_parsing=True)
-        data = json.loads(form["payload"][0])
+        form = parse_qs(body.decode("utf-8"), max_num_fields=16, strict_parsing=True, errors="strict")
+        text = form["payload"][0]
     except (UnicodeDecodeError, ValueError, KeyError, IndexError) as exc:
-        raise BadAction("the body is not a form with a JSON 'payload' field") from exc
-    if not isinstance(data, dict):
-        raise BadAction("the payload is not a JSON object")
-    if data.get("type") != "block_actions":
-        return None
-    payload = cast(BlockActionsPayload, data)
-    actions = payload.get("actions")
-    if not isinstance(actions, list):
-        raise BadAction("block_actions without a list of actions")
-    ours = [a for a in actions if isinstance(a, dict) and a.get("action_id") in _DECISIONS]
+        raise BadAction("the body is not a form with a 'payload' field") from exc
+    try:
+        if Interaction.model_validate_json(text).type != "block_actions":
+            return None
+        payload = BlockActionsPayload.model_validate_json(text)
+    except ValidationError as exc:
+        raise BadAction(f"the payload does not fit: {describe_error(exc)}") from None
+    ours = [a for a in payload.actions if a.action_id in _DECISIONS]
     if not ours:
         return None
     action = ours[0]
-    user = payload.get("user")
-    if not isinstance(user, dict) or not isinstance(user.get("id"), str) or not user["id"]:
-        raise BadAction("block_actions without a user id")
     try:
-        value = json.loads(action.get("value", ""))
-    except ValueError as exc:
-        raise BadAction("the button's value is not JSON") from exc
-    if not isinstance(value, dict):
-        raise BadAction("the button's value is not a JSON object")
-    model, version, environment = value.get("model"), value.get("version"), value.get("environment")
-    if not isinstance(model, str) or not model or isinstance(version, bool) or not isinstance(version, int):
-        raise BadAction("the button's value does not name a model and a version")
-    if environment is not None and not isinstance(environment, str):
-        raise BadAction("the button's environment is not a string")
-    container = payload.get("container")
-    container = container if isinstance(container, dict) else {}
-    response_url = payload.get("response_url")
+        value = DecisionValue.model_validate_json(action.value or "")
+    except ValidationError as exc:
+        raise BadAction(f"the button's value is not a Flywheel decision: {describe_error(exc)}") from None
+    container = payload.container or SlackContainer()
     return ButtonPress(
-        user_id=user["id"],
-        decision=_DECISIONS[action["action_id"]],
-        model=model,
-        version=version,
-        environment=environment or None,
-        response_url=response_url if isinstance(response_url, str) and response_url else None,
-        channel=_text(container.get("channel_id")),
-        message_ts=_text(container.get("message_ts")),
+        user_id=payload.user.id,
+        decision=_DECISIONS[action.action_id],
+        model=value.model,
+        version=value.version,
+        environment=value.environment or None,
+        response_url=payload.response_url or None,
+        channel=container.channel_id or None,
+        message_ts=container.message_ts or None,
     )
 
 
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
 def _verified(verifier: SignatureVerifier, body: bytes, timestamp: str | None, signature: str | None) -> bool:
-    if not timestamp or not signature or not timestamp.isascii() or not timestamp.isdigit():
-        return False
+    if not timestamp or not signature or _TIMESTAMP.fullmatch(timestamp) is None:
+        return False  # a timestamp of more digits than seconds have would overflow the verifier's clock
     try:
         return verifier.is_valid(body=body, timestamp=timestamp, signature=signature)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, OverflowError):
         return False
 
 
@@ -246,6 +260,16 @@ def _queue_decision(store: Store, press: ButtonPress, outcome: CommandOutcome) -
     )
 
 
+class _VerifierClock(Clock):
+    """slack-sdk's clock for request freshness, reading the one clock the commands are judged on."""
+
+    def __init__(self, clock: FlywheelClock) -> None:
+        self._clock = clock
+
+    def now(self) -> float:
+        return self._clock.timestamp()
+
+
 def actions_endpoint(
     *,
     signing_secret: str,
@@ -256,9 +280,7 @@ def actions_endpoint(
     clock: Clock | None = None,
 ) -> Callable[[Request], Awaitable[Response]]:
     """The ``POST /hooks/slack/actions`` handler (see the module docstring)."""
-    verifier = (
-        SignatureVerifier(signing_secret) if clock is None else SignatureVerifier(signing_secret, clock)
-    )
+    verifier = SignatureVerifier(signing_secret, clock or _VerifierClock(commands.clock))
     limit = min(max_body_bytes, MAX_BODY_BYTES)
 
     def answer(status: str, code: int, **body: str) -> Response:

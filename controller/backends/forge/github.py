@@ -32,10 +32,12 @@ API (``GET /repos/{owner}/{repo}/pulls?head=owner:branch``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,7 @@ import requests
 from github import Auth, Consts, Github, GithubException, RateLimitExceededException, UnknownObjectException
 from github.Repository import Repository
 from jwt.exceptions import PyJWTError
+from pydantic import TypeAdapter, ValidationError
 
 from controller.backends.delivery import DeliveryError
 from controller.backends.forge import CommitState, ReviewTarget
@@ -84,6 +87,9 @@ SECONDARY_LIMIT_WAIT = 60.0  # GitHub: with no Retry-After, wait at least a minu
 CheckMode = Literal["check-runs", "statuses"]
 
 _PULL_REF = re.compile(r"(?:refs/)?pull/(\d+)(?:/head|/merge)?")
+_NUMBER = re.compile(r"[0-9]{1,19}")
+_SKIPPED: set[tuple[str, str]] = set()  # (meta key, digest of the value) already warned about
+_SKIPPED_LOCK = threading.Lock()
 
 
 # ---------------------------------------------------------------- metadata
@@ -120,17 +126,65 @@ def pull_request_number(store: Store, proposal: str) -> int | None:
 
 
 def pull_request_info(store: Store, number: int) -> PullRequestInfo | None:
-    """What the store last recorded of pull request ``number`` (``controller.engine.trust`` records it)."""
-    raw = store.get_meta(pull_request_meta_key(number))
+    """What the store last recorded of pull request ``number`` (``controller.engine.trust`` records it).
+
+    A record that does not read back as a :class:`PullRequestInfo` (written
+    by an older Flywheel from a malformed delivery, or damaged) counts as no
+    record, with a warning once: the next ``pull_request`` event or poll
+    writes a good one over it.
+    """
+    key = pull_request_meta_key(number)
+    raw = store.get_meta(key)
     if not raw:
         return None
-    return PullRequestInfo(**json.loads(raw))
+    try:
+        info = _PULL_REQUEST_RECORD.validate_json(raw, strict=True)
+    except ValidationError as exc:
+        _skip_once(key, raw, f"it is not a pull request record ({exc.error_count()} errors)")
+        return None
+    if info.number != number:
+        _skip_once(key, raw, f"it records pull request {info.number}")
+        return None
+    return info
 
 
 def open_pull_requests(store: Store) -> dict[int, bool]:
-    """The pull requests last recorded open: number -> whether its head is in a fork."""
+    """The pull requests last recorded open: number -> whether its head is in a fork.
+
+    Entries that are not a pull request number with a boolean (written by an
+    older Flywheel from a malformed delivery) are left out, with a warning
+    once; the next record of a pull request writes the list without them.
+    """
     raw = store.get_meta(OPEN_PULLS_KEY)
-    return {int(number): bool(fork) for number, fork in json.loads(raw).items()} if raw else {}
+    if not raw:
+        return {}
+    try:
+        recorded = json.loads(raw)
+    except (ValueError, RecursionError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        _skip_once(OPEN_PULLS_KEY, raw, "it is not a JSON object")
+        return {}
+    found: dict[int, bool] = {}
+    bad: list[str] = []
+    for number, fork in recorded.items():
+        if _NUMBER.fullmatch(number) and isinstance(fork, bool):
+            found[int(number)] = fork
+        else:
+            bad.append(number)
+    if bad:
+        _skip_once(OPEN_PULLS_KEY, raw, f"entries {', '.join(repr(n[:40]) for n in bad[:5])} are malformed")
+    return found
+
+
+def _skip_once(key: str, raw: str, why: str) -> None:
+    """Warn that the stored value at ``key`` is skipped, once per value (readers run on every poll)."""
+    seen = (key, hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest())
+    with _SKIPPED_LOCK:
+        if seen in _SKIPPED:
+            return
+        _SKIPPED.add(seen)
+    log.warning("skipping the stored %s: %s", key, why)
 
 
 def comment_handled_key(comment_id: int) -> str:
@@ -156,6 +210,10 @@ class PullRequestInfo:
     def ref(self) -> str:
         """The ref the proposal reconciler runs: the head branch, or ``pull/<n>/head`` for a fork."""
         return f"pull/{self.number}/head" if self.fork else self.head_ref
+
+
+# Reads a stored record back with JSON's types as they are (``false`` is no number).
+_PULL_REQUEST_RECORD = TypeAdapter(PullRequestInfo)
 
 
 def report_marker(model: str) -> str:

@@ -27,7 +27,9 @@ webhook's shape, restricted to the fields Flywheel reads.
 
 The poller makes only reads. GitHub being down, or rate limiting, delays
 the next poll (with backoff, or until the limit resets) and loses nothing:
-what was missed is still there to be read. The controller's loop calls
+what was missed is still there to be read. Any other failure (a bug, the
+store) is logged with its traceback once, when it starts, and backs off the
+same way; it is never raised into the controller's loop, which calls
 :meth:`GitHubPoller.poll_if_due`.
 """
 
@@ -120,14 +122,22 @@ class GitHubPoller:
             return 0
         try:
             queued = self.poll()
-        except (GithubException, requests.RequestException) as exc:
+        except Exception as exc:
             self._failures += 1
             wait = min(self.interval_seconds * 2 ** min(self._failures, 10), MAX_BACKOFF_SECONDS)
             if isinstance(exc, GithubException):
                 retry_after = delivery_error(exc, now=self._clock.timestamp()).retry_after
                 wait = max(wait, retry_after or 0.0)
             self._next = now + wait
-            log.warning("polling GitHub failed (%s); next try in %.0fs", _describe(exc), wait)
+            if isinstance(exc, GithubException | requests.RequestException):
+                log.warning("polling GitHub failed (%s); next try in %.0fs", _describe(exc), wait)
+            else:  # not GitHub's doing: the traceback once, when it starts
+                log.error(
+                    "polling GitHub failed (%s); next try in %.0fs",
+                    _describe(exc),
+                    wait,
+                    exc_info=self._failures == 1,
+                )
             return 0
         self._failures = 0
         self._next = now + self.interval_seconds
@@ -251,6 +261,7 @@ def _pull_request_payload(pull: PullRequest) -> JSONObject:
         "number": pull.number,
         "state": pull.state,
         "merged": pull.merged_at is not None,
+        "merged_at": _timestamp(_aware(pull.merged_at)) if pull.merged_at is not None else None,
         "updated_at": _timestamp(_aware(pull.updated_at or pull.created_at)),
         "html_url": pull.html_url,
         "user": {"login": pull.user.login, "type": pull.user.type},
