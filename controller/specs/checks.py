@@ -209,3 +209,134 @@ def mentions(kind: str, doc: dict[str, Any]) -> tuple[list[Mention], list[Mentio
         for index, rule in enumerate(doc["spec"].get("approvals", [])):
             declares.append(Mention("approval rule", rule["name"], ("spec", "approvals", index, "name")))
     return refers, declares
+
+
+# ------------------------------------------------------------ not supported yet
+
+
+@dataclass(frozen=True)
+class NotYet:
+    """A field the language keeps for what a later version builds, refused until it is built.
+
+    ``path`` is the field's path in the document, ``"*"`` standing for every
+    item of a list; ``value`` is the one refused value, or ``None`` when the
+    field is refused whatever its value. ``why`` says what Flywheel does
+    instead and what to do.
+    """
+
+    kind: str
+    path: tuple[str, ...]
+    value: str | None
+    why: str
+
+
+NOT_YET: tuple[NotYet, ...] = (
+    NotYet(
+        "Model",
+        ("spec", "source", "dockerfile"),
+        None,
+        "no cluster image is built, steps run in a virtualenv made from the requirements; remove it",
+    ),
+    NotYet(
+        "Model",
+        ("spec", "data", "*", "digest"),
+        None,
+        "data digests are not checked (local inputs are fingerprinted by their content, "
+        "others by their uri and version); remove it",
+    ),
+    NotYet(
+        "Model",
+        ("spec", "pipeline", "steps", "*", "resources"),
+        None,
+        "steps run as local processes, without resource requests or limits; remove it",
+    ),
+    NotYet(
+        "Model",
+        ("spec", "serving", "runtime"),
+        "lightgbm",
+        "no lightgbm model server is built; use sklearn, xgboost or custom",
+    ),
+    NotYet(
+        "Model",
+        ("spec", "triggers", "schedule"),
+        None,
+        "nothing retrains on a schedule (a commit that changes the model trains it); remove it",
+    ),
+    NotYet(
+        "Model",
+        ("spec", "triggers", "dataChange"),
+        None,
+        "nothing watches the data (a commit that changes a local input, or an input's version, "
+        "trains the model); remove it",
+    ),
+    NotYet(
+        "Model",
+        ("spec", "triggers", "drift"),
+        None,
+        "nothing retrains on drift; remove it",
+    ),
+    NotYet(
+        "Environment",
+        ("spec", "home"),
+        "cluster",
+        "only the embedded home (one machine) is built; use embedded",
+    ),
+    NotYet(
+        "Environment",
+        ("spec", "pipeline", "runner"),
+        "argo",
+        "pipelines run only with the local runner; use local",
+    ),
+    NotYet(
+        "Environment",
+        ("spec", "pipeline", "namespace"),
+        None,
+        "it is for the argo runner, which is not built; remove it",
+    ),
+    NotYet(
+        "Environment",
+        ("spec", "serving", "backend"),
+        "kserve",
+        "models are served only by the local backend; use local",
+    ),
+    NotYet(
+        "Environment",
+        ("spec", "serving", "namespace"),
+        None,
+        "it is for the kserve backend, which is not built; remove it",
+    ),
+)
+_NOT_YET_BY_KIND: dict[str, tuple[NotYet, ...]] = {
+    kind: tuple(rule for rule in NOT_YET if rule.kind == kind) for kind in ("Model", "Policy", "Environment")
+}
+
+
+def not_supported(kind: str, doc: Any) -> list[Problem]:
+    """A problem for every field of ``doc`` that asks for what this version does not do yet.
+
+    Safe on any document, valid or not, so these are reported with the
+    document's other errors. A refused field is located at its key (a refused
+    value at the value) and named by its own path.
+    """
+    problems: list[Problem] = []
+    for rule in _NOT_YET_BY_KIND.get(kind, ()):
+        for path, value in _find(doc, rule.path, ()):
+            if rule.value is None:
+                problems.append(Problem(path, f"not supported yet: {rule.why}", at_key=True, named=True))
+            elif type(value) is str and value == rule.value:
+                problems.append(Problem(path, f"{value!r} is not supported yet: {rule.why}"))
+    return problems
+
+
+def _find(node: Any, pattern: tuple[str, ...], at: DocPath) -> Iterable[tuple[DocPath, Any]]:
+    """(path, value) of every field of ``node`` that ``pattern`` matches."""
+    if not pattern:
+        yield at, node
+        return
+    head, rest = pattern[0], pattern[1:]
+    if head == "*":
+        if type(node) is list:
+            for index, item in enumerate(node):
+                yield from _find(item, rest, (*at, index))
+    elif type(node) is dict and head in node:
+        yield from _find(node[head], rest, (*at, head))
