@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from controller.specs.loader import DocPath
@@ -306,8 +306,26 @@ NOT_YET: tuple[NotYet, ...] = (
         "it is for the kserve backend, which is not built; remove it",
     ),
 )
-_NOT_YET_BY_KIND: dict[str, tuple[NotYet, ...]] = {
-    kind: tuple(rule for rule in NOT_YET if rule.kind == kind) for kind in ("Model", "Policy", "Environment")
+@dataclass
+class _Node:
+    """The refused fields of one kind as a tree of paths, so one walk of a document visits each once."""
+
+    children: dict[str, _Node] = field(default_factory=dict)
+    rule: NotYet | None = None
+
+
+def _tree(rules: Iterable[NotYet]) -> _Node:
+    root = _Node()
+    for rule in rules:
+        node = root
+        for part in rule.path:
+            node = node.children.setdefault(part, _Node())
+        node.rule = rule
+    return root
+
+
+_NOT_YET_BY_KIND: dict[str, _Node] = {
+    kind: _tree(rule for rule in NOT_YET if rule.kind == kind) for kind in ("Model", "Policy", "Environment")
 }
 
 
@@ -319,24 +337,29 @@ def not_supported(kind: str, doc: Any) -> list[Problem]:
     value at the value) and named by its own path.
     """
     problems: list[Problem] = []
-    for rule in _NOT_YET_BY_KIND.get(kind, ()):
-        for path, value in _find(doc, rule.path, ()):
-            if rule.value is None:
-                problems.append(Problem(path, f"not supported yet: {rule.why}", at_key=True, named=True))
-            elif type(value) is str and value == rule.value:
-                problems.append(Problem(path, f"{value!r} is not supported yet: {rule.why}"))
+    tree = _NOT_YET_BY_KIND.get(kind)
+    if tree is not None:
+        _walk(doc, tree, (), problems)
     return problems
 
 
-def _find(node: Any, pattern: tuple[str, ...], at: DocPath) -> Iterable[tuple[DocPath, Any]]:
-    """(path, value) of every field of ``node`` that ``pattern`` matches."""
-    if not pattern:
-        yield at, node
-        return
-    head, rest = pattern[0], pattern[1:]
-    if head == "*":
-        if type(node) is list:
+def _walk(node: Any, tree: _Node, at: DocPath, problems: list[Problem]) -> None:
+    if type(node) is list:
+        items = tree.children.get("*")
+        if items is not None:
             for index, item in enumerate(node):
-                yield from _find(item, rest, (*at, index))
-    elif type(node) is dict and head in node:
-        yield from _find(node[head], rest, (*at, head))
+                _walk(item, items, (*at, index), problems)
+        return
+    if type(node) is not dict:
+        return
+    for key, child in tree.children.items():
+        if key not in node or key == "*":
+            continue
+        value = node[key]
+        rule = child.rule
+        if rule is None:
+            _walk(value, child, (*at, key), problems)
+        elif rule.value is None:
+            problems.append(Problem((*at, key), f"not supported yet: {rule.why}", at_key=True, named=True))
+        elif type(value) is str and value == rule.value:
+            problems.append(Problem((*at, key), f"{value!r} is not supported yet: {rule.why}"))
