@@ -573,7 +573,7 @@ class Repository:
             for name in _MODEL_FILES:
                 if name in tree:
                     child = tree[name]
-                    if _is_blob(child) or child.filemode == FileMode.LINK:
+                    if isinstance(child, pygit2.Blob):  # a file, or a symbolic link (a blob of its target)
                         found[name] = (str(child.id), child.filemode == FileMode.LINK)
         self._model_dirs.put(key, found)
         return found
