@@ -63,6 +63,8 @@ def parse_file(root: Path, rel: str, *, max_bytes: int = MAX_BYTES) -> ParsedFil
     Symbolic links are followed inside the repository at ``root`` only: a
     file reached through a link that leads out of it is refused unread.
     """
+    if ".." in rel.split("/"):
+        return _refused(rel, "leads out of the repository; it is not read")
     link = _link_out_of(root, rel)
     if link is not None:
         message = LINK_OUT_OF_REPOSITORY if link == rel else f"{link} {LINK_OUT_OF_REPOSITORY}"
@@ -83,14 +85,21 @@ def _refused(rel: str, message: str) -> ParsedFile:
 
 
 def _link_out_of(root: Path, rel: str) -> str | None:
-    """The first symbolic link on the way from ``root`` to ``rel`` that leads out of ``root``, if any."""
-    real_root = os.path.realpath(root)
-    if _within(os.path.realpath(root / rel), real_root):
-        return None
+    """The first symbolic link on the way from ``root`` to the normalised ``rel`` that leads out of ``root``."""
+    base = os.fspath(root)
     parts = rel.split("/")
-    for end in range(1, len(parts) + 1):
-        prefix = "/".join(parts[:end])
-        if os.path.islink(root / prefix) and not _within(os.path.realpath(root / prefix), real_root):
+    links = [
+        prefix
+        for prefix in ("/".join(parts[:end]) for end in range(1, len(parts) + 1))
+        if os.path.islink(os.path.join(base, prefix))
+    ]
+    if not links:
+        return None  # the common case: one lstat per part, no realpath
+    real_root = os.path.realpath(base)
+    if _within(os.path.realpath(os.path.join(base, rel)), real_root):
+        return None
+    for prefix in links:
+        if not _within(os.path.realpath(os.path.join(base, prefix)), real_root):
             return prefix
     return rel
 
