@@ -40,6 +40,7 @@ from controller.backends.pipelines.local import LocalRunner
 from controller.backends.pipelines.venvs import EnvironmentSpec, VenvCache
 from controller.backends.serving import ServedVersion, ServingBackend
 from controller.backends.serving.local import LocalServing
+from controller.backends.serving.named import ServingByName
 from controller.backends.store import InboxEvent, ModelVersion, Run, Store, open_store
 from controller.clock import SYSTEM_CLOCK, Clock
 from controller.engine.commands import ROLLBACK_EVENT, Commands, Watched, record_watched, repository_location
@@ -211,8 +212,13 @@ def build_controller(
     store = open_store(state_dir, clock=clock)
     repository = Repository.open(settings.repo, mirror_root=state_dir / "mirrors")
     venvs = VenvCache(settings.venv_dir or state_dir / "venvs")
+    # the backends this controller has, by the name an environment gives; an environment naming
+    # another one gets an error saying so (proposals.pipeline_runner, serving.named), never a stand-in
     runners: dict[str, PipelineRunner] = {"local": LocalRunner(venvs=venvs)}
-    serving_backend = serving or LocalServing(state_dir / "serving", venvs=venvs)
+    serving_backends: dict[str, ServingBackend] = {
+        "local": serving or LocalServing(state_dir / "serving", venvs=venvs)
+    }
+    serving_backend = ServingByName(serving_backends)
     release_branch = settings.release_branch or repository.default_branch
     if release_branch not in repository.branches():
         repository.fetch()  # a mirror made before the branch was pushed

@@ -165,7 +165,7 @@ class _Demo:
         model_yaml = self.repo / "specs" / MODEL / "model.yaml"
         text = model_yaml.read_text()
         start = text.index("  rollout:\n")
-        end = text.index("  triggers:\n")
+        end = text.index("  notifications:\n")
         model_yaml.write_text(text[:start] + DEMO_ROLLOUT + text[end:])
         for name in ("staging", "production"):
             env = self.repo / "environments" / f"{name}.yaml"

@@ -6,7 +6,10 @@ Pinned down here, on throwaway repositories built with the ``git`` CLI:
 * specs are read at any commit without a checkout: a dirty work tree and
   index stay exactly as they were;
 * only ``specs/*/model.y(a)ml``, ``policies/*`` and ``environments/*`` count
-  as spec files;
+  as spec files; a spec that is a symbolic link is followed inside the
+  commit's tree only (one leading out of the repository, or to no file, is
+  refused unread with a located error), a change to what it leads to changes
+  it, and a linked model directory is not read;
 * ``changed_models`` names a model when its code, requirements or spec
   changed, when it was added or removed, when a shared source directory it
   uses changed, or when a cross-document check drops it (its environment
@@ -288,6 +291,63 @@ def test_invalid_spec_is_reported_and_blocks_only_itself(work: Work, tmp_path: P
     changes = repo.changed_models(old, new)
     assert changes.invalid == ("specs/wine/model.yaml",)
     assert changes.removed == {"wine"}
+
+
+LINK_OUT = "is a symbolic link that leads out of the repository; it is not followed"
+LINK_TO_NOTHING = "is a symbolic link that leads to no file in the repository"
+
+
+def test_spec_links_are_followed_inside_the_commit_only(work: Work, tmp_path: Path) -> None:
+    base = work.git("rev-parse", "HEAD")
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("root:x:0:0:the outside file's content\n")
+    work.write("shared/staging.yaml", ENVIRONMENT.replace("name: staging", "name: shared"))
+    os.symlink("../shared/staging.yaml", work.path / "environments/shared.yaml")
+    os.symlink(str(secret), work.path / "environments/absolute.yaml")
+    os.symlink("../../secret.yaml", work.path / "environments/climbing.yaml")
+    os.symlink("nowhere.yaml", work.path / "policies/dangling.yaml")
+    os.symlink("../shared", work.path / "policies/directory.yaml")
+    (work.path / "specs/iris/model.yaml").rename(work.path / "shared/iris.yaml")
+    os.symlink("../../shared/iris.yaml", work.path / "specs/iris/model.yaml")
+    os.symlink("../../../secret.yaml", work.path / "specs/wine/model.yaml.tmp")
+    (work.path / "specs/wine/model.yaml").unlink()
+    (work.path / "specs/wine/model.yaml.tmp").rename(work.path / "specs/wine/model.yaml")
+    commit = work.commit("links")
+    repo = open_repo(work, tmp_path)
+
+    catalog = repo.catalog(commit)
+    assert set(catalog.models) == {"iris"} and catalog.models["iris"].spec_path == "specs/iris/model.yaml"
+    assert set(catalog.environments) == {"staging", "shared"}
+    assert [str(e) for e in catalog.errors] == [
+        f"environments/absolute.yaml: {LINK_OUT}",
+        f"environments/climbing.yaml: {LINK_OUT}",
+        f"policies/dangling.yaml: {LINK_TO_NOTHING}",
+        f"policies/directory.yaml: {LINK_TO_NOTHING}",
+        f"specs/wine/model.yaml: {LINK_OUT}",
+    ]
+    assert controller.specs.load_tree(work.path) == catalog  # flywheel validate says the same
+    blobs = repo.spec_blobs(commit)
+    assert blobs["specs/iris/model.yaml"] == work.git("rev-parse", f"{commit}:shared/iris.yaml")
+    assert "specs/wine/model.yaml" not in blobs and "environments/absolute.yaml" not in blobs
+    assert repo.changed_models(base, commit).invalid == (
+        "environments/absolute.yaml",
+        "environments/climbing.yaml",
+        "policies/dangling.yaml",
+        "policies/directory.yaml",
+        "specs/wine/model.yaml",
+    )
+
+    # a change to the file a spec's link leads to is a change to that spec
+    work.write("shared/iris.yaml", model_spec("iris", C=9))
+    after = work.commit("retune through the link")
+    assert repo.changed_models(commit, after) == ChangedModels(modified=frozenset({"iris"}))
+    assert repo.catalog(after).models["iris"].params == {"C": 9}
+
+
+def test_a_linked_model_directory_is_not_read(work: Work, tmp_path: Path) -> None:
+    os.symlink("iris", work.path / "specs/copy")
+    commit = work.commit("linked directory")
+    assert set(open_repo(work, tmp_path).catalog(commit).models) == {"iris", "wine"}
 
 
 # ----------------------------------------------------------- changes

@@ -1,4 +1,8 @@
-"""`flywheel init` scaffolds a complete GitOps repository: files, a first git commit, and no clobbering."""
+"""`flywheel init` scaffolds a complete GitOps repository: files, a first git commit, and no clobbering.
+
+The template is the top-level example (code and spec alike, less the Slack channel) and validates:
+it uses no field that is refused as not supported yet.
+"""
 
 from __future__ import annotations
 
@@ -62,3 +66,22 @@ def test_template_model_code_matches_the_example_repository() -> None:
     example = REPO_ROOT / "specs/iris"
     for name in ("train.py", "evaluate.py", "common.py", "requirements.txt"):
         assert (template / name).read_bytes() == (example / name).read_bytes(), name
+
+
+def test_template_spec_is_the_example_without_slack() -> None:
+    """The scaffold's model.yaml is the example's, less the Slack channel (a new repository has no token)."""
+    template = (REPO_ROOT / "controller/scaffold/template/specs/iris/model.yaml").read_text()
+    example = (REPO_ROOT / "specs/iris/model.yaml").read_text()
+    slack = '    - slack:\n        channel: "#ml-releases"\n'
+    assert slack in example
+    assert template == example.replace(slack, "")
+
+
+def test_scaffolded_repository_validates_and_promises_no_trigger(tmp_path: Path) -> None:
+    target = tmp_path / "ml-repo"
+    assert CliRunner().invoke(main, ["init", "--no-git", str(target)]).exit_code == 0
+    result = CliRunner().invoke(main, ["validate", str(target)])
+    assert result.exit_code == 0, result.output
+    assert result.output == "ok: 1 model, 1 policy, 2 environments\n"
+    model = (target / "specs/iris/model.yaml").read_text()
+    assert "triggers:" not in model and "schedule:" not in model and "resources:" not in model

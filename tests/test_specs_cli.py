@@ -3,8 +3,10 @@
 Pins down: the example repository validates clean with a one-line summary
 (exit 0); spec errors exit 1 in text, json and github formats; a file given
 alone is checked with its repository as context but only its own errors are
-reported; usage errors (bad option, nonexistent path, nothing to print)
-exit 2; ``schema --out`` writes the three schemas editors use.
+reported; a spec reached through a symbolic link out of the repository is
+named and never read (links inside it are followed; linked spec directories
+are not read, as in git); usage errors (bad option, nonexistent path,
+nothing to print) exit 2; ``schema --out`` writes the three schemas editors use.
 """
 
 from __future__ import annotations
@@ -141,6 +143,74 @@ def test_paths_are_shown_relative_to_the_working_directory(
     result = CliRunner().invoke(main, ["validate", "repo"])
     assert result.exit_code == 1
     assert result.output.startswith("repo/specs/demo/model.yaml:13:18: ")
+
+
+SECRET = "root:x:0:0:the outside file's content\n"
+LINK_OUT = "is a symbolic link that leads out of the repository; it is not followed"
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A file outside the repository whose content must never be shown."""
+    secret = tmp_path / "secret.yaml"
+    secret.write_text(SECRET)
+    return secret
+
+
+def test_a_spec_linked_out_of_the_repository_is_named_and_not_read(repo: Path, outside: Path) -> None:
+    (repo / "specs/leak").mkdir()
+    (repo / "specs/leak/model.yaml").symlink_to(outside)  # absolute
+    (repo / "environments/leak.yaml").symlink_to("../../secret.yaml")  # relative, climbing out
+    for args in (["validate"], ["validate", "--format", "json"], ["validate", "--format", "github"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1, result.output
+        assert "the outside file" not in result.output and "root:x" not in result.output
+    result = CliRunner().invoke(main, ["validate"])
+    assert result.output.splitlines() == [
+        f"environments/leak.yaml: {LINK_OUT}",
+        f"specs/leak/model.yaml: {LINK_OUT}",
+        "2 errors in 2 files",
+    ]
+    # named alone, the link is judged where it is, not where it leads
+    result = CliRunner().invoke(main, ["validate", "specs/leak/model.yaml"])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [f"specs/leak/model.yaml: {LINK_OUT}", "1 error in 1 file"]
+    (repo / "notes.yaml").symlink_to(outside)
+    result = CliRunner().invoke(main, ["validate", "notes.yaml"])
+    assert result.exit_code == 1 and result.output.splitlines()[0] == f"notes.yaml: {LINK_OUT}"
+
+
+def test_links_inside_the_repository_are_followed(repo: Path, outside: Path) -> None:
+    (repo / "shared").mkdir()
+    (repo / "environments/production.yaml").rename(repo / "shared/production.yaml")
+    (repo / "environments/production.yaml").symlink_to("../shared/production.yaml")
+    result = CliRunner().invoke(main, ["validate"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "ok: 1 model, 1 policy, 2 environments\n"
+    # a link inside the repository that itself leads out is named where it leaves
+    (repo / "shared/production.yaml").unlink()
+    (repo / "shared/production.yaml").symlink_to(outside)
+    result = CliRunner().invoke(main, ["validate", "environments/production.yaml"])
+    assert result.output.splitlines()[0] == f"environments/production.yaml: {LINK_OUT}"
+    (repo / "shared/production.yaml").unlink()
+    result = CliRunner().invoke(main, ["validate", "."])
+    assert result.output.splitlines()[0] == (
+        "environments/production.yaml: is a symbolic link that leads to no file in the repository"
+    )
+
+
+def test_a_linked_spec_directory_is_not_read(repo: Path, outside: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "model.yaml").write_text(SECRET)
+    (repo / "specs/leak").symlink_to(elsewhere, target_is_directory=True)
+    result = CliRunner().invoke(main, ["validate"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "ok: 1 model, 1 policy, 2 environments\n"
+    result = CliRunner().invoke(main, ["validate", "specs/leak/model.yaml"])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0] == f"specs/leak/model.yaml: specs/leak {LINK_OUT}"
+    assert "the outside file" not in result.output
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,10 @@
 """The spec library's public behaviour beyond the corpus.
 
 Pins down: the example repository loads clean into typed records with
-resolved paths and parsed durations; every error in a file is reported; a bad
-model leaves the other models in the catalog; ``load_catalog`` equals
+resolved paths and parsed durations, promising nothing that is not built;
+every error in a file is reported; a bad model (a field not supported yet
+included) leaves the other models in the catalog; every field refused as not
+supported yet has its corpus case; ``load_catalog`` equals
 ``check_catalog`` over ``parse_document``; which paths are spec paths; the
 shipped schemas' shape; the compiled fast check agrees with jsonschema; the
 loader resolves scalars exactly as PyYAML's safe loader; and hostile bytes
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -33,8 +36,12 @@ from controller.specs import (
     parse_duration,
     schemas,
 )
+from controller.specs.build import build_model
+from controller.specs.checks import NOT_YET, not_supported
 from controller.specs.fastschema import UnsupportedSchema, compile_schema
 from controller.specs.loader import YamlError, load_yaml
+from controller.specs.parse import render_path
+from controller.specs.types import Resources, Triggers
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(__file__).parent / "spec_corpus"
@@ -69,7 +76,9 @@ def test_example_model_is_typed() -> None:
     assert (latency.builtin, latency.percentile, latency.max) == ("latency", 99.0, 0.5)
     assert [(n.channel, n.target) for n in iris.notifications] == [("console", ""), ("slack", "#ml-releases")]
     bc = load_tree(REPO).models["breast-cancer"]
-    assert bc.triggers.drift is not None and bc.triggers.drift.metric == "roc_auc"
+    # the examples promise nothing Flywheel does not do yet: no trigger, no step resources
+    assert iris.triggers == bc.triggers == Triggers()
+    assert {s.resources for s in (*iris.steps, *bc.steps)} == {Resources()}
     assert "{{model}}" in (bc.rollout.analysis.checks[2].query or "")
 
 
@@ -88,15 +97,17 @@ def test_example_policy_and_environment_are_typed() -> None:
 def test_source_paths_resolve_relative_to_the_spec() -> None:
     text = (CORPUS / "_base/specs/demo/model.yaml").read_text()
     text = text.replace("path: .\n", "path: ../../code/demo\n    requirements: ./reqs/../req.txt\n")
-    text = text.replace('python: "3.11"\n', 'python: "3.11"\n    dockerfile: docker/Dockerfile\n')
     parsed = parse_document("specs/demo/model.yaml", text.encode())
     assert parsed.errors == ()
     source = parsed.document.source  # type: ignore[union-attr]
-    assert (source.path, source.requirements, source.dockerfile) == (
-        "code/demo",
-        "code/demo/req.txt",
-        "code/demo/docker/Dockerfile",
-    )
+    assert (source.path, source.requirements, source.dockerfile) == ("code/demo", "code/demo/req.txt", None)
+    # a Dockerfile is refused for now (no cluster image is built) but resolves the same way
+    text = text.replace('python: "3.11"\n', 'python: "3.11"\n    dockerfile: docker/Dockerfile\n')
+    model, problems = build_model(yaml.safe_load(text), "specs/demo/model.yaml")
+    assert problems == [] and model.source.dockerfile == "code/demo/docker/Dockerfile"
+    assert [e.path for e in parse_document("specs/demo/model.yaml", text.encode()).errors] == [
+        "spec.source.dockerfile"
+    ]
 
 
 def test_every_error_in_a_file_is_reported() -> None:
@@ -125,9 +136,40 @@ def test_bad_model_blocks_only_itself() -> None:
     assert sorted(catalog.models) == ["breast-cancer"]
     assert sorted(catalog.environments) == ["production", "staging"]
     assert [str(e) for e in catalog.errors] == [
-        "specs/iris/model.yaml:47:14: spec.validation.gates[0].min: expected a number, got 'high'"
+        "specs/iris/model.yaml:44:14: spec.validation.gates[0].min: expected a number, got 'high'"
     ]
     assert catalog.errors_for("specs/iris/model.yaml") == catalog.errors
+
+
+def test_a_field_not_supported_yet_blocks_only_its_own_model() -> None:
+    files = example_files()
+    files["specs/iris/model.yaml"] += b"  triggers:\n    schedule: '0 3 * * 1'\n"
+    catalog = load_catalog(files)
+    assert sorted(catalog.models) == ["breast-cancer"]
+    assert sorted(catalog.environments) == ["production", "staging"]
+    assert [(e.location.file, e.path) for e in catalog.errors] == [
+        ("specs/iris/model.yaml", "spec.triggers.schedule")
+    ]
+    assert catalog.errors[0].message.startswith("not supported yet: ")
+
+
+def test_every_field_not_supported_yet_has_a_corpus_case() -> None:
+    expected = "\n".join(
+        (CORPUS / case / "expected.txt").read_text() for case in sorted(os.listdir(CORPUS)) if case != "_base"
+    )
+    for rule in NOT_YET:
+        shown = render_path(tuple(0 if part == "*" else part for part in rule.path))
+        refusal = "not supported yet" if rule.value is None else f"'{rule.value}' is not supported yet"
+        assert f": {shown}: {refusal}: {rule.why}\n" in expected, (rule.kind, shown)
+
+
+def test_not_supported_looks_only_where_the_fields_are() -> None:
+    odd: list[Any] = [None, 1, "x", [], {}, {"spec": []}, {"spec": {"pipeline": {"steps": {"resources": 1}}}}]
+    for doc in odd:
+        assert not_supported("Model", doc) == [] and not_supported("Environment", doc) == []
+    env = {"spec": {"pipeline": {"runner": "local"}, "serving": {"backend": ["kserve"]}, "home": "embedded"}}
+    assert not_supported("Environment", env) == []
+    assert not_supported("Policy", {"spec": {"triggers": {"schedule": "@daily"}}}) == []
 
 
 def test_broken_duplicate_does_not_block_the_valid_model() -> None:

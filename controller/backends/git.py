@@ -43,15 +43,16 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
 import pygit2
 from pygit2.enums import FileMode, ObjectType
 
-from controller.specs import ParsedFile, check_catalog, is_spec_path, parse_document, parse_many
-from controller.specs.types import Catalog, Model
+from controller.specs import ParsedFile, check_catalog, is_spec_path, parse_document, parse_many, spec_kind
+from controller.specs.paths import LINK_OUT_OF_REPOSITORY, LINK_TO_NOTHING
+from controller.specs.types import Catalog, Location, Model, SpecError
 
 __all__ = [
     "ChangedModels",
@@ -62,6 +63,7 @@ __all__ = [
 ]
 
 _SPEC_SUFFIXES = (".yaml", ".yml")
+_MAX_LINKS = 40  # symbolic links followed on one path at most, as Linux does
 _MODEL_FILES = ("model.yaml", "model.yml")
 _SCP_LIKE = re.compile(r"^[\w.+-]+@[\w.-]+:")
 _GIT_TIMEOUT_SECONDS = 600.0
@@ -149,11 +151,30 @@ class _PathIndex:
 
 @dataclass(frozen=True)
 class _Loaded:
-    """A checked catalog, the spec blobs it came from, and its path index (built once, with it)."""
+    """A checked catalog, the spec blobs it came from, and its path index (built once, with it).
+
+    ``linked_from`` maps the path a spec's symbolic link leads to onto the
+    spec paths that are links to it, so a change there changes them.
+    """
 
     catalog: Catalog
     blobs: Mapping[str, str]
     index: _PathIndex
+    linked_from: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _SpecEntries:
+    """The spec files of one commit: path -> blob id, and those that are symbolic links.
+
+    ``links`` maps a spec path that is a link to the path it leads to, inside
+    the repository; ``refused`` maps one that leads out of it, or to no file,
+    to the error that says so.
+    """
+
+    blobs: dict[str, str]
+    links: dict[str, str]
+    refused: dict[str, str]
 
 
 class _LRU(Generic[K, V]):
@@ -208,8 +229,9 @@ class Repository:
         self._parsed: _LRU[tuple[str, str], ParsedFile] = _LRU(parse_cache_size)
         self._by_commit: _LRU[str, _Loaded] = _LRU(catalog_cache_size)
         self._by_blobs: _LRU[str, _Loaded] = _LRU(catalog_cache_size)
-        # model directory tree id -> {"model.yaml": blob id}; tree ids are content, so this never goes stale
-        self._model_dirs: _LRU[str, dict[str, str]] = _LRU(parse_cache_size)
+        # model directory tree id -> {"model.yaml": (blob id, is a symbolic link)}; tree ids are content,
+        # so this never goes stale
+        self._model_dirs: _LRU[str, dict[str, tuple[str, bool]]] = _LRU(parse_cache_size)
 
     # ------------------------------------------------------------ opening
 
@@ -317,24 +339,91 @@ class Repository:
     # ------------------------------------------------------------ reading
 
     def spec_blobs(self, commit: str) -> dict[str, str]:
-        """Spec file path -> blob id at a commit, reading only the spec directories."""
-        root = self._commit(commit).tree
+        """Spec file path -> blob id at a commit, reading only the spec directories.
+
+        A spec file that is a symbolic link maps to the blob it leads to inside
+        the repository; one that leads out of it, or to no file, is left out
+        (the catalog reports it).
+        """
+        return self._spec_entries(self._commit(commit).tree).blobs
+
+    def _spec_entries(self, root: pygit2.Tree) -> _SpecEntries:
         found: dict[str, str] = {}
+        linked: list[tuple[str, str]] = []  # (spec path, link blob id)
         specs = _subtree(root, "specs")
         if specs is not None:
             for entry in specs:
                 if entry.filemode != FileMode.TREE:
-                    continue
-                for name, oid in self._model_dir(entry).items():
-                    found[f"specs/{entry.name}/{name}"] = oid
+                    continue  # a link to a model directory is not followed (nor on disk)
+                for name, (oid, is_link) in self._model_dir(entry).items():
+                    path = f"specs/{entry.name}/{name}"
+                    if is_link:
+                        linked.append((path, oid))
+                    else:
+                        found[path] = oid
         for top in ("policies", "environments"):
             tree = _subtree(root, top)
             if tree is None:
                 continue
             for entry in tree:
-                if _is_blob(entry) and entry.name and entry.name.endswith(_SPEC_SUFFIXES):
+                if not entry.name or not entry.name.endswith(_SPEC_SUFFIXES):
+                    continue
+                if _is_blob(entry):
                     found[f"{top}/{entry.name}"] = str(entry.id)
-        return {path: oid for path, oid in found.items() if is_spec_path(path)}
+                elif entry.filemode == FileMode.LINK:
+                    linked.append((f"{top}/{entry.name}", str(entry.id)))
+        links: dict[str, str] = {}
+        refused: dict[str, str] = {}
+        for path, _ in linked:
+            if not is_spec_path(path):
+                continue
+            target, why = self._follow(root, path)
+            if target is None:
+                refused[path] = why
+                continue
+            obj = self._lookup(root, target)
+            if isinstance(obj, pygit2.Blob):
+                found[path] = str(obj.id)
+                links[path] = target
+            else:
+                refused[path] = LINK_TO_NOTHING
+        blobs = {path: oid for path, oid in found.items() if is_spec_path(path)}
+        return _SpecEntries(blobs=blobs, links=links, refused=refused)
+
+    def _follow(self, root: pygit2.Tree, path: str) -> tuple[str | None, str]:
+        """Where ``path`` leads inside the commit's tree, each symbolic link on the way followed.
+
+        Returns ``(repo-relative path, "")``, or ``(None, why)`` when a link
+        leads out of the repository (an absolute target, or one above the
+        root) or to nothing. Only git objects are read, never the disk.
+        """
+        pending = path.split("/")
+        done: list[str] = []
+        hops = 0
+        while pending:
+            name = pending.pop(0)
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if not done:
+                    return None, LINK_OUT_OF_REPOSITORY
+                done.pop()
+                continue
+            parent = self._lookup(root, "/".join(done))
+            if not isinstance(parent, pygit2.Tree) or name not in parent:
+                return None, LINK_TO_NOTHING
+            entry = parent[name]
+            if entry.filemode != FileMode.LINK:
+                done.append(name)
+                continue
+            hops += 1
+            if hops > _MAX_LINKS:
+                return None, LINK_TO_NOTHING
+            target = self._spec_bytes(str(entry.id)).decode("utf-8", "surrogateescape")
+            if target.startswith("/"):
+                return None, LINK_OUT_OF_REPOSITORY
+            pending = target.split("/") + pending
+        return "/".join(done), ""
 
     def read_blob(self, oid: str) -> bytes:
         """The content of a blob."""
@@ -396,6 +485,12 @@ class Repository:
         policies: set[str] = set()
         environments: set[str] = set()
         invalid: list[str] = []
+        if before.linked_from or after.linked_from:
+            # a change to the file a spec's symbolic link leads to is a change to that spec
+            links = (*before.linked_from.items(), *after.linked_from.items())
+            changed = set(paths)
+            through = {spec for target, specs in links if target in changed for spec in specs}
+            paths = sorted(changed | through)
         for path in paths:
             touched |= before.index.models_fed_by(path)
             touched |= after.index.models_fed_by(path)
@@ -467,19 +562,19 @@ class Repository:
         except (KeyError, ValueError):
             return None
 
-    def _model_dir(self, entry: pygit2.Object) -> dict[str, str]:
+    def _model_dir(self, entry: pygit2.Object) -> dict[str, tuple[str, bool]]:
         key = str(entry.id)
         cached = self._model_dirs.get(key)
         if cached is not None:
             return cached
         tree = self._repo[entry.id]
-        found: dict[str, str] = {}
+        found: dict[str, tuple[str, bool]] = {}
         if isinstance(tree, pygit2.Tree):
             for name in _MODEL_FILES:
                 if name in tree:
                     child = tree[name]
-                    if isinstance(child, pygit2.Blob):
-                        found[name] = str(child.id)
+                    if isinstance(child, pygit2.Blob):  # a file, or a symbolic link (a blob of its target)
+                        found[name] = (str(child.id), child.filemode == FileMode.LINK)
         self._model_dirs.put(key, found)
         return found
 
@@ -489,14 +584,24 @@ class Repository:
             loaded = self._by_commit.get(sha)
             if loaded is not None:
                 return loaded
-            blobs = self.spec_blobs(sha)
-            key = _blob_set_key(blobs)
+            entries = self._spec_entries(self._commit(sha).tree)
+            blobs = entries.blobs
+            key = _blob_set_key(blobs, entries.links, entries.refused)
             loaded = self._by_blobs.get(key)
             if loaded is None:
                 misses = sum(1 for path_blob in blobs.items() if path_blob not in self._parsed)
                 with _gc_paused(misses):
-                    catalog = check_catalog(self._parse_all(blobs))
-                    loaded = _Loaded(catalog=catalog, blobs=blobs, index=_PathIndex.build(catalog))
+                    parsed = [*self._parse_all(blobs), *map(_refused_link, entries.refused.items())]
+                    catalog = check_catalog(parsed)
+                    linked_from: dict[str, tuple[str, ...]] = {}
+                    for path, target in sorted(entries.links.items()):
+                        linked_from[target] = (*linked_from.get(target, ()), path)
+                    loaded = _Loaded(
+                        catalog=catalog,
+                        blobs={**blobs, **dict.fromkeys(entries.refused, "")},
+                        index=_PathIndex.build(catalog),
+                        linked_from=linked_from,
+                    )
                 self._by_blobs.put(key, loaded)
             self._by_commit.put(sha, loaded)
             return loaded
@@ -619,11 +724,22 @@ def _is_blob(entry: pygit2.Object) -> bool:
     return entry.filemode in (FileMode.BLOB, FileMode.BLOB_EXECUTABLE)
 
 
-def _blob_set_key(blobs: Mapping[str, str]) -> str:
+def _blob_set_key(blobs: Mapping[str, str], links: Mapping[str, str], refused: Mapping[str, str]) -> str:
     digest = hashlib.sha256()
     for path, oid in sorted(blobs.items()):
         digest.update(f"{path}\0{oid}\n".encode())
+    for path, target in sorted(links.items()):
+        digest.update(f"{path}\0->{target}\n".encode("utf-8", "surrogateescape"))
+    for path, why in sorted(refused.items()):
+        digest.update(f"{path}\0!{why}\n".encode())
     return digest.hexdigest()
+
+
+def _refused_link(item: tuple[str, str]) -> ParsedFile:
+    """The parsed file of a spec whose symbolic link leads out of the repository, or nowhere: unread."""
+    path, why = item
+    kind = spec_kind(path)
+    return ParsedFile(path=path, kind=kind, errors=(SpecError(Location(path), "", why, kind or ""),))
 
 
 def _mirror_path(mirror_root: Path, url: str) -> Path:

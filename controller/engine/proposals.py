@@ -407,6 +407,12 @@ class ProposalReconciler:
             self._launch(run, model, main_catalog)
 
     def _launch(self, run: Run, model: Model, main_catalog: Catalog) -> None:
+        environment = self._pipeline_environment(model, main_catalog)
+        try:
+            runner_name, runner = pipeline_runner(environment, self.runners)
+        except MissingRunner as exc:
+            self._fail_to_start(run, model, main_catalog, str(exc))
+            return
         run_dir = self.work_dir / "runs" / str(run.id)
         source_dir = run_dir / "src"
         if source_dir.exists():  # a resumed run starts from a clean copy
@@ -416,14 +422,6 @@ class ProposalReconciler:
         for item in model.data:
             path = data_inputs.local_path(item, base=source_dir)
             data[item.name] = str(path) if path is not None else item.uri
-        environment = self._pipeline_environment(model, main_catalog)
-        runner_name = environment.runner if environment is not None else "local"
-        runner = self.runners.get(runner_name)
-        if runner is None:
-            self._fail_to_start(
-                run, model, main_catalog, f"no pipeline runner {runner_name!r} on this controller"
-            )
-            return
         production = self._production_version(model, main_catalog)
         baseline_dir = Path(production.artifact_uri) if production is not None else None
         request = RunRequest(
@@ -454,10 +452,19 @@ class ProposalReconciler:
         self._set_status(run, "pending", "training")
 
     def _fail_to_start(self, run: Run, model: Model, main_catalog: Catalog, why: str) -> None:
+        """Record a run that cannot start as an error, report it and say so once, like a finished run."""
         run = self.store.update_run(run.id, status="error", error=why, finished_at=self._now())
         self._audit("run.finished", run, detail={"status": "error", "error": why})
         self._publish(run, model, main_catalog, outcome="error", summary_line=why)
         self._set_status(run, "error", why)
+        log.error(
+            "%s on %s: error — %s",
+            model.name,
+            run.ref,
+            why,
+            extra={"proposal": run.ref, "model": model.name, "run": run.id, "state": "error"},
+        )
+        self.finished.append(Finished(run.id, run.model, run.ref, "error", why))
 
     def _cancel(self, action: CancelRun) -> None:
         active = self._active.pop(action.run_id, None)
@@ -812,6 +819,29 @@ class ProposalReconciler:
             environment=None,
             detail={"run": run.id, "ref": run.ref, "commit": run.commit, **detail},
         )
+
+
+class MissingRunner(LookupError):
+    """An environment names a pipeline runner this controller does not have."""
+
+
+def pipeline_runner(
+    environment: Environment | None, runners: Mapping[str, PipelineRunner]
+) -> tuple[str, PipelineRunner]:
+    """(name, runner) of the runner ``environment`` names (``local`` without an environment).
+
+    Raises :class:`MissingRunner`, naming the environment and the runner, when
+    this controller has none by that name: a run never falls back to another.
+    """
+    name = environment.runner if environment is not None else "local"
+    runner = runners.get(name)
+    if runner is None:
+        where = f"environment {environment.name!r}" if environment is not None else "the model"
+        have = ", ".join(sorted(runners)) or "none"
+        raise MissingRunner(
+            f"{where} names pipeline runner {name!r}, which this controller does not have (it has: {have})"
+        )
+    return name, runner
 
 
 def production_environment(model: Model, catalog: Catalog) -> str | None:

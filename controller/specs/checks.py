@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from controller.specs.loader import DocPath
@@ -209,3 +209,157 @@ def mentions(kind: str, doc: dict[str, Any]) -> tuple[list[Mention], list[Mentio
         for index, rule in enumerate(doc["spec"].get("approvals", [])):
             declares.append(Mention("approval rule", rule["name"], ("spec", "approvals", index, "name")))
     return refers, declares
+
+
+# ------------------------------------------------------------ not supported yet
+
+
+@dataclass(frozen=True)
+class NotYet:
+    """A field the language keeps for what a later version builds, refused until it is built.
+
+    ``path`` is the field's path in the document, ``"*"`` standing for every
+    item of a list; ``value`` is the one refused value, or ``None`` when the
+    field is refused whatever its value. ``why`` says what Flywheel does
+    instead and what to do.
+    """
+
+    kind: str
+    path: tuple[str, ...]
+    value: str | None
+    why: str
+
+
+NOT_YET: tuple[NotYet, ...] = (
+    NotYet(
+        "Model",
+        ("spec", "source", "dockerfile"),
+        None,
+        "no cluster image is built, steps run in a virtualenv made from the requirements; remove it",
+    ),
+    NotYet(
+        "Model",
+        ("spec", "data", "*", "digest"),
+        None,
+        "data digests are not checked (local inputs are fingerprinted by their content, "
+        "others by their uri and version); remove it",
+    ),
+    NotYet(
+        "Model",
+        ("spec", "pipeline", "steps", "*", "resources"),
+        None,
+        "steps run as local processes, without resource requests or limits; remove it",
+    ),
+    NotYet(
+        "Model",
+        ("spec", "serving", "runtime"),
+        "lightgbm",
+        "no lightgbm model server is built; use sklearn, xgboost or custom",
+    ),
+    NotYet(
+        "Model",
+        ("spec", "triggers", "schedule"),
+        None,
+        "nothing retrains on a schedule (a commit that changes the model trains it); remove it",
+    ),
+    NotYet(
+        "Model",
+        ("spec", "triggers", "dataChange"),
+        None,
+        "nothing watches the data (a commit that changes a local input, or an input's version, "
+        "trains the model); remove it",
+    ),
+    NotYet(
+        "Model",
+        ("spec", "triggers", "drift"),
+        None,
+        "nothing retrains on drift; remove it",
+    ),
+    NotYet(
+        "Environment",
+        ("spec", "home"),
+        "cluster",
+        "only the embedded home (one machine) is built; use embedded",
+    ),
+    NotYet(
+        "Environment",
+        ("spec", "pipeline", "runner"),
+        "argo",
+        "pipelines run only with the local runner; use local",
+    ),
+    NotYet(
+        "Environment",
+        ("spec", "pipeline", "namespace"),
+        None,
+        "it is for the argo runner, which is not built; remove it",
+    ),
+    NotYet(
+        "Environment",
+        ("spec", "serving", "backend"),
+        "kserve",
+        "models are served only by the local backend; use local",
+    ),
+    NotYet(
+        "Environment",
+        ("spec", "serving", "namespace"),
+        None,
+        "it is for the kserve backend, which is not built; remove it",
+    ),
+)
+@dataclass
+class _Node:
+    """The refused fields of one kind as a tree of paths, so one walk of a document visits each once."""
+
+    children: dict[str, _Node] = field(default_factory=dict)
+    rule: NotYet | None = None
+
+
+def _tree(rules: Iterable[NotYet]) -> _Node:
+    root = _Node()
+    for rule in rules:
+        node = root
+        for part in rule.path:
+            node = node.children.setdefault(part, _Node())
+        node.rule = rule
+    return root
+
+
+_NOT_YET_BY_KIND: dict[str, _Node] = {
+    kind: _tree(rule for rule in NOT_YET if rule.kind == kind) for kind in ("Model", "Policy", "Environment")
+}
+
+
+def not_supported(kind: str, doc: Any) -> list[Problem]:
+    """A problem for every field of ``doc`` that asks for what this version does not do yet.
+
+    Safe on any document, valid or not, so these are reported with the
+    document's other errors. A refused field is located at its key (a refused
+    value at the value) and named by its own path.
+    """
+    problems: list[Problem] = []
+    tree = _NOT_YET_BY_KIND.get(kind)
+    if tree is not None:
+        _walk(doc, tree, (), problems)
+    return problems
+
+
+def _walk(node: Any, tree: _Node, at: DocPath, problems: list[Problem]) -> None:
+    if type(node) is list:
+        items = tree.children.get("*")
+        if items is not None:
+            for index, item in enumerate(node):
+                _walk(item, items, (*at, index), problems)
+        return
+    if type(node) is not dict:
+        return
+    for key, child in tree.children.items():
+        if key not in node or key == "*":
+            continue
+        value = node[key]
+        rule = child.rule
+        if rule is None:
+            _walk(value, child, (*at, key), problems)
+        elif rule.value is None:
+            problems.append(Problem((*at, key), f"not supported yet: {rule.why}", at_key=True, named=True))
+        elif type(value) is str and value == rule.value:
+            problems.append(Problem((*at, key), f"{value!r} is not supported yet: {rule.why}"))

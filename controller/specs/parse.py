@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from controller.specs import schema
 from controller.specs.build import Document, build
-from controller.specs.checks import Target, check_document, mentions
+from controller.specs.checks import Target, check_document, mentions, not_supported
 from controller.specs.fastyaml import PlainDocument, load_plain
 from controller.specs.loader import MAX_BYTES, DocPath, YamlError, decode_spec, load_text
 from controller.specs.paths import spec_kind
@@ -139,7 +139,7 @@ def _check_loaded(path: str, loaded: _Loaded, expected: Kind | None) -> ParsedFi
 
     def located(problem: Problem) -> SpecError:
         line, column = loaded.locate(problem.path, key=problem.at_key)
-        shown = problem.path[:-1] if problem.at_key else problem.path
+        shown = problem.path[:-1] if problem.at_key and not problem.named else problem.path
         return SpecError(
             Location(path, line, column), render_path(shown), problem.message, kind or "", name or ""
         )
@@ -153,6 +153,7 @@ def _check_loaded(path: str, loaded: _Loaded, expected: Kind | None) -> ParsedFi
         return ParsedFile(path=path, name=name, name_location=name_location, errors=(located(problem),))
 
     problems = schema.check(kind, data)
+    refused = not_supported(kind, data)  # reported with the schema's errors, whatever they are
     document: Document | None = None
     references: list[Reference] = []
     declarations: list[Reference] = []
@@ -183,6 +184,7 @@ def _check_loaded(path: str, loaded: _Loaded, expected: Kind | None) -> ParsedFi
                 declarations.append(
                     Reference("approval rule", rule["name"], render_path(where), Location(path, line, column))
                 )
+    problems += refused
     errors = sorted((located(p) for p in problems), key=lambda e: (e.location.line, e.location.column))
     return ParsedFile(
         path=path,

@@ -1,7 +1,8 @@
 """Which repository paths hold specs, and which kind each holds.
 
 Called by the git reader and the CLI to pick spec files out of a tree, and by
-:mod:`controller.specs.parse` to know which kind a file must contain.
+:mod:`controller.specs.parse` to know which kind a file must contain; both
+readers word a spec linked from outside the repository the same way.
 """
 
 from __future__ import annotations
@@ -9,6 +10,15 @@ from __future__ import annotations
 from controller.specs.types import Kind
 
 _YAML = (".yaml", ".yml")
+
+LINK_OUT_OF_REPOSITORY = "is a symbolic link that leads out of the repository; it is not followed"
+LINK_TO_NOTHING = "is a symbolic link that leads to no file in the repository"
+"""The errors for a spec file reached through a symbolic link that leads out of the repository, or nowhere.
+
+Links inside the repository are followed, on disk and in git alike; what a
+link out of it points at is never read, so no outside file is shown under a
+spec's name.
+"""
 
 
 def spec_kind(path: str) -> Kind | None:

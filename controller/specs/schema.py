@@ -36,11 +36,16 @@ SCHEMA_FILES: dict[Kind, str] = {
 
 @dataclass(frozen=True)
 class Problem:
-    """One problem in a document: where (``path``, and whether the key rather than the value) and what."""
+    """One problem in a document: where (``path``, and whether the key rather than the value) and what.
+
+    A problem located at a key names the mapping that holds the key (``spec:
+    unknown field 'x'``) unless ``named``, which names the field itself.
+    """
 
     path: DocPath
     message: str
     at_key: bool = False
+    named: bool = False
 
 
 @cache

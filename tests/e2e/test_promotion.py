@@ -149,7 +149,7 @@ def test_kill_9_mid_canary_resumes_the_same_step_without_repeating(tmp_path: Pat
 
 def _tune(repo: GitRepo) -> None:
     text = repo.read("specs/iris/model.yaml")
-    start, end = text.index("  rollout:\n"), text.index("  triggers:\n")
+    start, end = text.index("  rollout:\n"), text.index("  notifications:\n")
     repo.write("specs/iris/model.yaml", text[:start] + DEMO_ROLLOUT + text[end:])
     for name in ("staging", "production"):
         lines = repo.read(f"environments/{name}.yaml").splitlines()
