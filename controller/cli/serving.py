@@ -64,6 +64,19 @@ def list_serving(environment: str | None, as_json: bool, state_dir: Path) -> Non
 
 
 @serving.command()
+@click.argument("environment")
+@click.argument("model", required=False)
+@state_dir_option
+def url(environment: str, model: str | None, state_dir: Path) -> None:
+    """Print ENVIRONMENT's endpoint, or MODEL's base URL there (append /infer for OIP v2 inference)."""
+    statuses = _call(state_dir, lambda backend: backend.status(environment))
+    endpoint = statuses[0].endpoint if statuses else None
+    if endpoint is None:
+        raise click.ClickException(f"{environment} has no endpoint in {state_dir}: nothing deployed there")
+    click.echo(f"{endpoint}/v2/models/{model}" if model else endpoint)
+
+
+@serving.command()
 @env_option
 @state_dir_option
 def stop(environment: str | None, state_dir: Path) -> None:
