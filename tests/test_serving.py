@@ -53,13 +53,14 @@ from controller.specs.types import Environment, Serving
 
 # An OIP v2 server for one model version, honouring the custom-server contract. Test knobs:
 # STUB_READY_AFTER (seconds before it answers ready), STUB_NEVER_READY, STUB_FAIL=always (500 on infer),
-# STUB_FAIL=partial (500 when the input holds 6.7);
-# a body containing "bad" gets 400.
+# STUB_FAIL=partial (500 when the input holds 6.7), STUB_TAG (echoed in every answer as "tag");
+# a body containing "bad" gets 400. GET /v2/models/{name} answers the model's metadata.
 STUB_SERVER = r'''
 import os, sys, time
 from aiohttp import web
 
 name, version = os.environ["FLYWHEEL_MODEL_NAME"], os.environ["FLYWHEEL_MODEL_VERSION"]
+tag = os.environ.get("STUB_TAG", "")
 ready_after = float(os.environ.get("STUB_READY_AFTER", "0"))
 never_ready = bool(os.environ.get("STUB_NEVER_READY"))
 fail = os.environ.get("STUB_FAIL", "")
@@ -83,10 +84,16 @@ async def infer(request):
         return web.json_response({"error": "model raised"}, status=500)
     if b"bad" in body:
         return web.json_response({"error": "bad input"}, status=400)
-    return web.json_response({"model_name": name, "model_version": version, "outputs": [
+    return web.json_response({"model_name": name, "model_version": version, "tag": tag, "outputs": [
         {"name": "echo", "shape": [1], "datatype": "INT64", "data": [len(body)]}]})
 
+async def metadata(request):
+    if request.match_info["name"] != name:
+        return web.json_response({"error": "no such model"}, status=404)
+    return web.json_response({"name": name, "versions": [version], "platform": "stub"})
+
 app = web.Application()
+app.router.add_get("/v2/models/{name}", metadata)
 app.router.add_get("/v2/health/ready", health)
 app.router.add_get("/v2/health/live", health)
 app.router.add_get("/v2/models/{name}/ready", model_ready)

@@ -593,11 +593,13 @@ class LocalServing:
         return None
 
     def _answers_as_ours(self, record: ProcessRecord, *, wait: float) -> bool:
+        """Whether the router's port answers with the recorded identity (waiting while nothing answers)."""
         deadline = time.monotonic() + wait
         while True:
             status, answer = http_json(record.url, "/healthz")
-            if status == 200 and isinstance(answer, dict) and answer.get("instance"):
-                return bool(record.instance) and answer["instance"] == record.instance
+            if status is not None:  # anything that answers without our identity is not our router
+                ours = isinstance(answer, dict) and answer.get("instance") == record.instance
+                return status == 200 and bool(record.instance) and ours
             if not is_alive(record.pid, record.process_start) or time.monotonic() >= deadline:
                 return False
             time.sleep(0.02)

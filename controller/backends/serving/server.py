@@ -469,11 +469,11 @@ def port_holder(port: int) -> PortHolder | None:
     if pid is None:
         return PortHolder(port=port)
     try:
-        command = shlex.join(psutil.Process(pid).cmdline())
+        command = " ".join(shlex.join(psutil.Process(pid).cmdline()).split())  # on one line
     except (psutil.Error, OSError):
         command = ""
     if len(command) > 160:
-        command = command[:157] + "..."
+        command = f"{command[:110]} ... {command[-45:]}"
     return PortHolder(port=port, pid=pid, command=command)
 
 
