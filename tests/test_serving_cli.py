@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from controller.backends.serving import inference_request
 from controller.backends.serving.local import LocalServing
 from controller.backends.serving.server import is_alive
 from controller.cli import main
@@ -84,7 +86,9 @@ def test_ls_shows_endpoints_routers_and_routed_models(state: Path) -> None:
     )
 
 
-def test_stop_and_start_keep_routes_and_ports_and_say_what_stopping_means(state: Path) -> None:
+def test_stop_and_start_keep_routes_and_ports_and_say_what_stopping_means(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     before = _listing(state)
     pids = [server["pid"] for entry in before.values() for server in entry["servers"]]  # type: ignore[attr-defined]
     output = _flywheel("serving", "stop", "--env", "staging", "--state-dir", str(state))
@@ -96,11 +100,17 @@ def test_stop_and_start_keep_routes_and_ports_and_say_what_stopping_means(state:
     assert after["production"]["router"] == before["production"]["router"]  # --env: only staging
     assert "router stopped" in _flywheel("serving", "ls", "--state-dir", str(state))
 
-    output = _flywheel("serving", "start", "--state-dir", str(state))
+    monkeypatch.chdir(state.parent)  # the default is a relative state directory (.flywheel)
+    output = _flywheel("serving", "start", "--state-dir", state.name)
     assert f"staging serves on {before['staging']['endpoint']} (2 model server(s) running)" in output
     started = _listing(state)
     assert started["staging"]["endpoint"] == before["staging"]["endpoint"]
     assert started["staging"]["router"]["running"]  # type: ignore[index]
+    body = json.dumps(inference_request([[5.1, 3.5, 1.4, 0.2]])).encode()
+    url = f"{started['staging']['endpoint']}/v2/models/m/infer"
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:  # routed as before the stop
+        assert json.loads(response.read())["model_version"] == "v1"
 
     _flywheel("serving", "stop", "--state-dir", str(state))
     assert not any(is_alive(pid, None) for pid in pids)

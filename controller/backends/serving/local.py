@@ -182,7 +182,7 @@ class LocalServing:
         stop_grace_seconds: float = 5.0,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        self.state_dir = state_dir
+        self.state_dir = state_dir.absolute()  # the router and servers run elsewhere than here
         self._venvs = venvs
         self.ready_timeout_seconds = ready_timeout_seconds
         self.stop_grace_seconds = stop_grace_seconds
