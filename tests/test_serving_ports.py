@@ -316,22 +316,32 @@ def test_routers_and_custom_servers_see_no_secret(
 # ------------------------------------------------------------------ stop, start
 
 
-def test_the_next_call_that_needs_a_stopped_router_brings_back_its_routed_servers(
+def test_the_next_call_that_needs_a_stopped_router_or_server_starts_it_again(
     backends: list[LocalServing], tmp_path: Path
 ) -> None:
     state = tmp_path / "serving"
     backend = _serving(backends, state)
     backend.deploy(environment=ENV, version=stub_version(tmp_path, "v1"))
     backend.set_weights(environment=ENV, model="m", weights={"v1": 100})
-    (before,) = backend.deployed(environment=ENV, model="m")
+    backend.deploy(environment=ENV, version=stub_version(tmp_path, "v2"))  # deployed, no traffic yet
+    before = {d.version: d for d in backend.deployed(environment=ENV, model="m")}
     endpoint = backend.endpoint(environment=ENV, model="m")
     stopped = backend.stop("staging")
-    assert stopped[0].running and stopped[0].servers[0].running  # what ran before
-    assert not is_alive(before.pid, None) and backend.deployed(environment=ENV, model="m") == ()
+    assert stopped[0].running and all(server.running for server in stopped[0].servers)  # what ran before
+    assert not any(is_alive(d.pid, None) for d in before.values())
+    assert backend.deployed(environment=ENV, model="m") == ()
     assert backend.status()[0].routes == {"m": {"v1": 100}}  # routes kept
 
+    restarted = _serving(backends, state)
+    restarted.set_weights(environment=ENV, model="m", weights={"v1": 50, "v2": 50})  # e.g. a canary step
+    after = {d.version: d for d in restarted.deployed(environment=ENV, model="m")}
+    assert {v: d.url for v, d in after.items()} == {v: d.url for v, d in before.items()}  # same ports
+    assert all(after[v].pid != before[v].pid for v in after)  # new processes
+    assert restarted.endpoint(environment=ENV, model="m") == endpoint
+    assert _infer(endpoint)[0] == 200
+
+    restarted.stop()
     metrics = _serving(backends, state).metrics_url(environment=ENV)  # e.g. the next canary analysis
     assert metrics == endpoint.replace("/v2/models/m", "/metrics")
-    (after,) = backend.deployed(environment=ENV, model="m")
-    assert after.url == before.url and after.pid != before.pid  # same port, new process
+    assert {d.version for d in restarted.deployed(environment=ENV, model="m")} == {"v1", "v2"}
     assert _infer(endpoint)[0] == 200

@@ -39,10 +39,11 @@ metadata names our model and version (:func:`.server.foreign_answer`).
 
 Stopping. :meth:`LocalServing.stop` ends the processes and keeps their
 records and routes; :meth:`LocalServing.start` (and the next call that needs
-the environment's router) starts the router again on its port, and the
-stopped servers it routes to with their recorded launch plans, on the same
-ports. Nothing of this is written to the store: the store says which
-versions should serve, not which processes run.
+the environment's router) starts the router again on its port, and its
+stopped servers with their recorded launch plans, on the same ports;
+:meth:`~LocalServing.set_weights` and :meth:`~LocalServing.deploy` start a
+stopped server they need the same way. Nothing of this is written to the
+store: the store says which versions should serve, not which processes run.
 
 Clients send OIP v2 requests to :meth:`LocalServing.endpoint`. A version gets
 traffic only through :meth:`LocalServing.set_weights`, which first checks
@@ -224,7 +225,9 @@ class LocalServing:
         with self._lock(environment.name):
             versions: dict[str, tuple[str, int]] = {}
             for label, weight in checked.items():
-                record = self._live_server(environment.name, model, label)
+                record = self._live_server(environment.name, model, label) or self._revive(
+                    environment.name, model, label
+                )
                 if record is None:
                     raise ServingError(f"version {label} of {model} is not deployed in {environment.name}")
                 if not is_ready(record.url, model):
@@ -537,24 +540,32 @@ class LocalServing:
         else:
             shutil.rmtree(server_dir, ignore_errors=True)
 
-    def _revive_routed_servers(self, environment: str) -> None:
-        """Start again, with their recorded plans, the stopped servers the routes send traffic to."""
-        for model, versions in self._routes(environment).items():
-            for label in versions:
-                server_dir = self._server_dir(environment, model, label)
-                record = ProcessRecord.load(server_dir / "server.json")
-                if record is None or record.plan is None or is_alive(record.pid, record.process_start):
-                    continue
-                lock = self._lock_object(environment, model, label)
-                if not lock.acquire(blocking=False):
-                    continue  # being deployed right now
-                try:
-                    log.info("%s: starting %s %s again on port %d", environment, model, label, record.port)
-                    self._relaunch(record, record.plan, server_dir)
-                except ServingError as exc:
-                    log.error("%s: %s %s could not start again: %s", environment, model, label, exc)
-                finally:
-                    lock.release()
+    def _revive(self, environment: str, model: str, version: str) -> ProcessRecord | None:
+        """A stopped server started again as it was recorded (stopped, or died); None without a record."""
+        server_dir = self._server_dir(environment, model, version)
+        with self._lock(environment, model, version):
+            record = ProcessRecord.load(server_dir / "server.json")
+            if record is None or record.plan is None:
+                return None
+            if is_alive(record.pid, record.process_start):
+                return record
+            log.info("%s: starting %s %s again on port %d", environment, model, version, record.port)
+            self._relaunch(record, record.plan, server_dir)
+            return ProcessRecord.load(server_dir / "server.json")
+
+    def _revive_servers(self, environment: str) -> None:
+        """Start again every stopped server recorded in ``environment`` (its router was just started)."""
+        for record_file in sorted((self.state_dir / environment).glob("servers/*/*/server.json")):
+            model, version = record_file.parent.parent.name, record_file.parent.name
+            lock = self._lock_object(environment, model, version)
+            if not lock.acquire(blocking=False):
+                continue  # being deployed or revived right now
+            try:
+                self._revive(environment, model, version)
+            except ServingError as exc:
+                log.error("%s: %s %s could not start again: %s", environment, model, version, exc)
+            finally:
+                lock.release()
 
     # ---------------------------------------------------------------- router
 
@@ -578,7 +589,7 @@ class LocalServing:
                     return record
                 self._stop_router(env_dir)
             router = self._start_router(environment, env_dir)
-            self._revive_routed_servers(environment.name)
+            self._revive_servers(environment.name)
             return router
 
     def _adopt_router(self, record: ProcessRecord, env_dir: Path) -> ProcessRecord | None:
