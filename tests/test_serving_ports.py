@@ -177,6 +177,25 @@ def test_an_explicit_port_held_by_another_process_is_one_clear_error(
     assert backend.endpoint(environment=fixed, model="m") == f"http://127.0.0.1:{port}/v2/models/m"
 
 
+def test_moving_to_a_held_port_keeps_the_router_on_its_old_port(
+    backends: list[LocalServing], procs: Processes, tmp_path: Path
+) -> None:
+    state = tmp_path / "serving"
+    backend = _serving(backends, state)
+    backend.deploy(environment=ENV, version=stub_version(tmp_path, "v1"))
+    backend.set_weights(environment=ENV, model="m", weights={"v1": 100})
+    endpoint = backend.endpoint(environment=ENV, model="m")
+    port, holder = _hold_port(procs)
+    moved = Environment(name="staging", spec_path="environments/staging.yaml", port=port)
+    with pytest.raises(PortInUse, match=rf"port {port} is held by pid {holder.pid}"):
+        backend.endpoint(environment=moved, model="m")  # the spec now names a port someone holds
+    assert _infer(endpoint)[0] == 200  # still served where it was
+    holder.kill()
+    holder.wait(10)
+    assert backend.endpoint(environment=moved, model="m") == f"http://127.0.0.1:{port}/v2/models/m"
+    assert _infer(f"http://127.0.0.1:{port}/v2/models/m")[0] == 200
+
+
 def test_port_holder_names_pid_and_command_or_says_it_is_free(procs: Processes) -> None:
     port, holder = _hold_port(procs)
     found = port_holder(port)

@@ -587,6 +587,10 @@ class LocalServing:
                     if environment.port is None:
                         self._remember_port(env_dir, record.port)
                     return record
+                if environment.port not in (None, record.port):  # the spec moved it
+                    holder = port_holder(environment.port)
+                    if holder is not None:  # keep serving on the old port meanwhile
+                        raise _port_error(environment, holder)
                 self._stop_router(env_dir)
             router = self._start_router(environment, env_dir)
             self._revive_servers(environment.name)
@@ -635,12 +639,7 @@ class LocalServing:
                     )
                     return record
             if explicit is not None:
-                raise PortInUse(
-                    f"the router of {environment.name} cannot listen: {holder.describe()}; stop that "
-                    f"process, or set another serving.port in {environment.spec_path}",
-                    port=port,
-                    holder=holder,
-                )
+                raise _port_error(environment, holder)
             moved = free_port()
             log.warning("the router of %s moves to port %d: %s", environment.name, moved, holder.describe())
             port = moved
@@ -754,6 +753,15 @@ class LocalServing:
 def _router_may_see(name: str) -> bool:
     """The router's environment: the serving allow-list, and PYTHONPATH (it imports this package)."""
     return serving_may_see(name) or name == "PYTHONPATH"
+
+
+def _port_error(environment: Environment, holder: PortHolder) -> PortInUse:
+    return PortInUse(
+        f"the router of {environment.name} cannot listen: {holder.describe()}; stop that "
+        f"process, or set another serving.port in {environment.spec_path}",
+        port=holder.port,
+        holder=holder,
+    )
 
 
 def _ports_free(record: ProcessRecord) -> bool:
