@@ -504,7 +504,8 @@ def foreign_answer(record: ProcessRecord) -> str | None:
     Two proofs, each used when it can be had: the process listening on the
     port is the recorded one or its child (by pid, when visible), and the
     model metadata at ``/v2/models/{name}`` names our model and, when it says,
-    our version (in ``versions`` or ``parameters.version``).
+    our version (in ``versions`` or ``parameters.version``); MLServer, which
+    does not say, must answer ``/v2/models/{name}/versions/{version}``.
     """
     holder = port_holder(record.port)
     if (
@@ -525,4 +526,8 @@ def foreign_answer(record: ProcessRecord) -> str | None:
         return f"port {record.port} answers for versions {versions} of {record.model}, not {record.version}"
     if isinstance(reported, str) and reported and reported != record.version:
         return f"port {record.port} answers for {record.model} {reported}, not {record.version}"
+    if record.runtime in _MLSERVER_IMPLEMENTATIONS:  # MLServer knows its version (parameters.version)
+        versioned = http_status(record.url, f"/v2/models/{record.model}/versions/{record.version}")
+        if versioned != 200:
+            return f"port {record.port} has no version {record.version} of {record.model} ({versioned})"
     return None
