@@ -42,6 +42,7 @@ import aiohttp
 from controller.backends.pipelines.venvs import EnvironmentSpec, VenvCache
 from controller.backends.serving import ServedVersion
 from controller.backends.serving.local import LocalServing, default_venv_root
+from controller.clock import SYSTEM_CLOCK
 from controller.specs.types import Environment, Serving
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,7 +166,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="flywheel-bench-router-") as tmp:
         work = Path(tmp)
         venvs = VenvCache(default_venv_root())
-        serving = LocalServing(work / "state", venvs=venvs, ready_timeout_seconds=300)
+        serving = LocalServing(work / "state", venvs=venvs, ready_timeout_seconds=300, clock=SYSTEM_CLOCK)
         environment = Environment(name="bench", spec_path="environments/bench.yaml")
         try:
             version = _iris_version(work) if args.mlserver else _fast_version(work)

@@ -216,7 +216,7 @@ def build_controller(
     # another one gets an error saying so (proposals.pipeline_runner, serving.named), never a stand-in
     runners: dict[str, PipelineRunner] = {"local": LocalRunner(venvs=venvs)}
     serving_backends: dict[str, ServingBackend] = {
-        "local": serving or LocalServing(state_dir / "serving", venvs=venvs)
+        "local": serving or LocalServing(state_dir / "serving", venvs=venvs, clock=clock)
     }
     serving_backend = ServingByName(serving_backends)
     release_branch = settings.release_branch or repository.default_branch

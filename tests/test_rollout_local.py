@@ -5,11 +5,23 @@ a canary whose model fails on part of its inputs is rolled back on its own
 while the stable version keeps (and then takes all) the traffic, and the bad
 version's server is stopped; a canary that gets no traffic holds as
 inconclusive and never promotes.
+
+And ports: a rollout whose environment's port is held by another process
+fails with that reason (the port and the holder), audited and announced once,
+without a traceback; a serving error that repeats every tick (the router's
+port taken while the rollout waits to promote) is logged once, and the
+rollout goes on once the port is free.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -22,7 +34,7 @@ import pytest
 from controller.backends.metrics.builtin import BuiltinMetrics
 from controller.backends.serving import ServedVersion, inference_request
 from controller.backends.serving.local import LocalServing
-from controller.backends.serving.server import free_port
+from controller.backends.serving.server import ProcessRecord, free_port, is_alive
 from controller.backends.store import ModelVersion, RolloutRecord, Store, open_store
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.rollout import RolloutEngine
@@ -60,33 +72,54 @@ MODEL = Model(
         ),
     ),
 )
-CATALOG = Catalog(models={"m": MODEL}, environments={"production": ENV})
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 
 
 @pytest.fixture
 def serving(tmp_path: Path) -> Iterator[LocalServing]:
-    backend = LocalServing(tmp_path / "serving", ready_timeout_seconds=20)
+    backend = LocalServing(tmp_path / "serving", ready_timeout_seconds=20, clock=SYSTEM_CLOCK)
     try:
         yield backend
     finally:
         backend.shutdown()
 
 
-def _engine(store: Store, serving: LocalServing, tmp_path: Path, *, bad: set[int]) -> RolloutEngine:
+def _engine(
+    store: Store, serving: LocalServing, tmp_path: Path, *, bad: set[int], environment: Environment = ENV
+) -> RolloutEngine:
     def served(version: ModelVersion, model: Model) -> ServedVersion:
         knobs = "STUB_FAIL=partial" if version.number in bad else ""
         return stub_version(tmp_path, f"v{version.number}", model=model.name, knobs=knobs)
 
-    metrics = BuiltinMetrics(lambda name: serving.metrics_url(environment=ENV))
+    metrics = BuiltinMetrics(lambda name: serving.metrics_url(environment=environment))
+    catalog = Catalog(models={"m": MODEL}, environments={"production": environment})
     return RolloutEngine(
         store=store,
         serving=serving,
         metrics=lambda env: metrics,
-        catalog=lambda: CATALOG,
+        catalog=lambda: catalog,
         served_version=served,
         clock=SYSTEM_CLOCK,
     )
+
+
+@contextlib.contextmanager
+def _port_held(port: int = 0) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """Another application listening on ``port`` (0: a free one) for the block: the port and its process."""
+    code = (
+        "import socket, sys, time\n"
+        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        "s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen()\n"
+        "print(s.getsockname()[1], flush=True); time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(port)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        with proc.stdout:
+            yield int(proc.stdout.readline()), proc
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 def _register(store: Store, n: int) -> ModelVersion:
@@ -181,4 +214,58 @@ def test_canary_without_traffic_holds_and_never_promotes(serving: LocalServing, 
     )
     events = [m.key for m in store.due_messages(limit=100)]
     assert sum("analysis_inconclusive" in key for key in events) == 1
+    store.close()
+
+
+def test_a_deploy_on_a_port_held_by_another_process_fails_once_with_that_reason(
+    serving: LocalServing, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_store(tmp_path / "state")
+    with _port_held() as (port, holder):
+        env = Environment(name="production", spec_path="environments/production.yaml", port=port)
+        engine = _engine(store, serving, tmp_path, bad=set(), environment=env)
+        engine.start(_register(store, 1), MODEL)
+        with caplog.at_level(logging.DEBUG):
+            rollout = _until(engine, store, 1, lambda r: r.finished_at is not None)
+            for _ in range(3):
+                engine.tick()
+    assert rollout.state == "failed"
+    reason = rollout.detail["reason"]
+    assert f"port {port} is held by pid {holder.pid}" in reason and "\n" not in reason
+    failed = [e for e in store.audit(model="m") if e.action == "rollout.failed"]
+    assert [e.detail["reason"] for e in failed] == [reason]
+    keys = [m.key for m in store.due_messages(limit=100)]
+    assert [key for key in keys if ":rolled_back" in key] == ["console:m:v1:production:rolled_back:-"]
+    assert "Traceback" not in caplog.text and not any(r.exc_info for r in caplog.records)
+    assert sum(f"port {port}" in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING) == 1
+    assert serving.deployed(environment=env, model="m") == ()
+    store.close()
+
+
+def test_a_serving_error_repeating_every_tick_is_logged_once(
+    serving: LocalServing, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_store(tmp_path / "state")
+    port = free_port()
+    env = Environment(name="production", spec_path="environments/production.yaml", port=port)
+    engine = _engine(store, serving, tmp_path, bad=set(), environment=env)
+    engine.start(_register(store, 1), MODEL)
+    engine.tick()  # deployed: first deployment, so on to the gate
+    assert store.rollouts_for("m")[0].state == "gate"
+    router = ProcessRecord.load(tmp_path / "serving" / "production" / "router.json")
+    assert router is not None and router.pid is not None
+    os.kill(router.pid, signal.SIGKILL)  # the router dies, and another application takes its port
+    while is_alive(router.pid, router.process_start):
+        time.sleep(0.02)
+    with _port_held(port) as (_, holder), caplog.at_level(logging.DEBUG, logger="flywheel.rollout"):
+        for _ in range(5):
+            engine.tick()
+        assert store.rollouts_for("m")[0].state == "promote"
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and not errors[0].exc_info  # one line, no traceback
+        assert f"port {port} is held by pid {holder.pid}" in errors[0].getMessage()
+        assert sum("(again)" in r.getMessage() for r in caplog.records) == 3
+    rollout = _until(engine, store, 1, lambda r: r.finished_at is not None)  # the port is free again
+    assert rollout.state == "succeeded"
+    assert serving.endpoint(environment=env, model="m") == f"http://127.0.0.1:{port}/v2/models/m"
     store.close()

@@ -49,17 +49,19 @@ from controller.backends.serving.fake import FakeServing
 from controller.backends.serving.local import LocalServing
 from controller.backends.serving.router import TOKEN_ENV, VERSION_HEADER, RouteTable
 from controller.backends.serving.server import free_port, http_status, is_alive, is_ready
+from controller.clock import SYSTEM_CLOCK
 from controller.specs.types import Environment, Serving
 
 # An OIP v2 server for one model version, honouring the custom-server contract. Test knobs:
 # STUB_READY_AFTER (seconds before it answers ready), STUB_NEVER_READY, STUB_FAIL=always (500 on infer),
-# STUB_FAIL=partial (500 when the input holds 6.7);
-# a body containing "bad" gets 400.
+# STUB_FAIL=partial (500 when the input holds 6.7), STUB_TAG (echoed in every answer as "tag");
+# a body containing "bad" gets 400. GET /v2/models/{name} answers the model's metadata.
 STUB_SERVER = r'''
 import os, sys, time
 from aiohttp import web
 
 name, version = os.environ["FLYWHEEL_MODEL_NAME"], os.environ["FLYWHEEL_MODEL_VERSION"]
+tag = os.environ.get("STUB_TAG", "")
 ready_after = float(os.environ.get("STUB_READY_AFTER", "0"))
 never_ready = bool(os.environ.get("STUB_NEVER_READY"))
 fail = os.environ.get("STUB_FAIL", "")
@@ -83,10 +85,16 @@ async def infer(request):
         return web.json_response({"error": "model raised"}, status=500)
     if b"bad" in body:
         return web.json_response({"error": "bad input"}, status=400)
-    return web.json_response({"model_name": name, "model_version": version, "outputs": [
+    return web.json_response({"model_name": name, "model_version": version, "tag": tag, "outputs": [
         {"name": "echo", "shape": [1], "datatype": "INT64", "data": [len(body)]}]})
 
+async def metadata(request):
+    if request.match_info["name"] != name:
+        return web.json_response({"error": "no such model"}, status=404)
+    return web.json_response({"name": name, "versions": [version], "platform": "stub"})
+
 app = web.Application()
+app.router.add_get("/v2/models/{name}", metadata)
 app.router.add_get("/v2/health/ready", health)
 app.router.add_get("/v2/health/live", health)
 app.router.add_get("/v2/models/{name}/ready", model_ready)
@@ -413,7 +421,7 @@ ENV = Environment(name="staging", spec_path="environments/staging.yaml")
 
 @pytest.fixture
 def serving(tmp_path: Path) -> Iterator[LocalServing]:
-    backend = LocalServing(tmp_path / "serving", ready_timeout_seconds=20)
+    backend = LocalServing(tmp_path / "serving", ready_timeout_seconds=20, clock=SYSTEM_CLOCK)
     try:
         yield backend
     finally:
@@ -478,7 +486,8 @@ def test_deploy_twice_and_after_a_controller_restart_reuses_the_process(
     assert server_pid(serving, "v1") == pid
     assert len(list((tmp_path / "serving" / "staging" / "servers" / "m").iterdir())) == 1
 
-    restarted = LocalServing(tmp_path / "serving", ready_timeout_seconds=20)  # the controller came back
+    # the controller came back
+    restarted = LocalServing(tmp_path / "serving", ready_timeout_seconds=20, clock=SYSTEM_CLOCK)
     restarted.deploy(environment=ENV, version=version)
     assert server_pid(restarted, "v1") == pid
     assert restarted.endpoint(environment=ENV, model="m") == router_url
@@ -501,7 +510,7 @@ def test_deploy_waits_for_a_server_still_starting_after_a_restart(
     crashed.start()
     _wait(record.exists)
     pid = json.loads(record.read_text())["pid"]
-    restarted = LocalServing(tmp_path / "serving", ready_timeout_seconds=20)
+    restarted = LocalServing(tmp_path / "serving", ready_timeout_seconds=20, clock=SYSTEM_CLOCK)
     restarted.deploy(environment=ENV, version=version)  # waits for that server; starts none
     assert is_ready(restarted.deployed(environment=ENV, model="m")[0].url, "m")
     assert server_pid(restarted, "v1") == pid
@@ -532,7 +541,9 @@ def test_a_server_that_exits_is_reported_with_its_log(serving: LocalServing, tmp
 
 
 def test_a_server_that_never_gets_ready_is_stopped(tmp_path: Path) -> None:
-    backend = LocalServing(tmp_path / "serving", ready_timeout_seconds=1.0, stop_grace_seconds=2)
+    backend = LocalServing(
+        tmp_path / "serving", ready_timeout_seconds=1.0, stop_grace_seconds=2, clock=SYSTEM_CLOCK
+    )
     try:
         version = stub_version(tmp_path, "v1", knobs="STUB_NEVER_READY=1")
         with pytest.raises(ServingError, match=r"(?s)not ready after 1s.*stub server m v1 starting"):
@@ -565,7 +576,7 @@ def test_retire_stops_the_server_and_refuses_while_it_has_traffic(
 
 
 def test_shutdown_stops_servers_and_router(tmp_path: Path) -> None:
-    backend = LocalServing(tmp_path / "serving", ready_timeout_seconds=20)
+    backend = LocalServing(tmp_path / "serving", ready_timeout_seconds=20, clock=SYSTEM_CLOCK)
     backend.deploy(environment=ENV, version=stub_version(tmp_path, "v1"))
     server = server_pid(backend, "v1")
     router = json.loads((tmp_path / "serving" / "staging" / "router.json").read_text())["pid"]

@@ -6,7 +6,7 @@ environment extended with the pinned MLServer packages (built by VenvCache and
 cached across runs under ``$FLYWHEEL_VENV_CACHE`` or ``~/.cache/flywheel/venvs``),
 under the Flywheel model name and version; the router answers an OIP v2
 inference for the spec's sample inputs with one prediction per input, and
-counts it.
+counts it; the README's ``curl`` example, run as printed, gets a prediction.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ import yaml
 from controller.backends.pipelines.venvs import EnvironmentSpec, VenvCache
 from controller.backends.serving import ServedVersion
 from controller.backends.serving.local import LocalServing, default_venv_root
+from controller.clock import SYSTEM_CLOCK
 from controller.specs.types import Environment, Serving
+from tests.test_serving_cli import readme_curl
 
 REPO = Path(__file__).resolve().parents[1]
 IRIS = REPO / "specs" / "iris"
@@ -66,7 +68,7 @@ def test_iris_is_served_by_mlserver_through_the_router(tmp_path: Path) -> None:
     )
     environment = Environment(name="staging", spec_path="environments/staging.yaml")
     venvs = VenvCache(default_venv_root())
-    serving = LocalServing(tmp_path / "serving", venvs=venvs, ready_timeout_seconds=180)
+    serving = LocalServing(tmp_path / "serving", venvs=venvs, ready_timeout_seconds=180, clock=SYSTEM_CLOCK)
     try:
         serving.deploy(environment=environment, version=version)
         serving.deploy(environment=environment, version=version)  # idempotent
@@ -97,6 +99,9 @@ def test_iris_is_served_by_mlserver_through_the_router(tmp_path: Path) -> None:
         with opener.open(deployed.metrics_url or "", timeout=10) as response:
             assert "model_infer_request_success" in response.read().decode()  # MLServer's own metrics
         assert (artifact / "model-settings.json").read_text() == settings_before
+        answer = readme_curl(tmp_path)  # the README's curl example, as printed, on this state directory
+        assert (answer["model_name"], answer["model_version"]) == ("iris", "v1")
+        assert answer["outputs"][0]["data"] == [0]  # one FP64 row of 4 features: setosa
         assert sorted(p.name for p in artifact.iterdir()) == ["model-settings.json", "model.joblib"]
     finally:
         serving.shutdown()

@@ -91,7 +91,7 @@ def test_example_policy_and_environment_are_typed() -> None:
     rule = catalog.approval_rule("production-signoff")
     assert rule is not None and rule.expires_after_seconds == 72 * 3600 and not rule.allow_author
     production = catalog.environments["production"]
-    assert production.production and production.port == 8620 and production.runner == "local"
+    assert production.production and production.port is None and production.runner == "local"
 
 
 def test_source_paths_resolve_relative_to_the_spec() -> None:

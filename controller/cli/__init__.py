@@ -35,6 +35,7 @@ _COMMANDS: dict[str, str] = {
     "rollback": "controller.cli.rollouts:rollback",
     "demo": "controller.cli.demo:demo",
     "serve": "controller.cli.serve:serve",
+    "serving": "controller.cli.serving:serving",
 }
 
 

@@ -110,6 +110,7 @@ class RolloutEngine:
         self.catalog = catalog
         self.served_version = served_version
         self.clock = clock
+        self._failing: dict[int, str] = {}  # rollout id -> the error last logged for it
 
     # ---------------------------------------------------------------- start
 
@@ -159,17 +160,37 @@ class RolloutEngine:
     # ----------------------------------------------------------------- tick
 
     def tick(self) -> None:
-        """Advance every active rollout by at most one state; errors are logged per rollout."""
+        """Advance every active rollout by at most one state; errors are logged per rollout.
+
+        A rollout that fails the same way tick after tick is logged once, and
+        again only when its error changes or after it advanced: a serving
+        error in one line, anything else (a bug) with its traceback.
+        """
         catalog = self.catalog()
-        for rollout in self.store.active_rollouts():
+        active = self.store.active_rollouts()
+        for gone in self._failing.keys() - {r.id for r in active}:
+            del self._failing[gone]
+        for rollout in active:
+            what = f"rollout {rollout.id} of {rollout.model} v{rollout.version}"
             try:
                 self._advance(rollout, catalog)
             except Conflict:
                 log.info("rollout %s changed while it was advanced; next tick", rollout.id)
-            except Exception:
-                log.exception(
-                    "rollout %s of %s v%s could not advance", rollout.id, rollout.model, rollout.version
+            except ServingError as exc:
+                self._log_failure(rollout.id, f"{what} could not advance: {exc}", traceback=False)
+            except Exception as exc:
+                self._log_failure(
+                    rollout.id, f"{what} could not advance: {type(exc).__name__}: {exc}", traceback=True
                 )
+            else:
+                self._failing.pop(rollout.id, None)
+
+    def _log_failure(self, rollout_id: int, message: str, *, traceback: bool) -> None:
+        if self._failing.get(rollout_id) == message:
+            log.debug("%s (again)", message)
+            return
+        self._failing[rollout_id] = message
+        log.error("%s; retrying every tick, logged again only if this changes", message, exc_info=traceback)
 
     def run_until_settled(self, *, max_ticks: int = 100) -> None:
         """Tick until no rollout changes state (tests)."""
@@ -503,11 +524,8 @@ class RolloutEngine:
                 weights={int(k[1:]): w for k, w in weights.items()},
             )
             self.serving.retire(environment=env, model=ctx.model.name, version=new)
-        except ServingError as exc:
-            log.error(
-                "rolling back %s v%s in %s: %s (retrying)", ctx.model.name, ctx.version.number, env.name, exc
-            )
-            return
+        except ServingError as exc:  # logged by tick, once while it repeats; retried next tick
+            raise ServingError(f"rolling back in {env.name}: {exc}") from exc
         final = str(rollout.detail.get("final", "rolled_back"))
         reason = str(rollout.detail.get("reason", ""))
         kind: EventKind = "aborted" if final == "aborted" else "rolled_back"

@@ -26,7 +26,7 @@ import pytest
 
 from controller.backends.serving import inference_request
 from controller.backends.serving.local import default_venv_root
-from controller.backends.serving.server import free_port, is_alive
+from controller.backends.serving.server import is_alive
 from controller.backends.store import RolloutRecord, open_store
 from controller.clock import SYSTEM_CLOCK
 from controller.demo import DEMO_ROLLOUT, DemoOptions, run_demo
@@ -103,7 +103,7 @@ def test_kill_9_mid_canary_resumes_the_same_step_without_repeating(tmp_path: Pat
 
         repo.edit("specs/iris/model.yaml", "    C: 1.0\n", "    C: 2.0\n")
         repo.git("commit", "-qam", "iris: C 2.0")
-        threading.Thread(target=_traffic, args=(repo, stop_traffic), daemon=True).start()
+        threading.Thread(target=_traffic, args=(state, stop_traffic), daemon=True).start()
         _wait(state, lambda r: r.get(2) is not None and r[2].state == "canary", "v2 in its canary", 300)
         time.sleep(3)  # inside step 0: weights routed, a round or two judged
         before = _rollouts(state)[2]
@@ -151,11 +151,7 @@ def _tune(repo: GitRepo) -> None:
     text = repo.read("specs/iris/model.yaml")
     start, end = text.index("  rollout:\n"), text.index("  notifications:\n")
     repo.write("specs/iris/model.yaml", text[:start] + DEMO_ROLLOUT + text[end:])
-    for name in ("staging", "production"):
-        lines = repo.read(f"environments/{name}.yaml").splitlines()
-        fixed = [f"    port: {free_port()}" if line.startswith("    port:") else line for line in lines]
-        repo.write(f"environments/{name}.yaml", "\n".join(fixed) + "\n")
-    repo.git("commit", "-qam", "short canary steps, free ports")
+    repo.git("commit", "-qam", "short canary steps")  # the routers' ports are chosen per state directory
 
 
 def _cli(repo: GitRepo, state: Path, *args: str) -> str:
@@ -193,13 +189,12 @@ def _wait(
     raise AssertionError(f"timed out waiting for {what}: {_rollouts(state)}")
 
 
-def _traffic(repo: GitRepo, stop: threading.Event) -> None:
-    port = next(
-        line.split(":")[1].strip()
-        for line in repo.read("environments/production.yaml").splitlines()
-        if line.startswith("    port:")
+def _traffic(state: Path, stop: threading.Event) -> None:
+    done = subprocess.run(
+        [FLYWHEEL, "serving", "ls", "--env", "production", "--json", "--state-dir", str(state)],
+        capture_output=True, text=True, check=True,
     )
-    url = f"http://127.0.0.1:{port}/v2/models/iris/infer"
+    url = json.loads(done.stdout)[0]["models"]["iris"]["url"] + "/infer"
     body = json.dumps(inference_request([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])).encode()
     while not stop.is_set():
         request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
@@ -235,7 +230,7 @@ def _live_processes(serving: Path) -> list[int]:
 def _shutdown_serving(state: Path) -> None:
     from controller.backends.serving.local import LocalServing
 
-    LocalServing(state / "serving").shutdown()
+    LocalServing(state / "serving", clock=SYSTEM_CLOCK).shutdown()
 
 
 def _now() -> datetime:

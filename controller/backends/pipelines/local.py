@@ -61,6 +61,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ from controller.backends.pipelines import (
 from controller.backends.pipelines.venvs import VenvBuildError, VenvCache, environment_spec_for
 from controller.specs.types import Step
 
-__all__ = ["LocalRunHandle", "LocalRunner"]
+__all__ = ["LocalRunHandle", "LocalRunner", "scrubbed_environment", "step_may_see", "uses_shell"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,25 @@ class LocalRunner:
         handle = LocalRunHandle(request, venvs=self.venvs, kill_grace_seconds=self.kill_grace_seconds)
         handle._thread.start()
         return handle
+
+
+def step_may_see(name: str) -> bool:
+    """Whether a pipeline step inherits the controller's variable ``name``: all but Flywheel's own
+    (``FLYWHEEL_*``: tokens and secrets among them) and those that would break the virtualenv."""
+    return name not in _DROPPED_ENV and not name.startswith("FLYWHEEL_")
+
+
+def scrubbed_environment(*, keep: Callable[[str], bool], venv: Path | None = None) -> dict[str, str]:
+    """The environment of a process the controller starts: its own variables that ``keep`` lets through,
+    with ``venv``'s ``bin`` first on ``PATH`` and ``VIRTUAL_ENV`` set when a virtualenv is given, and
+    ``PYTHONUNBUFFERED=1``. Pipeline steps use :func:`step_may_see`; the serving backend passes its
+    own allow-list, so model servers and routers see no secret of the controller's."""
+    env = {name: value for name, value in os.environ.items() if keep(name)}
+    if venv is not None:
+        env["PATH"] = os.pathsep.join([str(venv / "bin"), env.get("PATH", os.defpath)])
+        env["VIRTUAL_ENV"] = str(venv)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
 
 
 def uses_shell(command: str) -> bool:
@@ -230,10 +250,7 @@ class LocalRunHandle:
         except (TypeError, ValueError) as exc:
             raise _RunError(f"params are not JSON-serialisable: {exc}") from exc
         venv = self._resolve_venv()
-        env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV and not k.startswith("FLYWHEEL_")}
-        env["PATH"] = os.pathsep.join([str(venv / "bin"), env.get("PATH", os.defpath)])
-        env["VIRTUAL_ENV"] = str(venv)
-        env["PYTHONUNBUFFERED"] = "1"
+        env = scrubbed_environment(keep=step_may_see, venv=venv)
         for data_input in request.model.data:
             env[data_input.env_name] = request.data.get(data_input.name, data_input.uri)
         env["FLYWHEEL_PARAMS"] = str(params_path)

@@ -1,14 +1,17 @@
 """Serving on the embedded home: one model server process per version, one router process per environment.
 
 The rollout engine uses :class:`LocalServing` through the
-:class:`~controller.backends.serving.ServingBackend` Protocol. Everything it
-starts is a detached process (see :mod:`.server`) recorded under the state
-directory given to the constructor::
+:class:`~controller.backends.serving.ServingBackend` Protocol; ``flywheel
+serving ls|stop|start`` uses :meth:`LocalServing.status`, :meth:`~LocalServing.stop`
+and :meth:`~LocalServing.start`. Everything it starts is a detached process
+(see :mod:`.server`) recorded under the state directory given to the
+constructor::
 
-    <state>/<environment>/router.json        the router's ProcessRecord (pid, port, admin token)
+    <state>/<environment>/router.json        the router's ProcessRecord (pid, port, instance, admin token)
+    <state>/<environment>/endpoint.json      the port chosen for the router when the spec names none
     <state>/<environment>/routes.json        the routes, written by the router itself
     <state>/<environment>/router.log
-    <state>/<environment>/servers/<model>/<version>/server.json   the server's ProcessRecord
+    <state>/<environment>/servers/<model>/<version>/server.json   the server's ProcessRecord and launch plan
     <state>/<environment>/servers/<model>/<version>/server.log
     <state>/<environment>/servers/<model>/<version>/settings.json, <model>/model-settings.json (MLServer)
 
@@ -17,10 +20,34 @@ and the router it had started, instead of starting second ones: a recorded
 process is reused when its pid is alive with the recorded start time; a
 server that is still starting is waited for. Every call is idempotent.
 
-The router of an environment listens on ``Environment.port`` when set (a free
-port otherwise); clients send OIP v2 requests to :meth:`LocalServing.endpoint`.
-A version gets traffic only through :meth:`LocalServing.set_weights`, which
-first checks that every version named is ready.
+Ports. The router of an environment listens on ``Environment.port`` when the
+spec sets one; when that port is held by another process, that is a
+:class:`~.server.PortInUse` error naming the port and the holder, never
+silently replaced. Without ``port:``, a free port is chosen the first time and
+kept in ``endpoint.json``, so the endpoint stays the same across restarts and
+two state directories (two repositories) on one machine never collide; should
+another process take that port while the router is stopped, a new one is
+chosen and the move is logged. Model servers listen on free ports chosen per
+launch (a clash there is retried on new ports).
+
+Identity. A router is launched with a random instance identity, recorded in
+``router.json`` before the launch, and must echo it at ``/healthz``: a router
+(or anything else) answering on the port with another identity is someone
+else's, never adopted and never sent our admin calls. A model server counts
+as ready only when the process listening on its port is ours and its model
+metadata names our model and version (:func:`.server.foreign_answer`).
+
+Stopping. :meth:`LocalServing.stop` ends the processes and keeps their
+records and routes; :meth:`LocalServing.start` (and the next call that needs
+the environment's router) starts the router again on its port, and its
+stopped servers with their recorded launch plans, on the same ports;
+:meth:`~LocalServing.set_weights` and :meth:`~LocalServing.deploy` start a
+stopped server they need the same way. Nothing of this is written to the
+store: the store says which versions should serve, not which processes run.
+
+Clients send OIP v2 requests to :meth:`LocalServing.endpoint`. A version gets
+traffic only through :meth:`LocalServing.set_weights`, which first checks
+that every version named is ready.
 
 Server packages: for the ``sklearn``/``xgboost`` runtimes the version's
 environment is extended with MLServer (:func:`.server.serving_environment`)
@@ -31,8 +58,10 @@ default under ``$FLYWHEEL_VENV_CACHE`` or ``~/.cache/flywheel/venvs``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import json
+import logging
 import os
 import re
 import secrets
@@ -41,9 +70,11 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller.backends.pipelines.local import scrubbed_environment
 from controller.backends.pipelines.venvs import VenvBuildError, VenvCache
 from controller.backends.serving import (
     DeployedVersion,
@@ -55,25 +86,33 @@ from controller.backends.serving import (
 from controller.backends.serving.router import TOKEN_ENV, load_routes
 from controller.backends.serving.server import (
     LaunchPlan,
+    PortHolder,
+    PortInUse,
     ProcessRecord,
+    foreign_answer,
     free_port,
-    http_status,
+    http_json,
     is_alive,
     is_ready,
     log_tail,
     plan_custom_server,
     plan_mlserver,
+    port_holder,
     process_start_time,
     serving_environment,
+    serving_may_see,
     spawn_detached,
     stop_process,
 )
+from controller.clock import Clock
 from controller.specs.types import Environment
 
-__all__ = ["LocalServing", "default_venv_root"]
+__all__ = ["EnvironmentServing", "LocalServing", "ServerState", "default_venv_root"]
+
+log = logging.getLogger("flywheel.serving")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_PORT_CLASH = ("address already in use", "errno 98", "eaddrinuse")
+_LAUNCH_ATTEMPTS = 3
 
 
 def default_venv_root() -> Path:
@@ -83,6 +122,53 @@ def default_venv_root() -> Path:
         return Path(configured)
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "flywheel" / "venvs"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerState:
+    """One recorded model server: what it serves, where, whether it runs, its weight in the routes."""
+
+    model: str
+    version: str
+    url: str
+    pid: int | None
+    running: bool
+    weight: int | None  # None: not in the routes
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnvironmentServing:
+    """What serves one environment on the embedded home, as ``flywheel serving ls`` shows it."""
+
+    environment: str
+    port: int | None  # the router's port (None: no router started yet)
+    router_pid: int | None  # None: not running
+    routes: Mapping[str, Mapping[str, int]]  # model -> version -> percent
+    servers: tuple[ServerState, ...]
+
+    @property
+    def endpoint(self) -> str | None:
+        return None if self.port is None else f"http://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.router_pid is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "environment": self.environment,
+            "endpoint": self.endpoint,
+            "port": self.port,
+            "router": {"running": self.running, "pid": self.router_pid},
+            "models": {
+                model: {
+                    "url": f"{self.endpoint}/v2/models/{model}" if self.endpoint else None,
+                    "weights": dict(versions),
+                }
+                for model, versions in sorted(self.routes.items())
+            },
+            "servers": [dataclasses.asdict(server) for server in self.servers],
+        }
 
 
 class LocalServing:
@@ -95,11 +181,13 @@ class LocalServing:
         venvs: VenvCache | None = None,
         ready_timeout_seconds: float = 120.0,
         stop_grace_seconds: float = 5.0,
+        clock: Clock,
     ) -> None:
-        self.state_dir = state_dir
+        self.state_dir = state_dir.absolute()  # the router and servers run elsewhere than here
         self._venvs = venvs
         self.ready_timeout_seconds = ready_timeout_seconds
         self.stop_grace_seconds = stop_grace_seconds
+        self._clock = clock
         self._guard = threading.Lock()
         self._locks: dict[tuple[str, ...], threading.RLock] = {}
 
@@ -116,25 +204,30 @@ class LocalServing:
                 self._wait_ready(record, server_dir)
                 return
             server_dir.mkdir(parents=True, exist_ok=True)
+            if record is not None and record.plan is not None and _ports_free(record):
+                with contextlib.suppress(ServingError):  # the ports or the plan went stale: start afresh
+                    self._relaunch(record, record.plan, server_dir)
+                    return
             venv = self._venv_for(version)
-            for attempt in range(3):
+            for attempt in range(_LAUNCH_ATTEMPTS):
                 record = self._start(version, venv=venv, server_dir=server_dir)
                 try:
                     self._wait_ready(record, server_dir)
                     return
-                except ServingError as exc:
-                    clash = any(word in str(exc).lower() for word in _PORT_CLASH)
-                    if not clash or attempt == 2:
+                except PortInUse as exc:  # its ports were free when chosen; someone took one since
+                    if attempt == _LAUNCH_ATTEMPTS - 1:
                         raise
+                    log.info("%s; starting %s %s on other ports", exc, version.model, version.version)
 
     def set_weights(self, *, environment: Environment, model: str, weights: Mapping[str, int]) -> None:
         _check_names(environment.name, model, *weights)
         checked = check_weights(weights)
         with self._lock(environment.name):
-            router = self._ensure_router(environment)
-            versions: dict[str, dict[str, Any]] = {}
+            versions: dict[str, tuple[str, int]] = {}
             for label, weight in checked.items():
-                record = self._live_server(environment.name, model, label)
+                record = self._live_server(environment.name, model, label) or self._revive(
+                    environment.name, model, label
+                )
                 if record is None:
                     raise ServingError(f"version {label} of {model} is not deployed in {environment.name}")
                 if not is_ready(record.url, model):
@@ -142,9 +235,13 @@ class LocalServing:
                         f"version {label} of {model} in {environment.name} is not ready; "
                         "no traffic sent to it"
                     )
-                versions[label] = {"url": record.url, "weight": weight}
+                versions[label] = (record.url, weight)
+            if versions == self._routes(environment.name).get(model, {}):
+                return  # routed so already: nothing to change, no router needed
+            router = self._ensure_router(environment)
             if versions:
-                self._admin(router, "PUT", f"/-/routes/{model}", {"versions": versions})
+                body = {"versions": {v: {"url": url, "weight": w} for v, (url, w) in versions.items()}}
+                self._admin(router, "PUT", f"/-/routes/{model}", body)
             else:
                 self._admin(router, "DELETE", f"/-/routes/{model}")
 
@@ -238,14 +335,98 @@ class LocalServing:
 
     def shutdown(self) -> None:
         """Stop every server and router recorded under the state directory, and forget their routes."""
-        if not self.state_dir.is_dir():
-            return
-        for env_dir in sorted(p for p in self.state_dir.iterdir() if p.is_dir()):
+        for env_dir in self._environment_dirs(None):
             with self._lock(env_dir.name):
                 for record_file in sorted(env_dir.glob("servers/*/*/server.json")):
                     self._stop_server(record_file.parent)
                 self._stop_router(env_dir)
                 (env_dir / "routes.json").unlink(missing_ok=True)
+
+    # ------------------------------------------------- stop, start, status
+
+    def stop(self, environment: str | None = None) -> list[EnvironmentServing]:
+        """Stop the routers and model servers (of one environment, or all), keeping their records and routes.
+
+        Returns what ran before. Nothing is forgotten: :meth:`start`, or the
+        next call that needs the environment's router, starts them again on
+        the same ports.
+        """
+        before = self.status(environment)
+        for env_dir in self._environment_dirs(environment):
+            with self._lock(env_dir.name):
+                for record_file in sorted(env_dir.glob("servers/*/*/server.json")):
+                    record = ProcessRecord.load(record_file)
+                    if record is not None:
+                        stop_process(record.pid, record.process_start, grace_seconds=self.stop_grace_seconds)
+                record = ProcessRecord.load(env_dir / "router.json")
+                if record is not None:
+                    stop_process(record.pid, record.process_start, grace_seconds=self.stop_grace_seconds)
+        return before
+
+    def start(self, environment: str | None = None) -> list[EnvironmentServing]:
+        """Start the stopped routers (on their last port) and the stopped servers they route to.
+
+        Raises :class:`ServingError` for the first environment that cannot
+        start (its port held by someone else, a server that does not get
+        ready); the environments before it are started.
+        """
+        for env_dir in self._environment_dirs(environment):
+            record = ProcessRecord.load(env_dir / "router.json")
+            chosen = self._chosen_port(env_dir)
+            if record is None and chosen is None and not (env_dir / "routes.json").exists():
+                continue  # nothing ever served here
+            # The port it had: chosen by us (then free to move), or the spec's (then it must be that one).
+            port = None if record is None or record.port == chosen else record.port
+            name = env_dir.name
+            with self._lock(name):
+                self._ensure_router(Environment(name=name, spec_path=f"environments/{name}.yaml", port=port))
+        return self.status(environment)
+
+    def status(self, environment: str | None = None) -> list[EnvironmentServing]:
+        """What serves each environment (or one): router port and process, routes, recorded servers."""
+        result = []
+        for env_dir in self._environment_dirs(environment):
+            router = ProcessRecord.load(env_dir / "router.json")
+            alive = router is not None and is_alive(router.pid, router.process_start)
+            port = router.port if router is not None else self._chosen_port(env_dir)
+            routes = self._routes(env_dir.name)
+            servers = []
+            for record_file in sorted(env_dir.glob("servers/*/*/server.json")):
+                record = ProcessRecord.load(record_file)
+                if record is None:
+                    continue
+                running = is_alive(record.pid, record.process_start)
+                route = routes.get(record.model, {}).get(record.version)
+                servers.append(
+                    ServerState(
+                        model=record.model,
+                        version=record.version,
+                        url=record.url,
+                        pid=record.pid if running else None,
+                        running=running,
+                        weight=None if route is None else route[1],
+                    )
+                )
+            result.append(
+                EnvironmentServing(
+                    environment=env_dir.name,
+                    port=port,
+                    router_pid=router.pid if alive and router is not None else None,
+                    routes={m: {v: w for v, (_, w) in vs.items()} for m, vs in routes.items()},
+                    servers=tuple(servers),
+                )
+            )
+        return result
+
+    def _environment_dirs(self, environment: str | None) -> list[Path]:
+        if environment is not None:
+            _check_names(environment)
+        if not self.state_dir.is_dir():
+            return []
+        return sorted(
+            p for p in self.state_dir.iterdir()
+            if p.is_dir() and _NAME.match(p.name) and (environment is None or p.name == environment)
+        )
 
     # --------------------------------------------------------------- servers
 
@@ -284,10 +465,18 @@ class LocalServing:
             if venv is None:
                 raise ServingError(f"the {version.serving.runtime} runtime needs a virtualenv with MLServer")
             plan = plan_mlserver(version, venv=venv, server_dir=server_dir)
-        log = server_dir / "server.log"
-        with open(log, "ab") as handle:
-            handle.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {list(plan.argv)}\n".encode())
-        pid = spawn_detached(plan.argv, cwd=plan.cwd, env=plan.env, log=log)
+        like = ProcessRecord(
+            pid=None, process_start=None, port=plan.port, started_at=0.0,
+            model=version.model, version=version.version, runtime=version.serving.runtime,
+        )
+        return self._launch(plan, like=like, server_dir=server_dir)
+
+    def _launch(self, plan: LaunchPlan, *, like: ProcessRecord, server_dir: Path) -> ProcessRecord:
+        """Start ``plan`` for the model and version of ``like``; its record (with the plan) is saved."""
+        log_file = server_dir / "server.log"
+        with open(log_file, "ab") as handle:
+            handle.write(f"--- {self._clock.now():%Y-%m-%dT%H:%M:%SZ} starting {list(plan.argv)}\n".encode())
+        pid = spawn_detached(plan.argv, cwd=plan.cwd, env=plan.env, log=log_file)
         record = ProcessRecord(
             kind="server",
             pid=pid,
@@ -295,35 +484,50 @@ class LocalServing:
             port=plan.port,
             metrics_port=plan.metrics_port,
             grpc_port=plan.grpc_port,
-            started_at=time.time(),
-            model=version.model,
-            version=version.version,
-            runtime=version.serving.runtime,
-            log=str(log),
+            started_at=self._clock.timestamp(),
+            model=like.model,
+            version=like.version,
+            runtime=like.runtime,
+            log=str(log_file),
+            argv=tuple(plan.argv),
+            cwd=str(plan.cwd),
+            env=dict(plan.env),
         )
         record.save(server_dir / "server.json")
         return record
 
+    def _relaunch(self, record: ProcessRecord, plan: LaunchPlan, server_dir: Path) -> None:
+        """Start a stopped server again as it was recorded (same command, environment and ports)."""
+        self._wait_ready(self._launch(plan, like=record, server_dir=server_dir), server_dir)
+
     def _wait_ready(self, record: ProcessRecord, server_dir: Path) -> None:
-        """Return once the server answers ready; else stop it, forget it and raise with its log tail."""
+        """Return once the server answers ready, as ours; else stop it, forget it and say why.
+
+        A port another process holds is a :class:`PortInUse` naming it and the
+        holder; any other failure a :class:`ServingError` with the log tail.
+        """
         deadline = time.monotonic() + self.ready_timeout_seconds
         delay = 0.02
+        what = f"the server of {record.model} {record.version}"
         while True:
             if is_ready(record.url, record.model):
-                return
+                foreign = foreign_answer(record)
+                if foreign is None:
+                    return
+                self._stop_server(server_dir, keep_dir=True)
+                raise PortInUse(f"{what} cannot listen: {foreign}", port=record.port)
             alive = is_alive(record.pid, record.process_start)
             if not alive or time.monotonic() >= deadline:
-                what = (
-                    "exited before it was ready"
-                    if not alive
-                    else (f"was not ready after {self.ready_timeout_seconds:g}s")
-                )
                 self._stop_server(server_dir, keep_dir=True)
-                tail = log_tail(server_dir / "server.log")
-                raise ServingError(
-                    f"the server of {record.model} {record.version} {what} (port {record.port}); "
-                    f"log tail:\n{tail}"
+                holder = next(filter(None, (port_holder(port) for port in record.ports)), None)
+                if holder is not None:
+                    message = f"{what} cannot listen: {holder.describe()}"
+                    raise PortInUse(message, port=holder.port, holder=holder)
+                why = "exited before it was ready" if not alive else (
+                    f"was not ready after {self.ready_timeout_seconds:g}s"
                 )
+                tail = log_tail(server_dir / "server.log")
+                raise ServingError(f"{what} {why} (port {record.port}); log tail:\n{tail}")
             time.sleep(delay)
             delay = min(delay * 1.5, 0.25)
 
@@ -336,6 +540,33 @@ class LocalServing:
         else:
             shutil.rmtree(server_dir, ignore_errors=True)
 
+    def _revive(self, environment: str, model: str, version: str) -> ProcessRecord | None:
+        """A stopped server started again as it was recorded (stopped, or died); None without a record."""
+        server_dir = self._server_dir(environment, model, version)
+        with self._lock(environment, model, version):
+            record = ProcessRecord.load(server_dir / "server.json")
+            if record is None or record.plan is None:
+                return None
+            if is_alive(record.pid, record.process_start):
+                return record
+            log.info("%s: starting %s %s again on port %d", environment, model, version, record.port)
+            self._relaunch(record, record.plan, server_dir)
+            return ProcessRecord.load(server_dir / "server.json")
+
+    def _revive_servers(self, environment: str) -> None:
+        """Start again every stopped server recorded in ``environment`` (its router was just started)."""
+        for record_file in sorted((self.state_dir / environment).glob("servers/*/*/server.json")):
+            model, version = record_file.parent.parent.name, record_file.parent.name
+            lock = self._lock_object(environment, model, version)
+            if not lock.acquire(blocking=False):
+                continue  # being deployed or revived right now
+            try:
+                self._revive(environment, model, version)
+            except ServingError as exc:
+                log.error("%s: %s %s could not start again: %s", environment, model, version, exc)
+            finally:
+                lock.release()
+
     # ---------------------------------------------------------------- router
 
     def _routes(self, environment: str) -> dict[str, dict[str, tuple[str, int]]]:
@@ -345,56 +576,128 @@ class LocalServing:
             return {}
 
     def _ensure_router(self, environment: Environment) -> ProcessRecord:
+        """Our router of ``environment``, answering as ours on its port; started when it is not."""
         with self._lock(environment.name):
             env_dir = self.state_dir / environment.name
             record = ProcessRecord.load(env_dir / "router.json")
+            if record is not None and record.pid is None:
+                record = self._adopt_router(record, env_dir)  # launched just before a crash?
             if record is not None and is_alive(record.pid, record.process_start):
-                if environment.port in (None, record.port) and self._router_up(record, wait=5.0):
+                if environment.port in (None, record.port) and self._answers_as_ours(record, wait=5.0):
+                    if environment.port is None:
+                        self._remember_port(env_dir, record.port)
                     return record
+                if environment.port not in (None, record.port):  # the spec moved it
+                    holder = port_holder(environment.port)
+                    if holder is not None:  # keep serving on the old port meanwhile
+                        raise _port_error(environment, holder)
                 self._stop_router(env_dir)
-            return self._start_router(environment, env_dir)
+            router = self._start_router(environment, env_dir)
+            self._revive_servers(environment.name)
+            return router
+
+    def _adopt_router(self, record: ProcessRecord, env_dir: Path) -> ProcessRecord | None:
+        """The router of an intent record if it runs and echoes the recorded identity; else None."""
+        status, answer = http_json(record.url, "/healthz")
+        if status == 200 and isinstance(answer, dict) and answer.get("instance") == record.instance:
+            pid = answer.get("pid")
+            if isinstance(pid, int):
+                adopted = dataclasses.replace(record, pid=pid, process_start=process_start_time(pid))
+                adopted.save(env_dir / "router.json")
+                return adopted
+        return None
+
+    def _answers_as_ours(self, record: ProcessRecord, *, wait: float) -> bool:
+        """Whether the router's port answers with the recorded identity (waiting while nothing answers)."""
+        deadline = time.monotonic() + wait
+        while True:
+            status, answer = http_json(record.url, "/healthz")
+            if status is not None:  # anything that answers without our identity is not our router
+                ours = isinstance(answer, dict) and answer.get("instance") == record.instance
+                return status == 200 and bool(record.instance) and ours
+            if not is_alive(record.pid, record.process_start) or time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
 
     def _start_router(self, environment: Environment, env_dir: Path) -> ProcessRecord:
         env_dir.mkdir(parents=True, exist_ok=True)
-        port = environment.port or free_port()
-        token = secrets.token_urlsafe(24)
-        argv = [
-            sys.executable,
-            "-m",
-            "controller.backends.serving.router",
-            "--port",
-            str(port),
-            "--state",
-            str(env_dir / "routes.json"),
-            "--environment",
-            environment.name,
-        ]
-        log = env_dir / "router.log"
-        pid = spawn_detached(argv, cwd=env_dir, env={**os.environ, TOKEN_ENV: token}, log=log)
+        explicit = environment.port
+        port = explicit or self._chosen_port(env_dir) or free_port()
+        for _ in range(_LAUNCH_ATTEMPTS):
+            holder = port_holder(port)
+            if holder is None:
+                try:
+                    record = self._launch_router(environment.name, env_dir, port)
+                except PortInUse as exc:
+                    holder = exc.holder or PortHolder(port=port)
+                else:
+                    if explicit is None:
+                        self._remember_port(env_dir, port)
+                    log.info(
+                        "%s serves on %s (OIP v2: POST %s/v2/models/<model>/infer)",
+                        environment.name, record.url, record.url,
+                    )
+                    return record
+            if explicit is not None:
+                raise _port_error(environment, holder)
+            moved = free_port()
+            log.warning("the router of %s moves to port %d: %s", environment.name, moved, holder.describe())
+            port = moved
+        raise ServingError(f"the router of {environment.name} found no free port to listen on")
+
+    def _launch_router(self, environment: str, env_dir: Path, port: int) -> ProcessRecord:
+        """Record the intent (port, identity, token), launch the router, and wait until it answers as ours."""
+        log_file = env_dir / "router.log"
         record = ProcessRecord(
             kind="router",
-            pid=pid,
-            process_start=process_start_time(pid),
+            pid=None,
+            process_start=None,
             port=port,
-            started_at=time.time(),
-            log=str(log),
-            token=token,
+            started_at=self._clock.timestamp(),
+            log=str(log_file),
+            token=secrets.token_urlsafe(24),
+            instance=secrets.token_hex(8),
+            environment=environment,
         )
         record.save(env_dir / "router.json")
-        if not self._router_up(record, wait=30.0):
-            self._stop_router(env_dir)
-            raise ServingError(
-                f"the router of {environment.name} did not start on port {port}; log tail:\n{log_tail(log)}"
-            )
-        return record
-
-    def _router_up(self, record: ProcessRecord, *, wait: float) -> bool:
-        deadline = time.monotonic() + wait
+        argv = [
+            sys.executable, "-m", "controller.backends.serving.router",
+            "--port", str(port),
+            "--state", str(env_dir / "routes.json"),
+            "--environment", environment,
+            "--instance", record.instance,
+        ]
+        env = scrubbed_environment(keep=_router_may_see)
+        env[TOKEN_ENV] = record.token
+        pid = spawn_detached(argv, cwd=env_dir, env=env, log=log_file)
+        record = dataclasses.replace(record, pid=pid, process_start=process_start_time(pid))
+        record.save(env_dir / "router.json")
+        deadline = time.monotonic() + 30.0
         while True:
-            if http_status(record.url, "/healthz") == 200:
-                return True
-            if not is_alive(record.pid, record.process_start) or time.monotonic() >= deadline:
-                return False
+            status, answer = http_json(record.url, "/healthz")
+            if status == 200 and isinstance(answer, dict) and answer.get("instance") == record.instance:
+                return record
+            if status is not None:  # something else answers on the port: never ours
+                self._stop_router(env_dir)
+                holder = port_holder(port)
+                if holder is None and isinstance(answer, dict) and isinstance(answer.get("pid"), int):
+                    holder = PortHolder(port=port, pid=answer["pid"], command="another Flywheel router")
+                raise PortInUse(f"port {port} answers as someone else", port=port, holder=holder)
+            if not is_alive(record.pid, record.process_start):
+                self._stop_router(env_dir)
+                holder = port_holder(port)
+                if holder is not None:
+                    raise PortInUse(holder.describe(), port=port, holder=holder)
+                raise ServingError(
+                    f"the router of {environment} exited before it answered on port {port}; "
+                    f"log tail:\n{log_tail(log_file)}"
+                )
+            if time.monotonic() >= deadline:
+                self._stop_router(env_dir)
+                raise ServingError(
+                    f"the router of {environment} did not answer on port {port} in 30s; "
+                    f"log tail:\n{log_tail(log_file)}"
+                )
             time.sleep(0.02)
 
     def _stop_router(self, env_dir: Path) -> None:
@@ -402,6 +705,20 @@ class LocalServing:
         if record is not None:
             stop_process(record.pid, record.process_start, grace_seconds=self.stop_grace_seconds)
         (env_dir / "router.json").unlink(missing_ok=True)
+
+    def _chosen_port(self, env_dir: Path) -> int | None:
+        try:
+            port = json.loads((env_dir / "endpoint.json").read_text()).get("port")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return port if isinstance(port, int) and 0 < port < 65536 else None
+
+    def _remember_port(self, env_dir: Path, port: int) -> None:
+        if self._chosen_port(env_dir) == port:
+            return
+        tmp = env_dir / ".endpoint.json.tmp"
+        tmp.write_text(json.dumps({"port": port}) + "\n")
+        os.replace(tmp, env_dir / "endpoint.json")
 
     def _admin(self, router: ProcessRecord, method: str, path: str, body: Any = None) -> Any:
         connection = http.client.HTTPConnection("127.0.0.1", router.port, timeout=10)
@@ -423,12 +740,32 @@ class LocalServing:
 
     # ----------------------------------------------------------------- locks
 
+    def _lock_object(self, *key: str) -> threading.RLock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.RLock())
+
     @contextlib.contextmanager
     def _lock(self, *key: str) -> Iterator[None]:
-        with self._guard:
-            lock = self._locks.setdefault(key, threading.RLock())
-        with lock:
+        with self._lock_object(*key):
             yield
+
+
+def _router_may_see(name: str) -> bool:
+    """The router's environment: the serving allow-list, and PYTHONPATH (it imports this package)."""
+    return serving_may_see(name) or name == "PYTHONPATH"
+
+
+def _port_error(environment: Environment, holder: PortHolder) -> PortInUse:
+    return PortInUse(
+        f"the router of {environment.name} cannot listen: {holder.describe()}; stop that "
+        f"process, or set another serving.port in {environment.spec_path}",
+        port=holder.port,
+        holder=holder,
+    )
+
+
+def _ports_free(record: ProcessRecord) -> bool:
+    return all(port_holder(port) is None for port in record.ports)
 
 
 def _check_names(*names: str) -> None:

@@ -1,7 +1,7 @@
 """The weighted router of one environment on the embedded home, run as its own process.
 
 :class:`~controller.backends.serving.local.LocalServing` starts it as
-``python -m controller.backends.serving.router --port P --state FILE --environment NAME``
+``python -m controller.backends.serving.router --port P --state FILE --environment NAME --instance ID``
 and talks to it over HTTP. It
 
 * proxies the Open Inference Protocol v2 model routes
@@ -12,7 +12,12 @@ and talks to it over HTTP. It
   ``/v2/models/{model}/versions/{version}/...`` goes to that version whatever
   its weight. Bodies are passed through as bytes, never parsed; the upstream
   connections are kept alive in one shared pool;
-* answers ``/v2/health/live`` and ``/v2/health/ready`` itself, and ``/healthz``;
+* answers ``/v2/health/live`` and ``/v2/health/ready`` itself, and ``/healthz``
+  with ``{"status": "ok", "environment": ..., "instance": ..., "pid": ...}``:
+  the instance identity it was started with, so the controller can tell its
+  own router from any other process answering on the port;
+* when it cannot listen on its port, says so in one line on stderr (its log)
+  and exits with status 98 (``EADDRINUSE``);
 * exposes ``/metrics`` (Prometheus text): ``flywheel_requests_total`` and the
   ``flywheel_request_duration_seconds`` histogram, labelled ``environment``,
   ``model``, ``version`` and ``outcome``. Only inference calls (``.../infer``)
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import hmac
 import json
 import os
@@ -196,10 +202,11 @@ class _Metrics:
 
 
 class _Router:
-    def __init__(self, *, environment: str, state_file: Path, token: str | None) -> None:
+    def __init__(self, *, environment: str, state_file: Path, token: str | None, instance: str) -> None:
         self.environment = environment
         self.state_file = state_file
         self.token = token
+        self.instance = instance
         self.table = RouteTable()
         for model, versions in load_routes(state_file).items():
             self.table.set(model, versions)
@@ -264,7 +271,9 @@ class _Router:
     # --------------------------------------------------------------- public
 
     async def healthz(self, _request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+        return web.json_response(
+            {"status": "ok", "environment": self.environment, "instance": self.instance, "pid": os.getpid()}
+        )
 
     async def health(self, _request: web.Request) -> web.Response:
         return web.json_response({})
@@ -348,9 +357,11 @@ def _error(status: int, message: str, version: str | None = None) -> web.Respons
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-def make_app(*, environment: str, state_file: Path, token: str | None = None) -> web.Application:
+def make_app(
+    *, environment: str, state_file: Path, token: str | None = None, instance: str = ""
+) -> web.Application:
     """The router's aiohttp application (routes loaded from ``state_file``)."""
-    router = _Router(environment=environment, state_file=state_file, token=token)
+    router = _Router(environment=environment, state_file=state_file, token=token, instance=instance)
     app = web.Application(client_max_size=_BUFFER_LIMIT * 64)
     app.on_startup.append(router.start)
     app.on_cleanup.append(router.stop)
@@ -372,13 +383,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--state", type=Path, required=True, help="JSON file the routes are kept in")
     parser.add_argument("--environment", required=True)
+    parser.add_argument("--instance", default="", help="identity echoed at /healthz")
     args = parser.parse_args(argv)
     from prometheus_client import disable_created_metrics
 
     disable_created_metrics()  # type: ignore[no-untyped-call]
-    app = make_app(environment=args.environment, state_file=args.state, token=os.environ.get(TOKEN_ENV))
+    app = make_app(
+        environment=args.environment, state_file=args.state, token=os.environ.get(TOKEN_ENV),
+        instance=args.instance,
+    )
     print(f"flywheel router for {args.environment} on http://{args.host}:{args.port}", flush=True)
-    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, reuse_address=True)
+    try:
+        web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, reuse_address=True)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        print(f"flywheel router for {args.environment}: cannot listen on {args.host}:{args.port}: "
+              f"{exc.strerror or exc}", file=sys.stderr, flush=True)
+        return errno.EADDRINUSE
     return 0
 
 

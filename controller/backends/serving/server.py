@@ -25,13 +25,26 @@ they also start the router process. What they pin down:
   a restarted controller finds the process again; a pid counts as the same
   process only when its start time matches (no pid reuse), and a zombie
   counts as gone.
-* **Ready.** A server is ready when ``GET /v2/health/ready`` and
-  ``GET /v2/models/{name}/ready`` both answer 200.
+* **Ready, and ours.** A server is ready when ``GET /v2/health/ready`` and
+  ``GET /v2/models/{name}/ready`` both answer 200. Something answering is not
+  proof that it is ours: :func:`foreign_answer` checks that the process
+  listening on the port is the one we started (or its child) and that the
+  model metadata (``GET /v2/models/{name}``) names our model and, when it
+  reports one, our version.
+* **Ports.** A port that cannot be bound is a :class:`PortInUse` error naming
+  the port and the process that holds it (:func:`port_holder`: pid and
+  command line, when this user may see them).
+* **No secrets.** A server or router gets only the variables of
+  :func:`serving_may_see` (``PATH``, ``HOME``, locale, ``TMPDIR``, ...),
+  through the scrubbing that pipeline steps use
+  (:func:`~controller.backends.pipelines.local.scrubbed_environment`), plus
+  what its launch plan sets; never the controller's tokens or secrets.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.client
 import json
 import os
@@ -42,11 +55,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.backends.pipelines.local import uses_shell
+import psutil
+
+from controller.backends.pipelines.local import scrubbed_environment, uses_shell
 from controller.backends.pipelines.venvs import EnvironmentSpec
 from controller.backends.serving import ServedVersion, ServingError
 
@@ -54,15 +69,21 @@ __all__ = [
     "CUSTOM_SERVER_ENV",
     "RUNTIME_REQUIREMENTS",
     "LaunchPlan",
+    "PortHolder",
+    "PortInUse",
     "ProcessRecord",
+    "foreign_answer",
     "free_port",
+    "http_json",
     "http_status",
     "is_alive",
     "is_ready",
     "log_tail",
     "plan_custom_server",
     "plan_mlserver",
+    "port_holder",
     "serving_environment",
+    "serving_may_see",
     "spawn_detached",
     "stop_process",
 ]
@@ -90,8 +111,16 @@ CUSTOM_SERVER_ENV: Mapping[str, str] = {
 }
 """The environment variables a custom server command gets, and what they mean."""
 
-_DROPPED_ENV = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "__PYVENV_LAUNCHER__")
+_ALLOWED_ENV = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR"})
 _LOG_TAIL_LINES = 40
+
+
+def serving_may_see(name: str) -> bool:
+    """Whether a model server or router inherits the controller's variable ``name``: an allow-list
+    (``PATH``, ``HOME``, ``USER``, ``LOGNAME``, ``LANG``, ``LANGUAGE``, ``LC_*``, ``TZ``, ``TMPDIR``).
+    The serving contract's variables (:data:`CUSTOM_SERVER_ENV`) and the virtualenv's are set by
+    the launch plan, not inherited."""
+    return name in _ALLOWED_ENV or name.startswith("LC_")
 
 # The launcher: starts the server in a new session with its output in the log file, prints its pid
 # and exits at once, so the server is re-parented away from the controller.
@@ -122,9 +151,16 @@ def serving_environment(base: EnvironmentSpec, runtime: str) -> EnvironmentSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class ProcessRecord:
-    """A process we started and may find again: a model server or a router."""
+    """A process we started and may find again: a model server or a router.
 
-    pid: int
+    A router's record is written before it is launched (``pid`` None: the
+    intent) with the ``instance`` identity the router must echo at
+    ``/healthz``, then again with its pid. A server's record keeps its launch
+    plan (``argv``, ``cwd``, ``env``: allow-listed variables only, no secret),
+    so a stopped server can be started again as it was, on the same ports.
+    """
+
+    pid: int | None  # None: about to be launched
     process_start: str | None  # the kernel's start time of pid (field 22 of /proc/PID/stat)
     port: int
     started_at: float  # unix time
@@ -136,6 +172,25 @@ class ProcessRecord:
     grpc_port: int | None = None
     log: str = ""
     token: str = ""  # router only: the admin token
+    instance: str = ""  # router only: the identity it echoes at /healthz
+    environment: str = ""  # router only
+    argv: tuple[str, ...] = ()  # server only: the launch plan
+    cwd: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return tuple(p for p in (self.port, self.grpc_port, self.metrics_port) if p is not None)
+
+    @property
+    def plan(self) -> LaunchPlan | None:
+        """The recorded launch plan; None for records written before plans were kept."""
+        if not self.argv:
+            return None
+        return LaunchPlan(
+            argv=self.argv, cwd=Path(self.cwd), env=self.env, port=self.port,
+            metrics_port=self.metrics_port, grpc_port=self.grpc_port,
+        )
 
     @property
     def url(self) -> str:
@@ -159,8 +214,9 @@ class ProcessRecord:
         """The record at ``path``; None when there is none or it cannot be read."""
         try:
             data: dict[str, Any] = json.loads(path.read_text())
+            data["argv"] = tuple(data.get("argv") or ())
             return cls(**data)
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, AttributeError):
             return None
 
 
@@ -178,12 +234,7 @@ class LaunchPlan:
 
 
 def _base_env(venv: Path | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
-    if venv is not None:
-        env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
-        env["VIRTUAL_ENV"] = str(venv)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return scrubbed_environment(keep=serving_may_see, venv=venv)
 
 
 def plan_mlserver(version: ServedVersion, *, venv: Path, server_dir: Path) -> LaunchPlan:
@@ -263,12 +314,12 @@ def free_port() -> int:
 
 
 def spawn_detached(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: Path) -> int:
-    """Start ``argv`` in a new session, detached from this process; its pid."""
+    """Start ``argv`` in a new session, detached from this process, with exactly ``env``; its pid."""
     spec = json.dumps({"argv": list(argv), "cwd": str(cwd), "env": dict(env), "log": str(log)})
     try:
         done = subprocess.run(
             [sys.executable, "-I", "-c", _LAUNCHER], input=spec, capture_output=True, text=True,
-            timeout=30, check=False,
+            timeout=30, check=False, env=dict(env),  # the launcher sees no more than what it starts
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ServingError(f"cannot start {argv[0]}: {exc}") from exc
@@ -293,8 +344,10 @@ def process_start_time(pid: int) -> str | None:
     return fields[21] if fields and len(fields) > 21 else None
 
 
-def is_alive(pid: int, process_start: str | None) -> bool:
+def is_alive(pid: int | None, process_start: str | None) -> bool:
     """Whether ``pid`` is the process that was recorded: running, not a zombie, same start time."""
+    if pid is None:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -309,8 +362,10 @@ def is_alive(pid: int, process_start: str | None) -> bool:
     return process_start is None or fields[21] == process_start
 
 
-def stop_process(pid: int, process_start: str | None, *, grace_seconds: float = 5.0) -> None:
+def stop_process(pid: int | None, process_start: str | None, *, grace_seconds: float = 5.0) -> None:
     """Stop the recorded process and its process group: SIGTERM, then SIGKILL after ``grace_seconds``."""
+    if pid is None:
+        return
     for sig, wait in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, 5.0)):
         if not is_alive(pid, process_start):
             return
@@ -329,18 +384,27 @@ def stop_process(pid: int, process_start: str | None, *, grace_seconds: float = 
 
 def http_status(url: str, path: str, *, timeout: float = 2.0, method: str = "GET") -> int | None:
     """The HTTP status of ``method path`` on ``url`` (http://host:port), None when nothing answers."""
+    return http_json(url, path, timeout=timeout, method=method)[0]
+
+
+def http_json(url: str, path: str, *, timeout: float = 2.0, method: str = "GET") -> tuple[int | None, Any]:
+    """The status and JSON body of ``method path`` on ``url``; (None, None) when nothing answers,
+    and the body None when it is not JSON."""
     host_port = url.removeprefix("http://").rstrip("/")
     host, _, port = host_port.partition(":")
     connection = http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
     try:
         connection.request(method, path)
         response = connection.getresponse()
-        response.read()
-        return response.status
+        body = response.read(1 << 20)
     except (OSError, http.client.HTTPException):
-        return None
+        return None, None
     finally:
         connection.close()
+    try:
+        return response.status, json.loads(body)
+    except ValueError:
+        return response.status, None
 
 
 def is_ready(url: str, model: str, *, timeout: float = 2.0) -> bool:
@@ -362,3 +426,108 @@ def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     except OSError:
         return ""
     return "\n".join(data.rstrip().splitlines()[-lines:])
+
+
+# -------------------------------------------------------------------- ports
+
+
+class PortInUse(ServingError):
+    """A router or model server cannot listen on its port: another process holds it."""
+
+    def __init__(self, message: str, *, port: int, holder: PortHolder | None = None) -> None:
+        super().__init__(message)
+        self.port = port
+        self.holder = holder
+
+
+@dataclass(frozen=True, kw_only=True)
+class PortHolder:
+    """Who listens on a port: pid and command line when this user may see them."""
+
+    port: int
+    pid: int | None = None
+    command: str = ""
+
+    def describe(self) -> str:
+        if self.pid is None:
+            return f"port {self.port} is held by a process this user cannot see"
+        return f"port {self.port} is held by pid {self.pid} ({self.command or 'command line not visible'})"
+
+
+def port_holder(port: int) -> PortHolder | None:
+    """Who holds ``port`` on loopback; None when it is free (a listener could bind it now)."""
+    if _can_bind(port):
+        return None
+    try:
+        listeners = [
+            c for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+        ]
+    except (psutil.Error, OSError):
+        listeners = []
+    pid = next((c.pid for c in listeners if c.pid is not None), None)
+    if pid is None:
+        return PortHolder(port=port)
+    try:
+        command = " ".join(shlex.join(psutil.Process(pid).cmdline()).split())  # on one line
+    except (psutil.Error, OSError):
+        command = ""
+    if len(command) > 160:
+        command = f"{command[:110]} ... {command[-45:]}"
+    return PortHolder(port=port, pid=pid, command=command)
+
+
+def _can_bind(port: int) -> bool:
+    """Whether a listener could bind ``port`` on loopback now (with SO_REUSEADDR, as the servers do)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def _process_tree(pid: int) -> set[int]:
+    try:
+        process = psutil.Process(pid)
+        return {pid, *(child.pid for child in process.children(recursive=True))}
+    except psutil.Error:
+        return {pid}
+
+
+def foreign_answer(record: ProcessRecord) -> str | None:
+    """Why the server answering on ``record``'s port is not the one recorded; None when it may be ours.
+
+    Two proofs, each used when it can be had: the process listening on the
+    port is the recorded one or its child (by pid, when visible), and the
+    model metadata at ``/v2/models/{name}`` names our model and, when it says,
+    our version (in ``versions`` or ``parameters.version``); MLServer, which
+    does not say, must answer ``/v2/models/{name}/versions/{version}``.
+    """
+    holder = port_holder(record.port)
+    if (
+        holder is not None and holder.pid is not None and record.pid is not None
+        and holder.pid not in _process_tree(record.pid)
+    ):
+        return holder.describe()
+    status, metadata = http_json(record.url, f"/v2/models/{record.model}")
+    if status != 200 or not isinstance(metadata, dict):
+        return None  # the contract's metadata route is optional to this check
+    name = metadata.get("name")
+    if isinstance(name, str) and name != record.model:
+        return f"port {record.port} answers for model {name!r}, not {record.model!r}"
+    versions = metadata.get("versions")
+    parameters = metadata.get("parameters")
+    reported = parameters.get("version") if isinstance(parameters, dict) else None
+    if isinstance(versions, list) and versions and record.version not in versions:
+        return f"port {record.port} answers for versions {versions} of {record.model}, not {record.version}"
+    if isinstance(reported, str) and reported and reported != record.version:
+        return f"port {record.port} answers for {record.model} {reported}, not {record.version}"
+    if record.runtime in _MLSERVER_IMPLEMENTATIONS:  # MLServer knows its version (parameters.version)
+        versioned = http_status(record.url, f"/v2/models/{record.model}/versions/{record.version}")
+        if versioned != 200:
+            return f"port {record.port} has no version {record.version} of {record.model} ({versioned})"
+    return None
