@@ -220,7 +220,7 @@ def test_canary_without_traffic_holds_and_never_promotes(serving: LocalServing, 
 def test_a_deploy_on_a_port_held_by_another_process_fails_once_with_that_reason(
     serving: LocalServing, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = open_store(tmp_path / "state")
+    store = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     with _port_held() as (port, holder):
         env = Environment(name="production", spec_path="environments/production.yaml", port=port)
         engine = _engine(store, serving, tmp_path, bad=set(), environment=env)
@@ -245,7 +245,7 @@ def test_a_deploy_on_a_port_held_by_another_process_fails_once_with_that_reason(
 def test_a_serving_error_repeating_every_tick_is_logged_once(
     serving: LocalServing, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = open_store(tmp_path / "state")
+    store = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     port = free_port()
     env = Environment(name="production", spec_path="environments/production.yaml", port=port)
     engine = _engine(store, serving, tmp_path, bad=set(), environment=env)

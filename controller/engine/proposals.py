@@ -9,7 +9,7 @@ on in the background; :meth:`ProposalReconciler.collect` picks up the ones
 that ended, judges their gates against production and publishes the report.
 
 Decisions use ``main``'s environments and policies, never the proposal's
-(DESIGN invariant 1); every run result goes to the audit log.
+(a proposal never judges itself); every run result goes to the audit log.
 """
 
 from __future__ import annotations

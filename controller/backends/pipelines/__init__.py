@@ -7,7 +7,7 @@ Every home implements this one Protocol: :mod:`.local` runs each step as a
 subprocess in an isolated virtualenv (embedded home), the Argo runner runs one
 pod per step (cluster home), and :mod:`.fake` plays back scripted results for
 engine tests. The step contract (environment variables, working directory,
-metrics file) is the one in DESIGN.md and is the same in every home.
+metrics file) is the one README.md documents and is the same in every home.
 """
 
 from __future__ import annotations

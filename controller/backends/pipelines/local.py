@@ -8,7 +8,7 @@ running step blocks in ``waitpid`` and reports the exit. The supervisor sleeps
 on a queue until a step exits, the run is cancelled or the nearest timeout is
 due, so no time is lost polling.
 
-Each step, per DESIGN.md's step contract:
+Each step, per the step contract (README.md):
 
 * runs in ``RunRequest.source_dir`` in its own session (its own process group,
   which is what timeouts and ``cancel()`` kill: SIGTERM, then SIGKILL after

@@ -16,7 +16,7 @@ version that already runs healthy starts nothing, and setting the weights that
 are already set changes nothing.
 
 Clients send Open Inference Protocol v2 requests to :meth:`~ServingBackend.endpoint`;
-a server for one version honours the serving contract of DESIGN.md
+a server for one version honours the serving contract (README.md, "Serving on one machine")
 (``/v2/health/ready``, ``/v2/models/{name}/ready``, ``/v2/models/{name}/infer``).
 """
 
