@@ -69,7 +69,7 @@ def record_pull_request(store: Store, payload: Mapping[str, Any]) -> PullRequest
     if not (isinstance(head, Mapping) and isinstance(base, Mapping) and isinstance(user, Mapping)):
         return None
     number = pull.get("number", payload.get("number"))
-    if not isinstance(number, int):
+    if isinstance(number, bool) or not isinstance(number, int):
         return None
     head_repo, base_repo = head.get("repo"), base.get("repo")
     head_id = head_repo.get("id") if isinstance(head_repo, Mapping) else None

@@ -202,14 +202,16 @@ def test_newer_push_cancels_the_older_run(
 ) -> None:
     reconciler, store, forge = reconciler_parts
     repo.branch("slow")
-    repo.edit("specs/iris/train.py", "p = params()", "import time\ntime.sleep(60)\np = params()")
+    # slow training; an Event's wait rather than time.sleep, which libfaketime breaks (see tests/faketime)
+    slow = "import threading\nthreading.Event().wait(60)\np = params()"
+    repo.edit("specs/iris/train.py", "p = params()", slow)
     old = repo.commit("Slow training")
     assert len(reconciler.reconcile().started) == 1
     deadline = time.monotonic() + 20
     while not any(step for _, _, step, _ in reconciler.progress()) and time.monotonic() < deadline:
         time.sleep(0.05)
 
-    repo.edit("specs/iris/train.py", "time.sleep(60)", "time.sleep(0)")
+    repo.edit("specs/iris/train.py", "wait(60)", "wait(0)")
     new = repo.commit("Fast again")
     cancelled_at = time.monotonic()
     summary = reconciler.reconcile()
