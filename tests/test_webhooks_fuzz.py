@@ -194,6 +194,7 @@ def _rows(state: Path) -> int:
         return int(db.execute("SELECT count(*) FROM inbox_events").fetchone()[0])
 
 
+@pytest.mark.timeout(900)  # thousands of requests: seconds on a quiet machine, minutes on a busy one
 def test_no_request_gets_5xx_and_unsigned_ones_change_nothing(caplog: pytest.LogCaptureFixture) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
@@ -428,6 +429,7 @@ def _version_at_the_gate(store: Store) -> None:
     )
 
 
+@pytest.mark.timeout(900)  # as above
 def test_no_slack_request_gets_5xx_and_malformed_ones_change_nothing() -> None:
     catalog = load_tree(Path(__file__).resolve().parents[1])
     with tempfile.TemporaryDirectory() as tmp:
