@@ -479,8 +479,9 @@ class ControllerLock:
     after locking, for the message the next one gets. The descriptor is not
     inherited by the pipelines and servers the controller starts. Commands
     that only read the state, and decisions, take no lock. ``flywheel run``
-    and ``flywheel serve`` take it before they open the store; leader
-    election replaces it on the cluster home.
+    and ``flywheel serve`` take it before they open the store. (A
+    controller of the cluster home, once there is one, will elect a leader
+    instead.)
     """
 
     def __init__(self, path: Path, fd: int) -> None:

@@ -2,10 +2,10 @@
 
 A model's environment is fixed by its requirements file, its Python version
 and the platform. :class:`PythonEnvironment` holds them; its
-:attr:`~PythonEnvironment.hash` names the environment in every home: the
-embedded home's virtualenv (:mod:`controller.backends.local.venvs`) and the
-cluster home's image tag. The engine puts the hash in a run's cache key and in
-a model version's record (through
+:attr:`~PythonEnvironment.hash` names the environment whatever builds it: the
+embedded home's virtualenv (:mod:`controller.backends.local.venvs`) today,
+and the image the cluster home will tag with the same hash. The engine puts
+the hash in a run's cache key and in a model version's record (through
 :func:`controller.backends.pipelines.environment_hash`); the serving backends
 get the environment itself with each :class:`~controller.backends.serving.ServedVersion`.
 """

@@ -7,6 +7,6 @@ any other kind), so the two stay independent of each other.
 * :mod:`.processes`: the scrubbed environment of a child process, whether a
   command needs a shell, starting detached processes and stopping them;
 * :mod:`.venvs`: one virtualenv per :class:`~controller.backends.python_env.PythonEnvironment`,
-  built once and shared (a model's steps and its server run in the same one,
-  the server's with the serving packages added).
+  built once and reused: a model's steps run in its environment's, its
+  server in that environment with the server's packages added.
 """

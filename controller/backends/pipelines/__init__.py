@@ -140,7 +140,7 @@ class PipelineRunner(Protocol):
 
 
 def environment_hash(*, requirements: str, python: str) -> str:
-    """The name of a model's environment in every home: its virtualenv here, its image tag on a cluster.
+    """The name of a model's environment in every home: its virtualenv here, the tag of a cluster's image.
 
     The engine puts it in the run's cache key; runners build (or find) the
     environment it names.
