@@ -125,7 +125,7 @@ def state_lock(state_dir: Path) -> Iterator[bool]:
 
     Yields whether the directory is new (made for this controller).
     """
-    from controller.app import ControllerLock, StateDirError
+    from controller.backends.local.lock import ControllerLock, StateDirError
     from controller.clock import SYSTEM_CLOCK
 
     fresh = not state_dir.exists()
