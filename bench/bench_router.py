@@ -39,10 +39,12 @@ from pathlib import Path
 
 import aiohttp
 
-from controller.backends.pipelines.venvs import EnvironmentSpec, VenvCache
+from controller.backends.local.venvs import VenvCache
+from controller.backends.python_env import PythonEnvironment
 from controller.backends.serving import ServedVersion
-from controller.backends.serving.local import LocalServing, default_venv_root
+from controller.backends.serving.local import LocalServing
 from controller.clock import SYSTEM_CLOCK
+from controller.settings import default_venv_cache
 from controller.specs.types import Environment, Serving
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +85,7 @@ def _fast_version(work: Path) -> ServedVersion:
     (work / "src" / "serve.py").write_text(FAST_SERVER)
     (work / "artifact").mkdir()
     return ServedVersion(
-        model="bench", version="v1", artifact_dir=work / "artifact", source_dir=work / "src",
+        model="bench", version="v1", artifact_uri=str(work / "artifact"), source_uri=str(work / "src"),
         serving=Serving(runtime="custom", command=f"{shlex.quote(sys.executable)} serve.py"),
     )
 
@@ -96,8 +98,8 @@ def _iris_version(work: Path) -> ServedVersion:
            "FLYWHEEL_MODEL_DIR": str(work / "model"), "FLYWHEEL_METRICS": str(work / "metrics.json")}
     subprocess.run([sys.executable, "train.py"], cwd=iris, env=env, check=True, capture_output=True)
     return ServedVersion(
-        model="bench", version="v1", artifact_dir=work / "model", serving=Serving(runtime="sklearn"),
-        environment=EnvironmentSpec(requirements=(iris / "requirements.txt").read_text(), python="3.11"),
+        model="bench", version="v1", artifact_uri=str(work / "model"), serving=Serving(runtime="sklearn"),
+        environment=PythonEnvironment(requirements=(iris / "requirements.txt").read_text(), python="3.11"),
     )
 
 
@@ -165,7 +167,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="flywheel-bench-router-") as tmp:
         work = Path(tmp)
-        venvs = VenvCache(default_venv_root())
+        venvs = VenvCache(default_venv_cache())
         serving = LocalServing(work / "state", venvs=venvs, ready_timeout_seconds=300, clock=SYSTEM_CLOCK)
         environment = Environment(name="bench", spec_path="environments/bench.yaml")
         try:

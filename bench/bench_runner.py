@@ -34,9 +34,10 @@ import textwrap
 import time
 from pathlib import Path
 
+from controller.backends.local.venvs import VenvCache, find_uv
 from controller.backends.pipelines import RunRequest
 from controller.backends.pipelines.local import LocalRunner
-from controller.backends.pipelines.venvs import EnvironmentSpec, VenvCache, find_uv
+from controller.backends.python_env import PythonEnvironment
 from controller.clock import SYSTEM_CLOCK
 from controller.specs.types import Model, Source, Step
 
@@ -57,8 +58,8 @@ def chain_model() -> Model:
     )
 
 
-def time_runner(runner: LocalRunner, model: Model, venv: Path, source: Path, run_dir: Path) -> float:
-    request = RunRequest(run_id=run_dir.name, model=model, source_dir=source, run_dir=run_dir, venv=venv)
+def time_runner(runner: LocalRunner, model: Model, source: Path, run_dir: Path) -> float:
+    request = RunRequest(run_id=run_dir.name, model=model, source_dir=source, run_dir=run_dir)
     began = time.perf_counter()
     result = runner.start(request).wait(timeout=60)
     elapsed = time.perf_counter() - began
@@ -78,17 +79,17 @@ def time_direct(venv: Path, source: Path) -> float:
 def bench_overhead(tmp: Path, reps: int) -> float:
     """Returns the runner's median wall time per step, in seconds."""
     began = time.perf_counter()
-    venv = VenvCache(tmp / "venvs").ensure(EnvironmentSpec(requirements="", python=PY))
+    venv = VenvCache(tmp / "venvs").ensure(PythonEnvironment(requirements="", python=PY))
     print(f"warm virtualenv built in {time.perf_counter() - began:.2f}s: {venv}")
     source = tmp / "src"
     source.mkdir()
-    model, runner = chain_model(), LocalRunner()
-    time_runner(runner, model, venv, source, tmp / "runs" / "warmup")
+    model, runner = chain_model(), LocalRunner(venv=venv)
+    time_runner(runner, model, source, tmp / "runs" / "warmup")
     time_direct(venv, source)
     runs, directs, overheads = [], [], []
     for i in range(reps):
         direct = time_direct(venv, source)
-        run = time_runner(runner, model, venv, source, tmp / "runs" / f"r{i}")
+        run = time_runner(runner, model, source, tmp / "runs" / f"r{i}")
         runs.append(run)
         directs.append(direct)
         overheads.append((run - direct) / STEPS)

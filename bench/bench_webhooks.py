@@ -82,8 +82,8 @@ def payload() -> bytes:
 
 def serve_child(state: str, port: int) -> None:
     from controller.backends.store import open_store
+    from controller.settings import WebhookSettings
     from webhooks.app import serve
-    from webhooks.settings import WebhookSettings
 
     serve(
         WebhookSettings(github_secrets=(SECRET,)),

@@ -1,46 +1,43 @@
-"""The composition root: builds the backends the configuration names and runs the controller loop.
+"""The composition root: builds the backends the settings and the specs name, and runs the controller loop.
 
-``flywheel run`` calls :func:`run_controller`; ``flywheel demo`` builds a
+``flywheel run`` and ``flywheel serve`` call :func:`run_controller` with the
+:class:`~controller.settings.Settings` they loaded; ``flywheel demo`` builds a
 :class:`Controller` with :func:`build_controller` and drives it itself. This
-is the one place that chooses implementations (the embedded home's local
-runner, local forge, local serving, SQLite store, console notifier); the
-engine only sees their interfaces.
+is the one place that chooses implementations: the embedded home's local
+runner and local serving, the local forge or GitHub (when the settings name a
+repository there), the console notifier and Slack (with a bot token), the
+SQLite store; and, per environment, the pipeline runner, the serving backend
+(:class:`ServingByName`) and the metrics source its spec names. The engine
+only sees their interfaces.
 """
 
 from __future__ import annotations
 
-import fcntl
 import functools
-import json
 import logging
-import os
 import signal
-import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import Protocol
 
 from controller.backends.forge import Forge
-from controller.backends.forge.github import GitHubForge, GitHubSender, GitHubSettings
+from controller.backends.forge.github import GitHubForge, GitHubSender
 from controller.backends.forge.github_poll import GitHubPoller
 from controller.backends.forge.local import LocalForge
 from controller.backends.git import GitError, Repository
+from controller.backends.local.venvs import VenvCache
 from controller.backends.metrics import MetricsSource
 from controller.backends.metrics.builtin import BuiltinMetrics
 from controller.backends.metrics.prometheus import PrometheusMetrics
 from controller.backends.notify.console import ConsoleNotifier
 from controller.backends.pipelines import PipelineRunner
 from controller.backends.pipelines.local import LocalRunner
-from controller.backends.pipelines.venvs import EnvironmentSpec, VenvCache
-from controller.backends.serving import ServedVersion, ServingBackend
+from controller.backends.python_env import PythonEnvironment
+from controller.backends.serving import DeployedVersion, ServedVersion, ServingBackend, ServingError
 from controller.backends.serving.local import LocalServing
-from controller.backends.serving.named import ServingByName
 from controller.backends.store import InboxEvent, ModelVersion, Run, Store, open_store
 from controller.clock import SYSTEM_CLOCK, Clock
 from controller.engine.commands import ROLLBACK_EVENT, Commands, Watched, record_watched, repository_location
@@ -50,6 +47,7 @@ from controller.engine.proposals import ProposalReconciler
 from controller.engine.release import Registrar
 from controller.engine.rollout import RolloutEngine, label
 from controller.engine.trust import TrustGate, proposal_heads
+from controller.settings import ControllerSettings, Settings
 from controller.specs.types import Catalog, Environment, Model
 
 log = logging.getLogger("flywheel.controller")
@@ -57,53 +55,6 @@ log = logging.getLogger("flywheel.controller")
 RETRAIN_EVENT = "retrain"  # queued by /flywheel retrain
 SLACK_ACTION_KIND = "slack.action"  # webhooks.slack.INBOX_KIND (the webhook layer sits above this one)
 MAX_EVENT_ATTEMPTS = 5  # an inbox event claimed more often than this without completing is given up
-
-
-@dataclass(frozen=True, kw_only=True)
-class ControllerSettings:
-    repo: str
-    state_dir: Path = Path(".flywheel")
-    interval_seconds: float = 5.0
-    max_active_runs: int = 2
-    release_branch: str | None = None
-    venv_dir: Path | None = None  # default: <state_dir>/venvs
-    progress_every_seconds: float = 10.0
-    promote: bool = True  # register versions of main and roll them out
-    tick_seconds: float = 1.0  # how often rollouts advance and the outbox is delivered
-    slack_token: str | None = None  # a bot token turns on Slack notifications (FLYWHEEL_SLACK_BOT_TOKEN)
-    slack_api_url: str | None = None  # a Slack-compatible Web API base URL (tests, proxies)
-    github: GitHubSettings | None = None  # GitHub as the forge (FLYWHEEL_GITHUB_REPOSITORY and credentials)
-
-    @classmethod
-    def from_env(cls, **values: Any) -> ControllerSettings:
-        """Settings from the given values, with Slack's from ``FLYWHEEL_SLACK_BOT_TOKEN``/``_API_URL``.
-
-        A malformed setting raises ``ValueError`` with one line naming the variable.
-        """
-        values.setdefault("slack_token", _slack_token(os.environ.get("FLYWHEEL_SLACK_BOT_TOKEN")))
-        values.setdefault("slack_api_url", _http_url("FLYWHEEL_SLACK_API_URL"))
-        if "github" not in values and os.environ.get("FLYWHEEL_GITHUB_REPOSITORY"):
-            values["github"] = GitHubSettings.from_env()
-        return cls(**values)
-
-
-def _slack_token(token: str | None) -> str | None:
-    if not token:
-        return None
-    if any(char.isspace() for char in token):
-        raise ValueError(
-            "FLYWHEEL_SLACK_BOT_TOKEN contains whitespace: give the bot token (xoxb-...) alone, or unset it"
-        )
-    return token
-
-
-def _http_url(variable: str) -> str | None:
-    value = os.environ.get(variable) or None
-    if value is not None:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"{variable} is {value!r}: give an http(s) URL, e.g. https://slack.com/api/")
-    return value
 
 
 class Poller(Protocol):
@@ -200,39 +151,43 @@ class Controller:
 
 
 def build_controller(
-    settings: ControllerSettings,
+    settings: Settings,
     *,
     serving: ServingBackend | None = None,
     senders: Mapping[str, Sender] | None = None,
     clock: Clock = SYSTEM_CLOCK,
 ) -> Controller:
-    """The controller the settings describe; ``clock`` is handed to every part that reads the time."""
-    state_dir = settings.state_dir.resolve()
+    """The controller the settings describe; ``clock`` is handed to every part that reads the time.
+
+    ``serving`` replaces the local serving backend (tests pass a fake).
+    """
+    options = settings.controller
+    state_dir = options.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(state_dir, clock=clock)
-    repository = Repository.open(settings.repo, mirror_root=state_dir / "mirrors")
-    venvs = VenvCache(settings.venv_dir or state_dir / "venvs")
+    repository = Repository.open(options.repo, mirror_root=state_dir / "mirrors")
+    venvs = VenvCache(settings.local.venv_dir or state_dir / "venvs")
     # the backends this controller has, by the name an environment gives; an environment naming
-    # another one gets an error saying so (proposals.pipeline_runner, serving.named), never a stand-in
+    # another one gets an error saying so (proposals.pipeline_runner, ServingByName), never a stand-in
     runners: dict[str, PipelineRunner] = {"local": LocalRunner(venvs=venvs)}
     serving_backends: dict[str, ServingBackend] = {
         "local": serving or LocalServing(state_dir / "serving", venvs=venvs, clock=clock)
     }
     serving_backend = ServingByName(serving_backends)
-    release_branch = settings.release_branch or repository.default_branch
+    release_branch = options.release_branch or repository.default_branch
     if release_branch not in repository.branches():
         repository.fetch()  # a mirror made before the branch was pushed
     if release_branch not in repository.branches():
         known = ", ".join(sorted(repository.branches())) or "none"
-        raise GitError(f"{settings.repo} has no branch {release_branch!r} to release from (it has: {known})")
-    watching = Watched(repository=repository_location(settings.repo), release_branch=release_branch)
+        raise GitError(f"{options.repo} has no branch {release_branch!r} to release from (it has: {known})")
+    watching = Watched(repository=repository_location(options.repo), release_branch=release_branch)
     record_watched(store, watching)
 
     def main_catalog() -> Catalog:
         return repository.catalog(repository.resolve(release_branch))
 
     builtin = BuiltinMetrics(
-        lambda name: serving_backend.metrics_url(environment=main_catalog().environments[name]),
+        lambda name: serving_backend.router_metrics_url(main_catalog().environments[name]),
         clock=clock.monotonic,
     )
     prometheus: dict[str, PrometheusMetrics] = {}
@@ -254,12 +209,12 @@ def build_controller(
         return ServedVersion(
             model=model.name,
             version=label(version.number),
-            artifact_dir=Path(version.artifact_uri),
             serving=model.serving,
-            environment=EnvironmentSpec(
+            artifact_uri=version.artifact_uri,
+            environment=PythonEnvironment(
                 requirements=requirements.decode("utf-8", "replace"), python=model.source.python
             ),
-            source_dir=source_dir,
+            source_uri=str(source_dir) if source_dir is not None else None,
         )
 
     rollouts = RolloutEngine(
@@ -298,16 +253,16 @@ def build_controller(
         runners=runners,
         work_dir=state_dir,
         release_branch=release_branch,
-        max_active_runs=settings.max_active_runs,
-        on_release=registrar.release if settings.promote else None,
+        max_active_runs=options.max_active_runs,
+        on_release=registrar.release if options.promote else None,
         clock=clock,
     )
     all_senders: dict[str, Sender] = {"console": NotifierSender(ConsoleNotifier())}
-    if settings.slack_token:
+    if settings.slack is not None:
         from controller.backends.notify.slack import SLACK_API_URL, SlackSender
 
         all_senders["slack"] = SlackSender(
-            token=settings.slack_token, store=store, base_url=settings.slack_api_url or SLACK_API_URL
+            token=settings.slack.token, store=store, base_url=settings.slack.api_url or SLACK_API_URL
         )
     if settings.github is not None:
         all_senders["github"] = GitHubSender.from_settings(store, settings.github, clock=clock)
@@ -337,9 +292,7 @@ def build_controller(
     )
 
 
-def run_controller(
-    settings: ControllerSettings, *, once: bool = False, controller: Controller | None = None
-) -> int:
+def run_controller(settings: Settings, *, once: bool = False, controller: Controller | None = None) -> int:
     """Poll and reconcile until stopped (or, with ``once``, until the work of one pass is done).
 
     With ``once`` the exit code is 0 when every run this pass started or
@@ -355,7 +308,7 @@ def run_controller(
 
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _loop(controller, settings, stop=stop, once=once)
+        return _loop(controller, settings.controller, stop=stop, once=once)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -410,102 +363,84 @@ def _passed(run: Run) -> bool:
     return run.status == "succeeded" and not any(g.get("outcome") == "failed" for g in run.gates)
 
 
-# ------------------------------------------------------------------ the state directory's lock
-
-LOCK_FILE = "controller.lock"
+# ---------------------------------------------------------------- serving by name
 
 
-class StateDirError(Exception):
-    """The state directory cannot be used by this controller (one line, for people)."""
+def serving_backend(environment: Environment, backends: Mapping[str, ServingBackend]) -> ServingBackend:
+    """The backend ``environment`` names; :class:`ServingError` when there is none by that name."""
+    backend = backends.get(environment.serving_backend)
+    if backend is None:
+        have = ", ".join(sorted(backends)) or "none"
+        raise ServingError(
+            f"environment {environment.name!r} names serving backend {environment.serving_backend!r}, "
+            f"which this controller does not have (it has: {have})"
+        )
+    return backend
 
 
-class StateDirBusy(StateDirError):
-    """Another controller holds the state directory; ``holder`` is what it wrote into the lock file."""
+class ServingByName:
+    """The :class:`ServingBackend` the engine gets: each call goes to the backend its environment names.
 
-    def __init__(self, message: str, *, holder: Mapping[str, object]) -> None:
-        super().__init__(message)
-        self.holder = dict(holder)
-
-
-class ControllerLock:
-    """An exclusive lock on a state directory, held for a controller's lifetime (one controller each).
-
-    ``flock`` on ``<state_dir>/controller.lock``: an advisory lock of the
-    operating system, released by the kernel when the process ends however it
-    ends (``kill -9`` included), so a stale lock never needs cleaning up. The
-    holder writes who it is (process id, host, since when) into the file
-    after locking, for the message the next one gets. The descriptor is not
-    inherited by the pipelines and servers the controller starts. Commands
-    that only read the state, and decisions, take no lock. ``flywheel run``
-    and ``flywheel serve`` take it before they open the store; leader
-    election replaces it on the cluster home.
+    An environment that names a backend this controller does not have is
+    never served by another one: whatever would serve it (deploy, smoke test,
+    routing traffic, its endpoint or its router's metrics) raises
+    :class:`ServingError` naming the environment and the backend, so a
+    rollout there fails with that reason. What would only undo serving there
+    finds nothing to undo, since nothing was ever served through a backend
+    this controller does not have: no version is deployed, routing no traffic
+    and retiring a version do nothing.
     """
 
-    def __init__(self, path: Path, fd: int) -> None:
-        self.path = path
-        self._fd: int | None = fd
+    def __init__(self, backends: Mapping[str, ServingBackend]) -> None:
+        self.backends = dict(backends)
 
-    @classmethod
-    def acquire(cls, state_dir: Path, *, clock: Clock) -> ControllerLock:
-        """Lock ``state_dir`` (created if needed), or raise :class:`StateDirBusy` / :class:`StateDirError`."""
-        state_dir = state_dir.resolve()
-        path = state_dir / LOCK_FILE
-        try:
-            state_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StateDirError(f"cannot use the state directory {state_dir}: {exc.strerror or exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(fd)
-            os.close(fd)
-            raise StateDirBusy(
-                f"another controller is running on {state_dir} ({_describe_holder(holder)}); "
-                "stop it first, or give this one another --state-dir",
-                holder=holder,
-            ) from None
-        except OSError as exc:
-            os.close(fd)
-            why = exc.strerror or str(exc)
-            raise StateDirError(f"cannot lock the state directory {state_dir}: {why}") from exc
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": clock.now().isoformat()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
-        return cls(path, fd)
+    def _has(self, environment: Environment) -> bool:
+        return environment.serving_backend in self.backends
 
-    def release(self) -> None:
-        """Unlock (closing the descriptor releases the lock); safe to call twice."""
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
+    def deploy(self, *, environment: Environment, version: ServedVersion) -> None:
+        serving_backend(environment, self.backends).deploy(environment=environment, version=version)
 
-    def __enter__(self) -> ControllerLock:
-        return self
+    def set_weights(self, *, environment: Environment, model: str, weights: Mapping[str, int]) -> None:
+        if not weights and not self._has(environment):
+            return  # nothing is routed there: nothing to stop
+        backend = serving_backend(environment, self.backends)
+        backend.set_weights(environment=environment, model=model, weights=weights)
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
+    def retire(self, *, environment: Environment, model: str, version: str) -> None:
+        if self._has(environment):
+            self.backends[environment.serving_backend].retire(
+                environment=environment, model=model, version=version
+            )
 
+    def smoke_test(
+        self, *, environment: Environment, model: str, version: str, inputs: Sequence[Sequence[object]]
+    ) -> None:
+        backend = serving_backend(environment, self.backends)
+        backend.smoke_test(environment=environment, model=model, version=version, inputs=inputs)
 
-def _read_holder(fd: int) -> dict[str, object]:
-    try:
-        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    def deployed(self, *, environment: Environment, model: str) -> Sequence[DeployedVersion]:
+        if not self._has(environment):
+            return ()
+        return self.backends[environment.serving_backend].deployed(environment=environment, model=model)
 
+    def endpoint(self, *, environment: Environment, model: str) -> str:
+        return serving_backend(environment, self.backends).endpoint(environment=environment, model=model)
 
-def _describe_holder(holder: Mapping[str, object]) -> str:
-    """``process 1234 on host-a since 2026-01-05 09:00:00 UTC``; what is known of it."""
-    if not holder.get("pid"):
-        return "it has not said who it is yet"
-    words = f"process {holder['pid']}"
-    if holder.get("host"):
-        words += f" on {holder['host']}"
-    since = holder.get("since")
-    if isinstance(since, str):
-        try:
-            words += f" since {datetime.fromisoformat(since):%Y-%m-%d %H:%M:%S %Z}".rstrip()
-        except ValueError:
-            words += f" since {since}"
-    return words
+    def shutdown(self) -> None:
+        for backend in self.backends.values():
+            backend.shutdown()
+
+    def router_metrics_url(self, environment: Environment) -> str:
+        """Where the built-in metrics source reads ``environment``'s traffic: its local router's metrics.
+
+        Raises :class:`ServingError` when the environment names a serving
+        backend this controller does not have, or one without a router of its
+        own (its metrics then come from Prometheus: ``metrics.source``).
+        """
+        backend = serving_backend(environment, self.backends)
+        if not isinstance(backend, LocalServing):
+            raise ServingError(
+                f"environment {environment.name!r} is served by {environment.serving_backend!r}, which has "
+                "no router for the built-in metrics source to read; give it metrics.source: prometheus"
+            )
+        return backend.metrics_url(environment=environment)

@@ -37,13 +37,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.app import Controller, ControllerSettings, build_controller
+from controller.app import Controller, build_controller
 from controller.backends.serving import inference_request
-from controller.backends.serving.local import default_venv_root
 from controller.backends.serving.server import free_port
 from controller.backends.store import RolloutRecord
 from controller.engine.commands import Actor, Commands
 from controller.scaffold import scaffold
+from controller.settings import ControllerSettings, LocalSettings, Settings, default_venv_cache
 
 __all__ = ["DemoError", "DemoOptions", "run_demo"]
 
@@ -114,13 +114,12 @@ class _Demo:
         )
         scaffold(self.repo)
         self._tune_for_demo()
-        venv_dir = self.options.venv_dir or default_venv_root()
-        settings = ControllerSettings(
-            repo=str(self.repo),
-            state_dir=self.workdir / "state",
-            interval_seconds=1.0,
-            venv_dir=venv_dir,
-            tick_seconds=0.5,
+        venv_dir = self.options.venv_dir or default_venv_cache()
+        settings = Settings(
+            controller=ControllerSettings(
+                repo=str(self.repo), state_dir=self.workdir / "state", interval_seconds=1.0, tick_seconds=0.5
+            ),
+            local=LocalSettings(venv_dir=venv_dir),
         )
         self.controller = build_controller(settings)
         self._thread(self._control_loop, "controller")

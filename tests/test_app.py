@@ -1,4 +1,10 @@
-"""The composition root: which senders and inbox handlers a controller gets from its settings."""
+"""The composition root: which backends, senders and inbox handlers a controller gets from its settings.
+
+Pins down: Slack's sender only with a bot token; GitHub settings make GitHub
+the forge, with its sender, trust gate and poller; inbox events are handled by
+kind; the built-in metrics source reads the router of the local serving
+backend an environment names, and says why for a backend without one.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from controller.app import SLACK_ACTION_KIND, ControllerSettings, build_controller
+from controller.app import SLACK_ACTION_KIND, ServingByName, build_controller
+from controller.backends.serving import ServingError
 from controller.backends.serving.fake import FakeServing
+from controller.backends.serving.local import LocalServing
+from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import ROLLBACK_EVENT
 from controller.scaffold import scaffold
+from controller.settings import ControllerSettings, GitHubSettings, Settings, SlackSettings
+from controller.specs.types import Environment
 
 
 @pytest.fixture
@@ -20,10 +31,14 @@ def repo(tmp_path: Path) -> Path:
 
 def test_slack_sender_only_with_a_bot_token(repo: Path, tmp_path: Path) -> None:
     plain = build_controller(
-        ControllerSettings(repo=str(repo), state_dir=tmp_path / "a"), serving=FakeServing()
+        Settings(controller=ControllerSettings(repo=str(repo), state_dir=tmp_path / "a")),
+        serving=FakeServing(),
     )
     with_slack = build_controller(
-        ControllerSettings(repo=str(repo), state_dir=tmp_path / "b", slack_token="xoxb-test"),
+        Settings(
+            controller=ControllerSettings(repo=str(repo), state_dir=tmp_path / "b"),
+            slack=SlackSettings(token="xoxb-test"),
+        ),
         serving=FakeServing(),
     )
     try:
@@ -34,16 +49,10 @@ def test_slack_sender_only_with_a_bot_token(repo: Path, tmp_path: Path) -> None:
         with_slack.close()
 
 
-def test_settings_read_the_slack_token_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLYWHEEL_SLACK_BOT_TOKEN", "xoxb-from-env")
-    assert ControllerSettings.from_env(repo=".").slack_token == "xoxb-from-env"
-    monkeypatch.delenv("FLYWHEEL_SLACK_BOT_TOKEN")
-    assert ControllerSettings.from_env(repo=".").slack_token is None
-
-
 def test_inbox_events_are_handled_by_kind_and_unknown_kinds_recorded(repo: Path, tmp_path: Path) -> None:
     controller = build_controller(
-        ControllerSettings(repo=str(repo), state_dir=tmp_path / "s"), serving=FakeServing()
+        Settings(controller=ControllerSettings(repo=str(repo), state_dir=tmp_path / "s")),
+        serving=FakeServing(),
     )
     store = controller.store
     try:
@@ -61,11 +70,12 @@ def test_inbox_events_are_handled_by_kind_and_unknown_kinds_recorded(repo: Path,
 
 
 def test_github_settings_make_github_the_forge_with_its_sender(repo: Path, tmp_path: Path) -> None:
-    from controller.backends.forge.github import GitHubForge, GitHubSettings
+    from controller.backends.forge.github import GitHubForge
 
     github = GitHubSettings(repository="octo/ml", token="ghp_test")
     controller = build_controller(
-        ControllerSettings(repo=str(repo), state_dir=tmp_path / "g", github=github), serving=FakeServing()
+        Settings(controller=ControllerSettings(repo=str(repo), state_dir=tmp_path / "g"), github=github),
+        serving=FakeServing(),
     )
     try:
         assert isinstance(controller.forge, GitHubForge)
@@ -75,9 +85,8 @@ def test_github_settings_make_github_the_forge_with_its_sender(repo: Path, tmp_p
     finally:
         controller.close()
     no_polling = build_controller(
-        ControllerSettings(
-            repo=str(repo),
-            state_dir=tmp_path / "h",
+        Settings(
+            controller=ControllerSettings(repo=str(repo), state_dir=tmp_path / "h"),
             github=GitHubSettings("octo/ml", token="t", poll_seconds=0),
         ),
         serving=FakeServing(),
@@ -86,3 +95,15 @@ def test_github_settings_make_github_the_forge_with_its_sender(repo: Path, tmp_p
         assert no_polling.pollers == []
     finally:
         no_polling.close()
+
+
+def test_the_builtin_metrics_source_reads_the_router_of_the_local_serving_backend(tmp_path: Path) -> None:
+    staging = Environment(name="staging", spec_path="environments/staging.yaml")
+    local = LocalServing(tmp_path / "serving", clock=SYSTEM_CLOCK)
+    try:
+        url = ServingByName({"local": local}).router_metrics_url(staging)
+        assert url == local.metrics_url(environment=staging) and url.endswith("/metrics")
+    finally:
+        local.shutdown()
+    with pytest.raises(ServingError, match="'local', which has no router for the built-in metrics source"):
+        ServingByName({"local": FakeServing()}).router_metrics_url(staging)

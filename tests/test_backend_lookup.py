@@ -18,19 +18,19 @@ from pathlib import Path
 
 import pytest
 
-from controller.app import ControllerSettings, build_controller, run_controller
+from controller.app import ServingByName, build_controller, run_controller
 from controller.backends.forge.fake import FakeForge
 from controller.backends.git import Repository
 from controller.backends.metrics.fake import FakeMetrics
 from controller.backends.pipelines.fake import FakeRunner
 from controller.backends.serving import ServedVersion, ServingError
 from controller.backends.serving.fake import FakeServing
-from controller.backends.serving.named import ServingByName
 from controller.backends.store import ModelVersion, Store, open_store
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.proposals import ProposalReconciler
 from controller.engine.rollout import RolloutEngine
 from controller.scaffold import scaffold
+from controller.settings import ControllerSettings, Settings
 from controller.specs import load_tree
 from controller.specs.types import Catalog, Environment, Model
 from tests.gitrepo import GitRepo
@@ -99,7 +99,8 @@ def test_a_run_never_falls_back_to_another_runner(
 def test_run_once_exits_non_zero_when_the_runner_is_missing(
     repo: GitRepo, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = ControllerSettings(repo=str(repo.path), state_dir=tmp_path / "state", promote=False)
+    options = ControllerSettings(repo=str(repo.path), state_dir=tmp_path / "state", promote=False)
+    settings = Settings(controller=options)
     controller = build_controller(settings, serving=FakeServing())
     controller.proposals.runners = {"argo": FakeRunner()}
     caplog.set_level(logging.INFO)
@@ -110,7 +111,7 @@ def test_run_once_exits_non_zero_when_the_runner_is_missing(
 def _served(tmp_path: Path) -> Callable[[ModelVersion, Model], ServedVersion]:
     def served(version: ModelVersion, model: Model) -> ServedVersion:
         return ServedVersion(
-            model=model.name, version=f"v{version.number}", artifact_dir=tmp_path, serving=model.serving
+            model=model.name, version=f"v{version.number}", artifact_uri=str(tmp_path), serving=model.serving
         )
 
     return served
@@ -162,14 +163,14 @@ def test_serving_by_name_hands_each_environment_to_its_own_backend(tmp_path: Pat
         environment=production, model="iris"
     )
     version = ServedVersion(
-        model="iris", version="v1", artifact_dir=tmp_path, serving=catalog.models["iris"].serving
+        model="iris", version="v1", artifact_uri=str(tmp_path), serving=catalog.models["iris"].serving
     )
     for call in (
         lambda: serving.deploy(environment=staging, version=version),
         lambda: serving.smoke_test(environment=staging, model="iris", version="v1", inputs=[]),
         lambda: serving.set_weights(environment=staging, model="iris", weights={"v1": 100}),
         lambda: serving.endpoint(environment=staging, model="iris"),
-        lambda: serving.metrics_url(environment=staging),
+        lambda: serving.router_metrics_url(staging),
     ):
         with pytest.raises(ServingError) as raised:
             call()
@@ -186,7 +187,7 @@ def test_the_controller_serves_each_environment_through_the_backend_it_names(
 ) -> None:
     local = FakeServing()
     controller = build_controller(
-        ControllerSettings(repo=str(repo.path), state_dir=tmp_path / "s"), serving=local
+        Settings(controller=ControllerSettings(repo=str(repo.path), state_dir=tmp_path / "s")), serving=local
     )
     try:
         catalog = controller.main_catalog()

@@ -17,14 +17,14 @@ import pygit2
 import pytest
 from click.testing import CliRunner, Result
 
-from controller.app import ControllerSettings, build_controller, run_controller
-from controller.backends.forge.github import GitHubSettings
+from controller.app import build_controller, run_controller
 from controller.backends.pipelines.fake import FakeRunner, ScriptedStep
 from controller.backends.serving.fake import FakeServing
 from controller.backends.store import open_store
 from controller.cli import main
 from controller.clock import SYSTEM_CLOCK
 from controller.scaffold import scaffold
+from controller.settings import ControllerSettings, Settings
 
 # Every variable the controller reads, cleared so the machine's own settings do not leak into a test.
 _CLEAN: dict[str, str | None] = {
@@ -152,11 +152,6 @@ def test_a_malformed_setting_is_one_line_naming_the_variable(
     assert not state.exists()
 
 
-def test_github_settings_name_the_variable_that_is_wrong() -> None:
-    with pytest.raises(ValueError, match="FLYWHEEL_GITHUB_APP_ID and FLYWHEEL_GITHUB_INSTALLATION_ID"):
-        GitHubSettings.from_env({"FLYWHEEL_GITHUB_REPOSITORY": "o/r", "FLYWHEEL_GITHUB_PRIVATE_KEY": "k"})
-
-
 # ------------------------------------------------------------ where there is no state
 
 
@@ -193,7 +188,7 @@ def test_commands_where_there_is_no_state_say_so_and_create_nothing(
 
 def _once(repo: Path, state: Path, runner: FakeRunner | None) -> int:
     """``flywheel run --once`` on a controller whose pipelines run on ``runner`` (none: no runner at all)."""
-    settings = ControllerSettings(repo=str(repo), state_dir=state)
+    settings = Settings(controller=ControllerSettings(repo=str(repo), state_dir=state))
     controller = build_controller(settings, serving=FakeServing())
     controller.proposals.runners = {"local": runner} if runner is not None else {}
     return run_controller(settings, once=True, controller=controller)

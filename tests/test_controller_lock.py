@@ -22,7 +22,7 @@ import pygit2
 import pytest
 from click.testing import CliRunner
 
-from controller.app import LOCK_FILE, ControllerLock, StateDirBusy, StateDirError
+from controller.backends.local.lock import LOCK_FILE, ControllerLock, StateDirBusy, StateDirError
 from controller.backends.store import open_store
 from controller.cli import main
 from controller.clock import SYSTEM_CLOCK, FakeClock

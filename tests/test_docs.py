@@ -3,9 +3,10 @@
 Pins down: every ``FLYWHEEL_*`` environment variable the code reads or sets
 (settings, the step contract, the custom server contract) is documented in
 README.md, and README documents none that the code does not know (as
-datasette's tests do for its plugin hooks); README and the docs shipped in
-the package link only to files inside the repository, never to anything
-beside it; the README opens with the two commands a new user runs.
+datasette's tests do for its plugin hooks); README, ARCHITECTURE.md and the
+docs shipped in the package link only to files inside the repository, never
+to anything beside it; every file ARCHITECTURE.md names exists; the README
+opens with the two commands a new user runs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 TEMPLATE = ROOT / "controller" / "scaffold" / "template"
-SHIPPED_DOCS = [README, ROOT / "bench" / "README.md", TEMPLATE / "README.md"]
+ARCHITECTURE = ROOT / "ARCHITECTURE.md"
+SHIPPED_DOCS = [README, ARCHITECTURE, ROOT / "bench" / "README.md", TEMPLATE / "README.md"]
 _VARIABLE = re.compile(r"FLYWHEEL_[A-Z0-9_]*[A-Z0-9]")
 _PLACEHOLDER = re.compile(r"FLYWHEEL_[A-Z0-9_]*<[A-Z]+>")  # FLYWHEEL_DATA_<NAME>: one per data input
 _FAMILY = re.compile(r"FLYWHEEL_[A-Z0-9_]*_\*")  # FLYWHEEL_GITHUB_*: a family, documented one by one too
@@ -85,6 +87,13 @@ def test_docs_link_only_to_files_inside_the_repository() -> None:
             if not resolved.is_relative_to(ROOT) or not resolved.exists():
                 outside.append(f"{doc.relative_to(ROOT)}: link to {target}")
     assert outside == []
+
+
+def test_every_path_the_architecture_names_exists() -> None:
+    path = r"(?:controller|webhooks|tests|\.ci)/[\w/.]+|pyproject\.toml"
+    named = re.findall(rf"`({path})`", ARCHITECTURE.read_text())
+    assert named, "ARCHITECTURE.md names no file"
+    assert [path for path in named if not (ROOT / path).exists()] == []
 
 
 def test_the_readme_starts_with_the_install_and_run_and_the_test_commands() -> None:

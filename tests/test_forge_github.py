@@ -26,7 +26,6 @@ from controller.backends.forge import ReviewTarget
 from controller.backends.forge.github import (
     GitHubForge,
     GitHubSender,
-    GitHubSettings,
     branch_meta_key,
     report_marker,
 )
@@ -34,6 +33,7 @@ from controller.backends.store import Store, open_store
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.outbox import DeliveryStats, deliver_due
 from controller.engine.report import marker
+from controller.settings import GitHubSettings
 from tests.fakes.github_api import FakeGitHub
 
 REPO = "octo-org/models"

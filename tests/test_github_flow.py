@@ -30,11 +30,12 @@ from pathlib import Path
 
 import pytest
 
-from controller.app import Controller, ControllerSettings, build_controller
-from controller.backends.forge.github import GitHubSender, GitHubSettings
+from controller.app import Controller, build_controller
+from controller.backends.forge.github import GitHubSender
 from controller.backends.pipelines.fake import FakeRunner, ScriptedStep
 from controller.backends.serving.fake import FakeServing
 from controller.scaffold import scaffold
+from controller.settings import ControllerSettings, GitHubSettings, Settings
 from tests.fakes.github_api import FakeGitHub, issue_comment_event
 from tests.gitrepo import GitRepo
 from webhooks.events import attach_github_events
@@ -75,8 +76,9 @@ def build(tmp_path: Path, bare: Path, github: FakeGitHub) -> Controller:
         repository=github.repository, api_url=github.api_url, token="ghp_test_token", poll_seconds=0.01
     )
     controller = build_controller(
-        ControllerSettings(
-            repo=f"file://{bare}", state_dir=tmp_path / "state", promote=False, github=settings
+        Settings(
+            controller=ControllerSettings(repo=f"file://{bare}", state_dir=tmp_path / "state", promote=False),
+            github=settings,
         ),
         serving=FakeServing(),
     )

@@ -31,13 +31,14 @@ from typing import Any
 import pytest
 from github import Auth
 
-from controller.backends.forge.github import GitHubSender, GitHubSettings, comment_handled_key
+from controller.backends.forge.github import GitHubSender, comment_handled_key
 from controller.backends.forge.github_poll import GitHubPoller
 from controller.backends.store import InboxEvent, NotFound, OutboxMessage, Store, open_store
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
 from controller.engine.outbox import deliver_due
 from controller.engine.trust import open_pull_requests, pull_request_info
+from controller.settings import GitHubSettings
 from controller.specs import Catalog, load_tree
 from tests.fakes.github_api import FakeGitHub, issue_comment_event
 from webhooks.events import process_github_events

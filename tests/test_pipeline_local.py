@@ -25,9 +25,10 @@ from pathlib import Path
 
 import pytest
 
+from controller.backends.local.processes import uses_shell
+from controller.backends.local.venvs import VenvCache
 from controller.backends.pipelines import RunRequest, RunResult, StepEvent
-from controller.backends.pipelines.local import LocalRunner, uses_shell
-from controller.backends.pipelines.venvs import VenvCache
+from controller.backends.pipelines.local import LocalRunner
 from controller.specs.types import DataInput, Model, Source, Step
 
 REPO = Path(__file__).resolve().parents[1]
@@ -271,7 +272,7 @@ def test_step_contract_environment(tmp_path: Path) -> None:
         params={"C": 1.5, "layers": [1, 2]},
         data={"raw-events": "/data/events"},
         baseline_model_dir=baseline,
-        venv=venv,
+        runner=LocalRunner(venv=venv),
     )
     assert result.status == "succeeded", result
     run = tmp_path / "run"

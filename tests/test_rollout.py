@@ -55,7 +55,7 @@ class World:
             return ServedVersion(
                 model=model.name,
                 version=f"v{version.number}",
-                artifact_dir=self.tmp,
+                artifact_uri=str(self.tmp),
                 serving=model.serving,
             )
 

@@ -31,10 +31,11 @@ from pathlib import Path
 
 import pytest
 
+from controller.backends.local.processes import is_alive
 from controller.backends.metrics.builtin import BuiltinMetrics
 from controller.backends.serving import ServedVersion, inference_request
 from controller.backends.serving.local import LocalServing
-from controller.backends.serving.server import ProcessRecord, free_port, is_alive
+from controller.backends.serving.server import ProcessRecord, free_port
 from controller.backends.store import ModelVersion, RolloutRecord, Store, open_store
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.rollout import RolloutEngine

@@ -44,11 +44,12 @@ from pathlib import Path
 
 import pytest
 
+from controller.backends.local.processes import is_alive
 from controller.backends.serving import ServedVersion, ServingError, check_weights
 from controller.backends.serving.fake import FakeServing
 from controller.backends.serving.local import LocalServing
 from controller.backends.serving.router import TOKEN_ENV, VERSION_HEADER, RouteTable
-from controller.backends.serving.server import free_port, http_status, is_alive, is_ready
+from controller.backends.serving.server import free_port, http_status, is_ready
 from controller.clock import SYSTEM_CLOCK
 from controller.specs.types import Environment, Serving
 
@@ -437,13 +438,15 @@ def stub_version(tmp_path: Path, label: str, *, model: str = "m", knobs: str = "
     artifact.mkdir(parents=True, exist_ok=True)
     command = f"{knobs} {shlex.quote(sys.executable)} serve.py".strip()
     return ServedVersion(
-        model=model, version=label, artifact_dir=artifact, source_dir=source,
+        model=model, version=label, artifact_uri=str(artifact), source_uri=str(source),
         serving=Serving(runtime="custom", command=command),
     )
 
 
 def server_pid(backend: LocalServing, label: str, model: str = "m") -> int:
-    pids = {d.version: d.pid for d in backend.deployed(environment=ENV, model=model)}
+    """The pid of the running server of ``label``, from the backend's own status (pids are its business)."""
+    (status,) = backend.status(ENV.name)
+    pids = {s.version: s.pid for s in status.servers if s.model == model and s.running}
     pid = pids[label]
     assert pid is not None
     return pid
@@ -532,7 +535,7 @@ def test_a_server_that_exits_is_reported_with_its_log(serving: LocalServing, tmp
     artifact = tmp_path / "artifact"
     artifact.mkdir()
     version = ServedVersion(
-        model="m", version="v1", artifact_dir=artifact,
+        model="m", version="v1", artifact_uri=str(artifact),
         serving=Serving(runtime="custom", command="echo cannot load model.joblib >&2; exit 3"),
     )
     with pytest.raises(ServingError, match=r"(?s)exited before it was ready.*cannot load model\.joblib"):

@@ -26,9 +26,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from controller.backends.local.processes import is_alive
 from controller.backends.serving import inference_request
 from controller.backends.serving.local import LocalServing
-from controller.backends.serving.server import is_alive
 from controller.cli import main
 from controller.clock import SYSTEM_CLOCK
 from controller.specs.types import Environment

@@ -21,10 +21,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.backends.pipelines.venvs import EnvironmentSpec, VenvCache
+from controller.backends.local.venvs import VenvCache
+from controller.backends.python_env import PythonEnvironment
 from controller.backends.serving import ServedVersion
-from controller.backends.serving.local import LocalServing, default_venv_root
+from controller.backends.serving.local import LocalServing
 from controller.clock import SYSTEM_CLOCK
+from controller.settings import default_venv_cache
 from controller.specs.types import Environment, Serving
 from tests.test_serving_cli import readme_curl
 
@@ -60,19 +62,19 @@ def test_iris_is_served_by_mlserver_through_the_router(tmp_path: Path) -> None:
     version = ServedVersion(
         model="iris",
         version="v1",
-        artifact_dir=artifact,
+        artifact_uri=str(artifact),
         serving=Serving(runtime="sklearn", sample_inputs=tuple(tuple(row) for row in samples)),
-        environment=EnvironmentSpec(
+        environment=PythonEnvironment(
             requirements=(IRIS / "requirements.txt").read_text(), python=spec["source"]["python"]
         ),
     )
     environment = Environment(name="staging", spec_path="environments/staging.yaml")
-    venvs = VenvCache(default_venv_root())
+    venvs = VenvCache(default_venv_cache())
     serving = LocalServing(tmp_path / "serving", venvs=venvs, ready_timeout_seconds=180, clock=SYSTEM_CLOCK)
     try:
         serving.deploy(environment=environment, version=version)
         serving.deploy(environment=environment, version=version)  # idempotent
-        (deployed,) = serving.deployed(environment=environment, model="iris")
+        (server,) = serving.status("staging")[0].servers
         serving.set_weights(environment=environment, model="iris", weights={"v1": 100})
 
         body = {"inputs": [{"name": "input-0", "shape": [len(samples), 4], "datatype": "FP64",
@@ -96,7 +98,7 @@ def test_iris_is_served_by_mlserver_through_the_router(tmp_path: Path) -> None:
         for label in ('environment="staging"', 'model="iris"', 'outcome="success"', 'version="v1"'):
             assert label in line
         assert line.endswith(" 1.0")
-        with opener.open(deployed.metrics_url or "", timeout=10) as response:
+        with opener.open(server.metrics_url, timeout=10) as response:
             assert "model_infer_request_success" in response.read().decode()  # MLServer's own metrics
         assert (artifact / "model-settings.json").read_text() == settings_before
         answer = readme_curl(tmp_path)  # the README's curl example, as printed, on this state directory

@@ -35,15 +35,15 @@ from pathlib import Path
 
 import pytest
 
+from controller.backends.local.processes import is_alive
 from controller.backends.serving import ServingError
-from controller.backends.serving.local import LocalServing
+from controller.backends.serving.local import LocalServing, ServerState
 from controller.backends.serving.server import (
     PortInUse,
     ProcessRecord,
     foreign_answer,
     free_port,
     http_json,
-    is_alive,
     port_holder,
 )
 from controller.clock import SYSTEM_CLOCK
@@ -124,6 +124,12 @@ def _router(state: Path) -> ProcessRecord:
     record = ProcessRecord.load(state / "staging" / "router.json")
     assert record is not None
     return record
+
+
+def _servers(backend: LocalServing) -> dict[str, ServerState]:
+    """The running servers of model ``m`` in ``ENV``, by version."""
+    (status,) = backend.status(ENV.name)
+    return {s.version: s for s in status.servers if s.model == "m" and s.running}
 
 
 def _environ(pid: int) -> dict[str, str]:
@@ -314,7 +320,7 @@ def test_routers_and_custom_servers_see_no_secret(
     state = tmp_path / "serving"
     backend = _serving(backends, state)
     backend.deploy(environment=ENV, version=stub_version(tmp_path, "v1"))  # executed directly, no shell
-    (server,) = backend.deployed(environment=ENV, model="m")
+    (server,) = _servers(backend).values()
     assert server.pid is not None
     router = _router(state)
     assert router.pid is not None
@@ -344,7 +350,7 @@ def test_the_next_call_that_needs_a_stopped_router_or_server_starts_it_again(
     backend.deploy(environment=ENV, version=stub_version(tmp_path, "v1"))
     backend.set_weights(environment=ENV, model="m", weights={"v1": 100})
     backend.deploy(environment=ENV, version=stub_version(tmp_path, "v2"))  # deployed, no traffic yet
-    before = {d.version: d for d in backend.deployed(environment=ENV, model="m")}
+    before = _servers(backend)
     endpoint = backend.endpoint(environment=ENV, model="m")
     stopped = backend.stop("staging")
     assert stopped[0].running and all(server.running for server in stopped[0].servers)  # what ran before
@@ -354,7 +360,7 @@ def test_the_next_call_that_needs_a_stopped_router_or_server_starts_it_again(
 
     restarted = _serving(backends, state)
     restarted.set_weights(environment=ENV, model="m", weights={"v1": 50, "v2": 50})  # e.g. a canary step
-    after = {d.version: d for d in restarted.deployed(environment=ENV, model="m")}
+    after = _servers(restarted)
     assert {v: d.url for v, d in after.items()} == {v: d.url for v, d in before.items()}  # same ports
     assert all(after[v].pid != before[v].pid for v in after)  # new processes
     assert restarted.endpoint(environment=ENV, model="m") == endpoint

@@ -36,11 +36,11 @@ from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
 from controller.engine.notices import queue_event
 from controller.engine.outbox import deliver_due
+from controller.settings import ENV_SECRET, ENV_SLACK_SIGNING_SECRET, SettingsError, WebhookSettings
 from controller.specs import Catalog, Identity, load_tree
 from tests.fakes.slack_api import TOKEN, FakeSlack
 from webhooks.app import GITHUB_HOOK_PATH, SLACK_ACTIONS_PATH, create_app
 from webhooks.github import sign
-from webhooks.settings import ENV_SECRET, ENV_SLACK_SIGNING_SECRET, SettingsError, WebhookSettings
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"  # Slack's documentation example

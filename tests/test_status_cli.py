@@ -55,7 +55,10 @@ class World:
     def engine(self) -> RolloutEngine:
         def served(version: ModelVersion, model: Model) -> ServedVersion:
             return ServedVersion(
-                model=model.name, version=f"v{version.number}", artifact_dir=self.state, serving=model.serving
+                model=model.name,
+                version=f"v{version.number}",
+                artifact_uri=str(self.state),
+                serving=model.serving,
             )
 
         return RolloutEngine(

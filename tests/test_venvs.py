@@ -18,23 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from controller.backends.pipelines.venvs import (
-    MARKER,
-    EnvironmentSpec,
-    VenvBuildError,
-    VenvCache,
-    environment_hash,
-    environment_spec_for,
-    find_uv,
-)
+from controller.backends.local.venvs import MARKER, VenvBuildError, VenvCache, find_uv, model_environment
+from controller.backends.python_env import PythonEnvironment, environment_hash
 from controller.specs.types import Model, Source
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def test_hash_ignores_comments_order_and_spacing() -> None:
-    a = EnvironmentSpec(requirements="scikit-learn>=1.4,<2\njoblib>=1.3\n", python="3.11")
-    b = EnvironmentSpec(
+    a = PythonEnvironment(requirements="scikit-learn>=1.4,<2\njoblib>=1.3\n", python="3.11")
+    b = PythonEnvironment(
         requirements="# deps\n\njoblib>=1.3   # for dumps\n  scikit-learn>=1.4,<2\n", python="3.11"
     )
     assert environment_hash(a) == environment_hash(b) == a.hash
@@ -42,11 +35,11 @@ def test_hash_ignores_comments_order_and_spacing() -> None:
 
 
 def test_hash_changes_with_python_platform_and_requirements() -> None:
-    base = EnvironmentSpec(requirements="joblib>=1.3", python="3.11", platform="linux-x86_64")
+    base = PythonEnvironment(requirements="joblib>=1.3", python="3.11", platform="linux-x86_64")
     others = [
-        EnvironmentSpec(requirements="joblib>=1.3", python="3.12", platform="linux-x86_64"),
-        EnvironmentSpec(requirements="joblib>=1.3", python="3.11", platform="macosx-14-arm64"),
-        EnvironmentSpec(requirements="joblib>=1.4", python="3.11", platform="linux-x86_64"),
+        PythonEnvironment(requirements="joblib>=1.3", python="3.12", platform="linux-x86_64"),
+        PythonEnvironment(requirements="joblib>=1.3", python="3.11", platform="macosx-14-arm64"),
+        PythonEnvironment(requirements="joblib>=1.4", python="3.11", platform="linux-x86_64"),
     ]
     assert len({base.hash, *(o.hash for o in others)}) == 4
 
@@ -58,7 +51,7 @@ def test_spec_for_a_model_reads_its_requirements_from_the_exported_source(tmp_pa
         spec_path="specs/m/model.yaml",
         source=Source(path="specs/m", requirements="specs/m/requirements.txt", python="3.11"),
     )
-    spec = environment_spec_for(model, tmp_path)
+    spec = model_environment(model, tmp_path)
     assert spec.canonical_requirements() == ("joblib>=1.3",) and spec.python == "3.11"
     outside = Model(
         name="m",
@@ -66,12 +59,12 @@ def test_spec_for_a_model_reads_its_requirements_from_the_exported_source(tmp_pa
         source=Source(path="specs/m", requirements="requirements.txt", python="3.11"),
     )
     with pytest.raises(VenvBuildError, match="outside the model's source directory"):
-        environment_spec_for(outside, tmp_path)
+        model_environment(outside, tmp_path)
 
 
 def test_builds_once_and_reuses(tmp_path: Path) -> None:
     cache = VenvCache(tmp_path / "venvs")
-    spec = EnvironmentSpec(requirements="# nothing needed\n", python=PY)
+    spec = PythonEnvironment(requirements="# nothing needed\n", python=PY)
     assert not cache.is_built(spec)
     first = cache.ensure(spec)
     assert (first / MARKER).is_file() and cache.is_built(spec)
@@ -91,12 +84,12 @@ def test_builds_once_and_reuses(tmp_path: Path) -> None:
 
 
 def test_racing_builders_build_once(tmp_path: Path) -> None:
-    spec = EnvironmentSpec(requirements="", python=PY)
+    spec = PythonEnvironment(requirements="", python=PY)
     builds: list[Path] = []
     paths: list[Path] = []
 
     class Counting(VenvCache):
-        def _build(self, spec: EnvironmentSpec, tmp: Path, final: Path) -> None:
+        def _build(self, spec: PythonEnvironment, tmp: Path, final: Path) -> None:
             builds.append(tmp)
             super()._build(spec, tmp, final)
 
@@ -113,7 +106,7 @@ def test_racing_builders_build_once(tmp_path: Path) -> None:
 
 def test_bad_requirement_fails_clearly_and_leaves_nothing(tmp_path: Path) -> None:
     cache = VenvCache(tmp_path / "venvs")
-    spec = EnvironmentSpec(requirements="this is ??? not a requirement\n", python=PY)
+    spec = PythonEnvironment(requirements="this is ??? not a requirement\n", python=PY)
     with pytest.raises(VenvBuildError, match="installing the requirements failed") as caught:
         cache.ensure(spec)
     assert "not a requirement" in str(caught.value)  # the installer's own words are in the message
@@ -124,13 +117,13 @@ def test_bad_requirement_fails_clearly_and_leaves_nothing(tmp_path: Path) -> Non
 def test_unavailable_python_is_a_clear_error(tmp_path: Path) -> None:
     cache = VenvCache(tmp_path / "venvs")
     with pytest.raises(VenvBuildError, match=r"Python 2\.5 is not available on this machine"):
-        cache.ensure(EnvironmentSpec(requirements="", python="2.5"))
+        cache.ensure(PythonEnvironment(requirements="", python="2.5"))
     assert [p.name for p in (tmp_path / "venvs").iterdir()] == [".locks"]
 
 
 def test_stale_half_built_directories_are_cleaned_up(tmp_path: Path) -> None:
     cache = VenvCache(tmp_path / "venvs")
-    spec = EnvironmentSpec(requirements="", python=PY)
+    spec = PythonEnvironment(requirements="", python=PY)
     final = cache.path_for(spec)
     final.parent.mkdir(parents=True)
     (final.parent / f".tmp-{final.name}-crashed").mkdir()
@@ -142,14 +135,14 @@ def test_stale_half_built_directories_are_cleaned_up(tmp_path: Path) -> None:
 @pytest.mark.skipif(find_uv() is None, reason="uv not installed")
 def test_installs_a_small_pure_python_package(tmp_path: Path) -> None:
     cache = VenvCache(tmp_path / "venvs")
-    venv = cache.ensure(EnvironmentSpec(requirements="six\n", python=PY))
+    venv = cache.ensure(PythonEnvironment(requirements="six\n", python=PY))
     subprocess.run([str(venv / "bin" / "python"), "-c", "import six"], check=True)
 
 
 @pytest.mark.slow
 def test_pip_fallback_builds_a_relocated_venv(tmp_path: Path) -> None:
     cache = VenvCache(tmp_path / "venvs", use_uv=False)
-    venv = cache.ensure(EnvironmentSpec(requirements="", python=PY))
+    venv = cache.ensure(PythonEnvironment(requirements="", python=PY))
     pip = (venv / "bin" / "pip").read_text()  # a shebang, or a /bin/sh exec line for long paths
     assert f"{venv}/bin/python" in pip and ".tmp-" not in pip
     assert ".tmp-" not in (venv / "bin" / "activate").read_text()

@@ -34,9 +34,7 @@ from starlette.testclient import TestClient
 
 from controller.backends.store import Store, open_store
 from controller.clock import SYSTEM_CLOCK
-from webhooks.app import GITHUB_HOOK_PATH, create_app
-from webhooks.github import HANDLED_EVENTS, sign, verify_signature
-from webhooks.settings import (
+from controller.settings import (
     DEFAULT_MAX_BODY_BYTES,
     ENV_MAX_BODY_BYTES,
     ENV_PREVIOUS_SECRET,
@@ -44,6 +42,8 @@ from webhooks.settings import (
     SettingsError,
     WebhookSettings,
 )
+from webhooks.app import GITHUB_HOOK_PATH, create_app
+from webhooks.github import HANDLED_EVENTS, sign, verify_signature
 
 SECRET = "It's a Secret to Everybody"
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "github-webhooks"

@@ -35,9 +35,9 @@ from starlette.testclient import TestClient
 import webhooks.app
 from controller.backends.store import Store, open_store
 from controller.clock import SYSTEM_CLOCK
+from controller.settings import WebhookSettings
 from webhooks.app import GITHUB_HOOK_PATH, create_app
 from webhooks.github import sign
-from webhooks.settings import WebhookSettings
 
 SECRET = "batch secret"
 POISON = "poison-delivery"

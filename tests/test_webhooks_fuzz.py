@@ -38,11 +38,11 @@ from controller.backends.notify.slack import APPROVE_ACTION, REJECT_ACTION, deci
 from controller.backends.store import Store, open_store
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
+from controller.settings import WebhookSettings
 from controller.specs import load_tree
 from webhooks.app import GITHUB_HOOK_PATH, SLACK_ACTIONS_PATH, create_app
 from webhooks.events import process_github_events
 from webhooks.github import sign, verify_signature
-from webhooks.settings import WebhookSettings
 
 SECRET = "fuzz secret"
 LIMIT = 64 * 1024

@@ -36,12 +36,12 @@ from controller.backends.forge.github import OPEN_PULLS_KEY, pull_request_meta_k
 from controller.backends.store import Store, open_store
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
+from controller.settings import WebhookSettings
 from controller.specs import Catalog, load_tree
 from webhooks.app import GITHUB_HOOK_PATH, create_app
 from webhooks.events import GITHUB_EVENT_KINDS, process_github_events
 from webhooks.github import HANDLED_EVENTS, BadDelivery, parse_delivery, sign
 from webhooks.payloads import payload_model
-from webhooks.settings import WebhookSettings
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
 REFERENCE = SHARED / "github-webhooks"

@@ -26,11 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.app import MAX_EVENT_ATTEMPTS, Controller, ControllerSettings, build_controller
+from controller.app import MAX_EVENT_ATTEMPTS, Controller, build_controller
 from controller.backends.forge.github import (
     OPEN_PULLS_KEY,
     GitHubSender,
-    GitHubSettings,
     open_pull_requests,
     pull_request_info,
     pull_request_meta_key,
@@ -40,6 +39,7 @@ from controller.backends.serving.fake import FakeServing
 from controller.backends.store import InboxEvent, OutboxMessage, Store, open_store
 from controller.clock import SYSTEM_CLOCK
 from controller.scaffold import scaffold
+from controller.settings import ControllerSettings, GitHubSettings, Settings
 from tests.fakes.github_api import FakeGitHub
 from tests.gitrepo import GitRepo
 from webhooks.events import attach_github_events
@@ -85,7 +85,8 @@ class Recorder:
 def controller(tmp_path: Path) -> Iterator[Controller]:
     scaffold(tmp_path / "ml")
     built = build_controller(
-        ControllerSettings(repo=str(tmp_path / "ml"), state_dir=tmp_path / "state"), serving=FakeServing()
+        Settings(controller=ControllerSettings(repo=str(tmp_path / "ml"), state_dir=tmp_path / "state")),
+        serving=FakeServing(),
     )
     yield built
     built.close()
@@ -230,8 +231,9 @@ def github_controller(tmp_path: Path, github: FakeGitHub) -> Controller:
         repository=github.repository, api_url=github.api_url, token="ghp_test_token", poll_seconds=0.01
     )
     controller = build_controller(
-        ControllerSettings(
-            repo=f"file://{bare}", state_dir=tmp_path / "state", promote=False, github=settings
+        Settings(
+            controller=ControllerSettings(repo=f"file://{bare}", state_dir=tmp_path / "state", promote=False),
+            github=settings,
         ),
         serving=FakeServing(),
     )

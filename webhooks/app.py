@@ -55,8 +55,8 @@ from starlette.routing import Route
 
 from controller.backends.store import Store
 from controller.engine.commands import Commands
+from controller.settings import SettingsError, WebhookSettings
 from webhooks.github import HANDLED_EVENTS, BadDelivery, Delivery, parse_delivery, verify_signature
-from webhooks.settings import SettingsError, WebhookSettings
 from webhooks.slack import SLACK_ACTIONS_PATH, actions_endpoint
 
 __all__ = ["GITHUB_HOOK_PATH", "SLACK_ACTIONS_PATH", "Outcome", "create_app", "serve"]

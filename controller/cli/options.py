@@ -1,4 +1,7 @@
-"""Options and helpers shared by several commands: the state directory, ``--json``, main's specs."""
+"""Options and helpers shared by several commands.
+
+The state directory, the options of ``run`` and ``serve``, ``--json``, main's specs.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +29,35 @@ def state_dir_option(func: F) -> F:
         envvar="FLYWHEEL_STATE_DIR",
         help="Where Flywheel keeps its state (SQLite database, runs, virtualenvs).",
     )(func)
+
+
+def run_options(func: F) -> F:
+    """The options ``flywheel run`` and ``flywheel serve`` share."""
+    for option in reversed(_RUN_OPTIONS):
+        func = option(func)
+    return func
+
+
+_RUN_OPTIONS: list[Callable[[F], F]] = [
+    click.option("--repo", required=True, help="Path or URL of the git repository to watch."),
+    click.option("--interval", type=float, default=5.0, show_default=True, help="Seconds between polls."),
+    click.option(
+        "--branch", "release_branch", default=None, help="The release branch (default: main, or master)."
+    ),
+    click.option(
+        "--max-runs", type=click.IntRange(min=1), default=2, show_default=True, help="Pipelines at once."
+    ),
+    click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True),
+    click.option(
+        "--venv-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        envvar="FLYWHEEL_VENV_DIR",
+        help="Where models' virtualenvs are kept (default: STATE_DIR/venvs); share it between repositories.",
+    ),
+    click.option("-v", "--verbose", is_flag=True, help="Log debug detail."),
+    state_dir_option,
+]
 
 
 def repo_option(help_text: str) -> Callable[[F], F]:

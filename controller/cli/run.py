@@ -1,50 +1,28 @@
-"""``flywheel run``: the controller's main loop on the embedded home."""
+"""``flywheel run``: the controller's main loop on the embedded home; and what ``flywheel serve`` shares.
+
+Both commands parse the same options (:func:`~controller.cli.options.run_options`), load one
+:class:`~controller.settings.Settings` from them and the environment
+(:func:`load`), and hand it to :func:`start`, the one wiring of a controller
+process: ``serve`` only adds the webhook service's address, which turns the
+service on.
+"""
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from controller.cli.options import state_dir_option, state_errors
+from controller.cli.options import run_options, state_errors
 
 if TYPE_CHECKING:
-    from controller.app import Controller, ControllerSettings
-
-
-def run_options(func: F) -> F:
-    """The options ``flywheel run`` and ``flywheel serve`` share."""
-    for option in reversed(_RUN_OPTIONS):
-        func = option(func)
-    return func
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-_RUN_OPTIONS: list[Callable[[F], F]] = [
-    click.option("--repo", required=True, help="Path or URL of the git repository to watch."),
-    click.option("--interval", type=float, default=5.0, show_default=True, help="Seconds between polls."),
-    click.option(
-        "--branch", "release_branch", default=None, help="The release branch (default: main, or master)."
-    ),
-    click.option(
-        "--max-runs", type=click.IntRange(min=1), default=2, show_default=True, help="Pipelines at once."
-    ),
-    click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True),
-    click.option(
-        "--venv-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=None,
-        envvar="FLYWHEEL_VENV_DIR",
-        help="Where models' virtualenvs are kept (default: STATE_DIR/venvs); share it between repositories.",
-    ),
-    click.option("-v", "--verbose", is_flag=True, help="Log debug detail."),
-    state_dir_option,
-]
+    from controller.app import Controller
+    from controller.settings import Settings
 
 
 @click.command()
@@ -54,52 +32,91 @@ _RUN_OPTIONS: list[Callable[[F], F]] = [
     is_flag=True,
     help="Reconcile once, wait for the work started; exit 1 if a run failed or errored.",
 )
-def run(
-    repo: str,
-    interval: float,
-    once: bool,
-    release_branch: str | None,
-    max_runs: int,
-    log_format: str,
-    venv_dir: Path | None,
-    verbose: bool,
-    state_dir: Path,
-) -> None:
+def run(once: bool, log_format: str, verbose: bool, **options: Any) -> None:
     """Watch a repository: train every proposal and report the result.
 
     Every branch other than the release branch whose models differ from their
     merge-base with it is a proposal; each new head is trained and its report
     is kept in the store (see `flywheel review show`).
     """
+    settings = load(options)
+    raise SystemExit(start(settings, once=once, log_format=log_format, verbose=verbose))
+
+
+def load(options: dict[str, Any], *, webhooks: tuple[str, int] | None = None) -> Settings:
+    """The settings from ``run_options``' values and the environment; a malformed one is one line.
+
+    ``webhooks`` (host, port) turns the webhook service on.
+    """
+    from controller.settings import ControllerSettings, LocalSettings, SettingsError, load_settings
+
+    controller = ControllerSettings(
+        repo=options["repo"],
+        state_dir=options["state_dir"],
+        interval_seconds=options["interval"],
+        max_active_runs=options["max_runs"],
+        release_branch=options["release_branch"],
+    )
+    try:
+        return load_settings(controller, local=LocalSettings(venv_dir=options["venv_dir"]), webhooks=webhooks)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def start(settings: Settings, *, once: bool = False, log_format: str = "text", verbose: bool = False) -> int:
+    """Run a controller on ``settings`` until stopped (or one pass, with ``once``); its exit code.
+
+    The state directory is locked for the controller's lifetime. GitHub's
+    events are handled from the inbox when GitHub is configured or webhooks
+    are served; with no webhook service the poller finds them.
+    """
     from controller.app import run_controller
     from controller.logs import setup_logging
     from webhooks.events import attach_github_events
 
     setup_logging("json" if log_format == "json" else "text", verbose=verbose)
-    settings = controller_settings(
-        repo=repo,
-        state_dir=state_dir,
-        interval_seconds=interval,
-        max_active_runs=max_runs,
-        release_branch=release_branch,
-        venv_dir=venv_dir,
-    )
-    with state_lock(state_dir) as fresh:
+    with state_lock(settings.controller.state_dir) as fresh:
         controller = open_controller(settings, fresh=fresh)
-        if settings.github is not None:  # no webhook service: the poller finds GitHub's events
+        if settings.github is not None or settings.webhooks is not None:
             attach_github_events(controller)
-        code = run_controller(settings, once=once, controller=controller)
-    raise SystemExit(code)
+        with webhook_service(settings, controller):
+            return run_controller(settings, once=once, controller=controller)
 
 
-def controller_settings(**values: Any) -> ControllerSettings:
-    """The controller's settings from ``values`` and the environment; a malformed one is one line."""
-    from controller.app import ControllerSettings
+@contextmanager
+def webhook_service(settings: Settings, controller: Controller) -> Iterator[None]:
+    """Serve the webhooks (uvicorn, in a thread) while the block runs, when ``settings`` has them.
 
+    The service verifies deliveries and writes them to the inbox, through its
+    own connection to the store (it is called from uvicorn's worker threads).
+    """
+    hooks = settings.webhooks
+    if hooks is None:
+        yield
+        return
+    import uvicorn
+
+    from controller.backends.store import open_store
+    from controller.engine.commands import Commands
+    from webhooks.app import create_app
+
+    web_store = open_store(settings.controller.state_dir, clock=controller.clock)
+    web_commands = Commands(store=web_store, catalog=controller.main_catalog, clock=controller.clock)
+    app = create_app(hooks, web_store, commands=web_commands)
+    config = uvicorn.Config(app, host=hooks.host, port=hooks.port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="webhooks", daemon=True)
+    thread.start()
+    click.echo(
+        f"webhooks on http://{hooks.host}:{hooks.port}/hooks/github; "
+        f"controller watching {settings.controller.repo}"
+    )
     try:
-        return ControllerSettings.from_env(**values)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        web_store.close()
 
 
 @contextmanager
@@ -108,7 +125,7 @@ def state_lock(state_dir: Path) -> Iterator[bool]:
 
     Yields whether the directory is new (made for this controller).
     """
-    from controller.app import ControllerLock, StateDirError
+    from controller.backends.local.lock import ControllerLock, StateDirError
     from controller.clock import SYSTEM_CLOCK
 
     fresh = not state_dir.exists()
@@ -120,7 +137,7 @@ def state_lock(state_dir: Path) -> Iterator[bool]:
         yield fresh
 
 
-def open_controller(settings: ControllerSettings, *, fresh: bool) -> Controller:
+def open_controller(settings: Settings, *, fresh: bool) -> Controller:
     """Build the controller, or say in one line why it cannot (repository, branch, state).
 
     A state directory made for it (``fresh``) is removed again when it cannot start.
@@ -128,12 +145,13 @@ def open_controller(settings: ControllerSettings, *, fresh: bool) -> Controller:
     from controller.app import build_controller
     from controller.backends.git import GitError
 
+    state_dir = settings.controller.state_dir
     try:
-        with state_errors(settings.state_dir):
+        with state_errors(state_dir):
             return build_controller(settings)
     except (GitError, ValueError, click.ClickException) as exc:
         if fresh:
-            shutil.rmtree(settings.state_dir, ignore_errors=True)
+            shutil.rmtree(state_dir, ignore_errors=True)
         if isinstance(exc, click.ClickException):
             raise
         raise click.ClickException(str(exc)) from exc

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import pytest
 
+from controller.backends.local.processes import is_alive
 from controller.backends.serving import inference_request
-from controller.backends.serving.local import default_venv_root
-from controller.backends.serving.server import is_alive
 from controller.backends.store import RolloutRecord, open_store
 from controller.clock import SYSTEM_CLOCK
 from controller.demo import DEMO_ROLLOUT, DemoOptions, run_demo
 from controller.scaffold import scaffold
+from controller.settings import default_venv_cache
 from tests.gitrepo import GitRepo
 
 pytestmark = pytest.mark.slow
@@ -84,7 +84,7 @@ def test_kill_9_mid_canary_resumes_the_same_step_without_repeating(tmp_path: Pat
                 "--state-dir",
                 str(state),
                 "--venv-dir",
-                str(default_venv_root()),
+                str(default_venv_cache()),
                 "--interval",
                 "1",
             ],

@@ -35,32 +35,28 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import requests
 from github import Auth, Consts, Github, GithubException, RateLimitExceededException, UnknownObjectException
 from github.Repository import Repository
-from jwt.exceptions import PyJWTError
 from pydantic import TypeAdapter, ValidationError
 
 from controller.backends.delivery import DeliveryError
 from controller.backends.forge import CommitState, ReviewTarget
 from controller.backends.store import OutboxMessage, Store
 from controller.clock import Clock
+from controller.settings import CheckMode, GitHubSettings
 
 __all__ = [
     "DESTINATION",
     "OPEN_PULLS_KEY",
-    "CheckMode",
     "GitHubForge",
     "GitHubSender",
-    "GitHubSettings",
     "PullRequestInfo",
     "branch_meta_key",
     "comment_handled_key",
@@ -83,8 +79,6 @@ STATUS_DESCRIPTION_LIMIT = 140  # GitHub's limit on a commit status description
 SUMMARY_LIMIT = 65_535  # GitHub's limit on a check run's output summary
 NO_PULL_REQUEST_ATTEMPTS = 10  # a branch without a pull request is retried this often, then given up
 SECONDARY_LIMIT_WAIT = 60.0  # GitHub: with no Retry-After, wait at least a minute
-
-CheckMode = Literal["check-runs", "statuses"]
 
 _PULL_REF = re.compile(r"(?:refs/)?pull/(\d+)(?:/head|/merge)?")
 _NUMBER = re.compile(r"[0-9]{1,19}")
@@ -292,114 +286,6 @@ class GitHubForge:
             },
             replace=False,
         )
-
-
-# ---------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class GitHubSettings:
-    """How to reach GitHub: the repository, the API URL and either a token or a GitHub App installation."""
-
-    repository: str
-    api_url: str = DEFAULT_API_URL
-    token: str | None = None
-    app_id: str | None = None
-    private_key: str | None = None
-    installation_id: int | None = None
-    timeout: int = 15
-    poll_seconds: float = 60.0  # how often the API is read for missed deliveries; 0 turns polling off
-
-    def auth(self) -> Auth.Auth:
-        """``Auth.Token`` for a token, else the App's installation auth (PyGithub renews its tokens)."""
-        if self.token:
-            return Auth.Token(self.token)
-        if self.app_id and self.private_key and self.installation_id is not None:
-            return Auth.AppAuth(self.app_id, self.private_key).get_installation_auth(self.installation_id)
-        raise ValueError("GitHub needs a token, or an App id, private key and installation id")
-
-    @property
-    def check_mode(self) -> CheckMode:
-        """Check runs need a GitHub App; with a plain token the results are commit statuses."""
-        return "statuses" if self.token else "check-runs"
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> GitHubSettings:
-        """Read ``FLYWHEEL_GITHUB_*``: ``REPOSITORY``, ``API_URL``, ``TOKEN`` or ``APP_ID``,
-        ``PRIVATE_KEY`` (or ``PRIVATE_KEY_FILE``) and ``INSTALLATION_ID``, and ``POLL_SECONDS``."""
-        env = os.environ if environ is None else environ
-        key = env.get("FLYWHEEL_GITHUB_PRIVATE_KEY")
-        key_file = env.get("FLYWHEEL_GITHUB_PRIVATE_KEY_FILE")
-        if not key and key_file:
-            try:
-                key = Path(key_file).read_text()
-            except (OSError, UnicodeDecodeError) as exc:
-                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-                raise ValueError(f"FLYWHEEL_GITHUB_PRIVATE_KEY_FILE: cannot read {key_file}: {why}") from None
-        installation = env.get("FLYWHEEL_GITHUB_INSTALLATION_ID")
-        try:
-            installation_id = int(installation) if installation else None
-        except ValueError:
-            raise ValueError(
-                f"FLYWHEEL_GITHUB_INSTALLATION_ID is {installation!r}: give the installation's number"
-            ) from None
-        poll = _poll_seconds(env.get("FLYWHEEL_GITHUB_POLL_SECONDS") or "60")
-        settings = cls(
-            repository=env.get("FLYWHEEL_GITHUB_REPOSITORY", ""),
-            api_url=env.get("FLYWHEEL_GITHUB_API_URL") or DEFAULT_API_URL,
-            token=env.get("FLYWHEEL_GITHUB_TOKEN") or None,
-            app_id=env.get("FLYWHEEL_GITHUB_APP_ID") or None,
-            private_key=key or None,
-            installation_id=installation_id,
-            poll_seconds=poll,
-        )
-        if settings.repository.count("/") != 1:
-            raise ValueError(
-                f"FLYWHEEL_GITHUB_REPOSITORY is {settings.repository!r}: give owner/name, e.g. octo/ml-specs"
-            )
-        _check_credentials(settings)  # refuse incomplete credentials now, not at the first delivery
-        return settings
-
-
-def _check_credentials(settings: GitHubSettings) -> None:
-    """Raise ``ValueError`` naming the variables when neither a token nor a whole GitHub App is given."""
-    if settings.token:
-        return
-    app = {
-        "FLYWHEEL_GITHUB_APP_ID": settings.app_id,
-        "FLYWHEEL_GITHUB_PRIVATE_KEY (or _FILE)": settings.private_key,
-        "FLYWHEEL_GITHUB_INSTALLATION_ID": settings.installation_id,
-    }
-    missing = [name for name, value in app.items() if value is None]
-    if len(missing) == len(app):
-        raise ValueError(
-            "FLYWHEEL_GITHUB_REPOSITORY is set but no credentials are: set FLYWHEEL_GITHUB_TOKEN, or "
-            "FLYWHEEL_GITHUB_APP_ID, FLYWHEEL_GITHUB_PRIVATE_KEY (or _FILE) and "
-            "FLYWHEEL_GITHUB_INSTALLATION_ID"
-        )
-    if missing:
-        given = ", ".join(name for name in app if name not in missing)
-        raise ValueError(
-            f"a GitHub App needs {' and '.join(missing)} as well (given: {given}); "
-            "or set FLYWHEEL_GITHUB_TOKEN instead"
-        )
-    try:
-        Auth.AppAuth(str(settings.app_id), str(settings.private_key)).create_jwt()
-    except (PyJWTError, ValueError, TypeError):  # what PyJWT says is about a "public key": use our words
-        raise ValueError(
-            "FLYWHEEL_GITHUB_PRIVATE_KEY (or _FILE) is not a PEM private key a GitHub App can sign with"
-        ) from None
-    settings.auth()
-
-
-def _poll_seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
-        raise ValueError(f"FLYWHEEL_GITHUB_POLL_SECONDS is {text!r}: give seconds, or 0 for no polling")
-    return seconds
 
 
 # ------------------------------------------------------------------ sender

@@ -47,7 +47,6 @@ from github.Repository import Repository
 
 from controller.backends.forge.github import (
     DEFAULT_API_URL,
-    GitHubSettings,
     comment_handled_key,
     delivery_error,
     github_client,
@@ -57,6 +56,7 @@ from controller.backends.forge.github import (
 )
 from controller.backends.store import JSONObject, Store
 from controller.clock import Clock
+from controller.settings import GitHubSettings
 
 __all__ = ["COMMENTS_SINCE_KEY", "LISTENING_SINCE_KEY", "SOURCE", "GitHubPoller"]
 

@@ -5,9 +5,13 @@ analysis check for one model version in one environment over a window. The
 rollout engine calls it once per check per analysis round and hands the
 :class:`Measurement` to :func:`controller.engine.analysis.judge`.
 
-Implementations: :mod:`.builtin` (the embedded home: scrapes the router's own
-``/metrics``), :mod:`.prometheus` (PromQL through a Prometheus server, on
-either home) and :mod:`.fake` (scripted measurements for engine tests).
+The interface speaks of model versions and environments only. Implementations:
+:mod:`.builtin` (the embedded home: scrapes the ``/metrics`` of local
+serving's router, whose address the composition root gives it),
+:mod:`.prometheus` (PromQL through a Prometheus server) and :mod:`.fake`
+(scripted measurements for engine tests). The composition root
+(:mod:`controller.app`) picks one per environment, as its ``metrics.source``
+says.
 
 A source never raises for failures outside the controller: an unreachable
 server, a failed query or a window without traffic is a :class:`Measurement`

@@ -66,7 +66,8 @@ class BuiltinMetrics:
     """A :class:`~controller.backends.metrics.MetricsSource` over the routers' ``/metrics``.
 
     ``url_for_environment`` gives the router's metrics URL for an environment
-    (a bare ``http://host:port`` gets ``/metrics`` appended). ``clock`` is a
+    (a bare ``http://host:port`` gets ``/metrics`` appended); the composition
+    root takes it from the local serving backend. ``clock`` is a
     monotonic clock in seconds, replaceable in tests.
     """
 

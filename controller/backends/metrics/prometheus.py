@@ -1,7 +1,7 @@
 """The Prometheus metrics source: answers analysis checks with PromQL.
 
-Used on the cluster home, and on the embedded home when an Environment names a
-Prometheus. The rollout engine calls :meth:`PrometheusMetrics.measure`; this
+Used when an Environment names a Prometheus (``metrics.source: prometheus``),
+on whichever home serves it. The rollout engine calls :meth:`PrometheusMetrics.measure`; this
 module turns the check into an instant PromQL query and runs it through
 ``prometheus_api_client.PrometheusConnect``.
 

@@ -3,11 +3,13 @@
 The engine calls :meth:`PipelineRunner.start` with a :class:`RunRequest` and
 gets a :class:`RunHandle` back; the run goes on in the background, reports
 progress through ``RunRequest.on_event`` and ends in a :class:`RunResult`.
-Every home implements this one Protocol: :mod:`.local` runs each step as a
-subprocess in an isolated virtualenv (embedded home), the Argo runner runs one
-pod per step (cluster home), and :mod:`.fake` plays back scripted results for
-engine tests. The step contract (environment variables, working directory,
-metrics file) is the one README.md documents and is the same in every home.
+A request names the model, its code, its inputs and its environment (by
+:func:`environment_hash`), never how a home builds or runs them.
+:mod:`.local` implements the Protocol for the embedded home (each step a
+subprocess in the model's virtualenv) and :mod:`.fake` plays back scripted
+results for engine tests; the cluster home will plug in behind the same
+Protocol. The step contract (environment variables, working directory,
+metrics file) is the one README.md documents, the same in every home.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from controller.backends.python_env import PythonEnvironment
 from controller.specs.types import Model
 
 __all__ = [
@@ -72,9 +75,9 @@ class RunRequest:
     the caller. ``data`` maps each data input's name (``DataInput.name``) to a
     local path or URI. The runner owns ``run_dir``: the shared workdir, the
     model directory, the metrics and the step logs are created under it.
-    ``environment_hash`` names the environment (a virtualenv on the embedded
-    home, an image tag on the cluster); ``venv`` may name an already built
-    virtualenv for the local runner, which otherwise builds or reuses one.
+    ``environment_hash`` names the model's environment (:func:`environment_hash`);
+    a runner builds it, or finds it built, and fails the run with ``error``
+    when the model's requirements give another one.
     """
 
     run_id: str
@@ -85,7 +88,6 @@ class RunRequest:
     data: Mapping[str, str] = field(default_factory=dict)
     baseline_model_dir: Path | None = None
     environment_hash: str | None = None
-    venv: Path | None = None
     max_parallel: int = 2
     on_event: Callable[[StepEvent], None] = ignore_event
 
@@ -138,11 +140,9 @@ class PipelineRunner(Protocol):
 
 
 def environment_hash(*, requirements: str, python: str) -> str:
-    """The name of a model's environment in every home: its virtualenv here, its image tag on a cluster.
+    """The name of a model's environment in every home: its virtualenv here, the tag of a cluster's image.
 
     The engine puts it in the run's cache key; runners build (or find) the
     environment it names.
     """
-    from controller.backends.pipelines.venvs import EnvironmentSpec
-
-    return EnvironmentSpec(requirements=requirements, python=python).hash
+    return PythonEnvironment(requirements=requirements, python=python).hash

@@ -61,11 +61,12 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controller.backends.local.processes import scrubbed_environment, uses_shell
+from controller.backends.local.venvs import VenvBuildError, VenvCache, model_environment
 from controller.backends.pipelines import (
     EventKind,
     RunRequest,
@@ -75,38 +76,37 @@ from controller.backends.pipelines import (
     StepResult,
     StepStatus,
 )
-from controller.backends.pipelines.venvs import VenvBuildError, VenvCache, environment_spec_for
 from controller.specs.types import Step
 
-__all__ = ["LocalRunHandle", "LocalRunner", "scrubbed_environment", "step_may_see", "uses_shell"]
+__all__ = ["LocalRunHandle", "LocalRunner", "step_may_see"]
 
 log = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 50
 _TAIL_BYTES = 64 * 1024
-_SHELL_CHARS = frozenset("|&;<>()$`*?~\n")
-_SHELL_BUILTINS = frozenset(
-    {"cd", "export", "source", ".", "set", "unset", "exec", "eval", "if", "for", "while", "case", "test", "["}
-)
-_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _DROPPED_ENV = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "__PYVENV_LAUNCHER__")
 
 
 class LocalRunner:
     """Runs pipelines as local subprocesses.
 
-    ``venvs`` builds (or reuses) the model's virtualenv when the request does
-    not name one; without it, and without ``RunRequest.venv``, steps run in
-    the controller's own environment (``sys.prefix``), which suits tests and
-    demos only.
+    ``venvs`` builds (or reuses) the virtualenv of each run's model. ``venv``
+    instead names one already built virtualenv that every run uses as it is
+    (benchmarks, tests). Without either, steps run in the controller's own
+    environment (``sys.prefix``), which suits tests and demos only.
     """
 
-    def __init__(self, *, venvs: VenvCache | None = None, kill_grace_seconds: float = 5.0) -> None:
+    def __init__(
+        self, *, venvs: VenvCache | None = None, venv: Path | None = None, kill_grace_seconds: float = 5.0
+    ) -> None:
         self.venvs = venvs
+        self.venv = venv
         self.kill_grace_seconds = kill_grace_seconds
 
     def start(self, request: RunRequest) -> LocalRunHandle:
-        handle = LocalRunHandle(request, venvs=self.venvs, kill_grace_seconds=self.kill_grace_seconds)
+        handle = LocalRunHandle(
+            request, venvs=self.venvs, venv=self.venv, kill_grace_seconds=self.kill_grace_seconds
+        )
         handle._thread.start()
         return handle
 
@@ -115,44 +115,6 @@ def step_may_see(name: str) -> bool:
     """Whether a pipeline step inherits the controller's variable ``name``: all but Flywheel's own
     (``FLYWHEEL_*``: tokens and secrets among them) and those that would break the virtualenv."""
     return name not in _DROPPED_ENV and not name.startswith("FLYWHEEL_")
-
-
-def scrubbed_environment(*, keep: Callable[[str], bool], venv: Path | None = None) -> dict[str, str]:
-    """The environment of a process the controller starts: its own variables that ``keep`` lets through,
-    with ``venv``'s ``bin`` first on ``PATH`` and ``VIRTUAL_ENV`` set when a virtualenv is given, and
-    ``PYTHONUNBUFFERED=1``. Pipeline steps use :func:`step_may_see`; the serving backend passes its
-    own allow-list, so model servers and routers see no secret of the controller's."""
-    env = {name: value for name, value in os.environ.items() if keep(name)}
-    if venv is not None:
-        env["PATH"] = os.pathsep.join([str(venv / "bin"), env.get("PATH", os.defpath)])
-        env["VIRTUAL_ENV"] = str(venv)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def uses_shell(command: str) -> bool:
-    """Whether ``command`` needs ``/bin/sh -c`` rather than a direct exec (see the module docstring).
-
-    Quoting is honoured: ``python -c 'import a; a.f()'`` execs directly, since
-    the ``;`` is inside single quotes; ``$`` and backticks still count inside
-    double quotes, where the shell would expand them.
-    """
-    quote = ""
-    for char in command:
-        if quote == "'":
-            if char == "'":
-                quote = ""
-        elif quote == '"':
-            if char == '"':
-                quote = ""
-            elif char in "$`":
-                return True
-        elif char in "'\"":
-            quote = char
-        elif char in _SHELL_CHARS:
-            return True
-    words = command.split()
-    return bool(words) and (words[0] in _SHELL_BUILTINS or bool(_ASSIGNMENT.match(words[0])))
 
 
 class _RunError(Exception):
@@ -183,9 +145,12 @@ class _StepState:
 class LocalRunHandle:
     """One run in progress; see :class:`~controller.backends.pipelines.RunHandle`."""
 
-    def __init__(self, request: RunRequest, *, venvs: VenvCache | None, kill_grace_seconds: float) -> None:
+    def __init__(
+        self, request: RunRequest, *, venvs: VenvCache | None, venv: Path | None, kill_grace_seconds: float
+    ) -> None:
         self.request = request
         self._venvs = venvs
+        self._venv = venv
         self._grace = kill_grace_seconds
         self._inbox: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
         self._done = threading.Event()
@@ -262,14 +227,14 @@ class LocalRunHandle:
 
     def _resolve_venv(self) -> Path:
         request = self.request
-        if request.venv is not None:
-            if not (request.venv / "bin" / "python").exists():
-                raise _RunError(f"virtualenv {request.venv} has no bin/python")
-            return request.venv
+        if self._venv is not None:
+            if not (self._venv / "bin" / "python").exists():
+                raise _RunError(f"virtualenv {self._venv} has no bin/python")
+            return self._venv
         if self._venvs is None:
             return Path(sys.prefix)
         try:
-            spec = environment_spec_for(request.model, request.source_dir)
+            spec = model_environment(request.model, request.source_dir)
             if request.environment_hash is not None and request.environment_hash != spec.hash:
                 raise _RunError(
                     f"environment hash {request.environment_hash} was asked for, but the model's "

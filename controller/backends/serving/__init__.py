@@ -4,11 +4,14 @@ The rollout engine calls :class:`ServingBackend` to put a registered model
 version behind an environment's endpoint (:meth:`~ServingBackend.deploy`),
 to shift traffic between versions during a canary
 (:meth:`~ServingBackend.set_weights`) and to stop a version that no longer
-serves (:meth:`~ServingBackend.retire`). Every home implements this one
-Protocol: :mod:`.local` runs one model server process per version and a
-weighted router per environment (embedded home), the KServe backend maps the
-same calls onto an InferenceService's ``canaryTrafficPercent`` (cluster home),
-and :mod:`.fake` records the calls in memory for engine tests.
+serves (:meth:`~ServingBackend.retire`). The Protocol speaks of model
+versions (:class:`ServedVersion`: the artifact's location, the model's Python
+environment, its serving runtime), environments and weights; how a home runs
+them is its own. :mod:`.local` implements it for the embedded home (one model
+server process per version, a weighted router per environment) and :mod:`.fake`
+records the calls in memory for engine tests; the cluster home will plug in
+behind the same Protocol. The composition root (:mod:`controller.app`) hands
+each environment to the backend its ``serving.backend`` names.
 
 Every method with a side effect is idempotent: the engine repeats a call after
 a crash without knowing whether the first one took effect, so deploying a
@@ -24,10 +27,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
-from controller.backends.pipelines.venvs import EnvironmentSpec
+from controller.backends.python_env import PythonEnvironment
 from controller.specs.types import Environment, Serving
 
 __all__ = [
@@ -46,28 +48,28 @@ class ServingError(RuntimeError):
 
 @dataclass(frozen=True, kw_only=True)
 class ServedVersion:
-    """One immutable model version, as the serving backend needs it.
+    """One immutable model version, as a serving backend needs it.
 
-    ``artifact_dir`` holds what the train step wrote into ``FLYWHEEL_MODEL_DIR``
-    (for the sklearn runtime: ``model.joblib`` and ``model-settings.json``); it
-    is only read, never changed.
+    ``artifact_uri`` locates what the train step wrote into
+    ``FLYWHEEL_MODEL_DIR`` (for the sklearn runtime: ``model.joblib`` and
+    ``model-settings.json``): a local path on the embedded home, a URI where
+    artifacts live in an object store. It is only read, never changed.
 
-    Where the server's Python packages come from: ``environment`` is the
-    model's own environment (its requirements), which a backend extends with
-    the runtime's server packages (MLServer for ``sklearn``/``xgboost``) and
-    builds; ``venv`` is an already-built virtualenv to use as it is (for a
-    built-in runtime it must contain the server already). ``source_dir`` is
-    the model's exported code, the working directory of a custom server
-    command (the artifact directory when not given).
+    ``environment`` is the model's Python environment (its requirements and
+    Python version). A backend serves a built-in runtime (MLServer for
+    ``sklearn``/``xgboost``) from it with the runtime's server packages
+    added, and runs a custom server command in it; without one a custom
+    command runs with the controller's own ``PATH`` (tests). ``source_uri``
+    locates the model's code at the version's commit, the working directory
+    of a custom server command (the artifact's when not given).
     """
 
     model: str
     version: str  # the version label, e.g. "v3"
-    artifact_dir: Path
     serving: Serving
-    environment: EnvironmentSpec | None = None
-    venv: Path | None = None
-    source_dir: Path | None = None
+    artifact_uri: str
+    environment: PythonEnvironment | None = None
+    source_uri: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,10 +78,8 @@ class DeployedVersion:
 
     model: str
     version: str
-    url: str  # the server's own base URL (not through the router)
+    url: str  # the version's own base URL, around the traffic split
     weight: int  # percent of the model's traffic, 0 when not routed
-    pid: int | None = None  # embedded home only
-    metrics_url: str | None = None  # the server's own Prometheus endpoint, when it has one
     started_at: float = 0.0  # unix time
 
 
@@ -126,10 +126,6 @@ class ServingBackend(Protocol):
 
     def endpoint(self, *, environment: Environment, model: str) -> str:
         """Base URL of the model for clients: append ``/infer`` (or ``/ready``) for OIP v2 calls."""
-        ...
-
-    def metrics_url(self, *, environment: Environment) -> str:
-        """Prometheus endpoint with ``flywheel_requests_total`` and ``flywheel_request_duration_seconds``."""
         ...
 
     def shutdown(self) -> None:

@@ -106,9 +106,6 @@ class FakeServing:
     def endpoint(self, *, environment: Environment, model: str) -> str:
         return f"{self.base_url}/{environment.name}/v2/models/{model}"
 
-    def metrics_url(self, *, environment: Environment) -> str:
-        return f"{self.base_url}/{environment.name}/metrics"
-
     def shutdown(self) -> None:
         self.stops += len(self.running)
         self.running.clear()

@@ -3,14 +3,12 @@
 The rollout engine uses :class:`LocalServing` through the
 :class:`~controller.backends.serving.ServingBackend` Protocol; ``flywheel
 serving ls|stop|start`` uses :meth:`LocalServing.status`, :meth:`~LocalServing.stop`
-and :meth:`~LocalServing.start`. Everything it starts is a detached process
-(see :mod:`.server`) recorded under the state directory given to the
-constructor::
+and :meth:`~LocalServing.start`; the composition root gives the built-in
+metrics source :meth:`LocalServing.metrics_url`, the router's own metrics.
+Everything it starts is a detached process recorded under the state
+directory given to the constructor: the routers by :mod:`.routers`, the
+servers here (started and stopped by :mod:`.server`)::
 
-    <state>/<environment>/router.json        the router's ProcessRecord (pid, port, instance, admin token)
-    <state>/<environment>/endpoint.json      the port chosen for the router when the spec names none
-    <state>/<environment>/routes.json        the routes, written by the router itself
-    <state>/<environment>/router.log
     <state>/<environment>/servers/<model>/<version>/server.json   the server's ProcessRecord and launch plan
     <state>/<environment>/servers/<model>/<version>/server.log
     <state>/<environment>/servers/<model>/<version>/settings.json, <model>/model-settings.json (MLServer)
@@ -20,22 +18,11 @@ and the router it had started, instead of starting second ones: a recorded
 process is reused when its pid is alive with the recorded start time; a
 server that is still starting is waited for. Every call is idempotent.
 
-Ports. The router of an environment listens on ``Environment.port`` when the
-spec sets one; when that port is held by another process, that is a
-:class:`~.server.PortInUse` error naming the port and the holder, never
-silently replaced. Without ``port:``, a free port is chosen the first time and
-kept in ``endpoint.json``, so the endpoint stays the same across restarts and
-two state directories (two repositories) on one machine never collide; should
-another process take that port while the router is stopped, a new one is
-chosen and the move is logged. Model servers listen on free ports chosen per
-launch (a clash there is retried on new ports).
-
-Identity. A router is launched with a random instance identity, recorded in
-``router.json`` before the launch, and must echo it at ``/healthz``: a router
-(or anything else) answering on the port with another identity is someone
-else's, never adopted and never sent our admin calls. A model server counts
-as ready only when the process listening on its port is ours and its model
-metadata names our model and version (:func:`.server.foreign_answer`).
+Model servers listen on free ports chosen per launch (a clash there is
+retried on new ports); the routers' ports and identities are
+:mod:`.routers`'. A model server counts as ready only when the process
+listening on its port is ours and its model metadata names our model and
+version (:func:`.server.foreign_answer`).
 
 Stopping. :meth:`LocalServing.stop` ends the processes and keeps their
 records and routes; :meth:`LocalServing.start` (and the next call that needs
@@ -51,8 +38,9 @@ that every version named is ready.
 
 Server packages: for the ``sklearn``/``xgboost`` runtimes the version's
 environment is extended with MLServer (:func:`.server.serving_environment`)
-and built by the :class:`~controller.backends.pipelines.venvs.VenvCache`, by
-default under ``$FLYWHEEL_VENV_CACHE`` or ``~/.cache/flywheel/venvs``.
+and built by the :class:`~controller.backends.local.venvs.VenvCache` given to
+the constructor; a custom server command runs in the version's own
+environment, built the same way.
 """
 
 from __future__ import annotations
@@ -62,11 +50,8 @@ import dataclasses
 import http.client
 import json
 import logging
-import os
 import re
-import secrets
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -74,8 +59,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.backends.pipelines.local import scrubbed_environment
-from controller.backends.pipelines.venvs import VenvBuildError, VenvCache
+from controller.backends.local.processes import is_alive, process_start_time
+from controller.backends.local.venvs import VenvBuildError, VenvCache
 from controller.backends.serving import (
     DeployedVersion,
     ServedVersion,
@@ -83,45 +68,30 @@ from controller.backends.serving import (
     check_weights,
     inference_request,
 )
-from controller.backends.serving.router import TOKEN_ENV, load_routes
+from controller.backends.serving.routers import Routers
 from controller.backends.serving.server import (
     LaunchPlan,
-    PortHolder,
     PortInUse,
     ProcessRecord,
     foreign_answer,
-    free_port,
-    http_json,
-    is_alive,
     is_ready,
+    launch,
     log_tail,
     plan_custom_server,
     plan_mlserver,
     port_holder,
-    process_start_time,
     serving_environment,
-    serving_may_see,
-    spawn_detached,
-    stop_process,
+    terminate,
 )
 from controller.clock import Clock
 from controller.specs.types import Environment
 
-__all__ = ["EnvironmentServing", "LocalServing", "ServerState", "default_venv_root"]
+__all__ = ["EnvironmentServing", "LocalServing", "ServerState"]
 
 log = logging.getLogger("flywheel.serving")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _LAUNCH_ATTEMPTS = 3
-
-
-def default_venv_root() -> Path:
-    """Where serving virtualenvs are cached: ``$FLYWHEEL_VENV_CACHE``, else the user cache."""
-    configured = os.environ.get("FLYWHEEL_VENV_CACHE")
-    if configured:
-        return Path(configured)
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "flywheel" / "venvs"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,6 +101,7 @@ class ServerState:
     model: str
     version: str
     url: str
+    metrics_url: str  # the server's own Prometheus endpoint
     pid: int | None
     running: bool
     weight: int | None  # None: not in the routes
@@ -188,6 +159,7 @@ class LocalServing:
         self.ready_timeout_seconds = ready_timeout_seconds
         self.stop_grace_seconds = stop_grace_seconds
         self._clock = clock
+        self._routers = Routers(self.state_dir, stop_grace_seconds=stop_grace_seconds, clock=clock)
         self._guard = threading.Lock()
         self._locks: dict[tuple[str, ...], threading.RLock] = {}
 
@@ -238,12 +210,7 @@ class LocalServing:
                 versions[label] = (record.url, weight)
             if versions == self._routes(environment.name).get(model, {}):
                 return  # routed so already: nothing to change, no router needed
-            router = self._ensure_router(environment)
-            if versions:
-                body = {"versions": {v: {"url": url, "weight": w} for v, (url, w) in versions.items()}}
-                self._admin(router, "PUT", f"/-/routes/{model}", body)
-            else:
-                self._admin(router, "DELETE", f"/-/routes/{model}")
+            self._routers.put_routes(self._ensure_router(environment), model, versions)
 
     def retire(self, *, environment: Environment, model: str, version: str) -> None:
         _check_names(environment.name, model, version)
@@ -255,12 +222,8 @@ class LocalServing:
                         f"version {version} of {model} still gets {routes[version][1]}% of the traffic in "
                         f"{environment.name}; shift it away before retiring"
                     )
-                router = self._ensure_router(environment)
-                remaining = {v: {"url": u, "weight": w} for v, (u, w) in routes.items() if v != version}
-                if remaining:
-                    self._admin(router, "PUT", f"/-/routes/{model}", {"versions": remaining})
-                else:
-                    self._admin(router, "DELETE", f"/-/routes/{model}")
+                remaining = {v: route for v, route in routes.items() if v != version}
+                self._routers.put_routes(self._ensure_router(environment), model, remaining)
             server_dir = self._server_dir(environment.name, model, version)
             self._stop_server(server_dir)
 
@@ -316,8 +279,6 @@ class LocalServing:
                     version=record.version,
                     url=record.url,
                     weight=routes.get(record.version, ("", 0))[1],
-                    pid=record.pid,
-                    metrics_url=record.metrics_url,
                     started_at=record.started_at,
                 )
             )
@@ -329,6 +290,11 @@ class LocalServing:
             return f"{self._ensure_router(environment).url}/v2/models/{model}"
 
     def metrics_url(self, *, environment: Environment) -> str:
+        """The router's Prometheus endpoint, with ``flywheel_requests_total`` and the latency histogram.
+
+        Not part of the Protocol: the composition root hands it to the
+        built-in metrics source for the environments this backend serves.
+        """
         _check_names(environment.name)
         with self._lock(environment.name):
             return self._ensure_router(environment).metrics_url
@@ -339,7 +305,7 @@ class LocalServing:
             with self._lock(env_dir.name):
                 for record_file in sorted(env_dir.glob("servers/*/*/server.json")):
                     self._stop_server(record_file.parent)
-                self._stop_router(env_dir)
+                self._routers.stop(env_dir.name, forget=True)
                 (env_dir / "routes.json").unlink(missing_ok=True)
 
     # ------------------------------------------------- stop, start, status
@@ -357,10 +323,8 @@ class LocalServing:
                 for record_file in sorted(env_dir.glob("servers/*/*/server.json")):
                     record = ProcessRecord.load(record_file)
                     if record is not None:
-                        stop_process(record.pid, record.process_start, grace_seconds=self.stop_grace_seconds)
-                record = ProcessRecord.load(env_dir / "router.json")
-                if record is not None:
-                    stop_process(record.pid, record.process_start, grace_seconds=self.stop_grace_seconds)
+                        terminate(record.pid, record.process_start, grace_seconds=self.stop_grace_seconds)
+                self._routers.stop(env_dir.name, forget=False)
         return before
 
     def start(self, environment: str | None = None) -> list[EnvironmentServing]:
@@ -371,8 +335,8 @@ class LocalServing:
         ready); the environments before it are started.
         """
         for env_dir in self._environment_dirs(environment):
-            record = ProcessRecord.load(env_dir / "router.json")
-            chosen = self._chosen_port(env_dir)
+            record = self._routers.record(env_dir.name)
+            chosen = self._routers.chosen_port(env_dir.name)
             if record is None and chosen is None and not (env_dir / "routes.json").exists():
                 continue  # nothing ever served here
             # The port it had: chosen by us (then free to move), or the spec's (then it must be that one).
@@ -386,9 +350,9 @@ class LocalServing:
         """What serves each environment (or one): router port and process, routes, recorded servers."""
         result = []
         for env_dir in self._environment_dirs(environment):
-            router = ProcessRecord.load(env_dir / "router.json")
+            router = self._routers.record(env_dir.name)
             alive = router is not None and is_alive(router.pid, router.process_start)
-            port = router.port if router is not None else self._chosen_port(env_dir)
+            port = router.port if router is not None else self._routers.chosen_port(env_dir.name)
             routes = self._routes(env_dir.name)
             servers = []
             for record_file in sorted(env_dir.glob("servers/*/*/server.json")):
@@ -402,6 +366,7 @@ class LocalServing:
                         model=record.model,
                         version=record.version,
                         url=record.url,
+                        metrics_url=record.metrics_url,
                         pid=record.pid if running else None,
                         running=running,
                         weight=None if route is None else route[1],
@@ -440,18 +405,19 @@ class LocalServing:
         return record
 
     def _venv_for(self, version: ServedVersion) -> Path | None:
-        if version.venv is not None:
-            return version.venv
         runtime = version.serving.runtime
         if version.environment is None:
             if runtime == "custom":
                 return None  # the controller's own PATH
             raise ServingError(
                 f"version {version.version} of {version.model}: the {runtime} runtime needs the model's "
-                "environment (or a virtualenv with MLServer)"
+                "environment"
             )
         if self._venvs is None:
-            self._venvs = VenvCache(default_venv_root())
+            raise ServingError(
+                f"cannot build the serving environment of {version.model}: this serving backend was "
+                "given no virtualenv cache"
+            )
         try:
             return self._venvs.ensure(serving_environment(version.environment, runtime))
         except VenvBuildError as exc:
@@ -476,7 +442,7 @@ class LocalServing:
         log_file = server_dir / "server.log"
         with open(log_file, "ab") as handle:
             handle.write(f"--- {self._clock.now():%Y-%m-%dT%H:%M:%SZ} starting {list(plan.argv)}\n".encode())
-        pid = spawn_detached(plan.argv, cwd=plan.cwd, env=plan.env, log=log_file)
+        pid = launch(plan.argv, cwd=plan.cwd, env=plan.env, log=log_file)
         record = ProcessRecord(
             kind="server",
             pid=pid,
@@ -534,7 +500,7 @@ class LocalServing:
     def _stop_server(self, server_dir: Path, *, keep_dir: bool = False) -> None:
         record = ProcessRecord.load(server_dir / "server.json")
         if record is not None:
-            stop_process(record.pid, record.process_start, grace_seconds=self.stop_grace_seconds)
+            terminate(record.pid, record.process_start, grace_seconds=self.stop_grace_seconds)
         if keep_dir:
             (server_dir / "server.json").unlink(missing_ok=True)
         else:
@@ -570,173 +536,15 @@ class LocalServing:
     # ---------------------------------------------------------------- router
 
     def _routes(self, environment: str) -> dict[str, dict[str, tuple[str, int]]]:
-        try:
-            return load_routes(self.state_dir / environment / "routes.json")
-        except (ValueError, ServingError):
-            return {}
+        return self._routers.routes(environment)
 
     def _ensure_router(self, environment: Environment) -> ProcessRecord:
-        """Our router of ``environment``, answering as ours on its port; started when it is not."""
+        """Our router of ``environment``; when it was started now, its stopped servers start again too."""
         with self._lock(environment.name):
-            env_dir = self.state_dir / environment.name
-            record = ProcessRecord.load(env_dir / "router.json")
-            if record is not None and record.pid is None:
-                record = self._adopt_router(record, env_dir)  # launched just before a crash?
-            if record is not None and is_alive(record.pid, record.process_start):
-                if environment.port in (None, record.port) and self._answers_as_ours(record, wait=5.0):
-                    if environment.port is None:
-                        self._remember_port(env_dir, record.port)
-                    return record
-                if environment.port not in (None, record.port):  # the spec moved it
-                    holder = port_holder(environment.port)
-                    if holder is not None:  # keep serving on the old port meanwhile
-                        raise _port_error(environment, holder)
-                self._stop_router(env_dir)
-            router = self._start_router(environment, env_dir)
-            self._revive_servers(environment.name)
+            router, started = self._routers.ensure(environment)
+            if started:
+                self._revive_servers(environment.name)
             return router
-
-    def _adopt_router(self, record: ProcessRecord, env_dir: Path) -> ProcessRecord | None:
-        """The router of an intent record if it runs and echoes the recorded identity; else None."""
-        status, answer = http_json(record.url, "/healthz")
-        if status == 200 and isinstance(answer, dict) and answer.get("instance") == record.instance:
-            pid = answer.get("pid")
-            if isinstance(pid, int):
-                adopted = dataclasses.replace(record, pid=pid, process_start=process_start_time(pid))
-                adopted.save(env_dir / "router.json")
-                return adopted
-        return None
-
-    def _answers_as_ours(self, record: ProcessRecord, *, wait: float) -> bool:
-        """Whether the router's port answers with the recorded identity (waiting while nothing answers)."""
-        deadline = time.monotonic() + wait
-        while True:
-            status, answer = http_json(record.url, "/healthz")
-            if status is not None:  # anything that answers without our identity is not our router
-                ours = isinstance(answer, dict) and answer.get("instance") == record.instance
-                return status == 200 and bool(record.instance) and ours
-            if not is_alive(record.pid, record.process_start) or time.monotonic() >= deadline:
-                return False
-            time.sleep(0.02)
-
-    def _start_router(self, environment: Environment, env_dir: Path) -> ProcessRecord:
-        env_dir.mkdir(parents=True, exist_ok=True)
-        explicit = environment.port
-        port = explicit or self._chosen_port(env_dir) or free_port()
-        for _ in range(_LAUNCH_ATTEMPTS):
-            holder = port_holder(port)
-            if holder is None:
-                try:
-                    record = self._launch_router(environment.name, env_dir, port)
-                except PortInUse as exc:
-                    holder = exc.holder or PortHolder(port=port)
-                else:
-                    if explicit is None:
-                        self._remember_port(env_dir, port)
-                    log.info(
-                        "%s serves on %s (OIP v2: POST %s/v2/models/<model>/infer)",
-                        environment.name, record.url, record.url,
-                    )
-                    return record
-            if explicit is not None:
-                raise _port_error(environment, holder)
-            moved = free_port()
-            log.warning("the router of %s moves to port %d: %s", environment.name, moved, holder.describe())
-            port = moved
-        raise ServingError(f"the router of {environment.name} found no free port to listen on")
-
-    def _launch_router(self, environment: str, env_dir: Path, port: int) -> ProcessRecord:
-        """Record the intent (port, identity, token), launch the router, and wait until it answers as ours."""
-        log_file = env_dir / "router.log"
-        record = ProcessRecord(
-            kind="router",
-            pid=None,
-            process_start=None,
-            port=port,
-            started_at=self._clock.timestamp(),
-            log=str(log_file),
-            token=secrets.token_urlsafe(24),
-            instance=secrets.token_hex(8),
-            environment=environment,
-        )
-        record.save(env_dir / "router.json")
-        argv = [
-            sys.executable, "-m", "controller.backends.serving.router",
-            "--port", str(port),
-            "--state", str(env_dir / "routes.json"),
-            "--environment", environment,
-            "--instance", record.instance,
-        ]
-        env = scrubbed_environment(keep=_router_may_see)
-        env[TOKEN_ENV] = record.token
-        pid = spawn_detached(argv, cwd=env_dir, env=env, log=log_file)
-        record = dataclasses.replace(record, pid=pid, process_start=process_start_time(pid))
-        record.save(env_dir / "router.json")
-        deadline = time.monotonic() + 30.0
-        while True:
-            status, answer = http_json(record.url, "/healthz")
-            if status == 200 and isinstance(answer, dict) and answer.get("instance") == record.instance:
-                return record
-            if status is not None:  # something else answers on the port: never ours
-                self._stop_router(env_dir)
-                holder = port_holder(port)
-                if holder is None and isinstance(answer, dict) and isinstance(answer.get("pid"), int):
-                    holder = PortHolder(port=port, pid=answer["pid"], command="another Flywheel router")
-                raise PortInUse(f"port {port} answers as someone else", port=port, holder=holder)
-            if not is_alive(record.pid, record.process_start):
-                self._stop_router(env_dir)
-                holder = port_holder(port)
-                if holder is not None:
-                    raise PortInUse(holder.describe(), port=port, holder=holder)
-                raise ServingError(
-                    f"the router of {environment} exited before it answered on port {port}; "
-                    f"log tail:\n{log_tail(log_file)}"
-                )
-            if time.monotonic() >= deadline:
-                self._stop_router(env_dir)
-                raise ServingError(
-                    f"the router of {environment} did not answer on port {port} in 30s; "
-                    f"log tail:\n{log_tail(log_file)}"
-                )
-            time.sleep(0.02)
-
-    def _stop_router(self, env_dir: Path) -> None:
-        record = ProcessRecord.load(env_dir / "router.json")
-        if record is not None:
-            stop_process(record.pid, record.process_start, grace_seconds=self.stop_grace_seconds)
-        (env_dir / "router.json").unlink(missing_ok=True)
-
-    def _chosen_port(self, env_dir: Path) -> int | None:
-        try:
-            port = json.loads((env_dir / "endpoint.json").read_text()).get("port")
-        except (OSError, ValueError, AttributeError):
-            return None
-        return port if isinstance(port, int) and 0 < port < 65536 else None
-
-    def _remember_port(self, env_dir: Path, port: int) -> None:
-        if self._chosen_port(env_dir) == port:
-            return
-        tmp = env_dir / ".endpoint.json.tmp"
-        tmp.write_text(json.dumps({"port": port}) + "\n")
-        os.replace(tmp, env_dir / "endpoint.json")
-
-    def _admin(self, router: ProcessRecord, method: str, path: str, body: Any = None) -> Any:
-        connection = http.client.HTTPConnection("127.0.0.1", router.port, timeout=10)
-        payload = None if body is None else json.dumps(body).encode()
-        headers = {"Authorization": f"Bearer {router.token}", "Content-Type": "application/json"}
-        try:
-            connection.request(method, path, body=payload, headers=headers)
-            response = connection.getresponse()
-            text = response.read().decode("utf-8", "replace")
-        except (OSError, http.client.HTTPException) as exc:
-            raise ServingError(
-                f"the router on port {router.port} did not answer {method} {path}: {exc}"
-            ) from exc
-        finally:
-            connection.close()
-        if response.status != 200:
-            raise ServingError(f"the router refused {method} {path} ({response.status}): {text}")
-        return json.loads(text)
 
     # ----------------------------------------------------------------- locks
 
@@ -748,20 +556,6 @@ class LocalServing:
     def _lock(self, *key: str) -> Iterator[None]:
         with self._lock_object(*key):
             yield
-
-
-def _router_may_see(name: str) -> bool:
-    """The router's environment: the serving allow-list, and PYTHONPATH (it imports this package)."""
-    return serving_may_see(name) or name == "PYTHONPATH"
-
-
-def _port_error(environment: Environment, holder: PortHolder) -> PortInUse:
-    return PortInUse(
-        f"the router of {environment.name} cannot listen: {holder.describe()}; stop that "
-        f"process, or set another serving.port in {environment.spec_path}",
-        port=holder.port,
-        holder=holder,
-    )
 
 
 def _ports_free(record: ProcessRecord) -> bool:

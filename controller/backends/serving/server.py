@@ -1,7 +1,7 @@
 """One model server process of the embedded home: what to run, launching it, finding it again, stopping it.
 
-:class:`~controller.backends.serving.local.LocalServing` uses these helpers;
-they also start the router process. What they pin down:
+:class:`~controller.backends.serving.local.LocalServing` uses these helpers,
+and :mod:`.routers` to start the router process. What they pin down:
 
 * **What runs.** For the ``sklearn`` and ``xgboost`` runtimes, MLServer (the
   server KServe runs for them) from the model's own virtualenv extended with
@@ -15,11 +15,11 @@ they also start the router process. What they pin down:
   model's source directory (the artifact directory when there is none) with
   the environment variables of :data:`CUSTOM_SERVER_ENV`, and must answer the
   same routes on ``FLYWHEEL_PORT`` (with ``/metrics`` on that port too).
-* **Detached.** A server is started by a short-lived launcher process in a new
-  session (``start_new_session``): it is no child of the controller, so it
-  outlives a ``kill -9`` of the controller and never becomes the controller's
-  zombie; being its own process group's leader, it is stopped with all its
-  children by ``killpg``.
+* **Detached.** A server is started detached, in a new session
+  (:func:`controller.backends.local.processes.spawn_detached`): it is no child
+  of the controller, so it outlives a ``kill -9`` of the controller and never
+  becomes the controller's zombie; being its own process group's leader, it
+  is stopped with all its children by ``killpg``.
 * **Recorded.** A :class:`ProcessRecord` (pid, the kernel's start time of that
   pid, ports, start time) is written atomically into the server directory, so
   a restarted controller finds the process again; a pid counts as the same
@@ -36,33 +36,35 @@ they also start the router process. What they pin down:
   command line, when this user may see them).
 * **No secrets.** A server or router gets only the variables of
   :func:`serving_may_see` (``PATH``, ``HOME``, locale, ``TMPDIR``, ...),
-  through the scrubbing that pipeline steps use
-  (:func:`~controller.backends.pipelines.local.scrubbed_environment`), plus
+  through the scrubbing that pipeline steps use too
+  (:func:`~controller.backends.local.processes.scrubbed_environment`), plus
   what its launch plan sets; never the controller's tokens or secrets.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import http.client
 import json
 import os
 import shlex
-import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import psutil
 
-from controller.backends.pipelines.local import scrubbed_environment, uses_shell
-from controller.backends.pipelines.venvs import EnvironmentSpec
+from controller.backends.local.processes import (
+    ProcessError,
+    scrubbed_environment,
+    spawn_detached,
+    stop_process,
+    uses_shell,
+)
+from controller.backends.python_env import PythonEnvironment
 from controller.backends.serving import ServedVersion, ServingError
 
 __all__ = [
@@ -76,16 +78,16 @@ __all__ = [
     "free_port",
     "http_json",
     "http_status",
-    "is_alive",
     "is_ready",
+    "launch",
+    "local_path",
     "log_tail",
     "plan_custom_server",
     "plan_mlserver",
     "port_holder",
     "serving_environment",
     "serving_may_see",
-    "spawn_detached",
-    "stop_process",
+    "terminate",
 ]
 
 LOOPBACK = "127.0.0.1"
@@ -122,20 +124,7 @@ def serving_may_see(name: str) -> bool:
     the launch plan, not inherited."""
     return name in _ALLOWED_ENV or name.startswith("LC_")
 
-# The launcher: starts the server in a new session with its output in the log file, prints its pid
-# and exits at once, so the server is re-parented away from the controller.
-_LAUNCHER = """\
-import json, os, subprocess, sys
-spec = json.loads(sys.stdin.read())
-with open(spec["log"], "ab") as log:
-    proc = subprocess.Popen(spec["argv"], cwd=spec["cwd"], env=spec["env"], stdin=subprocess.DEVNULL,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-print(proc.pid, flush=True)
-os._exit(0)
-"""
-
-
-def serving_environment(base: EnvironmentSpec, runtime: str) -> EnvironmentSpec:
+def serving_environment(base: PythonEnvironment, runtime: str) -> PythonEnvironment:
     """The model's environment plus the server packages of ``runtime`` (``custom``: unchanged)."""
     if runtime == "custom":
         return base
@@ -143,7 +132,17 @@ def serving_environment(base: EnvironmentSpec, runtime: str) -> EnvironmentSpec:
     if extra is None:
         raise ServingError(f"serving runtime {runtime!r} is not supported on the embedded home")
     requirements = base.requirements.rstrip("\n") + "\n" + "".join(f"{line}\n" for line in extra)
-    return EnvironmentSpec(requirements=requirements, python=base.python, platform=base.platform)
+    return PythonEnvironment(requirements=requirements, python=base.python, platform=base.platform)
+
+
+def local_path(uri: str, what: str) -> Path:
+    """The local directory ``uri`` names (a path, or a ``file:`` URI); :class:`ServingError` otherwise."""
+    parts = urlsplit(uri)
+    if parts.scheme == "file" and parts.netloc in ("", "localhost"):
+        return Path(unquote(parts.path))
+    if parts.scheme == "" and uri:
+        return Path(uri)
+    raise ServingError(f"the embedded home serves from local directories; the {what} is at {uri!r}")
 
 
 # ------------------------------------------------------------------ records
@@ -245,7 +244,7 @@ def plan_mlserver(version: ServedVersion, *, venv: Path, server_dir: Path) -> La
     mlserver = venv / "bin" / "mlserver"
     if not mlserver.exists():
         raise ServingError(f"{venv} has no MLServer (expected {mlserver})")
-    artifact = version.artifact_dir.resolve()
+    artifact = local_path(version.artifact_uri, "artifact").resolve()
     settings_file = artifact / "model-settings.json"
     model_settings: dict[str, Any] = {"implementation": implementation[0]}
     if settings_file.is_file():
@@ -293,12 +292,12 @@ def plan_custom_server(version: ServedVersion, *, venv: Path | None) -> LaunchPl
     env.update(
         FLYWHEEL_HOST=LOOPBACK,
         FLYWHEEL_PORT=str(port),
-        FLYWHEEL_MODEL_DIR=str(version.artifact_dir.resolve()),
+        FLYWHEEL_MODEL_DIR=str(local_path(version.artifact_uri, "artifact").resolve()),
         FLYWHEEL_MODEL_NAME=version.model,
         FLYWHEEL_MODEL_VERSION=version.version,
     )
     argv = ("/bin/sh", "-c", command) if uses_shell(command) else tuple(shlex.split(command))
-    cwd = (version.source_dir or version.artifact_dir).resolve()
+    cwd = local_path(version.source_uri or version.artifact_uri, "model's code").resolve()
     return LaunchPlan(argv=argv, cwd=cwd, env=env, port=port)
 
 
@@ -313,73 +312,20 @@ def free_port() -> int:
         return port
 
 
-def spawn_detached(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: Path) -> int:
-    """Start ``argv`` in a new session, detached from this process, with exactly ``env``; its pid."""
-    spec = json.dumps({"argv": list(argv), "cwd": str(cwd), "env": dict(env), "log": str(log)})
+def launch(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: Path) -> int:
+    """Start ``argv`` detached (a router or a server), with exactly ``env``; its pid."""
     try:
-        done = subprocess.run(
-            [sys.executable, "-I", "-c", _LAUNCHER], input=spec, capture_output=True, text=True,
-            timeout=30, check=False, env=dict(env),  # the launcher sees no more than what it starts
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ServingError(f"cannot start {argv[0]}: {exc}") from exc
-    if done.returncode != 0 or not done.stdout.strip().isdigit():
-        message = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ServingError(f"cannot start {shlex.join(argv)} in {cwd}: {message}")
-    return int(done.stdout.strip())
+        return spawn_detached(argv, cwd=cwd, env=env, log=log)
+    except ProcessError as exc:
+        raise ServingError(str(exc)) from exc
 
 
-def _stat(pid: int) -> list[str] | None:
+def terminate(pid: int | None, process_start: str | None, *, grace_seconds: float) -> None:
+    """Stop the recorded router or server with its process group (SIGTERM, then SIGKILL)."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name (field 2) is in parentheses and may contain spaces
-    return [text[: text.index(" ")], "comm", *text[text.rindex(")") + 2 :].split()]
-
-
-def process_start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot), None without /proc."""
-    fields = _stat(pid)
-    return fields[21] if fields and len(fields) > 21 else None
-
-
-def is_alive(pid: int | None, process_start: str | None) -> bool:
-    """Whether ``pid`` is the process that was recorded: running, not a zombie, same start time."""
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    fields = _stat(pid)
-    if fields is None:
-        return not Path("/proc/self/stat").exists()  # no /proc here: trust kill(0)
-    if fields[2] in ("Z", "X"):
-        return False
-    return process_start is None or fields[21] == process_start
-
-
-def stop_process(pid: int | None, process_start: str | None, *, grace_seconds: float = 5.0) -> None:
-    """Stop the recorded process and its process group: SIGTERM, then SIGKILL after ``grace_seconds``."""
-    if pid is None:
-        return
-    for sig, wait in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, 5.0)):
-        if not is_alive(pid, process_start):
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)  # a session leader: pgid == pid
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)  # reap it if it happens to be our child
-            if not is_alive(pid, process_start):
-                return
-            time.sleep(0.02)
-    if is_alive(pid, process_start):
-        raise ServingError(f"process {pid} did not stop")
+        stop_process(pid, process_start, grace_seconds=grace_seconds)
+    except ProcessError as exc:
+        raise ServingError(str(exc)) from exc
 
 
 def http_status(url: str, path: str, *, timeout: float = 2.0, method: str = "GET") -> int | None:

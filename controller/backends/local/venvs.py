@@ -1,19 +1,17 @@
 """Isolated virtualenvs for the embedded home, one per environment hash.
 
-A model's environment is fixed by its requirements file, its Python version
-and the platform: :class:`EnvironmentSpec` holds them and
-:func:`environment_hash` turns them into the hex digest that the run's cache
-key and the model version record. :class:`VenvCache` builds each environment
-once under a root directory and hands out the same path afterwards; the local
-pipeline runner calls it before a run, and the engine may call it ahead of
-time.
+:class:`VenvCache` builds each :class:`~controller.backends.python_env.PythonEnvironment`
+once under a root directory, named by its hash, and hands out the same path
+afterwards. The local pipeline runner calls it before a run, and local
+serving to build a model server's environment (the model's own, extended with
+the server's packages); the composition root gives both the same cache.
 
 How a build stays safe:
 
 * it happens in a temporary directory beside the final one, which is renamed
   into place (one atomic ``rename``) only after every package installed, with
-  a marker file inside recording the spec; so a venv path either does not
-  exist or is complete, and checking for it is one ``stat`` of the marker;
+  a marker file inside recording the environment; so a venv path either does
+  not exist or is complete, and checking for it is one ``stat`` of the marker;
 * an ``flock`` on a per-environment lock file keeps two processes from
   building the same environment at once (the second waits, then reuses);
 * a failed build removes its temporary directory and raises
@@ -29,35 +27,33 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+from controller.backends.python_env import PythonEnvironment
 from controller.specs.types import Model
 
 __all__ = [
     "MARKER",
-    "EnvironmentSpec",
+    "VENV_PREFIX",
     "VenvBuildError",
     "VenvCache",
-    "environment_hash",
-    "environment_spec_for",
     "find_uv",
+    "model_environment",
 ]
 
 MARKER = ".flywheel-env.json"
 """Written last into a complete virtualenv; its presence is what "built" means."""
 
-_HASH_FORMAT = 1
+VENV_PREFIX = "env-"
+"""A virtualenv's directory is this prefix and the start of its environment's hash."""
+
 _OUTPUT_TAIL_LINES = 40
 
 
@@ -65,42 +61,7 @@ class VenvBuildError(RuntimeError):
     """A virtualenv could not be built; the message ends with the installer's output tail."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class EnvironmentSpec:
-    requirements: str  # the content of the requirements file
-    python: str = "3.11"  # "3.11" or "3.11.7"
-    platform: str = sysconfig.get_platform()
-
-    def canonical_requirements(self) -> tuple[str, ...]:
-        """Requirement lines without comments, blank lines, duplicates or order.
-
-        Two files that ask for the same packages give the same environment.
-        """
-        lines: set[str] = set()
-        for raw in self.requirements.splitlines():
-            line = re.sub(r"(^|\s)#.*$", "", raw).strip()
-            if line:
-                lines.add(" ".join(line.split()))
-        return tuple(sorted(lines))
-
-    @property
-    def hash(self) -> str:
-        return environment_hash(self)
-
-
-def environment_hash(spec: EnvironmentSpec) -> str:
-    """sha256 hex digest of the canonicalised requirements, Python version and platform."""
-    canonical = {
-        "format": _HASH_FORMAT,
-        "python": spec.python.strip(),
-        "platform": spec.platform,
-        "requirements": list(spec.canonical_requirements()),
-    }
-    blob = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
-def environment_spec_for(model: Model, source_dir: Path) -> EnvironmentSpec:
+def model_environment(model: Model, source_dir: Path) -> PythonEnvironment:
     """The environment of ``model`` whose code was exported to ``source_dir``.
 
     ``Source.requirements`` is repo-relative, like ``Source.path``; the file is
@@ -117,7 +78,7 @@ def environment_spec_for(model: Model, source_dir: Path) -> EnvironmentSpec:
         content = path.read_text()
     except OSError as exc:
         raise VenvBuildError(f"cannot read requirements file {model.source.requirements}: {exc}") from exc
-    return EnvironmentSpec(requirements=content, python=model.source.python)
+    return PythonEnvironment(requirements=content, python=model.source.python)
 
 
 def find_uv() -> str | None:
@@ -151,15 +112,15 @@ class VenvCache:
         if use_uv and self._uv is None:
             raise VenvBuildError("uv was asked for but is neither on PATH nor importable")
 
-    def path_for(self, spec: EnvironmentSpec) -> Path:
+    def path_for(self, spec: PythonEnvironment) -> Path:
         # A prefix of the hash keeps script shebangs well under the kernel's 127-byte limit;
         # the full hash is in the marker.
-        return self.root / f"env-{spec.hash[:24]}"
+        return self.root / f"{VENV_PREFIX}{spec.hash[:24]}"
 
-    def is_built(self, spec: EnvironmentSpec) -> bool:
+    def is_built(self, spec: PythonEnvironment) -> bool:
         return (self.path_for(spec) / MARKER).is_file()
 
-    def ensure(self, spec: EnvironmentSpec) -> Path:
+    def ensure(self, spec: PythonEnvironment) -> Path:
         """The virtualenv for ``spec``, built now if it does not exist yet."""
         final = self.path_for(spec)
         if (final / MARKER).is_file():
@@ -206,7 +167,7 @@ class VenvCache:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _build(self, spec: EnvironmentSpec, tmp: Path, final: Path) -> None:
+    def _build(self, spec: PythonEnvironment, tmp: Path, final: Path) -> None:
         requirements = spec.canonical_requirements()
         req_file = tmp.parent / f"{tmp.name}.requirements.txt"
         req_file.write_text("".join(f"{line}\n" for line in requirements))
@@ -222,7 +183,7 @@ class VenvCache:
         return [arg for path in self.find_links for arg in ("--find-links", str(path))]
 
     def _build_with_uv(
-        self, uv: str, spec: EnvironmentSpec, tmp: Path, final: Path, req_file: Path, any_req: bool
+        self, uv: str, spec: PythonEnvironment, tmp: Path, final: Path, req_file: Path, any_req: bool
     ) -> None:
         env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
         env.pop("VIRTUAL_ENV", None)
@@ -253,7 +214,7 @@ class VenvCache:
             )
 
     def _build_with_pip(
-        self, spec: EnvironmentSpec, tmp: Path, final: Path, req_file: Path, any_req: bool
+        self, spec: PythonEnvironment, tmp: Path, final: Path, req_file: Path, any_req: bool
     ) -> None:
         wanted = ".".join(spec.python.split(".")[:2])
         interpreter = _current_interpreter_if(spec.python) or shutil.which(f"python{wanted}")

@@ -1,0 +1,102 @@
+"""One settings tree, loaded once, for ``flywheel run`` and ``flywheel serve`` alike.
+
+Pins down: :func:`load_settings` keeps the command line's values and reads
+GitHub (only when a repository is named), Slack (only with a bot token) and,
+for ``serve`` only, the webhook service's secrets and address; a malformed
+value is a :class:`SettingsError` naming its variable (the CLI's one-line
+errors are pinned in ``test_cli_errors.py``); no secret shows in the tree's
+``repr``; the tree cannot be changed once loaded; the shared virtualenv cache
+defaults to ``$FLYWHEEL_VENV_CACHE``, else the user's cache directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from controller.settings import (
+    ENV_SECRET,
+    ControllerSettings,
+    LocalSettings,
+    Settings,
+    SettingsError,
+    SlackSettings,
+    default_venv_cache,
+    load_settings,
+)
+
+OPTIONS = ControllerSettings(repo="/srv/ml", state_dir=Path("/srv/state"), interval_seconds=2.0)
+GITHUB = {"FLYWHEEL_GITHUB_REPOSITORY": "octo/ml", "FLYWHEEL_GITHUB_TOKEN": "ghp_secret"}
+
+
+def test_run_gets_the_command_line_and_nothing_it_was_not_given() -> None:
+    settings = load_settings(OPTIONS, local=LocalSettings(venv_dir=Path("/srv/venvs")), environ={})
+    assert settings == Settings(controller=OPTIONS, local=LocalSettings(venv_dir=Path("/srv/venvs")))
+    assert (settings.github, settings.slack, settings.webhooks) == (None, None, None)
+
+
+def test_github_and_slack_come_from_the_environment() -> None:
+    environ = {
+        **GITHUB,
+        "FLYWHEEL_GITHUB_POLL_SECONDS": "30",
+        "FLYWHEEL_SLACK_BOT_TOKEN": "xoxb-from-env",
+        "FLYWHEEL_SLACK_API_URL": "http://127.0.0.1:9/api/",
+    }
+    settings = load_settings(OPTIONS, environ=environ)
+    assert settings.github is not None
+    assert (settings.github.repository, settings.github.poll_seconds, settings.github.check_mode) == (
+        "octo/ml",
+        30,
+        "statuses",
+    )
+    assert settings.slack == SlackSettings(token="xoxb-from-env", api_url="http://127.0.0.1:9/api/")
+    assert load_settings(OPTIONS, environ={"FLYWHEEL_GITHUB_TOKEN": "t"}).github is None  # no repository
+
+
+def test_the_slack_token_is_read_from_the_environment_only_when_set() -> None:
+    assert load_settings(OPTIONS, environ={"FLYWHEEL_SLACK_BOT_TOKEN": "xoxb-1"}).slack == SlackSettings(
+        token="xoxb-1"
+    )
+    assert load_settings(OPTIONS, environ={}).slack is None
+    with pytest.raises(SettingsError, match=r"FLYWHEEL_SLACK_API_URL is 'slack\.com/api'"):
+        load_settings(OPTIONS, environ={"FLYWHEEL_SLACK_API_URL": "slack.com/api"})  # checked without a token
+
+
+def test_serve_gets_the_webhook_service_and_needs_its_secret() -> None:
+    settings = load_settings(OPTIONS, webhooks=("0.0.0.0", 9000), environ={ENV_SECRET: "s3cret"})
+    assert settings.webhooks is not None
+    assert (settings.webhooks.host, settings.webhooks.port) == ("0.0.0.0", 9000)
+    assert settings.webhooks.github_secrets == ("s3cret",)
+    with pytest.raises(SettingsError, match=f"{ENV_SECRET} is not set"):
+        load_settings(OPTIONS, webhooks=("127.0.0.1", 8080), environ={})
+    assert load_settings(OPTIONS, environ={}).webhooks is None  # run: no secret needed
+
+
+def test_github_settings_name_the_variable_that_is_wrong() -> None:
+    environ = {"FLYWHEEL_GITHUB_REPOSITORY": "o/r", "FLYWHEEL_GITHUB_PRIVATE_KEY": "k"}
+    with pytest.raises(SettingsError, match="FLYWHEEL_GITHUB_APP_ID and FLYWHEEL_GITHUB_INSTALLATION_ID"):
+        load_settings(OPTIONS, environ=environ)
+
+
+def test_no_secret_shows_in_the_settings_repr() -> None:
+    environ = {**GITHUB, "FLYWHEEL_SLACK_BOT_TOKEN": "xoxb-secret", ENV_SECRET: "hook-secret"}
+    settings = load_settings(OPTIONS, webhooks=("127.0.0.1", 8080), environ=environ)
+    shown = repr(settings)
+    assert "octo/ml" in shown
+    assert not any(secret in shown for secret in ("ghp_secret", "xoxb-secret", "hook-secret"))
+
+
+def test_the_settings_cannot_change_once_loaded() -> None:
+    settings = load_settings(OPTIONS, environ={})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.controller.repo = "elsewhere"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.github = None  # type: ignore[misc]
+
+
+def test_the_shared_virtualenv_cache(tmp_path: Path) -> None:
+    assert default_venv_cache({"FLYWHEEL_VENV_CACHE": str(tmp_path)}) == tmp_path
+    assert default_venv_cache({"XDG_CACHE_HOME": "/cache"}) == Path("/cache/flywheel/venvs")
+    assert default_venv_cache({}) == Path.home() / ".cache" / "flywheel" / "venvs"
