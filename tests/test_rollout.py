@@ -29,7 +29,7 @@ from controller.engine.commands import Actor, Commands
 from controller.engine.notices import NotifierSender
 from controller.engine.outbox import deliver_due
 from controller.engine.rollout import RolloutEngine
-from controller.engine.rollout_state import load_state
+from controller.engine.rollout_state import load_requests, load_state
 from controller.specs import load_tree
 from controller.specs.types import Catalog, Model
 
@@ -355,3 +355,29 @@ def test_rollback_after_a_finished_rollout_serves_the_previous_version(world: Wo
     assert world.serving.traffic("production", "iris") == {"v1": 100}
     assert world.store.served_at(environment="production", model="iris", at=world.clock.now()) == [(1, 100)]
     assert any(e.action == "rollout.rolled_back" for e in world.store.audit(model="iris"))
+
+
+def test_commands_record_requests_and_never_change_the_state(world: World) -> None:
+    engine = world.engine()
+    _to_canary(world, engine)
+    before = world.rollout(2)
+    commands = world.commands()
+    bob = Actor("cli", "bob")
+    assert commands.control(bob, command="pause", model="iris", reason="lunch").ok
+    again = commands.control(bob, command="pause", model="iris")
+    assert again.ok and "already paused" in again.message  # the pending pause counts
+    assert commands.control(bob, command="promote", model="iris").ok
+    assert commands.control(Actor("cli", "erin"), command="abort", model="iris", reason="bad data").ok
+    twice = commands.control(bob, command="rollback", model="iris")
+    assert twice.ok and "already being stopped" in twice.message
+    after = world.rollout(2)
+    assert load_state(after) == load_state(before) and not after.paused
+    assert [(r.kind, r.by, r.reason) for r in load_requests(after)] == [
+        ("pause", "bob", "lunch"),
+        ("promote", "bob", ""),
+        ("abort", "erin", "bad data"),
+    ]
+    engine.tick()  # the planner takes them: the stop wins over the pause, and each is consumed
+    rollout = world.rollout(2)
+    assert rollout.state == "rolling_back" and load_requests(rollout) == ()
+    assert rollout.paused and "abort by erin: bad data" in _reason(rollout)

@@ -471,10 +471,11 @@ def test_a_resume_lets_the_phase_go_on_as_if_never_paused(phase: str) -> None:
 )
 def test_a_stop_rolls_back_from_every_phase(phase: str, kind: RequestKind, final: str) -> None:
     paused = at(phase, pause=Pause("bob", announced=True))  # a stop is carried out even when paused
-    result = plan(paused, requests=(request(kind, by="erin", reason="bad data"),), stable=1)
+    promote = request("promote", stage=1, step=0)  # waiting for its step: pointless once it rolls back
+    result = plan(paused, requests=(promote, request(kind, by="erin", reason="bad data")), stable=1)
     assert effects(result) == []
     (save,) = of(result, Save)
-    assert save.consumed == {f"{kind}-1"} and save.state.phase == "rolling_back"
+    assert save.consumed == {f"{kind}-1", "promote-1"} and save.state.phase == "rolling_back"
     assert save.state.outcome == Outcome(final, f"{kind} by erin: bad data")
     assert save.state.stop is None
     assert of(result, Audit)[0].detail["final"] == final

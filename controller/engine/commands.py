@@ -332,7 +332,9 @@ class Commands:
             paused = command == "pause"
             if (paused_by(state, pending) is not None) == paused:
                 already = "paused" if paused else "not paused"
-        elif command in ("abort", "rollback") and stop_of(state, pending) is not None:
+        elif command in ("abort", "rollback") and (
+            state.phase == "rolling_back" or stop_of(state, pending) is not None
+        ):
             already = "being stopped"
         if already is not None:
             return CommandOutcome(

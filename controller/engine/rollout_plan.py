@@ -141,7 +141,7 @@ def plan_rollout(
     state: RolloutState, observations: Observations, *, catalog: Catalog, now: datetime
 ) -> RolloutPlan:
     """The next actions for an active rollout, and the state they lead to; ``catalog`` is main's."""
-    script = _Script(state, now)
+    script = _Script(state, now, observations.requests)
     if not state.active:
         return script.plan()
     model = catalog.models.get(state.model)
@@ -194,12 +194,12 @@ class _Context:
 
 
 def _take_requests(script: _Script, requests: Sequence[Request]) -> None:
-    """Pause, resume and stops take effect now; a promote waits for its canary step (or is dropped)."""
+    """Pause, resume and stops take effect now; a promote waits in a canary step, and is dropped elsewhere."""
     state = script.state
     pause = paused_by(state, requests)
     stop = stop_of(state, requests) if state.phase != "rolling_back" else state.stop
     for request in requests:
-        if request.kind != "promote":
+        if request.kind != "promote" or state.phase != "canary":
             script.consume(request)
     script.update(replace(state, pause=pause, stop=stop))
 
@@ -238,9 +238,7 @@ def _deploy(script: _Script, ctx: _Context) -> None:
 
 def _enter_step(script: _Script, ctx: _Context, *, step: int, stable: int | None, failures: int) -> None:
     weight = ctx.stage.canary[step].weight
-    for request in ctx.seen.requests:  # a promote counts for the step it was asked in only
-        if request.kind == "promote":
-            script.consume(request)
+    script.drop_promotes()  # a promote counts for the step it was asked in only
     script.transition(
         "canary",
         {"step": step, "weight": weight},
@@ -428,9 +426,10 @@ class _Script:
     request leaves the row together with the state it led to.
     """
 
-    def __init__(self, state: RolloutState, now: datetime) -> None:
+    def __init__(self, state: RolloutState, now: datetime, requests: Sequence[Request] = ()) -> None:
         self.state = state
         self.now = now
+        self.requests = tuple(requests)
         self.actions: list[Action] = []
         self._consumed: set[str] = set()
         self._unsaved = False
@@ -449,6 +448,11 @@ class _Script:
 
     def consume(self, request: Request) -> None:
         self._consumed.add(request.id)
+
+    def drop_promotes(self) -> None:
+        for request in self.requests:
+            if request.kind == "promote":
+                self.consume(request)
 
     def save(self, state: RolloutState) -> None:
         self.actions.append(Save(state, frozenset(self._consumed)))
@@ -469,6 +473,7 @@ class _Script:
         changes: dict[str, Any] = {"outcome": Outcome(final, reason), "stop": None}
         if stable is not None:
             changes["stable"] = stable
+        self.drop_promotes()
         self.transition("rolling_back", {"final": final, "reason": reason}, **changes)
 
     def finish(self, final: Ending, reason: str) -> None:
