@@ -42,6 +42,7 @@ from controller.backends.serving import inference_request
 from controller.backends.serving.server import free_port
 from controller.backends.store import RolloutRecord
 from controller.engine.commands import Actor, Commands
+from controller.engine.rollout_state import load_state
 from controller.scaffold import scaffold
 from controller.settings import ControllerSettings, LocalSettings, Settings, default_venv_cache
 
@@ -262,9 +263,9 @@ class _Demo:
     def _state(self, version: int) -> str | None:
         rollout = self._rollout(version)
         if rollout is not None and rollout.state in ("rolled_back", "failed", "rejected", "aborted"):
-            raise DemoError(
-                f"the rollout of v{version} ended {rollout.state}: {rollout.detail.get('reason')}"
-            )
+            outcome = load_state(rollout).outcome
+            why = outcome.reason if outcome is not None else "no reason recorded"
+            raise DemoError(f"the rollout of v{version} ended {rollout.state}: {why}")
         return rollout.state if rollout else None
 
     def _at_gate(self, version: int) -> bool:

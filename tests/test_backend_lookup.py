@@ -29,6 +29,7 @@ from controller.backends.store import ModelVersion, Store, open_store
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.proposals import ProposalReconciler
 from controller.engine.rollout import RolloutEngine
+from controller.engine.rollout_state import load_state
 from controller.scaffold import scaffold
 from controller.settings import ControllerSettings, Settings
 from controller.specs import load_tree
@@ -149,7 +150,8 @@ def test_a_rollout_to_an_environment_whose_backend_is_missing_fails_with_that_re
     engine.run_until_settled()
     (rollout,) = store.rollouts_for("iris")
     assert rollout.state == "failed" and not rollout.active
-    assert rollout.detail["reason"] == f"deploy to staging failed: {MISSING_SERVING}"
+    outcome = load_state(rollout).outcome
+    assert outcome is not None and outcome.reason == f"deploy to staging failed: {MISSING_SERVING}"
     assert local.count("deploy") == 0 and local.count("set_weights") == 0
 
 

@@ -29,6 +29,7 @@ from controller.engine.approvals import resolve_user
 from controller.engine.commands import Commands, main_policy
 from controller.engine.comments import HELP, CommentOutcome, handle_comment, parse_commands
 from controller.engine.outbox import deliver_due
+from controller.engine.rollout_state import load_requests, load_state, paused_by
 from controller.engine.trust import record_pull_request
 from controller.specs import Catalog, load_tree
 from tests.fakes.github_api import FakeGitHub, issue_comment_event, pull_request_event
@@ -239,7 +240,8 @@ def test_reject_and_pause_go_through_commands(store: Store, catalog: Catalog) ->
     outcome = say(store, catalog, "/flywheel reject iris production\n/flywheel pause iris", login="alice-ml")
     assert [r.ok for r in outcome.results] == [False, True]  # alice is not a business owner; may pause
     (rollout,) = store.rollouts_for("iris")
-    assert rollout.paused
+    pause = paused_by(load_state(rollout), load_requests(rollout))  # asked for: the planner holds it
+    assert pause is not None and pause.by == "alice"
     actions = [e.action for e in store.audit()]
     assert actions[-2:] == ["command.refused", "command.pause"]
 

@@ -1,22 +1,37 @@
 """Planning a proposal head: start, reuse on a cache hit, cancel the superseded, resume the orphaned,
 report a bad spec without blocking the other models, and judge a finished run again (never train it
-again) when production has moved on since it was compared."""
+again) when production has moved on since it was compared; an untrusted head runs nothing and is told so
+once. Planning the release branch: a model's content runs once there, a judged run left without its
+version is released, one left queued by a stopped controller is resumed. Starting queued runs: oldest
+first up to the limit, a moved-on proposal's dropped, a missing runner an error that takes no room. All
+without backends."""
 
 from __future__ import annotations
 
+import pytest
+
 from controller.engine.plan import (
     CancelRun,
+    DropQueued,
+    FailToStart,
+    HoldHead,
+    LaunchRun,
     ModelHead,
     PriorRun,
+    QueuedRun,
     Rejudge,
+    Release,
     ReportSpecErrors,
     ResumeRun,
     ReuseRun,
     StartRun,
+    Trust,
     plan_closed,
+    plan_launches,
     plan_proposal,
+    plan_release,
 )
-from controller.specs.types import Location, Model, Source, SpecError
+from controller.specs.types import Gate, Location, Model, Source, SpecError
 
 MODEL = Model(name="iris", spec_path="specs/iris/model.yaml", source=Source("specs/iris", "r.txt"))
 ERROR = SpecError(Location("specs/bad/model.yaml", 3, 5), "spec.params", "expected an object, got 'x'")
@@ -105,3 +120,115 @@ def test_only_succeeded_runs_of_the_head_on_a_proposal_are_judged_again() -> Non
     assert plan_proposal(ref="b", commit="c2", heads=[older]) == [ReuseRun("iris", "b", "c2", "k1", 1)]
     release = ModelHead("iris", MODEL, cache_key="k1", latest=_judged("succeeded", 1), production=None)
     assert plan_proposal(ref="main", commit="c1", heads=[release], compare=False) == []
+
+
+# ------------------------------------------------------------------ trust
+
+
+def test_an_untrusted_head_runs_nothing_and_is_held_once() -> None:
+    heads = [ModelHead("iris", MODEL, cache_key="k2"), ModelHead("bad", None, errors=(ERROR,))]
+    refused = Trust(False, "waits for /flywheel ok-to-test")
+    assert plan_proposal(ref="b", commit="c2", heads=heads, trust=refused) == [
+        HoldHead("b", "c2", ("iris", "bad"), "waits for /flywheel ok-to-test")
+    ]
+    told = Trust(False, "waits for /flywheel ok-to-test", told=True)
+    assert plan_proposal(ref="b", commit="c2", heads=heads, trust=told) == []
+    assert plan_proposal(ref="b", commit="c2", heads=[], trust=refused) == []  # changes nothing: no status
+    admitted = plan_proposal(ref="b", commit="c2", heads=heads, trust=Trust(True))
+    assert admitted == plan_proposal(ref="b", commit="c2", heads=heads)
+
+
+# ---------------------------------------------------------------- release
+
+GATED = Model(
+    name="iris",
+    spec_path="specs/iris/model.yaml",
+    source=Source("specs/iris", "r.txt"),
+    gates=(Gate(metric="accuracy", min=0.8),),
+)
+
+
+def _main(status: str, *, commit: str = "m1", key: str = "k1", **more: object) -> PriorRun:
+    return PriorRun(1, "iris", commit, key, status, **more)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("latest", "model", "running", "actions"),
+    [
+        (None, MODEL, (), [StartRun("iris", "main", "m1", "k1")]),
+        (_main("succeeded", gates=("passed",)), GATED, (), [Release(1, "iris")]),
+        (_main("succeeded", commit="m0"), MODEL, (), [Release(1, "iris")]),  # no gates to judge
+        (_main("succeeded", gates=("passed",), registered=True), GATED, (), []),
+        (_main("succeeded", gates=("passed", "failed")), GATED, (), []),
+        (_main("succeeded"), GATED, (), []),  # not judged yet: judged when collected
+        (_main("failed"), MODEL, (), []),  # the same content failed: not trained again by itself
+        (_main("running"), MODEL, (1,), []),
+        (_main("running", commit="m0"), MODEL, (), [ResumeRun(1, "iris", "main", "m0")]),
+        (_main("queued"), MODEL, (), [ResumeRun(1, "iris", "main", "m1")]),
+        (_main("succeeded", commit="m0", key="k0"), MODEL, (), [StartRun("iris", "main", "m1", "k1")]),
+        (
+            _main("running", commit="m0", key="k0"),
+            MODEL,
+            (1,),
+            [CancelRun(1, "iris", "superseded by m1"), StartRun("iris", "main", "m1", "k1")],
+        ),
+    ],
+    ids=[
+        "first",
+        "judged-and-passed",
+        "no-gates",
+        "registered",
+        "gate-failed",
+        "not-judged",
+        "failed",
+        "running-here",
+        "orphaned-older-commit",
+        "orphaned",
+        "new-content",
+        "new-content-while-running",
+    ],
+)
+def test_every_model_on_main_gets_one_run_of_its_content_and_a_version_of_it(
+    latest: PriorRun | None, model: Model, running: tuple[int, ...], actions: list[object]
+) -> None:
+    head = ModelHead("iris", model, cache_key="k1", latest=latest)
+    assert plan_release(ref="main", commit="m1", heads=[head], running_here=running) == actions
+
+
+def test_on_main_a_cache_hit_of_a_reviewed_run_ships_what_was_reviewed() -> None:
+    reviewed = PriorRun(7, "iris", "p1", "k1", "succeeded")
+    head = ModelHead("iris", MODEL, cache_key="k1", reusable=reviewed)
+    assert plan_release(ref="main", commit="m1", heads=[head]) == [ReuseRun("iris", "main", "m1", "k1", 7)]
+
+
+# -------------------------------------------------------------- launching
+
+
+def _queued(run_id: int, ref: str = "b", commit: str = "c1", **more: object) -> QueuedRun:
+    return QueuedRun(run_id, "iris", ref, commit, **more)  # type: ignore[arg-type]
+
+
+def test_queued_runs_start_oldest_first_while_there_is_room() -> None:
+    queued = [_queued(3), _queued(1), _queued(2, ref="main", commit="m0")]
+    heads = {"b": "c1", "main": "m1"}
+    actions = plan_launches(queued=queued, heads=heads, release_branch="main", running=(), limit=2)
+    assert actions == [LaunchRun(1, "iris", "b", "c1"), LaunchRun(2, "iris", "main", "m0")]
+    assert plan_launches(queued=queued, heads=heads, release_branch="main", running=(9, 8), limit=2) == []
+    assert plan_launches(queued=queued, heads=heads, release_branch="main", running=(1,), limit=2) == [
+        LaunchRun(2, "iris", "main", "m0")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("queued", "actions"),
+    [
+        ([_queued(1, commit="c0"), _queued(2)], [DropQueued(1, "the proposal moved on before it ran")]),
+        ([_queued(1, ref="gone"), _queued(2)], [DropQueued(1, "the proposal moved on before it ran")]),
+        ([_queued(1, found=False), _queued(2)], []),
+        ([_queued(1, runner_error="no argo here"), _queued(2)], [FailToStart(1, "iris", "no argo here")]),
+    ],
+    ids=["moved-on", "branch-gone", "model-gone", "runner-missing"],
+)
+def test_a_queued_run_that_cannot_start_takes_no_room(queued: list[QueuedRun], actions: list[object]) -> None:
+    planned = plan_launches(queued=queued, heads={"b": "c1"}, release_branch="main", running=(), limit=1)
+    assert planned == [*actions, LaunchRun(2, "iris", "b", "c1")]

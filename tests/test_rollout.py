@@ -23,12 +23,13 @@ from controller.backends.metrics.fake import FakeMetrics
 from controller.backends.notify.fake import FakeNotifier
 from controller.backends.serving import ServedVersion
 from controller.backends.serving.fake import FakeServing
-from controller.backends.store import ModelVersion, Store, open_store
+from controller.backends.store import ModelVersion, RolloutRecord, Store, open_store
 from controller.clock import FakeClock
 from controller.engine.commands import Actor, Commands
 from controller.engine.notices import NotifierSender
 from controller.engine.outbox import deliver_due
 from controller.engine.rollout import RolloutEngine
+from controller.engine.rollout_state import load_requests, load_state
 from controller.specs import load_tree
 from controller.specs.types import Catalog, Model
 
@@ -113,6 +114,16 @@ def world(tmp_path: Path) -> Iterator[World]:
     store.close()
 
 
+def _reason(rollout: RolloutRecord) -> str:
+    outcome = load_state(rollout).outcome
+    return outcome.reason if outcome is not None else ""
+
+
+def _step_started(rollout: RolloutRecord) -> datetime | None:
+    canary = load_state(rollout).canary
+    return canary.started_at if canary is not None else None
+
+
 def _settle(world: World, engine: RolloutEngine, *, seconds: float = 0.0, ticks: int = 30) -> None:
     for _ in range(ticks):
         engine.tick()
@@ -187,7 +198,7 @@ def test_failing_canary_rolls_back_by_itself_and_stable_keeps_all_traffic(world:
     assert ("production", "iris", "v2") not in world.serving.running
     assert world.store.served_at(environment="production", model="iris", at=world.clock.now()) == [(1, 100)]
     assert "rolled_back" in world.deliver()
-    assert "success-rate = 0.7" in rollout.detail["reason"]
+    assert "success-rate = 0.7" in _reason(rollout)
 
 
 def test_canary_without_traffic_holds_as_inconclusive_and_never_promotes(world: World) -> None:
@@ -200,8 +211,9 @@ def test_canary_without_traffic_holds_as_inconclusive_and_never_promotes(world: 
     rollout = world.rollout(2)
     assert (rollout.state, rollout.step_index, rollout.analysis_failures) == ("canary", 0, 0)
     assert world.serving.traffic("production", "iris") == {"v2": 20, "v1": 80}
-    assert rollout.detail["last_decision"]["action"] == "hold"
-    assert "inconclusive" in rollout.detail["last_decision"]["reason"]
+    last = load_state(rollout).last_round
+    assert last is not None and last.decision.action == "hold"
+    assert "inconclusive" in last.decision.reason
     kinds = world.deliver()
     assert kinds.count("analysis_inconclusive") == 1  # told once per hold, not every round
     assert "promoted" not in [k for k in kinds[kinds.index("analysis_inconclusive") :]]
@@ -278,7 +290,7 @@ def test_restarted_engine_resumes_the_same_step_without_repeating_anything(world
     fresh.tick()
     after = world.rollout(2)
     assert (after.state, after.step_index) == ("canary", 1)
-    assert after.detail["step_started_at"] == before.detail["step_started_at"]
+    assert _step_started(after) == _step_started(before) is not None
     assert world.serving.starts == starts and world.serving.weight_changes == changes
     assert len(world.store.due_messages(now=world.clock.now() + timedelta(days=1), limit=1000)) == queued
     kinds = world.deliver()
@@ -309,7 +321,7 @@ def test_abort_restores_the_stable_version(world: World) -> None:
     assert world.commands().control(Actor("cli", "erin"), command="abort", model="iris", reason="bad data").ok
     _settle(world, engine, ticks=3)
     rollout = world.rollout(2)
-    assert rollout.state == "aborted" and "erin" in rollout.detail["reason"]
+    assert rollout.state == "aborted" and "erin" in _reason(rollout)
     assert world.serving.traffic("production", "iris") == {"v1": 100}
 
 
@@ -321,7 +333,7 @@ def test_failed_smoke_test_never_sends_traffic_to_the_version(world: World) -> N
     engine.start(v2, world.catalog.models["iris"])
     _settle(world, engine, ticks=5)
     rollout = world.rollout(2)
-    assert rollout.state == "failed" and "smoke test" in rollout.detail["reason"]
+    assert rollout.state == "failed" and "smoke test" in _reason(rollout)
     assert world.serving.traffic("staging", "iris") == {"v1": 100}
     assert world.serving.traffic("production", "iris") == {"v1": 100}
 
@@ -343,3 +355,29 @@ def test_rollback_after_a_finished_rollout_serves_the_previous_version(world: Wo
     assert world.serving.traffic("production", "iris") == {"v1": 100}
     assert world.store.served_at(environment="production", model="iris", at=world.clock.now()) == [(1, 100)]
     assert any(e.action == "rollout.rolled_back" for e in world.store.audit(model="iris"))
+
+
+def test_commands_record_requests_and_never_change_the_state(world: World) -> None:
+    engine = world.engine()
+    _to_canary(world, engine)
+    before = world.rollout(2)
+    commands = world.commands()
+    bob = Actor("cli", "bob")
+    assert commands.control(bob, command="pause", model="iris", reason="lunch").ok
+    again = commands.control(bob, command="pause", model="iris")
+    assert again.ok and "already paused" in again.message  # the pending pause counts
+    assert commands.control(bob, command="promote", model="iris").ok
+    assert commands.control(Actor("cli", "erin"), command="abort", model="iris", reason="bad data").ok
+    twice = commands.control(bob, command="rollback", model="iris")
+    assert twice.ok and "already being stopped" in twice.message
+    after = world.rollout(2)
+    assert load_state(after) == load_state(before) and not after.paused
+    assert [(r.kind, r.by, r.reason) for r in load_requests(after)] == [
+        ("pause", "bob", "lunch"),
+        ("promote", "bob", ""),
+        ("abort", "erin", "bad data"),
+    ]
+    engine.tick()  # the planner takes them: the stop wins over the pause, and each is consumed
+    rollout = world.rollout(2)
+    assert rollout.state == "rolling_back" and load_requests(rollout) == ()
+    assert rollout.paused and "abort by erin: bad data" in _reason(rollout)

@@ -39,6 +39,7 @@ from controller.backends.serving.server import ProcessRecord, free_port
 from controller.backends.store import ModelVersion, RolloutRecord, Store, open_store
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.rollout import RolloutEngine
+from controller.engine.rollout_state import load_state
 from controller.specs.types import (
     Analysis,
     AnalysisCheck,
@@ -135,6 +136,11 @@ def _register(store: Store, n: int) -> ModelVersion:
     )
 
 
+def _reason(rollout: RolloutRecord) -> str:
+    outcome = load_state(rollout).outcome
+    return outcome.reason if outcome is not None else ""
+
+
 def _until(
     engine: RolloutEngine, store: Store, version: int, done: Callable[[RolloutRecord], bool]
 ) -> RolloutRecord:
@@ -189,8 +195,8 @@ def test_canary_failing_on_part_of_its_inputs_rolls_back_by_itself(
     finally:
         stop.set()
         thread.join(10)
-    assert rollout.state == "rolled_back", rollout.detail
-    assert rollout.analysis_failures == 2 and "success-rate" in rollout.detail["reason"]
+    assert rollout.state == "rolled_back", load_state(rollout)
+    assert rollout.analysis_failures == 2 and "success-rate" in _reason(rollout)
     assert {status for status, version in answers if version == "v1"} == {200}  # stable kept serving
     assert any(status == 500 for status, version in answers if version == "v2")
     assert [_send(url, ROWS[1]) for _ in range(20)] == [(200, "v1")] * 20  # all traffic back on v1
@@ -210,11 +216,9 @@ def test_canary_without_traffic_holds_and_never_promotes(serving: LocalServing, 
         time.sleep(0.2)
     rollout = next(r for r in store.rollouts_for("m") if r.version == 2)
     assert (rollout.state, rollout.weight, rollout.analysis_failures) == ("canary", 50, 0)
-    assert rollout.detail["last_decision"]["action"] == "hold"
-    assert (
-        "no requests" in rollout.detail["last_decision"]["reason"]
-        or "only 0" in rollout.detail["last_decision"]["reason"]
-    )
+    last = load_state(rollout).last_round
+    assert last is not None and last.decision.action == "hold"
+    assert "no requests" in last.decision.reason or "only 0" in last.decision.reason
     events = [m.key for m in store.due_messages(limit=100)]
     assert sum("analysis_inconclusive" in key for key in events) == 1
     store.close()
@@ -233,7 +237,7 @@ def test_a_deploy_on_a_port_held_by_another_process_fails_once_with_that_reason(
             for _ in range(3):
                 engine.tick()
     assert rollout.state == "failed"
-    reason = rollout.detail["reason"]
+    reason = _reason(rollout)
     assert f"port {port} is held by pid {holder.pid}" in reason and "\n" not in reason
     failed = [e for e in store.audit(model="m") if e.action == "rollout.failed"]
     assert [e.detail["reason"] for e in failed] == [reason]

@@ -29,13 +29,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, Protocol
 
-from controller.backends.store import Approval, Decision
-from controller.specs.types import ApprovalRule, Policy
+from controller.specs.types import ApprovalRule, Catalog, Policy
 
 __all__ = [
     "READ_ONLY_COMMANDS",
+    "Approval",
     "ApprovalCheck",
     "Channel",
     "GateState",
@@ -45,10 +45,12 @@ __all__ = [
     "expires_at",
     "groups_of",
     "may_run",
+    "policy_with_rule",
     "resolve_user",
 ]
 
 Channel = Literal["cli", "github", "slack"]
+Decision = Literal["approve", "reject"]
 Refusal = Literal["unmapped", "not_in_groups", "author", "duplicate"]
 
 ANYONE = "*"
@@ -56,6 +58,30 @@ _GITHUB_LOGIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})", re.ASCII)
 # Commands an outside identity that maps to no Flywheel user may still run,
 # when the policy opens them to "*": they read state and change nothing.
 READ_ONLY_COMMANDS: frozenset[str] = frozenset({"help", "status"})
+
+
+class Approval(Protocol):
+    """A recorded decision, as these rules read it (the store's approval records are such).
+
+    A protocol, so that the rules need nothing from the backends and the
+    rollout planner can apply them.
+    """
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def environment(self) -> str: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def decision(self) -> Decision: ...
+    @property
+    def created_at(self) -> datetime: ...
+    def valid_at(self, when: datetime) -> bool: ...
 
 
 # ------------------------------------------------------------------ identity
@@ -116,6 +142,15 @@ def may_run(policy: Policy, *, user: str | None, command: str) -> bool:
     if ANYONE in allowed:
         return user is not None or command in READ_ONLY_COMMANDS
     return not groups_of(policy, user).isdisjoint(allowed)
+
+
+def policy_with_rule(catalog: Catalog, rule: str) -> tuple[Policy, ApprovalRule] | None:
+    """The policy of ``catalog`` (main's) that defines the approval rule named ``rule``, and the rule."""
+    for policy in catalog.policies.values():
+        for candidate in policy.approvals:
+            if candidate.name == rule:
+                return policy, candidate
+    return None
 
 
 # ----------------------------------------------------------------- decisions

@@ -12,13 +12,14 @@ them run the command, and for decisions the approval rule of the stage
 environment). Every request, allowed or refused, goes to the audit log with
 who, when and why (Invariant 6).
 
-Commands only record intent; the rollout engine acts on it at its next tick
-(:mod:`controller.engine.rollout`): ``pause``/``resume`` set the rollout's
-``paused`` flag, ``abort`` and ``rollback`` of an active rollout put an
-``abort`` request in its detail, ``promote`` a ``promote`` request (skip the
-rest of the current canary step; approval gates still apply), and
-``rollback`` with no active rollout queues an inbox event that restores the
-previous version. Approvals are rows in the store that the engine reads.
+Commands only record intent, never a rollout's state: ``pause``, ``resume``,
+``abort``, ``rollback`` and ``promote`` of an active rollout become
+:class:`~controller.engine.rollout_state.Request` s in its row
+(:func:`record_request`), which the rollout planner reads at its next tick and
+consumes once it acted on them (``promote`` skips the rest of the current
+canary step; approval gates still apply). ``rollback`` with no active rollout
+queues an inbox event that restores the previous version. Approvals are rows
+in the store that the planner reads at the gate.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from controller.backends.store import Conflict, RolloutChanges, RolloutRecord, Store
+from controller.backends.store import Conflict, RolloutRecord, Store
 from controller.clock import Clock
 from controller.engine.approvals import (
     Channel,
@@ -37,9 +38,19 @@ from controller.engine.approvals import (
     check_approval,
     expires_at,
     may_run,
+    policy_with_rule,
     resolve_user,
 )
-from controller.specs.types import ApprovalRule, Catalog, Model, Policy
+from controller.engine.rollout_state import (
+    Request,
+    RequestKind,
+    load_requests,
+    load_state,
+    paused_by,
+    stop_of,
+    with_request,
+)
+from controller.specs.types import Catalog, Model, Policy
 
 __all__ = [
     "CONTROL_COMMANDS",
@@ -49,7 +60,7 @@ __all__ = [
     "ControlCommand",
     "Watched",
     "main_policy",
-    "policy_with_rule",
+    "record_request",
     "record_watched",
     "repository_location",
     "watched",
@@ -118,12 +129,20 @@ def main_policy(catalog: Catalog) -> Policy | None:
     return catalog.policies.get("default")
 
 
-def policy_with_rule(catalog: Catalog, rule: str) -> tuple[Policy, ApprovalRule] | None:
-    for policy in catalog.policies.values():
-        for candidate in policy.approvals:
-            if candidate.name == rule:
-                return policy, candidate
-    return None
+def record_request(store: Store, rollout: RolloutRecord, request: Request) -> RolloutRecord:
+    """Add ``request`` to ``rollout``'s pending requests (once per id), retrying when the row changed."""
+    for _ in range(5):
+        if any(r.id == request.id for r in load_requests(rollout)):
+            return rollout
+        try:
+            return store.update_rollout(
+                rollout.id, expected_revision=rollout.revision, detail=with_request(rollout.detail, request)
+            )
+        except Conflict:
+            rollout = store.get_rollout(rollout.id)
+    return store.update_rollout(
+        rollout.id, expected_revision=rollout.revision, detail=with_request(rollout.detail, request)
+    )
 
 
 class Commands:
@@ -208,12 +227,11 @@ class Commands:
         rule_policy, rule = found
         now = self.clock.now()
         existing = self.store.approvals_for(model=model, version=rollout.version, environment=env)
-        author = rollout.detail.get("author")
         check = check_approval(
             policy=rule_policy,
             rule=rule,
             user=user,
-            author=str(author) if author else None,
+            author=load_state(rollout).release.author,
             model=model,
             version=rollout.version,
             environment=env,
@@ -308,33 +326,31 @@ class Commands:
             return CommandOutcome(
                 True, f"{user} asked to roll {model} back to its previous version.", user=user
             )
-        request = {"by": user, "reason": reason, "at": now.isoformat()}
-        changes: RolloutChanges
+        state, pending = load_state(active), load_requests(active)
+        already = None
         if command in ("pause", "resume"):
             paused = command == "pause"
-            if active.paused == paused:
-                state = "paused" if paused else "not paused"
-                return CommandOutcome(
-                    True, f"{model} v{active.version} is already {state}.", user=user, rollout_id=active.id
-                )
-            changes = {"paused": paused, "detail": {**active.detail, command: request}}
-        elif command in ("abort", "rollback"):
-            if "abort" in active.detail:
-                return CommandOutcome(
-                    True,
-                    f"{model} v{active.version} is already being stopped.",
-                    user=user,
-                    rollout_id=active.id,
-                )
-            changes = {"detail": {**active.detail, "abort": {**request, "kind": command}}}
-        else:  # promote
-            changes = {
-                "detail": {
-                    **active.detail,
-                    "promote": {**request, "stage": active.stage_index, "step": active.step_index},
-                }
-            }
-        updated = self._update(active, changes)
+            if (paused_by(state, pending) is not None) == paused:
+                already = "paused" if paused else "not paused"
+        elif command in ("abort", "rollback") and (
+            state.phase == "rolling_back" or stop_of(state, pending) is not None
+        ):
+            already = "being stopped"
+        if already is not None:
+            return CommandOutcome(
+                True, f"{model} v{active.version} is already {already}.", user=user, rollout_id=active.id
+            )
+        kind: RequestKind = command
+        request = Request(
+            id=uuid.uuid4().hex,
+            kind=kind,
+            by=user,
+            at=now,
+            reason=reason,
+            stage=active.stage_index if command == "promote" else None,
+            step=active.step_index if command == "promote" else None,
+        )
+        updated = record_request(self.store, active, request)
         self._audit(user, actor, command, model, updated, reason, result="recorded")
         words = {
             "pause": "paused",
@@ -358,18 +374,6 @@ class Commands:
 
     def _active(self, model: str) -> RolloutRecord | None:
         return next((r for r in self.store.rollouts_for(model) if r.active), None)
-
-    def _update(self, rollout: RolloutRecord, changes: RolloutChanges) -> RolloutRecord:
-        for _ in range(5):
-            try:
-                return self.store.update_rollout(rollout.id, expected_revision=rollout.revision, **changes)
-            except Conflict:
-                rollout = self.store.get_rollout(rollout.id)
-                detail = changes.get("detail")
-                if detail is not None:  # re-apply our keys on the fresh detail
-                    ours = {k: v for k, v in detail.items() if k in ("pause", "resume", "abort", "promote")}
-                    changes = {**changes, "detail": {**rollout.detail, **ours}}
-        return self.store.update_rollout(rollout.id, expected_revision=rollout.revision, **changes)
 
     def _audit(
         self,

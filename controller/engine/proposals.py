@@ -2,11 +2,14 @@
 
 Called by the controller's main loop (``flywheel run``) once per poll. Each
 pass observes the repository (branch heads, the models each proposal
-changes, their cache keys) and the store (earlier runs), asks the pure
-planner (:mod:`controller.engine.plan`) what to do, and applies the actions
-through the backends: the pipeline runner, the forge and the store. Runs go
-on in the background; :meth:`ProposalReconciler.collect` picks up the ones
-that ended, judges their gates against production and publishes the report.
+changes, their cache keys, whether the trust gate admits each head) and the
+store (earlier runs), asks the pure planner (:mod:`controller.engine.plan`)
+what to do — for each proposal, for the release branch, and which queued
+runs start now — and applies the actions through the backends: the pipeline
+runner, the forge and the store. Runs go on in the background;
+:meth:`ProposalReconciler.collect` picks up the ones that ended and hands
+them to the :class:`~controller.engine.judging.Judge`, which judges their
+gates against production and publishes the report.
 
 Decisions use ``main``'s environments and policies, never the proposal's
 (a proposal never judges itself); every run result goes to the audit log.
@@ -14,9 +17,7 @@ Decisions use ``main``'s environments and policies, never the proposal's
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -24,7 +25,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from controller.backends import data as data_inputs
-from controller.backends.forge import CommitState, Forge, ReviewTarget
+from controller.backends.forge import Forge, ReviewTarget
 from controller.backends.git import GitError, Repository
 from controller.backends.pipelines import (
     PipelineRunner,
@@ -32,37 +33,60 @@ from controller.backends.pipelines import (
     RunRequest,
     RunResult,
     StepEvent,
-    environment_hash,
 )
-from controller.backends.store import ModelVersion, Run, Store
-from controller.backends.store import StepResult as StoredStep
+from controller.backends.store import Run, Store
 from controller.clock import Clock
-from controller.engine.gates import GateResult, evaluate_gates, failed_gates
-from controller.engine.identity import RunInputs, pipeline_identity
+from controller.engine.identity import RunInputs
+from controller.engine.judging import (
+    RELEASE_TRIGGER,
+    TRAINING_TRIGGERS,
+    TRIGGER,
+    Finished,
+    Judge,
+    ReleaseHook,
+    production_environment,
+    production_version,
+)
 from controller.engine.plan import (
     Action,
     CancelRun,
+    DropQueued,
+    FailToStart,
+    HoldHead,
+    LaunchRun,
     ModelHead,
     PriorRun,
+    QueuedRun,
     Rejudge,
+    Release,
     ReportSpecErrors,
     ResumeRun,
     ReuseRun,
     StartRun,
+    Trust,
     plan_closed,
+    plan_launches,
     plan_proposal,
+    plan_release,
 )
-from controller.engine.report import ReviewReport, StepLine, render_report
-from controller.specs.types import Catalog, Environment, Location, Model, SpecError
+from controller.engine.training import MissingRunner, pipeline_environment, pipeline_runner, read_run_inputs
+from controller.specs.types import Catalog, Location, Model, SpecError
+
+__all__ = [
+    "RELEASE_TRIGGER",
+    "TRAINING_TRIGGERS",
+    "TRIGGER",
+    "Finished",
+    "MissingRunner",
+    "PassSummary",
+    "ProposalReconciler",
+    "ReleaseHook",
+    "pipeline_runner",
+    "production_environment",
+    "production_version",
+]
 
 log = logging.getLogger("flywheel.proposals")
-
-TRIGGER = "proposal"
-RELEASE_TRIGGER = "merge"
-TRAINING_TRIGGERS = (TRIGGER, RELEASE_TRIGGER)
-
-# Called when a run of the release branch has been judged: (run, model, state).
-ReleaseHook = Callable[[Run, Model, CommitState], object]
 
 
 @dataclass
@@ -83,15 +107,6 @@ class PassSummary:
     reused: list[int] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)
     spec_errors: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Finished:
-    run_id: int
-    model: str
-    ref: str
-    state: CommitState
-    description: str
 
 
 class ProposalReconciler:
@@ -129,6 +144,14 @@ class ProposalReconciler:
         self._inputs: dict[tuple[str, str], RunInputs] = {}
         self._current_step: dict[int, str] = {}  # written by runner threads, read by progress()
         self.finished: list[Finished] = []
+        self.judge = Judge(
+            store=store,
+            forge=forge,
+            work_dir=work_dir,
+            release_branch=self.release_branch,
+            clock=clock,
+            on_release=on_release,
+        )
 
     # ------------------------------------------------------------- observe
 
@@ -149,13 +172,12 @@ class ProposalReconciler:
             except GitError as exc:
                 log.error("cannot read proposal %s at %s: %s", ref, head[:10], exc)
                 continue
-            if self.admit is not None and heads:
-                admitted, why = self.admit(ref, head)
-                if not admitted:
-                    self._hold(ref, head, heads, why)
-                    continue
-            heads = [replace(h, production=self._production_number(h, main_catalog)) for h in heads]
-            actions = plan_proposal(ref=ref, commit=head, heads=heads, running_here=self._active.keys())
+            trust = self._trust(ref, head) if heads else None
+            if trust is None or trust.admitted:
+                heads = [replace(h, production=self._production_number(h, main_catalog)) for h in heads]
+            actions = plan_proposal(
+                ref=ref, commit=head, heads=heads, running_here=self._active.keys(), trust=trust
+            )
             self._apply(actions, main_catalog=main_catalog, summary=summary)
         if self.on_release is not None:
             self._reconcile_release(main_head, main_catalog, summary)
@@ -166,14 +188,7 @@ class ProposalReconciler:
         return summary
 
     def _reconcile_release(self, main_head: str, main_catalog: Catalog, summary: PassSummary) -> None:
-        """Every model on the release branch gets a version of its current content.
-
-        A model whose content (cache key) has no run on the release branch yet
-        gets one: the proposal's run when the keys are equal (what was
-        reviewed is what ships), a new run otherwise. A judged release run
-        without its version (the controller stopped in between) is handed to
-        the release hook again.
-        """
+        """Every model on the release branch gets a version of its content (see :func:`plan_release`)."""
         heads: list[ModelHead] = []
         for name, model in sorted(main_catalog.models.items()):
             try:
@@ -182,36 +197,19 @@ class ProposalReconciler:
                 log.error("cannot plan %s on %s: %s", name, self.release_branch, exc)
                 continue
             latest = self.store.latest_run(model=name, ref=self.release_branch)
-            if latest is not None and latest.cache_key == inputs.cache_key:
-                if latest.finished:
-                    self._release_if_unregistered(latest, model)
-                    continue
-                if latest.id in self._active:
-                    continue
-                if latest.commit != main_head:  # resume it where it is: same content, older commit
-                    self.store.update_run(latest.id, status="queued")
-                    continue
             heads.append(self._head(model, inputs.cache_key, latest))
-        if heads:
-            actions = plan_proposal(
-                ref=self.release_branch,
-                commit=main_head,
-                heads=heads,
-                running_here=self._active.keys(),
-                compare=False,
-            )
+        actions = plan_release(
+            ref=self.release_branch, commit=main_head, heads=heads, running_here=self._active.keys()
+        )
+        if actions:
             self._apply(actions, main_catalog=main_catalog, summary=summary)
 
-    def _release_if_unregistered(self, run: Run, model: Model) -> None:
-        if self.on_release is None or run.status != "succeeded":
-            return
-        if any(v.run_id == run.id for v in self.store.list_versions(run.model)):
-            return
-        if any(g.get("outcome") == "failed" for g in run.gates):
-            return
-        if not run.gates and model.gates:
-            return  # not judged yet (stopped between finishing and judging): judged on the next collect
-        self.on_release(run, model, "success")
+    def _trust(self, ref: str, head: str) -> Trust | None:
+        """The trust gate's answer for a head (``None`` without a gate: every head runs)."""
+        if self.admit is None:
+            return None
+        admitted, why = self.admit(ref, head)
+        return Trust(admitted, why, told=(ref, head) in self._held)
 
     def retrain(self, model: str, ref: str | None = None) -> int:
         """Train ``model`` at the head of ``ref`` (default: the release branch) again, cache or not.
@@ -251,20 +249,6 @@ class ProposalReconciler:
         changed = self.repository.changed_models(base, head)
         return sorted(changed.added | changed.modified)
 
-    def _hold(self, ref: str, head: str, heads: list[ModelHead], why: str) -> None:
-        """An untrusted head runs nothing (Invariant 2); say so once per head on each model's status."""
-        if (ref, head) in self._held:
-            return
-        self._held.add((ref, head))
-        log.info("not running %s at %s: %s", ref, head[:10], why)
-        for item in heads:
-            self.forge.set_status(ReviewTarget(ref, item.name, head), "pending", why[:140])
-        self.store.append_audit(
-            actor="flywheel",
-            action="proposal.held",
-            detail={"ref": ref, "commit": head, "reason": why, "models": [h.name for h in heads]},
-        )
-
     def _runs_of(self, ref: str) -> list[Run]:
         return [self.store.get_run(a.run_id) for a in self._active.values() if a.ref == ref]
 
@@ -303,111 +287,133 @@ class ProposalReconciler:
             model.name, model, cache_key=cache_key, latest=self._prior(latest), reusable=self._prior(reusable)
         )
 
-    @staticmethod
-    def _prior(run: Run | None) -> PriorRun | None:
+    def _prior(self, run: Run | None) -> PriorRun | None:
         if run is None:
             return None
-        return PriorRun(run.id, run.model, run.commit, run.cache_key, run.status, run.baseline_version)
+        registered = run.status == "succeeded" and any(
+            v.run_id == run.id for v in self.store.list_versions(run.model)
+        )
+        return PriorRun(
+            run.id,
+            run.model,
+            run.commit,
+            run.cache_key,
+            run.status,
+            run.baseline_version,
+            gates=tuple(str(g.get("outcome")) for g in run.gates),
+            registered=registered,
+        )
 
     def _production_number(self, head: ModelHead, main_catalog: Catalog) -> int | None:
         if head.model is None:
             return None
-        production = self._production_version(head.model, main_catalog)
+        production = self.judge.production_version(head.model, main_catalog)
         return production.number if production is not None else None
-
-    def _run_inputs(self, commit: str, model: Model) -> RunInputs:
-        cached = self._inputs.get((commit, model.name))
-        if cached is not None:
-            return cached
-        pieces = self.repository.model_inputs(commit, model)
-        if pieces.source_tree is None:
-            raise GitError(f"source directory {model.source.path} does not exist at {commit[:10]}")
-        requirements = self.repository.read_file(commit, model.source.requirements) or b""
-        environment = environment_hash(
-            requirements=requirements.decode("utf-8", "replace"), python=model.source.python
-        )
-        fingerprints = {}
-        for data in model.data:
-            path = data_inputs.local_path(data, base=Path(model.source.path))
-            if path is not None and not data.uri.startswith("file:") and not data.digest:
-                relative = (PurePosixPath(model.source.path) / data.uri).as_posix()
-                tree = self.repository.tree_id(commit, os.path.normpath(relative))
-                if tree is None:
-                    raise data_inputs.DataError(f"data input {data.name!r}: {relative} does not exist")
-                fingerprints[data.name] = f"git:{tree}"
-            else:
-                fingerprints[data.name] = data_inputs.resolve(data, base=self.work_dir).fingerprint
-        inputs = RunInputs(
-            model=model.name,
-            source_tree=pieces.source_tree,
-            requirements_blob=pieces.requirements_blob,
-            params=dict(model.params),
-            pipeline=pipeline_identity(model),
-            data_fingerprints=fingerprints,
-            environment_hash=environment,
-        )
-        self._inputs[(commit, model.name)] = inputs
-        return inputs
 
     # --------------------------------------------------------------- apply
 
     def _apply(self, actions: list[Action], *, main_catalog: Catalog, summary: PassSummary) -> None:
         for action in actions:
-            if isinstance(action, CancelRun):
-                self._cancel(action)
-                summary.cancelled.append(action.run_id)
-            elif isinstance(action, ReportSpecErrors):
-                self._report_spec_errors(action)
-                summary.spec_errors.append(action.model)
-            elif isinstance(action, ReuseRun):
-                summary.reused.append(self._reuse(action, main_catalog))
-            elif isinstance(action, StartRun):
-                model = self.repository.catalog(action.commit).models[action.model]
-                inputs = self._run_inputs(action.commit, model)
-                run = self.store.create_run(
-                    model=action.model,
-                    ref=action.ref,
-                    commit=action.commit,
-                    cache_key=action.cache_key,
-                    trigger=self._trigger(action.ref),
-                    params=dict(model.params),
-                    data_fingerprints=inputs.data_fingerprints,
-                    environment_hash=inputs.environment_hash,
-                )
-                self._audit("run.queued", run, detail={"cache_key": run.cache_key})
-                self._publish(
-                    run, model, main_catalog, outcome="pending", summary_line="Queued for training."
-                )
-                self._set_status(run, "pending", "queued for training")
-                summary.started.append(run.id)
-            elif isinstance(action, ResumeRun):
-                log.info("resuming run %s of %s on %s", action.run_id, action.model, action.ref)
-                self.store.update_run(action.run_id, status="queued")
-            elif isinstance(action, Rejudge):
-                self._rejudge(action, main_catalog)
+            self._perform(action, main_catalog=main_catalog, summary=summary)
         self._launch_queued(main_catalog)
 
+    def _perform(self, action: Action, *, main_catalog: Catalog, summary: PassSummary) -> None:
+        if isinstance(action, CancelRun):
+            self._cancel(action)
+            summary.cancelled.append(action.run_id)
+        elif isinstance(action, ReportSpecErrors):
+            self.judge.report_spec_errors(action)
+            summary.spec_errors.append(action.model)
+        elif isinstance(action, ReuseRun):
+            summary.reused.append(self._reuse(action, main_catalog))
+        elif isinstance(action, StartRun):
+            summary.started.append(self._queue(action, main_catalog))
+        elif isinstance(action, ResumeRun):
+            log.info("resuming run %s of %s on %s", action.run_id, action.model, action.ref)
+            self.store.update_run(action.run_id, status="queued")
+        elif isinstance(action, Rejudge):
+            self._rejudge(action, main_catalog)
+        elif isinstance(action, HoldHead):
+            self._hold(action)
+        elif isinstance(action, Release):
+            if self.on_release is not None:
+                run = self.store.get_run(action.run_id)
+                self.on_release(run, main_catalog.models[action.model], "success")
+        elif isinstance(action, DropQueued):
+            self.store.update_run(action.run_id, status="cancelled", error=action.reason)
+        elif isinstance(action, FailToStart | LaunchRun):
+            run = self.store.get_run(action.run_id)
+            model = self.repository.catalog(run.commit).models[run.model]
+            if isinstance(action, FailToStart):
+                self._fail_to_start(run, model, main_catalog, action.reason)
+            else:
+                self._launch(run, model, main_catalog)
+
+    def _queue(self, action: StartRun, main_catalog: Catalog) -> int:
+        model = self.repository.catalog(action.commit).models[action.model]
+        inputs = self._run_inputs(action.commit, model)
+        run = self.store.create_run(
+            model=action.model,
+            ref=action.ref,
+            commit=action.commit,
+            cache_key=action.cache_key,
+            trigger=self._trigger(action.ref),
+            params=dict(model.params),
+            data_fingerprints=inputs.data_fingerprints,
+            environment_hash=inputs.environment_hash,
+        )
+        self.judge.audit("run.queued", run, detail={"cache_key": run.cache_key})
+        self.judge.publish(run, model, main_catalog, outcome="pending", summary_line="Queued for training.")
+        self.judge.set_status(run, "pending", "queued for training")
+        return run.id
+
+    def _hold(self, action: HoldHead) -> None:
+        """An untrusted head runs nothing (Invariant 2); its models' statuses say why."""
+        self._held.add((action.ref, action.commit))
+        log.info("not running %s at %s: %s", action.ref, action.commit[:10], action.reason)
+        for model in action.models:
+            target = ReviewTarget(action.ref, model, action.commit)
+            self.forge.set_status(target, "pending", action.reason[:140])
+        self.store.append_audit(
+            actor="flywheel",
+            action="proposal.held",
+            detail={
+                "ref": action.ref,
+                "commit": action.commit,
+                "reason": action.reason,
+                "models": list(action.models),
+            },
+        )
+
     def _launch_queued(self, main_catalog: Catalog) -> None:
-        """Start queued runs of live proposal heads while there is room."""
-        branches = self.heads()
+        """Start queued runs of live proposal heads while there is room (see :func:`plan_launches`)."""
         queued = [
-            r for r in self.store.list_runs(status="queued", limit=1000) if r.trigger in TRAINING_TRIGGERS
+            self._queued(run, main_catalog)
+            for run in self.store.list_runs(status="queued", limit=1000)
+            if run.trigger in TRAINING_TRIGGERS
         ]
-        for run in sorted(queued, key=lambda r: r.id):
-            if len(self._active) >= self.max_active_runs:
-                return
-            if run.id in self._active:
-                continue
-            if run.ref != self.release_branch and branches.get(run.ref) != run.commit:
-                self.store.update_run(run.id, status="cancelled", error="the proposal moved on before it ran")
-                continue
-            model = self.repository.catalog(run.commit).models.get(run.model)
-            if model is None:
-                continue
-            self._launch(run, model, main_catalog)
+        actions = plan_launches(
+            queued=queued,
+            heads=self.heads(),
+            release_branch=self.release_branch,
+            running=self._active.keys(),
+            limit=self.max_active_runs,
+        )
+        for action in actions:
+            self._perform(action, main_catalog=main_catalog, summary=PassSummary())
+
+    def _queued(self, run: Run, main_catalog: Catalog) -> QueuedRun:
+        model = self.repository.catalog(run.commit).models.get(run.model)
+        error = None
+        if model is not None:
+            try:
+                pipeline_runner(pipeline_environment(model, main_catalog), self.runners)
+            except MissingRunner as exc:
+                error = str(exc)
+        return QueuedRun(run.id, run.model, run.ref, run.commit, found=model is not None, runner_error=error)
 
     def _launch(self, run: Run, model: Model, main_catalog: Catalog) -> None:
-        environment = self._pipeline_environment(model, main_catalog)
+        environment = pipeline_environment(model, main_catalog)
         try:
             runner_name, runner = pipeline_runner(environment, self.runners)
         except MissingRunner as exc:
@@ -422,7 +428,7 @@ class ProposalReconciler:
         for item in model.data:
             path = data_inputs.local_path(item, base=source_dir)
             data[item.name] = str(path) if path is not None else item.uri
-        production = self._production_version(model, main_catalog)
+        production = self.judge.production_version(model, main_catalog)
         baseline_dir = Path(production.artifact_uri) if production is not None else None
         request = RunRequest(
             run_id=str(run.id),
@@ -447,24 +453,33 @@ class ProposalReconciler:
         handle = runner.start(request)
         self._active[run.id] = _Active(run.id, model, run.ref, run.commit, handle, self.clock.monotonic())
         run = self.store.update_run(run.id, status="running", started_at=self._now())
-        self._audit("run.started", run, detail={"cache_key": run.cache_key, "runner": runner_name})
-        self._publish(run, model, main_catalog, outcome="running", summary_line="Training…")
-        self._set_status(run, "pending", "training")
+        self.judge.audit("run.started", run, detail={"cache_key": run.cache_key, "runner": runner_name})
+        self.judge.publish(run, model, main_catalog, outcome="running", summary_line="Training…")
+        self.judge.set_status(run, "pending", "training")
 
     def _fail_to_start(self, run: Run, model: Model, main_catalog: Catalog, why: str) -> None:
-        """Record a run that cannot start as an error, report it and say so once, like a finished run."""
-        run = self.store.update_run(run.id, status="error", error=why, finished_at=self._now())
-        self._audit("run.finished", run, detail={"status": "error", "error": why})
-        self._publish(run, model, main_catalog, outcome="error", summary_line=why)
-        self._set_status(run, "error", why)
-        log.error(
-            "%s on %s: error — %s",
-            model.name,
-            run.ref,
-            why,
-            extra={"proposal": run.ref, "model": model.name, "run": run.id, "state": "error"},
-        )
-        self.finished.append(Finished(run.id, run.model, run.ref, "error", why))
+        self.finished.append(self.judge.fail_to_start(run, model, main_catalog, why))
+
+    def _reuse(self, action: ReuseRun, main_catalog: Catalog) -> int:
+        model = self.repository.catalog(action.commit).models[action.model]
+        source = self.store.get_run(action.source_run)
+        run = self.judge.record_reuse(action, source, trigger=self._trigger(action.ref))
+        log.info("cache hit for %s on %s: reusing run %s", model.name, action.ref, source.id)
+        self.judge.judge_and_report(run, model, main_catalog, result=None)
+        return run.id
+
+    def _finish(self, active: _Active, result: RunResult, main_catalog: Catalog) -> Finished:
+        run = self.judge.record_result(active.run_id, result)
+        if result.status == "cancelled":
+            return Finished(run.id, run.model, run.ref, "error", "cancelled")
+        return self.judge.judge_and_report(run, active.model, main_catalog, result=result)
+
+    def _run_inputs(self, commit: str, model: Model) -> RunInputs:
+        cached = self._inputs.get((commit, model.name))
+        if cached is None:
+            cached = read_run_inputs(self.repository, commit, model, work_dir=self.work_dir)
+            self._inputs[(commit, model.name)] = cached
+        return cached
 
     def _cancel(self, action: CancelRun) -> None:
         active = self._active.pop(action.run_id, None)
@@ -473,73 +488,9 @@ class ProposalReconciler:
         run = self.store.update_run(
             action.run_id, status="cancelled", error=action.reason, finished_at=self._now()
         )
-        self._audit("run.cancelled", run, detail={"reason": action.reason})
+        self.judge.audit("run.cancelled", run, detail={"reason": action.reason})
         log.info("cancelled run %s of %s: %s", run.id, run.model, action.reason)
-        self._set_status(run, "error", f"cancelled: {action.reason}")
-
-    def _reuse(self, action: ReuseRun, main_catalog: Catalog) -> int:
-        source = self.store.get_run(action.source_run)
-        model = self.repository.catalog(action.commit).models[action.model]
-        now = self._now()
-        with self.store.transaction():
-            run = self.store.create_run(
-                model=action.model,
-                ref=action.ref,
-                commit=action.commit,
-                cache_key=action.cache_key,
-                trigger=self._trigger(action.ref),
-                params=source.params,
-                data_fingerprints=source.data_fingerprints,
-                environment_hash=source.environment_hash,
-                status="succeeded",
-                reused_from=source.id,
-            )
-            steps = {
-                name: StoredStep(status="succeeded", cache_hit=True, log_path=step.log_path)
-                for name, step in source.steps.items()
-            }
-            run = self.store.update_run(
-                run.id,
-                steps=steps,
-                metrics=source.metrics,
-                artifact_path=source.artifact_path,
-                artifact_digest=source.artifact_digest,
-                started_at=now,
-                finished_at=now,
-            )
-            self._audit("run.reused", run, detail={"source_run": source.id, "cache_key": run.cache_key})
-        log.info("cache hit for %s on %s: reusing run %s", model.name, action.ref, source.id)
-        self._judge_and_report(run, model, main_catalog, result=None)
-        return run.id
-
-    def _report_spec_errors(self, action: ReportSpecErrors) -> None:
-        errors = [str(e) for e in action.errors] or ["the spec could not be loaded"]
-        with self.store.transaction():
-            run = self.store.create_run(
-                model=action.model,
-                ref=action.ref,
-                commit=action.commit,
-                cache_key="",
-                trigger=TRIGGER,
-                status="error",
-            )
-            run = self.store.update_run(run.id, error="\n".join(errors), finished_at=self._now())
-            self._audit("run.spec_errors", run, detail={"errors": errors})
-        body = render_report(
-            ReviewReport(
-                model=action.model,
-                proposal=action.ref,
-                commit=action.commit,
-                outcome="error",
-                summary=f"The spec has {len(errors)} error(s); nothing was trained for this model.",
-                run_id=str(run.id),
-                spec_errors=errors,
-            )
-        )
-        target = ReviewTarget(action.ref, action.model, action.commit)
-        self.forge.publish_report(target, body)
-        self.forge.set_status(target, "error", f"spec errors: {errors[0]}"[:140])
-        log.warning("%s on %s has spec errors: %s", action.model, action.ref, "; ".join(errors))
+        self.judge.set_status(run, "error", f"cancelled: {action.reason}")
 
     # ------------------------------------------------------------- collect
 
@@ -583,34 +534,6 @@ class ProposalReconciler:
             self.store.update_run(run_id, status="queued")
         self._active.clear()
 
-    def _finish(self, active: _Active, result: RunResult, main_catalog: Catalog) -> Finished:
-        if result.status == "cancelled":
-            run = self.store.update_run(active.run_id, status="cancelled", finished_at=self._now())
-            return Finished(run.id, run.model, run.ref, "error", "cancelled")
-        steps = {
-            step.name: StoredStep(
-                status=step.status,
-                duration_seconds=step.duration_seconds,
-                log_path=str(step.log_path) if step.log_path else None,
-                exit_code=step.exit_code,
-            )
-            for step in result.steps
-        }
-        model_dir = result.model_dir
-        digest = _digest_dir(model_dir) if model_dir is not None and result.status == "succeeded" else None
-        run = self.store.update_run(
-            active.run_id,
-            status=result.status,
-            steps=steps,
-            metrics=dict(result.metrics),
-            environment_hash=result.environment_hash or self.store.get_run(active.run_id).environment_hash,
-            artifact_path=str(model_dir) if digest else None,
-            artifact_digest=digest,
-            finished_at=self._now(),
-            error=result.error or None,
-        )
-        return self._judge_and_report(run, active.model, main_catalog, result=result)
-
     def _rejudge(self, action: Rejudge, main_catalog: Catalog) -> None:
         """Production moved on since this run was judged: judge its gates and report again, train nothing."""
         run = self.store.get_run(action.run_id)
@@ -626,149 +549,10 @@ class ProposalReconciler:
             f"v{before}" if before else "nothing",
             run.id,
         )
-        self._judge_and_report(run, model, main_catalog, result=None, rejudged_from=(before,))
-
-    def _judge_and_report(
-        self,
-        run: Run,
-        model: Model,
-        main_catalog: Catalog,
-        *,
-        result: RunResult | None,
-        rejudged_from: tuple[int | None] | None = None,
-    ) -> Finished:
-        """Judge a finished run's gates against production now, publish its report and status.
-
-        ``rejudged_from`` holds the production version the run was judged
-        against before, when it is judged again because production moved on
-        (see :class:`~controller.engine.plan.Rejudge`).
-        """
-        production = self._production_version(model, main_catalog)
-        baseline = production.metrics if production is not None else None
-        gates: list[GateResult] = []
-        if run.status == "succeeded":
-            gates = evaluate_gates(model, metrics=run.metrics, baseline=baseline)
-            run = self.store.update_run(
-                run.id,
-                gates=[g.to_json() for g in gates],
-                baseline_version=production.number if production is not None else None,
-            )
-        failed = failed_gates(gates)
-        state: CommitState
-        if run.status != "succeeded":
-            state = "error"
-            description = _error_words(run, result)
-        elif failed:
-            state = "failure"
-            description = "gate failed: " + "; ".join(g.message for g in failed)
-        else:
-            state = "success"
-            description = _success_words(gates, model, run.metrics)
-        judged: dict[str, object] = {
-            "status": run.status,
-            "state": state,
-            "gates": [g.to_json() for g in gates],
-            "compared_with": run.baseline_version,
-        }
-        if rejudged_from is not None:
-            self._audit("run.rejudged", run, detail={**judged, "compared_before": rejudged_from[0]})
-        else:
-            self._audit("run.finished", run, detail=judged)
-        outcome = {"success": "success", "failure": "failure", "error": "error", "pending": "running"}[state]
-        self._publish(
-            run,
-            model,
-            main_catalog,
-            outcome=outcome,
-            summary_line=description,
-            gates=gates,
-            result=result,
-            production=production,
-            rejudged_from=rejudged_from,
-        )
-        self._set_status(run, state, description)
-        if run.ref == self.release_branch and self.on_release is not None and state == "success":
-            self.on_release(run, model, state)
-        log.info(
-            "%s on %s: %s — %s",
-            model.name,
-            run.ref,
-            state,
-            description,
-            extra={"proposal": run.ref, "model": model.name, "run": run.id, "state": state},
-        )
-        return Finished(run.id, run.model, run.ref, state, description)
-
-    # ------------------------------------------------------------- reports
-
-    def _publish(
-        self,
-        run: Run,
-        model: Model,
-        main_catalog: Catalog,
-        *,
-        outcome: str,
-        summary_line: str,
-        gates: list[GateResult] | None = None,
-        result: RunResult | None = None,
-        production: ModelVersion | None = None,
-        rejudged_from: tuple[int | None] | None = None,
-    ) -> None:
-        main_model = main_catalog.models.get(model.name)
-        params_changed = _params_diff(main_model.params if main_model else {}, model.params)
-        steps: list[StepLine] = []
-        if result is not None:
-            steps = [
-                StepLine(
-                    name=s.name,
-                    status=s.status,
-                    duration_seconds=s.duration_seconds,
-                    attempts=s.attempts,
-                    log_path=str(s.log_path) if s.log_path else None,
-                    log_tail=s.log_tail,
-                )
-                for s in result.steps
-            ]
-        elif run.reused_from is not None:
-            steps = [StepLine(name=name, status="cached") for name in run.steps]
-        else:  # judged again later: the steps as the store kept them
-            steps = [
-                StepLine(name=name, status=s.status, duration_seconds=s.duration_seconds, log_path=s.log_path)
-                for name, s in run.steps.items()
-            ]
-        logs = str(self.work_dir / "runs" / str(run.reused_from or run.id) / "logs")
-        report = ReviewReport(
-            model=model.name,
-            proposal=run.ref,
-            commit=run.commit,
-            outcome=outcome,  # type: ignore[arg-type]
-            summary=summary_line,
-            run_id=str(run.id),
-            cache_key=run.cache_key,
-            reused_run=str(run.reused_from) if run.reused_from is not None else None,
-            metrics=run.metrics,
-            baseline=production.metrics if production is not None else None,
-            baseline_version=f"v{production.number}" if production is not None else None,
-            rejudged_from=None if rejudged_from is None else _label(rejudged_from[0]),
-            directions={m.name: m.direction for m in model.metrics},
-            primary_metric=model.primary_metric,
-            gates=gates or [],
-            params_changed=params_changed,
-            data_fingerprints=run.data_fingerprints,
-            steps=steps,
-            logs_location=logs if run.status not in ("queued",) else None,
-        )
-        if run.ref == self.release_branch:
-            return
-        self.forge.publish_report(ReviewTarget(run.ref, model.name, run.commit), render_report(report))
+        self.judge.judge_and_report(run, model, main_catalog, result=None, rejudged_from=(before,))
 
     def _trigger(self, ref: str) -> str:
         return RELEASE_TRIGGER if ref == self.release_branch else TRIGGER
-
-    def _set_status(self, run: Run, state: CommitState, description: str) -> None:
-        if run.ref == self.release_branch:
-            return
-        self.forge.set_status(ReviewTarget(run.ref, run.model, run.commit), state, description[:140])
 
     # ------------------------------------------------------------- helpers
 
@@ -777,17 +561,6 @@ class ProposalReconciler:
 
     def _main_catalog(self) -> Catalog:
         return self.repository.catalog(self.repository.resolve(self.release_branch))
-
-    def _pipeline_environment(self, model: Model, main_catalog: Catalog) -> Environment | None:
-        """Proposals train where the model's first stage runs pipelines, as ``main`` defines it."""
-        for stage in model.rollout.stages:
-            environment = main_catalog.environments.get(stage.environment)
-            if environment is not None:
-                return environment
-        return None
-
-    def _production_version(self, model: Model, main_catalog: Catalog) -> ModelVersion | None:
-        return production_version(self.store, model, main_catalog, at=self._now())
 
     def _on_step_event(self, event: StepEvent) -> None:
         if event.kind == "started":
@@ -810,84 +583,6 @@ class ProposalReconciler:
                 extra=where,
             )
 
-    def _audit(self, action: str, run: Run, *, detail: dict[str, object]) -> None:
-        self.store.append_audit(
-            actor="flywheel",
-            action=action,
-            model=run.model,
-            version=None,
-            environment=None,
-            detail={"run": run.id, "ref": run.ref, "commit": run.commit, **detail},
-        )
-
-
-class MissingRunner(LookupError):
-    """An environment names a pipeline runner this controller does not have."""
-
-
-def pipeline_runner(
-    environment: Environment | None, runners: Mapping[str, PipelineRunner]
-) -> tuple[str, PipelineRunner]:
-    """(name, runner) of the runner ``environment`` names (``local`` without an environment).
-
-    Raises :class:`MissingRunner`, naming the environment and the runner, when
-    this controller has none by that name: a run never falls back to another.
-    """
-    name = environment.runner if environment is not None else "local"
-    runner = runners.get(name)
-    if runner is None:
-        where = f"environment {environment.name!r}" if environment is not None else "the model"
-        have = ", ".join(sorted(runners)) or "none"
-        raise MissingRunner(
-            f"{where} names pipeline runner {name!r}, which this controller does not have (it has: {have})"
-        )
-    return name, runner
-
-
-def production_environment(model: Model, catalog: Catalog) -> str | None:
-    """The environment whose serving version is the model's baseline: the one marked production."""
-    for stage in model.rollout.stages:
-        environment = catalog.environments.get(stage.environment)
-        if environment is not None and environment.production:
-            return environment.name
-    return model.rollout.stages[-1].environment if model.rollout.stages else None
-
-
-def production_version(store: Store, model: Model, catalog: Catalog, *, at: datetime) -> ModelVersion | None:
-    """The version that takes most of the production environment's traffic at ``at``, if any."""
-    environment = production_environment(model, catalog)
-    if environment is None:
-        return None
-    served = store.served_at(environment=environment, model=model.name, at=at)
-    live = [(weight, version) for version, weight in served if weight > 0]
-    return store.get_version(model.name, max(live)[1]) if live else None
-
-
-def _params_diff(main: Mapping[str, object], here: Mapping[str, object]) -> dict[str, tuple[object, object]]:
-    return {
-        key: (main.get(key), here.get(key))
-        for key in sorted(set(main) | set(here))
-        if main.get(key) != here.get(key)
-    }
-
-
-def _success_words(gates: list[GateResult], model: Model, metrics: Mapping[str, float]) -> str:
-    primary = model.primary_metric
-    headline = f"{primary} = {metrics[primary]:.4g}" if primary and primary in metrics else "trained"
-    passed = sum(1 for g in gates if g.outcome == "passed")
-    no_baseline = sum(1 for g in gates if g.outcome == "no_baseline")
-    words = f"{headline}; {passed} gate(s) passed"
-    return words + (f", {no_baseline} with no baseline" if no_baseline else "")
-
-
-def _error_words(run: Run, result: RunResult | None) -> str:
-    steps = result.steps if result is not None else ()
-    failing = next((s for s in steps if s.status in ("failed", "error")), None)
-    if failing is None:
-        return run.error or run.status
-    why = failing.message or f"exit code {failing.exit_code}"
-    return f"step {failing.name} {failing.status}: {why}"
-
 
 def _model_name_from_path(spec_path: str, catalog: Catalog) -> str:
     named = next((e.name for e in catalog.errors_for(spec_path) if e.name), "")
@@ -899,18 +594,3 @@ def _model_name_from_path(spec_path: str, catalog: Catalog) -> str:
 
 def _artifact_exists(run: Run) -> bool:
     return run.artifact_path is not None and Path(run.artifact_path).is_dir()
-
-
-def _digest_dir(path: Path) -> str | None:
-    """sha256 over the names and contents of the files under ``path``: the artifact digest."""
-    if not path.is_dir():
-        return None
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(file.read_bytes()).digest())
-    return "sha256:" + digest.hexdigest()
-
-
-def _label(version: int | None) -> str:
-    return f"v{version}" if version is not None else "nothing"

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from controller.backends.forge import CommitState
 from controller.backends.store import ModelVersion, Run, Store
-from controller.engine.proposals import production_version
+from controller.engine.judging import production_version
 from controller.engine.rollout import RolloutEngine
 from controller.specs.types import Catalog, Model
 

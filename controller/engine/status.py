@@ -6,14 +6,12 @@ Everything here is read from the store (and, when the caller has it, from
 main's catalog: canary steps, analysis interval, approval rules); nothing is
 written, and "now" is passed in, so the same store gives the same status.
 
-The rollout engine (:mod:`controller.engine.rollout`) keeps its progress in a
-:class:`~controller.backends.store.RolloutRecord` whose free-form ``detail``
-holds the last analysis round (``last_verdict``, ``last_decision``,
-``last_round_at``), operators' requests (``pause``, ``abort``, ``promote``),
-why it ended (``reason``, ``final``), the stable version and when the
-current canary step began. This module is the one reader of that detail
-outside the engine (:func:`_rollout_status`), so that when the record becomes
-a typed state only this function changes.
+A rollout's progress is read as its typed state
+(:func:`~controller.engine.rollout_state.load_state`: the last analysis
+round, the canary step's timing, the stable version, a pause, why it ended)
+together with the requests people made that the engine has not acted on yet
+(:func:`~controller.engine.rollout_state.load_requests`): a pause asked for
+reads *paused* at once, an abort asked for reads *stopping*.
 
 A rollout's *condition* sums it up:
 
@@ -28,17 +26,25 @@ A rollout's *condition* sums it up:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from controller.backends.store import Approval, Review, RolloutRecord, Run, Store
-from controller.engine.analysis import CheckResult
-from controller.engine.approvals import approval_state
-from controller.engine.commands import policy_with_rule
+from controller.engine.approvals import approval_state, policy_with_rule
 from controller.engine.gates import GateResult
 from controller.engine.proposals import RELEASE_TRIGGER
+from controller.engine.rollout_state import (
+    Request,
+    RolloutState,
+    load_requests,
+    load_state,
+    paused_by,
+    promote_request,
+    stop_of,
+)
+from controller.engine.verdicts import CheckResult
 from controller.specs.types import Catalog, Model, Stage
 
 __all__ = [
@@ -297,18 +303,21 @@ def proposal_statuses(
 def _rollout_status(
     store: Store, record: RolloutRecord, *, now: datetime, spec: Model | None, catalog: Catalog | None
 ) -> RolloutStatus:
-    detail = record.detail
+    state, requests = load_state(record), load_requests(record)
     stage = _stage(spec, record.environment)
-    canary = _canary(record, stage) if record.state == "canary" and record.active else None
-    last_round = _last_round(record, spec, stage)
+    canary = _canary(state, stage) if record.state == "canary" and record.active else None
+    last_round = _last_round(state, spec)
     approval = (
         _approval(store, record, stage=stage, catalog=catalog, now=now)
         if record.state == "gate" and record.active
         else None
     )
-    pause = _pause(detail.get("pause")) if record.paused and record.active else None
-    condition, reason, waits = _condition(record, canary, last_round, approval, pause, now=now)
-    author = detail.get("author")
+    paused = paused_by(state, requests) if record.active else None
+    pause = Pause(by=paused.by, at=paused.at, reason=paused.reason) if paused is not None else None
+    condition, reason, waits = _condition(
+        record, state, requests, canary, last_round, approval, pause, now=now
+    )
+    author = state.release.author
     return RolloutStatus(
         id=record.id,
         version=record.version,
@@ -324,7 +333,7 @@ def _rollout_status(
         approval=approval,
         last_round=last_round,
         waiting_for=waits,
-        author=str(author) if author else None,
+        author=author,
         started_at=record.created_at,
         updated_at=record.updated_at,
         finished_at=record.finished_at,
@@ -333,6 +342,8 @@ def _rollout_status(
 
 def _condition(
     record: RolloutRecord,
+    state: RolloutState,
+    requests: Sequence[Request],
     canary: Canary | None,
     last_round: AnalysisRound | None,
     approval: ApprovalWait | None,
@@ -340,18 +351,16 @@ def _condition(
     *,
     now: datetime,
 ) -> tuple[Condition, str, tuple[Wait, ...]]:
-    detail = record.detail
+    why_ended = state.outcome.reason if state.outcome is not None else ""
     if not record.active:
         ended: Condition = record.state if record.state in _ENDED else "aborted"  # type: ignore[assignment]
-        return ended, str(detail.get("reason") or ""), ()
-    abort = detail.get("abort")
+        return ended, why_ended, ()
     if record.state == "rolling_back":
-        back = _stable_words(detail.get("stable"))
-        return "rolling_back", str(detail.get("reason") or ""), (Wait("rollback", back),)
-    if isinstance(abort, dict):
-        kind = str(abort.get("kind") or "abort")
-        why = f"{kind} asked for by {abort.get('by') or 'someone'}"
-        why += f": {abort['reason']}" if abort.get("reason") else ""
+        return "rolling_back", why_ended, (Wait("rollback", _stable_words(state.stable)),)
+    stop = stop_of(state, requests)
+    if stop is not None:
+        why = f"{stop.kind} asked for by {stop.by or 'someone'}"
+        why += f": {stop.reason}" if stop.reason else ""
         return "stopping", why, (Wait("controller", "the controller to carry it out"),)
     if pause is not None:
         why = f"paused by {pause.by}" + (f": {pause.reason}" if pause.reason else "")
@@ -366,7 +375,7 @@ def _condition(
         return "holding", approval.message, (Wait("approval", approval.message),)
     if record.state == "canary":
         waits: list[Wait] = []
-        promoted = _promoted_here(record)
+        promoted = promote_request(state, requests) is not None
         if canary is not None and not promoted and canary.ends_at is not None and now < canary.ends_at:
             waits.append(Wait("time", f"canary step {canary.step} to run its course", canary.ends_at))
         holding = (
@@ -383,59 +392,39 @@ def _condition(
     return "in_progress", "", ()
 
 
-def _canary(record: RolloutRecord, stage: Stage | None) -> Canary:
-    detail = record.detail
-    started = _time(detail.get("step_started_at"))
+def _canary(state: RolloutState, stage: Stage | None) -> Canary:
+    started = state.canary.started_at if state.canary is not None else None
     steps = stage.canary if stage is not None and stage.canary else None
     ends = None
-    if steps is not None and started is not None and record.step_index < len(steps):
-        ends = started + timedelta(seconds=steps[record.step_index].duration_seconds)
-    stable = detail.get("stable")
+    if steps is not None and started is not None and state.step_index < len(steps):
+        ends = started + timedelta(seconds=steps[state.step_index].duration_seconds)
     return Canary(
-        step=record.step_index + 1,
+        step=state.step_index + 1,
         steps=len(steps) if steps is not None else None,
-        weight=record.weight,
-        stable_version=stable if isinstance(stable, int) else None,
+        weight=state.weight,
+        stable_version=state.stable,
         started_at=started,
         ends_at=ends,
     )
 
 
-def _last_round(record: RolloutRecord, spec: Model | None, stage: Stage | None) -> AnalysisRound | None:
-    detail = record.detail
-    verdict = detail.get("last_verdict")
-    if not isinstance(verdict, Mapping):
+def _last_round(state: RolloutState, spec: Model | None) -> AnalysisRound | None:
+    last = state.last_round
+    if last is None:
         return None
-    decision = detail.get("last_decision")
-    decision = decision if isinstance(decision, Mapping) else {}
-    at = _time(detail.get("last_round_at")) if record.state == "canary" else None
+    at = state.canary.last_round_at if state.phase == "canary" and state.canary is not None else None
     interval = spec.rollout.analysis.interval_seconds if spec is not None else None
     next_at = at + timedelta(seconds=interval) if at is not None and interval is not None else None
-    results = verdict.get("results")
     return AnalysisRound(
         at=at,
-        outcome=str(verdict.get("outcome", "")),
-        summary=str(verdict.get("summary", "")),
-        decision=str(decision["action"]) if decision.get("action") else None,
-        decision_reason=str(decision["reason"]) if decision.get("reason") else None,
-        checks=tuple(_check(r) for r in results if isinstance(r, Mapping))
-        if isinstance(results, Sequence)
-        else (),
-        failed_rounds=record.analysis_failures,
+        outcome=last.verdict.outcome,
+        summary=last.verdict.summary,
+        decision=last.decision.action or None,
+        decision_reason=last.decision.reason or None,
+        checks=last.verdict.results,
+        failed_rounds=state.analysis_failures,
         failure_limit=spec.rollout.analysis.failure_limit if spec is not None else None,
         next_at=next_at,
-    )
-
-
-def _check(raw: Mapping[str, Any]) -> CheckResult:
-    value, samples = raw.get("value"), raw.get("samples")
-    return CheckResult(
-        check=str(raw.get("check", "")),
-        rule=str(raw.get("rule", "")),
-        outcome=raw.get("outcome", "inconclusive"),
-        value=float(value) if isinstance(value, int | float) else None,
-        samples=int(samples) if isinstance(samples, int) else None,
-        message=str(raw.get("message", "")),
     )
 
 
@@ -492,25 +481,8 @@ def _latest_decisions(
     )
 
 
-def _pause(raw: object) -> Pause:
-    request = raw if isinstance(raw, Mapping) else {}
-    return Pause(
-        by=str(request.get("by") or "someone"),
-        at=_time(request.get("at")),
-        reason=str(request.get("reason") or ""),
-    )
-
-
-def _promoted_here(record: RolloutRecord) -> bool:
-    promote = record.detail.get("promote")
-    return isinstance(promote, Mapping) and (promote.get("stage"), promote.get("step")) == (
-        record.stage_index,
-        record.step_index,
-    )
-
-
-def _stable_words(stable: object) -> str:
-    if isinstance(stable, int):
+def _stable_words(stable: int | None) -> str:
+    if stable is not None:
         return f"v{stable} to take all traffic again"
     return "the new version to be taken out of traffic"
 
@@ -562,15 +534,6 @@ def _compared_with(run: Run | None) -> int | None:
 
 
 # ------------------------------------------------------------------- helpers
-
-
-def _time(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None
 
 
 def _plain(value: Any) -> Any:

@@ -29,6 +29,7 @@ from controller.backends.serving import inference_request
 from controller.backends.store import RolloutRecord, open_store
 from controller.clock import SYSTEM_CLOCK
 from controller.demo import DEMO_ROLLOUT, DemoOptions, run_demo
+from controller.engine.rollout_state import load_state
 from controller.scaffold import scaffold
 from controller.settings import default_venv_cache
 from tests.gitrepo import GitRepo
@@ -184,7 +185,7 @@ def _wait(
         except KeyError:
             pass
         for rollout in rollouts.values():
-            assert rollout.state not in ("failed", "rolled_back", "aborted"), rollout.detail.get("reason")
+            assert rollout.state not in ("failed", "rolled_back", "aborted"), load_state(rollout).outcome
         time.sleep(0.5)
     raise AssertionError(f"timed out waiting for {what}: {_rollouts(state)}")
 
