@@ -1,0 +1,75 @@
+"""The audit log's SQL: entries appended, read oldest first, never changed.
+
+Part of :class:`controller.backends.store.sql.SqlStore`
+(:class:`~controller.backends.store.AuditLog`). The table is append-only: a
+trigger created by the first migration refuses UPDATE and DELETE.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from sqlalchemy import Column, Integer, String, Table, insert, select
+
+from controller.backends.store.audit import AuditEntry
+from controller.backends.store.common import JSONObject
+from controller.backends.store.sql.base import SqlBase, aware, json_column, metadata, new_id, time_column
+from controller.backends.store.sql.mapping import record, records
+
+__all__ = ["AuditSql", "audit_log"]
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer(), primary_key=True, autoincrement=True),
+    time_column("at"),
+    Column("actor", String(255), nullable=False),
+    Column("action", String(128), nullable=False),
+    Column("model", String(255)),
+    Column("version", Integer()),
+    Column("environment", String(255)),
+    json_column("detail"),
+)
+
+
+class AuditSql(SqlBase):
+    def append_audit(
+        self,
+        *,
+        actor: str,
+        action: str,
+        model: str | None = None,
+        version: int | None = None,
+        environment: str | None = None,
+        detail: JSONObject | None = None,
+    ) -> AuditEntry:
+        values = {
+            "at": self._now(),
+            "actor": actor,
+            "action": action,
+            "model": model,
+            "version": version,
+            "environment": environment,
+            "detail": dict(detail or {}),
+        }
+        with self._write() as conn:
+            result = conn.execute(insert(audit_log).values(**values))
+        # The detail as it reads back from its JSON column.
+        stored = values | {"detail": json.loads(json.dumps(values["detail"]))}
+        return record(AuditEntry, {"id": new_id(result), **stored})
+
+    def audit(
+        self, *, model: str | None = None, since: datetime | None = None, limit: int | None = None
+    ) -> list[AuditEntry]:
+        query = select(audit_log).order_by(audit_log.c.id.desc())
+        if model is not None:
+            query = query.where(audit_log.c.model == model)
+        if since is not None:
+            query = query.where(audit_log.c.at >= aware(since, "since"))
+        if limit is not None:
+            query = query.limit(limit)
+        with self._read() as conn:
+            entries = records(AuditEntry, conn.execute(query).mappings())
+        entries.reverse()
+        return entries
