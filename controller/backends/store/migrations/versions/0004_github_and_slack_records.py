@@ -253,51 +253,66 @@ def _poll_cursor(entries: Mapping[str, tuple[str, datetime]]) -> dict[str, Any] 
     return {"id": 1, "listening_since": _stamp(times[0]), "comments_since": _stamp(times[1])}
 
 
-def _rows(entries: Mapping[str, tuple[str, datetime]]) -> Iterator[tuple[str, dict[str, Any]]]:
+Row = tuple[str, dict[str, Any]]  # (table, row)
+
+
+def _ref(kind: str, parts: list[str]) -> Row | None:
+    """The table and key of an id GitHub gave, from the rest of its key."""
+    if kind == "check" and len(parts) == 3:
+        return "github_check_runs", {"repository": parts[0], "commit": parts[1], "model": parts[2]}
+    if kind == "comment" and len(parts) == 3 and (number := _number(parts[1])) is not None:
+        return "github_report_comments", {"repository": parts[0], "number": number, "model": parts[2]}
+    if kind == "reply" and len(parts) == 2 and (answered := _number(parts[1], limit=_BIGINT_MAX)) is not None:
+        return "github_reply_comments", {"repository": parts[0], "in_reply_to": answered}
+    if kind == "sender" and len(parts) == 3 and parts[0] == "pr":
+        return "github_branch_pulls", {"repository": parts[1], "branch": parts[2]}
+    return None
+
+
+def _github_row(key: str, value: str, updated: datetime) -> Row | None:
+    """The row of one ``github:`` key, or ``None`` (with a warning when it is malformed)."""
+    kind, _, rest = key.removeprefix("github:").partition(":")
+    when = _stamp(updated)
+    if kind in ("open-pulls", "poll"):
+        return None  # the open list is the records' state now; the cursor is read as a whole
+    if kind == "pr":
+        number = _number(rest)
+        if number is None:
+            _skip(key, "it names no pull request number")
+            return None
+        pull = _pull_request(key, number, value)
+        return None if pull is None else ("pull_requests", pull | {"recorded_at": when})
+    if kind in ("branch", "ok-to-test", "comment-handled"):
+        number = _number(value if kind == "branch" else rest, limit=_BIGINT_MAX)
+        if number is None or (number > _INT_MAX and kind != "comment-handled") or not value:
+            _skip(key, "it names no pull request or comment")
+            return None
+        if kind == "branch":
+            return "pull_request_branches", {"branch": rest, "number": number}
+        if kind == "ok-to-test":
+            return "ok_to_test", {"number": number, "sha": value, "granted_at": when}
+        return "handled_comments", {"comment_id": number, "delivery_id": value, "handled_at": when}
+    ref = _ref(kind, rest.split(":"))
+    github_id = _number(value, limit=_BIGINT_MAX)
+    if ref is None:
+        _skip(key, "it is no record Flywheel wrote")
+        return None
+    if github_id is None:
+        _skip(key, "it holds no id (one lost is found again on GitHub)")
+        return None
+    return ref[0], ref[1] | {"github_id": github_id, "updated_at": when}
+
+
+def _rows(entries: Mapping[str, tuple[str, datetime]]) -> Iterator[Row]:
     """``(table, row)`` for each entry of the old key families that reads as its writer wrote it."""
     for key, (value, updated) in entries.items():
-        family, _, rest = key.partition(":")
-        if family == "slack.rollout":
+        if key.startswith("slack.rollout:"):
             message = _slack_message(key, value)
-            if message is not None:
-                yield "slack_messages", message | {"updated_at": _stamp(updated)}
-            continue
-        kind, _, rest = rest.partition(":")
-        parts = rest.split(":")
-        if kind == "pr" and (number := _number(rest)) is not None:
-            pull = _pull_request(key, number, value)
-            if pull is not None:
-                yield "pull_requests", pull | {"recorded_at": _stamp(updated)}
-        elif kind == "branch" and (number := _number(value)) is not None:
-            yield "pull_request_branches", {"branch": rest, "number": number}
-        elif kind == "ok-to-test" and (number := _number(rest)) is not None and value:
-            yield "ok_to_test", {"number": number, "sha": value, "granted_at": _stamp(updated)}
-        elif kind == "comment-handled" and (comment := _number(rest, limit=_BIGINT_MAX)) is not None:
-            yield (
-                "handled_comments",
-                {"comment_id": comment, "delivery_id": value, "handled_at": _stamp(updated)},
-            )
-        elif (github_id := _number(value, limit=_BIGINT_MAX)) is None:
-            if kind not in ("open-pulls", "poll"):
-                _skip(key, "it holds no id")  # an id lost to a crash: found again by looking
-        elif kind == "check" and len(parts) == 3:
-            row: dict[str, Any] = {"repository": parts[0], "commit": parts[1], "model": parts[2]}
-            yield "github_check_runs", row | {"github_id": github_id, "updated_at": _stamp(updated)}
-        elif kind == "comment" and len(parts) == 3 and (number := _number(parts[1])) is not None:
-            row = {"repository": parts[0], "number": number, "model": parts[2]}
-            yield "github_report_comments", row | {"github_id": github_id, "updated_at": _stamp(updated)}
-        elif (
-            kind == "reply"
-            and len(parts) == 2
-            and (answered := _number(parts[1], limit=_BIGINT_MAX)) is not None
-        ):
-            row = {"repository": parts[0], "in_reply_to": answered}
-            yield "github_reply_comments", row | {"github_id": github_id, "updated_at": _stamp(updated)}
-        elif kind == "sender" and parts[0] == "pr" and len(parts) == 3:
-            row = {"repository": parts[1], "branch": parts[2]}
-            yield "github_branch_pulls", row | {"github_id": github_id, "updated_at": _stamp(updated)}
-        elif kind != "open-pulls":
-            _skip(key, "it is no record Flywheel wrote")
+            row = None if message is None else ("slack_messages", message | {"updated_at": _stamp(updated)})
+        else:
+            row = _github_row(key, value, updated)
+        if row is not None:
+            yield row
     cursor = _poll_cursor(entries)
     if cursor is not None:
         yield "github_poll_cursor", cursor
@@ -322,39 +337,53 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     bind = op.get_bind()
-    back: dict[str, str] = {}
+    back: dict[str, tuple[str, datetime | None]] = {}  # key -> (value, when it was written, when known)
 
     def read(name: str) -> list[sa.RowMapping]:
-        return list(bind.execute(sa.select(_schema.tables[name])).mappings())
+        table = _schema.tables[name]
+        return list(bind.execute(sa.select(table).order_by(*table.primary_key.columns)).mappings())
 
+    recorded: dict[int, datetime] = {}
     open_pulls: dict[str, bool] = {}
     for row in read("pull_requests"):
         pull = {name: row[name] for name in _PULL_FIELDS}
-        back[f"github:pr:{row['number']}"] = json.dumps(pull, sort_keys=True)
+        recorded[row["number"]] = row["recorded_at"]
+        back[f"github:pr:{row['number']}"] = json.dumps(pull, sort_keys=True), row["recorded_at"]
         if row["state"] == "open":
             open_pulls[str(row["number"])] = bool(row["fork"])
-    back["github:open-pulls"] = json.dumps(open_pulls)
+    if recorded:
+        back["github:open-pulls"] = json.dumps(open_pulls), max(recorded.values(), key=_utc)
     for row in read("pull_request_branches"):
-        back[f"github:branch:{row['branch']}"] = str(row["number"])
+        back[f"github:branch:{row['branch']}"] = str(row["number"]), recorded.get(row["number"])
     for row in read("ok_to_test"):
-        back[f"github:ok-to-test:{row['number']}"] = row["sha"]
+        back[f"github:ok-to-test:{row['number']}"] = row["sha"], row["granted_at"]
     for row in read("handled_comments"):
-        back[f"github:comment-handled:{row['comment_id']}"] = row["delivery_id"]
-    for row in read("github_check_runs"):
-        back[f"github:check:{row['repository']}:{row['commit']}:{row['model']}"] = str(row["github_id"])
-    for row in read("github_report_comments"):
-        back[f"github:comment:{row['repository']}:{row['number']}:{row['model']}"] = str(row["github_id"])
-    for row in read("github_reply_comments"):
-        back[f"github:reply:{row['repository']}:{row['in_reply_to']}"] = str(row["github_id"])
-    for row in read("github_branch_pulls"):
-        back[f"github:sender:pr:{row['repository']}:{row['branch']}"] = str(row["github_id"])
+        back[f"github:comment-handled:{row['comment_id']}"] = row["delivery_id"], row["handled_at"]
+    for table, key in (
+        ("github_check_runs", "github:check:{repository}:{commit}:{model}"),
+        ("github_report_comments", "github:comment:{repository}:{number}:{model}"),
+        ("github_reply_comments", "github:reply:{repository}:{in_reply_to}"),
+        ("github_branch_pulls", "github:sender:pr:{repository}:{branch}"),
+    ):
+        for row in read(table):
+            back[key.format(**row)] = str(row["github_id"]), row["updated_at"]
     for row in read("github_poll_cursor"):
         for name, key in (("listening_since", "listening-since"), ("comments_since", "comments-since")):
-            back[f"github:poll:{key}"] = _utc(row[name]).strftime(_POLL_TIME)
+            back[f"github:poll:{key}"] = _utc(row[name]).strftime(_POLL_TIME), row[name]
     for row in read("slack_messages"):
         state = {**row["view"], **{name: row[name] for name in _SLACK_REFERENCE}}
-        back[f"slack.rollout:{row['model']}:v{row['version']}"] = json.dumps(state, sort_keys=True)
-    if back:
-        written = sa.insert(meta).values(updated_at=sa.func.current_timestamp())  # the database's clock
-        bind.execute(written, [{"key": key, "value": value} for key, value in back.items()])
+        back[f"slack.rollout:{row['model']}:v{row['version']}"] = (
+            json.dumps(state, sort_keys=True),
+            row["updated_at"],
+        )
+    timed = [
+        {"key": k, "value": v, "updated_at": _stamp(at)} for k, (v, at) in back.items() if at is not None
+    ]
+    untimed = [{"key": k, "value": v} for k, (v, at) in back.items() if at is None]
+    if timed:
+        op.bulk_insert(meta, timed)
+    if untimed:
+        bind.execute(
+            sa.insert(meta).values(updated_at=sa.func.current_timestamp()), untimed
+        )  # the database's clock
     _schema.drop_all(bind)
