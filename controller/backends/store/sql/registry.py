@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import (
     Column,
     Connection,
+    ForeignKey,
     Integer,
     String,
     Table,
@@ -38,7 +39,7 @@ model_versions = Table(
     Column("model", String(255), primary_key=True),
     Column("number", Integer(), primary_key=True, autoincrement=False),
     Column("content_id", String(255), nullable=False),
-    Column("run_id", Integer(), nullable=False),
+    Column("run_id", Integer(), ForeignKey("runs.id", name="fk_model_versions_run"), nullable=False),
     Column("commit", String(64), nullable=False),
     Column("artifact_digest", String(255), nullable=False),
     Column("artifact_uri", Text(), nullable=False),
