@@ -5,20 +5,18 @@ survive a crash. Each kind of record has its own module holding its frozen
 record types and its :class:`~typing.Protocol`, and each part of Flywheel
 takes only the protocols it uses:
 
-=====================  ====================================================
-:class:`Inbox`          events from webhooks, the poller, timers and Slack
-:class:`RunRecords`     pipeline runs, their steps, and the run cache
-:class:`Registry`       immutable, numbered model versions
-:class:`RolloutRecords` rollouts (compare-and-set) and the serving history
-:class:`ApprovalRecords` decisions on a version for an environment
-:class:`AuditLog`       the append-only audit log
-:class:`Outbox`         messages to GitHub and Slack, kept until sent
-:class:`ReviewRecords`  the local forge's reports and commit statuses
-:class:`PullRequestRecords` GitHub pull requests, ok-to-test, handled comments, ids
-:class:`SlackRecords`   where each rollout's Slack message is, and what it shows
-:class:`Transactions`   all-or-nothing groups of calls, health, closing
-:class:`Meta`           controller-wide settings (never a record of one object)
-=====================  ====================================================
+* :class:`Inbox`: events from webhooks, the poller, timers and Slack;
+* :class:`RunRecords`: pipeline runs, their steps, and the run cache;
+* :class:`Registry`: immutable, numbered model versions;
+* :class:`RolloutRecords`: rollouts (compare-and-set) and the serving history;
+* :class:`ApprovalRecords`: decisions on a version for an environment;
+* :class:`AuditLog`: the append-only audit log;
+* :class:`Outbox`: messages to GitHub and Slack, kept until sent;
+* :class:`ReviewRecords`: the local forge's reports and commit statuses;
+* :class:`PullRequestRecords`: GitHub's pull requests, ok-to-test, handled comments, ids;
+* :class:`SlackRecords`: where each rollout's Slack message is, and what it shows;
+* :class:`Transactions`: all-or-nothing groups of calls, a health check, closing;
+* :class:`Meta`: controller-wide settings (never a record of one object).
 
 There is one implementation of all of them,
 :class:`controller.backends.store.sql.SqlStore` (SQLAlchemy Core; SQLite in

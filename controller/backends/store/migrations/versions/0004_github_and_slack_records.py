@@ -224,7 +224,7 @@ def _slack_message(key: str, value: str) -> dict[str, Any] | None:
     model, version, replied = state.get("model", named[0]), state.get("version"), state.get("replied", [])
     if version is None:
         version = _number(named[2])
-    if not isinstance(model, str) or not isinstance(version, int) or isinstance(version, bool):
+    if not isinstance(model, str) or type(version) is not int or not 0 <= version <= _INT_MAX:
         _skip(key, "it names no model version")
         return None
     if not isinstance(replied, list) or not all(isinstance(r, str) for r in replied):
@@ -324,11 +324,12 @@ def upgrade() -> None:
     moved = sa.or_(meta.c.key.like("github:%"), meta.c.key.like("slack.rollout:%"))
     stored = bind.execute(sa.select(meta.c.key, meta.c.value, meta.c.updated_at).where(moved))
     entries = {str(key): (str(value), updated) for key, value, updated in stored}
-    rows: dict[str, list[dict[str, Any]]] = {}
+    rows: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
     for table, row in _rows(entries):
-        rows.setdefault(table, []).append(row)
+        key = tuple(row[column.name] for column in _schema.tables[table].primary_key.columns)
+        rows.setdefault(table, {})[key] = row  # one row per key, however the old keys spelt it
     for table, found in rows.items():
-        op.bulk_insert(_schema.tables[table], found)
+        op.bulk_insert(_schema.tables[table], list(found.values()))
     bind.execute(sa.delete(meta).where(moved))
 
 
