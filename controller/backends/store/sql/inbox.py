@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import (
     Column,
-    Insert,
     Integer,
     String,
     Table,
@@ -23,6 +22,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.sql.dml import ReturningInsert
 
 from controller.backends.store.common import JSONObject, NotFound
 from controller.backends.store.inbox import InboxEvent
@@ -69,12 +69,17 @@ class InboxSql(SqlBase):
             "attempts": 0,
         }
         with self._write() as conn:
-            return conn.execute(self._put_event_statement, params).rowcount == 1
+            return conn.execute(self._put_event_statement, params).first() is not None
 
     @functools.cached_property
-    def _put_event_statement(self) -> Insert:
-        """Built once: the webhook receiver stores deliveries by the thousand."""
-        return self._upsert(inbox_events).on_conflict_do_nothing(index_elements=["source", "delivery_id"])
+    def _put_event_statement(self) -> ReturningInsert[tuple[int]]:
+        """Built once: the webhook receiver stores deliveries by the thousand.
+
+        Whether a row was stored is whether it returns its id: with PostgreSQL's
+        driver the row count of an ``INSERT ... ON CONFLICT`` that returns is -1.
+        """
+        insert = self._upsert(inbox_events).on_conflict_do_nothing(index_elements=["source", "delivery_id"])
+        return insert.returning(inbox_events.c.id)
 
     def claim_events(self, *, limit: int, worker: str, lease_seconds: float = 300.0) -> list[InboxEvent]:
         now = self._now()

@@ -15,7 +15,7 @@ from sqlalchemy import Column, Connection, Integer, String, Table, Text, UniqueC
 
 from controller.backends.store.common import JSONObject, NotFound
 from controller.backends.store.outbox import OutboxMessage
-from controller.backends.store.sql.base import SqlBase, aware, json_column, metadata, new_id, time_column
+from controller.backends.store.sql.base import SqlBase, aware, json_column, metadata, time_column
 from controller.backends.store.sql.mapping import record, records
 
 __all__ = ["OutboxSql", "outbox"]
@@ -68,9 +68,10 @@ class OutboxSql(SqlBase):
                     next_attempt_at=now,
                 )
                 .on_conflict_do_nothing(index_elements=["key"])
-            )
-            if inserted.rowcount == 1:
-                return _get_message(conn, new_id(inserted), by="id")
+                .returning(outbox.c.id)  # PostgreSQL's driver counts -1 rows here: a returned id says it
+            ).scalar()
+            if inserted is not None:
+                return _get_message(conn, inserted, by="id")
             existing = _get_message(conn, key, by="key", for_update=True)
             if existing.destination != destination:
                 raise ValueError(
