@@ -22,7 +22,7 @@ from sqlalchemy import Engine, insert
 
 from controller.backends.store import state_url
 from controller.backends.store.sql import alembic_config, build_engine, schema_revision
-from controller.backends.store.sql.meta import meta
+from controller.backends.store.sql.tables import meta
 
 GOOD_PULL: dict[str, Any] = {
     "number": 6,

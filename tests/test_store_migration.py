@@ -46,15 +46,19 @@ from controller.backends.store import (
     open_store,
 )
 from controller.backends.store.sql import SqlStore, alembic_config, schema_revision
-from controller.backends.store.sql.approvals import approvals
-from controller.backends.store.sql.audit import audit_log
-from controller.backends.store.sql.inbox import inbox_events
-from controller.backends.store.sql.meta import meta
-from controller.backends.store.sql.outbox import outbox
-from controller.backends.store.sql.registry import model_versions
-from controller.backends.store.sql.reviews import commit_statuses, reviews
-from controller.backends.store.sql.rollouts import rollouts, serving
-from controller.backends.store.sql.runs import runs
+from controller.backends.store.sql.tables import (
+    approvals,
+    audit_log,
+    commit_statuses,
+    inbox_events,
+    meta,
+    model_versions,
+    outbox,
+    reviews,
+    rollouts,
+    runs,
+    serving,
+)
 from controller.clock import SYSTEM_CLOCK, FakeClock
 from controller.engine.outbox import deliver_due
 from controller.engine.trust import TrustGate, proposal_heads, pull_request_for

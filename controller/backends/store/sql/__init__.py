@@ -4,9 +4,10 @@
 composition root (:mod:`controller.app`) and the CLI commands that open a
 store hold it, and hand each part the narrow protocols of
 :mod:`controller.backends.store` it uses. :class:`SqlStore` is one mixin per
-record kind (each module here holds that kind's tables and SQL) over
-:class:`~.base.SqlBase` (the engine, the clock, transactions, migrations);
-rows become records through one generic mapper (:mod:`.mapping`).
+record kind (each module here holds that kind's SQL) over
+:class:`~.base.SqlBase` (the engine, the clock, transactions, migrations),
+on the tables of :mod:`.tables`; rows become records through one generic
+mapper (:mod:`.mapping`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from controller.backends.store.sql.base import (
     alembic_config,
     build_engine,
     json_text,
-    metadata,
     migrate,
     schema_revision,
 )
@@ -31,6 +31,7 @@ from controller.backends.store.sql.reviews import ReviewsSql
 from controller.backends.store.sql.rollouts import RolloutsSql
 from controller.backends.store.sql.runs import RunsSql
 from controller.backends.store.sql.slack import SlackSql
+from controller.backends.store.sql.tables import metadata
 
 __all__ = [
     "MIGRATIONS_DIR",

@@ -10,29 +10,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Integer, String, Table, Text, insert, select
+from sqlalchemy import insert, select
 
 from controller.backends.store.approvals import Approval, ApprovalChannel, Decision
-from controller.backends.store.sql.base import SqlBase, aware, metadata, new_id, time_column, version_fk
+from controller.backends.store.sql.base import SqlBase, aware, new_id
 from controller.backends.store.sql.mapping import record, records
+from controller.backends.store.sql.tables import approvals
 
-__all__ = ["ApprovalsSql", "approvals"]
-
-approvals = Table(
-    "approvals",
-    metadata,
-    Column("id", Integer(), primary_key=True, autoincrement=True),
-    Column("model", String(255), nullable=False),
-    Column("version", Integer(), nullable=False),
-    Column("environment", String(255), nullable=False),
-    Column("user", String(255), nullable=False),
-    Column("decision", String(16), nullable=False),
-    Column("channel", String(16), nullable=False),
-    Column("comment", Text(), nullable=False),
-    time_column("created_at"),
-    time_column("expires_at", nullable=True),
-    version_fk("fk_approvals_version"),
-)
+__all__ = ["ApprovalsSql"]
 
 
 class ApprovalsSql(SqlBase):

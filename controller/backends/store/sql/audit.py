@@ -10,27 +10,15 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from sqlalchemy import Column, Integer, String, Table, insert, select
+from sqlalchemy import insert, select
 
 from controller.backends.store.audit import AuditEntry
 from controller.backends.store.common import JSONObject
-from controller.backends.store.sql.base import SqlBase, aware, json_column, metadata, new_id, time_column
+from controller.backends.store.sql.base import SqlBase, aware, new_id
 from controller.backends.store.sql.mapping import record, records
+from controller.backends.store.sql.tables import audit_log
 
-__all__ = ["AuditSql", "audit_log"]
-
-audit_log = Table(
-    "audit_log",
-    metadata,
-    Column("id", Integer(), primary_key=True, autoincrement=True),
-    time_column("at"),
-    Column("actor", String(255), nullable=False),
-    Column("action", String(128), nullable=False),
-    Column("model", String(255)),
-    Column("version", Integer()),
-    Column("environment", String(255)),
-    json_column("detail"),
-)
+__all__ = ["AuditSql"]
 
 
 class AuditSql(SqlBase):

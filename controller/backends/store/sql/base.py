@@ -1,7 +1,7 @@
 """The SQL store's foundation: the engine, its SQLite set-up, migrations, time and connection handling.
 
-Every record kind's SQL module (:mod:`.inbox`, :mod:`.runs`, ...) defines its
-tables on :data:`metadata` and a mixin on :class:`SqlBase`;
+Every record kind's SQL module (:mod:`.inbox`, :mod:`.runs`, ...) defines a
+mixin on :class:`SqlBase`, over the tables of :mod:`.tables`;
 :class:`controller.backends.store.sql.SqlStore` is all of them together.
 
 Opening a store applies the Alembic migrations shipped in ``migrations/``
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,15 +28,11 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
-    JSON,
-    Column,
     Connection,
     CursorResult,
     DateTime,
     Dialect,
     Engine,
-    ForeignKeyConstraint,
-    MetaData,
     TypeDecorator,
     create_engine,
     event,
@@ -58,14 +54,10 @@ __all__ = [
     "aware",
     "build_engine",
     "checked_times",
-    "json_column",
     "json_text",
-    "metadata",
     "migrate",
     "new_id",
     "schema_revision",
-    "time_column",
-    "version_fk",
 ]
 
 MIGRATIONS_DIR = Path(__file__).parent.with_name("migrations")
@@ -104,26 +96,6 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-# The query-side mirror of migrations/versions/*.py, spread over the record kinds' modules. The
-# migrations create the schema; the tables defined on this only describe it to SQLAlchemy.
-metadata = MetaData()
-
-
-def time_column(name: str, *, nullable: bool = False) -> Column[datetime]:
-    return Column(name, UTCDateTime(), nullable=nullable)
-
-
-def json_column(name: str) -> Column[Any]:
-    return Column(name, JSON(), nullable=False)
-
-
-def version_fk(name: str) -> ForeignKeyConstraint:
-    """The (model, version) of a row names a registered model version."""
-    return ForeignKeyConstraint(
-        ["model", "version"], ["model_versions.model", "model_versions.number"], name=name
-    )
 
 
 def new_id(result: CursorResult[Any]) -> int:
@@ -296,21 +268,23 @@ class SqlBase:
             finally:
                 self._tx.reset(token)
 
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        conn = self._tx.get()
-        if conn is not None:
-            yield conn
-            return
-        with self._engine.begin() as conn:
-            yield conn
+    def _write(self) -> AbstractContextManager[Connection]:
+        """The current transaction's connection, or a transaction of its own that takes the write lock."""
+        return self._connection(write=True)
+
+    def _read(self) -> AbstractContextManager[Connection]:
+        """The current transaction's connection, or one of its own that takes no write lock."""
+        return self._connection(write=False)
 
     @contextmanager
-    def _read(self) -> Iterator[Connection]:
+    def _connection(self, *, write: bool) -> Iterator[Connection]:
         conn = self._tx.get()
         if conn is not None:
             yield conn
-            return
-        with self._engine.connect() as conn:
-            conn.execution_options(**{_READ_ONLY: True})
-            yield conn
+        elif write:
+            with self._engine.begin() as conn:
+                yield conn
+        else:
+            with self._engine.connect() as conn:
+                conn.execution_options(**{_READ_ONLY: True})
+                yield conn

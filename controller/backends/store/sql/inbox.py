@@ -10,12 +10,6 @@ import functools
 from datetime import datetime, timedelta
 
 from sqlalchemy import (
-    Column,
-    Integer,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
     and_,
     delete,
     or_,
@@ -26,28 +20,11 @@ from sqlalchemy.sql.dml import ReturningInsert
 
 from controller.backends.store.common import JSONObject, NotFound
 from controller.backends.store.inbox import InboxEvent
-from controller.backends.store.sql.base import SqlBase, aware, json_column, metadata, time_column
+from controller.backends.store.sql.base import SqlBase, aware
 from controller.backends.store.sql.mapping import record, records
+from controller.backends.store.sql.tables import inbox_events
 
-__all__ = ["InboxSql", "inbox_events"]
-
-inbox_events = Table(
-    "inbox_events",
-    metadata,
-    Column("id", Integer(), primary_key=True, autoincrement=True),
-    Column("source", String(64), nullable=False),
-    Column("delivery_id", String(255), nullable=False),
-    Column("kind", String(128), nullable=False),
-    json_column("payload"),
-    time_column("received_at"),
-    Column("claimed_by", String(255)),
-    time_column("claimed_at", nullable=True),
-    time_column("lease_expires_at", nullable=True),
-    Column("attempts", Integer(), nullable=False),
-    time_column("completed_at", nullable=True),
-    Column("error", Text()),
-    UniqueConstraint("source", "delivery_id", name="uq_inbox_events_delivery"),
-)
+__all__ = ["InboxSql"]
 
 
 class InboxSql(SqlBase):

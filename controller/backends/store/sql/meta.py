@@ -7,19 +7,12 @@ in their own tables, never here.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, String, Table, Text, select
+from sqlalchemy import select
 
-from controller.backends.store.sql.base import SqlBase, metadata, time_column
+from controller.backends.store.sql.base import SqlBase
+from controller.backends.store.sql.tables import meta
 
-__all__ = ["MetaSql", "meta"]
-
-meta = Table(
-    "meta",
-    metadata,
-    Column("key", String(255), primary_key=True),
-    Column("value", Text(), nullable=False),
-    time_column("updated_at"),
-)
+__all__ = ["MetaSql"]
 
 
 class MetaSql(SqlBase):

@@ -11,31 +11,15 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from sqlalchemy import Column, Connection, Integer, String, Table, Text, UniqueConstraint, select, update
+from sqlalchemy import Connection, select, update
 
 from controller.backends.store.common import JSONObject, NotFound
 from controller.backends.store.outbox import OutboxMessage
-from controller.backends.store.sql.base import SqlBase, aware, json_column, metadata, time_column
+from controller.backends.store.sql.base import SqlBase, aware
 from controller.backends.store.sql.mapping import record, records
+from controller.backends.store.sql.tables import outbox
 
-__all__ = ["OutboxSql", "outbox"]
-
-outbox = Table(
-    "outbox",
-    metadata,
-    Column("id", Integer(), primary_key=True, autoincrement=True),
-    Column("destination", String(64), nullable=False),
-    Column("key", String(512), nullable=False),
-    json_column("payload"),
-    Column("revision", Integer(), nullable=False),
-    Column("attempts", Integer(), nullable=False),
-    time_column("created_at"),
-    time_column("updated_at"),
-    time_column("next_attempt_at", nullable=True),
-    time_column("sent_at", nullable=True),
-    Column("last_error", Text()),
-    UniqueConstraint("key", name="uq_outbox_key"),
-)
+__all__ = ["OutboxSql"]
 
 
 def _get_message(conn: Connection, ident: int | str, *, by: str, for_update: bool = False) -> OutboxMessage:

@@ -12,130 +12,21 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    CheckConstraint,
-    Column,
-    Integer,
-    String,
-    Table,
-    Text,
-    select,
-)
+from sqlalchemy import select
 
-from controller.backends.store.pull_requests import (
-    BranchPullRef,
-    CheckRunRef,
-    GitHubRef,
-    OkToTest,
-    PollCursor,
-    PullRequest,
-    ReplyCommentRef,
-    ReportCommentRef,
-)
-from controller.backends.store.sql.base import SqlBase, metadata, time_column
+from controller.backends.store.pull_requests import GitHubRef, OkToTest, PollCursor, PullRequest
+from controller.backends.store.sql.base import SqlBase
 from controller.backends.store.sql.mapping import record, records
-
-__all__ = [
-    "PullRequestsSql",
-    "github_branch_pulls",
-    "github_check_runs",
-    "github_poll_cursor",
-    "github_reply_comments",
-    "github_report_comments",
-    "handled_comments",
-    "ok_to_test",
-    "pull_request_branches",
-    "pull_requests",
-]
-
-pull_requests = Table(
-    "pull_requests",
-    metadata,
-    Column("number", Integer(), primary_key=True, autoincrement=False),
-    Column("head_ref", Text(), nullable=False),
-    Column("head_sha", Text(), nullable=False),
-    Column("base_ref", Text(), nullable=False),
-    Column("author", Text(), nullable=False),
-    Column("fork", Boolean(), nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("merged", Boolean(), nullable=False),
-    Column("updated_at", Text(), nullable=False),
-    time_column("recorded_at"),
+from controller.backends.store.sql.tables import (
+    GITHUB_ID_TABLES,
+    github_poll_cursor,
+    handled_comments,
+    ok_to_test,
+    pull_request_branches,
+    pull_requests,
 )
 
-pull_request_branches = Table(
-    "pull_request_branches",
-    metadata,
-    Column("branch", Text(), primary_key=True),
-    Column("number", Integer(), nullable=False),
-)
-
-ok_to_test = Table(
-    "ok_to_test",
-    metadata,
-    Column("number", Integer(), primary_key=True, autoincrement=False),
-    Column("sha", Text(), nullable=False),
-    time_column("granted_at"),
-)
-
-handled_comments = Table(
-    "handled_comments",
-    metadata,
-    Column("comment_id", BigInteger(), primary_key=True, autoincrement=False),
-    Column("delivery_id", Text(), nullable=False),
-    time_column("handled_at"),
-)
-
-
-def _ids(name: str, *key: Column[Any]) -> Table:
-    return Table(
-        name,
-        metadata,
-        *key,
-        Column("github_id", BigInteger(), nullable=False),
-        time_column("updated_at"),
-    )
-
-
-github_check_runs = _ids(
-    "github_check_runs",
-    Column("repository", Text(), primary_key=True),
-    Column("commit", Text(), primary_key=True),
-    Column("model", Text(), primary_key=True),
-)
-github_report_comments = _ids(
-    "github_report_comments",
-    Column("repository", Text(), primary_key=True),
-    Column("number", Integer(), primary_key=True, autoincrement=False),
-    Column("model", Text(), primary_key=True),
-)
-github_reply_comments = _ids(
-    "github_reply_comments",
-    Column("repository", Text(), primary_key=True),
-    Column("in_reply_to", BigInteger(), primary_key=True, autoincrement=False),
-)
-github_branch_pulls = _ids(
-    "github_branch_pulls",
-    Column("repository", Text(), primary_key=True),
-    Column("branch", Text(), primary_key=True),
-)
-_REF_TABLES: dict[type[Any], Table] = {
-    CheckRunRef: github_check_runs,
-    ReportCommentRef: github_report_comments,
-    ReplyCommentRef: github_reply_comments,
-    BranchPullRef: github_branch_pulls,
-}
-
-github_poll_cursor = Table(
-    "github_poll_cursor",
-    metadata,
-    Column("id", Integer(), primary_key=True, autoincrement=False),
-    time_column("listening_since"),
-    time_column("comments_since"),
-    CheckConstraint("id = 1", name="ck_github_poll_cursor_one"),
-)
+__all__ = ["PullRequestsSql"]
 
 
 def _key(ref: GitHubRef) -> dict[str, Any]:
@@ -215,7 +106,7 @@ class PullRequestsSql(SqlBase):
             conn.execute(statement.on_conflict_do_nothing(index_elements=["comment_id"]))
 
     def github_id(self, ref: GitHubRef) -> int | None:
-        table = _REF_TABLES[type(ref)]
+        table = GITHUB_ID_TABLES[type(ref)]
         query = select(table.c.github_id).where(
             *(table.c[name] == value for name, value in _key(ref).items())
         )
@@ -224,7 +115,7 @@ class PullRequestsSql(SqlBase):
         return None if found is None else int(found)
 
     def remember_github_id(self, ref: GitHubRef, github_id: int) -> None:
-        table = _REF_TABLES[type(ref)]
+        table = GITHUB_ID_TABLES[type(ref)]
         key = _key(ref)
         now = self._now()
         statement = self._upsert(table).values(**key, github_id=github_id, updated_at=now)

@@ -13,14 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import (
-    Column,
     Connection,
-    ForeignKey,
-    Integer,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
     func,
     insert,
     select,
@@ -28,28 +21,11 @@ from sqlalchemy import (
 
 from controller.backends.store.common import JSONObject, NotFound
 from controller.backends.store.registry import ModelVersion
-from controller.backends.store.sql.base import SqlBase, json_column, metadata, time_column
+from controller.backends.store.sql.base import SqlBase
 from controller.backends.store.sql.mapping import record, records
+from controller.backends.store.sql.tables import model_versions
 
-__all__ = ["RegistrySql", "content_id", "model_versions"]
-
-model_versions = Table(
-    "model_versions",
-    metadata,
-    Column("model", String(255), primary_key=True),
-    Column("number", Integer(), primary_key=True, autoincrement=False),
-    Column("content_id", String(255), nullable=False),
-    Column("run_id", Integer(), ForeignKey("runs.id", name="fk_model_versions_run"), nullable=False),
-    Column("commit", String(64), nullable=False),
-    Column("artifact_digest", String(255), nullable=False),
-    Column("artifact_uri", Text(), nullable=False),
-    Column("environment_hash", String(255), nullable=False),
-    json_column("data_fingerprints"),
-    json_column("params"),
-    json_column("metrics"),
-    time_column("created_at"),
-    UniqueConstraint("model", "run_id", name="uq_model_versions_run"),
-)
+__all__ = ["RegistrySql", "content_id"]
 
 
 def content_id(

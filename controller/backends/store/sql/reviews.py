@@ -6,37 +6,14 @@ Part of :class:`controller.backends.store.sql.SqlStore`
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Integer, String, Table, Text, insert, select, update
+from sqlalchemy import insert, select, update
 
 from controller.backends.store.reviews import CommitStatus, Review, ReviewState
-from controller.backends.store.sql.base import SqlBase, metadata, time_column
+from controller.backends.store.sql.base import SqlBase
 from controller.backends.store.sql.mapping import record, records
+from controller.backends.store.sql.tables import commit_statuses, reviews
 
-__all__ = ["ReviewsSql", "commit_statuses", "reviews"]
-
-reviews = Table(
-    "reviews",
-    metadata,
-    Column("proposal", String(255), primary_key=True),
-    Column("model", String(255), primary_key=True),
-    Column("commit", String(64), nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("description", Text(), nullable=False),
-    Column("body", Text(), nullable=False),
-    time_column("updated_at"),
-)
-
-commit_statuses = Table(
-    "commit_statuses",
-    metadata,
-    Column("id", Integer(), primary_key=True, autoincrement=True),
-    Column("proposal", String(255), nullable=False),
-    Column("model", String(255), nullable=False),
-    Column("commit", String(64), nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("description", Text(), nullable=False),
-    time_column("at"),
-)
+__all__ = ["ReviewsSql"]
 
 
 class ReviewsSql(SqlBase):

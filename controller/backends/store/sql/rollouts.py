@@ -14,14 +14,7 @@ from datetime import datetime
 from typing import Unpack
 
 from sqlalchemy import (
-    Boolean,
-    CheckConstraint,
-    Column,
     Connection,
-    Integer,
-    String,
-    Table,
-    UniqueConstraint,
     func,
     insert,
     select,
@@ -30,55 +23,11 @@ from sqlalchemy import (
 
 from controller.backends.store.common import Conflict, JSONObject, NotFound
 from controller.backends.store.rollouts import RolloutChanges, RolloutRecord, ServingRecord
-from controller.backends.store.sql.base import (
-    SqlBase,
-    aware,
-    checked_times,
-    json_column,
-    metadata,
-    new_id,
-    time_column,
-    version_fk,
-)
+from controller.backends.store.sql.base import SqlBase, aware, checked_times, new_id
 from controller.backends.store.sql.mapping import record, records
+from controller.backends.store.sql.tables import rollouts, serving
 
-__all__ = ["RolloutsSql", "rollouts", "serving"]
-
-rollouts = Table(
-    "rollouts",
-    metadata,
-    Column("id", Integer(), primary_key=True, autoincrement=True),
-    Column("model", String(255), nullable=False),
-    Column("version", Integer(), nullable=False),
-    json_column("stages"),
-    Column("stages_key", String(1024), nullable=False),
-    Column("state", String(64), nullable=False),
-    Column("stage_index", Integer(), nullable=False),
-    Column("step_index", Integer(), nullable=False),
-    Column("weight", Integer(), nullable=False),
-    Column("analysis_failures", Integer(), nullable=False),
-    Column("paused", Boolean(), nullable=False),
-    Column("revision", Integer(), nullable=False),
-    json_column("detail"),
-    time_column("created_at"),
-    time_column("updated_at"),
-    time_column("finished_at", nullable=True),
-    version_fk("fk_rollouts_version"),
-    UniqueConstraint("model", "version", "stages_key", name="uq_rollouts_stages"),
-)
-
-serving = Table(
-    "serving",
-    metadata,
-    Column("id", Integer(), primary_key=True, autoincrement=True),
-    Column("environment", String(255), nullable=False),
-    Column("model", String(255), nullable=False),
-    Column("version", Integer(), nullable=False),
-    Column("weight", Integer(), nullable=False),
-    time_column("at"),
-    version_fk("fk_serving_version"),
-    CheckConstraint("weight >= 0 AND weight <= 100", name="ck_serving_weight"),
-)
+__all__ = ["RolloutsSql"]
 
 
 def _get_rollout(conn: Connection, rollout_id: int) -> RolloutRecord:

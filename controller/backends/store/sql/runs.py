@@ -9,47 +9,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Unpack
 
-from sqlalchemy import Column, Connection, Integer, String, Table, Text, insert, select, update
+from sqlalchemy import Connection, insert, select, update
 
 from controller.backends.store.common import JSONObject, NotFound
 from controller.backends.store.runs import Run, RunChanges, RunStatus, StepResult
-from controller.backends.store.sql.base import (
-    SqlBase,
-    checked_times,
-    json_column,
-    metadata,
-    new_id,
-    time_column,
-)
+from controller.backends.store.sql.base import SqlBase, checked_times, new_id
 from controller.backends.store.sql.mapping import json_ready, record, records
+from controller.backends.store.sql.tables import runs
 
-__all__ = ["RunsSql", "runs"]
-
-runs = Table(
-    "runs",
-    metadata,
-    Column("id", Integer(), primary_key=True, autoincrement=True),
-    Column("model", String(255), nullable=False),
-    Column("ref", String(255), nullable=False),
-    Column("commit", String(64), nullable=False),
-    Column("cache_key", String(255), nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("trigger", String(64), nullable=False),
-    json_column("steps"),
-    json_column("metrics"),
-    json_column("gates"),
-    json_column("params"),
-    json_column("data_fingerprints"),
-    Column("environment_hash", String(255)),
-    Column("artifact_path", Text()),
-    Column("artifact_digest", String(255)),
-    time_column("created_at"),
-    time_column("started_at", nullable=True),
-    time_column("finished_at", nullable=True),
-    Column("error", Text()),
-    Column("reused_from", Integer()),
-    Column("baseline_version", Integer()),
-)
+__all__ = ["RunsSql"]
 
 
 def _get_run(conn: Connection, run_id: int) -> Run:

@@ -6,25 +6,14 @@ Part of :class:`controller.backends.store.sql.SqlStore`
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Integer, String, Table, Text, select
+from sqlalchemy import select
 
 from controller.backends.store.slack import SlackMessage
-from controller.backends.store.sql.base import SqlBase, json_column, metadata, time_column
+from controller.backends.store.sql.base import SqlBase
 from controller.backends.store.sql.mapping import json_ready, record
+from controller.backends.store.sql.tables import slack_messages
 
-__all__ = ["SlackSql", "slack_messages"]
-
-slack_messages = Table(
-    "slack_messages",
-    metadata,
-    Column("model", String(255), primary_key=True),
-    Column("version", Integer(), primary_key=True, autoincrement=False),
-    Column("channel", Text(), nullable=False),
-    Column("ts", Text(), nullable=False),
-    json_column("view"),
-    json_column("replied"),
-    time_column("updated_at"),
-)
+__all__ = ["SlackSql"]
 
 
 class SlackSql(SqlBase):
