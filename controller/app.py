@@ -38,7 +38,8 @@ from controller.backends.pipelines.local import LocalRunner
 from controller.backends.python_env import PythonEnvironment
 from controller.backends.serving import DeployedVersion, ServedVersion, ServingBackend, ServingError
 from controller.backends.serving.local import LocalServing
-from controller.backends.store import InboxEvent, ModelVersion, Run, Store, open_store
+from controller.backends.store import InboxEvent, ModelVersion, Run, open_store
+from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK, Clock
 from controller.engine.commands import ROLLBACK_EVENT, Commands, Watched, record_watched, repository_location
 from controller.engine.notices import NotifierSender
@@ -67,7 +68,7 @@ class Poller(Protocol):
 
 @dataclass
 class Controller:
-    store: Store
+    store: SqlStore
     repository: Repository
     proposals: ProposalReconciler
     rollouts: RolloutEngine
@@ -239,11 +240,11 @@ def build_controller(
     heads = None
     pollers: list[Poller] = []
     if settings.github is not None:
-        forge = GitHubForge(store, settings.github.repository)
+        forge = GitHubForge(store, settings.github.repository, pulls=store)
         admit = TrustGate(store, main_catalog).admits
         heads = functools.partial(proposal_heads, repository, store)
         if settings.github.poll_seconds > 0:
-            pollers.append(GitHubPoller.from_settings(store, settings.github, clock=clock))
+            pollers.append(GitHubPoller.from_settings(store, settings.github, pulls=store, clock=clock))
     proposals = ProposalReconciler(
         repository=repository,
         store=store,

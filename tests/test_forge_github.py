@@ -21,15 +21,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from github import Auth
+from sqlalchemy import text
 
 from controller.backends.forge import ReviewTarget
 from controller.backends.forge.github import (
     GitHubForge,
     GitHubSender,
-    branch_meta_key,
     report_marker,
 )
-from controller.backends.store import Store, open_store
+from controller.backends.store import PullRequest, Store, open_store
+from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.outbox import DeliveryStats, deliver_due
 from controller.engine.report import marker
@@ -43,10 +44,16 @@ SHA2 = "2" * 40
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
+def store(tmp_path: Path) -> Iterator[SqlStore]:
     s = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     yield s
     s.close()
+
+
+def forget_ids(store: SqlStore, table: str) -> None:
+    """Lose the ids the sender remembered in ``table``, as a crash before they were written would."""
+    with store.engine.begin() as conn:
+        conn.execute(text(f"DELETE FROM {table}"))
 
 
 @pytest.fixture
@@ -81,7 +88,7 @@ def sender(store: Store, fake: FakeGitHub) -> Iterator[GitHubSender]:
 
 @pytest.fixture
 def forge(store: Store) -> GitHubForge:
-    return GitHubForge(store, REPO)
+    return GitHubForge(store, REPO, pulls=store)
 
 
 NOW = datetime.now(UTC)
@@ -133,9 +140,10 @@ def test_one_sticky_comment_per_model_edited_in_place(
 
 
 def test_after_a_crash_the_comment_is_found_by_its_marker_not_reposted(
-    store: Store, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
+    store: SqlStore, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
 ) -> None:
-    store.set_meta(branch_meta_key("feature"), "7")
+    pull = PullRequest(7, "feature", SHA1, "main", "alice-ml", False, "open", False, "2024-05-01T12:00:00Z")
+    store.save_pull_request(pull)  # the branch is known to be #7's head
     # someone pasted the marker into their own comment: it must be left alone
     fake.add_comment(7, report("iris", "fake report by a human"), login="mallory")
     for i in range(3):
@@ -143,7 +151,7 @@ def test_after_a_crash_the_comment_is_found_by_its_marker_not_reposted(
     forge.publish_report(ReviewTarget("feature", "iris", SHA1), report("iris", "v1"))
     deliver(store, sender)
     assert bot_comments(fake) == [report("iris", "v1")]
-    store.set_meta(f"github:comment:{REPO}:7:iris", "")  # id lost, as after a crash before it was saved
+    forget_ids(store, "github_report_comments")  # id lost, as after a crash before it was saved
     forge.publish_report(ReviewTarget("feature", "iris", SHA2), report("iris", "v2"))
     deliver(store, sender)
     assert bot_comments(fake) == [report("iris", "v2")]
@@ -152,11 +160,11 @@ def test_after_a_crash_the_comment_is_found_by_its_marker_not_reposted(
 
 
 def test_a_rate_limited_edit_is_retried_not_reposted(
-    store: Store, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
+    store: SqlStore, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
 ) -> None:
     forge.publish_report(ReviewTarget("7", "iris", SHA1), report("iris", "v1"))
     deliver(store, sender)
-    store.set_meta(f"github:comment:{REPO}:7:iris", "")  # found by listing, then the edit is limited
+    forget_ids(store, "github_report_comments")  # found by listing, then the edit is limited
     forge.publish_report(ReviewTarget("7", "iris", SHA1), report("iris", "v2"))
     fake.secondary_rate_limit(retry_after=60, method="PATCH")
     assert deliver(store, sender).failed == 1
@@ -177,7 +185,7 @@ def test_a_comment_deleted_by_someone_is_posted_again(
 
 
 def test_check_run_created_then_updated(
-    store: Store, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
+    store: SqlStore, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
 ) -> None:
     target = ReviewTarget("feature", "iris", SHA1)
     forge.set_status(target, "pending", "training")
@@ -192,7 +200,7 @@ def test_check_run_created_then_updated(
     assert (run["status"], run["conclusion"]) == ("completed", "success")
     assert "accuracy 0.97" in run["output"]["summary"]
 
-    store.set_meta(f"github:check:{REPO}:{SHA1}:iris", "")  # lost id: found again by name and sha
+    forget_ids(store, "github_check_runs")  # lost id: found again by name and sha
     forge.set_status(target, "failure", "accuracy 0.5 < 0.9")
     deliver(store, sender)
     assert list(fake.check_runs.values()) == [run]
@@ -284,7 +292,7 @@ def test_a_branch_without_pull_request_is_retried_then_given_up(
 
 
 def test_reactions_and_replies(
-    store: Store, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
+    store: SqlStore, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
 ) -> None:
     asked = fake.add_comment(7, "/flywheel status", login="alice-ml")
     forge.react(asked["id"], "eyes")
@@ -294,7 +302,7 @@ def test_reactions_and_replies(
     assert [r["content"] for r in fake.reactions] == ["eyes"]
     (reply,) = bot_comments(fake)
     assert reply.endswith("iris: no rollout yet")
-    store.set_meta(f"github:reply:{REPO}:{asked['id']}", "")
+    forget_ids(store, "github_reply_comments")
     forge.reply(7, "iris: no rollout yet", in_reply_to=asked["id"])
     deliver(store, sender)
     assert len(bot_comments(fake)) == 1

@@ -24,7 +24,6 @@ import pytest
 from controller.backends.store import InboxEvent, Store, open_store
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
-from controller.engine.trust import pull_request_info
 from controller.specs import Catalog, load_tree
 from tests.fakes.github_api import issue_comment_event, pull_request_event, reference_payload
 from webhooks.events import GITHUB_EVENT_KINDS, GitHubEventHandler, process_github_events
@@ -84,7 +83,7 @@ def test_pull_request_lifecycle(store: Store, catalog: Catalog) -> None:
         pull_request_event("opened", number=4, head_ref="tune", head_sha=SHA1, author="bob-ml"),
     )
     assert process(store, catalog) == {"tune"}
-    info = pull_request_info(store, 4)
+    info = store.pull_request(4)
     assert info is not None and (info.head_sha, info.author, info.fork) == (SHA1, "bob-ml", False)
 
     put(
@@ -100,7 +99,7 @@ def test_pull_request_lifecycle(store: Store, catalog: Catalog) -> None:
         ),
     )
     assert process(store, catalog) == {"tune"}
-    info = pull_request_info(store, 4)
+    info = store.pull_request(4)
     assert info is not None and info.head_sha == SHA2
 
     put(
@@ -117,7 +116,7 @@ def test_pull_request_lifecycle(store: Store, catalog: Catalog) -> None:
         ),
     )
     assert process(store, catalog) == {"tune", "master"}  # the reference payload's base branch
-    info = pull_request_info(store, 4)
+    info = store.pull_request(4)
     assert info is not None and info.merged and info.state == "closed"
     assert all(e.completed_at is not None and e.error is None for e in events(store))
 

@@ -31,13 +31,12 @@ from typing import Any
 import pytest
 from github import Auth
 
-from controller.backends.forge.github import GitHubSender, comment_handled_key
+from controller.backends.forge.github import GitHubSender
 from controller.backends.forge.github_poll import GitHubPoller
 from controller.backends.store import InboxEvent, NotFound, OutboxMessage, Store, open_store
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
 from controller.engine.outbox import deliver_due
-from controller.engine.trust import open_pull_requests, pull_request_info
 from controller.settings import GitHubSettings
 from controller.specs import Catalog, load_tree
 from tests.fakes.github_api import FakeGitHub, issue_comment_event
@@ -96,6 +95,7 @@ def clock() -> PollClock:
 def poller(store: Store, fake: FakeGitHub, clock: PollClock) -> Iterator[GitHubPoller]:
     polling = GitHubPoller(
         store,
+        pulls=store,
         repository=fake.repository,
         auth=Auth.Token(TOKEN),
         base_url=fake.api_url,
@@ -148,6 +148,11 @@ def deliver(store: Store, fake: FakeGitHub) -> None:
         sender.close()
 
 
+def open_pulls(store: Store) -> dict[int, bool]:
+    """The pull requests recorded open: number -> whether its head is in a fork."""
+    return {pull.number: pull.fork for pull in store.open_pull_requests()}
+
+
 def audited(store: Store, action: str) -> int:
     return sum(1 for entry in store.audit() if entry.action == action)
 
@@ -190,7 +195,7 @@ def test_a_missed_pull_request_is_queued_as_opened_and_recorded(
     assert event.payload["repository"] == {"full_name": fake.repository}
 
     assert process(store, catalog) == {ref}
-    info = pull_request_info(store, 6)
+    info = store.pull_request(6)
     assert info is not None
     assert (info.head_sha, info.author, info.fork, info.state, info.base_ref) == (
         SHA1,
@@ -199,7 +204,7 @@ def test_a_missed_pull_request_is_queued_as_opened_and_recorded(
         "open",
         "main",
     )
-    assert open_pull_requests(store) == {6: fork}
+    assert open_pulls(store) == {6: fork}
     assert events(store)[0].error is None
 
     assert poller.poll() == 0  # recorded as it is on GitHub: nothing to say
@@ -230,7 +235,7 @@ def test_new_head_synchronizes_and_a_merge_closes(
     assert poller.poll() == 1
     assert pending(store) == ["pull_request.synchronize"]
     assert process(store, catalog) == {"tune-iris"}
-    info = pull_request_info(store, 5)
+    info = store.pull_request(5)
     assert info is not None and info.head_sha == SHA2 and info.state == "open"
 
     fake.close_pull(5, merged=True)
@@ -238,9 +243,9 @@ def test_new_head_synchronizes_and_a_merge_closes(
     (closed,) = [e for e in events(store) if e.completed_at is None]
     assert closed.kind == "pull_request.closed" and closed.payload["pull_request"]["merged"] is True
     assert process(store, catalog) == {"tune-iris", "main"}  # the base branch changed too
-    info = pull_request_info(store, 5)
+    info = store.pull_request(5)
     assert info is not None and (info.state, info.merged, info.head_sha) == ("closed", True, SHA2)
-    assert open_pull_requests(store) == {}
+    assert open_pulls(store) == {}
 
     assert poller.poll() == 0  # no longer listed, and recorded closed
     assert pending(store) == []
@@ -256,18 +261,18 @@ def test_closed_without_merge_then_reopened(
     fake.close_pull(5)
     assert poller.poll() == 1
     assert process(store, catalog) == {"tune-iris"}  # no merge: main is unchanged
-    info = pull_request_info(store, 5)
+    info = store.pull_request(5)
     assert info is not None and (info.state, info.merged) == ("closed", False)
-    assert open_pull_requests(store) == {}
+    assert open_pulls(store) == {}
 
     # reopened on GitHub, a little later (the fake's clock has whole seconds, like GitHub's)
     pull.update(state="open", closed_at=None, updated_at=github_time(5))
     assert poller.poll() == 1
     assert pending(store) == ["pull_request.reopened"]
     assert process(store, catalog) == {"tune-iris"}
-    info = pull_request_info(store, 5)
+    info = store.pull_request(5)
     assert info is not None and info.state == "open"
-    assert open_pull_requests(store) == {5: False}
+    assert open_pulls(store) == {5: False}
 
 
 # ------------------------------------------------------------------ comments
@@ -285,7 +290,7 @@ def test_comments_before_the_first_poll_are_history(
     old.update(body="/flywheel help\n\n(edited)", updated_at=github_time())  # listed again: edited since
     assert poller.poll() == 0
     assert pending(store) == []
-    assert store.get_meta(comment_handled_key(old["id"])) is None
+    assert not store.comment_handled(old["id"])
     assert audited(store, "command.help") == 0
 
 
@@ -306,7 +311,7 @@ def test_a_missed_comment_command_runs_once_and_is_answered_once(
     assert issue["number"] == 5 and issue["pull_request"]["url"].endswith(f"/repos/{fake.repository}/pulls/5")
 
     assert process(store, catalog) == set()
-    assert store.get_meta(comment_handled_key(asked["id"])) is not None
+    assert store.comment_handled(asked["id"])
     deliver(store, fake)
     replies = [c for c in fake.comments_on(5) if c["user"]["login"] == "flywheel-bot"]
     assert len(replies) == 1
@@ -527,7 +532,7 @@ def test_poll_seconds_from_the_environment(store: Store) -> None:
     assert GitHubSettings.from_env(settings_env()).poll_seconds == 60
     settings = GitHubSettings.from_env(settings_env(FLYWHEEL_GITHUB_POLL_SECONDS="30"))
     assert settings.poll_seconds == 30
-    poller = GitHubPoller.from_settings(store, settings, clock=SYSTEM_CLOCK)
+    poller = GitHubPoller.from_settings(store, settings, pulls=store, clock=SYSTEM_CLOCK)
     try:
         assert poller.interval_seconds == 30 and poller.repository == "octo-org/models"
     finally:

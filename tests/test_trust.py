@@ -26,7 +26,6 @@ from controller.engine.comments import handle_comment
 from controller.engine.trust import (
     TrustGate,
     author_trusted,
-    pull_request_info,
     record_pull_request,
 )
 from controller.specs import Catalog, load_tree
@@ -61,7 +60,7 @@ def comment(store: Store, catalog: Catalog, body: str, *, login: str, number: in
         store=store,
         catalog=lambda: catalog,
         commands=Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK),
-        forge=GitHubForge(store, "octo-org/models"),
+        forge=GitHubForge(store, "octo-org/models", pulls=store),
     )
     return [r.ok for r in outcome.results]
 
@@ -180,7 +179,7 @@ def test_events_out_of_order_do_not_roll_the_head_back(store: Store) -> None:
     )
     record_pull_request(store, newer)
     record_pull_request(store, older)
-    info = pull_request_info(store, 3)
+    info = store.pull_request(3)
     assert info is not None and info.head_sha == SHA2
 
 

@@ -409,10 +409,10 @@ class _BrokenStore:
     def put_event(self, **kwargs: Any) -> bool:
         raise OSError("disk I/O error")
 
-    def get_meta(self, key: str) -> str | None:
+    def ping(self) -> None:
         if self._reads_fail:
             raise OSError("database is gone")
-        return self._store.get_meta(key)
+        self._store.ping()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)

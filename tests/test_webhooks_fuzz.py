@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import logging
 import sqlite3
 import tempfile
 import time
@@ -33,7 +32,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from controller.backends.forge.github import open_pull_requests, pull_request_info
 from controller.backends.notify.slack import APPROVE_ACTION, REJECT_ACTION, decision_value
 from controller.backends.store import Store, open_store
 from controller.clock import SYSTEM_CLOCK
@@ -195,7 +193,7 @@ def _rows(state: Path) -> int:
 
 
 @pytest.mark.timeout(900)  # thousands of requests: seconds on a quiet machine, minutes on a busy one
-def test_no_request_gets_5xx_and_unsigned_ones_change_nothing(caplog: pytest.LogCaptureFixture) -> None:
+def test_no_request_gets_5xx_and_unsigned_ones_change_nothing() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
         store = open_store(state, clock=SYSTEM_CLOCK)
@@ -205,7 +203,7 @@ def test_no_request_gets_5xx_and_unsigned_ones_change_nothing(caplog: pytest.Log
         try:
             with client:
                 _fuzz(client, state)
-            _handle_everything_stored(store, state, caplog)
+            _handle_everything_stored(store, state)
         finally:
             store.close()
 
@@ -275,22 +273,24 @@ def _fuzz(client: TestClient, state: Path) -> None:
     case()
 
 
-def _handle_everything_stored(store: Store, state: Path, caplog: pytest.LogCaptureFixture) -> None:
+def _handle_everything_stored(store: Store, state: Path) -> None:
     """Every accepted delivery is handled without raising, and leaves records that read back."""
     catalog = load_tree(Path(__file__).resolve().parents[1])
     commands = Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK)
-    with caplog.at_level(logging.WARNING, logger="flywheel"):
-        for _ in range(20):
-            if not _unhandled(state):
-                break
-            process_github_events(store, catalog=lambda: catalog, commands=commands, limit=500)
-        for number in open_pull_requests(store):
-            assert pull_request_info(store, number) is not None
+    for _ in range(20):
+        if not _unhandled(state):
+            break
+        process_github_events(store, catalog=lambda: catalog, commands=commands, limit=500)
     assert _unhandled(state) == 0
-    assert not [r for r in caplog.records if "skipping the stored" in r.getMessage()]
     with sqlite3.connect(state / "state.db") as db:
         errors = [row[0] for row in db.execute("SELECT error FROM inbox_events WHERE error IS NOT NULL")]
+        recorded = [row[0] for row in db.execute("SELECT number FROM pull_requests")]
     assert errors == []
+    for number in recorded:
+        pull = store.pull_request(number)
+        assert pull is not None and pull.number == number
+    for pull in store.open_pull_requests():
+        assert pull.state == "open" and store.pull_request(pull.number) == pull
 
 
 def _unhandled(state: Path) -> int:
@@ -472,7 +472,12 @@ def _fuzz_slack(client: TestClient, state: Path) -> None:
         request_headers: dict[str, bytes] = {"Content-Type": b"application/x-www-form-urlencoded"}
         if timestamp:
             request_headers["X-Slack-Request-Timestamp"] = timestamp.encode("utf-8")
-        fresh = timestamp.isascii() and timestamp.isdigit() and abs(int(timestamp) - int(time.time())) <= 299
+        # Slack's verifier takes a request up to 300 s old or ahead; at that edge the test's clock and the
+        # endpoint's read a moment apart disagree, so a timestamp within 5 s of it is taken either way.
+        digits = timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12
+        age = abs(int(timestamp) - time.time()) if digits else None
+        fresh = age is not None and age <= 295
+        edge = age is not None and 295 < age < 305
         if how in ("valid", "v1", "wrong secret"):
             secret = SLACK_SECRET if how != "wrong secret" else "not " + SLACK_SECRET
             digest = hmac.new(secret.encode(), b"v0:" + timestamp.encode() + b":" + body, hashlib.sha256)
@@ -486,7 +491,7 @@ def _fuzz_slack(client: TestClient, state: Path) -> None:
         status = response.json()["status"]
         if len(body) > 1024 * 1024:
             assert response.status_code == 413
-        elif how != "valid" or not fresh or not _utf8(body):  # Slack signs (and sends) UTF-8 only
+        elif how != "valid" or (not fresh and not edge) or not _utf8(body):  # Slack signs UTF-8 only
             assert (response.status_code, status) == (401, "bad_signature")
         after = _table_rows(state)
         if response.status_code >= 400 or status == "ignored":

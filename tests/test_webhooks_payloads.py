@@ -32,7 +32,6 @@ from jsonschema import Draft7Validator
 from pydantic import BaseModel
 from starlette.testclient import TestClient
 
-from controller.backends.forge.github import OPEN_PULLS_KEY, pull_request_meta_key
 from controller.backends.store import Store, open_store
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
@@ -368,5 +367,5 @@ def test_a_poison_delivery_already_in_the_inbox_fails_and_records_nothing(store:
     assert first.completed_at is not None
     assert "does not fit: number: Input should be a valid integer" in (first.error or "")
     assert second.completed_at is not None and second.error is None and refs == {"changes"}
-    assert store.get_meta(pull_request_meta_key(False)) is None
-    assert store.get_meta(OPEN_PULLS_KEY) == json.dumps({str(good["number"]): False})
+    assert store.pull_request(False) is None and store.pull_request(0) is None
+    assert [(pull.number, pull.fork) for pull in store.open_pull_requests()] == [(good["number"], False)]

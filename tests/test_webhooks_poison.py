@@ -8,16 +8,16 @@ Pins down, at the controller, issue 11's "hostile input stops nothing":
 * a poller or handler that raises is logged with its traceback once, however
   many ticks it keeps failing, and the rest of the tick (the inbox, rollouts,
   the outbox) still runs;
-* pull request records left malformed by a Flywheel that accepted
-  ``"number": false`` are skipped with one warning, never raised: with such
-  records and such an event already stored, a GitHub controller (its poller
-  against the fake GitHub API, its trust gate, its reconciler) keeps working
-  and writes good records over the bad ones.
+* pull request records left malformed in ``meta`` by a Flywheel that
+  accepted ``"number": false`` are left behind by the upgrade of its state
+  with one warning each, never raised: with such records and such an event
+  already stored, a GitHub controller (its poller against the fake GitHub
+  API, its trust gate, its reconciler) keeps working and records the pull
+  request afresh. (Every malformed value of every family: test_store_migration.)
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import time
@@ -27,34 +27,17 @@ from pathlib import Path
 import pytest
 
 from controller.app import MAX_EVENT_ATTEMPTS, Controller, build_controller
-from controller.backends.forge.github import (
-    OPEN_PULLS_KEY,
-    GitHubSender,
-    open_pull_requests,
-    pull_request_info,
-    pull_request_meta_key,
-)
+from controller.backends.forge.github import GitHubSender
 from controller.backends.pipelines.fake import FakeRunner, ScriptedStep
 from controller.backends.serving.fake import FakeServing
-from controller.backends.store import InboxEvent, OutboxMessage, Store, open_store
+from controller.backends.store import InboxEvent, OutboxMessage
 from controller.clock import SYSTEM_CLOCK
 from controller.scaffold import scaffold
 from controller.settings import ControllerSettings, GitHubSettings, Settings
 from tests.fakes.github_api import FakeGitHub
 from tests.gitrepo import GitRepo
+from tests.store_0003 import open_pulls_value, pull_request_value, state_at_0003, write_meta
 from webhooks.events import attach_github_events
-
-GOOD_RECORD = {
-    "number": 6,
-    "head_ref": "tune",
-    "head_sha": "a" * 40,
-    "base_ref": "main",
-    "author": "octocat",
-    "fork": False,
-    "state": "open",
-    "merged": False,
-    "updated_at": "2024-05-01T12:00:00Z",
-}
 
 
 class BrokenPoller:
@@ -162,55 +145,6 @@ def test_an_event_that_never_completes_is_given_up(controller: Controller) -> No
     assert handled == ["crashed-less"]
 
 
-# ------------------------------------------------------------- malformed records
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(tmp_path / "records", clock=SYSTEM_CLOCK)
-    yield opened
-    opened.close()
-
-
-@pytest.mark.parametrize(
-    "stored",
-    [
-        "{not json",
-        "[]",
-        json.dumps({**GOOD_RECORD, "number": False}),
-        json.dumps({**GOOD_RECORD, "number": 7}),  # another pull request's record
-        json.dumps({**GOOD_RECORD, "fork": "no"}),
-        json.dumps({k: v for k, v in GOOD_RECORD.items() if k != "head_sha"}),
-        "[" * 100_000,
-    ],
-    ids=lambda value: value[:30],
-)
-def test_a_malformed_pull_request_record_is_no_record_with_one_warning(
-    store: Store, stored: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    store.set_meta(pull_request_meta_key(6), stored)
-    with caplog.at_level(logging.WARNING, logger="flywheel"):
-        assert pull_request_info(store, 6) is None
-        assert pull_request_info(store, 6) is None
-    assert len([r for r in caplog.records if "skipping the stored github:pr:6" in r.getMessage()]) == 1
-    store.set_meta(pull_request_meta_key(6), json.dumps(GOOD_RECORD))
-    info = pull_request_info(store, 6)
-    assert info is not None and info.head_sha == "a" * 40
-
-
-def test_malformed_open_pull_requests_are_left_out(store: Store, caplog: pytest.LogCaptureFixture) -> None:
-    store.set_meta(
-        OPEN_PULLS_KEY, json.dumps({"False": False, "6": True, "7": "yes", "-1": False, "8": False})
-    )
-    with caplog.at_level(logging.WARNING, logger="flywheel"):
-        assert open_pull_requests(store) == {6: True, 8: False}
-        assert open_pull_requests(store) == {6: True, 8: False}
-    assert len([r for r in caplog.records if OPEN_PULLS_KEY in r.getMessage()]) == 1
-    for garbage in ("{", "[1, 2]", "null"):
-        store.set_meta(OPEN_PULLS_KEY, garbage)
-        assert open_pull_requests(store) == {}
-
-
 # ------------------------------------------------------------- a GitHub controller
 
 
@@ -220,7 +154,11 @@ def github() -> Iterator[FakeGitHub]:
         yield fake
 
 
-def github_controller(tmp_path: Path, github: FakeGitHub) -> Controller:
+def github_controller(tmp_path: Path, github: FakeGitHub, *, old_meta: dict[str, str]) -> Controller:
+    """A controller on a state directory a 0003 Flywheel left with ``old_meta``."""
+    engine = state_at_0003(tmp_path / "state")
+    write_meta(engine, old_meta, at=SYSTEM_CLOCK.now())
+    engine.dispose()
     work = GitRepo(tmp_path / "work")
     scaffold(work.path)
     bare = tmp_path / "origin.git"
@@ -266,12 +204,15 @@ def test_a_github_controller_keeps_working_over_what_a_poison_event_left(
     tmp_path: Path, github: FakeGitHub, caplog: pytest.LogCaptureFixture
 ) -> None:
     github.add_pull(6, head_ref="tune", head_sha="b" * 40, author="octocat")
-    controller = github_controller(tmp_path, github)
-    store = controller.store
     # What an older Flywheel stored after accepting {"number": false}, and such an event not handled yet.
-    store.set_meta(OPEN_PULLS_KEY, json.dumps({"False": False}))
-    store.set_meta(pull_request_meta_key(False), json.dumps({**GOOD_RECORD, "number": False}))
-    store.set_meta(pull_request_meta_key(6), json.dumps({**GOOD_RECORD, "number": False}))
+    old_meta = {
+        "github:open-pulls": open_pulls_value({False: False}),
+        "github:pr:False": pull_request_value(number=False),
+        "github:pr:6": pull_request_value(number=False),
+    }
+    with caplog.at_level(logging.WARNING, logger="flywheel"):
+        controller = github_controller(tmp_path, github, old_meta=old_meta)
+    store = controller.store
     poison = {
         "action": "opened",
         "number": False,
@@ -285,12 +226,13 @@ def test_a_github_controller_keeps_working_over_what_a_poison_event_left(
                 step(controller)  # raises nothing
         old = store.get_event(1)
         assert old.completed_at is not None and "number: Input should be a valid integer" in (old.error or "")
-        info = pull_request_info(store, 6)  # found by polling, written over the bad record
+        info = store.pull_request(6)  # found by polling, recorded afresh
         assert info is not None and (info.number, info.head_sha, info.state) == (6, "b" * 40, "open")
-        assert open_pull_requests(store) == {6: False}
-        assert json.loads(store.get_meta(OPEN_PULLS_KEY) or "") == {"6": False}  # the bad entry is gone
+        assert [(pull.number, pull.fork) for pull in store.open_pull_requests()] == [(6, False)]
+        assert store.get_meta("github:open-pulls") is None  # the bad entry is gone with its key
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-        assert len([w for w in warnings if OPEN_PULLS_KEY in w]) == 1
+        left = sorted(w.split("the stored ")[1].split(": ")[0] for w in warnings if "not carrying over" in w)
+        assert left == ["github:pr:6", "github:pr:False"]  # once each, at the upgrade
         assert [e.error for e in map(store.get_event, range(2, 3))] == [None]  # the polled opened #6
     finally:
         controller.close()

@@ -34,11 +34,11 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from controller.backends.forge.github import GitHubForge, comment_handled_key
-from controller.backends.store import InboxEvent, Store
+from controller.backends.forge.github import GitHubForge
+from controller.backends.store import InboxEvent, PullRequest, Store
 from controller.engine.commands import Commands
 from controller.engine.comments import handle_comment
-from controller.engine.trust import PullRequestInfo, record_pull_request
+from controller.engine.trust import record_pull_request
 from controller.specs.types import Catalog
 from webhooks.github import HANDLED_EVENTS
 from webhooks.payloads import validate_payload
@@ -88,7 +88,7 @@ def process_github_events(
     commands: Commands,
     limit: int = 50,
     forge: GitHubForge | None = None,
-    changed_models: Callable[[PullRequestInfo], Sequence[str]] | None = None,
+    changed_models: Callable[[PullRequest], Sequence[str]] | None = None,
     other: Callable[[InboxEvent], set[str] | None] | None = None,
     worker: str | None = None,
 ) -> set[str]:
@@ -136,7 +136,7 @@ class GitHubEventHandler:
         catalog: Callable[[], Catalog],
         commands: Commands,
         forge: GitHubForge | None = None,
-        changed_models: Callable[[PullRequestInfo], Sequence[str]] | None = None,
+        changed_models: Callable[[PullRequest], Sequence[str]] | None = None,
     ) -> None:
         self._store = store
         self._catalog = catalog
@@ -194,7 +194,7 @@ def handle_github_event(
     catalog: Callable[[], Catalog],
     commands: Commands,
     forge: GitHubForge | None = None,
-    changed_models: Callable[[PullRequestInfo], Sequence[str]] | None = None,
+    changed_models: Callable[[PullRequest], Sequence[str]] | None = None,
 ) -> set[str]:
     """Handle one GitHub webhook event (without completing it); return the refs to reconcile.
 
@@ -213,8 +213,8 @@ def handle_github_event(
             return set()
         comment = payload.get("comment")
         comment_id = comment.get("id") if isinstance(comment, Mapping) else None
-        handled = comment_handled_key(comment_id) if isinstance(comment_id, int) else None
-        if handled is not None and store.get_meta(handled) is not None:
+        handled = comment_id if isinstance(comment_id, int) else None
+        if handled is not None and store.comment_handled(handled):
             log.info("comment %s was handled already (delivered by webhook and found by polling)", comment_id)
             return set()
         outcome = handle_comment(
@@ -222,11 +222,11 @@ def handle_github_event(
             store=store,
             catalog=catalog,
             commands=commands,
-            forge=forge or GitHubForge(store, _repository(payload)),
+            forge=forge or GitHubForge(store, _repository(payload), pulls=store),
             changed_models=changed_models,
         )
         if handled is not None:
-            store.set_meta(handled, event.delivery_id)
+            store.mark_comment_handled(handled, delivery_id=event.delivery_id)
         return set(outcome.refs)
     if name == "ping":
         log.info("GitHub ping for hook %s: %s", payload.get("hook_id"), payload.get("zen"))

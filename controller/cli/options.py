@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 
 if TYPE_CHECKING:
-    from controller.backends.store import Store
+    from controller.backends.store.sql import SqlStore
     from controller.specs.types import Catalog
 
 F = TypeVar("F", bound=Callable[..., object])
@@ -116,7 +116,7 @@ def state_errors(state_dir: Path) -> Iterator[None]:
 
 
 @contextmanager
-def existing_store(state_dir: Path) -> Iterator[Store]:
+def existing_store(state_dir: Path) -> Iterator[SqlStore]:
     """The store in ``state_dir``, which must exist already (read-only commands and decisions)."""
     from controller.backends.store import open_store
     from controller.clock import SYSTEM_CLOCK

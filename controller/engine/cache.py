@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from controller.backends.store import Store, open_store
+from controller.backends.store import RunRecords, open_store
 from controller.clock import Clock
 
 VENV_PREFIX = "env-"
@@ -46,7 +46,7 @@ def cache_entries(state_dir: Path, *, clock: Clock) -> list[CacheEntry]:
         store.close()
 
 
-def _entries(store: Store, state_dir: Path) -> list[CacheEntry]:
+def _entries(store: RunRecords, state_dir: Path) -> list[CacheEntry]:
     entries = []
     for run in store.list_runs(status="succeeded", limit=100_000):
         if run.reused_from is not None or not run.artifact_path or not Path(run.artifact_path).is_dir():

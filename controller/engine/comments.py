@@ -5,7 +5,7 @@ with ``/flywheel`` (outside fenced code blocks) and checks the command and
 its arguments. :func:`handle_comment` is called by :mod:`webhooks.events` for
 each new comment: it acknowledges the comment at once with a reaction, runs
 each command and queues one reply with the results, all through the outbox
-(:class:`~controller.backends.forge.github.GitHubForge`).
+(a :class:`CommentReplies`: the GitHub forge).
 
 Rights always come from the policy on main (Invariant 1), never from the pull
 request the comment is on: approve, reject and the rollout controls go
@@ -22,14 +22,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
-from controller.backends.forge.github import GitHubForge
-from controller.backends.store import Store
+from controller.backends.store import PullRequest, Store
 from controller.engine.approvals import may_run, resolve_user
 from controller.engine.commands import CONTROL_COMMANDS, Actor, CommandOutcome, Commands
 from controller.engine.commands import main_policy as _main_policy
-from controller.engine.trust import PullRequestInfo, TrustGate, pull_request_info, record_ok_to_test
+from controller.engine.trust import TrustGate, record_ok_to_test
 from controller.specs.types import Catalog, Policy
 
 __all__ = [
@@ -37,6 +36,7 @@ __all__ = [
     "HELP",
     "CommandResult",
     "CommentOutcome",
+    "CommentReplies",
     "ParsedCommand",
     "handle_comment",
     "parse_commands",
@@ -146,6 +146,16 @@ def _check(line: str, words: list[str]) -> ParsedCommand:
 # ------------------------------------------------------------------ handling
 
 
+class CommentReplies(Protocol):
+    """Where the answers to a comment go (the GitHub forge queues them in the outbox)."""
+
+    def react(self, comment_id: int, content: str) -> None:
+        """React to the comment (``eyes``, ``+1``, ``-1``, ...)."""
+
+    def reply(self, issue: int, body: str, *, in_reply_to: int) -> None:
+        """Answer comment ``in_reply_to`` on ``issue``, once."""
+
+
 @dataclass(frozen=True)
 class _Context:
     store: Store
@@ -154,8 +164,8 @@ class _Context:
     login: str
     issue: int
     is_pull: bool
-    pull: PullRequestInfo | None
-    changed_models: Callable[[PullRequestInfo], Sequence[str]] | None
+    pull: PullRequest | None
+    changed_models: Callable[[PullRequest], Sequence[str]] | None
     comment_id: int
     url: str
 
@@ -170,8 +180,8 @@ def handle_comment(
     store: Store,
     catalog: Callable[[], Catalog],
     commands: Commands,
-    forge: GitHubForge,
-    changed_models: Callable[[PullRequestInfo], Sequence[str]] | None = None,
+    forge: CommentReplies,
+    changed_models: Callable[[PullRequest], Sequence[str]] | None = None,
 ) -> CommentOutcome:
     """Acknowledge, run and answer the commands of an ``issue_comment`` ``created`` payload.
 
@@ -199,7 +209,7 @@ def handle_comment(
         login=str(user.get("login") or ""),
         issue=number,
         is_pull=is_pull,
-        pull=pull_request_info(store, number) if is_pull else None,
+        pull=store.pull_request(number) if is_pull else None,
         changed_models=changed_models,
         comment_id=comment_id,
         url=str(comment.get("html_url") or ""),

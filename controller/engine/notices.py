@@ -12,7 +12,7 @@ the embedded home; Slack registers its own sender).
 from __future__ import annotations
 
 from controller.backends.notify import Notifier, RolloutEvent, event_from_json, event_to_json
-from controller.backends.store import OutboxMessage, Store
+from controller.backends.store import Outbox, OutboxMessage
 from controller.specs.types import Model
 
 __all__ = ["NotifierSender", "destinations", "queue_event"]
@@ -26,7 +26,7 @@ def destinations(model: Model | None) -> dict[str, str]:
     return found
 
 
-def queue_event(store: Store, model: Model | None, event: RolloutEvent) -> None:
+def queue_event(store: Outbox, model: Model | None, event: RolloutEvent) -> None:
     """Queue ``event`` for every channel of ``model``; an event already queued is left as it was."""
     payload = event_to_json(event)
     for destination, target in destinations(model).items():

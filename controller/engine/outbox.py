@@ -1,7 +1,7 @@
 """Delivering the outbox: messages to GitHub, Slack and the console, retried until they are sent.
 
 The engine never calls an outside service inline. It queues a message with
-:meth:`Store.enqueue` (one idempotency key per message, so a repeat after a
+:meth:`Outbox.enqueue` (one idempotency key per message, so a repeat after a
 crash does not duplicate it) and the controller's loop calls
 :func:`deliver_due` now and then, which hands each due message to the
 :class:`Sender` registered for its destination.
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from controller.backends.delivery import DeliveryError, Sender
-from controller.backends.store import Store
+from controller.backends.store import Outbox
 
 __all__ = ["DeliveryError", "DeliveryStats", "Sender", "backoff_seconds", "deliver_due"]
 
@@ -50,7 +50,7 @@ def backoff_seconds(attempts: int, *, jitter: Callable[[], float] = random.rando
 
 
 def deliver_due(
-    store: Store,
+    store: Outbox,
     senders: Mapping[str, Sender],
     *,
     now: datetime,

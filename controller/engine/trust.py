@@ -6,7 +6,9 @@ does not trust, runs nothing until a trusted person comments
 given for — a new push needs a new ``ok-to-test``.
 
 :func:`record_pull_request` keeps what the gate and the GitHub forge need from
-each ``pull_request`` event (called by :mod:`webhooks.events`);
+each ``pull_request`` event in the store's
+:class:`~controller.backends.store.PullRequestRecords` (called by
+:mod:`webhooks.events`);
 :func:`record_ok_to_test` is called by the comment commands
 (:mod:`controller.engine.comments`) once the commenter's right has been
 checked; the proposal reconciler asks :meth:`TrustGate.admits` before it
@@ -16,49 +18,30 @@ passed in as a callable, never by the one in the pull request.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 from typing import Any
 
-from controller.backends.forge.github import (
-    OPEN_PULLS_KEY,
-    PullRequestInfo,
-    branch_meta_key,
-    open_pull_requests,
-    pull_ref_number,
-    pull_request_info,
-    pull_request_meta_key,
-)
 from controller.backends.git import Repository
-from controller.backends.store import Store
+from controller.backends.store import PullRequest, PullRequestRecords, pull_ref_number
 from controller.engine.approvals import groups_of, resolve_user
 from controller.engine.commands import main_policy
 from controller.specs.types import Catalog, Policy
 
 __all__ = [
-    "PullRequestInfo",
     "TrustGate",
     "author_trusted",
-    "ok_to_test_key",
-    "open_pull_requests",
     "proposal_heads",
     "pull_request_for",
-    "pull_request_info",
     "record_ok_to_test",
     "record_pull_request",
 ]
 
 
-def ok_to_test_key(number: int) -> str:
-    return f"github:ok-to-test:{number}"
-
-
-def record_pull_request(store: Store, payload: Mapping[str, Any]) -> PullRequestInfo | None:
-    """Store the metadata of a ``pull_request`` event's pull request; ``None`` for a malformed payload.
+def record_pull_request(pulls: PullRequestRecords, payload: Mapping[str, Any]) -> PullRequest | None:
+    """Record the pull request of a ``pull_request`` event; ``None`` for a malformed payload.
 
     An event older than what is stored (GitHub does not promise order) keeps
-    the stored metadata and returns it. Only pull requests whose head is a
+    the stored record and returns it. Only pull requests whose head is a
     branch of this repository map that branch to their number: a fork's
     branch name says nothing about ours.
     """
@@ -74,7 +57,7 @@ def record_pull_request(store: Store, payload: Mapping[str, Any]) -> PullRequest
     head_repo, base_repo = head.get("repo"), base.get("repo")
     head_id = head_repo.get("id") if isinstance(head_repo, Mapping) else None
     base_id = base_repo.get("id") if isinstance(base_repo, Mapping) else None
-    info = PullRequestInfo(
+    info = PullRequest(
         number=number,
         head_ref=str(head.get("ref") or ""),
         head_sha=str(head.get("sha") or ""),
@@ -85,23 +68,10 @@ def record_pull_request(store: Store, payload: Mapping[str, Any]) -> PullRequest
         merged=bool(pull.get("merged") or pull.get("merged_at")),  # a listed pull has only merged_at
         updated_at=str(pull.get("updated_at") or ""),
     )
-    with store.transaction():
-        stored = pull_request_info(store, number)
-        if stored is not None and info.updated_at and stored.updated_at > info.updated_at:
-            return stored
-        store.set_meta(pull_request_meta_key(number), json.dumps(asdict(info), sort_keys=True))
-        if not info.fork and info.head_ref:
-            store.set_meta(branch_meta_key(info.head_ref), str(number))
-        still_open = open_pull_requests(store)
-        if info.state == "open":
-            still_open[number] = info.fork
-        else:
-            still_open.pop(number, None)
-        store.set_meta(OPEN_PULLS_KEY, json.dumps({str(n): f for n, f in sorted(still_open.items())}))
-    return info
+    return pulls.save_pull_request(info)
 
 
-def proposal_heads(repository: Repository, store: Store) -> dict[str, str]:
+def proposal_heads(repository: Repository, pulls: PullRequestRecords) -> dict[str, str]:
     """The proposals to train on GitHub: every branch, and ``pull/<n>/head`` of each open fork pull request.
 
     A fork's head is not a branch of ours; GitHub keeps it under
@@ -112,33 +82,33 @@ def proposal_heads(repository: Repository, store: Store) -> dict[str, str]:
     trust gate's decision.
     """
     heads = repository.branches()
-    for number, fork in sorted(open_pull_requests(store).items()):
-        if not fork:
+    for pull in pulls.open_pull_requests():
+        if not pull.fork:
             continue  # its head is one of our branches, already listed
-        sha = repository.ref_target(f"refs/pull/{number}/head")
+        sha = repository.ref_target(f"refs/{pull.ref}")
         if sha is not None:
-            heads[f"pull/{number}/head"] = sha
+            heads[pull.ref] = sha
     return heads
 
 
-def pull_request_for(store: Store, branch: str) -> tuple[bool, PullRequestInfo | None]:
-    """``(is a pull-request ref, its metadata)`` for ``branch``.
+def pull_request_for(pulls: PullRequestRecords, branch: str) -> tuple[bool, PullRequest | None]:
+    """``(is a pull-request ref, its record)`` for ``branch``.
 
     ``pull/<n>/head`` (how a fork's head is fetched) is always a pull-request
     ref, known or not; any other branch is one when a pull request of this
     repository has it as its head.
     """
     number = pull_ref_number(branch)
-    if number is not None:
-        return True, pull_request_info(store, number)
-    known = store.get_meta(branch_meta_key(branch))
-    if known and known.isdigit():
-        return True, pull_request_info(store, int(known))
-    return False, None
+    if number is None:
+        number = pulls.pull_number_for_branch(branch)
+        if number is None:
+            return False, None
+    return True, pulls.pull_request(number)
 
 
-def record_ok_to_test(store: Store, number: int, sha: str) -> None:
-    store.set_meta(ok_to_test_key(number), sha)
+def record_ok_to_test(pulls: PullRequestRecords, number: int, sha: str) -> None:
+    """Let pull request ``number`` run its head commit ``sha`` (and no other)."""
+    pulls.grant_ok_to_test(number=number, sha=sha)
 
 
 def author_trusted(policy: Policy, login: str) -> bool:
@@ -152,13 +122,13 @@ def author_trusted(policy: Policy, login: str) -> bool:
 class TrustGate:
     """Decides whether the code at a proposal's head may run; ``catalog`` returns main's specs now."""
 
-    def __init__(self, store: Store, catalog: Callable[[], Catalog]) -> None:
-        self._store = store
+    def __init__(self, pulls: PullRequestRecords, catalog: Callable[[], Catalog]) -> None:
+        self._pulls = pulls
         self._catalog = catalog
 
     def admits(self, branch: str, head_sha: str) -> tuple[bool, str]:
         """``(may run, why)`` for the commit ``head_sha`` at the head of ``branch``."""
-        is_pull, info = pull_request_for(self._store, branch)
+        is_pull, info = pull_request_for(self._pulls, branch)
         if not is_pull:
             return True, f"{branch} has no pull request: a branch pushed by the team"
         if info is None:
@@ -171,7 +141,8 @@ class TrustGate:
             if info.fork
             else f"by {info.author}, not trusted by main's policy"
         )
-        if self._store.get_meta(ok_to_test_key(info.number)) == head_sha:
+        grant = self._pulls.ok_to_test(info.number)
+        if grant is not None and grant.sha == head_sha:
             return True, f"#{info.number} is {who}; a trusted user said ok-to-test for {head_sha[:12]}"
         return False, (
             f"#{info.number} is {who}; it waits for a trusted user to comment "

@@ -19,53 +19,51 @@ Two halves, so that no call to GitHub is ever made inline (Invariant 5):
 
 The sticky report is found again by the hidden marker on its first line
 (:func:`controller.engine.report.marker`), and its comment id is remembered
-in the store's meta table, so that it is edited in place and never posted a
-second time, even after a crash between posting and marking the message sent.
-Replies to commands carry a marker of their own for the same reason.
+in the store (:class:`~controller.backends.store.PullRequestRecords`), so
+that it is edited in place and never posted a second time, even after a
+crash between posting and marking the message sent. Replies to commands
+carry a marker of their own for the same reason, and check runs are
+remembered the same way.
 
 On GitHub a proposal is a pull request's head branch (the reconciler works
-from git branches). The number of its pull request comes from the metadata
-that :func:`controller.engine.trust.record_pull_request` stores from
+from git branches). The number of its pull request comes from the records
+that :func:`controller.engine.trust.record_pull_request` keeps from
 ``pull_request`` events (:func:`pull_request_number`), and otherwise from the
 API (``GET /repos/{owner}/{repo}/pulls?head=owner:branch``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import re
-import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import requests
 from github import Auth, Consts, Github, GithubException, RateLimitExceededException, UnknownObjectException
 from github.Repository import Repository
-from pydantic import TypeAdapter, ValidationError
 
 from controller.backends.delivery import DeliveryError
 from controller.backends.forge import CommitState, ReviewTarget
-from controller.backends.store import OutboxMessage, Store
+from controller.backends.store import (
+    BranchPullRef,
+    CheckRunRef,
+    GitHubRef,
+    Outbox,
+    OutboxMessage,
+    PullRequestRecords,
+    ReplyCommentRef,
+    ReportCommentRef,
+    pull_ref_number,
+)
 from controller.clock import Clock
 from controller.settings import CheckMode, GitHubSettings
 
 __all__ = [
     "DESTINATION",
-    "OPEN_PULLS_KEY",
     "GitHubForge",
     "GitHubSender",
-    "PullRequestInfo",
-    "branch_meta_key",
-    "comment_handled_key",
     "delivery_error",
     "github_client",
-    "open_pull_requests",
-    "pull_ref_number",
-    "pull_request_info",
-    "pull_request_meta_key",
     "pull_request_number",
     "report_marker",
 ]
@@ -80,134 +78,19 @@ SUMMARY_LIMIT = 65_535  # GitHub's limit on a check run's output summary
 NO_PULL_REQUEST_ATTEMPTS = 10  # a branch without a pull request is retried this often, then given up
 SECONDARY_LIMIT_WAIT = 60.0  # GitHub: with no Retry-After, wait at least a minute
 
-_PULL_REF = re.compile(r"(?:refs/)?pull/(\d+)(?:/head|/merge)?")
-_NUMBER = re.compile(r"[0-9]{1,19}")
-_SKIPPED: set[tuple[str, str]] = set()  # (meta key, digest of the value) already warned about
-_SKIPPED_LOCK = threading.Lock()
 
 
-# ---------------------------------------------------------------- metadata
+# ------------------------------------------------------------- pull requests
 
 
-OPEN_PULLS_KEY = "github:open-pulls"  # meta: JSON {number: is a fork} of the pull requests recorded open
-
-
-def pull_request_meta_key(number: int) -> str:
-    """Meta key of the JSON kept per pull request (by ``controller.engine.trust.record_pull_request``)."""
-    return f"github:pr:{number}"
-
-
-def branch_meta_key(branch: str) -> str:
-    """Meta key mapping a head branch of this repository to its pull request's number."""
-    return f"github:branch:{branch}"
-
-
-def pull_ref_number(ref: str) -> int | None:
-    """The number in a pull request's own ref (``pull/<n>/head``, how a fork's head is fetched)."""
-    match = _PULL_REF.fullmatch(ref)
-    return int(match.group(1)) if match else None
-
-
-def pull_request_number(store: Store, proposal: str) -> int | None:
-    """The pull request ``proposal`` names: a number, ``pull/<n>/head``, or a branch with a known one."""
+def pull_request_number(pulls: PullRequestRecords, proposal: str) -> int | None:
+    """The pull request ``proposal`` names: a number, ``pull/<n>/head``, or a branch with a recorded one."""
     if proposal.isdigit():
         return int(proposal)
     number = pull_ref_number(proposal)
     if number is not None:
         return number
-    known = store.get_meta(branch_meta_key(proposal))
-    return int(known) if known and known.isdigit() else None
-
-
-def pull_request_info(store: Store, number: int) -> PullRequestInfo | None:
-    """What the store last recorded of pull request ``number`` (``controller.engine.trust`` records it).
-
-    A record that does not read back as a :class:`PullRequestInfo` (written
-    by an older Flywheel from a malformed delivery, or damaged) counts as no
-    record, with a warning once: the next ``pull_request`` event or poll
-    writes a good one over it.
-    """
-    key = pull_request_meta_key(number)
-    raw = store.get_meta(key)
-    if not raw:
-        return None
-    try:
-        info = _PULL_REQUEST_RECORD.validate_json(raw, strict=True)
-    except ValidationError as exc:
-        _skip_once(key, raw, f"it is not a pull request record ({exc.error_count()} errors)")
-        return None
-    if info.number != number:
-        _skip_once(key, raw, f"it records pull request {info.number}")
-        return None
-    return info
-
-
-def open_pull_requests(store: Store) -> dict[int, bool]:
-    """The pull requests last recorded open: number -> whether its head is in a fork.
-
-    Entries that are not a pull request number with a boolean (written by an
-    older Flywheel from a malformed delivery) are left out, with a warning
-    once; the next record of a pull request writes the list without them.
-    """
-    raw = store.get_meta(OPEN_PULLS_KEY)
-    if not raw:
-        return {}
-    try:
-        recorded = json.loads(raw)
-    except (ValueError, RecursionError):
-        recorded = None
-    if not isinstance(recorded, dict):
-        _skip_once(OPEN_PULLS_KEY, raw, "it is not a JSON object")
-        return {}
-    found: dict[int, bool] = {}
-    bad: list[str] = []
-    for number, fork in recorded.items():
-        if _NUMBER.fullmatch(number) and isinstance(fork, bool):
-            found[int(number)] = fork
-        else:
-            bad.append(number)
-    if bad:
-        _skip_once(OPEN_PULLS_KEY, raw, f"entries {', '.join(repr(n[:40]) for n in bad[:5])} are malformed")
-    return found
-
-
-def _skip_once(key: str, raw: str, why: str) -> None:
-    """Warn that the stored value at ``key`` is skipped, once per value (readers run on every poll)."""
-    seen = (key, hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest())
-    with _SKIPPED_LOCK:
-        if seen in _SKIPPED:
-            return
-        _SKIPPED.add(seen)
-    log.warning("skipping the stored %s: %s", key, why)
-
-
-def comment_handled_key(comment_id: int) -> str:
-    """Meta key set once a comment's commands have run, whether it came by webhook or by polling."""
-    return f"github:comment-handled:{comment_id}"
-
-
-@dataclass(frozen=True)
-class PullRequestInfo:
-    """What Flywheel remembers of one pull request, from its latest ``pull_request`` event."""
-
-    number: int
-    head_ref: str
-    head_sha: str
-    base_ref: str
-    author: str  # the GitHub login that opened it
-    fork: bool  # the head lives in another repository than the base
-    state: str  # open | closed
-    merged: bool
-    updated_at: str  # GitHub's ISO timestamp, to drop events that arrive out of order
-
-    @property
-    def ref(self) -> str:
-        """The ref the proposal reconciler runs: the head branch, or ``pull/<n>/head`` for a fork."""
-        return f"pull/{self.number}/head" if self.fork else self.head_ref
-
-
-# Reads a stored record back with JSON's types as they are (``false`` is no number).
-_PULL_REQUEST_RECORD = TypeAdapter(PullRequestInfo)
+    return pulls.pull_number_for_branch(proposal)
 
 
 def report_marker(model: str) -> str:
@@ -225,21 +108,22 @@ def _reply_marker(comment_id: int) -> str:
 class GitHubForge:
     """Queues what the reconciler and the comment commands show on GitHub; :class:`GitHubSender` sends it."""
 
-    def __init__(self, store: Store, repo_full_name: str) -> None:
+    def __init__(self, outbox: Outbox, repo_full_name: str, *, pulls: PullRequestRecords) -> None:
         if repo_full_name.count("/") != 1:
             raise ValueError(f"expected owner/name, got {repo_full_name!r}")
-        self._store = store
+        self._outbox = outbox
+        self._pulls = pulls
         self.repo = repo_full_name
 
     def publish_report(self, target: ReviewTarget, body: str) -> None:
-        self._store.enqueue(
+        self._outbox.enqueue(
             destination=DESTINATION,
             key=f"github:{self.repo}:report:{target.proposal}:{target.model}",
             payload={
                 "kind": "report",
                 "repo": self.repo,
                 "proposal": target.proposal,
-                "pr": pull_request_number(self._store, target.proposal),
+                "pr": pull_request_number(self._pulls, target.proposal),
                 "model": target.model,
                 "commit": target.commit,
                 "body": body,
@@ -247,7 +131,7 @@ class GitHubForge:
         )
 
     def set_status(self, target: ReviewTarget, state: CommitState, description: str) -> None:
-        self._store.enqueue(
+        self._outbox.enqueue(
             destination=DESTINATION,
             key=f"github:{self.repo}:check:{target.commit}:{target.model}",
             payload={
@@ -265,7 +149,7 @@ class GitHubForge:
         """Queue a reaction (``eyes``, ``+1``, ``-1``, ...) on an issue or pull-request comment."""
         if content not in REACTIONS:
             raise ValueError(f"not a GitHub reaction: {content!r}")
-        self._store.enqueue(
+        self._outbox.enqueue(
             destination=DESTINATION,
             key=f"github:{self.repo}:reaction:{comment_id}:{content}",
             payload={"kind": "reaction", "repo": self.repo, "comment_id": comment_id, "content": content},
@@ -274,7 +158,7 @@ class GitHubForge:
 
     def reply(self, issue: int, body: str, *, in_reply_to: int) -> None:
         """Queue the answer to comment ``in_reply_to`` on ``issue``; one answer per comment, sent once."""
-        self._store.enqueue(
+        self._outbox.enqueue(
             destination=DESTINATION,
             key=f"github:{self.repo}:reply:{in_reply_to}",
             payload={
@@ -318,7 +202,7 @@ class GitHubSender:
 
     def __init__(
         self,
-        store: Store,
+        store: PullRequestRecords,
         *,
         auth: Auth.Auth,
         base_url: str = DEFAULT_API_URL,
@@ -343,7 +227,9 @@ class GitHubSender:
         self._repos: dict[str, Repository] = {}
 
     @classmethod
-    def from_settings(cls, store: Store, settings: GitHubSettings, **options: Any) -> GitHubSender:
+    def from_settings(
+        cls, store: PullRequestRecords, settings: GitHubSettings, **options: Any
+    ) -> GitHubSender:
         return cls(
             store,
             auth=settings.auth(),
@@ -396,7 +282,7 @@ class GitHubSender:
             int(number),
             marker=marker,
             body=body,
-            meta_key=f"github:comment:{repo.full_name}:{number}:{model}",
+            ref=ReportCommentRef(repository=repo.full_name, number=int(number), model=model),
         )
 
     def _send_reply(self, payload: Mapping[str, Any]) -> None:
@@ -408,7 +294,7 @@ class GitHubSender:
             int(payload["issue"]),
             marker=marker,
             body=f"{marker}\n{payload['body']}",
-            meta_key=f"github:reply:{repo.full_name}:{in_reply_to}",
+            ref=ReplyCommentRef(repository=repo.full_name, in_reply_to=in_reply_to),
         )
 
     def _send_reaction(self, payload: Mapping[str, Any]) -> None:
@@ -438,9 +324,8 @@ class GitHubSender:
             fields["status"] = "completed"
             fields["conclusion"] = "success" if state == "success" else "failure"
             fields["completed_at"] = self._clock.now()
-        meta_key = f"github:check:{repo.full_name}:{sha}:{model}"
-        known = self._store.get_meta(meta_key)
-        check_id = int(known) if known and known.isdigit() else None
+        ref = CheckRunRef(repository=repo.full_name, commit=sha, model=model)
+        check_id = self._store.github_id(ref)
         if check_id is None:
             check_id = next((run.id for run in repo.get_commit(sha).get_check_runs(check_name=name)), None)
         if check_id is not None:
@@ -449,10 +334,10 @@ class GitHubSender:
             except UnknownObjectException:
                 check_id = None
             else:
-                self._store.set_meta(meta_key, str(check_id))
+                self._store.remember_github_id(ref, check_id)
                 return
         created = repo.create_check_run(name=name, head_sha=sha, **fields)
-        self._store.set_meta(meta_key, str(created.id))
+        self._store.remember_github_id(ref, created.id)
 
     # ------------------------------------------------------------- helpers
 
@@ -466,10 +351,10 @@ class GitHubSender:
         number = pull_request_number(self._store, proposal)
         if number is not None:
             return number
-        cache_key = f"github:sender:pr:{repo.full_name}:{proposal}"
-        cached = self._store.get_meta(cache_key)
-        if cached and cached.isdigit():
-            return int(cached)
+        found = BranchPullRef(repository=repo.full_name, branch=proposal)
+        cached = self._store.github_id(found)
+        if cached is not None:
+            return cached
         owner = repo.full_name.split("/", 1)[0]
         pulls = repo.get_pulls(state="all", sort="created", direction="desc", head=f"{owner}:{proposal}")
         for pull in pulls:  # newest first; an open one wins over closed ones
@@ -478,18 +363,18 @@ class GitHubSender:
             if pull.state == "open":
                 break
         if number is not None:
-            self._store.set_meta(cache_key, str(number))
+            self._store.remember_github_id(found, number)
         return number
 
     def _upsert_comment(
-        self, repo: Repository, number: int, *, marker: str, body: str, meta_key: str
+        self, repo: Repository, number: int, *, marker: str, body: str, ref: GitHubRef
     ) -> None:
         """Edit our comment that starts with ``marker`` on issue ``number``; create it only when absent."""
         issue = repo.get_issue(number)
-        known = self._store.get_meta(meta_key)
-        if known and known.isdigit():
+        known = self._store.github_id(ref)
+        if known is not None:
             try:
-                issue.get_comment(int(known)).edit(body)
+                issue.get_comment(known).edit(body)
                 return
             except UnknownObjectException:
                 log.info("comment %s on %s#%s is gone; looking for another", known, repo.full_name, number)
@@ -502,10 +387,10 @@ class GitHubSender:
                 if exc.status != 403 or limited:
                     raise
                 continue  # 403 and no rate limit: someone else's comment that copied the marker
-            self._store.set_meta(meta_key, str(comment.id))
+            self._store.remember_github_id(ref, comment.id)
             return
         created = issue.create_comment(body)
-        self._store.set_meta(meta_key, str(created.id))
+        self._store.remember_github_id(ref, created.id)
 
 
 def _ours(comments: Any, marker: str) -> Iterator[Any]:

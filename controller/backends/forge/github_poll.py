@@ -7,7 +7,7 @@ handler (:mod:`webhooks.events`) deals with both:
 
 * **pull requests**: every open pull request (``GET /repos/{o}/{r}/pulls``,
   paginated) is compared with what the store last recorded
-  (:func:`~controller.backends.forge.github.pull_request_info`). One never seen is
+  (:class:`~controller.backends.store.PullRequestRecords`). One never seen is
   queued as ``opened``, a new head as ``synchronize``, one recorded closed as
   ``reopened``; one recorded open that is no longer listed is read alone
   (``GET .../pulls/{n}``) and queued as ``closed``, merged or not.
@@ -16,9 +16,9 @@ handler (:mod:`webhooks.events`) deals with both:
   were not handled yet are queued as ``issue_comment`` ``created``. As with
   webhooks, commands come from a comment as it was created: one edited since
   is left alone, since the API cannot tell what it said at first. A
-  webhook and a poll of the same comment run its commands once
-  (:func:`~controller.backends.forge.github.comment_handled_key`). Comments
-  from before the first poll are history, not commands.
+  webhook and a poll of the same comment run its commands once (the store
+  marks each comment handled). Comments from before the first poll are
+  history, not commands; the poll cursor is kept in the store.
 
 Pushes need no polling here: the controller fetches the repository itself.
 Each queued event's delivery id is derived from what it reports, so polling
@@ -42,29 +42,19 @@ from typing import Any
 
 import requests
 from github import Auth, GithubException, UnknownObjectException
-from github.PullRequest import PullRequest
+from github.PullRequest import PullRequest as GitHubPull
 from github.Repository import Repository
 
-from controller.backends.forge.github import (
-    DEFAULT_API_URL,
-    comment_handled_key,
-    delivery_error,
-    github_client,
-    open_pull_requests,
-    pull_request_info,
-    pull_request_meta_key,
-)
-from controller.backends.store import JSONObject, Store
+from controller.backends.forge.github import DEFAULT_API_URL, delivery_error, github_client
+from controller.backends.store import Inbox, JSONObject, PollCursor, PullRequestRecords
 from controller.clock import Clock
 from controller.settings import GitHubSettings
 
-__all__ = ["COMMENTS_SINCE_KEY", "LISTENING_SINCE_KEY", "SOURCE", "GitHubPoller"]
+__all__ = ["SOURCE", "GitHubPoller"]
 
 log = logging.getLogger("flywheel.github.poll")
 
 SOURCE = "github"  # the inbox source of webhook deliveries, so one handler serves both
-COMMENTS_SINCE_KEY = "github:poll:comments-since"  # the newest comment update seen
-LISTENING_SINCE_KEY = "github:poll:listening-since"  # comments created before are not commands to us
 COMMENT_OVERLAP_SECONDS = 120.0  # read again what changed this long before the cursor: listings lag
 MAX_BACKOFF_SECONDS = 900.0
 _ISSUE_NUMBER = re.compile(r"/issues/(\d+)$")
@@ -76,8 +66,9 @@ class GitHubPoller:
 
     def __init__(
         self,
-        store: Store,
+        inbox: Inbox,
         *,
+        pulls: PullRequestRecords,
         repository: str,
         auth: Auth.Auth,
         base_url: str = DEFAULT_API_URL,
@@ -85,7 +76,8 @@ class GitHubPoller:
         interval_seconds: float = 60.0,
         clock: Clock,
     ) -> None:
-        self._store = store
+        self._inbox = inbox
+        self._pulls = pulls
         self._api_url = base_url.rstrip("/")
         self.repository = repository
         self.interval_seconds = interval_seconds
@@ -98,9 +90,12 @@ class GitHubPoller:
         self._failures = 0
 
     @classmethod
-    def from_settings(cls, store: Store, settings: GitHubSettings, **options: Any) -> GitHubPoller:
+    def from_settings(
+        cls, inbox: Inbox, settings: GitHubSettings, *, pulls: PullRequestRecords, **options: Any
+    ) -> GitHubPoller:
         return cls(
-            store,
+            inbox,
+            pulls=pulls,
             repository=settings.repository,
             auth=settings.auth(),
             base_url=settings.api_url,
@@ -155,7 +150,7 @@ class GitHubPoller:
         listed: set[int] = set()
         for pull in repo.get_pulls(state="open", sort="updated", direction="desc"):
             listed.add(pull.number)
-            stored = pull_request_info(self._store, pull.number)
+            stored = self._pulls.pull_request(pull.number)
             if stored is None:
                 action = "opened"
             elif stored.state != "open":
@@ -165,7 +160,7 @@ class GitHubPoller:
             else:
                 continue
             queued += self._queue_pull(repo, pull, action)
-        for number in sorted(open_pull_requests(self._store).keys() - listed):
+        for number in sorted({recorded.number for recorded in self._pulls.open_pull_requests()} - listed):
             try:
                 pull = repo.get_pull(number)
             except UnknownObjectException:
@@ -175,7 +170,7 @@ class GitHubPoller:
                 queued += self._queue_pull(repo, pull, "closed")
         return queued
 
-    def _queue_pull(self, repo: Repository, pull: PullRequest, action: str) -> int:
+    def _queue_pull(self, repo: Repository, pull: GitHubPull, action: str) -> int:
         payload = _pull_request_payload(pull)
         delivery = f"poll-pr-{pull.number}-{action}-{payload['updated_at']}-{pull.head.sha}"
         event: JSONObject = {
@@ -186,7 +181,7 @@ class GitHubPoller:
             "sender": payload["user"],
             "flywheel_polled": True,
         }
-        if not self._store.put_event(
+        if not self._inbox.put_event(
             source=SOURCE, delivery_id=delivery, kind=f"pull_request.{action}", payload=event
         ):
             return 0  # queued by an earlier poll and not handled yet, or handled already
@@ -196,15 +191,12 @@ class GitHubPoller:
     # ----------------------------------------------------------- comments
 
     def _poll_comments(self, repo: Repository) -> int:
-        listening = self._store.get_meta(LISTENING_SINCE_KEY)
-        cursor = self._store.get_meta(COMMENTS_SINCE_KEY)
-        if listening is None or cursor is None:  # the first poll: what was said before is history
-            now = _timestamp(self._clock.now())
-            with self._store.transaction():
-                self._store.set_meta(LISTENING_SINCE_KEY, now)
-                self._store.set_meta(COMMENTS_SINCE_KEY, now)
+        cursor = self._pulls.poll_cursor()
+        if cursor is None:  # the first poll: what was said before is history
+            now = self._clock.now().astimezone(UTC).replace(microsecond=0)  # GitHub's times have seconds
+            self._pulls.save_poll_cursor(PollCursor(listening_since=now, comments_since=now))
             return 0
-        start, newest = _parse_timestamp(listening), _parse_timestamp(cursor)
+        start, newest = cursor.listening_since, cursor.comments_since
         since = max(start, newest - timedelta(seconds=COMMENT_OVERLAP_SECONDS))
         queued = 0
         for comment in repo.get_issues_comments(sort="updated", direction="asc", since=since):
@@ -214,10 +206,10 @@ class GitHubPoller:
                 continue  # said before Flywheel listened, or edited: webhooks ignore edits too
             if not _COMMAND.search(comment.body or ""):
                 continue
-            if self._store.get_meta(comment_handled_key(comment.id)) is not None:
+            if self._pulls.comment_handled(comment.id):
                 continue
             queued += self._queue_comment(repo, comment)
-        self._store.set_meta(COMMENTS_SINCE_KEY, _timestamp(newest))
+        self._pulls.save_poll_cursor(PollCursor(listening_since=start, comments_since=newest))
         return queued
 
     def _queue_comment(self, repo: Repository, comment: Any) -> int:
@@ -226,7 +218,7 @@ class GitHubPoller:
             return 0
         number = int(match.group(1))
         issue: JSONObject = {"number": number}
-        known_pull = self._store.get_meta(pull_request_meta_key(number)) is not None
+        known_pull = self._pulls.pull_request(number) is not None
         if known_pull or repo.get_issue(number).pull_request is not None:
             issue["pull_request"] = {"url": f"{self._api_url}/repos/{repo.full_name}/pulls/{number}"}
         user = {"login": comment.user.login, "type": comment.user.type}
@@ -244,7 +236,7 @@ class GitHubPoller:
             "sender": user,
             "flywheel_polled": True,
         }
-        if not self._store.put_event(
+        if not self._inbox.put_event(
             source=SOURCE,
             delivery_id=f"poll-comment-{comment.id}",
             kind="issue_comment.created",
@@ -255,7 +247,7 @@ class GitHubPoller:
         return 1
 
 
-def _pull_request_payload(pull: PullRequest) -> JSONObject:
+def _pull_request_payload(pull: GitHubPull) -> JSONObject:
     """The fields of a webhook's ``pull_request`` that Flywheel reads, from attributes a list answer has."""
     return {
         "number": pull.number,
@@ -285,10 +277,6 @@ def _aware(value: datetime) -> datetime:
 
 def _timestamp(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # GitHub's own form, which sorts as text
-
-
-def _parse_timestamp(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 def _describe(exc: Exception) -> str:

@@ -19,9 +19,10 @@ The controller registers :class:`SlackSender` as the outbox sender of the
   Slack (``hooks.slack.com``) or at the API host this sender is configured
   with (a local test server), never anywhere else.
 
-The parent message's ``channel`` and ``ts`` and what it shows are kept in the
-store's meta table under ``slack.rollout:<model>:v<version>``, so a restarted
-controller keeps editing the same message. Failures become
+The parent message's ``channel`` and ``ts``, what it shows and the events
+answered in its thread are kept in the store
+(:class:`~controller.backends.store.SlackRecords`, one record per model
+version), so a restarted controller keeps editing the same message. Failures become
 :class:`~controller.backends.delivery.DeliveryError`: a 429 carries its
 ``Retry-After``; ``channel_not_found``, ``invalid_auth``, ``not_in_channel``
 and similar are permanent; everything else (5xx, ``ratelimited``, connection
@@ -43,7 +44,7 @@ from slack_sdk.webhook import WebhookClient
 
 from controller.backends.delivery import DeliveryError
 from controller.backends.notify import RolloutEvent, event_from_json
-from controller.backends.store import OutboxMessage, Store
+from controller.backends.store import OutboxMessage, SlackMessage, SlackRecords
 
 __all__ = [
     "APPROVE_ACTION",
@@ -60,7 +61,6 @@ SLACK_HOOKS_HOST = "hooks.slack.com"
 APPROVE_ACTION = "flywheel_approve"
 REJECT_ACTION = "flywheel_reject"
 DECISION_BLOCK = "flywheel_decision"
-META_PREFIX = "slack.rollout:"
 
 PERMANENT_ERRORS = frozenset(
     {
@@ -84,7 +84,8 @@ _MAX_METRIC_FIELDS = 10  # Block Kit's limit of fields in a section
 
 _log = logging.getLogger("flywheel.notify.slack")
 
-State = dict[str, Any]
+State = dict[str, Any]  # what the sender works on: a SlackMessage's view with its reference fields
+_REFERENCE = ("model", "version", "channel", "ts", "replied")
 
 
 def decision_value(*, model: str, version: int, environment: str) -> str:
@@ -103,7 +104,7 @@ class SlackSender:
         self,
         *,
         token: str,
-        store: Store,
+        store: SlackRecords,
         base_url: str = SLACK_API_URL,
         timeout: int = 10,
     ) -> None:
@@ -198,12 +199,23 @@ class SlackSender:
         )
 
     def _load(self, model: str, version: int) -> State | None:
-        raw = self.store.get_meta(f"{META_PREFIX}{model}:v{version}")
-        return cast(State, json.loads(raw)) if raw else None
+        found = self.store.slack_message(model=model, version=version)
+        if found is None:
+            return None
+        reference = {"channel": found.channel, "ts": found.ts, "replied": list(found.replied)}
+        return {**found.view, "model": found.model, "version": found.version, **reference}
 
     def _save(self, state: State) -> None:
-        key = f"{META_PREFIX}{state['model']}:v{state['version']}"
-        self.store.set_meta(key, json.dumps(state, sort_keys=True))
+        self.store.save_slack_message(
+            SlackMessage(
+                model=str(state["model"]),
+                version=int(state["version"]),
+                channel=str(state.get("channel") or ""),
+                ts=str(state.get("ts") or ""),
+                view={name: value for name, value in state.items() if name not in _REFERENCE},
+                replied=tuple(state["replied"]),
+            )
+        )
 
     # ----------------------------------------------------------- ephemeral
 

@@ -36,9 +36,7 @@ def upgrade() -> None:
         sa.Column("description", sa.Text(), nullable=False, server_default=""),
         sa.Column("body", sa.Text(), nullable=False, server_default=""),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.CheckConstraint(
-            "state IN ('pending', 'success', 'failure', 'error')", name="ck_reviews_state"
-        ),
+        sa.CheckConstraint("state IN ('pending', 'success', 'failure', 'error')", name="ck_reviews_state"),
     )
 
     op.create_table(

@@ -1,0 +1,51 @@
+"""The append-only audit log: who did what, to what, and why (Invariant 6).
+
+Every decision (run, gate result, approval, promotion, rollback, command)
+appends an entry; the status views and ``flywheel audit`` read them. The
+database refuses UPDATE and DELETE on the log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from controller.backends.store.common import JSONObject
+
+__all__ = ["AuditEntry", "AuditLog"]
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One line of the append-only audit log: who did what, to what, and why."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    model: str | None = None
+    version: int | None = None
+    environment: str | None = None
+    detail: JSONObject = field(default_factory=dict)
+
+
+class AuditLog(Protocol):
+    """Entries are appended, never changed."""
+
+    def append_audit(
+        self,
+        *,
+        actor: str,
+        action: str,
+        model: str | None = None,
+        version: int | None = None,
+        environment: str | None = None,
+        detail: JSONObject | None = None,
+    ) -> AuditEntry: ...
+
+    def audit(
+        self, *, model: str | None = None, since: datetime | None = None, limit: int | None = None
+    ) -> list[AuditEntry]:
+        """Entries oldest first; with ``limit``, the newest ``limit`` of them."""
+        ...

@@ -1,0 +1,71 @@
+"""The model registry: immutable, numbered, content-addressed versions of each model.
+
+The release step registers a version from a judged run of main; the rollout
+engine, the status views and the CLI read them. Versions are append-only
+(the database refuses UPDATE and DELETE on them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from controller.backends.store.common import JSONObject
+
+__all__ = ["ModelVersion", "Registry"]
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """An immutable, numbered version of a model (1, 2, ... per model).
+
+    ``content_id`` is a digest of what ships: the model name, commit, data
+    fingerprints, params, environment hash and artifact digest.
+    """
+
+    model: str
+    number: int
+    content_id: str
+    run_id: int
+    commit: str
+    artifact_digest: str
+    artifact_uri: str
+    environment_hash: str
+    created_at: datetime
+    data_fingerprints: dict[str, str] = field(default_factory=dict)
+    params: JSONObject = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Registry(Protocol):
+    """Model versions, numbered per model and never changed."""
+
+    def register_version(
+        self,
+        *,
+        model: str,
+        run_id: int,
+        commit: str,
+        artifact_digest: str,
+        artifact_uri: str,
+        environment_hash: str,
+        data_fingerprints: Mapping[str, str] | None = None,
+        params: JSONObject | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> ModelVersion:
+        """Register the next version of ``model``; the same run again returns the version it already made."""
+        ...
+
+    def get_version(self, model: str, number: int) -> ModelVersion: ...
+
+    def latest_version(self, model: str) -> ModelVersion | None: ...
+
+    def list_versions(self, model: str) -> list[ModelVersion]:
+        """Versions of ``model``, oldest first."""
+        ...
+
+    def list_models(self) -> list[str]:
+        """Names of the models with at least one version, sorted."""
+        ...

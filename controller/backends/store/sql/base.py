@@ -1,0 +1,290 @@
+"""The SQL store's foundation: the engine, its SQLite set-up, migrations, time and connection handling.
+
+Every record kind's SQL module (:mod:`.inbox`, :mod:`.runs`, ...) defines a
+mixin on :class:`SqlBase`, over the tables of :mod:`.tables`;
+:class:`controller.backends.store.sql.SqlStore` is all of them together.
+
+Opening a store applies the Alembic migrations shipped in ``migrations/``
+(idempotent, and refused with :class:`SchemaTooNew` when the database was
+migrated by a newer Flywheel). All SQL is portable; the only
+dialect-specific parts are the SQLite connection setup (pragmas, and
+``BEGIN IMMEDIATE`` for writing transactions so that concurrent writers
+queue on the busy timeout instead of failing) and the choice of the
+``INSERT ... ON CONFLICT`` construct, which both dialects spell the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    DateTime,
+    Dialect,
+    Engine,
+    TypeDecorator,
+    create_engine,
+    event,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
+
+from controller.backends.store.common import SchemaTooNew
+from controller.clock import Clock
+
+__all__ = [
+    "DEFAULT_BUSY_TIMEOUT_MS",
+    "MIGRATIONS_DIR",
+    "SqlBase",
+    "UTCDateTime",
+    "alembic_config",
+    "aware",
+    "build_engine",
+    "checked_times",
+    "json_text",
+    "migrate",
+    "new_id",
+    "schema_revision",
+]
+
+MIGRATIONS_DIR = Path(__file__).parent.with_name("migrations")
+DEFAULT_BUSY_TIMEOUT_MS = 10_000
+_READ_ONLY = "flywheel_read_only"
+
+
+def aware(value: datetime, name: str) -> datetime:
+    """``value`` in UTC; a naive datetime is refused, naming the argument."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime, got naive {value.isoformat()}")
+    return value.astimezone(UTC)
+
+
+def checked_times(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``changes`` with every datetime checked to be aware and turned to UTC."""
+    return {
+        name: aware(value, name) if isinstance(value, datetime) else value for name, value in changes.items()
+    }
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, whatever the database keeps."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = aware(value, "time")
+        # SQLite keeps text; without an offset the text sorts in time order.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def new_id(result: CursorResult[Any]) -> int:
+    """The integer key of the row ``result`` inserted."""
+    key = result.inserted_primary_key
+    if key is None:  # pragma: no cover - every table inserted this way has an integer key
+        raise RuntimeError("the database returned no id for the new row")
+    return int(key[0])
+
+
+# ---------------------------------------------------------------- migrations
+
+
+def alembic_config() -> Config:
+    """An Alembic configuration pointing at the shipped migrations; no alembic.ini needed."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision this code knows, in one transaction.
+
+    Idempotent. Raises :class:`SchemaTooNew` when the database carries a
+    revision this code has never heard of.
+    """
+    config = alembic_config()
+    scripts = ScriptDirectory.from_config(config)
+    known = {script.revision for script in scripts.walk_revisions()}
+    heads = set(scripts.get_heads())
+    with engine.begin() as conn:
+        current = set(MigrationContext.configure(conn).get_current_heads())
+        unknown = sorted(current - known)
+        if unknown:
+            raise SchemaTooNew(
+                f"the state database at {engine.url.render_as_string(hide_password=True)} has schema "
+                f"revision {', '.join(unknown)}, newer than this Flywheel knows "
+                f"(up to {', '.join(sorted(heads))}); "
+                "upgrade Flywheel, or point it at another state directory"
+            )
+        if current == heads:
+            return
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+
+
+def schema_revision(engine: Engine) -> tuple[str, ...]:
+    """The schema revision(s) the database is at (empty before the first migration)."""
+    with engine.connect() as conn:
+        conn.execution_options(**{_READ_ONLY: True})
+        return tuple(MigrationContext.configure(conn).get_current_heads())
+
+
+# -------------------------------------------------------------------- engine
+
+
+def json_text(value: Any) -> str:
+    """The text a JSON column stores for ``value``.
+
+    A value that already knows its JSON text says so with a ``__json_text__()``
+    method (the webhook receiver's payloads do: the verified body they were
+    parsed from), and that text is stored as it is instead of serialising the
+    object again; it must be the JSON text of exactly that value. Anything
+    else goes through :func:`json.dumps`.
+    """
+    known = getattr(value, "__json_text__", None)
+    if known is not None:
+        written = known()
+        if isinstance(written, str):
+            return written
+    return json.dumps(value)
+
+
+def build_engine(url: str, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> Engine:
+    """An engine for ``url``; for SQLite, every connection is set up for WAL and queued writes."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True, json_serializer=json_text)
+    memory = parsed.database in (None, "", ":memory:")
+    if memory:
+        # One shared connection, so the whole program sees one database; single-threaded use only.
+        engine = create_engine(
+            parsed,
+            poolclass=StaticPool,
+            connect_args={"check_same_thread": False},
+            json_serializer=json_text,
+        )
+    else:
+        engine = create_engine(parsed, json_serializer=json_text)
+
+    @event.listens_for(engine, "connect")
+    def _setup(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself, below
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        # A writer takes the write lock up front, so it waits on busy_timeout
+        # rather than failing when another writer got there first.
+        read_only = conn.get_execution_options().get(_READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+# --------------------------------------------------------------------- base
+
+
+class SqlBase:
+    """The engine, the clock and the current transaction, which every record kind's SQL shares.
+
+    Also :class:`~controller.backends.store.Transactions`: :meth:`transaction`
+    groups the calls made inside it; a call outside any transaction is a
+    transaction of its own (reads take no write lock).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Clock,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+    ) -> None:
+        self._engine = build_engine(url, busy_timeout_ms=busy_timeout_ms)
+        self._clock = clock
+        self._tx: ContextVar[Connection | None] = ContextVar(f"flywheel_store_tx_{id(self)}", default=None)
+        dialect = self._engine.dialect.name
+        self._upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        try:
+            migrate(self._engine)
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def url(self) -> str:
+        return self._engine.url.render_as_string(hide_password=True)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def ping(self) -> None:
+        with self._read() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def _now(self) -> datetime:
+        return aware(self._clock.now(), "clock.now()")
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self._tx.get() is not None:
+            yield  # join the enclosing transaction
+            return
+        with self._engine.begin() as conn:
+            token = self._tx.set(conn)
+            try:
+                yield
+            finally:
+                self._tx.reset(token)
+
+    def _write(self) -> AbstractContextManager[Connection]:
+        """The current transaction's connection, or a transaction of its own that takes the write lock."""
+        return self._connection(write=True)
+
+    def _read(self) -> AbstractContextManager[Connection]:
+        """The current transaction's connection, or one of its own that takes no write lock."""
+        return self._connection(write=False)
+
+    @contextmanager
+    def _connection(self, *, write: bool) -> Iterator[Connection]:
+        conn = self._tx.get()
+        if conn is not None:
+            yield conn
+        elif write:
+            with self._engine.begin() as conn:
+                yield conn
+        else:
+            with self._engine.connect() as conn:
+                conn.execution_options(**{_READ_ONLY: True})
+                yield conn

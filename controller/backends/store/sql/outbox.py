@@ -1,0 +1,119 @@
+"""The outbox's SQL: one row per idempotency key, the newest payload winning, due until sent.
+
+Part of :class:`controller.backends.store.sql.SqlStore`
+(:class:`~controller.backends.store.Outbox`). A payload's ``revision`` moves
+whenever it is replaced, so that marking an older payload sent leaves the
+newer one due.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from sqlalchemy import Connection, select, update
+
+from controller.backends.store.common import JSONObject, NotFound
+from controller.backends.store.outbox import OutboxMessage
+from controller.backends.store.sql.base import SqlBase, aware
+from controller.backends.store.sql.mapping import record, records
+from controller.backends.store.sql.tables import outbox
+
+__all__ = ["OutboxSql"]
+
+
+def _get_message(conn: Connection, ident: int | str, *, by: str, for_update: bool = False) -> OutboxMessage:
+    column = outbox.c.id if by == "id" else outbox.c.key
+    query = select(outbox).where(column == ident)
+    if for_update:
+        query = query.with_for_update()
+    row = conn.execute(query).mappings().first()
+    if row is None:
+        raise NotFound(f"no outbox message with {by} {ident!r}")
+    return record(OutboxMessage, row)
+
+
+class OutboxSql(SqlBase):
+    def enqueue(
+        self, *, destination: str, key: str, payload: JSONObject, replace: bool = True
+    ) -> OutboxMessage:
+        now = self._now()
+        with self._write() as conn:
+            inserted = conn.execute(
+                self._upsert(outbox)
+                .values(
+                    destination=destination,
+                    key=key,
+                    payload=payload,
+                    revision=1,
+                    attempts=0,
+                    created_at=now,
+                    updated_at=now,
+                    next_attempt_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["key"])
+                .returning(outbox.c.id)  # PostgreSQL's driver counts -1 rows here: a returned id says it
+            ).scalar()
+            if inserted is not None:
+                return _get_message(conn, inserted, by="id")
+            existing = _get_message(conn, key, by="key", for_update=True)
+            if existing.destination != destination:
+                raise ValueError(
+                    f"outbox key {key!r} belongs to destination {existing.destination!r}, not {destination!r}"
+                )
+            if not replace or existing.payload == json.loads(json.dumps(payload)):
+                return existing  # same content, or a one-off event: never send it twice
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id == existing.id)
+                .values(
+                    payload=payload,
+                    revision=outbox.c.revision + 1,
+                    updated_at=now,
+                    next_attempt_at=now,
+                    sent_at=None,
+                )
+            )
+            return _get_message(conn, existing.id, by="id")
+
+    def due_messages(self, *, now: datetime | None = None, limit: int = 100) -> list[OutboxMessage]:
+        when = self._now() if now is None else aware(now, "now")
+        query = (
+            select(outbox)
+            .where(outbox.c.sent_at.is_(None), outbox.c.next_attempt_at <= when)
+            .order_by(outbox.c.next_attempt_at, outbox.c.id)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return records(OutboxMessage, conn.execute(query).mappings())
+
+    def mark_sent(self, message_id: int, *, revision: int | None = None) -> bool:
+        query = update(outbox).where(outbox.c.id == message_id)
+        if revision is not None:
+            query = query.where(outbox.c.revision == revision)
+        now = self._now()
+        with self._write() as conn:
+            if conn.execute(query.values(sent_at=now, next_attempt_at=None, updated_at=now)).rowcount == 1:
+                return True
+            _get_message(conn, message_id, by="id")  # raises NotFound when there is no such message
+            return False
+
+    def mark_failed(self, message_id: int, *, error: str, retry_at: datetime | None) -> None:
+        retry = None if retry_at is None else aware(retry_at, "retry_at")
+        with self._write() as conn:
+            result = conn.execute(
+                update(outbox)
+                .where(outbox.c.id == message_id)
+                .values(
+                    attempts=outbox.c.attempts + 1,
+                    last_error=error,
+                    next_attempt_at=retry,
+                    updated_at=self._now(),
+                )
+            )
+            if result.rowcount == 0:
+                raise NotFound(f"no outbox message {message_id}")
+
+    def get_message(self, message_id: int) -> OutboxMessage:
+        with self._read() as conn:
+            return _get_message(conn, message_id, by="id")
