@@ -40,14 +40,13 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar
 
 import pygit2
+from cachetools import LRUCache
 from pygit2.enums import FileMode, ObjectType
 
 from controller.specs import ParsedFile, check_catalog, is_spec_path, parse_document, parse_many, spec_kind
@@ -67,9 +66,6 @@ _MAX_LINKS = 40  # symbolic links followed on one path at most, as Linux does
 _MODEL_FILES = ("model.yaml", "model.yml")
 _SCP_LIKE = re.compile(r"^[\w.+-]+@[\w.-]+:")
 _GIT_TIMEOUT_SECONDS = 600.0
-
-K = TypeVar("K")
-V = TypeVar("V")
 
 
 class GitError(Exception):
@@ -177,30 +173,6 @@ class _SpecEntries:
     refused: dict[str, str]
 
 
-class _LRU(Generic[K, V]):
-    def __init__(self, size: int) -> None:
-        self._size = max(1, size)
-        self._items: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self._size:
-            self._items.popitem(last=False)
-
-    def __contains__(self, key: K) -> bool:
-        return key in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
 def is_remote(location: str) -> bool:
     """True for a URL to mirror (``https://``, ``ssh://``, ``file://``, ``git@host:``), not a local path."""
     return "://" in location or bool(_SCP_LIKE.match(location))
@@ -226,12 +198,13 @@ class Repository:
         self.location = location
         self.remote = remote
         self._lock = threading.RLock()
-        self._parsed: _LRU[tuple[str, str], ParsedFile] = _LRU(parse_cache_size)
-        self._by_commit: _LRU[str, _Loaded] = _LRU(catalog_cache_size)
-        self._by_blobs: _LRU[str, _Loaded] = _LRU(catalog_cache_size)
+        parse_cache_size, catalog_cache_size = max(1, parse_cache_size), max(1, catalog_cache_size)
+        self._parsed: LRUCache[tuple[str, str], ParsedFile] = LRUCache(parse_cache_size)
+        self._by_commit: LRUCache[str, _Loaded] = LRUCache(catalog_cache_size)
+        self._by_blobs: LRUCache[str, _Loaded] = LRUCache(catalog_cache_size)
         # model directory tree id -> {"model.yaml": (blob id, is a symbolic link)}; tree ids are content,
         # so this never goes stale
-        self._model_dirs: _LRU[str, dict[str, tuple[str, bool]]] = _LRU(parse_cache_size)
+        self._model_dirs: LRUCache[str, dict[str, tuple[str, bool]]] = LRUCache(parse_cache_size)
 
     # ------------------------------------------------------------ opening
 
@@ -575,7 +548,7 @@ class Repository:
                     child = tree[name]
                     if isinstance(child, pygit2.Blob):  # a file, or a symbolic link (a blob of its target)
                         found[name] = (str(child.id), child.filemode == FileMode.LINK)
-        self._model_dirs.put(key, found)
+        self._model_dirs[key] = found
         return found
 
     def _load(self, commit: str) -> _Loaded:
@@ -602,8 +575,8 @@ class Repository:
                         index=_PathIndex.build(catalog),
                         linked_from=linked_from,
                     )
-                self._by_blobs.put(key, loaded)
-            self._by_commit.put(sha, loaded)
+                self._by_blobs[key] = loaded
+            self._by_commit[sha] = loaded
             return loaded
 
     def _parse_all(self, blobs: Mapping[str, str]) -> Iterable[ParsedFile]:
@@ -619,7 +592,7 @@ class Repository:
         for key, doc in zip(order, cached, strict=True):
             if doc is None:
                 doc = next(fresh)
-                self._parsed.put(key, doc)
+                self._parsed[key] = doc
             parsed.append(doc)
         return parsed
 
