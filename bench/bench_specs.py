@@ -12,9 +12,8 @@ model's spec. Then it measures, with :class:`controller.backends.git.Repository`
   from an earlier load) that imports the package untimed and then times
   ``Repository.open(path).catalog(A)`` — walk the spec trees, read the blobs,
   parse, schema-check, cross-check, and the one garbage collection the load
-  ends with. The reader shares the parsing with a helper process when the
-  load average leaves a core free, so each run also reports the load it
-  started at; the first run times the steps one by one, in one process;
+  ends with. Each run also reports the load average it started at (the
+  machine may be shared); the first run times the steps one by one;
 * ``git diff-tree -r --name-only A B`` as a subprocess, for reference, and the
   same diff through pygit2;
 * the catalog of a second commit once A's is loaded (B: code-only change;
@@ -23,14 +22,11 @@ model's spec. Then it measures, with :class:`controller.backends.git.Repository`
   several repetitions, and its ratio to the cold load.
 
 ``--variants`` instead compares cold loads with parts of the reader switched
-off, for this benchmark only (see :data:`VARIANTS`): the parse helper process
-forced on or off, and the fast YAML reader and the compiled schema check
-replaced by the full loader and jsonschema alone. The variants' runs are
-interleaved, so a shared machine's load weighs on each alike; each run's
-wall-clock and CPU seconds (the helper's included) and the load it started at
-are printed, with each variant's medians and their ratio to the first. The
-loading process's own CPU seconds are printed apart: with a helper, they are
-about what the load takes on a machine with a core free for the helper.
+off, for this benchmark only (see :data:`VARIANTS`): the fast YAML reader and
+the compiled schema check replaced by the full loader and jsonschema alone.
+The variants' runs are interleaved, so a shared machine's load weighs on each
+alike; each run's wall-clock and CPU seconds and the load it started at are
+printed, with each variant's medians and their ratio to the first.
 
 Run: ``python bench/bench_specs.py [--models N] [--repeat R] [--keep] [--variants A,B,...]``.
 """
@@ -41,7 +37,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -53,7 +48,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-import controller.specs.many as many
 import controller.specs.parse as parse
 import controller.specs.schema as schema
 from controller.backends.git import Repository
@@ -68,15 +62,12 @@ COLD_TARGET_S = 3.0
 CHANGED_TARGET_S = 0.050
 CHANGED_RATIO_TARGET = 0.02
 
-# What each variant switches off: the parse helper ("auto": as the reader decides from the load
-# average; "on": started whatever the load; "off": never), the fast YAML reader, the compiled schema check.
-VARIANTS: dict[str, dict[str, str | bool]] = {
-    "as-is": {"helper": "auto", "fastyaml": True, "fastschema": True},
-    "helper": {"helper": "on", "fastyaml": True, "fastschema": True},
-    "one-process": {"helper": "off", "fastyaml": True, "fastschema": True},
-    "no-fastyaml": {"helper": "off", "fastyaml": False, "fastschema": True},
-    "no-fastschema": {"helper": "off", "fastyaml": True, "fastschema": False},
-    "no-fast": {"helper": "off", "fastyaml": False, "fastschema": False},
+# Which of the fast YAML reader and the compiled schema check each variant keeps.
+VARIANTS: dict[str, dict[str, bool]] = {
+    "as-is": {"fastyaml": True, "fastschema": True},
+    "no-fastyaml": {"fastyaml": False, "fastschema": True},
+    "no-fastschema": {"fastyaml": True, "fastschema": False},
+    "no-fast": {"fastyaml": False, "fastschema": False},
 }
 
 
@@ -161,33 +152,21 @@ def breakdown(repo: Repository, commit: str) -> dict[str, float]:
 def switch_off(variant: str) -> None:
     """Apply a variant of :data:`VARIANTS` to this process (a cold child), before anything is parsed."""
     switches = VARIANTS[variant]
-    if switches["helper"] == "off":
-        os.environ[many.HELPER_ENV] = "0"
-    elif switches["helper"] == "on":
-        os.environ[many.HELPER_ENV] = "1"
-        many._idle_cpu = lambda: True  # whatever the load average says
     if not switches["fastyaml"]:
         parse._load_plain = lambda text: None  # every file goes to the full loader
     if not switches["fastschema"]:
         schema._fast = lambda kind: lambda document: False  # jsonschema decides every document
 
 
-def _cpu_seconds() -> float:
-    """CPU seconds of this process and of its children that have ended (a parse helper)."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
-
-
 def cold_child(repo_path: str, commit: str, *, with_breakdown: bool, variant: str = "as-is") -> None:
     """In a fresh process: time one cold catalog and print it (and the step times) as JSON."""
     switch_off(variant)
-    load = os.getloadavg()[0]  # other work on the machine: decides whether a parse helper starts
-    wall_start, cpu_start, own_start = time.perf_counter(), _cpu_seconds(), time.process_time()
+    load = os.getloadavg()[0]  # other work on the machine
+    wall_start, cpu_start = time.perf_counter(), time.process_time()
     catalog = Repository.open(repo_path, mirror_root=Path(repo_path).parent / "mirrors").catalog(commit)
     result: dict[str, Any] = {
         "seconds": time.perf_counter() - wall_start,
-        "cpu_seconds": _cpu_seconds() - cpu_start,
-        "own_cpu_seconds": time.process_time() - own_start,
+        "cpu_seconds": time.process_time() - cpu_start,
         "models": len(catalog.models),
         "errors": len(catalog.errors),
         "load": load,
@@ -346,8 +325,8 @@ def compare_variants(n: int, repeat: int, variants: list[str], *, keep: bool) ->
                 runs[variant].append(run)
                 print(
                     f"round {round_ + 1} {variant:<14} {run['seconds']:6.2f} s wall "
-                    f"{run['cpu_seconds']:6.2f} s CPU ({run['own_cpu_seconds']:.2f} s loading process)  "
-                    f"load {run['load']:.1f}  {run['models']} models, {run['errors']} errors",
+                    f"{run['cpu_seconds']:6.2f} s CPU  load {run['load']:.1f}  "
+                    f"{run['models']} models, {run['errors']} errors",
                     flush=True,
                 )
     finally:
@@ -360,15 +339,13 @@ def compare_variants(n: int, repeat: int, variants: list[str], *, keep: bool) ->
     base_wall = statistics.median(r["seconds"] for r in runs[first])
     base_cpu = statistics.median(r["cpu_seconds"] for r in runs[first])
     ratio = f"/ {first}"
-    print(f"{'variant':<14} {'wall':>8} {ratio:>16} {'CPU':>8} {ratio:>16} {'own CPU':>8}  loads")
+    print(f"{'variant':<14} {'wall':>8} {ratio:>16} {'CPU':>8} {ratio:>16}  loads")
     for variant in variants:
         wall = statistics.median(r["seconds"] for r in runs[variant])
         cpu = statistics.median(r["cpu_seconds"] for r in runs[variant])
-        own = statistics.median(r["own_cpu_seconds"] for r in runs[variant])
         loads = ", ".join(f"{r['load']:.1f}" for r in runs[variant])
         print(
-            f"{variant:<14} {wall:7.2f}s {wall / base_wall:16.2f} {cpu:7.2f}s {cpu / base_cpu:16.2f} "
-            f"{own:7.2f}s  {loads}"
+            f"{variant:<14} {wall:7.2f}s {wall / base_wall:16.2f} {cpu:7.2f}s {cpu / base_cpu:16.2f}  {loads}"
         )
     wrong = [v for v, rs in runs.items() if any(r["models"] != n or r["errors"] for r in rs)]
     if wrong:

@@ -18,9 +18,10 @@ Reading stays cheap on large repositories:
   ``environments/``; a model directory whose tree id was seen before is not
   read again;
 * parsed documents are cached by (path, blob id), so the catalog of a commit
-  that differs from a loaded one in a single spec re-parses that one file; a
-  load of thousands of new files shares the parsing with a helper process
-  when a core is free (:func:`controller.specs.parse_many`);
+  that differs from a loaded one in a single spec re-parses that one file
+  (in this process: a helper process parsing a share of a large load saved
+  no wall-clock time on a 2-core machine, 0.94-1.03x in
+  ``bench/bench_specs.py``, for 1.09-1.26x the CPU);
   a catalog is cached by commit and by the exact set of spec blobs, so a
   commit that changed only code reuses the catalog outright;
 * :meth:`Repository.changed_models` diffs the two trees (libgit2 skips equal
@@ -49,7 +50,7 @@ import pygit2
 from cachetools import LRUCache
 from pygit2.enums import FileMode, ObjectType
 
-from controller.specs import ParsedFile, check_catalog, is_spec_path, parse_document, parse_many, spec_kind
+from controller.specs import ParsedFile, check_catalog, is_spec_path, parse_document, spec_kind
 from controller.specs.paths import LINK_OUT_OF_REPOSITORY, LINK_TO_NOTHING
 from controller.specs.types import Catalog, Location, Model, SpecError
 
@@ -583,11 +584,7 @@ class Repository:
         order = sorted(blobs.items())
         cached = [self._parsed.get(key) for key in order]
         misses = [key for key, doc in zip(order, cached, strict=True) if doc is None]
-        files = [(path, self._spec_bytes(oid)) for path, oid in misses]
-        if len(files) >= _GC_PAUSE_MIN_FILES:
-            fresh = iter(parse_many(files))  # a large load: may share the work with a helper process
-        else:
-            fresh = (parse_document(path, data) for path, data in files)
+        fresh = (parse_document(path, self._spec_bytes(oid)) for path, oid in misses)
         parsed: list[ParsedFile] = []
         for key, doc in zip(order, cached, strict=True):
             if doc is None:

@@ -14,7 +14,7 @@ Only the keywords the Flywheel schemas use are supported; any other keyword
 makes :func:`compile_schema` raise :class:`UnsupportedSchema`, so a schema
 change cannot silently weaken the check.
 
-It earns its lines: ``bench/bench_specs.py --variants one-process,no-fastschema``
+It earns its lines: ``bench/bench_specs.py --variants as-is,no-fastschema``
 (the cold catalog of 10,000 specs, 2-core machine at load 2.2-3.0, two
 windows of three interleaved runs) took 4.7-5.1x the CPU with jsonschema
 deciding every document (median 4.4-4.9 s against 22-23 s; 4.8-7.7x the
