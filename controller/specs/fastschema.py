@@ -15,9 +15,9 @@ makes :func:`compile_schema` raise :class:`UnsupportedSchema`, so a schema
 change cannot silently weaken the check.
 
 It earns its lines: ``bench/bench_specs.py --variants as-is,no-fastschema``
-(the cold catalog of 10,000 specs, 2-core machine at load 2.2-3.0, two
+(the cold catalog of 10,000 specs, 2-core machine at load 2.2-3.0, three
 windows of three interleaved runs) took 4.7-5.1x the CPU with jsonschema
-deciding every document (median 4.4-4.9 s against 22-23 s; 4.8-7.7x the
+deciding every document (median 4.4-5.0 s against 22-23.5 s; 3.9-7.7x the
 wall-clock time).
 """
 
