@@ -12,9 +12,8 @@ model's spec. Then it measures, with :class:`controller.backends.git.Repository`
   from an earlier load) that imports the package untimed and then times
   ``Repository.open(path).catalog(A)`` — walk the spec trees, read the blobs,
   parse, schema-check, cross-check, and the one garbage collection the load
-  ends with. The reader shares the parsing with a helper process when the
-  load average leaves a core free, so each run also reports the load it
-  started at; the first run times the steps one by one, in one process;
+  ends with. Each run also reports the load average it started at (the
+  machine may be shared); the first run times the steps one by one;
 * ``git diff-tree -r --name-only A B`` as a subprocess, for reference, and the
   same diff through pygit2;
 * the catalog of a second commit once A's is loaded (B: code-only change;
@@ -22,7 +21,14 @@ model's spec. Then it measures, with :class:`controller.backends.git.Repository`
 * ``changed_models(A, B)`` with both catalogs loaded, as the median of
   several repetitions, and its ratio to the cold load.
 
-Run: ``python bench/bench_specs.py [--models N] [--repeat R] [--keep]``.
+``--variants`` instead compares cold loads with parts of the reader switched
+off, for this benchmark only (see :data:`VARIANTS`): the fast YAML reader and
+the compiled schema check replaced by the full loader and jsonschema alone.
+The variants' runs are interleaved, so a shared machine's load weighs on each
+alike; each run's wall-clock and CPU seconds and the load it started at are
+printed, with each variant's medians and their ratio to the first.
+
+Run: ``python bench/bench_specs.py [--models N] [--repeat R] [--keep] [--variants A,B,...]``.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import controller.specs.parse as parse
+import controller.specs.schema as schema
 from controller.backends.git import Repository
 from controller.specs import check_catalog, parse_document
 
@@ -53,6 +61,14 @@ T = TypeVar("T")
 COLD_TARGET_S = 3.0
 CHANGED_TARGET_S = 0.050
 CHANGED_RATIO_TARGET = 0.02
+
+# Which of the fast YAML reader and the compiled schema check each variant keeps.
+VARIANTS: dict[str, dict[str, bool]] = {
+    "as-is": {"fastyaml": True, "fastschema": True},
+    "no-fastyaml": {"fastyaml": False, "fastschema": True},
+    "no-fastschema": {"fastyaml": True, "fastschema": False},
+    "no-fast": {"fastyaml": False, "fastschema": False},
+}
 
 
 def model_name(i: int) -> str:
@@ -133,9 +149,19 @@ def breakdown(repo: Repository, commit: str) -> dict[str, float]:
     return {"walk": walk_s, "read": read_s, "parse": parse_s, "check": check_s, "collect": collect_s}
 
 
-def cold_child(repo_path: str, commit: str, *, with_breakdown: bool) -> None:
+def switch_off(variant: str) -> None:
+    """Apply a variant of :data:`VARIANTS` to this process (a cold child), before anything is parsed."""
+    switches = VARIANTS[variant]
+    if not switches["fastyaml"]:
+        parse._load_plain = lambda text: None  # every file goes to the full loader
+    if not switches["fastschema"]:
+        schema._fast = lambda kind: lambda document: False  # jsonschema decides every document
+
+
+def cold_child(repo_path: str, commit: str, *, with_breakdown: bool, variant: str = "as-is") -> None:
     """In a fresh process: time one cold catalog and print it (and the step times) as JSON."""
-    load = os.getloadavg()[0]  # other work on the machine: decides whether a parse helper starts
+    switch_off(variant)
+    load = os.getloadavg()[0]  # other work on the machine
     wall_start, cpu_start = time.perf_counter(), time.process_time()
     catalog = Repository.open(repo_path, mirror_root=Path(repo_path).parent / "mirrors").catalog(commit)
     result: dict[str, Any] = {
@@ -154,9 +180,11 @@ def cold_child(repo_path: str, commit: str, *, with_breakdown: bool) -> None:
     print(json.dumps(result))
 
 
-def run_cold(repo_path: Path, commit: str, *, with_breakdown: bool = False) -> dict[str, Any]:
+def run_cold(
+    repo_path: Path, commit: str, *, with_breakdown: bool = False, variant: str = "as-is"
+) -> dict[str, Any]:
     """One cold load in a new interpreter; the import of the package is outside the timing."""
-    cmd = [sys.executable, __file__, "--cold-child", str(repo_path), commit]
+    cmd = [sys.executable, __file__, "--cold-child", str(repo_path), commit, "--variant", variant]
     if with_breakdown:
         cmd.append("--breakdown")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
@@ -175,11 +203,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the generated repository")
     parser.add_argument("--cold-child", nargs=2, metavar=("REPO", "COMMIT"), help=argparse.SUPPRESS)
     parser.add_argument("--breakdown", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="as-is", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--variants",
+        type=lambda text: text.split(","),
+        help=f"compare cold loads only, interleaved, of these variants: {', '.join(VARIANTS)}",
+    )
     args = parser.parse_args(argv)
     if args.cold_child:
-        cold_child(*args.cold_child, with_breakdown=args.breakdown)
+        cold_child(*args.cold_child, with_breakdown=args.breakdown, variant=args.variant)
         return 0
     n, repeat = args.models, max(1, args.repeat)
+    if args.variants:
+        unknown = [v for v in args.variants if v not in VARIANTS]
+        if unknown:
+            parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+        return compare_variants(n, repeat, args.variants, keep=args.keep)
 
     work = Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
     try:
@@ -269,6 +308,48 @@ def main(argv: list[str] | None = None) -> int:
         print("WRONG RESULT: the catalog or the changed models are not what was generated")
         for error in catalog.errors[:5]:
             print(f"  {error}")
+        return 1
+    return 0
+
+
+def compare_variants(n: int, repeat: int, variants: list[str], *, keep: bool) -> int:
+    """Cold loads of each variant, interleaved ``repeat`` times; medians and ratios to the first."""
+    work = Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    try:
+        path = work / "repo.git"
+        a = generate(path, n)[0]
+        for round_ in range(repeat):
+            for variant in variants:
+                run = run_cold(path, a, variant=variant)
+                runs[variant].append(run)
+                print(
+                    f"round {round_ + 1} {variant:<14} {run['seconds']:6.2f} s wall "
+                    f"{run['cpu_seconds']:6.2f} s CPU  load {run['load']:.1f}  "
+                    f"{run['models']} models, {run['errors']} errors",
+                    flush=True,
+                )
+    finally:
+        if keep:
+            print(f"repository kept at {path}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"\nCold catalog of {n:,} models by variant, medians of {repeat} interleaved runs\n")
+    first = variants[0]
+    base_wall = statistics.median(r["seconds"] for r in runs[first])
+    base_cpu = statistics.median(r["cpu_seconds"] for r in runs[first])
+    ratio = f"/ {first}"
+    print(f"{'variant':<14} {'wall':>8} {ratio:>16} {'CPU':>8} {ratio:>16}  loads")
+    for variant in variants:
+        wall = statistics.median(r["seconds"] for r in runs[variant])
+        cpu = statistics.median(r["cpu_seconds"] for r in runs[variant])
+        loads = ", ".join(f"{r['load']:.1f}" for r in runs[variant])
+        print(
+            f"{variant:<14} {wall:7.2f}s {wall / base_wall:16.2f} {cpu:7.2f}s {cpu / base_cpu:16.2f}  {loads}"
+        )
+    wrong = [v for v, rs in runs.items() if any(r["models"] != n or r["errors"] for r in rs)]
+    if wrong:
+        print(f"WRONG RESULT in {wrong}: the catalog is not what was generated")
         return 1
     return 0
 

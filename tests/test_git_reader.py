@@ -279,6 +279,36 @@ def test_second_commit_reparses_only_the_changed_spec(
     assert parsed == []
 
 
+def test_caches_are_bounded_and_drop_the_least_recently_used(
+    work: Work, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = work.git("rev-parse", "HEAD")
+    work.write("specs/wine/model.yaml", model_spec("wine", C=3.0))
+    second = work.commit("tune wine")
+    parsed: list[str] = []
+    real = controller.specs.parse_document
+
+    def counting(path: str, data: bytes) -> Any:
+        parsed.append(path)
+        return real(path, data)
+
+    monkeypatch.setattr("controller.backends.git.parse_document", counting)
+    repo = Repository.open(
+        str(work.path), mirror_root=tmp_path / "mirrors", parse_cache_size=4, catalog_cache_size=1
+    )
+    at_first = repo.catalog(first)
+    assert len(parsed) == 4
+    parsed.clear()
+    repo.catalog(second)  # reads the three unchanged files again, then one more than the cache holds
+    assert parsed == ["specs/wine/model.yaml"]
+    parsed.clear()
+    # one catalog held: the first is loaded anew; of the parsed files only the old wine (the one not
+    # read for the second commit) was dropped
+    assert repo.catalog(first) is not at_first
+    assert parsed == ["specs/wine/model.yaml"]
+    assert repo.catalog(first).models["wine"].params == {"C": 1.0}
+
+
 def test_invalid_spec_is_reported_and_blocks_only_itself(work: Work, tmp_path: Path) -> None:
     old = work.git("rev-parse", "HEAD")
     work.write("specs/wine/model.yaml", "apiVersion: [broken\n")

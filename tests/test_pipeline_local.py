@@ -1,10 +1,11 @@
 """The local pipeline runner honours the step contract and runs the steps as a DAG.
 
 Pinned down here: independent steps run in parallel and ``needs`` orders the
-rest; a failed step skips its dependants and reports its log tail; a timeout
-kills the step's whole process group; retries re-run a failed attempt; the
-steps' metrics are merged and bad metrics fail the step; every variable of the
-step contract is set; ``cancel()`` stops a run promptly; runner-side problems
+rest, steps free to start starting in pipeline order; ``needs`` that name no
+step or form a cycle are errors; a failed step skips its dependants and
+reports its log tail; a timeout kills the step's whole process group; retries
+re-run a failed attempt; the steps' metrics are merged and bad metrics fail
+the step; every variable of the step contract is set; ``cancel()`` stops a run promptly; runner-side problems
 are ``error``, not ``failed``. The slow test runs specs/iris end to end in a
 virtualenv built from its requirements.
 
@@ -121,6 +122,18 @@ def test_parallel_limit_of_one_runs_branches_in_turn(tmp_path: Path) -> None:
     assert result.status == "succeeded"
     b, c = ([float(x) for x in (tmp_path / "run" / "work" / n).read_text().split()] for n in "bc")
     assert c[0] >= b[1]
+
+
+def test_ready_steps_start_in_pipeline_order_each_once(tmp_path: Path) -> None:
+    steps = (
+        Step(name="x", run="true", needs=("y",)),  # declared first, ready second
+        Step(name="y", run="true"),
+        Step(name="z", run="true"),
+        Step(name="w", run="true", needs=("x", "y")),
+    )
+    result, events = _run(tmp_path, *steps, max_parallel=1)
+    assert result.status == "succeeded"
+    assert [e.step for e in events if e.kind == "started"] == ["y", "x", "z", "w"]
 
 
 def test_failed_step_skips_dependants_and_reports_log_tail(tmp_path: Path) -> None:
@@ -364,6 +377,7 @@ def test_unknown_needs_and_cycles_are_errors(tmp_path: Path) -> None:
         tmp_path, Step(name="a", run="true", needs=("b",)), Step(name="b", run="true", needs=("a",))
     )
     assert result.status == "error" and "cycle" in result.error
+    assert "a -> b -> a" in result.error or "b -> a -> b" in result.error
 
 
 def test_bad_requirements_end_the_run_as_error(tmp_path: Path) -> None:

@@ -1,19 +1,28 @@
-"""The contract between the outbox and the backends that deliver its messages.
+"""The contract between the outbox and the backends that deliver its messages, and the backoff both use.
 
 A backend that talks to an outside service (GitHub, Slack, a notifier)
 implements :class:`Sender`; :func:`controller.engine.outbox.deliver_due`
 hands it each due message. It raises :class:`DeliveryError` when a message
 was not delivered: with ``retry_after`` when the service said when to come
 back, with ``permanent`` when retrying cannot help.
+
+:class:`Backoff` is the one retry policy for calls to outside services: the
+outbox spaces a message's attempts with it and the GitHub poller
+(:mod:`controller.backends.forge.github_poll`) its polls after a failure.
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from controller.backends.store import OutboxMessage
 
-__all__ = ["DeliveryError", "Sender"]
+__all__ = ["Backoff", "DeliveryError", "Sender"]
+
+_MAX_DOUBLINGS = 64  # far past any cap: keeps 2 ** n a float for a message that failed for days
 
 
 class DeliveryError(Exception):
@@ -29,3 +38,33 @@ class Sender(Protocol):
     def send(self, message: OutboxMessage) -> None:
         """Deliver ``message`` (idempotently: it may be sent again after a crash); raise when it was not."""
         ...
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff: ``first`` seconds after one failure, doubling with each failure in a row up
+    to ``most``; each wait spread by ``±jitter`` (a fraction: 0.25 is ±25%), so that many waiting
+    callers do not come back at the same moment."""
+
+    first: float
+    most: float
+    jitter: float = 0.0
+
+    def seconds(
+        self,
+        failures: int,
+        *,
+        retry_after: float | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> float:
+        """How long to wait after ``failures`` failures in a row (the one just seen included).
+
+        ``retry_after`` is what the service asked for (``Retry-After``, a rate
+        limit's reset): the wait is never shorter than that, nor than the
+        backoff. ``rand`` gives the jitter, uniform in [0, 1).
+        """
+        doublings = min(max(failures - 1, 0), _MAX_DOUBLINGS)
+        wait = min(self.first * 2.0**doublings, self.most)
+        if self.jitter:
+            wait *= 1.0 - self.jitter + 2.0 * self.jitter * rand()
+        return max(wait, retry_after or 0.0)

@@ -18,9 +18,10 @@ Reading stays cheap on large repositories:
   ``environments/``; a model directory whose tree id was seen before is not
   read again;
 * parsed documents are cached by (path, blob id), so the catalog of a commit
-  that differs from a loaded one in a single spec re-parses that one file; a
-  load of thousands of new files shares the parsing with a helper process
-  when a core is free (:func:`controller.specs.parse_many`);
+  that differs from a loaded one in a single spec re-parses that one file
+  (in this process: a helper process parsing a share of a large load saved
+  no wall-clock time on a 2-core machine, 0.94-1.03x in
+  ``bench/bench_specs.py``, for 1.09-1.26x the CPU);
   a catalog is cached by commit and by the exact set of spec blobs, so a
   commit that changed only code reuses the catalog outright;
 * :meth:`Repository.changed_models` diffs the two trees (libgit2 skips equal
@@ -40,17 +41,16 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar
 
 import pygit2
+from cachetools import LRUCache
 from pygit2.enums import FileMode, ObjectType
 
-from controller.specs import ParsedFile, check_catalog, is_spec_path, parse_document, parse_many, spec_kind
+from controller.specs import ParsedFile, check_catalog, is_spec_path, parse_document, spec_kind
 from controller.specs.paths import LINK_OUT_OF_REPOSITORY, LINK_TO_NOTHING
 from controller.specs.types import Catalog, Location, Model, SpecError
 
@@ -67,9 +67,6 @@ _MAX_LINKS = 40  # symbolic links followed on one path at most, as Linux does
 _MODEL_FILES = ("model.yaml", "model.yml")
 _SCP_LIKE = re.compile(r"^[\w.+-]+@[\w.-]+:")
 _GIT_TIMEOUT_SECONDS = 600.0
-
-K = TypeVar("K")
-V = TypeVar("V")
 
 
 class GitError(Exception):
@@ -177,30 +174,6 @@ class _SpecEntries:
     refused: dict[str, str]
 
 
-class _LRU(Generic[K, V]):
-    def __init__(self, size: int) -> None:
-        self._size = max(1, size)
-        self._items: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self._size:
-            self._items.popitem(last=False)
-
-    def __contains__(self, key: K) -> bool:
-        return key in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
 def is_remote(location: str) -> bool:
     """True for a URL to mirror (``https://``, ``ssh://``, ``file://``, ``git@host:``), not a local path."""
     return "://" in location or bool(_SCP_LIKE.match(location))
@@ -226,12 +199,13 @@ class Repository:
         self.location = location
         self.remote = remote
         self._lock = threading.RLock()
-        self._parsed: _LRU[tuple[str, str], ParsedFile] = _LRU(parse_cache_size)
-        self._by_commit: _LRU[str, _Loaded] = _LRU(catalog_cache_size)
-        self._by_blobs: _LRU[str, _Loaded] = _LRU(catalog_cache_size)
+        parse_cache_size, catalog_cache_size = max(1, parse_cache_size), max(1, catalog_cache_size)
+        self._parsed: LRUCache[tuple[str, str], ParsedFile] = LRUCache(parse_cache_size)
+        self._by_commit: LRUCache[str, _Loaded] = LRUCache(catalog_cache_size)
+        self._by_blobs: LRUCache[str, _Loaded] = LRUCache(catalog_cache_size)
         # model directory tree id -> {"model.yaml": (blob id, is a symbolic link)}; tree ids are content,
         # so this never goes stale
-        self._model_dirs: _LRU[str, dict[str, tuple[str, bool]]] = _LRU(parse_cache_size)
+        self._model_dirs: LRUCache[str, dict[str, tuple[str, bool]]] = LRUCache(parse_cache_size)
 
     # ------------------------------------------------------------ opening
 
@@ -575,7 +549,7 @@ class Repository:
                     child = tree[name]
                     if isinstance(child, pygit2.Blob):  # a file, or a symbolic link (a blob of its target)
                         found[name] = (str(child.id), child.filemode == FileMode.LINK)
-        self._model_dirs.put(key, found)
+        self._model_dirs[key] = found
         return found
 
     def _load(self, commit: str) -> _Loaded:
@@ -602,24 +576,20 @@ class Repository:
                         index=_PathIndex.build(catalog),
                         linked_from=linked_from,
                     )
-                self._by_blobs.put(key, loaded)
-            self._by_commit.put(sha, loaded)
+                self._by_blobs[key] = loaded
+            self._by_commit[sha] = loaded
             return loaded
 
     def _parse_all(self, blobs: Mapping[str, str]) -> Iterable[ParsedFile]:
         order = sorted(blobs.items())
         cached = [self._parsed.get(key) for key in order]
         misses = [key for key, doc in zip(order, cached, strict=True) if doc is None]
-        files = [(path, self._spec_bytes(oid)) for path, oid in misses]
-        if len(files) >= _GC_PAUSE_MIN_FILES:
-            fresh = iter(parse_many(files))  # a large load: may share the work with a helper process
-        else:
-            fresh = (parse_document(path, data) for path, data in files)
+        fresh = (parse_document(path, self._spec_bytes(oid)) for path, oid in misses)
         parsed: list[ParsedFile] = []
         for key, doc in zip(order, cached, strict=True):
             if doc is None:
                 doc = next(fresh)
-                self._parsed.put(key, doc)
+                self._parsed[key] = doc
             parsed.append(doc)
         return parsed
 

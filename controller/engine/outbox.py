@@ -10,29 +10,28 @@ A sender raises :class:`DeliveryError` when a message could not be
 delivered: with ``retry_after`` when the service said when to come back
 (``Retry-After``, ``X-RateLimit-Reset``, Slack's 429), with ``permanent``
 when retrying cannot help (the message is kept, marked given up, and
-logged). Any other exception is retried with exponential backoff. A
-rate-limited or failing destination is not tried again in the same pass, so
-an outage of one service delays its own messages only, and loses none
-(Invariant 5).
+logged). A message is tried again after the :data:`BACKOFF` of its failures
+so far (2 s doubling to 5 min, ±25%), never sooner than the service asked;
+any other exception is retried the same way. A rate-limited or failing
+destination is not tried again in the same pass, so an outage of one service
+delays its own messages only, and loses none (Invariant 5).
 """
 
 from __future__ import annotations
 
 import logging
-import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from controller.backends.delivery import DeliveryError, Sender
+from controller.backends.delivery import Backoff, DeliveryError, Sender
 from controller.backends.store import Outbox
 
-__all__ = ["DeliveryError", "DeliveryStats", "Sender", "backoff_seconds", "deliver_due"]
+__all__ = ["BACKOFF", "DeliveryError", "DeliveryStats", "Sender", "deliver_due"]
 
 log = logging.getLogger("flywheel.outbox")
 
-BACKOFF_BASE_SECONDS = 2.0
-BACKOFF_MAX_SECONDS = 300.0
+BACKOFF = Backoff(first=2.0, most=300.0, jitter=0.25)  # between a message's attempts
 
 
 @dataclass
@@ -41,12 +40,6 @@ class DeliveryStats:
     failed: int = 0
     gave_up: int = 0
     deferred: set[str] = field(default_factory=set)  # destinations skipped for the rest of the pass
-
-
-def backoff_seconds(attempts: int, *, jitter: Callable[[], float] = random.random) -> float:
-    """Exponential backoff after ``attempts`` failed attempts: 2 s, 4 s, ... up to 5 min, ±25% jitter."""
-    base = min(BACKOFF_BASE_SECONDS * 2.0 ** max(attempts - 1, 0), BACKOFF_MAX_SECONDS)
-    return base * (0.75 + 0.5 * jitter())
 
 
 def deliver_due(
@@ -77,7 +70,7 @@ def deliver_due(
                 store.mark_failed(message.id, error=str(exc), retry_at=None)
                 continue
             stats.failed += 1
-            delay = exc.retry_after if exc.retry_after is not None else backoff_seconds(message.attempts + 1)
+            delay = BACKOFF.seconds(message.attempts + 1, retry_after=exc.retry_after)
             log.warning(
                 "%s message %s not delivered, retrying in %.0fs: %s",
                 message.destination,
@@ -85,11 +78,11 @@ def deliver_due(
                 delay,
                 exc,
             )
-            store.mark_failed(message.id, error=str(exc), retry_at=when + timedelta(seconds=max(delay, 0.0)))
+            store.mark_failed(message.id, error=str(exc), retry_at=when + timedelta(seconds=delay))
         except Exception as exc:
             stats.deferred.add(message.destination)
             stats.failed += 1
-            delay = backoff_seconds(message.attempts + 1)
+            delay = BACKOFF.seconds(message.attempts + 1)
             log.exception("%s message %s failed, retrying in %.0fs", message.destination, message.key, delay)
             store.mark_failed(
                 message.id, error=f"{type(exc).__name__}: {exc}", retry_at=when + timedelta(seconds=delay)

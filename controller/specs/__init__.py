@@ -5,15 +5,13 @@ Callers read specs through these names only:
 - :func:`load_catalog` / :func:`load_tree`: every spec of one commit (bytes in
   memory) or of a working tree, parsed and checked, as a :class:`Catalog`.
 - :func:`parse_document` + :func:`check_catalog`: the same in two steps, so
-  the per-file step can be cached by blob id; :func:`parse_many` is
-  ``parse_document`` over many files, with a helper process on a large load.
+  the per-file step can be cached by blob id.
 - :func:`is_spec_path`: which repository paths hold specs.
 - :func:`schemas`: the JSON Schemas (the one definition of validity).
 """
 
 from controller.specs.durations import format_duration, parse_duration
 from controller.specs.loader import MAX_BYTES
-from controller.specs.many import parse_many
 from controller.specs.parse import ParsedFile, Reference, parse_document
 from controller.specs.paths import is_spec_path, spec_kind
 from controller.specs.schema import schemas
@@ -86,7 +84,6 @@ __all__ = [
     "load_tree",
     "parse_document",
     "parse_duration",
-    "parse_many",
     "schemas",
     "spec_kind",
     "summary",

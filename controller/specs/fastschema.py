@@ -13,6 +13,12 @@ and ``oneOf`` turn a wrong "no" into a wrong "yes".
 Only the keywords the Flywheel schemas use are supported; any other keyword
 makes :func:`compile_schema` raise :class:`UnsupportedSchema`, so a schema
 change cannot silently weaken the check.
+
+It earns its lines: ``bench/bench_specs.py --variants as-is,no-fastschema``
+(the cold catalog of 10,000 specs, 2-core machine at load 2.2-3.0, three
+windows of three interleaved runs) took 4.7-5.1x the CPU with jsonschema
+deciding every document (median 4.4-5.0 s against 22-23.5 s; 3.9-7.7x the
+wall-clock time).
 """
 
 from __future__ import annotations

@@ -18,6 +18,11 @@ guess. What it accepts resolves to exactly the data the full loader builds
 (plain scalars go through the same resolver), and :meth:`PlainDocument.locate`
 gives the same line and column as :meth:`controller.specs.loader.YamlDocument.locate`:
 the tests compare both readers on every path of every document they have.
+
+It earns its lines: ``bench/bench_specs.py --variants as-is,no-fastyaml``
+(the cold catalog of 10,000 specs, 2-core machine at load 2.1-3.1, three
+windows of three interleaved runs) took 1.55-1.9x the CPU without it (median
+4.4-5.0 s against 7.0-9.3 s; 1.3-2.6x the wall-clock time).
 """
 
 from __future__ import annotations

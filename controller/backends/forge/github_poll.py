@@ -45,6 +45,7 @@ from github import Auth, GithubException, UnknownObjectException
 from github.PullRequest import PullRequest as GitHubPull
 from github.Repository import Repository
 
+from controller.backends.delivery import Backoff
 from controller.backends.forge.github import DEFAULT_API_URL, delivery_error, github_client
 from controller.backends.store import Inbox, JSONObject, PollCursor, PullRequestRecords
 from controller.clock import Clock
@@ -88,6 +89,7 @@ class GitHubPoller:
         self._repo: Repository | None = None
         self._next = 0.0  # clock time of the next poll
         self._failures = 0
+        self._backoff = Backoff(first=2 * interval_seconds, most=MAX_BACKOFF_SECONDS)  # after a failure
 
     @classmethod
     def from_settings(
@@ -119,10 +121,10 @@ class GitHubPoller:
             queued = self.poll()
         except Exception as exc:
             self._failures += 1
-            wait = min(self.interval_seconds * 2 ** min(self._failures, 10), MAX_BACKOFF_SECONDS)
+            retry_after = None
             if isinstance(exc, GithubException):
                 retry_after = delivery_error(exc, now=self._clock.timestamp()).retry_after
-                wait = max(wait, retry_after or 0.0)
+            wait = self._backoff.seconds(self._failures, retry_after=retry_after)
             self._next = now + wait
             if isinstance(exc, GithubException | requests.RequestException):
                 log.warning("polling GitHub failed (%s); next try in %.0fs", _describe(exc), wait)

@@ -62,6 +62,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any
 
@@ -192,9 +193,9 @@ class LocalRunHandle:
         error = ""
         status: RunStatus = "succeeded"
         try:
-            _check_dag(self.request.model.steps)
+            graph = _check_dag(self.request.model.steps)
             self._prepare()
-            status, error = self._schedule(states, running, started)
+            status, error = self._schedule(graph, states, running, started)
         except _RunError as exc:
             status, error = "error", str(exc)
         except Exception:  # a bug of ours: still end the run, kill what runs, say why
@@ -246,9 +247,17 @@ class LocalRunHandle:
             raise _RunError(f"cannot build the model's virtualenv: {exc}") from exc
 
     def _schedule(
-        self, states: dict[str, _StepState], running: dict[str, _Attempt], run_started: float
+        self,
+        graph: TopologicalSorter[str],
+        states: dict[str, _StepState],
+        running: dict[str, _Attempt],
+        run_started: float,
     ) -> tuple[RunStatus, str]:
+        """Start each step once every step it needs succeeded (``graph`` is told as each one does)."""
         steps = self.request.model.steps
+        by_name = {step.name: step for step in steps}
+        position = {step.name: index for index, step in enumerate(steps)}
+        ready: list[str] = []  # free to start, not started yet: started in pipeline order
         limit = max(1, self.request.max_parallel)
         stopping = ""  # why no new step may start
         outcome: RunStatus = "succeeded"
@@ -257,19 +266,16 @@ class LocalRunHandle:
                 outcome, stopping = "cancelled", "the run was cancelled"
                 self._terminate_all(running)
             if not stopping:
-                for step in steps:
-                    if len(running) >= limit:
-                        break
+                ready = sorted([*ready, *graph.get_ready()], key=position.__getitem__)
+                while ready and len(running) < limit:
+                    step = by_name[ready.pop(0)]
                     state = states[step.name]
-                    if state.attempts or state.result is not None:
-                        continue
-                    if all(_succeeded(states[need]) for need in step.needs):
-                        self._emit(step.name, "started", 1, time.monotonic() - run_started)
-                        state.first_started = time.monotonic()
-                        failure = self._launch(step, 1, state, running)
-                        if failure is not None:
-                            outcome, stopping = "error", failure
-                            break
+                    self._emit(step.name, "started", 1, time.monotonic() - run_started)
+                    state.first_started = time.monotonic()
+                    failure = self._launch(step, 1, state, running)
+                    if failure is not None:
+                        outcome, stopping = "error", failure
+                        break
             if not running:
                 break
             message = self._next_message(running)
@@ -281,6 +287,8 @@ class LocalRunHandle:
             name = next(n for n, a in running.items() if a.proc.pid == value)
             attempt = running.pop(name)
             failure_kind = self._on_exit(attempt, states[attempt.step.name], running, retry=not stopping)
+            if _succeeded(states[name]):
+                graph.done(name)
             if failure_kind is not None and not stopping:
                 outcome = failure_kind
                 settled = states[name].result
@@ -502,7 +510,8 @@ class LocalRunHandle:
 # ------------------------------------------------------------------ helpers
 
 
-def _check_dag(steps: tuple[Step, ...]) -> None:
+def _check_dag(steps: tuple[Step, ...]) -> TopologicalSorter[str]:
+    """The steps' ``needs`` as a prepared graph to schedule from; a :class:`_RunError` if it is not a DAG."""
     names = [s.name for s in steps]
     if len(set(names)) != len(names):
         raise _RunError(f"duplicate step names in {names}")
@@ -511,13 +520,12 @@ def _check_dag(steps: tuple[Step, ...]) -> None:
         unknown = [n for n in step.needs if n not in known]
         if unknown:
             raise _RunError(f"step {step.name} needs unknown steps {unknown}")
-    needs = {s.name: set(s.needs) for s in steps}
-    while needs:
-        free = [n for n, deps in needs.items() if not deps & needs.keys()]
-        if not free:
-            raise _RunError(f"the steps' needs form a cycle among {sorted(needs)}")
-        for name in free:
-            del needs[name]
+    graph = TopologicalSorter({s.name: s.needs for s in steps})
+    try:
+        graph.prepare()
+    except CycleError as exc:
+        raise _RunError(f"the steps' needs form a cycle: {' -> '.join(exc.args[1])}") from None
+    return graph
 
 
 def _succeeded(state: _StepState) -> bool:
