@@ -45,6 +45,7 @@ from controller.engine.commands import ROLLBACK_EVENT, Commands, Watched, record
 from controller.engine.notices import NotifierSender
 from controller.engine.outbox import Sender, deliver_due
 from controller.engine.proposals import ProposalReconciler
+from controller.engine.pull_requests import PullRequestTargets
 from controller.engine.release import Registrar
 from controller.engine.rollout import RolloutEngine, label
 from controller.engine.trust import TrustGate, proposal_heads
@@ -236,11 +237,13 @@ def build_controller(
 
     registrar = Registrar(store=store, rollouts=rollouts, catalog=main_catalog, author_of=author_of)
     forge: Forge = LocalForge(store)
+    reviews: Forge = forge
     admit = None
     heads = None
     pollers: list[Poller] = []
     if settings.github is not None:
-        forge = GitHubForge(store, settings.github.repository, pulls=store)
+        forge = GitHubForge(store, settings.github.repository)
+        reviews = PullRequestTargets(forge, store)  # each report and check names its pull request
         admit = TrustGate(store, main_catalog).admits
         heads = functools.partial(proposal_heads, repository, store)
         if settings.github.poll_seconds > 0:
@@ -248,7 +251,7 @@ def build_controller(
     proposals = ProposalReconciler(
         repository=repository,
         store=store,
-        forge=forge,
+        forge=reviews,
         admit=admit,
         heads=heads,
         runners=runners,

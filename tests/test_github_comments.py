@@ -153,7 +153,7 @@ def say(
         store=store,
         catalog=lambda: catalog,
         commands=Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK),
-        forge=GitHubForge(store, FULL_NAME, pulls=store),
+        forge=GitHubForge(store, FULL_NAME),
     )
 
 
@@ -322,7 +322,7 @@ def test_a_pull_request_editing_policies_is_judged_by_mains_policy(
         store=store,
         catalog=main_catalog,
         commands=Commands(store=store, catalog=main_catalog, clock=SYSTEM_CLOCK),
-        forge=GitHubForge(store, FULL_NAME, pulls=store),
+        forge=GitHubForge(store, FULL_NAME),
     )
     assert [r.ok for r in outcome.results] == [False]
     assert store.approvals_for(model="iris", version=version, environment="production") == []

@@ -60,7 +60,7 @@ def comment(store: Store, catalog: Catalog, body: str, *, login: str, number: in
         store=store,
         catalog=lambda: catalog,
         commands=Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK),
-        forge=GitHubForge(store, "octo-org/models", pulls=store),
+        forge=GitHubForge(store, "octo-org/models"),
     )
     return [r.ok for r in outcome.results]
 

@@ -222,7 +222,7 @@ def handle_github_event(
             store=store,
             catalog=catalog,
             commands=commands,
-            forge=forge or GitHubForge(store, _repository(payload), pulls=store),
+            forge=forge or GitHubForge(store, _repository(payload)),
             changed_models=changed_models,
         )
         if handled is not None:
