@@ -1,4 +1,4 @@
-"""The GitHub payload models (webhooks.payloads) against GitHub's published schemas and real payloads.
+"""The GitHub payload models (controller.backends.forge.payloads) against GitHub's schemas and real payloads.
 
 Pins down that the receiver and ``@octokit/webhooks-schemas`` (draft-07, one
 definition per ``event$action``, in ../shared/reference/) agree on the fields
@@ -32,6 +32,7 @@ from jsonschema import Draft7Validator
 from pydantic import BaseModel
 from starlette.testclient import TestClient
 
+from controller.backends.forge.payloads import payload_model
 from controller.backends.store import Store, open_store
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
@@ -40,7 +41,6 @@ from controller.specs import Catalog, load_tree
 from webhooks.app import GITHUB_HOOK_PATH, create_app
 from webhooks.events import GITHUB_EVENT_KINDS, process_github_events
 from webhooks.github import HANDLED_EVENTS, BadDelivery, parse_delivery, sign
-from webhooks.payloads import payload_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
 REFERENCE = SHARED / "github-webhooks"

@@ -13,8 +13,8 @@ build the app with :func:`create_app` around a store of their own.
   ``X-GitHub-Delivery`` headers, its body is not a JSON object (or, as
   ``application/x-www-form-urlencoded``, a form whose ``payload`` field is
   one), or the payload of a handled event does not have the shape Flywheel
-  reads (:mod:`webhooks.payloads`) — nothing is stored, and the answer says
-  what did not fit;
+  reads (:mod:`controller.backends.forge.payloads`) — nothing is stored, and
+  the answer says what did not fit;
 * 202 ``ignored`` for events Flywheel does not handle (counted, not stored);
 * 202 ``accepted`` once a new event is durably in the inbox, 200
   ``duplicate`` when its delivery id was seen before (nothing changes);

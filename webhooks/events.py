@@ -16,7 +16,7 @@ claims inbox events and handles the GitHub webhook ones:
   returns the pull request's ref;
 * ``ping``: nothing to do.
 
-Every payload is checked against its model (:mod:`webhooks.payloads`) before
+Every payload is checked against its model (:mod:`controller.backends.forge.payloads`) before
 it is handled, as the receiver checks it at the door, so an event stored
 before those checks existed, or queued by the poller, is held to the same
 shape: one that does not fit fails with the mismatch and records nothing.
@@ -35,13 +35,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from controller.backends.forge.github import GitHubForge
+from controller.backends.forge.payloads import validate_payload
 from controller.backends.store import InboxEvent, PullRequest, Store
 from controller.engine.commands import Commands
 from controller.engine.comments import handle_comment
 from controller.engine.trust import record_pull_request
 from controller.specs.types import Catalog
 from webhooks.github import HANDLED_EVENTS
-from webhooks.payloads import validate_payload
 
 if TYPE_CHECKING:
     from controller.app import Controller
@@ -198,7 +198,7 @@ def handle_github_event(
 ) -> set[str]:
     """Handle one GitHub webhook event (without completing it); return the refs to reconcile.
 
-    Raises :class:`~webhooks.payloads.PayloadError` for a payload that does not fit its model.
+    Raises :class:`~controller.backends.forge.payloads.PayloadError` for a payload that does not fit.
     """
     name = event.kind.split(".", 1)[0]
     payload = event.payload

@@ -49,11 +49,11 @@ from slack_sdk.signature import Clock, SignatureVerifier
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from controller.backends.forge.payloads import describe_error
 from controller.backends.notify.slack import APPROVE_ACTION, REJECT_ACTION
 from controller.backends.store import Store
 from controller.clock import Clock as FlywheelClock
 from controller.engine.commands import Actor, CommandOutcome, Commands
-from webhooks.payloads import describe_error
 
 __all__ = [
     "MAX_BODY_BYTES",
