@@ -1,18 +1,25 @@
 """The composition root: which backends, senders and inbox handlers a controller gets from its settings.
 
 Pins down: Slack's sender only with a bot token; GitHub settings make GitHub
-the forge, with its sender, trust gate and poller; inbox events are handled by
-kind; the built-in metrics source reads the router of the local serving
-backend an environment names, and says why for a backend without one.
+the forge, with its sender, trust gate and poller, and its reports name their
+pull request; inbox events are handled by kind; a pull request's event
+reconciles that proposal only; ``flywheel run``'s modules import
+nothing of the webhook service; the built-in metrics source reads the router
+of the local serving backend an environment names, and says why for a
+backend without one.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from controller.app import SLACK_ACTION_KIND, ServingByName, build_controller
+from controller.backends.pipelines.fake import FakeRunner, ScriptedStep
 from controller.backends.serving import ServingError
 from controller.backends.serving.fake import FakeServing
 from controller.backends.serving.local import LocalServing
@@ -21,6 +28,8 @@ from controller.engine.commands import ROLLBACK_EVENT
 from controller.scaffold import scaffold
 from controller.settings import ControllerSettings, GitHubSettings, Settings, SlackSettings
 from controller.specs.types import Environment
+from tests.fakes.github_api import pull_request_event
+from tests.gitrepo import GitRepo
 
 
 @pytest.fixture
@@ -107,3 +116,51 @@ def test_the_builtin_metrics_source_reads_the_router_of_the_local_serving_backen
         local.shutdown()
     with pytest.raises(ServingError, match="'local', which has no router for the built-in metrics source"):
         ServingByName({"local": FakeServing()}).router_metrics_url(staging)
+
+
+def test_a_pull_request_event_reconciles_that_proposal_only_and_its_reports_name_it(tmp_path: Path) -> None:
+    work = GitRepo(tmp_path / "ml")
+    scaffold(work.path)
+    heads = {}
+    for branch, value in (("tune-a", "3.0"), ("tune-b", "5.0")):
+        work.branch(branch)
+        work.edit("specs/iris/model.yaml", "    C: 1.0\n", f"    C: {value}\n")
+        heads[branch] = work.commit(f"iris: C={value}")
+    work.git("checkout", "-q", "main")
+    controller = build_controller(
+        Settings(
+            controller=ControllerSettings(repo=str(work.path), state_dir=tmp_path / "s", promote=False),
+            github=GitHubSettings("octo/ml", token="t", poll_seconds=0),
+        ),
+        serving=FakeServing(),
+    )
+    runner = FakeRunner({"evaluate": ScriptedStep(metrics={"accuracy": 0.9})})
+    controller.proposals.runners = {"local": runner}
+    store = controller.store
+    try:
+        event = pull_request_event(
+            "opened", number=5, head_ref="tune-a", head_sha=heads["tune-a"], author="alice"
+        )
+        store.put_event(source="github", delivery_id="d1", kind="pull_request.opened", payload=event)
+        controller.handle_requests()
+        assert controller.requested == {"tune-a"}
+        summary = controller.reconcile_requested()
+        assert summary is not None and controller.requested == set()
+        assert [(r.ref, r.commit) for r in store.list_runs()] == [("tune-a", heads["tune-a"])]  # not tune-b
+        reports = [m.payload for m in store.due_messages(now=controller.clock.now() + timedelta(days=1))]
+        assert {(p["kind"], p["proposal"], p.get("pr")) for p in reports if p["kind"] == "report"} == {
+            ("report", "tune-a", 5)  # the number the event told: the sender need not ask GitHub
+        }
+        assert controller.reconcile_requested() is None  # nothing asked for since
+    finally:
+        controller.close()
+
+
+def test_flywheel_runs_modules_import_nothing_of_the_webhook_service() -> None:
+    code = (
+        "import sys, controller.cli.run, controller.app\n"
+        "controller.cli.run.run  # the command itself\n"
+        "print(sorted(m for m in sys.modules if m == 'webhooks' or m.startswith('webhooks.')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
