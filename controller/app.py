@@ -37,6 +37,7 @@ from controller.backends.local.venvs import VenvCache
 from controller.backends.metrics import MetricsSource
 from controller.backends.metrics.builtin import BuiltinMetrics
 from controller.backends.metrics.prometheus import PrometheusMetrics
+from controller.backends.notify.buttons import SLACK_ACTION_KIND
 from controller.backends.notify.console import ConsoleNotifier
 from controller.backends.pipelines import PipelineRunner
 from controller.backends.pipelines.local import LocalRunner
@@ -55,6 +56,7 @@ from controller.engine.proposals import PassSummary, ProposalReconciler
 from controller.engine.pull_requests import PullRequestTargets
 from controller.engine.release import Registrar
 from controller.engine.rollout import RolloutEngine, label
+from controller.engine.slack_actions import SlackActions
 from controller.engine.trust import TrustGate, proposal_heads
 from controller.settings import ControllerSettings, Settings
 from controller.specs.types import Catalog, Environment, Model
@@ -62,7 +64,6 @@ from controller.specs.types import Catalog, Environment, Model
 log = logging.getLogger("flywheel.controller")
 
 RETRAIN_EVENT = "retrain"  # queued by an earlier Flywheel for /flywheel retrain (a comment now starts it)
-SLACK_ACTION_KIND = "slack.action"  # webhooks.slack.INBOX_KIND (the webhook layer sits above this one)
 
 
 class Poller(Protocol):
@@ -315,8 +316,7 @@ def _handlers(
 
     return {
         **dict.fromkeys(GITHUB_EVENT_KINDS, github),
-        # Slack button clicks are decided when they arrive; the inbox row only drops replays.
-        SLACK_ACTION_KIND: lambda event: None,
+        SLACK_ACTION_KIND: SlackActions(commands=commands, outbox=store, inbox=store, transactions=store),
         ROLLBACK_EVENT: lambda event: rollouts.handle_rollback_request(event.payload),
         RETRAIN_EVENT: retrain,
     }

@@ -2,8 +2,9 @@
 
 Pins down: Slack's sender only with a bot token; GitHub settings make GitHub
 the forge, with its sender, trust gate and poller, and its reports name their
-pull request; inbox events are handled by kind; a pull request's event
-reconciles that proposal only; ``flywheel run``'s modules import
+pull request; inbox events are handled by kind (a Slack press is decided, one
+an older Flywheel decided already is not decided again); a pull request's
+event reconciles that proposal only; ``flywheel run``'s modules import
 nothing of the webhook service; the built-in metrics source reads the router
 of the local serving backend an environment names, and says why for a
 backend without one.
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.app import SLACK_ACTION_KIND, ServingByName, build_controller
+from controller.app import ServingByName, build_controller
+from controller.backends.notify.buttons import SLACK_ACTION_KIND, ButtonPress
 from controller.backends.pipelines.fake import FakeRunner, ScriptedStep
 from controller.backends.serving import ServingError
 from controller.backends.serving.fake import FakeServing
@@ -65,15 +67,21 @@ def test_inbox_events_are_handled_by_kind_and_unknown_kinds_recorded(repo: Path,
     )
     store = controller.store
     try:
-        store.put_event(source="slack", delivery_id="d1", kind=SLACK_ACTION_KIND, payload={})
+        press = ButtonPress(user_id="U0CAROL01", decision="approve", model="iris", version=1)
+        store.put_event(source="slack", delivery_id="d1", kind=SLACK_ACTION_KIND, payload=press.to_payload())
         store.put_event(source="cli", delivery_id="d2", kind=ROLLBACK_EVENT, payload={"model": "nope"})
         store.put_event(source="mystery", delivery_id="d3", kind="mystery", payload={})
+        decided_before = {"handled": True, "user": "U0CAROL01", "decision": "approve", "model": "iris"}
+        store.put_event(source="slack", delivery_id="d4", kind=SLACK_ACTION_KIND, payload=decided_before)
         controller.handle_requests()
-        events = {store.get_event(i).kind: store.get_event(i) for i in (1, 2, 3)}
-        assert events[SLACK_ACTION_KIND].completed_at is not None and events[SLACK_ACTION_KIND].error is None
-        assert "nope is not on main" in (events[ROLLBACK_EVENT].error or "")
-        assert "no handler" in (events["mystery"].error or "")
+        events = {store.get_event(i).delivery_id: store.get_event(i) for i in (1, 2, 3, 4)}
+        assert events["d1"].completed_at is not None and events["d1"].error is None
+        assert "nope is not on main" in (events["d2"].error or "")
+        assert "no handler" in (events["d3"].error or "")
+        assert events["d4"].completed_at is not None and events["d4"].error is None
         assert store.claim_events(limit=10, worker="again") == []  # nothing left to retry blindly
+        # The press was decided (refused: nobody maps that Slack user), once; the one decided before was not.
+        assert [(e.action, e.detail["refusal"]) for e in store.audit()] == [("command.refused", "unmapped")]
     finally:
         controller.close()
 

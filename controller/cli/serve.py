@@ -2,10 +2,11 @@
 
 The webhook service (:mod:`webhooks.app`, uvicorn in a thread,
 :func:`webhook_service`) verifies GitHub deliveries (and Slack button
-presses, when a Slack signing secret is set) and writes them to the inbox;
-the controller loop, in the main thread, handles them from the inbox: pull
-requests and pushes make it fetch and reconcile the proposals they name,
-comment commands run under main's policy. Polling goes on as the fallback for missed deliveries. The same
+presses, when a Slack signing secret is set), writes them to the inbox and
+answers at once; the controller loop, in the main thread, handles them from
+the inbox: pull requests and pushes make it fetch and reconcile the
+proposals they name, comment commands and button presses run under main's
+policy. Polling goes on as the fallback for missed deliveries. The same
 settings and wiring as ``flywheel run`` (:func:`controller.cli.run.start`),
 with the service's address added and the service run alongside.
 """
@@ -45,7 +46,7 @@ def webhook_service(settings: Settings, controller: Controller) -> Iterator[None
 
     The service verifies deliveries and writes them to the inbox, through its
     own connection to the store (it is called from uvicorn's worker threads),
-    and decides Slack's button presses with commands of its own on that store.
+    and judges the age of Slack's requests on the controller's clock.
     """
     hooks = settings.webhooks
     if hooks is None:
@@ -54,12 +55,10 @@ def webhook_service(settings: Settings, controller: Controller) -> Iterator[None
     import uvicorn
 
     from controller.backends.store import open_store
-    from controller.engine.commands import Commands
     from webhooks.app import create_app
 
     web_store = open_store(settings.controller.state_dir, clock=controller.clock)
-    web_commands = Commands(store=web_store, catalog=controller.main_catalog, clock=controller.clock)
-    app = create_app(hooks, web_store, commands=web_commands)
+    app = create_app(hooks, web_store, clock=controller.clock)
     config = uvicorn.Config(app, host=hooks.host, port=hooks.port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="webhooks", daemon=True)
