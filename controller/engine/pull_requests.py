@@ -1,8 +1,9 @@
 """Review targets that name their pull request: the number a ``pull_request`` event told, for the forge.
 
-The inbox consumer records each pull request a ``pull_request`` event
-(delivered or polled) describes
-(:func:`controller.engine.trust.record_pull_request`). The reconciler and the judge publish
+The inbox consumer (:mod:`controller.engine.github_events`) records each
+pull request a ``pull_request`` event (delivered or polled) describes
+(:func:`controller.engine.trust.record_pull_request`), and asks the proposal
+reconciler to reconcile that proposal. The reconciler and the judge publish
 reports and statuses for a ref; :class:`PullRequestTargets` is the forge the
 composition root hands them on GitHub: it puts the number of the ref's pull
 request in each :class:`~controller.backends.forge.ReviewTarget`

@@ -3,10 +3,10 @@
 The webhook receiver (:func:`webhooks.github.parse_delivery`) validates the
 payload of every handled event with :func:`validate_payload` before it is
 stored, and answers 400 with the first mismatch when it does not fit; the
-inbox consumer (:mod:`webhooks.events`) checks again
+engine's inbox consumer (:mod:`controller.engine.github_events`) checks again
 before handling, so an event stored before these checks existed, or queued
 by the poller, is held to the same shape. The models live here, beside the
-forge, so that the engine can read them without importing the webhook
+forge, so that both can read them without the engine importing the webhook
 service. Only the fields Flywheel reads are declared, with the types and the
 required-ness of GitHub's published payload schemas
 (``@octokit/webhooks-schemas``; ``tests/test_webhooks_payloads.py`` holds the
