@@ -8,7 +8,12 @@ runner and local serving, the local forge or GitHub (when the settings name a
 repository there), the console notifier and Slack (with a bot token), the
 SQLite store; and, per environment, the pipeline runner, the serving backend
 (:class:`ServingByName`) and the metrics source its spec names. The engine
-only sees their interfaces.
+only sees their interfaces. It also wires the inbox's one consumer
+(:class:`~controller.engine.inbox.InboxDispatcher`): the handler of each kind
+of event, whoever queued it (the webhook service, the poller, a command).
+A pull request, push or ``ok-to-test`` reconciles the proposals it names at
+once (:meth:`Controller.reconcile_requested`); every proposal is reconciled
+again every ``--interval``.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from controller.backends.local.venvs import VenvCache
 from controller.backends.metrics import MetricsSource
 from controller.backends.metrics.builtin import BuiltinMetrics
 from controller.backends.metrics.prometheus import PrometheusMetrics
+from controller.backends.notify.buttons import SLACK_ACTION_KIND
 from controller.backends.notify.console import ConsoleNotifier
 from controller.backends.pipelines import PipelineRunner
 from controller.backends.pipelines.local import LocalRunner
@@ -42,20 +48,22 @@ from controller.backends.store import InboxEvent, ModelVersion, Run, open_store
 from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK, Clock
 from controller.engine.commands import ROLLBACK_EVENT, Commands, Watched, record_watched, repository_location
+from controller.engine.github_events import GITHUB_EVENT_KINDS, GitHubEvents
+from controller.engine.inbox import Handler, InboxDispatcher
 from controller.engine.notices import NotifierSender
 from controller.engine.outbox import Sender, deliver_due
-from controller.engine.proposals import ProposalReconciler
+from controller.engine.proposals import PassSummary, ProposalReconciler
+from controller.engine.pull_requests import PullRequestTargets
 from controller.engine.release import Registrar
 from controller.engine.rollout import RolloutEngine, label
+from controller.engine.slack_actions import SlackActions
 from controller.engine.trust import TrustGate, proposal_heads
 from controller.settings import ControllerSettings, Settings
 from controller.specs.types import Catalog, Environment, Model
 
 log = logging.getLogger("flywheel.controller")
 
-RETRAIN_EVENT = "retrain"  # queued by /flywheel retrain
-SLACK_ACTION_KIND = "slack.action"  # webhooks.slack.INBOX_KIND (the webhook layer sits above this one)
-MAX_EVENT_ATTEMPTS = 5  # an inbox event claimed more often than this without completing is given up
+RETRAIN_EVENT = "retrain"  # queued by an earlier Flywheel for /flywheel retrain (a comment now starts it)
 
 
 class Poller(Protocol):
@@ -73,12 +81,11 @@ class Controller:
     proposals: ProposalReconciler
     rollouts: RolloutEngine
     serving: ServingBackend
+    inbox: InboxDispatcher  # the inbox's one consumer: a handler per kind of event
     senders: dict[str, Sender] = field(default_factory=dict)
-    # inbox event kind -> handler; the controller is the inbox's one consumer
-    handlers: dict[str, Callable[[InboxEvent], None]] = field(default_factory=dict)
     commands: Commands | None = None
     forge: Forge | None = None
-    poll_now: threading.Event = field(default_factory=threading.Event)  # set: fetch and reconcile at once
+    requested: set[str] = field(default_factory=set)  # refs the inbox's events named: reconcile them now
     pollers: list[Poller] = field(default_factory=list)  # the fallback for missed webhook deliveries
     clock: Clock = SYSTEM_CLOCK  # the one clock of everything above
     # part of tick -> the error it last failed with, so a failure that repeats is logged once
@@ -119,30 +126,19 @@ class Controller:
                 log.info("%s works again", part)
 
     def handle_requests(self) -> None:
-        """Handle the inbox's events in order; one that fails is recorded with its error and skipped.
-
-        An event claimed more than :data:`MAX_EVENT_ATTEMPTS` times without
-        being completed (the controller stopped while handling it each time)
-        is recorded as failed without being handled again.
+        """Handle the inbox's events in order (:meth:`InboxDispatcher.handle_due`); one that fails is
+        recorded with its error and skipped. The refs they name are reconciled by
+        :meth:`reconcile_requested`.
         """
-        for event in self.store.claim_events(limit=50, worker="controller", lease_seconds=120):
-            handler = self.handlers.get(event.kind)
-            error: str | None = None
-            if handler is None:
-                error = f"no handler for {event.source} event {event.kind!r}"
-            elif event.attempts > MAX_EVENT_ATTEMPTS:
-                error = f"given up: claimed {event.attempts} times and never completed"
-                log.error("%s event %s (%s) %s", event.source, event.id, event.kind, error)
-            else:
-                try:
-                    handler(event)
-                except Exception as exc:
-                    log.exception("%s event %s (%s) failed", event.source, event.id, event.kind)
-                    error = f"{type(exc).__name__}: {exc}"
-            try:
-                self.store.complete_event(event.id, error=error)
-            except Exception:
-                log.exception("could not complete event %s; it will be claimed again", event.id)
+        self.requested |= self.inbox.handle_due()
+
+    def reconcile_requested(self) -> PassSummary | None:
+        """Fetch, and reconcile the proposals the inbox's events named, only those; ``None`` when none."""
+        refs, self.requested = self.requested, set()
+        if not refs:
+            return None
+        self.repository.fetch()
+        return self.proposals.reconcile(refs)
 
     def close(self) -> None:
         for poller in self.pollers:
@@ -236,11 +232,13 @@ def build_controller(
 
     registrar = Registrar(store=store, rollouts=rollouts, catalog=main_catalog, author_of=author_of)
     forge: Forge = LocalForge(store)
+    reviews: Forge = forge
     admit = None
     heads = None
     pollers: list[Poller] = []
     if settings.github is not None:
-        forge = GitHubForge(store, settings.github.repository, pulls=store)
+        forge = GitHubForge(store, settings.github.repository)
+        reviews = PullRequestTargets(forge, store)  # each report and check names its pull request
         admit = TrustGate(store, main_catalog).admits
         heads = functools.partial(proposal_heads, repository, store)
         if settings.github.poll_seconds > 0:
@@ -248,7 +246,7 @@ def build_controller(
     proposals = ProposalReconciler(
         repository=repository,
         store=store,
-        forge=forge,
+        forge=reviews,
         admit=admit,
         heads=heads,
         runners=runners,
@@ -268,29 +266,60 @@ def build_controller(
     if settings.github is not None:
         all_senders["github"] = GitHubSender.from_settings(store, settings.github, clock=clock)
     all_senders.update(senders or {})
-
-    def retrain(event: InboxEvent) -> None:
-        ref = event.payload.get("ref")
-        proposals.retrain(str(event.payload["model"]), str(ref) if ref else None)
-
+    commands = Commands(store=store, catalog=main_catalog, clock=clock)
     return Controller(
         store=store,
         repository=repository,
         proposals=proposals,
         rollouts=rollouts,
         serving=serving_backend,
+        inbox=InboxDispatcher(
+            store, _handlers(store, proposals, rollouts, commands, forge=forge, catalog=main_catalog)
+        ),
         senders=all_senders,
-        handlers={
-            ROLLBACK_EVENT: lambda event: rollouts.handle_rollback_request(event.payload),
-            # Slack button clicks are decided when they arrive; the inbox row only drops replays.
-            SLACK_ACTION_KIND: lambda event: None,
-            RETRAIN_EVENT: retrain,
-        },
-        commands=Commands(store=store, catalog=main_catalog, clock=clock),
+        commands=commands,
         forge=forge,
         pollers=pollers,
         clock=clock,
     )
+
+
+def _handlers(
+    store: SqlStore,
+    proposals: ProposalReconciler,
+    rollouts: RolloutEngine,
+    commands: Commands,
+    *,
+    forge: Forge,
+    catalog: Callable[[], Catalog],
+) -> dict[str, Handler]:
+    """The handler of each kind of inbox event (see :mod:`controller.engine.inbox`)."""
+    watched = forge if isinstance(forge, GitHubForge) else None
+
+    def replies(repository: str) -> GitHubForge:
+        """The watched repository's forge answers comments; else the forge of the event's repository."""
+        return watched or GitHubForge(store, repository)
+
+    github = GitHubEvents(
+        pulls=store,
+        records=store,
+        catalog=catalog,
+        commands=commands,
+        replies=replies,
+        retrain=proposals.retrain,
+        changed_models=lambda pull: proposals.changed_models(pull.ref),
+    )
+
+    def retrain(event: InboxEvent) -> None:
+        ref = event.payload.get("ref")
+        proposals.retrain(str(event.payload["model"]), str(ref) if ref else None)
+
+    return {
+        **dict.fromkeys(GITHUB_EVENT_KINDS, github),
+        SLACK_ACTION_KIND: SlackActions(commands=commands, outbox=store, inbox=store, transactions=store),
+        ROLLBACK_EVENT: lambda event: rollouts.handle_rollback_request(event.payload),
+        RETRAIN_EVENT: retrain,
+    }
 
 
 def run_controller(settings: Settings, *, once: bool = False, controller: Controller | None = None) -> int:
@@ -325,12 +354,13 @@ def _loop(controller: Controller, settings: ControllerSettings, *, stop: threadi
     last_progress = time.monotonic()
     while not stop.is_set():
         now = time.monotonic()
-        due = now - last_poll >= settings.interval_seconds or controller.poll_now.is_set()
-        if summary is None or (not once and due):
-            controller.poll_now.clear()
+        if summary is None or (not once and now - last_poll >= settings.interval_seconds):
+            controller.requested.clear()  # every proposal is reconciled now
             controller.repository.fetch()
             summary = proposals.reconcile()
             last_poll = now
+        elif not once:
+            controller.reconcile_requested()
         proposals.collect()
         if not once and now - last_tick >= settings.tick_seconds:
             controller.tick()

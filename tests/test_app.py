@@ -1,18 +1,27 @@
 """The composition root: which backends, senders and inbox handlers a controller gets from its settings.
 
 Pins down: Slack's sender only with a bot token; GitHub settings make GitHub
-the forge, with its sender, trust gate and poller; inbox events are handled by
-kind; the built-in metrics source reads the router of the local serving
-backend an environment names, and says why for a backend without one.
+the forge, with its sender, trust gate and poller, and its reports name their
+pull request; inbox events are handled by kind (a Slack press is decided, one
+an older Flywheel decided already is not decided again); a pull request's
+event reconciles that proposal only; ``flywheel run``'s modules import
+nothing of the webhook service; the built-in metrics source reads the router
+of the local serving backend an environment names, and says why for a
+backend without one.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from controller.app import SLACK_ACTION_KIND, ServingByName, build_controller
+from controller.app import ServingByName, build_controller
+from controller.backends.notify.buttons import SLACK_ACTION_KIND, ButtonPress
+from controller.backends.pipelines.fake import FakeRunner, ScriptedStep
 from controller.backends.serving import ServingError
 from controller.backends.serving.fake import FakeServing
 from controller.backends.serving.local import LocalServing
@@ -21,6 +30,8 @@ from controller.engine.commands import ROLLBACK_EVENT
 from controller.scaffold import scaffold
 from controller.settings import ControllerSettings, GitHubSettings, Settings, SlackSettings
 from controller.specs.types import Environment
+from tests.fakes.github_api import pull_request_event
+from tests.gitrepo import GitRepo
 
 
 @pytest.fixture
@@ -56,15 +67,21 @@ def test_inbox_events_are_handled_by_kind_and_unknown_kinds_recorded(repo: Path,
     )
     store = controller.store
     try:
-        store.put_event(source="slack", delivery_id="d1", kind=SLACK_ACTION_KIND, payload={})
+        press = ButtonPress(user_id="U0CAROL01", decision="approve", model="iris", version=1)
+        store.put_event(source="slack", delivery_id="d1", kind=SLACK_ACTION_KIND, payload=press.to_payload())
         store.put_event(source="cli", delivery_id="d2", kind=ROLLBACK_EVENT, payload={"model": "nope"})
         store.put_event(source="mystery", delivery_id="d3", kind="mystery", payload={})
+        decided_before = {"handled": True, "user": "U0CAROL01", "decision": "approve", "model": "iris"}
+        store.put_event(source="slack", delivery_id="d4", kind=SLACK_ACTION_KIND, payload=decided_before)
         controller.handle_requests()
-        events = {store.get_event(i).kind: store.get_event(i) for i in (1, 2, 3)}
-        assert events[SLACK_ACTION_KIND].completed_at is not None and events[SLACK_ACTION_KIND].error is None
-        assert "nope is not on main" in (events[ROLLBACK_EVENT].error or "")
-        assert "no handler" in (events["mystery"].error or "")
+        events = {store.get_event(i).delivery_id: store.get_event(i) for i in (1, 2, 3, 4)}
+        assert events["d1"].completed_at is not None and events["d1"].error is None
+        assert "nope is not on main" in (events["d2"].error or "")
+        assert "no handler" in (events["d3"].error or "")
+        assert events["d4"].completed_at is not None and events["d4"].error is None
         assert store.claim_events(limit=10, worker="again") == []  # nothing left to retry blindly
+        # The press was decided (refused: nobody maps that Slack user), once; the one decided before was not.
+        assert [(e.action, e.detail["refusal"]) for e in store.audit()] == [("command.refused", "unmapped")]
     finally:
         controller.close()
 
@@ -107,3 +124,51 @@ def test_the_builtin_metrics_source_reads_the_router_of_the_local_serving_backen
         local.shutdown()
     with pytest.raises(ServingError, match="'local', which has no router for the built-in metrics source"):
         ServingByName({"local": FakeServing()}).router_metrics_url(staging)
+
+
+def test_a_pull_request_event_reconciles_that_proposal_only_and_its_reports_name_it(tmp_path: Path) -> None:
+    work = GitRepo(tmp_path / "ml")
+    scaffold(work.path)
+    heads = {}
+    for branch, value in (("tune-a", "3.0"), ("tune-b", "5.0")):
+        work.branch(branch)
+        work.edit("specs/iris/model.yaml", "    C: 1.0\n", f"    C: {value}\n")
+        heads[branch] = work.commit(f"iris: C={value}")
+    work.git("checkout", "-q", "main")
+    controller = build_controller(
+        Settings(
+            controller=ControllerSettings(repo=str(work.path), state_dir=tmp_path / "s", promote=False),
+            github=GitHubSettings("octo/ml", token="t", poll_seconds=0),
+        ),
+        serving=FakeServing(),
+    )
+    runner = FakeRunner({"evaluate": ScriptedStep(metrics={"accuracy": 0.9})})
+    controller.proposals.runners = {"local": runner}
+    store = controller.store
+    try:
+        event = pull_request_event(
+            "opened", number=5, head_ref="tune-a", head_sha=heads["tune-a"], author="alice"
+        )
+        store.put_event(source="github", delivery_id="d1", kind="pull_request.opened", payload=event)
+        controller.handle_requests()
+        assert controller.requested == {"tune-a"}
+        summary = controller.reconcile_requested()
+        assert summary is not None and controller.requested == set()
+        assert [(r.ref, r.commit) for r in store.list_runs()] == [("tune-a", heads["tune-a"])]  # not tune-b
+        reports = [m.payload for m in store.due_messages(now=controller.clock.now() + timedelta(days=1))]
+        assert {(p["kind"], p["proposal"], p.get("pr")) for p in reports if p["kind"] == "report"} == {
+            ("report", "tune-a", 5)  # the number the event told: the sender need not ask GitHub
+        }
+        assert controller.reconcile_requested() is None  # nothing asked for since
+    finally:
+        controller.close()
+
+
+def test_flywheel_runs_modules_import_nothing_of_the_webhook_service() -> None:
+    code = (
+        "import sys, controller.cli.run, controller.app\n"
+        "controller.cli.run.run  # the command itself\n"
+        "print(sorted(m for m in sys.modules if m == 'webhooks' or m.startswith('webhooks.')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -1,8 +1,10 @@
 """The GitHub forge and its outbox sender, with PyGithub against a local GitHub API (tests/fakes/github_api).
 
-Pins down: one sticky comment per pull request and model, edited in place
-across reports and found again by its marker after a crash (never re-posted,
-never someone else's comment that copied the marker); one check run per
+Pins down: one sticky comment per pull request and model, posted to the pull
+request the review target names (the branch is looked up only when it names
+none), edited in place across reports and found again by its marker after a
+crash (never re-posted, never someone else's comment that copied the
+marker); one check run per
 commit and model, created then updated; with GitHub down, the newest report
 and status appear once it is back, none duplicated (Invariant 5); rate limits
 (secondary with ``Retry-After``, primary with ``X-RateLimit-Reset``) set the
@@ -88,7 +90,7 @@ def sender(store: Store, fake: FakeGitHub) -> Iterator[GitHubSender]:
 
 @pytest.fixture
 def forge(store: Store) -> GitHubForge:
-    return GitHubForge(store, REPO, pulls=store)
+    return GitHubForge(store, REPO)
 
 
 NOW = datetime.now(UTC)
@@ -137,6 +139,17 @@ def test_one_sticky_comment_per_model_edited_in_place(
     assert bot_comments(fake) == [report("iris", "passed"), report("breast-cancer", "passed")]
     posts = [r for r in fake.writes() if r.method == "POST"]
     assert len(posts) == 2
+
+
+def test_a_target_naming_its_pull_request_is_posted_there_without_asking_github(
+    store: Store, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
+) -> None:
+    fake.add_pull(8, head_ref="other", head_sha=SHA2)
+    # The branch name alone would not say which pull request it is; the number the event told does.
+    forge.publish_report(ReviewTarget("unheard-of", "iris", SHA2, pull_request=8), report("iris", "x"))
+    assert deliver(store, sender).sent == 1
+    assert bot_comments(fake, 8) == [report("iris", "x")]
+    assert not any(r.path.endswith("/pulls") for r in fake.requests)  # no GET /pulls?head=
 
 
 def test_after_a_crash_the_comment_is_found_by_its_marker_not_reposted(

@@ -6,10 +6,12 @@ commands or bad arguments get the help text; every comment with a command
 is acknowledged at once with a reaction and answered with one reply (both
 through the outbox, delivered to a local GitHub API by the real sender);
 approve, reject and the rollout controls go through ``Commands`` and the
-rest are checked and audited here; a pull request that edits ``policies/``
-to let its author approve is judged by main's policy (Invariant 1): refused
-and audited; MODEL is taken from the pull request when it changes exactly
-one model; bots and comments without commands are ignored.
+rest are checked and audited here; ``retrain`` starts its run there and
+then (the reply names the run, or says why there is none); a pull request
+that edits ``policies/`` to let its author approve is judged by main's
+policy (Invariant 1): refused and audited; MODEL is taken from the pull
+request when it changes exactly one model; bots and comments without
+commands are ignored.
 """
 
 from __future__ import annotations
@@ -145,15 +147,38 @@ def run_on(store: Store, branch: str, model: str) -> None:
     store.create_run(model=model, ref=branch, commit=SHA, cache_key=f"{branch}-{model}", status="succeeded")
 
 
+class Retrains:
+    """Records what it is asked to retrain; answers with run ids, or raises what ``fail`` says."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.asked: list[tuple[str, str | None]] = []
+        self.fail = fail
+
+    def __call__(self, model: str, ref: str | None) -> int:
+        if self.fail is not None:
+            raise ValueError(self.fail)
+        self.asked.append((model, ref))
+        return 40 + len(self.asked)
+
+
 def say(
-    store: Store, catalog: Catalog, body: str, *, login: str, number: int = 12, **kw: object
+    store: Store,
+    catalog: Catalog,
+    body: str,
+    *,
+    login: str,
+    number: int = 12,
+    retrain: Retrains | None = None,
+    **kw: object,
 ) -> CommentOutcome:
     return handle_comment(
         issue_comment_event(body, login=login, number=number, **kw),  # type: ignore[arg-type]
-        store=store,
+        pulls=store,
+        records=store,
         catalog=lambda: catalog,
         commands=Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK),
-        forge=GitHubForge(store, FULL_NAME, pulls=store),
+        forge=GitHubForge(store, FULL_NAME),
+        retrain=retrain or Retrains(),
     )
 
 
@@ -161,8 +186,12 @@ def outbox(store: Store) -> list[OutboxMessage]:
     return store.due_messages(now=datetime.now(UTC) + timedelta(days=1))
 
 
-def reply_of(store: Store) -> str:
-    (reply,) = [m for m in outbox(store) if m.payload["kind"] == "reply"]
+def reply_of(store: Store, *, in_reply_to: int | None = None) -> str:
+    (reply,) = [
+        m
+        for m in outbox(store)
+        if m.payload["kind"] == "reply" and in_reply_to in (None, m.payload["in_reply_to"])
+    ]
     return str(reply.payload["body"])
 
 
@@ -246,16 +275,28 @@ def test_reject_and_pause_go_through_commands(store: Store, catalog: Catalog) ->
     assert actions[-2:] == ["command.refused", "command.pause"]
 
 
-def test_retrain_is_queued_for_allowed_users_only(store: Store, catalog: Catalog) -> None:
+def test_retrain_starts_a_run_for_allowed_users_only(store: Store, catalog: Catalog) -> None:
     open_pull(store)
-    assert [r.ok for r in say(store, catalog, "/flywheel retrain iris", login="carol-biz").results] == [False]
-    assert [
-        r.ok for r in say(store, catalog, "/flywheel retrain iris", login="bob-ml", comment_id=9).results
-    ] == [True]
-    (event,) = store.claim_events(limit=10, worker="test")
-    assert (event.source, event.kind) == ("github", "retrain")
-    assert event.payload == {"model": "iris", "by": "bob", "ref": "tune-iris", "pull_request": 12}
+    retrains = Retrains()
+    refused = say(store, catalog, "/flywheel retrain iris", login="carol-biz", retrain=retrains)
+    assert [r.ok for r in refused.results] == [False] and retrains.asked == []
+    allowed = say(store, catalog, "/flywheel retrain iris", login="bob-ml", comment_id=9, retrain=retrains)
+    assert [r.ok for r in allowed.results] == [True]
+    assert retrains.asked == [("iris", "tune-iris")]  # the pull request's head, at once
+    assert store.claim_events(limit=10, worker="test") == []  # not a second trip through the inbox
+    assert "bob asked to retrain iris on tune-iris: run #41 started." in reply_of(store, in_reply_to=9)
     assert [e.action for e in store.audit()][-2:] == ["command.refused", "command.retrain"]
+    detail = store.audit()[-1].detail
+    assert (detail["ref"], detail["result"], detail["run"]) == ("tune-iris", "started", 41)
+
+
+def test_a_retrain_that_cannot_start_says_why(store: Store, catalog: Catalog) -> None:
+    retrains = Retrains(fail="iris is not a valid model at the head of main (abc)")
+    outcome = say(store, catalog, "/flywheel retrain iris", login="alice-ml", pull=False, retrain=retrains)
+    assert [r.ok for r in outcome.results] == [False]
+    assert "Could not retrain iris: iris is not a valid model at the head of main (abc)." in reply_of(store)
+    entry = store.audit()[-1]
+    assert (entry.action, entry.detail["result"], entry.detail["ref"]) == ("command.retrain", "failed", None)
 
 
 def test_bots_and_comments_without_commands_are_ignored(store: Store, catalog: Catalog) -> None:
@@ -319,10 +360,12 @@ def test_a_pull_request_editing_policies_is_judged_by_mains_policy(
     )
     outcome = handle_comment(
         issue_comment_event("/flywheel approve iris production", login="mallory-gh", number=31),
-        store=store,
+        pulls=store,
+        records=store,
         catalog=main_catalog,
         commands=Commands(store=store, catalog=main_catalog, clock=SYSTEM_CLOCK),
-        forge=GitHubForge(store, FULL_NAME, pulls=store),
+        forge=GitHubForge(store, FULL_NAME),
+        retrain=Retrains(),
     )
     assert [r.ok for r in outcome.results] == [False]
     assert store.approvals_for(model="iris", version=version, environment="production") == []

@@ -1,13 +1,14 @@
-"""Handling GitHub events from the inbox (webhooks.events), with GitHub's real payloads.
+"""Handling GitHub events from the inbox (controller.engine.github_events), with GitHub's real payloads.
 
 Pins down: ``pull_request`` opened/synchronize/reopened/closed record the
-pull request and return its ref (plus the base branch after a merge);
-``push`` returns the pushed branch, not tags or deleted branches;
-``issue_comment`` created runs the commands, edits and bots are ignored;
-``ping`` does nothing; every handled event is completed, a bad one with its
-error recorded and nothing raised; events that are not GitHub deliveries go
-to ``other`` (or stay claimed for their own consumer); the handler class
-collects refs for a dispatcher keyed by kind.
+pull request and name its ref to reconcile (plus the base branch after a
+merge), and only that one; ``push`` names the pushed branch, not tags or
+deleted branches; ``issue_comment`` created runs the commands (a retrain
+starts its run at once, without another trip through the inbox), edits and
+bots are ignored; ``ping`` does nothing; every handled event is completed, a
+bad one with its error recorded and nothing raised; the inbox's one
+dispatcher hands every other kind to its own handler, and the GitHub handler
+serves every GitHub kind.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from typing import Any
 
 import pytest
 
+from controller.backends.forge.github import GitHubForge
 from controller.backends.store import InboxEvent, Store, open_store
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
+from controller.engine.github_events import GITHUB_EVENT_KINDS, GitHubEvents
+from controller.engine.inbox import Handler, InboxDispatcher
 from controller.specs import Catalog, load_tree
 from tests.fakes.github_api import issue_comment_event, pull_request_event, reference_payload
-from webhooks.events import GITHUB_EVENT_KINDS, GitHubEventHandler, process_github_events
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHA1, SHA2 = "a" * 40, "b" * 40
@@ -53,14 +56,38 @@ def put(store: Store, event: str, payload: dict[str, Any], *, source: str = "git
     assert store.put_event(source=source, delivery_id=f"d-{next(_deliveries)}", kind=kind, payload=payload)
 
 
-def process(store: Store, catalog: Catalog, **kw: Any) -> set[str]:
-    return process_github_events(
-        store,
+class Retrains:
+    """Records what it is asked to retrain and answers with run ids, as the proposal reconciler does."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str | None]] = []
+
+    def __call__(self, model: str, ref: str | None) -> int:
+        self.asked.append((model, ref))
+        return 100 + len(self.asked)
+
+
+def github_events(store: Store, catalog: Catalog, retrain: Retrains | None = None) -> GitHubEvents:
+    return GitHubEvents(
+        pulls=store,
+        records=store,
         catalog=lambda: catalog,
         commands=Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK),
-        limit=50,
-        **kw,
+        replies=lambda repository: GitHubForge(store, repository),
+        retrain=retrain or Retrains(),
     )
+
+
+def process(
+    store: Store,
+    catalog: Catalog,
+    *,
+    retrain: Retrains | None = None,
+    others: dict[str, Handler] | None = None,
+) -> set[str]:
+    """Handle the inbox as the controller does: GitHub's kinds by the GitHub handler, ``others`` by theirs."""
+    handlers: dict[str, Handler] = dict.fromkeys(GITHUB_EVENT_KINDS, github_events(store, catalog, retrain))
+    return InboxDispatcher(store, {**handlers, **(others or {})}).handle_due(limit=50)
 
 
 def events(store: Store) -> list[InboxEvent]:
@@ -192,33 +219,49 @@ def test_a_bad_event_is_completed_with_its_error(store: Store, catalog: Catalog)
     assert ping.completed_at is not None and ping.error is None
 
 
-def test_other_events_go_to_their_handler_or_stay_claimed(store: Store, catalog: Catalog) -> None:
-    put(store, "retrain", {"model": "iris"})
-    put(store, "block_actions", {"type": "block_actions"}, source="slack")
-    seen: list[str] = []
-    assert process(store, catalog, other=lambda e: seen.append(e.kind) or {"x"}) == {"x"}
-    assert seen == ["retrain", "block_actions"]
-
-    put(store, "rollback", {"model": "iris"})
-    assert process(store, catalog) == set()
-    (rollback,) = [e for e in events(store) if e.kind == "rollback"]
-    assert rollback.completed_at is None and rollback.claimed_by is not None
-
-
-def test_handler_for_a_dispatcher_keyed_by_kind(store: Store, catalog: Catalog) -> None:
-    assert {"pull_request.opened", "pull_request.closed", "push", "issue_comment.created", "ping"} <= set(
-        GITHUB_EVENT_KINDS
-    )
-    commands = Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK)
-    handler = GitHubEventHandler(store, catalog=lambda: catalog, commands=commands)
+def test_a_retrain_comment_starts_the_run_at_once(store: Store, catalog: Catalog) -> None:
     put(
         store,
         "pull_request",
         pull_request_event("opened", number=4, head_ref="tune", head_sha=SHA1, author="bob-ml"),
     )
+    put(store, "issue_comment", issue_comment_event("/flywheel retrain iris", login="alice-ml", number=4))
+    retrains = Retrains()
+    assert process(store, catalog, retrain=retrains) == {"tune"}  # the pull request's, not the retrain's
+    assert retrains.asked == [("iris", "tune")]
+    assert [e.kind for e in events(store)] == ["pull_request.opened", "issue_comment.created"]  # no retrain
+    assert all(e.completed_at is not None and e.error is None for e in events(store))
+
+
+def test_other_kinds_go_to_their_own_handler(store: Store, catalog: Catalog) -> None:
+    put(store, "retrain", {"model": "iris"})
+    put(store, "block_actions", {"type": "block_actions"}, source="slack")
+    put(store, "ping", reference_payload("ping"))
+    seen: list[str] = []
+
+    def other(event: InboxEvent) -> set[str]:
+        seen.append(event.kind)
+        return {"x"}
+
+    assert process(store, catalog, others={"retrain": other, "block_actions": other}) == {"x"}
+    assert seen == ["retrain", "block_actions"]
+    assert all(e.completed_at is not None and e.error is None for e in events(store))
+
+
+def test_one_handler_serves_every_github_kind(store: Store, catalog: Catalog) -> None:
+    assert {"pull_request.opened", "pull_request.closed", "push", "issue_comment.created", "ping"} <= set(
+        GITHUB_EVENT_KINDS
+    )
+    handler = github_events(store, catalog)
+    put(
+        store,
+        "pull_request",
+        pull_request_event("opened", number=4, head_ref="tune", head_sha=SHA1, author="bob-ml"),
+    )
+    put(store, "ping", reference_payload("ping"))
+    refs = []
     for event in store.claim_events(limit=10, worker="controller"):
         assert event.kind in GITHUB_EVENT_KINDS
-        handler(event)
+        refs.append(handler(event))
         store.complete_event(event.id)
-    assert handler.take_refs() == {"tune"}
-    assert handler.take_refs() == set()
+    assert refs == [{"tune"}, set()]

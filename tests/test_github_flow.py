@@ -1,8 +1,8 @@
 """A fork's pull request on GitHub, end to end, with every webhook missed: polling alone drives it.
 
 The controller is built as ``flywheel run`` builds it with ``FLYWHEEL_GITHUB_*``
-set (:func:`controller.app.build_controller` and
-:func:`webhooks.events.attach_github_events`), mirrors a bare "GitHub" repository
+set (:func:`controller.app.build_controller`, which wires the inbox's
+handlers), mirrors a bare "GitHub" repository
 over ``file://`` (which, like GitHub, keeps a fork's head under
 ``refs/pull/<n>/head``) and talks to the local GitHub API with PyGithub. Only
 the pipeline runner is a fake. Pins down:
@@ -38,7 +38,6 @@ from controller.scaffold import scaffold
 from controller.settings import ControllerSettings, GitHubSettings, Settings
 from tests.fakes.github_api import FakeGitHub, issue_comment_event
 from tests.gitrepo import GitRepo
-from webhooks.events import attach_github_events
 
 FORK_PR = 7
 
@@ -95,7 +94,6 @@ def build(tmp_path: Path, bare: Path, github: FakeGitHub) -> Controller:
             {"evaluate": ScriptedStep(metrics={"accuracy": 0.97, "f1_macro": 0.96, "log_loss": 0.1})}
         )
     }
-    attach_github_events(controller)
     return controller
 
 

@@ -2,21 +2,21 @@
 
 Runs the real poller, with PyGithub, against a local GitHub API
 (tests/fakes/github_api), and handles what it queues with the real handler
-(webhooks.events) on a real store. Pins down: an open pull request the store
-never heard of is queued as ``opened`` and recorded with its head, author and
-fork flag (a same-repository branch is reconciled by name, a fork as
-``pull/<n>/head``); a new head is ``synchronize``, one closed while nobody
-listened is ``closed`` (merged or not, the base branch reconciled after a
-merge), one reopened is ``reopened``; polling again before or after the
-events are handled queues nothing twice. Comments said before the first
-poll are history, even when edited later; a later ``/flywheel`` comment is
-queued once and runs once, whether its webhook came first or after, and
-not again when edited, and a command edited into an older comment is not run
-(webhooks ignore edits too); it says whether it is on a pull request (asking
-GitHub when the store does not know); a comment without a command is not
-queued. GitHub down, failing or rate
-limited makes ``poll_if_due`` return 0 without raising and wait (doubling
-backoff, or until the limit resets) before reading again, and loses nothing.
+(controller.engine.github_events, through the inbox's dispatcher) on a real
+store. Pins down: an open pull request the store never heard of is queued as
+``opened`` and recorded with its head, author and fork flag (a same-repository
+branch is reconciled by name, a fork as ``pull/<n>/head``); a new head is
+``synchronize``, one closed while nobody listened is ``closed`` (merged or
+not, the base branch reconciled after a merge), one reopened is ``reopened``;
+polling again before or after the events are handled queues nothing twice.
+Comments said before the first poll are history, even when edited later; a
+later ``/flywheel`` comment is queued once and runs once, whether its webhook
+came first or after, and not again when edited, and a command edited into an
+older comment is not run (webhooks ignore edits too); it says whether it is on
+a pull request (asking GitHub when the store does not know); a comment without
+a command is not queued. GitHub down, failing or rate limited makes
+``poll_if_due`` return 0 without raising and wait (doubling backoff, or until
+the limit resets) before reading again, and loses nothing.
 ``FLYWHEEL_GITHUB_POLL_SECONDS`` sets the interval.
 """
 
@@ -31,16 +31,17 @@ from typing import Any
 import pytest
 from github import Auth
 
-from controller.backends.forge.github import GitHubSender
+from controller.backends.forge.github import GitHubForge, GitHubSender
 from controller.backends.forge.github_poll import GitHubPoller
 from controller.backends.store import InboxEvent, NotFound, OutboxMessage, Store, open_store
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
+from controller.engine.github_events import GITHUB_EVENT_KINDS, GitHubEvents
+from controller.engine.inbox import InboxDispatcher
 from controller.engine.outbox import deliver_due
 from controller.settings import GitHubSettings
 from controller.specs import Catalog, load_tree
 from tests.fakes.github_api import FakeGitHub, issue_comment_event
-from webhooks.events import process_github_events
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "ghp_test_token"
@@ -107,9 +108,21 @@ def poller(store: Store, fake: FakeGitHub, clock: PollClock) -> Iterator[GitHubP
     polling.close()
 
 
+def no_retrain(model: str, ref: str | None) -> int:
+    raise AssertionError(f"nothing here asks to retrain, yet {model} on {ref} was")
+
+
 def process(store: Store, catalog: Catalog) -> set[str]:
-    commands = Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK)
-    return process_github_events(store, catalog=lambda: catalog, commands=commands)
+    """Handle the inbox as the controller does; the refs to reconcile."""
+    handler = GitHubEvents(
+        pulls=store,
+        records=store,
+        catalog=lambda: catalog,
+        commands=Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK),
+        replies=lambda repository: GitHubForge(store, repository),
+        retrain=no_retrain,
+    )
+    return InboxDispatcher(store, dict.fromkeys(GITHUB_EVENT_KINDS, handler)).handle_due()
 
 
 def events(store: Store) -> list[InboxEvent]:

@@ -1,16 +1,20 @@
-"""The Slack interactivity endpoint (webhooks.slack): the Approve and Reject buttons.
+"""The Slack buttons: verified and queued by the webhook service (webhooks.slack), decided by the engine.
 
 Pins down Invariant 3 for Slack — forged signatures, stale timestamps and
-replays change nothing (no approval, no outbox message, no audit entry) — and
-that a button runs the same approval check as every other channel: an
-unmapped or unauthorized Slack user is refused, audited and told why in an
-ephemeral reply; an authorized one is recorded exactly once, even when Slack
-retries the request or the button is clicked twice, and the rollout's message
-then shows who approved. Also: the route exists only when a signing secret is
-configured, the settings, the size limit, and payloads that are not ours;
-a malformed, deeply nested or out-of-range payload (a version the store
-cannot hold, a user id that is not exactly one) or a 400-digit timestamp is
-a 4xx that changes nothing. Payloads have the shape of Slack's real
+replays change nothing (no inbox event, approval, outbox message or audit
+entry) — and that a press is only acknowledged at the door (200
+``accepted``, nothing decided: Slack wants its answer within three seconds)
+and decided from the inbox (controller.engine.slack_actions) with the same
+approval check as every other channel: an unmapped or unauthorized Slack
+user is refused, audited and told why in an ephemeral reply; an authorized
+one is recorded exactly once, even when Slack retries the request or the
+button is clicked twice, and the rollout's message then shows who approved.
+Also: the route exists only when a signing secret is configured, the
+settings, the size limit, and payloads that are not ours; a malformed,
+deeply nested or out-of-range payload (a version the store cannot hold, a
+user id that is not exactly one) or a 400-digit timestamp is a 4xx that
+changes nothing; a press that no longer fits when it is handled is recorded
+as failed and decides nothing. Payloads have the shape of Slack's real
 ``block_actions`` requests.
 """
 
@@ -30,12 +34,15 @@ from slack_sdk.signature import SignatureVerifier
 from starlette.testclient import TestClient
 
 from controller.backends.notify import RolloutEvent
+from controller.backends.notify.buttons import SLACK_ACTION_KIND
 from controller.backends.notify.slack import APPROVE_ACTION, REJECT_ACTION, SlackSender, decision_value
 from controller.backends.store import OutboxMessage, Store, open_store
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
+from controller.engine.inbox import InboxDispatcher
 from controller.engine.notices import queue_event
 from controller.engine.outbox import deliver_due
+from controller.engine.slack_actions import SlackActions
 from controller.settings import ENV_SECRET, ENV_SLACK_SIGNING_SECRET, SettingsError, WebhookSettings
 from controller.specs import Catalog, Identity, load_tree
 from tests.fakes.slack_api import TOKEN, FakeSlack
@@ -97,10 +104,16 @@ def commands(store: Store, catalog: Catalog) -> Commands:
 
 
 @pytest.fixture
-def client(store: Store, commands: Commands) -> Iterator[TestClient]:
+def client(store: Store) -> Iterator[TestClient]:
     settings = WebhookSettings(github_secrets=("github secret",), slack_signing_secret=SECRET)
-    with TestClient(create_app(settings, store, commands)) as test_client:
+    with TestClient(create_app(settings, store, clock=SYSTEM_CLOCK)) as test_client:
         yield test_client
+
+
+def decide(store: Store, commands: Commands) -> None:
+    """Run the controller's inbox consumer over what the service queued: the presses are decided now."""
+    actions = SlackActions(commands=commands, outbox=store, inbox=store, transactions=store)
+    InboxDispatcher(store, {SLACK_ACTION_KIND: actions}).handle_due()
 
 
 def block_actions(
@@ -172,16 +185,20 @@ def approvals(store: Store, version: int = 1) -> list[tuple[str, str, str]]:
 
 
 def nothing_changed(store: Store) -> bool:
-    return approvals(store) == [] and outbox(store) == [] and store.audit() == []
+    """No approval, message or audit entry, and nothing queued that could make one."""
+    queued = store.claim_events(limit=10, worker="check", lease_seconds=0)
+    return approvals(store) == [] and outbox(store) == [] and store.audit() == [] and queued == []
 
 
 # ------------------------------------------------------------- allowed
 
 
 def test_an_authorized_approval_is_recorded_and_queues_the_message_update(
-    client: TestClient, store: Store, version: int
+    client: TestClient, store: Store, version: int, commands: Commands
 ) -> None:
-    assert press(client, block_actions(CAROL)) == (200, "recorded")
+    assert press(client, block_actions(CAROL)) == (200, "accepted")
+    assert approvals(store) == [] and outbox(store) == []  # acknowledged at once, decided from the inbox
+    decide(store, commands)
     assert approvals(store) == [("carol", "approve", "slack")]
     [entry] = store.audit()
     assert (entry.actor, entry.action, entry.detail["as"]) == ("carol", "approval.approve", CAROL)
@@ -192,25 +209,33 @@ def test_an_authorized_approval_is_recorded_and_queues_the_message_update(
 
 
 def test_slack_retries_and_double_clicks_record_one_approval(
-    client: TestClient, store: Store, version: int
+    client: TestClient, store: Store, version: int, commands: Commands
 ) -> None:
     payload = block_actions(CAROL)
     body = form(payload)
     headers = signed(body)
-    assert client.post(SLACK_ACTIONS_PATH, content=body, headers=headers).json()["status"] == "recorded"
+    assert client.post(SLACK_ACTIONS_PATH, content=body, headers=headers).json()["status"] == "accepted"
     retried = {**headers, "X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}
     again = client.post(SLACK_ACTIONS_PATH, content=body, headers=retried)
-    assert (again.status_code, again.json()["status"]) == (200, "duplicate")
-    # Slack re-signs a later retry with a new timestamp; a second click is a new request.
-    assert press(client, payload, **{"X-Slack-Retry-Num": "2"}) == (200, "duplicate")
-    assert press(client, block_actions(CAROL)) == (200, "duplicate")
+    assert (again.status_code, again.json()["status"]) == (200, "duplicate")  # dropped at the door
+    decide(store, commands)
+    # Slack re-signs a later retry with a new timestamp; a second click is a new request. Both are
+    # new to the door, and decided as the decision already recorded.
+    resigned = {**signed(body, at=time.time() + 1), "X-Slack-Retry-Num": "2"}
+    assert client.post(SLACK_ACTIONS_PATH, content=body, headers=resigned).json()["status"] == "accepted"
+    assert press(client, block_actions(CAROL)) == (200, "accepted")
+    decide(store, commands)
     assert approvals(store) == [("carol", "approve", "slack")]
     assert [m.payload["kind"] for m in outbox(store)] == ["decision"]
     assert [e.action for e in store.audit()] == ["approval.approve"]
+    assert store.claim_events(limit=10, worker="check") == []  # every press handled, none failed
 
 
-def test_a_reject_is_recorded_as_a_rejection(client: TestClient, store: Store, version: int) -> None:
-    assert press(client, block_actions(DAVE, action=REJECT_ACTION)) == (200, "recorded")
+def test_a_reject_is_recorded_as_a_rejection(
+    client: TestClient, store: Store, version: int, commands: Commands
+) -> None:
+    assert press(client, block_actions(DAVE, action=REJECT_ACTION)) == (200, "accepted")
+    decide(store, commands)
     assert approvals(store) == [("dave", "reject", "slack")]
     assert outbox(store)[0].payload["decision"] == "reject"
 
@@ -234,10 +259,19 @@ def set_author(store: Store, author: str) -> None:
     ],
 )
 def test_an_unmapped_or_unauthorized_user_is_refused_audited_and_told_why(
-    client: TestClient, store: Store, version: int, user: str, author: str, refusal: str, why: str
+    client: TestClient,
+    store: Store,
+    version: int,
+    commands: Commands,
+    user: str,
+    author: str,
+    refusal: str,
+    why: str,
 ) -> None:
     set_author(store, author)
-    assert press(client, block_actions(user)) == (200, "refused")
+    assert press(client, block_actions(user)) == (200, "accepted")
+    assert store.audit() == [] and outbox(store) == []  # nothing decided at the door
+    decide(store, commands)
     assert approvals(store) == []
     [entry] = store.audit()
     assert entry.action == "command.refused" and entry.detail["refusal"] == refusal
@@ -248,16 +282,52 @@ def test_an_unmapped_or_unauthorized_user_is_refused_audited_and_told_why(
     assert why in str(message.payload["text"])
 
 
-def test_a_refused_request_replayed_is_audited_once(client: TestClient, store: Store, version: int) -> None:
+def test_a_refused_request_replayed_is_audited_once(
+    client: TestClient, store: Store, version: int, commands: Commands
+) -> None:
     body = form(block_actions(NOBODY))
     headers = signed(body)
-    for _ in range(3):
-        assert client.post(SLACK_ACTIONS_PATH, content=body, headers=headers).status_code == 200
+    answers = [client.post(SLACK_ACTIONS_PATH, content=body, headers=headers) for _ in range(3)]
+    assert [(a.status_code, a.json()["status"]) for a in answers] == [
+        (200, "accepted"),
+        (200, "duplicate"),
+        (200, "duplicate"),
+    ]
+    decide(store, commands)
+    decide(store, commands)
     assert len(store.audit()) == 1 and len(outbox(store)) == 1
 
 
-def test_a_version_without_a_rollout_is_refused(client: TestClient, store: Store, version: int) -> None:
-    assert press(client, block_actions(CAROL, version=7)) == (200, "refused")
+def test_a_press_is_decided_and_completed_in_one_go(
+    client: TestClient, store: Store, version: int, commands: Commands
+) -> None:
+    """A controller that stops after deciding, before the dispatcher completes the event, decides no more."""
+    assert press(client, block_actions(NOBODY)) == (200, "accepted")
+    (event,) = store.claim_events(limit=10, worker="controller", lease_seconds=0)
+    SlackActions(commands=commands, outbox=store, inbox=store, transactions=store)(event)
+    decide(store, commands)  # what a restarted controller does: the press is not claimed again
+    assert store.get_event(event.id).completed_at is not None
+    assert len(store.audit()) == 1 and len(outbox(store)) == 1
+
+
+def test_a_press_that_no_longer_fits_fails_and_decides_nothing(
+    store: Store, version: int, commands: Commands
+) -> None:
+    press_payload = {"user_id": CAROL, "decision": "approve", "model": MODEL, "version": 2**31}
+    store.put_event(source="slack", delivery_id="old", kind=SLACK_ACTION_KIND, payload=press_payload)
+    decide(store, commands)
+    failed = store.get_event(1)
+    assert failed.completed_at is not None and "version: Input should be less than or equal to" in (
+        failed.error or ""
+    )
+    assert approvals(store) == [] and outbox(store) == [] and store.audit() == []
+
+
+def test_a_version_without_a_rollout_is_refused(
+    client: TestClient, store: Store, version: int, commands: Commands
+) -> None:
+    assert press(client, block_actions(CAROL, version=7)) == (200, "accepted")
+    decide(store, commands)
     assert approvals(store, 7) == [] and store.audit()[0].detail["refusal"] == "no_rollout"
 
 
@@ -370,9 +440,9 @@ def test_a_signed_body_that_is_not_a_form_is_400(client: TestClient, store: Stor
 # ------------------------------------------------------------- mounting and settings
 
 
-def test_without_a_signing_secret_there_is_no_slack_route(store: Store, commands: Commands) -> None:
+def test_without_a_signing_secret_there_is_no_slack_route(store: Store) -> None:
     settings = WebhookSettings(github_secrets=("github secret",))
-    with TestClient(create_app(settings, store, commands)) as test_client:
+    with TestClient(create_app(settings, store, clock=SYSTEM_CLOCK)) as test_client:
         body = form(block_actions(CAROL))
         assert test_client.post(SLACK_ACTIONS_PATH, content=body, headers=signed(body)).status_code == 404
         push = b'{"ref": "refs/heads/main"}'
@@ -384,9 +454,9 @@ def test_without_a_signing_secret_there_is_no_slack_route(store: Store, commands
         assert test_client.post(GITHUB_HOOK_PATH, content=push, headers=github).status_code == 202
 
 
-def test_a_signing_secret_without_commands_fails_at_startup(store: Store) -> None:
+def test_a_signing_secret_without_a_clock_fails_at_startup(store: Store) -> None:
     settings = WebhookSettings(github_secrets=("github secret",), slack_signing_secret=SECRET)
-    with pytest.raises(SettingsError, match="no Commands"):
+    with pytest.raises(SettingsError, match="no clock to judge the age of Slack's requests"):
         create_app(settings, store)
 
 
@@ -403,7 +473,7 @@ def test_settings_read_the_slack_signing_secret_only_when_set() -> None:
 
 
 def test_clicking_the_posted_button_records_the_approval_and_the_message_shows_it(
-    client: TestClient, store: Store, version: int, catalog: Catalog
+    client: TestClient, store: Store, version: int, catalog: Catalog, commands: Commands
 ) -> None:
     with FakeSlack() as slack:
         sender = SlackSender(token=TOKEN, store=store, base_url=slack.api_url)
@@ -422,9 +492,11 @@ def test_clicking_the_posted_button_records_the_approval_and_the_message_shows_i
         button = next(b for b in parent.blocks if b["type"] == "actions")["elements"][0]
         payload = block_actions(CAROL, raw=button["value"], response_url=slack.response_url())
         payload["container"] = {"type": "message", "message_ts": parent.ts, "channel_id": parent.channel}
-        assert press(client, payload) == (200, "recorded")
+        assert press(client, payload) == (200, "accepted")
         refused = block_actions(NOBODY, raw=button["value"], response_url=slack.response_url())
-        assert press(client, refused) == (200, "refused")
+        assert press(client, refused) == (200, "accepted")
+        assert deliver_due(store, {"slack": sender}, now=SYSTEM_CLOCK.now()).sent == 0  # not decided yet
+        decide(store, commands)
         assert deliver_due(store, {"slack": sender}, now=SYSTEM_CLOCK.now()).sent == 2
         assert "*Approved by:* carol" in json.dumps(slack.parents()[0].blocks)
         [reply] = slack.api_calls("response_url")

@@ -316,7 +316,7 @@ def test_the_github_sender_edits_the_comment_and_check_run_of_0003(tmp_path: Pat
             clock=SYSTEM_CLOCK,
         )
         try:
-            forge = GitHubForge(store, REPO, pulls=store)
+            forge = GitHubForge(store, REPO)
             forge.publish_report(ReviewTarget("tune", "iris", SHA1), f"{report_marker('iris')}\nnew")
             forge.set_status(ReviewTarget("tune", "iris", SHA1), "success", "passed")
             assert (

@@ -54,13 +54,19 @@ def gate(store: Store, catalog: Catalog) -> TrustGate:
     return TrustGate(store, lambda: catalog)
 
 
+def retrains(model: str, ref: str | None) -> int:
+    raise AssertionError(f"nothing here asks to retrain, yet {model} on {ref} was")
+
+
 def comment(store: Store, catalog: Catalog, body: str, *, login: str, number: int) -> list[bool]:
     outcome = handle_comment(
         issue_comment_event(body, login=login, number=number),
-        store=store,
+        pulls=store,
+        records=store,
         catalog=lambda: catalog,
         commands=Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK),
-        forge=GitHubForge(store, "octo-org/models", pulls=store),
+        forge=GitHubForge(store, "octo-org/models"),
+        retrain=retrains,
     )
     return [r.ok for r in outcome.results]
 

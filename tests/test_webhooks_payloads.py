@@ -1,4 +1,4 @@
-"""The GitHub payload models (webhooks.payloads) against GitHub's published schemas and real payloads.
+"""The GitHub payload models (controller.backends.forge.payloads) against GitHub's schemas and real payloads.
 
 Pins down that the receiver and ``@octokit/webhooks-schemas`` (draft-07, one
 definition per ``event$action``, in ../shared/reference/) agree on the fields
@@ -32,15 +32,17 @@ from jsonschema import Draft7Validator
 from pydantic import BaseModel
 from starlette.testclient import TestClient
 
+from controller.backends.forge.github import GitHubForge
+from controller.backends.forge.payloads import payload_model
 from controller.backends.store import Store, open_store
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
+from controller.engine.github_events import GITHUB_EVENT_KINDS, GitHubEvents
+from controller.engine.inbox import InboxDispatcher
 from controller.settings import WebhookSettings
 from controller.specs import Catalog, load_tree
 from webhooks.app import GITHUB_HOOK_PATH, create_app
-from webhooks.events import GITHUB_EVENT_KINDS, process_github_events
 from webhooks.github import HANDLED_EVENTS, BadDelivery, parse_delivery, sign
-from webhooks.payloads import payload_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
 REFERENCE = SHARED / "github-webhooks"
@@ -50,7 +52,7 @@ pytestmark = pytest.mark.skipif(
 )
 SECRET = "payload models"
 
-# Every field the handlers read (webhooks.events, controller.engine.trust.record_pull_request,
+# Every field the handlers read (controller.engine.github_events, controller.engine.trust.record_pull_request,
 # controller.engine.comments.handle_comment), by event.
 READS: dict[str, tuple[str, ...]] = {
     "pull_request": (
@@ -361,8 +363,15 @@ def test_a_poison_delivery_already_in_the_inbox_fails_and_records_nothing(store:
     store.put_event(source="github", delivery_id="old-1", kind="pull_request.opened", payload=poison)
     good = json.loads((REFERENCE / "pull_request.opened.payload.json").read_bytes())
     store.put_event(source="github", delivery_id="old-2", kind="pull_request.opened", payload=good)
-    commands = Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK)
-    refs = process_github_events(store, catalog=lambda: catalog, commands=commands)
+    handler = GitHubEvents(
+        pulls=store,
+        records=store,
+        catalog=lambda: catalog,
+        commands=Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK),
+        replies=lambda repository: GitHubForge(store, repository),
+        retrain=lambda model, ref: 1,
+    )
+    refs = InboxDispatcher(store, dict.fromkeys(GITHUB_EVENT_KINDS, handler)).handle_due()
     first, second = store.get_event(1), store.get_event(2)
     assert first.completed_at is not None
     assert "does not fit: number: Input should be a valid integer" in (first.error or "")

@@ -26,18 +26,18 @@ from pathlib import Path
 
 import pytest
 
-from controller.app import MAX_EVENT_ATTEMPTS, Controller, build_controller
+from controller.app import Controller, build_controller
 from controller.backends.forge.github import GitHubSender
 from controller.backends.pipelines.fake import FakeRunner, ScriptedStep
 from controller.backends.serving.fake import FakeServing
 from controller.backends.store import InboxEvent, OutboxMessage
 from controller.clock import SYSTEM_CLOCK
+from controller.engine.inbox import MAX_EVENT_ATTEMPTS
 from controller.scaffold import scaffold
 from controller.settings import ControllerSettings, GitHubSettings, Settings
 from tests.fakes.github_api import FakeGitHub
 from tests.gitrepo import GitRepo
 from tests.store_0003 import open_pulls_value, pull_request_value, state_at_0003, write_meta
-from webhooks.events import attach_github_events
 
 
 class BrokenPoller:
@@ -89,7 +89,7 @@ def test_a_failing_poller_and_handler_are_logged_once_and_the_tick_goes_on(
         raise ValueError(f"cannot handle {event.delivery_id}")
 
     controller.pollers.append(poller)
-    controller.handlers.update(explode=explode, fine=lambda event: handled.append(event.delivery_id))
+    controller.inbox.handlers.update(explode=explode, fine=lambda event: handled.append(event.delivery_id))
     controller.senders["test"] = recorder
     store.put_event(source="test", delivery_id="poison", kind="explode", payload={})
     store.put_event(source="test", delivery_id="after-it", kind="fine", payload={})
@@ -128,7 +128,7 @@ def test_a_part_of_the_tick_that_recovers_says_so_and_fails_loudly_again(
 def test_an_event_that_never_completes_is_given_up(controller: Controller) -> None:
     store = controller.store
     handled: list[str] = []
-    controller.handlers["fine"] = lambda event: handled.append(event.delivery_id)
+    controller.inbox.handlers["fine"] = lambda event: handled.append(event.delivery_id)
     store.put_event(source="test", delivery_id="crashed-often", kind="fine", payload={})
     store.put_event(source="test", delivery_id="crashed-less", kind="fine", payload={})
     # A controller died while handling them: the first is claimed MAX_EVENT_ATTEMPTS times, the second
@@ -185,7 +185,6 @@ def github_controller(tmp_path: Path, github: FakeGitHub, *, old_meta: dict[str,
     controller.proposals.runners = {
         "local": FakeRunner({"evaluate": ScriptedStep(metrics={"accuracy": 0.9})})
     }
-    attach_github_events(controller)
     return controller
 
 

@@ -13,18 +13,20 @@ build the app with :func:`create_app` around a store of their own.
   ``X-GitHub-Delivery`` headers, its body is not a JSON object (or, as
   ``application/x-www-form-urlencoded``, a form whose ``payload`` field is
   one), or the payload of a handled event does not have the shape Flywheel
-  reads (:mod:`webhooks.payloads`) — nothing is stored, and the answer says
-  what did not fit;
+  reads (:mod:`controller.backends.forge.payloads`) — nothing is stored, and
+  the answer says what did not fit;
 * 202 ``ignored`` for events Flywheel does not handle (counted, not stored);
 * 202 ``accepted`` once a new event is durably in the inbox, 200
   ``duplicate`` when its delivery id was seen before (nothing changes);
 * 503 when the store fails, so that GitHub delivers again later.
 
 When ``settings.slack_signing_secret`` is set, ``POST /hooks/slack/actions``
-is mounted too (:mod:`webhooks.slack`: the Approve/Reject buttons); it needs
-the :class:`~controller.engine.commands.Commands` passed as ``commands``.
+is mounted too (:mod:`webhooks.slack`: the Approve/Reject buttons, whose
+requests' freshness is judged on the ``clock`` passed in).
 
-The handler only verifies and enqueues: it never waits on training.
+The service only verifies and enqueues: it never waits on training, and
+decides nothing; the controller's inbox consumer (:mod:`controller.engine.inbox`)
+handles what it stored.
 Deliveries are written by group commit (:class:`_InboxWriter`): one writer
 thread stores every delivery waiting at that moment in one transaction and
 answers each request after the commit, so a 2xx still means the event is
@@ -44,7 +46,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -53,16 +55,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from controller.backends.store import Store
-from controller.engine.commands import Commands
+from controller.backends.forge.payloads import GITHUB_SOURCE
+from controller.backends.store import Inbox, Transactions
+from controller.clock import Clock
 from controller.settings import SettingsError, WebhookSettings
 from webhooks.github import HANDLED_EVENTS, BadDelivery, Delivery, parse_delivery, verify_signature
 from webhooks.slack import SLACK_ACTIONS_PATH, actions_endpoint
 
-__all__ = ["GITHUB_HOOK_PATH", "SLACK_ACTIONS_PATH", "Outcome", "create_app", "serve"]
+__all__ = ["GITHUB_HOOK_PATH", "SLACK_ACTIONS_PATH", "InboxStore", "Outcome", "create_app", "serve"]
 
 GITHUB_HOOK_PATH = "/hooks/github"
-SOURCE = "github"
 
 Outcome = Literal[
     "accepted", "duplicate", "ignored", "bad_signature", "too_large", "bad_request", "store_error"
@@ -114,6 +116,10 @@ async def _read_limited(request: Request, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class InboxStore(Inbox, Transactions, Protocol):
+    """What the service needs of the store: the inbox, transactions for group commit, a health check."""
 
 
 class InboxUnavailable(Exception):
@@ -193,7 +199,7 @@ class _InboxWriter:
     The thread starts with the first delivery and ends after a while idle.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: InboxStore) -> None:
         self._store = store
         self._ready = threading.Condition(threading.Lock())
         self._pending: deque[_Pending] = deque()
@@ -245,7 +251,7 @@ class _InboxWriter:
             with self._store.transaction():
                 results = [
                     self._store.put_event(
-                        source=SOURCE,
+                        source=GITHUB_SOURCE,
                         delivery_id=item.delivery.delivery_id,
                         kind=item.delivery.kind,
                         payload=item.payload,
@@ -268,19 +274,19 @@ class _InboxWriter:
                 loop.call_soon_threadsafe(_settle, answers)
 
 
-def create_app(settings: WebhookSettings, store: Store, commands: Commands | None = None) -> Starlette:
+def create_app(settings: WebhookSettings, store: InboxStore, *, clock: Clock | None = None) -> Starlette:
     """The receiver's ASGI app, writing verified deliveries to ``store``.
 
     ``store`` is called from the app's inbox writer thread and from worker
     threads, so it must be usable from any thread (a file-backed or
     PostgreSQL store; not ``sqlite://`` in memory).
-    ``commands`` (on the same store) decides Slack button presses; it is
-    required when a Slack signing secret is set, and unused otherwise.
+    ``clock`` judges how old a Slack request is; it is required when a Slack
+    signing secret is set, and unused otherwise.
     """
-    if settings.slack_signing_secret is not None and commands is None:
+    if settings.slack_signing_secret is not None and clock is None:
         raise SettingsError(
-            "a Slack signing secret is set but the webhook service was given no Commands to decide "
-            "approvals with; pass commands=Commands(...) or unset the Slack signing secret"
+            "a Slack signing secret is set but the webhook service was given no clock to judge the age of "
+            "Slack's requests by; pass clock=... or unset the Slack signing secret"
         )
     metrics = _Metrics()
     secrets = settings.github_secrets
@@ -345,11 +351,11 @@ def create_app(settings: WebhookSettings, store: Store, commands: Commands | Non
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
-    if settings.slack_signing_secret is not None and commands is not None:
+    if settings.slack_signing_secret is not None and clock is not None:
         slack_actions = actions_endpoint(
             signing_secret=settings.slack_signing_secret,
-            store=store,
-            commands=commands,
+            inbox=store,
+            clock=clock,
             read_body=_read_limited,
             max_body_bytes=settings.max_body_bytes,
         )
@@ -359,13 +365,13 @@ def create_app(settings: WebhookSettings, store: Store, commands: Commands | Non
 
 def serve(
     settings: WebhookSettings,
-    store: Store,
+    store: InboxStore,
     *,
     host: str = "127.0.0.1",
     port: int = 8080,
     log_level: str = "info",
     access_log: bool = True,
-    commands: Commands | None = None,
+    clock: Clock | None = None,
 ) -> None:
     """Serve the receiver with uvicorn until interrupted (``flywheel serve`` calls this).
 
@@ -375,7 +381,7 @@ def serve(
     import uvicorn
 
     config = uvicorn.Config(
-        create_app(settings, store, commands),
+        create_app(settings, store, clock=clock),
         host=host,
         port=port,
         log_level=log_level,

@@ -11,7 +11,7 @@ A webhook sends its payload as ``application/json`` (the JSON is the body) or
 as ``application/x-www-form-urlencoded``, GitHub's default (the body is
 ``payload=<the JSON, URL-encoded>``); either way the signature covers the body
 as sent, so it is checked first and the form is decoded after. The payload of
-a handled event must fit its model (:mod:`webhooks.payloads`).
+a handled event must fit its model (:mod:`controller.backends.forge.payloads`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from email.message import Message
 from typing import Any
 from urllib.parse import parse_qs
 
-from webhooks.payloads import PayloadError, validate_payload
+from controller.backends.forge.payloads import HANDLED_EVENTS, PayloadError, validate_payload
 
 __all__ = [
     "FORM_CONTENT_TYPE",
@@ -40,7 +40,6 @@ __all__ = [
     "verify_signature",
 ]
 
-HANDLED_EVENTS: frozenset[str] = frozenset({"pull_request", "push", "issue_comment", "ping"})
 SIGNATURE_PREFIX = "sha256="
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 

@@ -1,4 +1,4 @@
-"""Slack interactivity: the Approve and Reject buttons of rollout messages.
+"""Slack interactivity: the Approve and Reject buttons of rollout messages, verified and queued.
 
 :func:`webhooks.app.create_app` mounts :func:`actions_endpoint` at
 ``POST /hooks/slack/actions`` when a Slack signing secret is configured.
@@ -15,21 +15,18 @@ Each request is checked in this order:
   Flywheel reads (:class:`BlockActionsPayload`: a Slack user id, the
   actions), or a Flywheel button's value is not ours
   (:class:`DecisionValue`: a model, and a version the store can hold) —
-  nothing is stored, nothing decided;
+  nothing is stored;
 * 200 ``ignored`` for other payload types and other apps' buttons;
 * 200 ``duplicate`` for an exact replay (same timestamp and body): the
   request's digest is its delivery id in the inbox, and nothing changes;
-* otherwise the button becomes :meth:`Commands.decide` for the Slack user
-  (the same checks as every other channel, and the audit entry), and the
-  answer is 200 ``recorded``, ``duplicate`` (the decision was already
-  recorded, e.g. Slack retried or the button was clicked twice) or
-  ``refused``. A recorded decision queues a ``decision`` message for the
-  Slack sender, which shows who approved on the rollout's message; a refusal
-  queues an ephemeral reply to the person through the ``response_url``;
+* otherwise 200 ``accepted`` once the press
+  (:class:`~controller.backends.notify.buttons.ButtonPress`) is in the inbox:
+  Slack wants an answer within three seconds, so nothing is decided here.
+  The controller's inbox consumer decides it
+  (:mod:`controller.engine.slack_actions`, through ``Commands`` under main's
+  policy, audited), then the rollout's message shows who approved, or the
+  presser gets an ephemeral reply saying why not;
 * 503 when the store fails (nothing is kept, the click can be repeated).
-
-Recording the delivery, the decision and the queued message happen in one
-store transaction, so a crash leaves all or none of them.
 """
 
 from __future__ import annotations
@@ -38,7 +35,6 @@ import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Literal
 from urllib.parse import parse_qs
@@ -49,28 +45,24 @@ from slack_sdk.signature import Clock, SignatureVerifier
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from controller.backends.forge.payloads import describe_error
+from controller.backends.notify.buttons import SLACK_ACTION_KIND, SLACK_SOURCE, STORE_INT_MAX, ButtonPress
 from controller.backends.notify.slack import APPROVE_ACTION, REJECT_ACTION
-from controller.backends.store import Store
+from controller.backends.store import Inbox
 from controller.clock import Clock as FlywheelClock
-from controller.engine.commands import Actor, CommandOutcome, Commands
-from webhooks.payloads import describe_error
 
 __all__ = [
     "MAX_BODY_BYTES",
     "SLACK_ACTIONS_PATH",
     "BadAction",
     "BlockActionsPayload",
-    "ButtonPress",
     "DecisionValue",
     "actions_endpoint",
     "parse_action",
 ]
 
 SLACK_ACTIONS_PATH = "/hooks/slack/actions"
-SOURCE = "slack"
-INBOX_KIND = "slack.action"  # recorded for replay protection and history; already handled
 MAX_BODY_BYTES = 1024 * 1024  # interactivity payloads carry the message; far below this
-STORE_INT_MAX = 2**31 - 1  # the store's integer columns (PostgreSQL's INTEGER) hold no more
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")  # seconds since 1970: ten digits until the year 2286
 
 _DECISIONS: dict[str, Literal["approve", "reject"]] = {APPROVE_ACTION: "approve", REJECT_ACTION: "reject"}
@@ -81,20 +73,6 @@ ReadBody = Callable[[Request, int], Awaitable[bytes | None]]
 
 class BadAction(ValueError):
     """A signed request that is not a well-formed interactivity payload."""
-
-
-@dataclass(frozen=True)
-class ButtonPress:
-    """A click on a Flywheel Approve or Reject button."""
-
-    user_id: str
-    decision: Literal["approve", "reject"]
-    model: str
-    version: int
-    environment: str | None
-    response_url: str | None
-    channel: str | None
-    message_ts: str | None
 
 
 class _Model(BaseModel):
@@ -190,78 +168,8 @@ def _verified(verifier: SignatureVerifier, body: bytes, timestamp: str | None, s
         return False
 
 
-Status = Literal["recorded", "duplicate", "refused"]
-
-
-def _decide(store: Store, commands: Commands, press: ButtonPress, digest: str) -> Status:
-    """Record the delivery, the decision and what Slack should show, in one transaction."""
-    with store.transaction():
-        fresh = store.put_event(
-            source=SOURCE,
-            delivery_id=digest,
-            kind=INBOX_KIND,
-            payload={
-                "handled": True,
-                "user": press.user_id,
-                "decision": press.decision,
-                "model": press.model,
-                "version": press.version,
-                "environment": press.environment,
-            },
-        )
-        if not fresh:
-            return "duplicate"
-        outcome = commands.decide(
-            Actor("slack", press.user_id),
-            decision=press.decision,
-            model=press.model,
-            version=press.version,
-            environment=press.environment,
-            comment="from a Slack button",
-        )
-        if outcome.duplicate:
-            return "duplicate"
-        if outcome.ok:
-            _queue_decision(store, press, outcome)
-            return "recorded"
-        if press.response_url:
-            store.enqueue(
-                destination=SOURCE,
-                key=f"slack:ephemeral:{digest}",
-                payload={
-                    "kind": "ephemeral",
-                    "response_url": press.response_url,
-                    "text": f"Your {press.decision} of {press.model} v{press.version} was not recorded: "
-                    f"{outcome.message}",
-                },
-                replace=False,
-            )
-        return "refused"
-
-
-def _queue_decision(store: Store, press: ButtonPress, outcome: CommandOutcome) -> None:
-    user = outcome.user or press.user_id
-    environment = press.environment or ""
-    store.enqueue(
-        destination=SOURCE,
-        key=f"slack:decision:{press.model}:v{press.version}:{environment}:{user}:{press.decision}",
-        payload={
-            "kind": "decision",
-            "model": press.model,
-            "version": press.version,
-            "environment": environment,
-            "user": user,
-            "decision": press.decision,
-            "message": outcome.message,
-            "channel": press.channel,
-            "ts": press.message_ts,
-        },
-        replace=False,
-    )
-
-
 class _VerifierClock(Clock):
-    """slack-sdk's clock for request freshness, reading the one clock the commands are judged on."""
+    """slack-sdk's clock for request freshness, reading the one clock the controller runs on."""
 
     def __init__(self, clock: FlywheelClock) -> None:
         self._clock = clock
@@ -273,14 +181,13 @@ class _VerifierClock(Clock):
 def actions_endpoint(
     *,
     signing_secret: str,
-    store: Store,
-    commands: Commands,
+    inbox: Inbox,
+    clock: FlywheelClock,
     read_body: ReadBody,
     max_body_bytes: int = MAX_BODY_BYTES,
-    clock: Clock | None = None,
 ) -> Callable[[Request], Awaitable[Response]]:
     """The ``POST /hooks/slack/actions`` handler (see the module docstring)."""
-    verifier = SignatureVerifier(signing_secret, clock or _VerifierClock(commands.clock))
+    verifier = SignatureVerifier(signing_secret, _VerifierClock(clock))
     limit = min(max_body_bytes, MAX_BODY_BYTES)
 
     def answer(status: str, code: int, **body: str) -> Response:
@@ -300,13 +207,20 @@ def actions_endpoint(
         if press is None:
             return answer("ignored", 200)
         digest = hashlib.sha256(f"v0:{timestamp}:".encode() + body).hexdigest()
+        put = partial(
+            inbox.put_event,
+            source=SLACK_SOURCE,
+            delivery_id=digest,
+            kind=SLACK_ACTION_KIND,
+            payload=press.to_payload(),
+        )
         try:
-            status = await anyio.to_thread.run_sync(partial(_decide, store, commands, press, digest))
+            fresh = await anyio.to_thread.run_sync(put)
         except Exception:
             _log.exception(
-                "could not record the Slack %s of %s v%s", press.decision, press.model, press.version
+                "could not queue the Slack %s of %s v%s", press.decision, press.model, press.version
             )
             return answer("store_error", 503, error="the store is unavailable; try again")
-        return answer(status, 200)
+        return answer("accepted" if fresh else "duplicate", 200)
 
     return slack_actions

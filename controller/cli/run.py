@@ -3,16 +3,17 @@
 Both commands parse the same options (:func:`~controller.cli.options.run_options`), load one
 :class:`~controller.settings.Settings` from them and the environment
 (:func:`load`), and hand it to :func:`start`, the one wiring of a controller
-process: ``serve`` only adds the webhook service's address, which turns the
-service on.
+process: ``serve`` only adds the webhook service, which runs alongside
+(:func:`controller.cli.serve.webhook_service`). The controller handles its
+inbox (GitHub's events, polled or delivered, Slack's button presses, queued
+commands) itself; nothing here imports the webhook service.
 """
 
 from __future__ import annotations
 
 import shutil
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,60 +64,33 @@ def load(options: dict[str, Any], *, webhooks: tuple[str, int] | None = None) ->
         raise click.ClickException(str(exc)) from exc
 
 
-def start(settings: Settings, *, once: bool = False, log_format: str = "text", verbose: bool = False) -> int:
+Alongside = Callable[["Settings", "Controller"], AbstractContextManager[object]]
+"""What runs beside the controller while it runs (``flywheel serve``'s webhook service)."""
+
+
+def start(
+    settings: Settings,
+    *,
+    once: bool = False,
+    log_format: str = "text",
+    verbose: bool = False,
+    alongside: Alongside | None = None,
+) -> int:
     """Run a controller on ``settings`` until stopped (or one pass, with ``once``); its exit code.
 
-    The state directory is locked for the controller's lifetime. GitHub's
-    events are handled from the inbox when GitHub is configured or webhooks
-    are served; with no webhook service the poller finds them.
+    The state directory is locked for the controller's lifetime, and
+    ``alongside`` (given the settings and the controller) runs while it runs.
+    The controller handles its inbox; with no webhook service, GitHub's
+    poller finds the events (when GitHub is configured).
     """
     from controller.app import run_controller
     from controller.logs import setup_logging
-    from webhooks.events import attach_github_events
 
     setup_logging("json" if log_format == "json" else "text", verbose=verbose)
     with state_lock(settings.controller.state_dir) as fresh:
         controller = open_controller(settings, fresh=fresh)
-        if settings.github is not None or settings.webhooks is not None:
-            attach_github_events(controller)
-        with webhook_service(settings, controller):
+        with alongside(settings, controller) if alongside is not None else nullcontext():
             return run_controller(settings, once=once, controller=controller)
-
-
-@contextmanager
-def webhook_service(settings: Settings, controller: Controller) -> Iterator[None]:
-    """Serve the webhooks (uvicorn, in a thread) while the block runs, when ``settings`` has them.
-
-    The service verifies deliveries and writes them to the inbox, through its
-    own connection to the store (it is called from uvicorn's worker threads).
-    """
-    hooks = settings.webhooks
-    if hooks is None:
-        yield
-        return
-    import uvicorn
-
-    from controller.backends.store import open_store
-    from controller.engine.commands import Commands
-    from webhooks.app import create_app
-
-    web_store = open_store(settings.controller.state_dir, clock=controller.clock)
-    web_commands = Commands(store=web_store, catalog=controller.main_catalog, clock=controller.clock)
-    app = create_app(hooks, web_store, commands=web_commands)
-    config = uvicorn.Config(app, host=hooks.host, port=hooks.port, log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="webhooks", daemon=True)
-    thread.start()
-    click.echo(
-        f"webhooks on http://{hooks.host}:{hooks.port}/hooks/github; "
-        f"controller watching {settings.controller.repo}"
-    )
-    try:
-        yield
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        web_store.close()
 
 
 @contextmanager

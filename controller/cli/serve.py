@@ -1,22 +1,31 @@
 """``flywheel serve``: the webhook service and the controller in one process.
 
-The webhook service (:mod:`webhooks.app`, uvicorn in a thread) verifies
-GitHub deliveries (and Slack button presses, when a Slack signing secret is
-set) and writes them to the inbox; the controller loop, in the main thread,
-handles them: pull requests and pushes make it fetch and reconcile at once,
-comment commands run under main's policy. Polling goes on as the fallback for
-missed deliveries. The same settings and wiring as ``flywheel run``
-(:func:`controller.cli.run.start`), with the service's address added.
+The webhook service (:mod:`webhooks.app`, uvicorn in a thread,
+:func:`webhook_service`) verifies GitHub deliveries (and Slack button
+presses, when a Slack signing secret is set), writes them to the inbox and
+answers at once; the controller loop, in the main thread, handles them from
+the inbox: pull requests and pushes make it fetch and reconcile the
+proposals they name, comment commands and button presses run under main's
+policy. Polling goes on as the fallback for missed deliveries. The same
+settings and wiring as ``flywheel run`` (:func:`controller.cli.run.start`),
+with the service's address added and the service run alongside.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from controller.cli.options import run_options
 from controller.cli.run import load, start
+
+if TYPE_CHECKING:
+    from controller.app import Controller
+    from controller.settings import Settings
 
 
 @click.command()
@@ -28,4 +37,39 @@ from controller.cli.run import load, start
 def serve(host: str, port: int, log_format: str, verbose: bool, **options: Any) -> None:
     """Serve POST /hooks/github (and /hooks/slack/actions) and run the controller on the same state."""
     settings = load(options, webhooks=(host, port))
-    raise SystemExit(start(settings, log_format=log_format, verbose=verbose))
+    raise SystemExit(start(settings, log_format=log_format, verbose=verbose, alongside=webhook_service))
+
+
+@contextmanager
+def webhook_service(settings: Settings, controller: Controller) -> Iterator[None]:
+    """Serve the webhooks (uvicorn, in a thread) while the block runs, when ``settings`` has them.
+
+    The service verifies deliveries and writes them to the inbox, through its
+    own connection to the store (it is called from uvicorn's worker threads),
+    and judges the age of Slack's requests on the controller's clock.
+    """
+    hooks = settings.webhooks
+    if hooks is None:
+        yield
+        return
+    import uvicorn
+
+    from controller.backends.store import open_store
+    from webhooks.app import create_app
+
+    web_store = open_store(settings.controller.state_dir, clock=controller.clock)
+    app = create_app(hooks, web_store, clock=controller.clock)
+    config = uvicorn.Config(app, host=hooks.host, port=hooks.port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="webhooks", daemon=True)
+    thread.start()
+    click.echo(
+        f"webhooks on http://{hooks.host}:{hooks.port}/hooks/github; "
+        f"controller watching {settings.controller.repo}"
+    )
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        web_store.close()

@@ -2,10 +2,13 @@
 
 :func:`parse_commands` is pure: it finds every line of a comment that starts
 with ``/flywheel`` (outside fenced code blocks) and checks the command and
-its arguments. :func:`handle_comment` is called by :mod:`webhooks.events` for
-each new comment: it acknowledges the comment at once with a reaction, runs
-each command and queues one reply with the results, all through the outbox
-(a :class:`CommentReplies`: the GitHub forge).
+its arguments. :func:`handle_comment` is called by the inbox consumer
+(:mod:`controller.engine.github_events`) for each new comment: it
+acknowledges the comment at once with a reaction, runs each command and
+queues one reply with the results, all through the outbox (a
+:class:`CommentReplies`: the GitHub forge). Each command runs once, there and
+then: ``retrain`` starts the run itself (a :data:`Retrain`, the proposal
+reconciler's), and the reply says which run it started or why none.
 
 Rights always come from the policy on main (Invariant 1), never from the pull
 request the comment is on: approve, reject and the rollout controls go
@@ -19,12 +22,22 @@ recorded (:mod:`controller.engine.trust`, Invariant 2).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast
 
-from controller.backends.store import PullRequest, Store
+from controller.backends.store import (
+    AuditEntry,
+    JSONObject,
+    ModelVersion,
+    PullRequest,
+    PullRequestRecords,
+    RolloutRecord,
+    Run,
+    RunStatus,
+)
 from controller.engine.approvals import may_run, resolve_user
 from controller.engine.commands import CONTROL_COMMANDS, Actor, CommandOutcome, Commands
 from controller.engine.commands import main_policy as _main_policy
@@ -36,11 +49,15 @@ __all__ = [
     "HELP",
     "CommandResult",
     "CommentOutcome",
+    "CommentRecords",
     "CommentReplies",
     "ParsedCommand",
+    "Retrain",
     "handle_comment",
     "parse_commands",
 ]
+
+log = logging.getLogger("flywheel.comments")
 
 PREFIX = "/flywheel"
 MAX_COMMANDS = 10  # per comment; the rest are ignored
@@ -156,11 +173,49 @@ class CommentReplies(Protocol):
         """Answer comment ``in_reply_to`` on ``issue``, once."""
 
 
+class CommentRecords(Protocol):
+    """What the commands read and write besides pull requests: runs, rollouts, versions and the audit log."""
+
+    def list_runs(
+        self,
+        *,
+        model: str | None = None,
+        ref: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 100,
+    ) -> list[Run]: ...
+
+    def rollouts_for(self, model: str) -> list[RolloutRecord]: ...
+
+    def latest_version(self, model: str) -> ModelVersion | None: ...
+
+    def append_audit(
+        self,
+        *,
+        actor: str,
+        action: str,
+        model: str | None = None,
+        version: int | None = None,
+        environment: str | None = None,
+        detail: JSONObject | None = None,
+    ) -> AuditEntry: ...
+
+
+Retrain = Callable[[str, str | None], int]
+"""Train a model again at the head of a ref (``None``: the release branch), cache or not; the run's id.
+
+Raises :class:`ValueError` saying why when it cannot (no such branch or
+model, or the head waits for ok-to-test).
+"""
+
+
 @dataclass(frozen=True)
 class _Context:
-    store: Store
+    pulls: PullRequestRecords
+    records: CommentRecords
     catalog: Catalog
     commands: Commands
+    retrain: Retrain
     login: str
     issue: int
     is_pull: bool
@@ -177,17 +232,19 @@ class _Context:
 def handle_comment(
     payload: Mapping[str, Any],
     *,
-    store: Store,
+    pulls: PullRequestRecords,
+    records: CommentRecords,
     catalog: Callable[[], Catalog],
     commands: Commands,
     forge: CommentReplies,
+    retrain: Retrain,
     changed_models: Callable[[PullRequest], Sequence[str]] | None = None,
 ) -> CommentOutcome:
     """Acknowledge, run and answer the commands of an ``issue_comment`` ``created`` payload.
 
-    ``catalog`` returns main's catalog; ``changed_models`` (optional) names
-    the models a pull request changes, otherwise the models with runs on its
-    branch stand for them.
+    ``catalog`` returns main's catalog; ``retrain`` starts a run of a model
+    again; ``changed_models`` (optional) names the models a pull request
+    changes, otherwise the models with runs on its branch stand for them.
     """
     comment = payload.get("comment")
     issue = payload.get("issue")
@@ -203,13 +260,15 @@ def handle_comment(
     forge.react(comment_id, "eyes")  # acknowledged: the reply follows once the commands ran
     is_pull = "pull_request" in issue
     context = _Context(
-        store=store,
+        pulls=pulls,
+        records=records,
         catalog=catalog(),
         commands=commands,
+        retrain=retrain,
         login=str(user.get("login") or ""),
         issue=number,
         is_pull=is_pull,
-        pull=store.pull_request(number) if is_pull else None,
+        pull=pulls.pull_request(number) if is_pull else None,
         changed_models=changed_models,
         comment_id=comment_id,
         url=str(comment.get("html_url") or ""),
@@ -268,22 +327,28 @@ def _run(ctx: _Context, command: ParsedCommand) -> tuple[CommandResult, str | No
         text = _status(ctx, model)
         _audit(ctx, user, "command.status", model, {})
         return CommandResult("status", True, text), None
-    # retrain
+    return _retrain(ctx, user, model), None
+
+
+def _retrain(ctx: _Context, user: str | None, model: str) -> CommandResult:
+    """Start the run at once: on the pull request's head, or on the release branch from an issue."""
     ref = ctx.pull.ref if ctx.pull is not None else None
     if ctx.pull is not None:
-        admitted, why = TrustGate(ctx.store, lambda: ctx.catalog).admits(ctx.pull.ref, ctx.pull.head_sha)
+        admitted, why = TrustGate(ctx.pulls, lambda: ctx.catalog).admits(ctx.pull.ref, ctx.pull.head_sha)
         if not admitted:  # a retrain is no way around ok-to-test (Invariant 2)
             _audit(ctx, user, "command.refused", model, {"command": "retrain", "refusal": "untrusted_head"})
-            return CommandResult("retrain", False, f"Not retraining: {why}."), None
-    ctx.store.put_event(
-        source="github",
-        delivery_id=f"retrain-{ctx.comment_id}-{model}",
-        kind="retrain",
-        payload={"model": model, "by": user, "ref": ref, "pull_request": ctx.issue if ctx.is_pull else None},
-    )
-    _audit(ctx, user, "command.retrain", model, {"ref": ref, "result": "queued"})
+            return CommandResult("retrain", False, f"Not retraining: {why}.")
+    try:
+        run_id = ctx.retrain(model, ref)
+    except Exception as exc:
+        if not isinstance(exc, ValueError):
+            log.exception("retraining %s on %s failed", model, ref or "the release branch")
+        why = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        _audit(ctx, user, "command.retrain", model, {"ref": ref, "result": "failed", "error": why})
+        return CommandResult("retrain", False, f"Could not retrain {model}: {why}.")
+    _audit(ctx, user, "command.retrain", model, {"ref": ref, "result": "started", "run": run_id})
     where = f" on {ref}" if ref else ""
-    return CommandResult("retrain", True, f"{user} asked to retrain {model}{where}; it is queued."), None
+    return CommandResult("retrain", True, f"{user} asked to retrain {model}{where}: run #{run_id} started.")
 
 
 def _ok_to_test(
@@ -307,7 +372,7 @@ def _ok_to_test(
             f"#{ctx.issue}'s head is now {pull.head_sha[:12]}, not {wanted}; "
             "look at it and say ok-to-test again.",
         )
-    record_ok_to_test(ctx.store, pull.number, pull.head_sha)
+    record_ok_to_test(ctx.pulls, pull.number, pull.head_sha)
     _audit(ctx, user, "command.ok-to-test", None, {"sha": pull.head_sha, "ref": pull.ref})
     message = (
         f"{user} said ok-to-test for {pull.head_sha[:12]}: it will run. A new push needs a new ok-to-test."
@@ -322,7 +387,7 @@ def _model(ctx: _Context, named: str | None) -> tuple[str | None, str]:
     if ctx.pull is not None and ctx.changed_models is not None:
         candidates = sorted(set(ctx.changed_models(ctx.pull)))
     elif ctx.pull is not None:
-        candidates = sorted({run.model for run in ctx.store.list_runs(ref=ctx.pull.ref, limit=100)})
+        candidates = sorted({run.model for run in ctx.records.list_runs(ref=ctx.pull.ref, limit=100)})
     if not candidates and len(ctx.catalog.models) == 1:
         candidates = list(ctx.catalog.models)
     if len(candidates) == 1:
@@ -334,7 +399,7 @@ def _model(ctx: _Context, named: str | None) -> tuple[str | None, str]:
 
 def _status(ctx: _Context, model: str) -> str:
     lines = [f"**{model}**"]
-    rollouts = ctx.store.rollouts_for(model)
+    rollouts = ctx.records.rollouts_for(model)
     active = next((r for r in rollouts if r.active), None)
     if active is not None:
         held = ", paused" if active.paused else ""
@@ -348,8 +413,8 @@ def _status(ctx: _Context, model: str) -> str:
     else:
         lines.append("- no rollout yet")
     ref = ctx.pull.ref if ctx.pull is not None else None
-    runs = ctx.store.list_runs(model=model, ref=ref, limit=1) if ref else []
-    runs = runs or ctx.store.list_runs(model=model, limit=1)
+    runs = ctx.records.list_runs(model=model, ref=ref, limit=1) if ref else []
+    runs = runs or ctx.records.list_runs(model=model, limit=1)
     if runs:
         run = runs[0]
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(run.metrics.items())[:6])
@@ -359,7 +424,7 @@ def _status(ctx: _Context, model: str) -> str:
         )
     else:
         lines.append("- no run yet")
-    latest = ctx.store.latest_version(model)
+    latest = ctx.records.latest_version(model)
     if latest is not None:
         lines.append(f"- latest version: v{latest.number} from {latest.commit[:12]}")
     return "\n".join(lines)
@@ -378,7 +443,7 @@ def _not_allowed(ctx: _Context, user: str | None, command: str, policy: Policy |
 
 
 def _audit(ctx: _Context, user: str | None, action: str, model: str | None, detail: dict[str, Any]) -> None:
-    ctx.store.append_audit(
+    ctx.records.append_audit(
         actor=user or f"github:{ctx.login}",
         action=action,
         model=model,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -155,8 +155,8 @@ class ProposalReconciler:
 
     # ------------------------------------------------------------- observe
 
-    def reconcile(self) -> PassSummary:
-        """One pass over every branch: plan each proposal head and apply the actions."""
+    def reconcile(self, refs: Collection[str] | None = None) -> PassSummary:
+        """One pass over every branch (or ``refs`` only): plan each proposal head and apply the actions."""
         summary = PassSummary()
         branches = self.heads()
         main_head = branches.get(self.release_branch)
@@ -165,7 +165,7 @@ class ProposalReconciler:
             return summary
         main_catalog = self.repository.catalog(main_head)
         for ref, head in sorted(branches.items()):
-            if ref == self.release_branch:
+            if ref == self.release_branch or (refs is not None and ref not in refs):
                 continue
             try:
                 heads = self._observe(ref, head, main_head)
@@ -179,7 +179,7 @@ class ProposalReconciler:
                 ref=ref, commit=head, heads=heads, running_here=self._active.keys(), trust=trust
             )
             self._apply(actions, main_catalog=main_catalog, summary=summary)
-        if self.on_release is not None:
+        if self.on_release is not None and (refs is None or self.release_branch in refs):
             self._reconcile_release(main_head, main_catalog, summary)
         gone = {a.ref for a in self._active.values()} - set(branches)
         for ref in sorted(gone):

@@ -5,10 +5,10 @@ does not trust, runs nothing until a trusted person comments
 ``/flywheel ok-to-test``, and that covers exactly the head commit it was
 given for — a new push needs a new ``ok-to-test``.
 
-:func:`record_pull_request` keeps what the gate and the GitHub forge need from
-each ``pull_request`` event in the store's
-:class:`~controller.backends.store.PullRequestRecords` (called by
-:mod:`webhooks.events`);
+:func:`record_pull_request` keeps what the gate and the review targets need
+from each ``pull_request`` event in the store's
+:class:`~controller.backends.store.PullRequestRecords` (called by the inbox
+consumer, :mod:`controller.engine.github_events`);
 :func:`record_ok_to_test` is called by the comment commands
 (:mod:`controller.engine.comments`) once the commenter's right has been
 checked; the proposal reconciler asks :meth:`TrustGate.admits` before it

@@ -16,11 +16,20 @@ CommitState = Literal["pending", "success", "failure", "error"]
 
 @dataclass(frozen=True)
 class ReviewTarget:
-    """One model on one proposal at one commit."""
+    """One model on one proposal at one commit, and the proposal's pull request when the forge has one.
 
-    proposal: str  # the branch (local forge) or pull-request number (GitHub)
+    ``pull_request`` is the number of the proposal's pull request, carried
+    from the ``pull_request`` event that told of it
+    (:class:`controller.engine.pull_requests.PullRequestTargets` puts it
+    here); ``None`` when none is known (the local forge has none; on GitHub a
+    branch pushed before its pull request was heard of), and the forge then
+    finds it itself.
+    """
+
+    proposal: str  # the ref the reconciler trains: a branch, or pull/<n>/head for a fork's pull request
     model: str
     commit: str
+    pull_request: int | None = None
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,14 @@ carry a marker of their own for the same reason, and check runs are
 remembered the same way.
 
 On GitHub a proposal is a pull request's head branch (the reconciler works
-from git branches). The number of its pull request comes from the records
-that :func:`controller.engine.trust.record_pull_request` keeps from
-``pull_request`` events (:func:`pull_request_number`), and otherwise from the
-API (``GET /repos/{owner}/{repo}/pulls?head=owner:branch``).
+from git branches). The number of its pull request comes with the review
+target (:attr:`~controller.backends.forge.ReviewTarget.pull_request`, which
+the engine fills in from the ``pull_request`` events it recorded), and the
+sender posts to it as it is. Only for a branch whose pull request was not
+known when the report was queued (a push polled before its pull request)
+does the sender look for it: in the records (:func:`pull_request_number`),
+which may know it by then, and otherwise through the API
+(``GET /repos/{owner}/{repo}/pulls?head=owner:branch``).
 """
 
 from __future__ import annotations
@@ -108,11 +112,10 @@ def _reply_marker(comment_id: int) -> str:
 class GitHubForge:
     """Queues what the reconciler and the comment commands show on GitHub; :class:`GitHubSender` sends it."""
 
-    def __init__(self, outbox: Outbox, repo_full_name: str, *, pulls: PullRequestRecords) -> None:
+    def __init__(self, outbox: Outbox, repo_full_name: str) -> None:
         if repo_full_name.count("/") != 1:
             raise ValueError(f"expected owner/name, got {repo_full_name!r}")
         self._outbox = outbox
-        self._pulls = pulls
         self.repo = repo_full_name
 
     def publish_report(self, target: ReviewTarget, body: str) -> None:
@@ -123,7 +126,7 @@ class GitHubForge:
                 "kind": "report",
                 "repo": self.repo,
                 "proposal": target.proposal,
-                "pr": pull_request_number(self._pulls, target.proposal),
+                "pr": target.pull_request,
                 "model": target.model,
                 "commit": target.commit,
                 "body": body,

@@ -3,7 +3,7 @@
 GitHub does not redeliver a webhook on its own, and a receiver can be down,
 unreachable or misconfigured. :class:`GitHubPoller` reads what the webhooks
 would have said and queues it in the inbox as the same events, so that one
-handler (:mod:`webhooks.events`) deals with both:
+handler (:mod:`controller.engine.github_events`) deals with both:
 
 * **pull requests**: every open pull request (``GET /repos/{o}/{r}/pulls``,
   paginated) is compared with what the store last recorded

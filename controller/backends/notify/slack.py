@@ -11,13 +11,17 @@ The controller registers :class:`SlackSender` as the outbox sender of the
   against production, the analysis summary, who approved, links to the pull
   request and report, and, while an approval is awaited, Approve and Reject
   buttons saying who may press them; each event also gets a thread reply;
-* a decision recorded from a Slack button (``{"kind": "decision", ...}``,
-  queued by :mod:`webhooks.slack`): the parent message shows who approved or
-  rejected, and the thread says so;
-* an ephemeral reply (``{"kind": "ephemeral", "response_url": ..., "text":
-  ...}``): POSTed to Slack's ``response_url``, and only when it points at
-  Slack (``hooks.slack.com``) or at the API host this sender is configured
-  with (a local test server), never anywhere else.
+* a decision recorded from a Slack button
+  (:func:`~controller.backends.notify.buttons.decision_message`, queued by
+  the engine once it decided the press the webhook service put in the
+  inbox): the parent message shows who approved or rejected, and the thread
+  says so;
+* an ephemeral reply to the person who pressed a button
+  (:func:`~controller.backends.notify.buttons.ephemeral_message`, queued by
+  the engine when it refused the press): POSTed to Slack's
+  ``response_url``, and only when it points at Slack (``hooks.slack.com``)
+  or at the API host this sender is configured with (a local test server),
+  never anywhere else.
 
 The parent message's ``channel`` and ``ts``, what it shows and the events
 answered in its thread are kept in the store
@@ -89,7 +93,7 @@ _REFERENCE = ("model", "version", "channel", "ts", "replied")
 
 
 def decision_value(*, model: str, version: int, environment: str) -> str:
-    """The value of the Approve/Reject buttons: what :mod:`webhooks.slack` decides on."""
+    """The value of the Approve/Reject buttons: what :mod:`webhooks.slack` reads a press's version from."""
     return json.dumps({"model": model, "version": version, "environment": environment}, sort_keys=True)
 
 

@@ -1,11 +1,13 @@
-"""Runtime-checked models of the GitHub webhook fields Flywheel reads, checked where a delivery enters.
+"""GitHub's webhook payloads as Flywheel reads them: strict models, checked at the door and when handled.
 
-The receiver (:func:`webhooks.github.parse_delivery`) validates the payload
-of every handled event with :func:`validate_payload` before it is stored, and
-answers 400 with the first mismatch when it does not fit; the inbox consumer
-(:mod:`webhooks.events`) checks again before handling, so an event stored
-before these checks existed, or queued by the poller, is held to the same
-shape. Only the fields Flywheel reads are declared, with the types and the
+The webhook receiver (:func:`webhooks.github.parse_delivery`) validates the
+payload of every handled event with :func:`validate_payload` before it is
+stored, and answers 400 with the first mismatch when it does not fit; the
+engine's inbox consumer (:mod:`controller.engine.github_events`) checks again
+before handling, so an event stored before these checks existed, or queued
+by the poller, is held to the same shape. The models live here, beside the
+forge, so that both can read them without the engine importing the webhook
+service. Only the fields Flywheel reads are declared, with the types and the
 required-ness of GitHub's published payload schemas
 (``@octokit/webhooks-schemas``; ``tests/test_webhooks_payloads.py`` holds the
 models against them and against GitHub's real payloads); GitHub sends many
@@ -31,6 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 __all__ = [
     "GITHUB_ID_MAX",
+    "GITHUB_SOURCE",
+    "HANDLED_EVENTS",
     "Account",
     "BaseRef",
     "ClosedPullRequest",
@@ -58,6 +62,7 @@ __all__ = [
     "validate_payload",
 ]
 
+GITHUB_SOURCE = "github"  # the inbox source of GitHub's events, delivered by webhook or found by polling
 GITHUB_ID_MAX = 2**63 - 1  # a signed 64-bit integer: what SQLite and PostgreSQL's BIGINT hold
 
 GitHubId = Annotated[int, Field(ge=0, le=GITHUB_ID_MAX)]
@@ -243,6 +248,7 @@ _MODELS: dict[str, type[_Model]] = {
     "issue_comment": IssueCommentEvent,
     "ping": PingEvent,
 }
+HANDLED_EVENTS: frozenset[str] = frozenset(_MODELS)  # the X-GitHub-Event names Flywheel stores and handles
 _PULL_REQUEST_ACTIONS: dict[str, type[_Model]] = {
     "opened": PullRequestOpened,
     "reopened": PullRequestReopened,
