@@ -36,8 +36,8 @@ import pytest
 import yaml
 
 import controller.specs
-from controller.backends import git as git_backend
 from controller.backends.git import ChangedModels, GitError, Repository
+from controller.backends.git.trees import gc_paused
 
 GIT_ENV = {
     **os.environ,
@@ -265,7 +265,7 @@ def test_second_commit_reparses_only_the_changed_spec(
         parsed.append(path)
         return real(path, data)
 
-    monkeypatch.setattr("controller.backends.git.parse_document", counting)
+    monkeypatch.setattr("controller.backends.git.repository.parse_document", counting)
     repo = open_repo(work, tmp_path)
 
     repo.catalog(first)
@@ -292,7 +292,7 @@ def test_caches_are_bounded_and_drop_the_least_recently_used(
         parsed.append(path)
         return real(path, data)
 
-    monkeypatch.setattr("controller.backends.git.parse_document", counting)
+    monkeypatch.setattr("controller.backends.git.repository.parse_document", counting)
     repo = Repository.open(
         str(work.path), mirror_root=tmp_path / "mirrors", parse_cache_size=4, catalog_cache_size=1
     )
@@ -600,11 +600,11 @@ def test_model_dropped_by_a_cross_check_is_named(work: Work, tmp_path: Path) -> 
 
 def test_gc_pause_is_restored_after_large_loads_only() -> None:
     assert gc.isenabled()
-    with git_backend._gc_paused(10):
+    with gc_paused(10):
         assert gc.isenabled()
-    with git_backend._gc_paused(10_000):
+    with gc_paused(10_000):
         assert not gc.isenabled()
-        with git_backend._gc_paused(10_000):
+        with gc_paused(10_000):
             assert not gc.isenabled()
         assert not gc.isenabled()
     assert gc.isenabled()

@@ -1,76 +1,41 @@
-"""The git backend: the one place that reads the repository Flywheel watches.
+"""The :class:`Repository`: branches, commits, spec catalogs, changed models and inputs, from git objects.
 
-The engine calls :class:`Repository` to list branches and their heads, load
-the validated :class:`~controller.specs.types.Catalog` of any commit, find
-which models a commit range changed, and take the pieces of a model's
-identity (source tree id, requirements and spec blob ids). The pipeline
-runner calls :meth:`Repository.export_tree` to materialise a model's source
-directory for its steps.
-
-Everything is read from git objects: no checkout, and the user's work tree
-and index are never touched. A local path (work tree or bare repository) is
-read in place; a remote URL is kept as a bare mirror under ``mirror_root``
-and brought up to date by :meth:`Repository.fetch`.
-
-Reading stays cheap on large repositories:
-
-* spec files are found by walking only ``specs/*/``, ``policies/`` and
-  ``environments/``; a model directory whose tree id was seen before is not
-  read again;
-* parsed documents are cached by (path, blob id), so the catalog of a commit
-  that differs from a loaded one in a single spec re-parses that one file
-  (in this process: a helper process parsing a share of a large load saved
-  no wall-clock time on a 2-core machine, 0.94-1.03x in
-  ``bench/bench_specs.py``, for 1.09-1.26x the CPU);
-  a catalog is cached by commit and by the exact set of spec blobs, so a
-  commit that changed only code reuses the catalog outright;
-* :meth:`Repository.changed_models` diffs the two trees (libgit2 skips equal
-  subtrees) and looks each changed path and its ancestors up in a per-catalog
-  index from path to model names, so its cost follows what changed, not the
-  size of the repository.
+See the package's docstring for what it reads and how it stays cheap.
 """
 
 from __future__ import annotations
 
-import gc
-import hashlib
 import os
-import posixpath
-import re
-import shutil
-import subprocess
-import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pygit2
 from cachetools import LRUCache
 from pygit2.enums import FileMode, ObjectType
 
-from controller.specs import ParsedFile, check_catalog, is_spec_path, parse_document, spec_kind
+from controller.backends.git.mirrors import GitError, clone_mirror, is_remote, mirror_path, run_git
+from controller.backends.git.trees import (
+    Loaded,
+    PathIndex,
+    SpecEntries,
+    blob_set_key,
+    gc_paused,
+    is_blob,
+    normalise,
+    refused_link,
+    subtree,
+)
+from controller.specs import ParsedFile, check_catalog, is_spec_path, parse_document
 from controller.specs.paths import LINK_OUT_OF_REPOSITORY, LINK_TO_NOTHING
-from controller.specs.types import Catalog, Location, Model, SpecError
+from controller.specs.types import Catalog, Model
 
-__all__ = [
-    "ChangedModels",
-    "GitError",
-    "ModelInputs",
-    "Repository",
-    "is_remote",
-]
+__all__ = ["ChangedModels", "ModelInputs", "Repository"]
 
 _SPEC_SUFFIXES = (".yaml", ".yml")
 _MAX_LINKS = 40  # symbolic links followed on one path at most, as Linux does
 _MODEL_FILES = ("model.yaml", "model.yml")
-_SCP_LIKE = re.compile(r"^[\w.+-]+@[\w.-]+:")
-_GIT_TIMEOUT_SECONDS = 600.0
-
-
-class GitError(Exception):
-    """A repository, ref, commit or path that cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -115,70 +80,6 @@ class ChangedModels:
         return bool(self.models or self.policies or self.environments or self.invalid)
 
 
-@dataclass(frozen=True)
-class _PathIndex:
-    """From a repo-relative path (file or directory) to the documents it feeds."""
-
-    models: Mapping[str, frozenset[str]]
-    policies: Mapping[str, str]  # spec path -> policy name
-    environments: Mapping[str, str]  # spec path -> environment name
-
-    @classmethod
-    def build(cls, catalog: Catalog) -> _PathIndex:
-        models: dict[str, set[str]] = {}
-        for model in catalog.models.values():
-            inputs = (model.spec_path, model.source.path, model.source.requirements, model.source.dockerfile)
-            for raw in inputs:
-                if raw is not None:
-                    models.setdefault(_normalise(raw), set()).add(model.name)
-        return cls(
-            models={path: frozenset(names) for path, names in models.items()},
-            policies={p.spec_path: p.name for p in catalog.policies.values()},
-            environments={e.spec_path: e.name for e in catalog.environments.values()},
-        )
-
-    def models_fed_by(self, path: str) -> set[str]:
-        found: set[str] = set()
-        for candidate in _self_and_ancestors(path):
-            names = self.models.get(candidate)
-            if names:
-                found |= names
-        return found
-
-
-@dataclass(frozen=True)
-class _Loaded:
-    """A checked catalog, the spec blobs it came from, and its path index (built once, with it).
-
-    ``linked_from`` maps the path a spec's symbolic link leads to onto the
-    spec paths that are links to it, so a change there changes them.
-    """
-
-    catalog: Catalog
-    blobs: Mapping[str, str]
-    index: _PathIndex
-    linked_from: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class _SpecEntries:
-    """The spec files of one commit: path -> blob id, and those that are symbolic links.
-
-    ``links`` maps a spec path that is a link to the path it leads to, inside
-    the repository; ``refused`` maps one that leads out of it, or to no file,
-    to the error that says so.
-    """
-
-    blobs: dict[str, str]
-    links: dict[str, str]
-    refused: dict[str, str]
-
-
-def is_remote(location: str) -> bool:
-    """True for a URL to mirror (``https://``, ``ssh://``, ``file://``, ``git@host:``), not a local path."""
-    return "://" in location or bool(_SCP_LIKE.match(location))
-
-
 class Repository:
     """Read-only view of one git repository, with parse and catalog caches.
 
@@ -201,8 +102,8 @@ class Repository:
         self._lock = threading.RLock()
         parse_cache_size, catalog_cache_size = max(1, parse_cache_size), max(1, catalog_cache_size)
         self._parsed: LRUCache[tuple[str, str], ParsedFile] = LRUCache(parse_cache_size)
-        self._by_commit: LRUCache[str, _Loaded] = LRUCache(catalog_cache_size)
-        self._by_blobs: LRUCache[str, _Loaded] = LRUCache(catalog_cache_size)
+        self._by_commit: LRUCache[str, Loaded] = LRUCache(catalog_cache_size)
+        self._by_blobs: LRUCache[str, Loaded] = LRUCache(catalog_cache_size)
         # model directory tree id -> {"model.yaml": (blob id, is a symbolic link)}; tree ids are content,
         # so this never goes stale
         self._model_dirs: LRUCache[str, dict[str, tuple[str, bool]]] = LRUCache(parse_cache_size)
@@ -233,9 +134,9 @@ class Repository:
                 parse_cache_size=parse_cache_size,
                 catalog_cache_size=catalog_cache_size,
             )
-        mirror = _mirror_path(mirror_root, location)
+        mirror = mirror_path(mirror_root, location)
         if not (mirror / "HEAD").exists():
-            _clone_mirror(location, mirror)
+            clone_mirror(location, mirror)
         try:
             repo = pygit2.Repository(str(mirror))
         except pygit2.GitError as exc:
@@ -257,7 +158,7 @@ class Repository:
         """Bring a mirror up to date, pruning deleted branches. A no-op for a local repository."""
         if not self.remote:
             return
-        _run_git(["fetch", "--prune", "--quiet", "origin"], cwd=self.path, what=f"fetch {self.location}")
+        run_git(["fetch", "--prune", "--quiet", "origin"], cwd=self.path, what=f"fetch {self.location}")
 
     # ------------------------------------------------------------- refs
 
@@ -321,10 +222,10 @@ class Repository:
         """
         return self._spec_entries(self._commit(commit).tree).blobs
 
-    def _spec_entries(self, root: pygit2.Tree) -> _SpecEntries:
+    def _spec_entries(self, root: pygit2.Tree) -> SpecEntries:
         found: dict[str, str] = {}
         linked: list[tuple[str, str]] = []  # (spec path, link blob id)
-        specs = _subtree(root, "specs")
+        specs = subtree(root, "specs")
         if specs is not None:
             for entry in specs:
                 if entry.filemode != FileMode.TREE:
@@ -336,13 +237,13 @@ class Repository:
                     else:
                         found[path] = oid
         for top in ("policies", "environments"):
-            tree = _subtree(root, top)
+            tree = subtree(root, top)
             if tree is None:
                 continue
             for entry in tree:
                 if not entry.name or not entry.name.endswith(_SPEC_SUFFIXES):
                     continue
-                if _is_blob(entry):
+                if is_blob(entry):
                     found[f"{top}/{entry.name}"] = str(entry.id)
                 elif entry.filemode == FileMode.LINK:
                     linked.append((f"{top}/{entry.name}", str(entry.id)))
@@ -362,7 +263,7 @@ class Repository:
             else:
                 refused[path] = LINK_TO_NOTHING
         blobs = {path: oid for path, oid in found.items() if is_spec_path(path)}
-        return _SpecEntries(blobs=blobs, links=links, refused=refused)
+        return SpecEntries(blobs=blobs, links=links, refused=refused)
 
     def _follow(self, root: pygit2.Tree, path: str) -> tuple[str | None, str]:
         """Where ``path`` leads inside the commit's tree, each symbolic link on the way followed.
@@ -528,7 +429,7 @@ class Repository:
         return commit
 
     def _lookup(self, root: pygit2.Tree, path: str) -> pygit2.Object | None:
-        clean = _normalise(path)
+        clean = normalise(path)
         if not clean:
             return root
         try:
@@ -552,7 +453,7 @@ class Repository:
         self._model_dirs[key] = found
         return found
 
-    def _load(self, commit: str) -> _Loaded:
+    def _load(self, commit: str) -> Loaded:
         sha = self.resolve(commit)
         with self._lock:
             loaded = self._by_commit.get(sha)
@@ -560,20 +461,20 @@ class Repository:
                 return loaded
             entries = self._spec_entries(self._commit(sha).tree)
             blobs = entries.blobs
-            key = _blob_set_key(blobs, entries.links, entries.refused)
+            key = blob_set_key(blobs, entries.links, entries.refused)
             loaded = self._by_blobs.get(key)
             if loaded is None:
                 misses = sum(1 for path_blob in blobs.items() if path_blob not in self._parsed)
-                with _gc_paused(misses):
-                    parsed = [*self._parse_all(blobs), *map(_refused_link, entries.refused.items())]
+                with gc_paused(misses):
+                    parsed = [*self._parse_all(blobs), *map(refused_link, entries.refused.items())]
                     catalog = check_catalog(parsed)
                     linked_from: dict[str, tuple[str, ...]] = {}
                     for path, target in sorted(entries.links.items()):
                         linked_from[target] = (*linked_from.get(target, ()), path)
-                    loaded = _Loaded(
+                    loaded = Loaded(
                         catalog=catalog,
                         blobs={**blobs, **dict.fromkeys(entries.refused, "")},
-                        index=_PathIndex.build(catalog),
+                        index=PathIndex.build(catalog),
                         linked_from=linked_from,
                     )
                 self._by_blobs[key] = loaded
@@ -629,122 +530,3 @@ class Repository:
                 target.write_bytes(blob.data)
                 target.chmod(0o755 if mode == FileMode.BLOB_EXECUTABLE else 0o644)
             # submodules (FileMode.COMMIT) have no content in this repository: skipped
-
-
-# ----------------------------------------------------------------- helpers
-
-_GC_PAUSE_MIN_FILES = 500
-_gc_lock = threading.Lock()
-_gc_pause = {"depth": 0, "restore": False}
-
-
-@contextmanager
-def _gc_paused(files: int) -> Iterator[None]:
-    """Hold the cyclic garbage collector while many spec files are parsed.
-
-    Parsing thousands of documents creates objects fast enough to set off
-    repeated full collections over a heap that is only growing (about a third
-    of the cold load of 10,000 specs); the documents hold no cycles, so
-    reference counting frees what is dropped. When the last pause ends, one
-    full collection runs here, so its cost is paid by the load that caused it
-    and not by whichever request allocates next. Small loads leave the
-    collector alone.
-    """
-    if files < _GC_PAUSE_MIN_FILES:
-        yield
-        return
-    with _gc_lock:
-        if _gc_pause["depth"] == 0:
-            _gc_pause["restore"] = gc.isenabled()
-            gc.disable()
-        _gc_pause["depth"] += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_pause["depth"] -= 1
-            resume = _gc_pause["depth"] == 0 and _gc_pause["restore"]
-            if resume:
-                gc.enable()
-        if resume:
-            gc.collect()
-
-
-def _normalise(path: str) -> str:
-    """A repo-relative path without ``./``, trailing slash or leading slash; ``""`` for the root."""
-    clean = posixpath.normpath(path.replace("\\", "/")).lstrip("/")
-    return "" if clean == "." else clean
-
-
-def _self_and_ancestors(path: str) -> Iterable[str]:
-    yield path
-    while path:
-        path = posixpath.dirname(path)
-        yield path
-
-
-def _subtree(root: pygit2.Tree, name: str) -> pygit2.Tree | None:
-    if name not in root:
-        return None
-    obj = root[name]
-    return obj if isinstance(obj, pygit2.Tree) else None
-
-
-def _is_blob(entry: pygit2.Object) -> bool:
-    return entry.filemode in (FileMode.BLOB, FileMode.BLOB_EXECUTABLE)
-
-
-def _blob_set_key(blobs: Mapping[str, str], links: Mapping[str, str], refused: Mapping[str, str]) -> str:
-    digest = hashlib.sha256()
-    for path, oid in sorted(blobs.items()):
-        digest.update(f"{path}\0{oid}\n".encode())
-    for path, target in sorted(links.items()):
-        digest.update(f"{path}\0->{target}\n".encode("utf-8", "surrogateescape"))
-    for path, why in sorted(refused.items()):
-        digest.update(f"{path}\0!{why}\n".encode())
-    return digest.hexdigest()
-
-
-def _refused_link(item: tuple[str, str]) -> ParsedFile:
-    """The parsed file of a spec whose symbolic link leads out of the repository, or nowhere: unread."""
-    path, why = item
-    kind = spec_kind(path)
-    return ParsedFile(path=path, kind=kind, errors=(SpecError(Location(path), "", why, kind or ""),))
-
-
-def _mirror_path(mirror_root: Path, url: str) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", url.rstrip("/").rsplit("/", 1)[-1]).strip("-.") or "repo"
-    digest = hashlib.sha256(url.encode()).hexdigest()[:12]
-    return mirror_root / f"{slug.removesuffix('.git')}-{digest}.git"
-
-
-def _clone_mirror(url: str, mirror: Path) -> None:
-    mirror.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".clone-", dir=mirror.parent))
-    try:
-        _run_git(["clone", "--mirror", "--quiet", "--", url, str(staging / "repo.git")], what=f"mirror {url}")
-        if mirror.exists():  # an incomplete earlier attempt: replace it
-            shutil.rmtree(mirror)
-        (staging / "repo.git").rename(mirror)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _run_git(args: list[str], *, what: str, cwd: Path | None = None) -> None:
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
-    try:
-        subprocess.run(
-            ["git", *args],
-            cwd=cwd,
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=_GIT_TIMEOUT_SECONDS,
-        )
-    except FileNotFoundError as exc:
-        raise GitError("git is not installed") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise GitError(f"{what}: timed out after {_GIT_TIMEOUT_SECONDS:.0f}s") from exc
-    except subprocess.CalledProcessError as exc:
-        message = exc.stderr.decode(errors="replace").strip() if exc.stderr else ""
-        raise GitError(f"{what}: {message or f'git exited with {exc.returncode}'}") from exc
