@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime, timedelta
+from typing import Unpack
 
 from sqlalchemy import (
     and_,
@@ -18,9 +19,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.dml import ReturningInsert
 
-from controller.backends.store.common import JSONObject, NotFound
-from controller.backends.store.inbox import InboxEvent
-from controller.backends.store.sql.base import SqlBase, aware
+from controller.backends.store.common import NotFound
+from controller.backends.store.inbox import InboxEvent, NewEvent
+from controller.backends.store.sql.base import SqlBase, arguments, aware
 from controller.backends.store.sql.mapping import record, records
 from controller.backends.store.sql.tables import inbox_events
 
@@ -28,23 +29,10 @@ __all__ = ["InboxSql"]
 
 
 class InboxSql(SqlBase):
-    def put_event(
-        self,
-        *,
-        source: str,
-        delivery_id: str,
-        kind: str,
-        payload: JSONObject,
-        received_at: datetime | None = None,
-    ) -> bool:
-        params = {
-            "source": source,
-            "delivery_id": delivery_id,
-            "kind": kind,
-            "payload": payload,
-            "received_at": self._now() if received_at is None else aware(received_at, "received_at"),
-            "attempts": 0,
-        }
+    def put_event(self, **event: Unpack[NewEvent]) -> bool:
+        params = arguments("put_event", NewEvent, event, attempts=0)
+        received = params.get("received_at")
+        params["received_at"] = self._now() if received is None else aware(received, "received_at")
         with self._write() as conn:
             return conn.execute(self._put_event_statement, params).first() is not None
 
