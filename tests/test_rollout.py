@@ -23,7 +23,8 @@ from controller.backends.metrics.fake import FakeMetrics
 from controller.backends.notify.fake import FakeNotifier
 from controller.backends.serving import ServedVersion
 from controller.backends.serving.fake import FakeServing
-from controller.backends.store import ModelVersion, RolloutRecord, Store, open_store
+from controller.backends.store import ModelVersion, RolloutRecord, open_store
+from controller.backends.store.sql import SqlStore
 from controller.clock import FakeClock
 from controller.engine.commands import Actor, Commands
 from controller.engine.notices import NotifierSender
@@ -43,7 +44,7 @@ GOOD = {
 
 @dataclass
 class World:
-    store: Store
+    store: SqlStore
     catalog: Catalog
     serving: FakeServing
     metrics: FakeMetrics
@@ -61,7 +62,11 @@ class World:
             )
 
         return RolloutEngine(
-            store=self.store,
+            rollouts=self.store,
+            approvals=self.store,
+            registry=self.store,
+            audit=self.store,
+            outbox=self.store,
             serving=self.serving,
             metrics=lambda env: self.metrics,
             catalog=lambda: self.catalog,

@@ -8,9 +8,9 @@ import click
 
 from controller.cli.options import (
     echo_json,
+    existing_store,
     json_option,
     parse_duration,
-    require_state,
     state_dir_option,
     state_errors,
 )
@@ -26,12 +26,10 @@ def cache() -> None:
 @state_dir_option
 def list_entries(as_json: bool, state_dir: Path) -> None:
     """List the cached results: key, model, run, age, size on disk."""
-    from controller.clock import SYSTEM_CLOCK
     from controller.engine.cache import cache_entries
 
-    require_state(state_dir)
-    with state_errors(state_dir):
-        entries = cache_entries(state_dir, clock=SYSTEM_CLOCK)
+    with existing_store(state_dir) as store, state_errors(state_dir):
+        entries = cache_entries(store, state_dir)
     if as_json:
         echo_json(
             [
@@ -72,9 +70,10 @@ def prune(older_than: str, dry_run: bool, state_dir: Path) -> None:
     from controller.engine.cache import prune_cache
 
     seconds = parse_duration(older_than)
-    require_state(state_dir)
-    with state_errors(state_dir):
-        removed = prune_cache(state_dir, older_than_seconds=seconds, clock=SYSTEM_CLOCK, dry_run=dry_run)
+    with existing_store(state_dir) as store, state_errors(state_dir):
+        removed = prune_cache(
+            store, state_dir, older_than_seconds=seconds, clock=SYSTEM_CLOCK, dry_run=dry_run
+        )
     verb = "would remove" if dry_run else "removed"
     total = sum(item.bytes for item in removed)
     click.echo(f"{verb} {len(removed)} entries, {_size(total)}")

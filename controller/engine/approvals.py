@@ -3,9 +3,9 @@
 Pure functions (no I/O), shared by every channel that records a decision —
 ``flywheel approve`` on the CLI, ``/flywheel approve`` comments on GitHub and
 Slack buttons — so all of them apply the very same check. The caller records
-an allowed decision with :meth:`Store.add_approval` (with :func:`expires_at`),
-writes the audit entry, and asks :func:`approval_state` whether the gate of a
-rollout stage is now open.
+an allowed decision (:meth:`~controller.backends.store.ApprovalRecords.add_approval`,
+with :func:`expires_at`), writes the audit entry, and asks
+:func:`approval_state` whether the gate of a rollout stage is now open.
 
 Every function takes the :class:`~controller.specs.types.Policy` explicitly.
 It must be the policy of the release branch (main), never the one in the
@@ -192,7 +192,8 @@ def check_approval(
     user (see :func:`resolve_user`; ``None`` when unmapped). ``author`` is
     whoever made the change — a Flywheel user, or their GitHub login / Slack
     id, both are recognised. ``existing`` is what
-    :meth:`Store.approvals_for` returned for this version and environment.
+    :meth:`~controller.backends.store.ApprovalRecords.approvals_for` returned for this
+    version and environment.
 
     Refused, in this order: an unmapped user; a user in none of the rule's
     groups (the reason names the groups that may); the change's author when

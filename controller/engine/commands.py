@@ -26,11 +26,24 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol, Unpack
 
-from controller.backends.store import Conflict, RolloutRecord, Store
+from controller.backends.store import (
+    Approval,
+    AuditEntry,
+    Conflict,
+    Meta,
+    ModelVersion,
+    NewApproval,
+    NewAuditEntry,
+    NewEvent,
+    RolloutChanges,
+    RolloutRecord,
+    Transactions,
+)
 from controller.clock import Clock
 from controller.engine.approvals import (
     Channel,
@@ -56,9 +69,12 @@ __all__ = [
     "CONTROL_COMMANDS",
     "Actor",
     "CommandOutcome",
+    "CommandRecords",
     "Commands",
     "ControlCommand",
+    "RequestRecords",
     "Watched",
+    "WatchedRecords",
     "main_policy",
     "record_request",
     "record_watched",
@@ -83,19 +99,54 @@ class Watched:
     release_branch: str
 
 
+class WatchedRecords(Meta, Transactions, Protocol):
+    """Where :func:`record_watched` keeps what the controller watches: settings, written together."""
+
+
+class RequestRecords(Protocol):
+    """What :func:`record_request` reads and writes: one rollout's row."""
+
+    def get_rollout(self, rollout_id: int) -> RolloutRecord: ...
+
+    def update_rollout(
+        self, rollout_id: int, *, expected_revision: int, **changes: Unpack[RolloutChanges]
+    ) -> RolloutRecord: ...
+
+
+class CommandRecords(RequestRecords, Protocol):
+    """What :class:`Commands` reads (rollouts, versions, approvals) and writes (decisions, requests, audit).
+
+    One store: a decision and its audit entry are written in one transaction.
+    """
+
+    def rollouts_for(self, model: str) -> list[RolloutRecord]: ...
+
+    def list_versions(self, model: str) -> list[ModelVersion]: ...
+
+    def approvals_for(self, *, model: str, version: int, environment: str) -> list[Approval]: ...
+
+    def add_approval(self, **approval: Unpack[NewApproval]) -> Approval: ...
+
+    def append_audit(self, **entry: Unpack[NewAuditEntry]) -> AuditEntry: ...
+
+    def put_event(self, **event: Unpack[NewEvent]) -> bool: ...
+
+    def transaction(self) -> AbstractContextManager[None]: ...
+
+
 def repository_location(repo: str) -> str:
     """``repo`` as it is compared: a URL as it is, a local path made absolute."""
     return repo if "://" in repo or repo.startswith("git@") else str(Path(repo).resolve())
 
 
-def record_watched(store: Store, watched: Watched) -> None:
+def record_watched(store: WatchedRecords, watched: Watched) -> None:
     """Remember what the controller watches (called when a controller starts)."""
     with store.transaction():
         store.set_meta(WATCHED_REPOSITORY_KEY, watched.repository)
         store.set_meta(RELEASE_BRANCH_KEY, watched.release_branch)
 
 
-def watched(store: Store) -> Watched | None:
+def watched(store: Meta) -> Watched | None:
     """What a controller on this state watches, or ``None`` when none has run on it."""
     repository = store.get_meta(WATCHED_REPOSITORY_KEY)
     branch = store.get_meta(RELEASE_BRANCH_KEY)
@@ -129,7 +180,7 @@ def main_policy(catalog: Catalog) -> Policy | None:
     return catalog.policies.get("default")
 
 
-def record_request(store: Store, rollout: RolloutRecord, request: Request) -> RolloutRecord:
+def record_request(store: RequestRecords, rollout: RolloutRecord, request: Request) -> RolloutRecord:
     """Add ``request`` to ``rollout``'s pending requests (once per id), retrying when the row changed."""
     for _ in range(5):
         if any(r.id == request.id for r in load_requests(rollout)):
@@ -151,7 +202,7 @@ class Commands:
     def __init__(
         self,
         *,
-        store: Store,
+        store: CommandRecords,
         catalog: Callable[[], Catalog],
         clock: Clock,
     ) -> None:

@@ -16,13 +16,15 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol, Unpack
 
 from controller.backends.forge import CommitState, Forge, ReviewTarget
 from controller.backends.pipelines import RunResult
-from controller.backends.store import ModelVersion, Run, Store
+from controller.backends.store import AuditEntry, ModelVersion, NewAuditEntry, NewRun, Run, RunChanges
 from controller.backends.store import StepResult as StoredStep
 from controller.clock import Clock
 from controller.engine.gates import GateResult, evaluate_gates, failed_gates
@@ -36,6 +38,8 @@ __all__ = [
     "TRIGGER",
     "Finished",
     "Judge",
+    "JudgeRecords",
+    "ProductionRecords",
     "ReleaseHook",
     "production_environment",
     "production_version",
@@ -49,6 +53,28 @@ TRAINING_TRIGGERS = (TRIGGER, RELEASE_TRIGGER)
 
 # Called when a run of the release branch has been judged: (run, model, state).
 ReleaseHook = Callable[[Run, Model, CommitState], object]
+
+
+class ProductionRecords(Protocol):
+    """What :func:`production_version` reads: the traffic history, and the version found there."""
+
+    def served_at(self, *, environment: str, model: str, at: datetime) -> list[tuple[int, int]]: ...
+
+    def get_version(self, model: str, number: int) -> ModelVersion: ...
+
+
+class JudgeRecords(ProductionRecords, Protocol):
+    """What :class:`Judge` reads and writes: runs and the audit log, written together in one transaction."""
+
+    def create_run(self, **run: Unpack[NewRun]) -> Run: ...
+
+    def update_run(self, run_id: int, **changes: Unpack[RunChanges]) -> Run: ...
+
+    def get_run(self, run_id: int) -> Run: ...
+
+    def append_audit(self, **entry: Unpack[NewAuditEntry]) -> AuditEntry: ...
+
+    def transaction(self) -> AbstractContextManager[None]: ...
 
 
 @dataclass(frozen=True)
@@ -66,7 +92,7 @@ class Judge:
     def __init__(
         self,
         *,
-        store: Store,
+        store: JudgeRecords,
         forge: Forge,
         work_dir: Path,
         release_branch: str,
@@ -343,7 +369,9 @@ def production_environment(model: Model, catalog: Catalog) -> str | None:
     return model.rollout.stages[-1].environment if model.rollout.stages else None
 
 
-def production_version(store: Store, model: Model, catalog: Catalog, *, at: datetime) -> ModelVersion | None:
+def production_version(
+    store: ProductionRecords, model: Model, catalog: Catalog, *, at: datetime
+) -> ModelVersion | None:
     """The version that takes most of the production environment's traffic at ``at``, if any."""
     environment = production_environment(model, catalog)
     if environment is None:
