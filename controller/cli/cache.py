@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from controller.cli.options import (
-    echo_json,
+    echo_rows,
     existing_store,
     json_option,
     parse_duration,
     state_dir_option,
     state_errors,
 )
+
+if TYPE_CHECKING:
+    from controller.engine.cache import CacheEntry
 
 
 @click.group()
@@ -30,29 +34,31 @@ def list_entries(as_json: bool, state_dir: Path) -> None:
 
     with existing_store(state_dir) as store, state_errors(state_dir):
         entries = cache_entries(store, state_dir)
-    if as_json:
-        echo_json(
-            [
-                {
-                    "cache_key": entry.cache_key,
-                    "model": entry.model,
-                    "run": entry.run_id,
-                    "finished_at": entry.finished_at.isoformat() if entry.finished_at else None,
-                    "path": str(entry.path),
-                    "bytes": entry.bytes,
-                }
-                for entry in entries
-            ]
-        )
-        return
-    if not entries:
-        click.echo("cache is empty")
-        return
-    click.echo(f"{'KEY':<18}{'MODEL':<20}{'RUN':>6}  {'FINISHED':<20}{'SIZE':>10}")
-    for entry in entries:
-        finished = entry.finished_at.strftime("%Y-%m-%d %H:%M:%S") if entry.finished_at else "-"
-        size = _size(entry.bytes)
-        click.echo(f"{entry.cache_key[:16]:<18}{entry.model:<20}{entry.run_id:>6}  {finished:<20}{size:>10}")
+    echo_rows(
+        entries,
+        as_json=as_json,
+        to_json=_entry_json,
+        empty="cache is empty",
+        header=f"{'KEY':<18}{'MODEL':<20}{'RUN':>6}  {'FINISHED':<20}{'SIZE':>10}",
+        lines=_entry_line,
+    )
+
+
+def _entry_json(entry: CacheEntry) -> dict[str, object]:
+    return {
+        "cache_key": entry.cache_key,
+        "model": entry.model,
+        "run": entry.run_id,
+        "finished_at": entry.finished_at.isoformat() if entry.finished_at else None,
+        "path": str(entry.path),
+        "bytes": entry.bytes,
+    }
+
+
+def _entry_line(entry: CacheEntry) -> list[str]:
+    finished = entry.finished_at.strftime("%Y-%m-%d %H:%M:%S") if entry.finished_at else "-"
+    size = _size(entry.bytes)
+    return [f"{entry.cache_key[:16]:<18}{entry.model:<20}{entry.run_id:>6}  {finished:<20}{size:>10}"]
 
 
 @cache.command()

@@ -223,17 +223,10 @@ class Commands:
         comment: str = "",
     ) -> CommandOutcome:
         """Approve or reject ``model`` ``version`` for ``environment`` (default: what the rollout awaits)."""
-        catalog = self.catalog()
-        policy = main_policy(catalog)
-        if policy is None:
-            return self._refuse(actor, decision, model, None, "no_policy", _NO_POLICY)
-        user = resolve_user(policy, channel=actor.channel, name=actor.name)
-        if user is None:
-            why = _unmapped(actor)
-            return self._refuse(actor, decision, model, None, "unmapped", why, version=version)
-        if not may_run(policy, user=user, command=decision):
-            why = f"{user} may not {decision}: the policy on main does not allow it."
-            return self._refuse(actor, decision, model, user, "not_allowed", why, version=version)
+        allowed = self._allowed(actor, decision, model, version=version)
+        if isinstance(allowed, CommandOutcome):
+            return allowed
+        catalog, user = allowed
         spec = catalog.models.get(model)
         if spec is None:
             return self._refuse(
@@ -341,23 +334,10 @@ class Commands:
         self, actor: Actor, *, command: ControlCommand, model: str, reason: str = ""
     ) -> CommandOutcome:
         """Pause, resume, abort, promote or roll back ``model``'s rollout."""
-        catalog = self.catalog()
-        policy = main_policy(catalog)
-        if policy is None:
-            return self._refuse(actor, command, model, None, "no_policy", _NO_POLICY)
-        user = resolve_user(policy, channel=actor.channel, name=actor.name)
-        if user is None:
-            why = _unmapped(actor)
-            return self._refuse(actor, command, model, None, "unmapped", why)
-        if not may_run(policy, user=user, command=command):
-            return self._refuse(
-                actor,
-                command,
-                model,
-                user,
-                "not_allowed",
-                f"{user} may not {command}: the policy on main does not allow it.",
-            )
+        allowed = self._allowed(actor, command, model)
+        if isinstance(allowed, CommandOutcome):
+            return allowed
+        catalog, user = allowed
         if model not in catalog.models and not self.store.list_versions(model):
             return self._refuse(actor, command, model, user, "unknown_model", f"there is no model {model!r}.")
         now = self.clock.now()
@@ -422,6 +402,22 @@ class Commands:
         return self._refuse(actor, command, model, None, refusal, why)
 
     # -------------------------------------------------------------- helpers
+
+    def _allowed(
+        self, actor: Actor, command: str, model: str, *, version: int | None = None
+    ) -> tuple[Catalog, str] | CommandOutcome:
+        """Main's specs and the user ``actor`` is, if main's policy lets them ``command``; else a refusal."""
+        catalog = self.catalog()
+        policy = main_policy(catalog)
+        if policy is None:
+            return self._refuse(actor, command, model, None, "no_policy", _NO_POLICY)
+        user = resolve_user(policy, channel=actor.channel, name=actor.name)
+        if user is None:
+            return self._refuse(actor, command, model, None, "unmapped", _unmapped(actor), version=version)
+        if not may_run(policy, user=user, command=command):
+            why = f"{user} may not {command}: the policy on main does not allow it."
+            return self._refuse(actor, command, model, user, "not_allowed", why, version=version)
+        return catalog, user
 
     def _active(self, model: str) -> RolloutRecord | None:
         return next((r for r in self.store.rollouts_for(model) if r.active), None)
