@@ -290,7 +290,7 @@ class RolloutEngine:
                 state = action.state
                 continue
             try:
-                self._perform(action, rollout, model, catalog)
+                self._perform(action, (rollout.model, rollout.version), model, catalog)
             except ServingError as exc:
                 ends = isinstance(action, Deploy | SmokeTest | Route) and action.failure is not None
                 if not ends or catalog is None:
@@ -329,13 +329,33 @@ class RolloutEngine:
         return updated
 
     def _perform(
-        self, action: Action, rollout: RolloutRecord, model: Model | None, catalog: Catalog | None
+        self, action: Action, subject: tuple[str, int], model: Model | None, catalog: Catalog | None
     ) -> None:
+        """Perform ``action`` about ``subject``: (the model's name, the version); ``model`` is its spec."""
+        name, number = subject
         if isinstance(action, Audit):
-            self._audit(rollout, action.action, environment=action.environment, detail=action.detail)
+            self.audit.append_audit(
+                actor=action.actor,
+                action=action.action,
+                model=name,
+                version=number,
+                environment=action.environment,
+                detail=dict(action.detail),
+            )
             return
         if isinstance(action, Notify):
-            self._notify(rollout, model, action)
+            event = RolloutEvent(
+                kind=action.kind,
+                model=name,
+                version=number,
+                environment=action.environment,
+                message=action.message,
+                at=self._now(),
+                detail=dict(action.detail),
+                step=action.step,
+                occurrence=action.occurrence,
+            )
+            queue_event(self.outbox, model, event)
             return
         assert not isinstance(action, Save), "a save is the applier's own"
         assert catalog is not None and model is not None, f"{action} needs main's catalog and the model"
@@ -363,32 +383,6 @@ class RolloutEngine:
                 if deployed.version != action.keep:
                     self.serving.retire(environment=environment, model=model.name, version=deployed.version)
 
-    def _audit(
-        self, rollout: RolloutRecord, action: str, *, environment: str | None, detail: Mapping[str, Any]
-    ) -> None:
-        self.audit.append_audit(
-            actor=ACTOR,
-            action=action,
-            model=rollout.model,
-            version=rollout.version,
-            environment=environment,
-            detail=dict(detail),
-        )
-
-    def _notify(self, rollout: RolloutRecord, model: Model | None, notice: Notify) -> None:
-        event = RolloutEvent(
-            kind=notice.kind,
-            model=rollout.model,
-            version=rollout.version,
-            environment=notice.environment,
-            message=notice.message,
-            at=self._now(),
-            detail=dict(notice.detail),
-            step=notice.step,
-            occurrence=notice.occurrence,
-        )
-        queue_event(self.outbox, model, event)
-
     # --------------------------------------------------- rollback requests
 
     def handle_rollback_request(self, payload: Mapping[str, Any]) -> None:
@@ -408,45 +402,38 @@ class RolloutEngine:
         now = self._now()
         for stage in model.rollout.stages:
             env = catalog.environments.get(stage.environment)
-            if env is None:
+            back = self._previous(env.name, model_name, at=now) if env is not None else None
+            if env is None or back is None:
                 continue
-            current = self.rollouts.served_at(environment=env.name, model=model_name, at=now)
-            if not current:
-                continue
-            current_version = max(current, key=lambda pair: pair[1])[0]
-            previous = None
-            for record in reversed(self.rollouts.serving_history(environment=env.name, model=model_name)):
-                if record.version != current_version and record.weight > 0:
-                    previous = record.version
-                    break
-            if previous is None:
-                continue
-            version = self.registry.get_version(model_name, previous)
-            self.serving.deploy(environment=env, version=self.served_version(version, model))
-            self.serving.set_weights(environment=env, model=model_name, weights={label(previous): 100})
-            self.rollouts.record_traffic(
-                at=self._now(), environment=env.name, model=model_name, weights={previous: 100}
-            )
-            self.serving.retire(environment=env, model=model_name, version=label(current_version))
-            self.audit.append_audit(
-                actor=by or ACTOR,
-                action="rollout.rolled_back",
-                model=model_name,
-                version=current_version,
-                environment=env.name,
-                detail={"to_version": previous, "reason": reason, "manual": True},
-            )
-            event = RolloutEvent(
-                kind="rolled_back",
-                model=model_name,
-                version=current_version,
-                environment=env.name,
-                at=now,
-                message=f"Rolled back by {by or ACTOR} to v{previous}" + (f": {reason}" if reason else ""),
-                detail={"to_version": previous},
-                occurrence=int(now.timestamp()),
-            )
-            queue_event(self.outbox, model, event)
+            current, previous = back
+            undo = {"to_version": previous}
+            audited = {**undo, "reason": reason, "manual": True}
+            actions: list[Action] = [
+                Deploy(env.name, previous),
+                Route(env.name, {previous: 100}),
+                Retire(env.name, label(current)),
+                Audit("rollout.rolled_back", env.name, audited, actor=by or ACTOR),
+                Notify(
+                    "rolled_back",
+                    env.name,
+                    f"Rolled back by {by or ACTOR} to v{previous}" + (f": {reason}" if reason else ""),
+                    detail=undo,
+                    occurrence=int(now.timestamp()),
+                ),
+            ]
+            for action in actions:
+                self._perform(action, (model_name, current), model, catalog)
+
+    def _previous(self, environment: str, model: str, *, at: datetime) -> tuple[int, int] | None:
+        """The version with most of ``environment``'s traffic at ``at``, and the one that served before it."""
+        current = self.rollouts.served_at(environment=environment, model=model, at=at)
+        if not current:
+            return None
+        current_version = max(current, key=lambda pair: pair[1])[0]
+        for record in reversed(self.rollouts.serving_history(environment=environment, model=model)):
+            if record.version != current_version and record.weight > 0:
+                return current_version, record.version
+        return None
 
     def _now(self) -> datetime:
         return self.clock.now()
