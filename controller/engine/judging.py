@@ -86,25 +86,16 @@ class Finished:
     description: str
 
 
+@dataclass(kw_only=True, eq=False)
 class Judge:
     """Judges runs and reports them on the forge; ``release_branch``'s runs go to ``on_release`` instead."""
 
-    def __init__(
-        self,
-        *,
-        store: JudgeRecords,
-        forge: Forge,
-        work_dir: Path,
-        release_branch: str,
-        clock: Clock,
-        on_release: ReleaseHook | None = None,
-    ) -> None:
-        self.store = store
-        self.forge = forge
-        self.work_dir = work_dir
-        self.release_branch = release_branch
-        self.clock = clock
-        self.on_release = on_release
+    store: JudgeRecords
+    forge: Forge
+    work_dir: Path
+    release_branch: str
+    clock: Clock
+    on_release: ReleaseHook | None = None
 
     def record_reuse(self, action: ReuseRun, source: Run, *, trigger: str) -> Run:
         """Record a cache hit: a succeeded run of ``action``'s head with ``source``'s results and artifact."""

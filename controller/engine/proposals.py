@@ -46,8 +46,6 @@ from controller.engine.judging import (
     Judge,
     JudgeRecords,
     ReleaseHook,
-    production_environment,
-    production_version,
 )
 from controller.engine.plan import (
     Action,
@@ -74,20 +72,7 @@ from controller.engine.plan import (
 from controller.engine.training import MissingRunner, pipeline_environment, pipeline_runner, read_run_inputs
 from controller.specs.types import Catalog, Location, Model, SpecError
 
-__all__ = [
-    "RELEASE_TRIGGER",
-    "TRAINING_TRIGGERS",
-    "TRIGGER",
-    "Finished",
-    "MissingRunner",
-    "PassSummary",
-    "ProposalReconciler",
-    "ProposalRecords",
-    "ReleaseHook",
-    "pipeline_runner",
-    "production_environment",
-    "production_version",
-]
+__all__ = ["PassSummary", "ProposalReconciler", "ProposalRecords"]
 
 log = logging.getLogger("flywheel.proposals")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol, Unpack
 
 from controller.backends.forge import CommitState
@@ -40,6 +41,7 @@ class RegistrarRecords(ProductionRecords, Protocol):
     def append_audit(self, **entry: Unpack[NewAuditEntry]) -> AuditEntry: ...
 
 
+@dataclass(kw_only=True, eq=False)
 class Registrar:
     """Registers versions from release runs and starts their rollouts.
 
@@ -48,18 +50,10 @@ class Registrar:
     GitHub); the approval rules keep them from approving it.
     """
 
-    def __init__(
-        self,
-        *,
-        store: RegistrarRecords,
-        rollouts: RolloutEngine,
-        catalog: Callable[[], Catalog],
-        author_of: Callable[[Run], str | None],
-    ) -> None:
-        self.store = store
-        self.rollouts = rollouts
-        self.catalog = catalog
-        self.author_of = author_of
+    store: RegistrarRecords
+    rollouts: RolloutEngine
+    catalog: Callable[[], Catalog]
+    author_of: Callable[[Run], str | None]
 
     def release(self, run: Run, model: Model, state: CommitState) -> ModelVersion | None:
         if state != "success" or run.status != "succeeded":

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -84,6 +84,7 @@ __all__ = ["TERMINAL_STATES", "RolloutEngine", "label"]
 log = logging.getLogger("flywheel.rollout")
 
 
+@dataclass(kw_only=True, eq=False)
 class RolloutEngine:
     """Drives every active rollout one step per :meth:`tick`.
 
@@ -95,31 +96,18 @@ class RolloutEngine:
     the audit log and the outbox (notifications).
     """
 
-    def __init__(
-        self,
-        *,
-        rollouts: RolloutRecords,
-        approvals: ApprovalRecords,
-        registry: Registry,
-        audit: AuditLog,
-        outbox: Outbox,
-        serving: ServingBackend,
-        metrics: Callable[[Environment], MetricsSource],
-        catalog: Callable[[], Catalog],
-        served_version: Callable[[ModelVersion, Model], ServedVersion],
-        clock: Clock,
-    ) -> None:
-        self.rollouts = rollouts
-        self.approvals = approvals
-        self.registry = registry
-        self.audit = audit
-        self.outbox = outbox
-        self.serving = serving
-        self.metrics = metrics
-        self.catalog = catalog
-        self.served_version = served_version
-        self.clock = clock
-        self._failing: dict[int, str] = {}  # rollout id -> the error last logged for it
+    rollouts: RolloutRecords
+    approvals: ApprovalRecords
+    registry: Registry
+    audit: AuditLog
+    outbox: Outbox
+    serving: ServingBackend
+    metrics: Callable[[Environment], MetricsSource]
+    catalog: Callable[[], Catalog]
+    served_version: Callable[[ModelVersion, Model], ServedVersion]
+    clock: Clock
+    # rollout id -> the error last logged for it
+    _failing: dict[int, str] = field(default_factory=dict, init=False, repr=False)
 
     # ---------------------------------------------------------------- start
 

@@ -34,7 +34,7 @@ from typing import Any, Literal, Protocol, Unpack
 from controller.backends.store import Approval, ModelVersion, Review, RolloutRecord, Run, RunQuery
 from controller.engine.approvals import approval_state, policy_with_rule
 from controller.engine.gates import GateResult
-from controller.engine.proposals import RELEASE_TRIGGER
+from controller.engine.judging import RELEASE_TRIGGER
 from controller.engine.rollout_state import (
     Request,
     RolloutState,
