@@ -23,8 +23,7 @@ __all__ = ["AuditSql"]
 
 class AuditSql(SqlBase):
     def append_audit(self, **entry: Unpack[NewAuditEntry]) -> AuditEntry:
-        values = arguments("append_audit", NewAuditEntry, entry, at=self._now())
-        values["detail"] = dict(values.get("detail") or {})
+        values = arguments("append_audit", NewAuditEntry, entry, objects=("detail",), at=self._now())
         with self._write() as conn:
             result = conn.execute(insert(audit_log).values(**values))
         # The detail as it reads back from its JSON column.

@@ -22,7 +22,7 @@ from sqlalchemy.sql.dml import ReturningInsert
 from controller.backends.store.common import NotFound
 from controller.backends.store.inbox import InboxEvent, NewEvent
 from controller.backends.store.sql.base import SqlBase, arguments, aware
-from controller.backends.store.sql.mapping import record, records
+from controller.backends.store.sql.mapping import keyed, one, records
 from controller.backends.store.sql.tables import inbox_events
 
 __all__ = ["InboxSql"]
@@ -89,11 +89,9 @@ class InboxSql(SqlBase):
                 raise NotFound(f"no inbox event {event_id}")
 
     def get_event(self, event_id: int) -> InboxEvent:
+        query = keyed(inbox_events, id=event_id)
         with self._read() as conn:
-            row = conn.execute(select(inbox_events).where(inbox_events.c.id == event_id)).mappings().first()
-        if row is None:
-            raise NotFound(f"no inbox event {event_id}")
-        return record(InboxEvent, row)
+            return one(conn, InboxEvent, query, missing=f"no inbox event {event_id}")
 
     def prune_events(self, *, before: datetime) -> int:
         cutoff = aware(before, "before")

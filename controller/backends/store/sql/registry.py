@@ -19,10 +19,9 @@ from sqlalchemy import (
     select,
 )
 
-from controller.backends.store.common import NotFound
 from controller.backends.store.registry import ModelVersion, NewVersion
 from controller.backends.store.sql.base import SqlBase, arguments
-from controller.backends.store.sql.mapping import record, records
+from controller.backends.store.sql.mapping import found, keyed, one, records
 from controller.backends.store.sql.tables import model_versions
 
 __all__ = ["RegistrySql", "content_id"]
@@ -38,30 +37,19 @@ def content_id(version: Mapping[str, Any]) -> str:
 
 
 def _get_version(conn: Connection, model: str, number: int) -> ModelVersion:
-    table = model_versions
-    row = (
-        conn.execute(select(table).where(table.c.model == model, table.c.number == number)).mappings().first()
-    )
-    if row is None:
-        raise NotFound(f"no version {number} of model {model!r}")
-    return record(ModelVersion, row)
+    query = keyed(model_versions, model=model, number=number)
+    return one(conn, ModelVersion, query, missing=f"no version {number} of model {model!r}")
 
 
 class RegistrySql(SqlBase):
     def register_version(self, **version: Unpack[NewVersion]) -> ModelVersion:
-        values = arguments("register_version", NewVersion, version)
-        values["data_fingerprints"] = dict(values.get("data_fingerprints") or {})
-        values["params"] = dict(values.get("params") or {})
-        values["metrics"] = dict(values.get("metrics") or {})
+        objects = ("data_fingerprints", "params", "metrics")
+        values = arguments("register_version", NewVersion, version, objects=objects)
         model, table = values["model"], model_versions
         with self._write() as conn:
-            existing = (
-                conn.execute(select(table).where(table.c.model == model, table.c.run_id == values["run_id"]))
-                .mappings()
-                .first()
-            )
+            existing = found(conn, ModelVersion, keyed(table, model=model, run_id=values["run_id"]))
             if existing is not None:
-                return record(ModelVersion, existing)
+                return existing
             last = conn.execute(select(func.max(table.c.number)).where(table.c.model == model)).scalar()
             number = (last or 0) + 1
             conn.execute(
@@ -79,8 +67,7 @@ class RegistrySql(SqlBase):
         table = model_versions
         query = select(table).where(table.c.model == model).order_by(table.c.number.desc()).limit(1)
         with self._read() as conn:
-            row = conn.execute(query).mappings().first()
-        return None if row is None else record(ModelVersion, row)
+            return found(conn, ModelVersion, query)
 
     def list_versions(self, model: str) -> list[ModelVersion]:
         table = model_versions

@@ -24,22 +24,19 @@ from sqlalchemy import (
 from controller.backends.store.common import Conflict, NotFound
 from controller.backends.store.rollouts import NewRollout, RolloutChanges, RolloutRecord, ServingRecord
 from controller.backends.store.sql.base import SqlBase, arguments, aware, checked_times, new_id
-from controller.backends.store.sql.mapping import record, records
+from controller.backends.store.sql.mapping import keyed, one, record, records
 from controller.backends.store.sql.tables import rollouts, serving
 
 __all__ = ["RolloutsSql"]
 
 
 def _get_rollout(conn: Connection, rollout_id: int) -> RolloutRecord:
-    row = conn.execute(select(rollouts).where(rollouts.c.id == rollout_id)).mappings().first()
-    if row is None:
-        raise NotFound(f"no rollout {rollout_id}")
-    return record(RolloutRecord, row)
+    return one(conn, RolloutRecord, keyed(rollouts, id=rollout_id), missing=f"no rollout {rollout_id}")
 
 
 class RolloutsSql(SqlBase):
     def create_rollout(self, **rollout: Unpack[NewRollout]) -> RolloutRecord:
-        values = arguments("create_rollout", NewRollout, rollout)
+        values = arguments("create_rollout", NewRollout, rollout, objects=("detail",))
         model, version, stage_list = values["model"], values["version"], list(values["stages"])
         if not stage_list:
             raise ValueError("a rollout needs at least one stage")
@@ -63,7 +60,6 @@ class RolloutsSql(SqlBase):
                 "analysis_failures": 0,
                 "paused": False,
                 "revision": 1,
-                "detail": dict(values.get("detail") or {}),
                 "created_at": now,
                 "updated_at": now,
             }

@@ -13,24 +13,20 @@ from sqlalchemy import Connection, insert, select, update
 from controller.backends.store.common import NotFound
 from controller.backends.store.runs import NewRun, Run, RunChanges, RunQuery, StepResult
 from controller.backends.store.sql.base import SqlBase, arguments, checked_times, new_id
-from controller.backends.store.sql.mapping import json_ready, record, records
+from controller.backends.store.sql.mapping import found, json_ready, keyed, one, records
 from controller.backends.store.sql.tables import runs
 
 __all__ = ["RunsSql"]
 
 
 def _get_run(conn: Connection, run_id: int) -> Run:
-    row = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
-    if row is None:
-        raise NotFound(f"no run {run_id}")
-    return record(Run, row)
+    return one(conn, Run, keyed(runs, id=run_id), missing=f"no run {run_id}")
 
 
 class RunsSql(SqlBase):
     def create_run(self, **run: Unpack[NewRun]) -> Run:
-        values = arguments("create_run", NewRun, run, trigger="", status="queued")
-        values["params"] = dict(values.get("params") or {})
-        values["data_fingerprints"] = dict(values.get("data_fingerprints") or {})
+        objects = ("params", "data_fingerprints")
+        values = arguments("create_run", NewRun, run, objects=objects, trigger="", status="queued")
         with self._write() as conn:
             statement = insert(runs).values(**values, steps={}, metrics={}, gates=[], created_at=self._now())
             return _get_run(conn, new_id(conn.execute(statement)))
@@ -72,8 +68,7 @@ class RunsSql(SqlBase):
             .limit(1)
         )
         with self._read() as conn:
-            row = conn.execute(query).mappings().first()
-        return None if row is None else record(Run, row)
+            return found(conn, Run, query)
 
     def list_runs(self, **query: Unpack[RunQuery]) -> list[Run]:
         wanted = arguments("list_runs", RunQuery, query, limit=100)
