@@ -37,9 +37,11 @@ __all__ = [
     "READ_ONLY_COMMANDS",
     "Approval",
     "ApprovalCheck",
+    "ApprovalGate",
     "Channel",
     "GateState",
     "Refusal",
+    "approval_gate",
     "approval_state",
     "check_approval",
     "expires_at",
@@ -292,6 +294,63 @@ def approval_state(
 
 
 # ------------------------------------------------------------------ internal
+
+
+@dataclass(frozen=True)
+class ApprovalGate:
+    """The gate ``rule`` (in main's ``policy``) puts before ``model`` v``version`` in ``environment``."""
+
+    policy: Policy
+    rule: ApprovalRule
+    model: str
+    version: int
+    environment: str
+
+    def state(self, approvals: Sequence[Approval], now: datetime) -> GateState:
+        """See :func:`approval_state`."""
+        return approval_state(
+            policy=self.policy,
+            rule=self.rule,
+            model=self.model,
+            version=self.version,
+            environment=self.environment,
+            approvals=approvals,
+            now=now,
+        )
+
+    def check(
+        self,
+        *,
+        user: str | None,
+        author: str | None,
+        existing: Sequence[Approval],
+        now: datetime,
+        decision: Decision,
+    ) -> ApprovalCheck:
+        """See :func:`check_approval`."""
+        return check_approval(
+            policy=self.policy,
+            rule=self.rule,
+            user=user,
+            author=author,
+            model=self.model,
+            version=self.version,
+            environment=self.environment,
+            existing=existing,
+            now=now,
+            decision=decision,
+        )
+
+
+def approval_gate(
+    catalog: Catalog, rule: str, *, model: str, version: int, environment: str
+) -> ApprovalGate | None:
+    """The gate of the approval rule named ``rule`` for this version; ``None`` if main's policies lack it."""
+    found = policy_with_rule(catalog, rule)
+    if found is None:
+        return None
+    policy, approval_rule = found
+    return ApprovalGate(policy, approval_rule, model, version, environment)
 
 
 def _latest_decisions(

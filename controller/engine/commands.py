@@ -45,15 +45,7 @@ from controller.backends.store import (
     Transactions,
 )
 from controller.clock import Clock
-from controller.engine.approvals import (
-    Channel,
-    approval_state,
-    check_approval,
-    expires_at,
-    may_run,
-    policy_with_rule,
-    resolve_user,
-)
+from controller.engine.approvals import Channel, approval_gate, expires_at, may_run, resolve_user
 from controller.engine.rollout_state import (
     Request,
     RequestKind,
@@ -262,27 +254,16 @@ class Commands:
             return self._refuse(
                 actor, decision, model, user, "no_gate", why, version=rollout.version, env=env
             )
-        found = policy_with_rule(catalog, rule_name)
-        if found is None:
+        gate = approval_gate(catalog, rule_name, model=model, version=rollout.version, environment=env)
+        if gate is None:
             why = f"the approval rule {rule_name!r} of {env} is not in main's policies; cannot {decision}."
             return self._refuse(
                 actor, decision, model, user, "no_gate", why, version=rollout.version, env=env
             )
-        rule_policy, rule = found
-        now = self.clock.now()
+        rule, now = gate.rule, self.clock.now()
         existing = self.store.approvals_for(model=model, version=rollout.version, environment=env)
-        check = check_approval(
-            policy=rule_policy,
-            rule=rule,
-            user=user,
-            author=load_state(rollout).release.author,
-            model=model,
-            version=rollout.version,
-            environment=env,
-            existing=existing,
-            now=now,
-            decision=decision,
-        )
+        author = load_state(rollout).release.author
+        check = gate.check(user=user, author=author, existing=existing, now=now, decision=decision)
         if check.duplicate:
             return CommandOutcome(True, check.reason, user=user, rollout_id=rollout.id, duplicate=True)
         if not check.allowed:
@@ -315,14 +296,8 @@ class Commands:
                 environment=env,
                 detail={"channel": actor.channel, "as": actor.name, "rule": rule.name, "comment": comment},
             )
-        state = approval_state(
-            policy=rule_policy,
-            rule=rule,
-            model=model,
-            version=rollout.version,
-            environment=env,
-            approvals=self.store.approvals_for(model=model, version=rollout.version, environment=env),
-            now=now,
+        state = gate.state(
+            self.store.approvals_for(model=model, version=rollout.version, environment=env), now
         )
         past = "approved" if decision == "approve" else "rejected"
         message = f"{user} {past} {model} v{rollout.version} for {env}. {state.message}"

@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, Unpack
 
 from controller.backends.store import Approval, ModelVersion, Review, RolloutRecord, Run, RunQuery
-from controller.engine.approvals import approval_state, policy_with_rule
+from controller.engine.approvals import approval_gate
 from controller.engine.gates import GateResult
 from controller.engine.judging import RELEASE_TRIGGER
 from controller.engine.rollout_state import (
@@ -482,21 +482,14 @@ def _approval(
         return ApprovalWait(env, None, (), None, None, approvers, rejecters, message)
     if not stage.approval:
         return None  # a gate without a rule opens at the next tick
-    found = policy_with_rule(catalog, stage.approval)
-    if found is None:
+    at_gate = approval_gate(
+        catalog, stage.approval, model=record.model, version=record.version, environment=env
+    )
+    if at_gate is None:
         approvers, rejecters = _latest_decisions(approvals, now)
         message = f"approval rule {stage.approval!r} is not in main's policies; waiting"
         return ApprovalWait(env, stage.approval, (), None, None, approvers, rejecters, message)
-    policy, rule = found
-    gate = approval_state(
-        policy=policy,
-        rule=rule,
-        model=record.model,
-        version=record.version,
-        environment=env,
-        approvals=approvals,
-        now=now,
-    )
+    rule, gate = at_gate.rule, at_gate.state(approvals, now)
     return ApprovalWait(
         environment=env,
         rule=rule.name,
