@@ -215,7 +215,11 @@ def build_controller(
         )
 
     rollouts = RolloutEngine(
-        store=store,
+        rollouts=store,
+        approvals=store,
+        registry=store,
+        audit=store,
+        outbox=store,
         serving=serving_backend,
         metrics=metrics_for,
         catalog=main_catalog,

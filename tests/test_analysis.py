@@ -21,15 +21,8 @@ import pytest
 
 from controller.backends.metrics import Measurement
 from controller.backends.metrics.fake import NOT_SCRIPTED, FakeMetrics
-from controller.engine.analysis import (
-    AnalysisRun,
-    CheckResult,
-    RoundVerdict,
-    evaluate_round,
-    judge,
-    judge_round,
-    next_state,
-)
+from controller.engine.analysis import judge, judge_round
+from controller.engine.verdicts import AnalysisRun, CheckResult, RoundVerdict, evaluate_round, next_state
 from controller.specs.types import Analysis, AnalysisCheck
 
 SUCCESS = AnalysisCheck(name="success-rate", builtin="successRate", min=0.99)

@@ -17,14 +17,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from controller.backends.store import Approval, Decision
-from controller.engine.approvals import (
-    approval_state,
-    check_approval,
-    expires_at,
-    groups_of,
-    may_run,
-    resolve_user,
-)
+from controller.engine.approvals import ApprovalGate, expires_at, groups_of, may_run, resolve_user
 from controller.specs.types import ApprovalRule, Identity, Policy
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -91,15 +84,7 @@ def _approval(
 def _state(
     approvals: Sequence[Approval], *, rule: ApprovalRule = PRODUCTION, policy: Policy = POLICY
 ) -> tuple[bool, bool, tuple[str, ...], int, str]:
-    s = approval_state(
-        policy=policy,
-        rule=rule,
-        model="iris",
-        version=3,
-        environment="production",
-        approvals=approvals,
-        now=NOW,
-    )
+    s = ApprovalGate(policy, rule, "iris", 3, "production").state(approvals, NOW)
     return s.satisfied, s.rejected, s.approvers, s.missing, s.message
 
 
@@ -111,18 +96,8 @@ def _check(
     existing: Sequence[Approval] = (),
     decision: Decision = "approve",
 ) -> tuple[bool, str, bool, str | None]:
-    c = check_approval(
-        policy=POLICY,
-        rule=rule,
-        user=user,
-        author=author,
-        model="iris",
-        version=3,
-        environment="production",
-        existing=existing,
-        now=NOW,
-        decision=decision,
-    )
+    gate = ApprovalGate(POLICY, rule, "iris", 3, "production")
+    c = gate.check(user=user, author=author, existing=existing, now=NOW, decision=decision)
     return c.allowed, c.reason, c.duplicate, c.refusal
 
 

@@ -25,7 +25,8 @@ from controller.backends.metrics.fake import FakeMetrics
 from controller.backends.pipelines.fake import FakeRunner
 from controller.backends.serving import ServedVersion, ServingError
 from controller.backends.serving.fake import FakeServing
-from controller.backends.store import ModelVersion, Store, open_store
+from controller.backends.store import ModelVersion, open_store
+from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.proposals import ProposalReconciler
 from controller.engine.rollout import RolloutEngine
@@ -56,14 +57,14 @@ def repo(tmp_path: Path) -> GitRepo:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
+def store(tmp_path: Path) -> Iterator[SqlStore]:
     store = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     yield store
     store.close()
 
 
 def test_a_run_never_falls_back_to_another_runner(
-    repo: GitRepo, store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    repo: GitRepo, store: SqlStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     other = FakeRunner()
     forge = FakeForge()
@@ -124,12 +125,16 @@ def _with_backend(catalog: Catalog, environment: str, backend: str) -> Catalog:
 
 
 def test_a_rollout_to_an_environment_whose_backend_is_missing_fails_with_that_reason(
-    store: Store, tmp_path: Path
+    store: SqlStore, tmp_path: Path
 ) -> None:
     local = FakeServing()
     catalog = _with_backend(load_tree(Path(__file__).resolve().parents[1]), "staging", "kserve")
     engine = RolloutEngine(
-        store=store,
+        rollouts=store,
+        approvals=store,
+        registry=store,
+        audit=store,
+        outbox=store,
         serving=ServingByName({"local": local}),
         metrics=lambda env: FakeMetrics(),
         catalog=lambda: catalog,

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from controller.backends.delivery import Backoff, DeliveryError
-from controller.backends.store import OutboxMessage, Store, open_store
+from controller.backends.store import OutboxMessage, open_store
+from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.outbox import deliver_due
 
@@ -63,7 +64,7 @@ def test_retry_after_is_a_floor() -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
+def store(tmp_path: Path) -> Iterator[SqlStore]:
     s = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     yield s
     s.close()
@@ -82,7 +83,7 @@ class Failing:
 class Outbox:
     """Delivers the one queued message each time it is due, keeping the time it got to."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: SqlStore) -> None:
         self.store = store
         self.now = NOW
         store.enqueue(destination="github", key="k", payload={"body": "x"})
@@ -101,14 +102,14 @@ class Outbox:
 
 
 @pytest.mark.parametrize("error", [DeliveryError("GitHub answered 502"), RuntimeError("a bug")])
-def test_the_outbox_backs_off_2_s_doubling_to_5_min(store: Store, error: Exception) -> None:
+def test_the_outbox_backs_off_2_s_doubling_to_5_min(store: SqlStore, error: Exception) -> None:
     seen = Outbox(store).waits(Failing(error), 11)
     for n, wait in enumerate(seen, start=1):
         expected = min(2.0 * 2 ** (n - 1), 300.0)
         assert 0.75 * expected - 0.001 <= wait <= 1.25 * expected + 0.001, (n, seen)
 
 
-def test_the_outbox_waits_at_least_what_the_service_asked(store: Store) -> None:
+def test_the_outbox_waits_at_least_what_the_service_asked(store: SqlStore) -> None:
     outbox = Outbox(store)
     assert outbox.waits(Failing(DeliveryError("rate limited", retry_after=120.0)), 1) == [120.0]
     seen = outbox.waits(Failing(DeliveryError("GitHub answered 502")), 7)  # 8 failures in a row now

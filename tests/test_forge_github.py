@@ -31,7 +31,7 @@ from controller.backends.forge.github import (
     GitHubSender,
     report_marker,
 )
-from controller.backends.store import PullRequest, Store, open_store
+from controller.backends.store import PullRequest, open_store
 from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.outbox import DeliveryStats, deliver_due
@@ -66,7 +66,7 @@ def fake() -> Iterator[FakeGitHub]:
 
 
 def make_sender(
-    store: Store, fake: FakeGitHub, *, auth: Auth.Auth | None = None, **options: object
+    store: SqlStore, fake: FakeGitHub, *, auth: Auth.Auth | None = None, **options: object
 ) -> GitHubSender:
     return GitHubSender(
         store,
@@ -82,14 +82,14 @@ def make_sender(
 
 
 @pytest.fixture
-def sender(store: Store, fake: FakeGitHub) -> Iterator[GitHubSender]:
+def sender(store: SqlStore, fake: FakeGitHub) -> Iterator[GitHubSender]:
     s = make_sender(store, fake)
     yield s
     s.close()
 
 
 @pytest.fixture
-def forge(store: Store) -> GitHubForge:
+def forge(store: SqlStore) -> GitHubForge:
     return GitHubForge(store, REPO)
 
 
@@ -103,7 +103,7 @@ def _now() -> None:
     NOW = datetime.now(UTC) + timedelta(seconds=5)
 
 
-def deliver(store: Store, sender: GitHubSender, *, after: float = 0.0) -> DeliveryStats:
+def deliver(store: SqlStore, sender: GitHubSender, *, after: float = 0.0) -> DeliveryStats:
     return deliver_due(store, {"github": sender}, now=NOW + timedelta(seconds=after))
 
 
@@ -120,7 +120,7 @@ def test_the_marker_is_the_reports() -> None:
 
 
 def test_one_sticky_comment_per_model_edited_in_place(
-    store: Store, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
+    store: SqlStore, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
 ) -> None:
     for i in range(3):  # people talk first: the bot's comment is on a later page
         fake.add_comment(7, f"looks good {i}", login="alice-ml")
@@ -142,7 +142,7 @@ def test_one_sticky_comment_per_model_edited_in_place(
 
 
 def test_a_target_naming_its_pull_request_is_posted_there_without_asking_github(
-    store: Store, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
+    store: SqlStore, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
 ) -> None:
     fake.add_pull(8, head_ref="other", head_sha=SHA2)
     # The branch name alone would not say which pull request it is; the number the event told does.
@@ -186,7 +186,7 @@ def test_a_rate_limited_edit_is_retried_not_reposted(
 
 
 def test_a_comment_deleted_by_someone_is_posted_again(
-    store: Store, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
+    store: SqlStore, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
 ) -> None:
     forge.publish_report(ReviewTarget("7", "iris", SHA1), report("iris", "v1"))
     deliver(store, sender)
@@ -225,7 +225,7 @@ def test_check_run_created_then_updated(
 
 
 def test_github_down_then_back_everything_appears_once(
-    store: Store, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
+    store: SqlStore, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
 ) -> None:
     fake.down = True
     target = ReviewTarget("7", "iris", SHA1)
@@ -248,7 +248,7 @@ def test_github_down_then_back_everything_appears_once(
 
 
 def test_server_errors_are_retried_with_backoff(
-    store: Store, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
+    store: SqlStore, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
 ) -> None:
     forge.publish_report(ReviewTarget("7", "iris", SHA1), report("iris", "x"))
     fake.fail(502, "Server Error")
@@ -260,7 +260,7 @@ def test_server_errors_are_retried_with_backoff(
 
 
 def test_secondary_rate_limit_retry_after_sets_the_next_attempt(
-    store: Store, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
+    store: SqlStore, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
 ) -> None:
     forge.publish_report(ReviewTarget("7", "iris", SHA1), report("iris", "x"))
     fake.secondary_rate_limit(retry_after=120)
@@ -274,7 +274,7 @@ def test_secondary_rate_limit_retry_after_sets_the_next_attempt(
 
 
 def test_exhausted_rate_limit_waits_for_the_reset(
-    store: Store, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
+    store: SqlStore, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
 ) -> None:
     forge.set_status(ReviewTarget("7", "iris", SHA1), "pending", "training")
     fake.exhaust_rate_limit(reset_in=300)
@@ -286,7 +286,7 @@ def test_exhausted_rate_limit_waits_for_the_reset(
 
 
 def test_a_deleted_pull_request_is_given_up(
-    store: Store, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
+    store: SqlStore, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
 ) -> None:
     forge.publish_report(ReviewTarget("99", "iris", SHA1), report("iris", "x"))  # no #99 on GitHub
     stats = deliver(store, sender)
@@ -295,7 +295,7 @@ def test_a_deleted_pull_request_is_given_up(
 
 
 def test_a_branch_without_pull_request_is_retried_then_given_up(
-    store: Store, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
+    store: SqlStore, fake: FakeGitHub, sender: GitHubSender, forge: GitHubForge
 ) -> None:
     forge.publish_report(ReviewTarget("no-pr-yet", "iris", SHA1), report("iris", "x"))
     assert deliver(store, sender).failed == 1
@@ -323,7 +323,7 @@ def test_reactions_and_replies(
         forge.react(asked["id"], "thumbs-up")
 
 
-def test_token_auth_can_use_commit_statuses(store: Store, fake: FakeGitHub, forge: GitHubForge) -> None:
+def test_token_auth_can_use_commit_statuses(store: SqlStore, fake: FakeGitHub, forge: GitHubForge) -> None:
     sender = make_sender(store, fake, checks="statuses")
     try:
         forge.set_status(ReviewTarget("7", "iris", SHA1), "failure", "x" * 300)
@@ -348,7 +348,7 @@ def _rsa_key() -> tuple[str, str]:
     return private, public
 
 
-def test_app_auth_gets_an_installation_token(store: Store, forge: GitHubForge) -> None:
+def test_app_auth_gets_an_installation_token(store: SqlStore, forge: GitHubForge) -> None:
     private, public = _rsa_key()
     with FakeGitHub(repository=REPO, app_id=1234, installation_id=42, app_public_key=public) as fake:
         fake.add_pull(7, head_ref="feature", head_sha=SHA1)

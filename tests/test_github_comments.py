@@ -25,7 +25,8 @@ from github import Auth
 
 from controller.backends.forge.github import GitHubForge, GitHubSender
 from controller.backends.git import Repository
-from controller.backends.store import OutboxMessage, Store, open_store
+from controller.backends.store import OutboxMessage, open_store
+from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.approvals import resolve_user
 from controller.engine.commands import Commands, main_policy
@@ -110,13 +111,13 @@ def catalog() -> Catalog:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
+def store(tmp_path: Path) -> Iterator[SqlStore]:
     opened = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     yield opened
     opened.close()
 
 
-def rollout_awaiting_production(store: Store, model: str = "iris", *, author: str = "bob") -> int:
+def rollout_awaiting_production(store: SqlStore, model: str = "iris", *, author: str = "bob") -> int:
     run = store.create_run(model=model, ref="main", commit=SHA, cache_key=f"k-{model}", status="succeeded")
     version = store.register_version(
         model=model,
@@ -137,13 +138,15 @@ def rollout_awaiting_production(store: Store, model: str = "iris", *, author: st
     return version.number
 
 
-def open_pull(store: Store, number: int = 12, *, branch: str = "tune-iris", author: str = "bob-ml") -> None:
+def open_pull(
+    store: SqlStore, number: int = 12, *, branch: str = "tune-iris", author: str = "bob-ml"
+) -> None:
     record_pull_request(
         store, pull_request_event("opened", number=number, head_ref=branch, head_sha=SHA, author=author)
     )
 
 
-def run_on(store: Store, branch: str, model: str) -> None:
+def run_on(store: SqlStore, branch: str, model: str) -> None:
     store.create_run(model=model, ref=branch, commit=SHA, cache_key=f"{branch}-{model}", status="succeeded")
 
 
@@ -162,7 +165,7 @@ class Retrains:
 
 
 def say(
-    store: Store,
+    store: SqlStore,
     catalog: Catalog,
     body: str,
     *,
@@ -182,11 +185,11 @@ def say(
     )
 
 
-def outbox(store: Store) -> list[OutboxMessage]:
+def outbox(store: SqlStore) -> list[OutboxMessage]:
     return store.due_messages(now=datetime.now(UTC) + timedelta(days=1))
 
 
-def reply_of(store: Store, *, in_reply_to: int | None = None) -> str:
+def reply_of(store: SqlStore, *, in_reply_to: int | None = None) -> str:
     (reply,) = [
         m
         for m in outbox(store)
@@ -195,7 +198,7 @@ def reply_of(store: Store, *, in_reply_to: int | None = None) -> str:
     return str(reply.payload["body"])
 
 
-def test_acknowledged_at_once_and_answered_through_a_real_github(store: Store, catalog: Catalog) -> None:
+def test_acknowledged_at_once_and_answered_through_a_real_github(store: SqlStore, catalog: Catalog) -> None:
     with FakeGitHub(repository=FULL_NAME, token="t") as fake:
         fake.add_pull(12, head_ref="tune-iris", head_sha=SHA)
         asked = fake.add_comment(12, "/flywheel status iris", login="alice-ml")
@@ -206,7 +209,8 @@ def test_acknowledged_at_once_and_answered_through_a_real_github(store: Store, c
             base_url=fake.api_url,
             timeout=2,
             seconds_between_requests=None,
-            seconds_between_writes=None, clock=SYSTEM_CLOCK
+            seconds_between_writes=None,
+            clock=SYSTEM_CLOCK,
         )
         try:
             deliver_due(store, {"github": sender}, now=datetime.now(UTC) + timedelta(seconds=1))
@@ -221,7 +225,7 @@ def test_acknowledged_at_once_and_answered_through_a_real_github(store: Store, c
     assert store.audit()[-1].action == "command.status"
 
 
-def test_unknown_command_gets_the_help_and_is_audited(store: Store, catalog: Catalog) -> None:
+def test_unknown_command_gets_the_help_and_is_audited(store: SqlStore, catalog: Catalog) -> None:
     outcome = say(store, catalog, "/flywheel deploy iris", login="alice-ml")
     assert [r.ok for r in outcome.results] == [False]
     assert "unknown command 'deploy'" in reply_of(store) and "`/flywheel ok-to-test [SHA]`" in reply_of(store)
@@ -235,14 +239,14 @@ def test_unknown_command_gets_the_help_and_is_audited(store: Store, catalog: Cat
     assert reactions == ["-1", "eyes"]
 
 
-def test_help_for_anyone(store: Store, catalog: Catalog) -> None:
+def test_help_for_anyone(store: SqlStore, catalog: Catalog) -> None:
     outcome = say(store, catalog, "/flywheel help", login="some-stranger")
     assert [r.ok for r in outcome.results] == [True]
     assert HELP in reply_of(store)
     assert store.audit()[-1].actor == "github:some-stranger"
 
 
-def test_approve_with_the_model_the_pull_request_changes(store: Store, catalog: Catalog) -> None:
+def test_approve_with_the_model_the_pull_request_changes(store: SqlStore, catalog: Catalog) -> None:
     version = rollout_awaiting_production(store)
     open_pull(store)
     run_on(store, "tune-iris", "iris")
@@ -254,7 +258,7 @@ def test_approve_with_the_model_the_pull_request_changes(store: Store, catalog: 
     assert store.audit()[-1].action == "approval.approve"
 
 
-def test_several_changed_models_ask_for_one(store: Store, catalog: Catalog) -> None:
+def test_several_changed_models_ask_for_one(store: SqlStore, catalog: Catalog) -> None:
     open_pull(store)
     run_on(store, "tune-iris", "iris")
     run_on(store, "tune-iris", "breast-cancer")
@@ -264,7 +268,7 @@ def test_several_changed_models_ask_for_one(store: Store, catalog: Catalog) -> N
     assert store.audit()[-1].detail["refusal"] == "no_model"
 
 
-def test_reject_and_pause_go_through_commands(store: Store, catalog: Catalog) -> None:
+def test_reject_and_pause_go_through_commands(store: SqlStore, catalog: Catalog) -> None:
     rollout_awaiting_production(store)
     outcome = say(store, catalog, "/flywheel reject iris production\n/flywheel pause iris", login="alice-ml")
     assert [r.ok for r in outcome.results] == [False, True]  # alice is not a business owner; may pause
@@ -275,7 +279,7 @@ def test_reject_and_pause_go_through_commands(store: Store, catalog: Catalog) ->
     assert actions[-2:] == ["command.refused", "command.pause"]
 
 
-def test_retrain_starts_a_run_for_allowed_users_only(store: Store, catalog: Catalog) -> None:
+def test_retrain_starts_a_run_for_allowed_users_only(store: SqlStore, catalog: Catalog) -> None:
     open_pull(store)
     retrains = Retrains()
     refused = say(store, catalog, "/flywheel retrain iris", login="carol-biz", retrain=retrains)
@@ -290,7 +294,7 @@ def test_retrain_starts_a_run_for_allowed_users_only(store: Store, catalog: Cata
     assert (detail["ref"], detail["result"], detail["run"]) == ("tune-iris", "started", 41)
 
 
-def test_a_retrain_that_cannot_start_says_why(store: Store, catalog: Catalog) -> None:
+def test_a_retrain_that_cannot_start_says_why(store: SqlStore, catalog: Catalog) -> None:
     retrains = Retrains(fail="iris is not a valid model at the head of main (abc)")
     outcome = say(store, catalog, "/flywheel retrain iris", login="alice-ml", pull=False, retrain=retrains)
     assert [r.ok for r in outcome.results] == [False]
@@ -299,13 +303,13 @@ def test_a_retrain_that_cannot_start_says_why(store: Store, catalog: Catalog) ->
     assert (entry.action, entry.detail["result"], entry.detail["ref"]) == ("command.retrain", "failed", None)
 
 
-def test_bots_and_comments_without_commands_are_ignored(store: Store, catalog: Catalog) -> None:
+def test_bots_and_comments_without_commands_are_ignored(store: SqlStore, catalog: Catalog) -> None:
     assert say(store, catalog, "/flywheel approve iris", login="flywheel[bot]").results == ()
     assert say(store, catalog, "LGTM", login="alice-ml").results == ()
     assert outbox(store) == [] and store.audit() == []
 
 
-def test_ok_to_test_on_an_issue_is_refused(store: Store, catalog: Catalog) -> None:
+def test_ok_to_test_on_an_issue_is_refused(store: SqlStore, catalog: Catalog) -> None:
     outcome = say(store, catalog, "/flywheel ok-to-test", login="alice-ml", pull=False)
     assert [r.ok for r in outcome.results] == [False]
     assert store.audit()[-1].detail["refusal"] == "not_a_pull_request"
@@ -336,7 +340,7 @@ def git_repo(tmp_path: Path) -> GitRepo:
 
 
 def test_a_pull_request_editing_policies_is_judged_by_mains_policy(
-    store: Store, git_repo: GitRepo, tmp_path: Path
+    store: SqlStore, git_repo: GitRepo, tmp_path: Path
 ) -> None:
     git_repo.branch("let-me-approve")
     git_repo.edit(

@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 
 from controller.backends.forge.github import GitHubForge
-from controller.backends.store import InboxEvent, Store, open_store
+from controller.backends.store import InboxEvent, open_store
+from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
 from controller.engine.github_events import GITHUB_EVENT_KINDS, GitHubEvents
@@ -41,7 +42,7 @@ def catalog() -> Catalog:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
+def store(tmp_path: Path) -> Iterator[SqlStore]:
     opened = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     yield opened
     opened.close()
@@ -50,7 +51,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 _deliveries = itertools.count(1)
 
 
-def put(store: Store, event: str, payload: dict[str, Any], *, source: str = "github") -> None:
+def put(store: SqlStore, event: str, payload: dict[str, Any], *, source: str = "github") -> None:
     """Write an event to the inbox as the receiver does: kind ``<event>.<action>``, or ``<event>``."""
     kind = f"{event}.{payload['action']}" if "action" in payload else event
     assert store.put_event(source=source, delivery_id=f"d-{next(_deliveries)}", kind=kind, payload=payload)
@@ -67,7 +68,7 @@ class Retrains:
         return 100 + len(self.asked)
 
 
-def github_events(store: Store, catalog: Catalog, retrain: Retrains | None = None) -> GitHubEvents:
+def github_events(store: SqlStore, catalog: Catalog, retrain: Retrains | None = None) -> GitHubEvents:
     return GitHubEvents(
         pulls=store,
         records=store,
@@ -79,7 +80,7 @@ def github_events(store: Store, catalog: Catalog, retrain: Retrains | None = Non
 
 
 def process(
-    store: Store,
+    store: SqlStore,
     catalog: Catalog,
     *,
     retrain: Retrains | None = None,
@@ -90,12 +91,12 @@ def process(
     return InboxDispatcher(store, {**handlers, **(others or {})}).handle_due(limit=50)
 
 
-def events(store: Store) -> list[InboxEvent]:
+def events(store: SqlStore) -> list[InboxEvent]:
     """Every inbox event, in order (ids start at 1)."""
     return [store.get_event(i) for i in range(1, 50) if _exists(store, i)]
 
 
-def _exists(store: Store, event_id: int) -> bool:
+def _exists(store: SqlStore, event_id: int) -> bool:
     try:
         store.get_event(event_id)
     except LookupError:
@@ -103,7 +104,7 @@ def _exists(store: Store, event_id: int) -> bool:
     return True
 
 
-def test_pull_request_lifecycle(store: Store, catalog: Catalog) -> None:
+def test_pull_request_lifecycle(store: SqlStore, catalog: Catalog) -> None:
     put(
         store,
         "pull_request",
@@ -148,7 +149,7 @@ def test_pull_request_lifecycle(store: Store, catalog: Catalog) -> None:
     assert all(e.completed_at is not None and e.error is None for e in events(store))
 
 
-def test_real_reference_payloads_are_handled(store: Store, catalog: Catalog) -> None:
+def test_real_reference_payloads_are_handled(store: SqlStore, catalog: Catalog) -> None:
     for name in [
         "pull_request.opened",
         "pull_request.reopened",
@@ -165,7 +166,7 @@ def test_real_reference_payloads_are_handled(store: Store, catalog: Catalog) -> 
     assert store.due_messages(now=datetime.now(UTC) + timedelta(days=1)) == []
 
 
-def test_pushes(store: Store, catalog: Catalog) -> None:
+def test_pushes(store: SqlStore, catalog: Catalog) -> None:
     push = copy.deepcopy(reference_payload("push"))
     push.update(ref="refs/heads/main", deleted=False)
     put(store, "push", push)
@@ -175,7 +176,7 @@ def test_pushes(store: Store, catalog: Catalog) -> None:
     assert process(store, catalog) == {"main"}
 
 
-def test_comment_commands_run_edits_and_bots_are_ignored(store: Store, catalog: Catalog) -> None:
+def test_comment_commands_run_edits_and_bots_are_ignored(store: SqlStore, catalog: Catalog) -> None:
     put(
         store,
         "issue_comment",
@@ -199,7 +200,7 @@ def test_comment_commands_run_edits_and_bots_are_ignored(store: Store, catalog: 
     assert replies[0].payload["repo"] == "Codertocat/Hello-World"  # the event's repository
 
 
-def test_ok_to_test_returns_the_ref_to_reconcile(store: Store, catalog: Catalog) -> None:
+def test_ok_to_test_returns_the_ref_to_reconcile(store: SqlStore, catalog: Catalog) -> None:
     put(
         store,
         "pull_request",
@@ -210,7 +211,7 @@ def test_ok_to_test_returns_the_ref_to_reconcile(store: Store, catalog: Catalog)
     assert process(store, catalog) == {"pull/8/head"}
 
 
-def test_a_bad_event_is_completed_with_its_error(store: Store, catalog: Catalog) -> None:
+def test_a_bad_event_is_completed_with_its_error(store: SqlStore, catalog: Catalog) -> None:
     put(store, "pull_request", {"action": "opened", "number": 1})
     put(store, "ping", reference_payload("ping"))
     assert process(store, catalog) == set()
@@ -219,7 +220,7 @@ def test_a_bad_event_is_completed_with_its_error(store: Store, catalog: Catalog)
     assert ping.completed_at is not None and ping.error is None
 
 
-def test_a_retrain_comment_starts_the_run_at_once(store: Store, catalog: Catalog) -> None:
+def test_a_retrain_comment_starts_the_run_at_once(store: SqlStore, catalog: Catalog) -> None:
     put(
         store,
         "pull_request",
@@ -233,7 +234,7 @@ def test_a_retrain_comment_starts_the_run_at_once(store: Store, catalog: Catalog
     assert all(e.completed_at is not None and e.error is None for e in events(store))
 
 
-def test_other_kinds_go_to_their_own_handler(store: Store, catalog: Catalog) -> None:
+def test_other_kinds_go_to_their_own_handler(store: SqlStore, catalog: Catalog) -> None:
     put(store, "retrain", {"model": "iris"})
     put(store, "block_actions", {"type": "block_actions"}, source="slack")
     put(store, "ping", reference_payload("ping"))
@@ -248,7 +249,7 @@ def test_other_kinds_go_to_their_own_handler(store: Store, catalog: Catalog) -> 
     assert all(e.completed_at is not None and e.error is None for e in events(store))
 
 
-def test_one_handler_serves_every_github_kind(store: Store, catalog: Catalog) -> None:
+def test_one_handler_serves_every_github_kind(store: SqlStore, catalog: Catalog) -> None:
     assert {"pull_request.opened", "pull_request.closed", "push", "issue_comment.created", "ping"} <= set(
         GITHUB_EVENT_KINDS
     )

@@ -33,7 +33,8 @@ from github import Auth
 
 from controller.backends.forge.github import GitHubForge, GitHubSender
 from controller.backends.forge.github_poll import GitHubPoller
-from controller.backends.store import InboxEvent, NotFound, OutboxMessage, Store, open_store
+from controller.backends.store import InboxEvent, NotFound, OutboxMessage, open_store
+from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
 from controller.engine.github_events import GITHUB_EVENT_KINDS, GitHubEvents
@@ -75,7 +76,7 @@ def catalog() -> Catalog:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
+def store(tmp_path: Path) -> Iterator[SqlStore]:
     opened = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     yield opened
     opened.close()
@@ -93,7 +94,7 @@ def clock() -> PollClock:
 
 
 @pytest.fixture
-def poller(store: Store, fake: FakeGitHub, clock: PollClock) -> Iterator[GitHubPoller]:
+def poller(store: SqlStore, fake: FakeGitHub, clock: PollClock) -> Iterator[GitHubPoller]:
     polling = GitHubPoller(
         store,
         pulls=store,
@@ -112,7 +113,7 @@ def no_retrain(model: str, ref: str | None) -> int:
     raise AssertionError(f"nothing here asks to retrain, yet {model} on {ref} was")
 
 
-def process(store: Store, catalog: Catalog) -> set[str]:
+def process(store: SqlStore, catalog: Catalog) -> set[str]:
     """Handle the inbox as the controller does; the refs to reconcile."""
     handler = GitHubEvents(
         pulls=store,
@@ -125,7 +126,7 @@ def process(store: Store, catalog: Catalog) -> set[str]:
     return InboxDispatcher(store, dict.fromkeys(GITHUB_EVENT_KINDS, handler)).handle_due()
 
 
-def events(store: Store) -> list[InboxEvent]:
+def events(store: SqlStore) -> list[InboxEvent]:
     """Every inbox event, oldest first."""
     found = []
     for event_id in range(1, 100):
@@ -136,17 +137,17 @@ def events(store: Store) -> list[InboxEvent]:
     return found
 
 
-def pending(store: Store) -> list[str]:
+def pending(store: SqlStore) -> list[str]:
     """The kinds of the inbox events not handled yet."""
     return [e.kind for e in events(store) if e.completed_at is None]
 
 
-def outbox(store: Store, kind: str) -> list[OutboxMessage]:
+def outbox(store: SqlStore, kind: str) -> list[OutboxMessage]:
     due = store.due_messages(now=datetime.now(UTC) + timedelta(days=1))
     return [m for m in due if m.payload["kind"] == kind]
 
 
-def deliver(store: Store, fake: FakeGitHub) -> None:
+def deliver(store: SqlStore, fake: FakeGitHub) -> None:
     sender = GitHubSender(
         store,
         auth=Auth.Token(TOKEN),
@@ -161,12 +162,12 @@ def deliver(store: Store, fake: FakeGitHub) -> None:
         sender.close()
 
 
-def open_pulls(store: Store) -> dict[int, bool]:
+def open_pulls(store: SqlStore) -> dict[int, bool]:
     """The pull requests recorded open: number -> whether its head is in a fork."""
     return {pull.number: pull.fork for pull in store.open_pull_requests()}
 
 
-def audited(store: Store, action: str) -> int:
+def audited(store: SqlStore, action: str) -> int:
     return sum(1 for entry in store.audit() if entry.action == action)
 
 
@@ -174,7 +175,7 @@ def github_time(seconds_from_now: float = 0) -> str:
     return (datetime.now(UTC) + timedelta(seconds=seconds_from_now)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def listening(poller: GitHubPoller, store: Store, catalog: Catalog) -> None:
+def listening(poller: GitHubPoller, store: SqlStore, catalog: Catalog) -> None:
     """The first poll (which starts listening for comments), with what it queued handled."""
     poller.poll()
     process(store, catalog)
@@ -191,7 +192,7 @@ def listening(poller: GitHubPoller, store: Store, catalog: Catalog) -> None:
     ],
 )
 def test_a_missed_pull_request_is_queued_as_opened_and_recorded(
-    store: Store,
+    store: SqlStore,
     catalog: Catalog,
     fake: FakeGitHub,
     poller: GitHubPoller,
@@ -225,7 +226,7 @@ def test_a_missed_pull_request_is_queued_as_opened_and_recorded(
 
 
 def test_polling_twice_before_handling_queues_each_event_once(
-    store: Store, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller
+    store: SqlStore, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller
 ) -> None:
     fake.add_pull(5, head_ref="tune-iris", head_sha=SHA1, author="bob-ml")
     fake.add_pull(6, head_ref="tune-cancer", head_sha=SHA2, author="alice-ml")
@@ -238,7 +239,7 @@ def test_polling_twice_before_handling_queues_each_event_once(
 
 
 def test_new_head_synchronizes_and_a_merge_closes(
-    store: Store, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller
+    store: SqlStore, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller
 ) -> None:
     fake.add_pull(5, head_ref="tune-iris", head_sha=SHA1, author="bob-ml")
     assert poller.poll() == 1
@@ -265,7 +266,7 @@ def test_new_head_synchronizes_and_a_merge_closes(
 
 
 def test_closed_without_merge_then_reopened(
-    store: Store, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller
+    store: SqlStore, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller
 ) -> None:
     pull = fake.add_pull(5, head_ref="tune-iris", head_sha=SHA1, author="bob-ml")
     poller.poll()
@@ -292,7 +293,7 @@ def test_closed_without_merge_then_reopened(
 
 
 def test_comments_before_the_first_poll_are_history(
-    store: Store, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller
+    store: SqlStore, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller
 ) -> None:
     fake.add_pull(5, head_ref="tune-iris", head_sha=SHA1, author="bob-ml")
     old = fake.add_comment(5, "/flywheel help", login="alice-ml", at=LONG_AGO)
@@ -308,7 +309,7 @@ def test_comments_before_the_first_poll_are_history(
 
 
 def test_a_missed_comment_command_runs_once_and_is_answered_once(
-    store: Store, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller
+    store: SqlStore, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller
 ) -> None:
     fake.add_pull(5, head_ref="tune-iris", head_sha=SHA1, author="bob-ml")
     listening(poller, store, catalog)
@@ -352,7 +353,7 @@ def bot_replies(fake: FakeGitHub, number: int) -> list[dict[str, Any]]:
 
 
 def test_a_comment_delivered_by_webhook_is_not_run_again_by_polling(
-    store: Store, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller
+    store: SqlStore, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller
 ) -> None:
     fake.add_pull(5, head_ref="tune-iris", head_sha=SHA1, author="bob-ml")
     listening(poller, store, catalog)
@@ -377,7 +378,7 @@ def test_a_comment_delivered_by_webhook_is_not_run_again_by_polling(
 
 
 def test_a_late_webhook_of_a_polled_comment_runs_nothing(
-    store: Store, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller
+    store: SqlStore, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller
 ) -> None:
     fake.add_pull(5, head_ref="tune-iris", head_sha=SHA1, author="bob-ml")
     listening(poller, store, catalog)
@@ -400,7 +401,7 @@ def test_a_late_webhook_of_a_polled_comment_runs_nothing(
 
 
 def test_a_handled_comment_edited_later_is_not_run_again(
-    store: Store, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller
+    store: SqlStore, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller
 ) -> None:
     fake.add_pull(5, head_ref="tune-iris", head_sha=SHA1, author="bob-ml")
     listening(poller, store, catalog)
@@ -416,7 +417,7 @@ def test_a_handled_comment_edited_later_is_not_run_again(
 
 
 def test_a_command_edited_into_a_comment_is_not_run_as_webhooks_ignore_edits(
-    store: Store, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller
+    store: SqlStore, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller
 ) -> None:
     fake.add_pull(5, head_ref="tune-iris", head_sha=SHA1, author="bob-ml")
     listening(poller, store, catalog)
@@ -428,7 +429,7 @@ def test_a_command_edited_into_a_comment_is_not_run_as_webhooks_ignore_edits(
 
 
 def test_a_comment_on_a_pull_request_not_recorded_asks_github_what_it_is(
-    store: Store, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller
+    store: SqlStore, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller
 ) -> None:
     listening(poller, store, catalog)
     fake.add_pull(9, head_ref="tune-iris", head_sha=SHA1, author="bob-ml", state="closed")
@@ -442,7 +443,7 @@ def test_a_comment_on_a_pull_request_not_recorded_asks_github_what_it_is(
 
 
 def test_a_comment_on_an_issue_is_queued_as_not_a_pull_request(
-    store: Store, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller
+    store: SqlStore, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller
 ) -> None:
     listening(poller, store, catalog)
     fake.issues.add(3)  # an issue, not a pull request
@@ -459,7 +460,7 @@ def test_a_comment_on_an_issue_is_queued_as_not_a_pull_request(
 
 @pytest.mark.parametrize("outage", ["down", "502"])
 def test_an_outage_backs_off_and_loses_nothing(
-    store: Store, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller, clock: PollClock, outage: str
+    store: SqlStore, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller, clock: PollClock, outage: str
 ) -> None:
     if outage == "down":
         fake.down = True
@@ -504,7 +505,7 @@ def test_backoff_doubles_while_github_keeps_failing(
 
 
 def test_a_rate_limit_waits_until_it_resets(
-    store: Store, fake: FakeGitHub, poller: GitHubPoller, clock: PollClock
+    store: SqlStore, fake: FakeGitHub, poller: GitHubPoller, clock: PollClock
 ) -> None:
     fake.add_pull(5, head_ref="tune-iris", head_sha=SHA1, author="bob-ml")
     fake.exhaust_rate_limit(reset_in=600)
@@ -541,7 +542,7 @@ def settings_env(**extra: str) -> dict[str, str]:
     return {"FLYWHEEL_GITHUB_REPOSITORY": "octo-org/models", "FLYWHEEL_GITHUB_TOKEN": TOKEN, **extra}
 
 
-def test_poll_seconds_from_the_environment(store: Store) -> None:
+def test_poll_seconds_from_the_environment(store: SqlStore) -> None:
     assert GitHubSettings.from_env(settings_env()).poll_seconds == 60
     settings = GitHubSettings.from_env(settings_env(FLYWHEEL_GITHUB_POLL_SECONDS="30"))
     assert settings.poll_seconds == 30

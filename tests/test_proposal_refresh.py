@@ -14,7 +14,8 @@ import pytest
 from controller.backends.forge.fake import FakeForge
 from controller.backends.git import Repository
 from controller.backends.pipelines.fake import FakeRunner, ScriptedStep
-from controller.backends.store import Store, open_store
+from controller.backends.store import open_store
+from controller.backends.store.sql import SqlStore
 from controller.clock import FakeClock
 from controller.engine.proposals import ProposalReconciler
 from controller.scaffold import scaffold
@@ -24,7 +25,7 @@ from tests.gitrepo import GitRepo
 @dataclass
 class Parts:
     reconciler: ProposalReconciler
-    store: Store
+    store: SqlStore
     forge: FakeForge
     runner: FakeRunner
     clock: FakeClock

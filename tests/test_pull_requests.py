@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from controller.backends.forge import CommitState, ReviewTarget
-from controller.backends.store import Store, open_store
+from controller.backends.store import open_store
+from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.pull_requests import PullRequestTargets, pull_request_number
 from controller.engine.trust import record_pull_request
@@ -38,13 +39,13 @@ class Recorder:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
+def store(tmp_path: Path) -> Iterator[SqlStore]:
     opened = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     yield opened
     opened.close()
 
 
-def test_each_target_names_the_pull_request_its_event_told(store: Store) -> None:
+def test_each_target_names_the_pull_request_its_event_told(store: SqlStore) -> None:
     opened = pull_request_event("opened", number=4, head_ref="tune", head_sha=SHA, author="a")
     record_pull_request(store, opened)
     recorder = Recorder()
@@ -61,7 +62,7 @@ def test_each_target_names_the_pull_request_its_event_told(store: Store) -> None
     ]
 
 
-def test_a_fork_is_not_taken_for_a_branch_of_ours(store: Store) -> None:
+def test_a_fork_is_not_taken_for_a_branch_of_ours(store: SqlStore) -> None:
     fork = pull_request_event("opened", number=8, head_ref="main", head_sha=SHA, author="m", fork=True)
     record_pull_request(store, fork)
     assert pull_request_number(store, "main") is None  # the fork's branch name says nothing of ours

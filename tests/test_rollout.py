@@ -23,7 +23,8 @@ from controller.backends.metrics.fake import FakeMetrics
 from controller.backends.notify.fake import FakeNotifier
 from controller.backends.serving import ServedVersion
 from controller.backends.serving.fake import FakeServing
-from controller.backends.store import ModelVersion, RolloutRecord, Store, open_store
+from controller.backends.store import ModelVersion, RolloutRecord, open_store
+from controller.backends.store.sql import SqlStore
 from controller.clock import FakeClock
 from controller.engine.commands import Actor, Commands
 from controller.engine.notices import NotifierSender
@@ -43,7 +44,7 @@ GOOD = {
 
 @dataclass
 class World:
-    store: Store
+    store: SqlStore
     catalog: Catalog
     serving: FakeServing
     metrics: FakeMetrics
@@ -61,7 +62,11 @@ class World:
             )
 
         return RolloutEngine(
-            store=self.store,
+            rollouts=self.store,
+            approvals=self.store,
+            registry=self.store,
+            audit=self.store,
+            outbox=self.store,
             serving=self.serving,
             metrics=lambda env: self.metrics,
             catalog=lambda: self.catalog,
@@ -354,7 +359,14 @@ def test_rollback_after_a_finished_rollout_serves_the_previous_version(world: Wo
     engine.handle_rollback_request(event.payload)
     assert world.serving.traffic("production", "iris") == {"v1": 100}
     assert world.store.served_at(environment="production", model="iris", at=world.clock.now()) == [(1, 100)]
-    assert any(e.action == "rollout.rolled_back" for e in world.store.audit(model="iris"))
+    audited = world.store.audit(model="iris")
+    rolled_back = {e.environment: e for e in audited if e.action == "rollout.rolled_back"}
+    entry = rolled_back["production"]
+    assert (entry.actor, entry.version) == ("alice", 2)
+    assert entry.detail == {"to_version": 1, "reason": "complaints", "manual": True}
+    told = [m.payload["event"] for m in world.store.due_messages(limit=1000) if m.destination == "console"]
+    notice = next(e for e in told if e["kind"] == "rolled_back" and e["environment"] == "production")
+    assert notice["version"] == 2 and notice["message"] == "Rolled back by alice to v1: complaints"
 
 
 def test_commands_record_requests_and_never_change_the_state(world: World) -> None:

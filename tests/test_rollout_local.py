@@ -36,7 +36,8 @@ from controller.backends.metrics.builtin import BuiltinMetrics
 from controller.backends.serving import ServedVersion, inference_request
 from controller.backends.serving.local import LocalServing
 from controller.backends.serving.server import ProcessRecord, free_port
-from controller.backends.store import ModelVersion, RolloutRecord, Store, open_store
+from controller.backends.store import ModelVersion, RolloutRecord, open_store
+from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.rollout import RolloutEngine
 from controller.engine.rollout_state import load_state
@@ -87,7 +88,7 @@ def serving(tmp_path: Path) -> Iterator[LocalServing]:
 
 
 def _engine(
-    store: Store, serving: LocalServing, tmp_path: Path, *, bad: set[int], environment: Environment = ENV
+    store: SqlStore, serving: LocalServing, tmp_path: Path, *, bad: set[int], environment: Environment = ENV
 ) -> RolloutEngine:
     def served(version: ModelVersion, model: Model) -> ServedVersion:
         knobs = "STUB_FAIL=partial" if version.number in bad else ""
@@ -96,7 +97,11 @@ def _engine(
     metrics = BuiltinMetrics(lambda name: serving.metrics_url(environment=environment))
     catalog = Catalog(models={"m": MODEL}, environments={"production": environment})
     return RolloutEngine(
-        store=store,
+        rollouts=store,
+        approvals=store,
+        registry=store,
+        audit=store,
+        outbox=store,
         serving=serving,
         metrics=lambda env: metrics,
         catalog=lambda: catalog,
@@ -124,7 +129,7 @@ def _port_held(port: int = 0) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
         proc.wait(10)
 
 
-def _register(store: Store, n: int) -> ModelVersion:
+def _register(store: SqlStore, n: int) -> ModelVersion:
     run = store.create_run(model="m", ref="main", commit=f"{n:040d}", cache_key=f"k{n}", status="succeeded")
     return store.register_version(
         model="m",
@@ -142,7 +147,7 @@ def _reason(rollout: RolloutRecord) -> str:
 
 
 def _until(
-    engine: RolloutEngine, store: Store, version: int, done: Callable[[RolloutRecord], bool]
+    engine: RolloutEngine, store: SqlStore, version: int, done: Callable[[RolloutRecord], bool]
 ) -> RolloutRecord:
     limit = time.monotonic() + 60
     while time.monotonic() < limit:
@@ -164,7 +169,7 @@ def _send(url: str, row: list[float]) -> tuple[int, str]:
         return err.code, err.headers.get("x-flywheel-version", "")
 
 
-def _with_v1_in_production(store: Store, engine: RolloutEngine) -> None:
+def _with_v1_in_production(store: SqlStore, engine: RolloutEngine) -> None:
     engine.start(_register(store, 1), MODEL)
     _until(engine, store, 1, lambda r: r.state == "succeeded")
 

@@ -36,7 +36,8 @@ from starlette.testclient import TestClient
 from controller.backends.notify import RolloutEvent
 from controller.backends.notify.buttons import SLACK_ACTION_KIND
 from controller.backends.notify.slack import APPROVE_ACTION, REJECT_ACTION, SlackSender, decision_value
-from controller.backends.store import OutboxMessage, Store, open_store
+from controller.backends.store import OutboxMessage, open_store
+from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
 from controller.engine.inbox import InboxDispatcher
@@ -67,14 +68,14 @@ def catalog() -> Catalog:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
+def store(tmp_path: Path) -> Iterator[SqlStore]:
     opened = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     yield opened
     opened.close()
 
 
 @pytest.fixture
-def version(store: Store) -> int:
+def version(store: SqlStore) -> int:
     """breast-cancer's version 1, by alice, at the production approval gate."""
     run = store.create_run(
         model=MODEL, ref="refs/heads/main", commit="c" * 40, cache_key="k1", status="succeeded"
@@ -99,18 +100,18 @@ def version(store: Store) -> int:
 
 
 @pytest.fixture
-def commands(store: Store, catalog: Catalog) -> Commands:
+def commands(store: SqlStore, catalog: Catalog) -> Commands:
     return Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK)
 
 
 @pytest.fixture
-def client(store: Store) -> Iterator[TestClient]:
+def client(store: SqlStore) -> Iterator[TestClient]:
     settings = WebhookSettings(github_secrets=("github secret",), slack_signing_secret=SECRET)
     with TestClient(create_app(settings, store, clock=SYSTEM_CLOCK)) as test_client:
         yield test_client
 
 
-def decide(store: Store, commands: Commands) -> None:
+def decide(store: SqlStore, commands: Commands) -> None:
     """Run the controller's inbox consumer over what the service queued: the presses are decided now."""
     actions = SlackActions(commands=commands, outbox=store, inbox=store, transactions=store)
     InboxDispatcher(store, {SLACK_ACTION_KIND: actions}).handle_due()
@@ -175,16 +176,16 @@ def press(client: TestClient, payload: dict[str, Any], **headers: str) -> tuple[
     return response.status_code, response.json()["status"]
 
 
-def outbox(store: Store) -> list[OutboxMessage]:
+def outbox(store: SqlStore) -> list[OutboxMessage]:
     return store.due_messages(now=datetime.now(UTC) + timedelta(days=1))
 
 
-def approvals(store: Store, version: int = 1) -> list[tuple[str, str, str]]:
+def approvals(store: SqlStore, version: int = 1) -> list[tuple[str, str, str]]:
     found = store.approvals_for(model=MODEL, version=version, environment="production")
     return [(a.user, a.decision, a.channel) for a in found]
 
 
-def nothing_changed(store: Store) -> bool:
+def nothing_changed(store: SqlStore) -> bool:
     """No approval, message or audit entry, and nothing queued that could make one."""
     queued = store.claim_events(limit=10, worker="check", lease_seconds=0)
     return approvals(store) == [] and outbox(store) == [] and store.audit() == [] and queued == []
@@ -194,7 +195,7 @@ def nothing_changed(store: Store) -> bool:
 
 
 def test_an_authorized_approval_is_recorded_and_queues_the_message_update(
-    client: TestClient, store: Store, version: int, commands: Commands
+    client: TestClient, store: SqlStore, version: int, commands: Commands
 ) -> None:
     assert press(client, block_actions(CAROL)) == (200, "accepted")
     assert approvals(store) == [] and outbox(store) == []  # acknowledged at once, decided from the inbox
@@ -209,7 +210,7 @@ def test_an_authorized_approval_is_recorded_and_queues_the_message_update(
 
 
 def test_slack_retries_and_double_clicks_record_one_approval(
-    client: TestClient, store: Store, version: int, commands: Commands
+    client: TestClient, store: SqlStore, version: int, commands: Commands
 ) -> None:
     payload = block_actions(CAROL)
     body = form(payload)
@@ -232,7 +233,7 @@ def test_slack_retries_and_double_clicks_record_one_approval(
 
 
 def test_a_reject_is_recorded_as_a_rejection(
-    client: TestClient, store: Store, version: int, commands: Commands
+    client: TestClient, store: SqlStore, version: int, commands: Commands
 ) -> None:
     assert press(client, block_actions(DAVE, action=REJECT_ACTION)) == (200, "accepted")
     decide(store, commands)
@@ -243,7 +244,7 @@ def test_a_reject_is_recorded_as_a_rejection(
 # ------------------------------------------------------------- refused
 
 
-def set_author(store: Store, author: str) -> None:
+def set_author(store: SqlStore, author: str) -> None:
     rollout = store.rollouts_for(MODEL)[0]
     store.update_rollout(rollout.id, expected_revision=rollout.revision, detail={"author": author})
 
@@ -260,7 +261,7 @@ def set_author(store: Store, author: str) -> None:
 )
 def test_an_unmapped_or_unauthorized_user_is_refused_audited_and_told_why(
     client: TestClient,
-    store: Store,
+    store: SqlStore,
     version: int,
     commands: Commands,
     user: str,
@@ -283,7 +284,7 @@ def test_an_unmapped_or_unauthorized_user_is_refused_audited_and_told_why(
 
 
 def test_a_refused_request_replayed_is_audited_once(
-    client: TestClient, store: Store, version: int, commands: Commands
+    client: TestClient, store: SqlStore, version: int, commands: Commands
 ) -> None:
     body = form(block_actions(NOBODY))
     headers = signed(body)
@@ -299,7 +300,7 @@ def test_a_refused_request_replayed_is_audited_once(
 
 
 def test_a_press_is_decided_and_completed_in_one_go(
-    client: TestClient, store: Store, version: int, commands: Commands
+    client: TestClient, store: SqlStore, version: int, commands: Commands
 ) -> None:
     """A controller that stops after deciding, before the dispatcher completes the event, decides no more."""
     assert press(client, block_actions(NOBODY)) == (200, "accepted")
@@ -311,7 +312,7 @@ def test_a_press_is_decided_and_completed_in_one_go(
 
 
 def test_a_press_that_no_longer_fits_fails_and_decides_nothing(
-    store: Store, version: int, commands: Commands
+    store: SqlStore, version: int, commands: Commands
 ) -> None:
     press_payload = {"user_id": CAROL, "decision": "approve", "model": MODEL, "version": 2**31}
     store.put_event(source="slack", delivery_id="old", kind=SLACK_ACTION_KIND, payload=press_payload)
@@ -324,7 +325,7 @@ def test_a_press_that_no_longer_fits_fails_and_decides_nothing(
 
 
 def test_a_version_without_a_rollout_is_refused(
-    client: TestClient, store: Store, version: int, commands: Commands
+    client: TestClient, store: SqlStore, version: int, commands: Commands
 ) -> None:
     assert press(client, block_actions(CAROL, version=7)) == (200, "accepted")
     decide(store, commands)
@@ -357,7 +358,7 @@ def _forgeries() -> dict[str, tuple[bytes, dict[str, str]]]:
 
 @pytest.mark.parametrize("case", sorted(_forgeries()))
 def test_forged_stale_or_unsigned_requests_are_401_and_change_nothing(
-    client: TestClient, store: Store, version: int, case: str
+    client: TestClient, store: SqlStore, version: int, case: str
 ) -> None:
     body, headers = _forgeries()[case]
     response = client.post(SLACK_ACTIONS_PATH, content=body, headers=headers)
@@ -365,7 +366,9 @@ def test_forged_stale_or_unsigned_requests_are_401_and_change_nothing(
     assert nothing_changed(store)
 
 
-def test_an_oversized_body_is_413_and_changes_nothing(client: TestClient, store: Store, version: int) -> None:
+def test_an_oversized_body_is_413_and_changes_nothing(
+    client: TestClient, store: SqlStore, version: int
+) -> None:
     body = form({**block_actions(CAROL), "padding": "x" * (1024 * 1024)})
     response = client.post(SLACK_ACTIONS_PATH, content=body, headers=signed(body))
     assert response.status_code == 413 and nothing_changed(store)
@@ -385,14 +388,14 @@ def test_an_oversized_body_is_413_and_changes_nothing(client: TestClient, store:
     ],
 )
 def test_payloads_that_are_not_a_flywheel_decision_change_nothing(
-    client: TestClient, store: Store, version: int, payload: dict[str, Any], status: tuple[int, str]
+    client: TestClient, store: SqlStore, version: int, payload: dict[str, Any], status: tuple[int, str]
 ) -> None:
     assert press(client, payload) == status
     assert nothing_changed(store)
 
 
 def test_a_400_digit_timestamp_is_401_and_changes_nothing(
-    client: TestClient, store: Store, version: int
+    client: TestClient, store: SqlStore, version: int
 ) -> None:
     body = form(block_actions(CAROL))
     headers = {**signed(body), "X-Slack-Request-Timestamp": "9" * 400}
@@ -422,7 +425,7 @@ def test_a_400_digit_timestamp_is_401_and_changes_nothing(
     ids=lambda value: value[:40],
 )
 def test_a_malformed_or_out_of_range_payload_is_400_and_changes_nothing(
-    client: TestClient, store: Store, version: int, payload: str, error: str
+    client: TestClient, store: SqlStore, version: int, payload: str, error: str
 ) -> None:
     body = urlencode({"payload": payload}).encode()
     response = client.post(SLACK_ACTIONS_PATH, content=body, headers=signed(body))
@@ -431,7 +434,7 @@ def test_a_malformed_or_out_of_range_payload_is_400_and_changes_nothing(
     assert nothing_changed(store) and store.claim_events(limit=10, worker="check") == []
 
 
-def test_a_signed_body_that_is_not_a_form_is_400(client: TestClient, store: Store, version: int) -> None:
+def test_a_signed_body_that_is_not_a_form_is_400(client: TestClient, store: SqlStore, version: int) -> None:
     body = json.dumps(block_actions(CAROL)).encode()
     response = client.post(SLACK_ACTIONS_PATH, content=body, headers=signed(body))
     assert response.status_code == 400 and nothing_changed(store)
@@ -440,7 +443,7 @@ def test_a_signed_body_that_is_not_a_form_is_400(client: TestClient, store: Stor
 # ------------------------------------------------------------- mounting and settings
 
 
-def test_without_a_signing_secret_there_is_no_slack_route(store: Store) -> None:
+def test_without_a_signing_secret_there_is_no_slack_route(store: SqlStore) -> None:
     settings = WebhookSettings(github_secrets=("github secret",))
     with TestClient(create_app(settings, store, clock=SYSTEM_CLOCK)) as test_client:
         body = form(block_actions(CAROL))
@@ -454,7 +457,7 @@ def test_without_a_signing_secret_there_is_no_slack_route(store: Store) -> None:
         assert test_client.post(GITHUB_HOOK_PATH, content=push, headers=github).status_code == 202
 
 
-def test_a_signing_secret_without_a_clock_fails_at_startup(store: Store) -> None:
+def test_a_signing_secret_without_a_clock_fails_at_startup(store: SqlStore) -> None:
     settings = WebhookSettings(github_secrets=("github secret",), slack_signing_secret=SECRET)
     with pytest.raises(SettingsError, match="no clock to judge the age of Slack's requests"):
         create_app(settings, store)
@@ -473,7 +476,7 @@ def test_settings_read_the_slack_signing_secret_only_when_set() -> None:
 
 
 def test_clicking_the_posted_button_records_the_approval_and_the_message_shows_it(
-    client: TestClient, store: Store, version: int, catalog: Catalog, commands: Commands
+    client: TestClient, store: SqlStore, version: int, catalog: Catalog, commands: Commands
 ) -> None:
     with FakeSlack() as slack:
         sender = SlackSender(token=TOKEN, store=store, base_url=slack.api_url)

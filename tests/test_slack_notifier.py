@@ -21,7 +21,8 @@ import pytest
 
 from controller.backends.notify import RolloutEvent
 from controller.backends.notify.slack import APPROVE_ACTION, REJECT_ACTION, SlackSender
-from controller.backends.store import OutboxMessage, Store, open_store
+from controller.backends.store import OutboxMessage, open_store
+from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.notices import queue_event
 from controller.engine.outbox import DeliveryError, deliver_due
@@ -41,7 +42,7 @@ def model() -> Model:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
+def store(tmp_path: Path) -> Iterator[SqlStore]:
     opened = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     yield opened
     opened.close()
@@ -54,7 +55,7 @@ def slack() -> Iterator[FakeSlack]:
 
 
 @pytest.fixture
-def sender(store: Store, slack: FakeSlack) -> SlackSender:
+def sender(store: SqlStore, slack: FakeSlack) -> SlackSender:
     return SlackSender(token=TOKEN, store=store, base_url=slack.api_url, timeout=2)
 
 
@@ -108,7 +109,7 @@ JOURNEY = [
 ]
 
 
-def deliver(store: Store, sender: SlackSender, *, now: datetime | None = None) -> int:
+def deliver(store: SqlStore, sender: SlackSender, *, now: datetime | None = None) -> int:
     stats = deliver_due(store, {"slack": sender}, now=now or datetime.now(UTC))
     return stats.sent
 
@@ -123,7 +124,7 @@ def text_of(blocks: list[dict[str, Any]]) -> str:
     return json.dumps(blocks)
 
 
-def slack_messages(store: Store) -> list[OutboxMessage]:
+def slack_messages(store: SqlStore) -> list[OutboxMessage]:
     return [
         m for m in store.due_messages(now=datetime.now(UTC) + timedelta(days=1)) if m.destination == "slack"
     ]
@@ -133,7 +134,7 @@ def slack_messages(store: Store) -> list[OutboxMessage]:
 
 
 def test_one_parent_per_rollout_edited_in_place_and_a_thread_reply_per_event(
-    store: Store, sender: SlackSender, slack: FakeSlack, model: Model
+    store: SqlStore, sender: SlackSender, slack: FakeSlack, model: Model
 ) -> None:
     for step in JOURNEY:
         queue_event(store, model, step)
@@ -153,7 +154,7 @@ def test_one_parent_per_rollout_edited_in_place_and_a_thread_reply_per_event(
 
 
 def test_parent_shows_stage_weight_metrics_against_production_and_links(
-    store: Store, sender: SlackSender, slack: FakeSlack, model: Model
+    store: SqlStore, sender: SlackSender, slack: FakeSlack, model: Model
 ) -> None:
     for step in JOURNEY[:3]:
         queue_event(store, model, step)
@@ -171,7 +172,7 @@ def test_parent_shows_stage_weight_metrics_against_production_and_links(
 
 
 def test_awaiting_approval_carries_buttons_with_the_version_and_says_who_may_press_them(
-    store: Store, sender: SlackSender, slack: FakeSlack, model: Model
+    store: SqlStore, sender: SlackSender, slack: FakeSlack, model: Model
 ) -> None:
     queue_event(store, model, JOURNEY[2])
     queue_event(store, model, AWAITING)
@@ -212,7 +213,7 @@ def test_a_restarted_sender_keeps_editing_the_same_message(
 
 
 def test_an_event_sent_again_after_a_crash_is_not_replied_twice(
-    store: Store, sender: SlackSender, slack: FakeSlack, model: Model
+    store: SqlStore, sender: SlackSender, slack: FakeSlack, model: Model
 ) -> None:
     queue_event(store, model, JOURNEY[0])
     message = slack_messages(store)[0]
@@ -222,7 +223,7 @@ def test_an_event_sent_again_after_a_crash_is_not_replied_twice(
 
 
 def test_an_older_event_delivered_late_does_not_undo_a_newer_one(
-    store: Store, sender: SlackSender, slack: FakeSlack, model: Model
+    store: SqlStore, sender: SlackSender, slack: FakeSlack, model: Model
 ) -> None:
     queue_event(store, model, JOURNEY[2])
     queue_event(store, model, JOURNEY[1])  # staging's promotion, a minute earlier
@@ -231,7 +232,7 @@ def test_an_older_event_delivered_late_does_not_undo_a_newer_one(
 
 
 def test_a_deleted_parent_is_posted_again(
-    store: Store, sender: SlackSender, slack: FakeSlack, model: Model
+    store: SqlStore, sender: SlackSender, slack: FakeSlack, model: Model
 ) -> None:
     queue_event(store, model, JOURNEY[0])
     deliver(store, sender)
@@ -243,7 +244,7 @@ def test_a_deleted_parent_is_posted_again(
 
 
 def test_a_decision_from_slack_shows_who_approved(
-    store: Store, sender: SlackSender, slack: FakeSlack, model: Model
+    store: SqlStore, sender: SlackSender, slack: FakeSlack, model: Model
 ) -> None:
     queue_event(store, model, AWAITING)
     deliver(store, sender)
@@ -272,7 +273,7 @@ def test_a_decision_from_slack_shows_who_approved(
 
 
 def test_429_waits_for_retry_after_and_loses_nothing(
-    store: Store, sender: SlackSender, slack: FakeSlack, model: Model
+    store: SqlStore, sender: SlackSender, slack: FakeSlack, model: Model
 ) -> None:
     for step in JOURNEY[:3]:
         queue_event(store, model, step)
@@ -289,7 +290,7 @@ def test_429_waits_for_retry_after_and_loses_nothing(
 
 
 def test_an_outage_delays_messages_and_loses_none(
-    store: Store, sender: SlackSender, slack: FakeSlack, model: Model
+    store: SqlStore, sender: SlackSender, slack: FakeSlack, model: Model
 ) -> None:
     queue_event(store, model, JOURNEY[0])
     assert deliver(store, sender) == 1
@@ -323,7 +324,7 @@ def test_an_outage_delays_messages_and_loses_none(
     ],
 )
 def test_api_errors_are_permanent_or_retried(
-    store: Store,
+    store: SqlStore,
     sender: SlackSender,
     slack: FakeSlack,
     model: Model,
@@ -339,7 +340,7 @@ def test_api_errors_are_permanent_or_retried(
 
 
 def test_an_unknown_channel_or_a_bad_token_gives_up_through_the_outbox(
-    store: Store, slack: FakeSlack, model: Model
+    store: SqlStore, slack: FakeSlack, model: Model
 ) -> None:
     queue_event(store, model, JOURNEY[0])
     bad_token = SlackSender(token="xoxb-revoked", store=store, base_url=slack.api_url)
@@ -351,7 +352,7 @@ def test_an_unknown_channel_or_a_bad_token_gives_up_through_the_outbox(
 # -------------------------------------------------------------- ephemeral
 
 
-def ephemeral(store: Store, url: str) -> OutboxMessage:
+def ephemeral(store: SqlStore, url: str) -> OutboxMessage:
     return store.enqueue(
         destination="slack",
         key=f"slack:ephemeral:{url}",
@@ -360,7 +361,7 @@ def ephemeral(store: Store, url: str) -> OutboxMessage:
 
 
 def test_ephemeral_reply_is_posted_to_the_response_url(
-    store: Store, sender: SlackSender, slack: FakeSlack
+    store: SqlStore, sender: SlackSender, slack: FakeSlack
 ) -> None:
     ephemeral(store, slack.response_url())
     assert deliver(store, sender) == 1
@@ -383,7 +384,7 @@ def test_ephemeral_reply_is_posted_to_the_response_url(
         "",
     ],
 )
-def test_ephemeral_reply_goes_nowhere_but_slack(store: Store, sender: SlackSender, url: str) -> None:
+def test_ephemeral_reply_goes_nowhere_but_slack(store: SqlStore, sender: SlackSender, url: str) -> None:
     message = ephemeral(store, url)
     with pytest.raises(DeliveryError) as raised:
         sender.send(message)
@@ -391,7 +392,7 @@ def test_ephemeral_reply_goes_nowhere_but_slack(store: Store, sender: SlackSende
 
 
 def test_expired_response_url_gives_up_and_429_waits(
-    store: Store, sender: SlackSender, slack: FakeSlack
+    store: SqlStore, sender: SlackSender, slack: FakeSlack
 ) -> None:
     message = ephemeral(store, slack.response_url())
     slack.fail(429, "rate limited", retry_after=5)

@@ -25,7 +25,8 @@ from controller.backends.metrics import Measurement
 from controller.backends.metrics.fake import FakeMetrics
 from controller.backends.serving import ServedVersion
 from controller.backends.serving.fake import FakeServing
-from controller.backends.store import ModelVersion, Store, open_store
+from controller.backends.store import ModelVersion, open_store
+from controller.backends.store.sql import SqlStore
 from controller.cli import main
 from controller.clock import SYSTEM_CLOCK, FakeClock
 from controller.engine.commands import Actor, Commands
@@ -46,7 +47,7 @@ GOOD = {
 class World:
     repo: Path
     state: Path
-    store: Store
+    store: SqlStore
     catalog: Catalog
     serving: FakeServing
     metrics: FakeMetrics
@@ -62,7 +63,11 @@ class World:
             )
 
         return RolloutEngine(
-            store=self.store,
+            rollouts=self.store,
+            approvals=self.store,
+            registry=self.store,
+            audit=self.store,
+            outbox=self.store,
             serving=self.serving,
             metrics=lambda env: self.metrics,
             catalog=lambda: self.catalog,

@@ -10,8 +10,10 @@ are kept per kind of thing and replaced in place, GitHub's 64-bit ids
 included; the poll cursor is one row; a Slack message's reference, view and
 answered events read back as saved. Values read back as they were written (a
 JSON ``1`` stays an ``int``). Every record kind has its protocol of at most
-12 methods, all of which :class:`SqlStore` implements, and ``meta`` gets no
-key from any of them.
+12 methods, all of which :class:`SqlStore` implements; together they are all
+of its public methods, none in two kinds; a keyword a method does not take, or
+one it needs left out, is a ``TypeError`` as it would be for spelt-out
+parameters; and ``meta`` gets no key from any of them.
 """
 
 from __future__ import annotations
@@ -218,10 +220,24 @@ def test_each_record_kind_has_a_narrow_protocol_that_the_sql_store_implements(na
     assert all(callable(getattr(SqlStore, method, None)) for method in methods)
 
 
-def test_the_deprecated_union_is_every_protocol_and_nothing_else() -> None:
-    assert _methods(store_package.Store) == set().union(
-        *(_methods(getattr(store_package, n)) for n in PROTOCOLS)
-    )
+def test_the_protocols_together_are_the_sql_store_and_no_method_is_in_two() -> None:
+    kinds = [_methods(getattr(store_package, name)) for name in PROTOCOLS]
+    every = set().union(*kinds)
+    assert sum(len(kind) for kind in kinds) == len(every)
+    public = {name for name, _ in inspect.getmembers(SqlStore, inspect.isfunction)}
+    assert {name for name in public if not name.startswith("_")} == every
+
+
+def test_a_keyword_a_method_does_not_take_or_one_it_needs_is_a_type_error(store: SqlStore) -> None:
+    with pytest.raises(TypeError, match=r"create_run\(\) got unexpected keyword argument\(s\) colour"):
+        store.create_run(model="m", ref="main", commit="c", cache_key="k", colour="red")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"add_approval\(\) missing required keyword argument\(s\) channel"):
+        store.add_approval(  # type: ignore[call-arg]
+            model="m", version=1, environment="production", user="carol", decision="approve"
+        )
+    with pytest.raises(TypeError, match="list_runs"):
+        store.list_runs(branch="main")  # type: ignore[call-arg]
+    assert store.list_runs() == [] and store.audit() == []
 
 
 def test_no_record_goes_to_meta(store: SqlStore) -> None:

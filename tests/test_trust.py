@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from controller.backends.forge.github import GitHubForge
-from controller.backends.store import Store, open_store
+from controller.backends.store import open_store
+from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
 from controller.engine.comments import handle_comment
@@ -43,14 +44,14 @@ def catalog() -> Catalog:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
+def store(tmp_path: Path) -> Iterator[SqlStore]:
     opened = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     yield opened
     opened.close()
 
 
 @pytest.fixture
-def gate(store: Store, catalog: Catalog) -> TrustGate:
+def gate(store: SqlStore, catalog: Catalog) -> TrustGate:
     return TrustGate(store, lambda: catalog)
 
 
@@ -58,7 +59,7 @@ def retrains(model: str, ref: str | None) -> int:
     raise AssertionError(f"nothing here asks to retrain, yet {model} on {ref} was")
 
 
-def comment(store: Store, catalog: Catalog, body: str, *, login: str, number: int) -> list[bool]:
+def comment(store: SqlStore, catalog: Catalog, body: str, *, login: str, number: int) -> list[bool]:
     outcome = handle_comment(
         issue_comment_event(body, login=login, number=number),
         pulls=store,
@@ -84,7 +85,7 @@ def test_a_branch_without_pull_request_runs(gate: TrustGate) -> None:
     assert admitted and "no pull request" in why
 
 
-def test_a_trusted_authors_pull_request_runs(store: Store, gate: TrustGate) -> None:
+def test_a_trusted_authors_pull_request_runs(store: SqlStore, gate: TrustGate) -> None:
     record_pull_request(
         store, pull_request_event("opened", number=5, head_ref="tune-iris", head_sha=SHA1, author="alice-ml")
     )
@@ -92,7 +93,7 @@ def test_a_trusted_authors_pull_request_runs(store: Store, gate: TrustGate) -> N
 
 
 def test_an_untrusted_authors_pull_request_waits_for_ok_to_test_of_that_commit(
-    store: Store, catalog: Catalog, gate: TrustGate
+    store: SqlStore, catalog: Catalog, gate: TrustGate
 ) -> None:
     record_pull_request(
         store,
@@ -124,7 +125,7 @@ def test_an_untrusted_authors_pull_request_waits_for_ok_to_test_of_that_commit(
     assert not gate.admits("carol-idea", SHA1)[0]  # the old commit is no longer the one approved
 
 
-def test_a_fork_waits_even_for_a_trusted_author(store: Store, catalog: Catalog, gate: TrustGate) -> None:
+def test_a_fork_waits_even_for_a_trusted_author(store: SqlStore, catalog: Catalog, gate: TrustGate) -> None:
     info = record_pull_request(
         store,
         pull_request_event("opened", number=9, head_ref="main", head_sha=SHA1, author="alice-ml", fork=True),
@@ -138,7 +139,7 @@ def test_a_fork_waits_even_for_a_trusted_author(store: Store, catalog: Catalog, 
 
 @pytest.mark.parametrize("login", ["carol-biz", "mallory"])
 def test_ok_to_test_by_someone_not_allowed_is_refused_and_audited(
-    store: Store, catalog: Catalog, gate: TrustGate, login: str
+    store: SqlStore, catalog: Catalog, gate: TrustGate, login: str
 ) -> None:
     record_pull_request(
         store, pull_request_event("opened", number=6, head_ref="idea", head_sha=SHA1, author="mallory")
@@ -155,7 +156,7 @@ def test_ok_to_test_by_someone_not_allowed_is_refused_and_audited(
 
 
 def test_ok_to_test_naming_an_older_commit_is_refused(
-    store: Store, catalog: Catalog, gate: TrustGate
+    store: SqlStore, catalog: Catalog, gate: TrustGate
 ) -> None:
     record_pull_request(
         store, pull_request_event("opened", number=6, head_ref="idea", head_sha=SHA2, author="mallory")
@@ -171,7 +172,7 @@ def test_a_pull_request_ref_without_record_runs_nothing(gate: TrustGate) -> None
     assert not admitted and "no record" in why
 
 
-def test_events_out_of_order_do_not_roll_the_head_back(store: Store) -> None:
+def test_events_out_of_order_do_not_roll_the_head_back(store: SqlStore) -> None:
     newer = pull_request_event(
         "synchronize",
         number=3,
@@ -189,6 +190,6 @@ def test_events_out_of_order_do_not_roll_the_head_back(store: Store) -> None:
     assert info is not None and info.head_sha == SHA2
 
 
-def test_malformed_pull_request_payload_records_nothing(store: Store) -> None:
+def test_malformed_pull_request_payload_records_nothing(store: SqlStore) -> None:
     assert record_pull_request(store, {"action": "opened", "pull_request": {"number": "x"}}) is None
     assert record_pull_request(store, {"action": "opened"}) is None

@@ -32,7 +32,8 @@ import pytest
 import uvicorn
 from starlette.testclient import TestClient
 
-from controller.backends.store import Store, open_store
+from controller.backends.store import open_store
+from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.settings import (
     DEFAULT_MAX_BODY_BYTES,
@@ -104,7 +105,7 @@ def state(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(state: Path) -> Iterator[Store]:
+def store(state: Path) -> Iterator[SqlStore]:
     opened = open_store(state, clock=SYSTEM_CLOCK)
     yield opened
     opened.close()
@@ -116,7 +117,7 @@ def settings() -> WebhookSettings:
 
 
 @pytest.fixture
-def client(settings: WebhookSettings, store: Store) -> Iterator[TestClient]:
+def client(settings: WebhookSettings, store: SqlStore) -> Iterator[TestClient]:
     with TestClient(create_app(settings, store)) as test_client:
         yield test_client
 
@@ -183,7 +184,7 @@ def test_replayed_delivery_is_a_duplicate_and_changes_nothing(client: TestClient
     assert metric(client, "push", "accepted") == 1 and metric(client, "push", "duplicate") == 2
 
 
-def test_rotation_accepts_the_previous_secret_too(store: Store, state: Path) -> None:
+def test_rotation_accepts_the_previous_secret_too(store: SqlStore, state: Path) -> None:
     settings = WebhookSettings(github_secrets=("new secret", "old secret"))
     with TestClient(create_app(settings, store)) as client:
         for secret in ("new secret", "old secret"):
@@ -349,7 +350,7 @@ def test_unhandled_event_is_ignored_not_stored_but_counted(client: TestClient, s
     assert metric(client, "other", "ignored") == 1
 
 
-def test_oversized_body_is_413_and_stores_nothing(store: Store, state: Path) -> None:
+def test_oversized_body_is_413_and_stores_nothing(store: SqlStore, state: Path) -> None:
     settings = WebhookSettings(github_secrets=(SECRET,), max_body_bytes=1024)
     big = json.dumps({"ref": "refs/heads/main", "pad": "x" * 2000}).encode()
 
@@ -370,7 +371,7 @@ def test_oversized_body_is_413_and_stores_nothing(store: Store, state: Path) -> 
 @pytest.mark.parametrize(
     ("length", "status"), [(b"\xb2", 202), (b"9" * 5000, 413), (b"99999999999999999999", 413)]
 )
-def test_a_strange_content_length_is_no_5xx(store: Store, state: Path, length: bytes, status: int) -> None:
+def test_a_strange_content_length_is_no_5xx(store: SqlStore, state: Path, length: bytes, status: int) -> None:
     """Straight through ASGI, past any HTTP server's own checks of the header."""
     app = create_app(WebhookSettings(github_secrets=(SECRET,)), store)
     sent: list[dict[str, Any]] = []
@@ -402,7 +403,7 @@ def test_a_strange_content_length_is_no_5xx(store: Store, state: Path, length: b
 class _BrokenStore:
     """A real store whose writes fail (a full disk, a lost database), and optionally its reads."""
 
-    def __init__(self, store: Store, *, reads_fail: bool = False) -> None:
+    def __init__(self, store: SqlStore, *, reads_fail: bool = False) -> None:
         self._store = store
         self._reads_fail = reads_fail
 
@@ -418,8 +419,8 @@ class _BrokenStore:
         return getattr(self._store, name)
 
 
-def test_store_failure_is_503_never_2xx(settings: WebhookSettings, store: Store, state: Path) -> None:
-    broken = cast(Store, _BrokenStore(store))
+def test_store_failure_is_503_never_2xx(settings: WebhookSettings, store: SqlStore, state: Path) -> None:
+    broken = cast(SqlStore, _BrokenStore(store))
     with TestClient(create_app(settings, broken), raise_server_exceptions=True) as client:
         response = client.post(GITHUB_HOOK_PATH, content=PUSH, headers=headers(PUSH))
         assert response.status_code == 503 and response.json()["status"] == "store_error"
@@ -438,17 +439,17 @@ def test_store_failure_is_503_never_2xx(settings: WebhookSettings, store: Store,
     assert inbox_rows(state) == []
 
 
-def test_healthz_reports_an_unreachable_store(settings: WebhookSettings, store: Store) -> None:
+def test_healthz_reports_an_unreachable_store(settings: WebhookSettings, store: SqlStore) -> None:
     with TestClient(create_app(settings, store)) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
-    with TestClient(create_app(settings, cast(Store, _BrokenStore(store, reads_fail=True)))) as client:
+    with TestClient(create_app(settings, cast(SqlStore, _BrokenStore(store, reads_fail=True)))) as client:
         assert client.get("/healthz").status_code == 503
 
 
 # ------------------------------------------------------------- metrics
 
 
-def test_metrics_count_each_outcome_per_app(settings: WebhookSettings, store: Store) -> None:
+def test_metrics_count_each_outcome_per_app(settings: WebhookSettings, store: SqlStore) -> None:
     first = TestClient(create_app(settings, store))
     second = TestClient(create_app(settings, store))
     with first, second:
@@ -505,7 +506,7 @@ def test_settings_from_env() -> None:
 
 
 @pytest.fixture
-def live(settings: WebhookSettings, store: Store) -> Iterator[str]:
+def live(settings: WebhookSettings, store: SqlStore) -> Iterator[str]:
     """The app under a real uvicorn on a loopback port; yields its base URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

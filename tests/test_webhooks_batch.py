@@ -33,7 +33,8 @@ import pytest
 from starlette.testclient import TestClient
 
 import webhooks.app
-from controller.backends.store import Store, open_store
+from controller.backends.store import open_store
+from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.settings import WebhookSettings
 from webhooks.app import GITHUB_HOOK_PATH, create_app
@@ -65,7 +66,7 @@ class _GatedStore:
     """A real store that records each transaction's deliveries, can hold the first one open before
     its commit, and fails any transaction that stores the poison delivery id."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: SqlStore) -> None:
         self._store = store
         self.batches: list[list[str]] = []
         self.holding = threading.Event()  # set while the first transaction waits before its commit
@@ -114,7 +115,7 @@ async def _first_then_batch(
     gated: _GatedStore, state: Path, deliveries: list[str]
 ) -> tuple[httpx.Response, list[httpx.Response]]:
     """Deliver "first" and hold its transaction open, deliver ``deliveries`` meanwhile, then release."""
-    app = create_app(WebhookSettings(github_secrets=(SECRET,)), cast(Store, gated))
+    app = create_app(WebhookSettings(github_secrets=(SECRET,)), cast(SqlStore, gated))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://receiver") as client:
 

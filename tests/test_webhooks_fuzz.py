@@ -37,7 +37,8 @@ from starlette.testclient import TestClient
 from controller.backends.forge.github import GitHubForge
 from controller.backends.notify.buttons import SLACK_ACTION_KIND
 from controller.backends.notify.slack import APPROVE_ACTION, REJECT_ACTION, decision_value
-from controller.backends.store import Store, open_store
+from controller.backends.store import open_store
+from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
 from controller.engine.github_events import GITHUB_EVENT_KINDS, GitHubEvents
@@ -279,7 +280,7 @@ def _fuzz(client: TestClient, state: Path) -> None:
     case()
 
 
-def _handle_everything_stored(store: Store, state: Path) -> None:
+def _handle_everything_stored(store: SqlStore, state: Path) -> None:
     """Every accepted delivery is handled without raising, and leaves records that read back."""
     catalog = load_tree(Path(__file__).resolve().parents[1])
     commands = Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK)
@@ -431,7 +432,7 @@ def _table_rows(state: Path) -> dict[str, int]:
         return {table: int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]) for table in TABLES}
 
 
-def _version_at_the_gate(store: Store) -> None:
+def _version_at_the_gate(store: SqlStore) -> None:
     run = store.create_run(
         model=MODEL, ref="refs/heads/main", commit="c" * 40, cache_key="k1", status="succeeded"
     )

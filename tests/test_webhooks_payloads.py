@@ -34,7 +34,8 @@ from starlette.testclient import TestClient
 
 from controller.backends.forge.github import GitHubForge
 from controller.backends.forge.payloads import payload_model
-from controller.backends.store import Store, open_store
+from controller.backends.store import open_store
+from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
 from controller.engine.github_events import GITHUB_EVENT_KINDS, GitHubEvents
@@ -194,14 +195,14 @@ def state(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(state: Path) -> Iterator[Store]:
+def store(state: Path) -> Iterator[SqlStore]:
     opened = open_store(state, clock=SYSTEM_CLOCK)
     yield opened
     opened.close()
 
 
 @pytest.fixture
-def client(store: Store) -> Iterator[TestClient]:
+def client(store: SqlStore) -> Iterator[TestClient]:
     with TestClient(create_app(WebhookSettings(github_secrets=(SECRET,)), store)) as test_client:
         yield test_client
 
@@ -356,7 +357,7 @@ def test_a_pull_request_numbered_false_is_refused_at_the_door(
     assert inbox_count(state) == 0
 
 
-def test_a_poison_delivery_already_in_the_inbox_fails_and_records_nothing(store: Store) -> None:
+def test_a_poison_delivery_already_in_the_inbox_fails_and_records_nothing(store: SqlStore) -> None:
     catalog: Catalog = load_tree(Path(__file__).resolve().parents[1])
     poison = json.loads((REFERENCE / "pull_request.opened.payload.json").read_bytes())
     poison["number"] = poison["pull_request"]["number"] = False

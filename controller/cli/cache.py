@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from controller.cli.options import (
-    echo_json,
+    echo_rows,
+    existing_store,
     json_option,
     parse_duration,
-    require_state,
     state_dir_option,
     state_errors,
 )
+
+if TYPE_CHECKING:
+    from controller.engine.cache import CacheEntry
 
 
 @click.group()
@@ -26,35 +30,35 @@ def cache() -> None:
 @state_dir_option
 def list_entries(as_json: bool, state_dir: Path) -> None:
     """List the cached results: key, model, run, age, size on disk."""
-    from controller.clock import SYSTEM_CLOCK
     from controller.engine.cache import cache_entries
 
-    require_state(state_dir)
-    with state_errors(state_dir):
-        entries = cache_entries(state_dir, clock=SYSTEM_CLOCK)
-    if as_json:
-        echo_json(
-            [
-                {
-                    "cache_key": entry.cache_key,
-                    "model": entry.model,
-                    "run": entry.run_id,
-                    "finished_at": entry.finished_at.isoformat() if entry.finished_at else None,
-                    "path": str(entry.path),
-                    "bytes": entry.bytes,
-                }
-                for entry in entries
-            ]
-        )
-        return
-    if not entries:
-        click.echo("cache is empty")
-        return
-    click.echo(f"{'KEY':<18}{'MODEL':<20}{'RUN':>6}  {'FINISHED':<20}{'SIZE':>10}")
-    for entry in entries:
-        finished = entry.finished_at.strftime("%Y-%m-%d %H:%M:%S") if entry.finished_at else "-"
-        size = _size(entry.bytes)
-        click.echo(f"{entry.cache_key[:16]:<18}{entry.model:<20}{entry.run_id:>6}  {finished:<20}{size:>10}")
+    with existing_store(state_dir) as store, state_errors(state_dir):
+        entries = cache_entries(store, state_dir)
+    echo_rows(
+        entries,
+        as_json=as_json,
+        to_json=_entry_json,
+        empty="cache is empty",
+        header=f"{'KEY':<18}{'MODEL':<20}{'RUN':>6}  {'FINISHED':<20}{'SIZE':>10}",
+        lines=_entry_line,
+    )
+
+
+def _entry_json(entry: CacheEntry) -> dict[str, object]:
+    return {
+        "cache_key": entry.cache_key,
+        "model": entry.model,
+        "run": entry.run_id,
+        "finished_at": entry.finished_at.isoformat() if entry.finished_at else None,
+        "path": str(entry.path),
+        "bytes": entry.bytes,
+    }
+
+
+def _entry_line(entry: CacheEntry) -> list[str]:
+    finished = entry.finished_at.strftime("%Y-%m-%d %H:%M:%S") if entry.finished_at else "-"
+    size = _size(entry.bytes)
+    return [f"{entry.cache_key[:16]:<18}{entry.model:<20}{entry.run_id:>6}  {finished:<20}{size:>10}"]
 
 
 @cache.command()
@@ -72,9 +76,10 @@ def prune(older_than: str, dry_run: bool, state_dir: Path) -> None:
     from controller.engine.cache import prune_cache
 
     seconds = parse_duration(older_than)
-    require_state(state_dir)
-    with state_errors(state_dir):
-        removed = prune_cache(state_dir, older_than_seconds=seconds, clock=SYSTEM_CLOCK, dry_run=dry_run)
+    with existing_store(state_dir) as store, state_errors(state_dir):
+        removed = prune_cache(
+            store, state_dir, older_than_seconds=seconds, clock=SYSTEM_CLOCK, dry_run=dry_run
+        )
     verb = "would remove" if dry_run else "removed"
     total = sum(item.bytes for item in removed)
     click.echo(f"{verb} {len(removed)} entries, {_size(total)}")

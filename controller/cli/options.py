@@ -1,12 +1,13 @@
 """Options and helpers shared by several commands.
 
-The state directory, the options of ``run`` and ``serve``, ``--json``, main's specs.
+The state directory and the store in it, the options of ``run`` and ``serve``,
+``--json`` and the tables or JSON the read-only commands print, main's specs.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from controller.specs.types import Catalog
 
 F = TypeVar("F", bound=Callable[..., object])
+T = TypeVar("T")
 
 
 def state_dir_option(func: F) -> F:
@@ -71,8 +73,41 @@ def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(func)
 
 
+def view_options(repo_help: str) -> Callable[[F], F]:
+    """The options of a command that reads the store and, when it can, main's specs: --repo to --state-dir."""
+
+    def apply(func: F) -> F:
+        for option in (state_dir_option, json_option, branch_option, repo_option(repo_help)):
+            func = option(func)
+        return func
+
+    return apply
+
+
 def echo_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+def echo_rows(
+    rows: Sequence[T],
+    *,
+    as_json: bool,
+    to_json: Callable[[T], object],
+    empty: str,
+    header: str,
+    lines: Callable[[T], Iterable[str]],
+) -> None:
+    """``rows`` as a JSON list (``to_json`` each), or a table: ``header``, then each row's ``lines``."""
+    if as_json:
+        echo_json([to_json(row) for row in rows])
+        return
+    if not rows:
+        click.echo(empty)
+        return
+    click.echo(header)
+    for row in rows:
+        for line in lines(row):
+            click.echo(line)
 
 
 def shown(state_dir: Path) -> str:
@@ -128,6 +163,19 @@ def existing_store(state_dir: Path) -> Iterator[SqlStore]:
         yield store
     finally:
         store.close()
+
+
+@contextmanager
+def store_and_catalog(
+    repo: str, branch: str | None, state_dir: Path
+) -> Iterator[tuple[SqlStore, Catalog | None]]:
+    """The store in ``state_dir`` and main's specs in ``repo`` (see :func:`main_catalog`).
+
+    Main's specs are ``None`` when they cannot be read, unless ``--repo`` was given: then that is an error.
+    """
+    with existing_store(state_dir) as store:
+        required = given(click.get_current_context(), "repo")
+        yield store, main_catalog(repo, branch, state_dir, required=required)
 
 
 def main_catalog(repo: str, branch: str | None, state_dir: Path, *, required: bool) -> Catalog | None:

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 from datetime import UTC
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from controller.cli.options import (
-    branch_option,
     echo_json,
+    echo_rows,
     existing_store,
-    given,
     json_option,
-    main_catalog,
-    repo_option,
     state_dir_option,
+    store_and_catalog,
+    view_options,
 )
 
-_repo = repo_option(
+if TYPE_CHECKING:
+    from controller.engine.status import ProposalStatus
+
+_options = view_options(
     "The GitOps repository whose main branch names the production environment; optional, read when it can be."
 )
 
@@ -30,36 +33,33 @@ def review() -> None:
 
 @review.command("ls")
 @click.option("--proposal", "proposal", default=None, help="Only this proposal branch.")
-@_repo
-@branch_option
-@json_option
-@state_dir_option
-@click.pass_context
+@_options
 def list_proposals(
-    ctx: click.Context, proposal: str | None, repo: str, branch: str | None, as_json: bool, state_dir: Path
+    proposal: str | None, repo: str, branch: str | None, as_json: bool, state_dir: Path
 ) -> None:
     """Every proposal, newest first: branch, model, commit, outcome, and the version it was compared with."""
     from controller.engine.status import proposal_statuses
 
-    with existing_store(state_dir) as store:
-        catalog = main_catalog(repo, branch, state_dir, required=given(ctx, "repo"))
+    with store_and_catalog(repo, branch, state_dir) as (store, catalog):
         found = proposal_statuses(store, branch=proposal, catalog=catalog)
-    if as_json:
-        echo_json([item.to_json() for item in found])
-        return
-    if not found:
-        click.echo("no proposals reviewed yet")
-        return
-    click.echo(
-        f"{'BRANCH':<24} {'MODEL':<16} {'COMMIT':<11} {'STATE':<8} {'VS':<5} {'UPDATED':<20} DESCRIPTION"
+    echo_rows(
+        found,
+        as_json=as_json,
+        to_json=lambda item: item.to_json(),
+        empty="no proposals reviewed yet",
+        header=f"{'BRANCH':<24} {'MODEL':<16} {'COMMIT':<11} {'STATE':<8} {'VS':<5} {'UPDATED':<20} "
+        "DESCRIPTION",
+        lines=_proposal_line,
     )
-    for item in found:
-        versus = f"v{item.compared_with}" if item.compared_with is not None else "-"
-        updated = item.updated_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-        click.echo(
-            f"{item.branch:<24} {item.model:<16} {item.commit[:10]:<11} {item.state:<8} {versus:<5} "
-            f"{updated:<20} {item.description}"
-        )
+
+
+def _proposal_line(item: ProposalStatus) -> list[str]:
+    versus = f"v{item.compared_with}" if item.compared_with is not None else "-"
+    updated = item.updated_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return [
+        f"{item.branch:<24} {item.model:<16} {item.commit[:10]:<11} {item.state:<8} {versus:<5} "
+        f"{updated:<20} {item.description}"
+    ]
 
 
 @review.command()

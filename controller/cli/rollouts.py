@@ -11,13 +11,15 @@ import getpass
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, NoReturn
+from typing import Literal, NoReturn, TypedDict, TypeVar, Unpack
 
 import click
 
 from controller.cli.options import existing_store, state_dir_option
 from controller.engine.commands import Actor, CommandOutcome, Commands, ControlCommand
 from controller.specs.types import Catalog
+
+F = TypeVar("F", bound=Callable[..., object])
 
 repo_option = click.option(
     "--repo",
@@ -37,17 +39,30 @@ as_option = click.option(
 reason_option = click.option("--reason", "-m", default="", help="Why; kept in the audit log.")
 
 
+def _request_options(func: F) -> F:
+    """Who asks, why, and under which controller's policy: --as, --reason, --repo, --branch, --state-dir."""
+    for option in (state_dir_option, branch_option, repo_option, reason_option, as_option):
+        func = option(func)
+    return func
+
+
+class _Requester(TypedDict):
+    """What :func:`_request_options` parse: who asks (``--as``), and the controller whose policy judges it."""
+
+    user: str | None
+    repo: str | None
+    branch: str | None
+    state_dir: Path
+
+
 def _with_commands(
-    repo: str | None,
-    branch: str | None,
-    state_dir: Path,
-    act: Callable[[Commands], CommandOutcome],
+    act: Callable[[Commands, Actor], CommandOutcome],
     *,
-    actor: Actor,
     command: str,
     model: str,
+    **who: Unpack[_Requester],
 ) -> None:
-    """Run ``act`` under the policy of the release branch of the repository the controller watches.
+    """Run ``act`` as the user asking under the policy of the release branch of the watched repository.
 
     A ``--repo`` or ``--branch`` naming anything else is refused (and audited):
     a decision judged under another branch's policy is one the gate would
@@ -57,6 +72,8 @@ def _with_commands(
     from controller.clock import SYSTEM_CLOCK
     from controller.engine.commands import repository_location, watched
 
+    user, repo, branch, state_dir = who["user"], who["repo"], who["branch"], who["state_dir"]
+    actor = Actor("cli", user or os.environ.get("FLYWHEEL_USER") or getpass.getuser())
     # a decision needs a rollout, so a state, to act on
     with existing_store(state_dir) as store:
         known = watched(store)
@@ -82,7 +99,7 @@ def _with_commands(
         commands = Commands(
             store=store, catalog=lambda: repository.catalog(repository.resolve(release)), clock=SYSTEM_CLOCK
         )
-        outcome = act(commands)
+        outcome = act(commands, actor)
     if not outcome.ok:
         _refused(outcome)
     click.echo(outcome.message)
@@ -96,47 +113,26 @@ def _no_catalog() -> Catalog:
     raise RuntimeError("a refusal made before reading the repository needs no catalog")
 
 
-def _user(user: str | None) -> str:
-    return user or os.environ.get("FLYWHEEL_USER") or getpass.getuser()
-
-
 def _decision(decision: Literal["approve", "reject"]) -> click.Command:
     @click.command(name=decision)
     @click.argument("model")
     @click.argument("version", required=False, type=int)
     @click.option("--env", "environment", default=None, help="The environment (default: the next gate).")
-    @as_option
-    @reason_option
-    @repo_option
-    @branch_option
-    @state_dir_option
+    @_request_options
     def command(
-        model: str,
-        version: int | None,
-        environment: str | None,
-        user: str | None,
-        reason: str,
-        repo: str,
-        branch: str | None,
-        state_dir: Path,
+        model: str, version: int | None, environment: str | None, reason: str, **who: Unpack[_Requester]
     ) -> None:
-        actor = Actor("cli", _user(user))
-        _with_commands(
-            repo,
-            branch,
-            state_dir,
-            lambda c: c.decide(
+        def act(commands: Commands, actor: Actor) -> CommandOutcome:
+            return commands.decide(
                 actor,
                 decision=decision,
                 model=model,
                 version=version,
                 environment=environment,
                 comment=reason,
-            ),
-            actor=actor,
-            command=decision,
-            model=model,
-        )
+            )
+
+        _with_commands(act, command=decision, model=model, **who)
 
     verb = "Approve" if decision == "approve" else "Reject"
     command.help = (
@@ -149,24 +145,12 @@ def _decision(decision: Literal["approve", "reject"]) -> click.Command:
 def _control(name: ControlCommand, help_text: str) -> click.Command:
     @click.command(name=name, help=help_text)
     @click.argument("model")
-    @as_option
-    @reason_option
-    @repo_option
-    @branch_option
-    @state_dir_option
-    def command(
-        model: str, user: str | None, reason: str, repo: str, branch: str | None, state_dir: Path
-    ) -> None:
-        actor = Actor("cli", _user(user))
-        _with_commands(
-            repo,
-            branch,
-            state_dir,
-            lambda c: c.control(actor, command=name, model=model, reason=reason),
-            actor=actor,
-            command=name,
-            model=model,
-        )
+    @_request_options
+    def command(model: str, reason: str, **who: Unpack[_Requester]) -> None:
+        def act(commands: Commands, actor: Actor) -> CommandOutcome:
+            return commands.control(actor, command=name, model=model, reason=reason)
+
+        _with_commands(act, command=name, model=model, **who)
 
     return command
 

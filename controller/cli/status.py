@@ -14,17 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from controller.cli.options import (
-    branch_option,
-    echo_json,
-    existing_store,
-    given,
-    json_option,
-    main_catalog,
-    repo_option,
-    shown,
-    state_dir_option,
-)
+from controller.cli.options import echo_json, echo_rows, shown, store_and_catalog, view_options
 
 if TYPE_CHECKING:
     from controller.engine.status import (
@@ -35,7 +25,7 @@ if TYPE_CHECKING:
         RolloutStatus,
     )
 
-_repo = repo_option(
+_options = view_options(
     "The GitOps repository whose main branch gives canary steps and who may approve; "
     "optional, read when it can be."
 )
@@ -47,50 +37,33 @@ _WORDS = {
 
 
 @click.command()
-@_repo
-@branch_option
-@json_option
-@state_dir_option
-@click.pass_context
-def models(ctx: click.Context, repo: str, branch: str | None, as_json: bool, state_dir: Path) -> None:
+@_options
+def models(repo: str, branch: str | None, as_json: bool, state_dir: Path) -> None:
     """Every model: latest version, its rollout's state (and why it holds or ended), what serves where."""
     from controller.clock import SYSTEM_CLOCK
     from controller.engine.status import model_statuses
 
-    with existing_store(state_dir) as store:
-        catalog = main_catalog(repo, branch, state_dir, required=given(ctx, "repo"))
+    with store_and_catalog(repo, branch, state_dir) as (store, catalog):
         found = model_statuses(store, now=SYSTEM_CLOCK.now(), catalog=catalog)
-    if as_json:
-        echo_json([status.to_json() for status in found])
-        return
-    if not found:
-        click.echo("no model versions registered yet")
-        return
-    click.echo(f"{'MODEL':<20} {'LATEST':<8} {'ROLLOUT':<44} SERVING")
-    for status in found:
-        latest = f"v{status.latest_version}" if status.latest_version is not None else "-"
-        rollout = _rollout_line(status.rollout) if status.rollout is not None else "-"
-        click.echo(f"{status.model:<20} {latest:<8} {rollout:<44} {_serving(status.serving)}".rstrip())
-        for line in _notes(status):
-            click.echo(f"  ↳ {line}")
+    echo_rows(
+        found,
+        as_json=as_json,
+        to_json=lambda status: status.to_json(),
+        empty="no model versions registered yet",
+        header=f"{'MODEL':<20} {'LATEST':<8} {'ROLLOUT':<44} SERVING",
+        lines=_model_lines,
+    )
 
 
 @click.command()
 @click.argument("model")
-@_repo
-@branch_option
-@json_option
-@state_dir_option
-@click.pass_context
-def status(
-    ctx: click.Context, model: str, repo: str, branch: str | None, as_json: bool, state_dir: Path
-) -> None:
+@_options
+def status(model: str, repo: str, branch: str | None, as_json: bool, state_dir: Path) -> None:
     """MODEL's rollout: stage, weight, canary step, the last analysis round, what it waits for."""
     from controller.clock import SYSTEM_CLOCK
     from controller.engine.status import model_status, model_statuses
 
-    with existing_store(state_dir) as store:
-        catalog = main_catalog(repo, branch, state_dir, required=given(ctx, "repo"))
+    with store_and_catalog(repo, branch, state_dir) as (store, catalog):
         now = SYSTEM_CLOCK.now()
         found = model_status(store, model, now=now, catalog=catalog)
         if found.latest_version is None and found.rollout is None and found.release_run is None:
@@ -104,6 +77,13 @@ def status(
 
 
 # ------------------------------------------------------------------ rendering
+
+
+def _model_lines(status: ModelStatus) -> list[str]:
+    latest = f"v{status.latest_version}" if status.latest_version is not None else "-"
+    rollout = _rollout_line(status.rollout) if status.rollout is not None else "-"
+    line = f"{status.model:<20} {latest:<8} {rollout:<44} {_serving(status.serving)}".rstrip()
+    return [line, *(f"  ↳ {note}" for note in _notes(status))]
 
 
 def _rollout_line(rollout: RolloutStatus) -> str:

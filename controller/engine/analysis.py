@@ -9,8 +9,8 @@ Pure functions, no I/O. The rollout engine measures every check of a model's
    far: continue, hold or roll back.
 
 Steps 2 and 3 and the records they return live in
-:mod:`controller.engine.verdicts` (re-exported here), which needs nothing
-from the backends: the rollout planner decides with them.
+:mod:`controller.engine.verdicts`, which needs nothing from the backends: the
+rollout planner decides with them.
 
 What no data means (Invariant 4: a rollout never promotes on missing data):
 
@@ -39,34 +39,10 @@ import math
 from collections.abc import Mapping
 
 from controller.backends.metrics import Measurement
-from controller.engine.verdicts import (
-    Action,
-    AnalysisRun,
-    CheckOutcome,
-    CheckResult,
-    Decision,
-    RoundOutcome,
-    RoundVerdict,
-    describe,
-    evaluate_round,
-    next_state,
-)
+from controller.engine.verdicts import CheckOutcome, CheckResult, RoundVerdict, describe, evaluate_round
 from controller.specs.types import Analysis, AnalysisCheck
 
-__all__ = [
-    "Action",
-    "AnalysisRun",
-    "CheckOutcome",
-    "CheckResult",
-    "Decision",
-    "RoundOutcome",
-    "RoundVerdict",
-    "describe",
-    "evaluate_round",
-    "judge",
-    "judge_round",
-    "next_state",
-]
+__all__ = ["judge", "judge_round"]
 
 
 def judge(check: AnalysisCheck, measurement: Measurement, *, min_samples: int | None = None) -> CheckResult:

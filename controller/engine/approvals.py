@@ -2,10 +2,11 @@
 
 Pure functions (no I/O), shared by every channel that records a decision —
 ``flywheel approve`` on the CLI, ``/flywheel approve`` comments on GitHub and
-Slack buttons — so all of them apply the very same check. The caller records
-an allowed decision with :meth:`Store.add_approval` (with :func:`expires_at`),
-writes the audit entry, and asks :func:`approval_state` whether the gate of a
-rollout stage is now open.
+Slack buttons — so all of them apply the very same check
+(:meth:`ApprovalGate.check`). The caller records an allowed decision
+(:meth:`~controller.backends.store.ApprovalRecords.add_approval`, with
+:func:`expires_at`), writes the audit entry, and asks
+:meth:`ApprovalGate.state` whether the gate of a rollout stage is now open.
 
 Every function takes the :class:`~controller.specs.types.Policy` explicitly.
 It must be the policy of the release branch (main), never the one in the
@@ -37,11 +38,11 @@ __all__ = [
     "READ_ONLY_COMMANDS",
     "Approval",
     "ApprovalCheck",
+    "ApprovalGate",
     "Channel",
     "GateState",
     "Refusal",
-    "approval_state",
-    "check_approval",
+    "approval_gate",
     "expires_at",
     "groups_of",
     "may_run",
@@ -173,69 +174,6 @@ def expires_at(rule: ApprovalRule, now: datetime) -> datetime | None:
     return now + timedelta(seconds=rule.expires_after_seconds)
 
 
-def check_approval(
-    *,
-    policy: Policy,
-    rule: ApprovalRule,
-    user: str | None,
-    author: str | None,
-    model: str,
-    version: int,
-    environment: str,
-    existing: Sequence[Approval],
-    now: datetime,
-    decision: Decision = "approve",
-) -> ApprovalCheck:
-    """May ``user`` record ``decision`` on ``model`` v``version`` for ``environment`` under ``rule``?
-
-    ``policy`` must be main's, never the proposal's. ``user`` is the Flywheel
-    user (see :func:`resolve_user`; ``None`` when unmapped). ``author`` is
-    whoever made the change — a Flywheel user, or their GitHub login / Slack
-    id, both are recognised. ``existing`` is what
-    :meth:`Store.approvals_for` returned for this version and environment.
-
-    Refused, in this order: an unmapped user; a user in none of the rule's
-    groups (the reason names the groups that may); the change's author when
-    the rule does not allow it. When the user's latest unexpired decision on
-    this version and environment is already ``decision``, the result is
-    ``duplicate=True`` and not allowed, so a retried click counts once.
-    """
-    verb = "approve" if decision == "approve" else "reject"
-    target = f"{model} v{version} for {environment}"
-    if user is None:
-        return ApprovalCheck(
-            False,
-            f"You are not a known Flywheel user, so you cannot {verb} {target}; "
-            f"ask to be added to the identities in the policy.",
-            refusal="unmapped",
-        )
-    if groups_of(policy, user).isdisjoint(rule.groups):
-        return ApprovalCheck(
-            False,
-            f"{user} cannot {verb} {target}: {rule.name} needs a member of {_either(rule.groups)}.",
-            refusal="not_in_groups",
-        )
-    if not rule.allow_author and author is not None and _is_author(policy, user, author):
-        return ApprovalCheck(
-            False,
-            f"{user} made this change and cannot {verb} it: {rule.name} needs someone else "
-            f"from {_either(rule.groups)}.",
-            refusal="author",
-        )
-    latest = _latest_decisions(
-        existing, rule=rule, model=model, version=version, environment=environment, now=now
-    )
-    if user in latest and latest[user].decision == decision:
-        past = "approved" if decision == "approve" else "rejected"
-        return ApprovalCheck(
-            False,
-            f"{user} has already {past} {target}; it counts once.",
-            refusal="duplicate",
-            duplicate=True,
-        )
-    return ApprovalCheck(True)
-
-
 # --------------------------------------------------------------------- gates
 
 
@@ -251,65 +189,128 @@ class GateState:
     message: str
 
 
-def approval_state(
-    *,
-    policy: Policy,
-    rule: ApprovalRule,
-    model: str,
-    version: int,
-    environment: str,
-    approvals: Sequence[Approval],
-    now: datetime,
-) -> GateState:
-    """The state of ``rule``'s gate for ``model`` v``version`` in ``environment`` at ``now``.
+@dataclass(frozen=True)
+class ApprovalGate:
+    """The gate ``rule`` puts before ``model`` v``version`` in ``environment``.
 
-    ``policy`` must be main's: it says who is in the rule's groups now, and
-    only their decisions count. Records for another model, version or
-    environment, and decisions expired at ``now`` (by their own ``expires_at``
-    or by ``rule.expires_after_seconds``), are ignored. Each user counts once,
-    by their latest decision. Any eligible reject closes the gate.
+    ``policy`` is the one that defines ``rule``, and must be main's, never the
+    proposal's: it says who is in the rule's groups now, and who made the
+    change. :func:`approval_gate` finds it in main's catalog.
     """
-    latest = _latest_decisions(
-        approvals, rule=rule, model=model, version=version, environment=environment, now=now
-    )
-    eligible = {user: a for user, a in latest.items() if not groups_of(policy, user).isdisjoint(rule.groups)}
-    approvers = tuple(sorted(u for u, a in eligible.items() if a.decision == "approve"))
-    rejecters = tuple(sorted(u for u, a in eligible.items() if a.decision == "reject"))
-    required = max(rule.required, 1)
-    missing = max(required - len(approvers), 0)
-    if rejecters:
-        message = f"{model} v{version} for {environment} was rejected by {_and(rejecters)}."
-        return GateState(False, True, approvers, rejecters, missing, message)
-    if missing == 0:
-        message = f"{model} v{version} for {environment} was approved by {_and(approvers)}."
-        return GateState(True, False, approvers, rejecters, 0, message)
-    plural = "approval" if missing == 1 else "approvals"
-    message = f"waiting for {missing} more {plural} from {_either(rule.groups)}"
-    if approvers:
-        message += f" (approved so far by {_and(approvers)})"
-    return GateState(False, False, approvers, rejecters, missing, message)
+
+    policy: Policy
+    rule: ApprovalRule
+    model: str
+    version: int
+    environment: str
+
+    def check(
+        self,
+        *,
+        user: str | None,
+        author: str | None,
+        existing: Sequence[Approval],
+        now: datetime,
+        decision: Decision = "approve",
+    ) -> ApprovalCheck:
+        """May ``user`` record ``decision`` at this gate?
+
+        ``user`` is the Flywheel user (see :func:`resolve_user`; ``None`` when
+        unmapped). ``author`` is whoever made the change — a Flywheel user, or
+        their GitHub login / Slack id, both are recognised. ``existing`` is what
+        :meth:`~controller.backends.store.ApprovalRecords.approvals_for`
+        returned for this version and environment.
+
+        Refused, in this order: an unmapped user; a user in none of the rule's
+        groups (the reason names the groups that may); the change's author when
+        the rule does not allow it. When the user's latest unexpired decision on
+        this version and environment is already ``decision``, the result is
+        ``duplicate=True`` and not allowed, so a retried click counts once.
+        """
+        rule = self.rule
+        verb = "approve" if decision == "approve" else "reject"
+        target = f"{self.model} v{self.version} for {self.environment}"
+        if user is None:
+            return ApprovalCheck(
+                False,
+                f"You are not a known Flywheel user, so you cannot {verb} {target}; "
+                f"ask to be added to the identities in the policy.",
+                refusal="unmapped",
+            )
+        if groups_of(self.policy, user).isdisjoint(rule.groups):
+            return ApprovalCheck(
+                False,
+                f"{user} cannot {verb} {target}: {rule.name} needs a member of {_either(rule.groups)}.",
+                refusal="not_in_groups",
+            )
+        if not rule.allow_author and author is not None and _is_author(self.policy, user, author):
+            return ApprovalCheck(
+                False,
+                f"{user} made this change and cannot {verb} it: {rule.name} needs someone else "
+                f"from {_either(rule.groups)}.",
+                refusal="author",
+            )
+        latest = self._latest_decisions(existing, now)
+        if user in latest and latest[user].decision == decision:
+            past = "approved" if decision == "approve" else "rejected"
+            return ApprovalCheck(
+                False,
+                f"{user} has already {past} {target}; it counts once.",
+                refusal="duplicate",
+                duplicate=True,
+            )
+        return ApprovalCheck(True)
+
+    def state(self, approvals: Sequence[Approval], now: datetime) -> GateState:
+        """Where the gate stands at ``now``, given the decisions recorded.
+
+        Only the decisions of users in the rule's groups (by main's policy, now)
+        count. Records for another model, version or environment, and decisions
+        expired at ``now`` (by their own ``expires_at`` or by
+        ``rule.expires_after_seconds``), are ignored. Each user counts once, by
+        their latest decision. Any eligible reject closes the gate.
+        """
+        rule, target = self.rule, f"{self.model} v{self.version} for {self.environment}"
+        latest = self._latest_decisions(approvals, now)
+        eligible = {u: a for u, a in latest.items() if not groups_of(self.policy, u).isdisjoint(rule.groups)}
+        approvers = tuple(sorted(u for u, a in eligible.items() if a.decision == "approve"))
+        rejecters = tuple(sorted(u for u, a in eligible.items() if a.decision == "reject"))
+        required = max(rule.required, 1)
+        missing = max(required - len(approvers), 0)
+        if rejecters:
+            message = f"{target} was rejected by {_and(rejecters)}."
+            return GateState(False, True, approvers, rejecters, missing, message)
+        if missing == 0:
+            message = f"{target} was approved by {_and(approvers)}."
+            return GateState(True, False, approvers, rejecters, 0, message)
+        plural = "approval" if missing == 1 else "approvals"
+        message = f"waiting for {missing} more {plural} from {_either(rule.groups)}"
+        if approvers:
+            message += f" (approved so far by {_and(approvers)})"
+        return GateState(False, False, approvers, rejecters, missing, message)
+
+    def _latest_decisions(self, approvals: Sequence[Approval], now: datetime) -> dict[str, Approval]:
+        """Each user's latest decision on this version and environment that still counts at ``now``."""
+        latest: dict[str, Approval] = {}
+        subject = (self.model, self.version, self.environment)
+        relevant = (a for a in approvals if (a.model, a.version, a.environment) == subject)
+        for approval in sorted(relevant, key=lambda a: (a.created_at, a.id)):
+            latest[approval.user] = approval
+        return {user: a for user, a in latest.items() if _counts_at(a, self.rule, now)}
+
+
+def approval_gate(
+    catalog: Catalog, rule: str, *, model: str, version: int, environment: str
+) -> ApprovalGate | None:
+    """The gate of the approval rule named ``rule`` for this version; ``None`` if main's policies lack it."""
+    found = policy_with_rule(catalog, rule)
+    if found is None:
+        return None
+    policy, approval_rule = found
+    return ApprovalGate(policy, approval_rule, model, version, environment)
 
 
 # ------------------------------------------------------------------ internal
-
-
-def _latest_decisions(
-    approvals: Sequence[Approval],
-    *,
-    rule: ApprovalRule,
-    model: str,
-    version: int,
-    environment: str,
-    now: datetime,
-) -> dict[str, Approval]:
-    """Each user's latest decision on this version and environment that still counts at ``now``."""
-    latest: dict[str, Approval] = {}
-    relevant = (
-        a for a in approvals if a.model == model and a.version == version and a.environment == environment
-    )
-    for approval in sorted(relevant, key=lambda a: (a.created_at, a.id)):
-        latest[approval.user] = approval
-    return {user: a for user, a in latest.items() if _counts_at(a, rule, now)}
 
 
 def _counts_at(approval: Approval, rule: ApprovalRule, now: datetime) -> bool:

@@ -3,7 +3,8 @@
 A result is reusable while its run succeeded, was not itself a cache hit, and
 its artifact directory is still on disk (the reconciler checks the same
 thing before reusing). Pruning removes run directories and virtualenvs; the
-runs stay in the store as history. Called by ``flywheel cache``.
+runs stay in the store as history. Called by ``flywheel cache``, with the
+store it opened.
 """
 
 from __future__ import annotations
@@ -14,11 +15,22 @@ import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Protocol, Unpack
 
-from controller.backends.store import RunRecords, open_store
+from controller.backends.store import ModelVersion, Run, RunQuery
 from controller.clock import Clock
 
 VENV_PREFIX = "env-"
+
+
+class CacheRecords(Protocol):
+    """What the cache reads: the runs that made results, and the versions that keep theirs."""
+
+    def list_runs(self, **query: Unpack[RunQuery]) -> list[Run]: ...
+
+    def list_models(self) -> list[str]: ...
+
+    def list_versions(self, model: str) -> list[ModelVersion]: ...
 
 
 @dataclass(frozen=True)
@@ -38,15 +50,8 @@ class Removed:
     bytes: int
 
 
-def cache_entries(state_dir: Path, *, clock: Clock) -> list[CacheEntry]:
-    store = open_store(state_dir, clock=clock)
-    try:
-        return _entries(store, state_dir)
-    finally:
-        store.close()
-
-
-def _entries(store: RunRecords, state_dir: Path) -> list[CacheEntry]:
+def cache_entries(store: CacheRecords, state_dir: Path) -> list[CacheEntry]:
+    """The reusable results of the runs in ``store``, whose directories are under ``state_dir``."""
     entries = []
     for run in store.list_runs(status="succeeded", limit=100_000):
         if run.reused_from is not None or not run.artifact_path or not Path(run.artifact_path).is_dir():
@@ -57,27 +62,23 @@ def _entries(store: RunRecords, state_dir: Path) -> list[CacheEntry]:
 
 
 def prune_cache(
-    state_dir: Path, *, older_than_seconds: float, clock: Clock, dry_run: bool = False
+    store: CacheRecords, state_dir: Path, *, older_than_seconds: float, clock: Clock, dry_run: bool = False
 ) -> list[Removed]:
     """Remove results and virtualenvs last used more than ``older_than_seconds`` before ``clock``'s now."""
     cutoff = clock.now() - timedelta(seconds=older_than_seconds)
-    store = open_store(state_dir, clock=clock)
-    try:
-        kept_runs = {v.run_id for m in store.list_models() for v in store.list_versions(m)}
-        recent_envs = {
-            run.environment_hash
-            for run in store.list_runs(limit=100_000)
-            if run.environment_hash and (run.finished_at is None or run.finished_at >= cutoff)
-        }
-        removed: list[Removed] = []
-        for entry in _entries(store, state_dir):
-            if entry.run_id in kept_runs or entry.finished_at is None or entry.finished_at >= cutoff:
-                continue
-            removed.append(Removed("result", f"run {entry.run_id} ({entry.model})", entry.bytes))
-            if not dry_run:
-                shutil.rmtree(entry.path, ignore_errors=True)
-    finally:
-        store.close()
+    kept_runs = {v.run_id for m in store.list_models() for v in store.list_versions(m)}
+    recent_envs = {
+        run.environment_hash
+        for run in store.list_runs(limit=100_000)
+        if run.environment_hash and (run.finished_at is None or run.finished_at >= cutoff)
+    }
+    removed: list[Removed] = []
+    for entry in cache_entries(store, state_dir):
+        if entry.run_id in kept_runs or entry.finished_at is None or entry.finished_at >= cutoff:
+            continue
+        removed.append(Removed("result", f"run {entry.run_id} ({entry.model})", entry.bytes))
+        if not dry_run:
+            shutil.rmtree(entry.path, ignore_errors=True)
     venvs = state_dir / "venvs"
     if venvs.is_dir():
         for path in sorted(venvs.glob(f"{VENV_PREFIX}*")):

@@ -26,21 +26,26 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol, Unpack
 
-from controller.backends.store import Conflict, RolloutRecord, Store
-from controller.clock import Clock
-from controller.engine.approvals import (
-    Channel,
-    approval_state,
-    check_approval,
-    expires_at,
-    may_run,
-    policy_with_rule,
-    resolve_user,
+from controller.backends.store import (
+    Approval,
+    AuditEntry,
+    Conflict,
+    Meta,
+    ModelVersion,
+    NewApproval,
+    NewAuditEntry,
+    NewEvent,
+    RolloutChanges,
+    RolloutRecord,
+    Transactions,
 )
+from controller.clock import Clock
+from controller.engine.approvals import Channel, approval_gate, expires_at, may_run, resolve_user
 from controller.engine.rollout_state import (
     Request,
     RequestKind,
@@ -56,9 +61,12 @@ __all__ = [
     "CONTROL_COMMANDS",
     "Actor",
     "CommandOutcome",
+    "CommandRecords",
     "Commands",
     "ControlCommand",
+    "RequestRecords",
     "Watched",
+    "WatchedRecords",
     "main_policy",
     "record_request",
     "record_watched",
@@ -83,19 +91,54 @@ class Watched:
     release_branch: str
 
 
+class WatchedRecords(Meta, Transactions, Protocol):
+    """Where :func:`record_watched` keeps what the controller watches: settings, written together."""
+
+
+class RequestRecords(Protocol):
+    """What :func:`record_request` reads and writes: one rollout's row."""
+
+    def get_rollout(self, rollout_id: int) -> RolloutRecord: ...
+
+    def update_rollout(
+        self, rollout_id: int, *, expected_revision: int, **changes: Unpack[RolloutChanges]
+    ) -> RolloutRecord: ...
+
+
+class CommandRecords(RequestRecords, Protocol):
+    """What :class:`Commands` reads (rollouts, versions, approvals) and writes (decisions, requests, audit).
+
+    One store: a decision and its audit entry are written in one transaction.
+    """
+
+    def rollouts_for(self, model: str) -> list[RolloutRecord]: ...
+
+    def list_versions(self, model: str) -> list[ModelVersion]: ...
+
+    def approvals_for(self, *, model: str, version: int, environment: str) -> list[Approval]: ...
+
+    def add_approval(self, **approval: Unpack[NewApproval]) -> Approval: ...
+
+    def append_audit(self, **entry: Unpack[NewAuditEntry]) -> AuditEntry: ...
+
+    def put_event(self, **event: Unpack[NewEvent]) -> bool: ...
+
+    def transaction(self) -> AbstractContextManager[None]: ...
+
+
 def repository_location(repo: str) -> str:
     """``repo`` as it is compared: a URL as it is, a local path made absolute."""
     return repo if "://" in repo or repo.startswith("git@") else str(Path(repo).resolve())
 
 
-def record_watched(store: Store, watched: Watched) -> None:
+def record_watched(store: WatchedRecords, watched: Watched) -> None:
     """Remember what the controller watches (called when a controller starts)."""
     with store.transaction():
         store.set_meta(WATCHED_REPOSITORY_KEY, watched.repository)
         store.set_meta(RELEASE_BRANCH_KEY, watched.release_branch)
 
 
-def watched(store: Store) -> Watched | None:
+def watched(store: Meta) -> Watched | None:
     """What a controller on this state watches, or ``None`` when none has run on it."""
     repository = store.get_meta(WATCHED_REPOSITORY_KEY)
     branch = store.get_meta(RELEASE_BRANCH_KEY)
@@ -129,7 +172,7 @@ def main_policy(catalog: Catalog) -> Policy | None:
     return catalog.policies.get("default")
 
 
-def record_request(store: Store, rollout: RolloutRecord, request: Request) -> RolloutRecord:
+def record_request(store: RequestRecords, rollout: RolloutRecord, request: Request) -> RolloutRecord:
     """Add ``request`` to ``rollout``'s pending requests (once per id), retrying when the row changed."""
     for _ in range(5):
         if any(r.id == request.id for r in load_requests(rollout)):
@@ -151,7 +194,7 @@ class Commands:
     def __init__(
         self,
         *,
-        store: Store,
+        store: CommandRecords,
         catalog: Callable[[], Catalog],
         clock: Clock,
     ) -> None:
@@ -172,17 +215,10 @@ class Commands:
         comment: str = "",
     ) -> CommandOutcome:
         """Approve or reject ``model`` ``version`` for ``environment`` (default: what the rollout awaits)."""
-        catalog = self.catalog()
-        policy = main_policy(catalog)
-        if policy is None:
-            return self._refuse(actor, decision, model, None, "no_policy", _NO_POLICY)
-        user = resolve_user(policy, channel=actor.channel, name=actor.name)
-        if user is None:
-            why = _unmapped(actor)
-            return self._refuse(actor, decision, model, None, "unmapped", why, version=version)
-        if not may_run(policy, user=user, command=decision):
-            why = f"{user} may not {decision}: the policy on main does not allow it."
-            return self._refuse(actor, decision, model, user, "not_allowed", why, version=version)
+        allowed = self._allowed(actor, decision, model, version=version)
+        if isinstance(allowed, CommandOutcome):
+            return allowed
+        catalog, user = allowed
         spec = catalog.models.get(model)
         if spec is None:
             return self._refuse(
@@ -218,27 +254,16 @@ class Commands:
             return self._refuse(
                 actor, decision, model, user, "no_gate", why, version=rollout.version, env=env
             )
-        found = policy_with_rule(catalog, rule_name)
-        if found is None:
+        gate = approval_gate(catalog, rule_name, model=model, version=rollout.version, environment=env)
+        if gate is None:
             why = f"the approval rule {rule_name!r} of {env} is not in main's policies; cannot {decision}."
             return self._refuse(
                 actor, decision, model, user, "no_gate", why, version=rollout.version, env=env
             )
-        rule_policy, rule = found
-        now = self.clock.now()
+        rule, now = gate.rule, self.clock.now()
         existing = self.store.approvals_for(model=model, version=rollout.version, environment=env)
-        check = check_approval(
-            policy=rule_policy,
-            rule=rule,
-            user=user,
-            author=load_state(rollout).release.author,
-            model=model,
-            version=rollout.version,
-            environment=env,
-            existing=existing,
-            now=now,
-            decision=decision,
-        )
+        author = load_state(rollout).release.author
+        check = gate.check(user=user, author=author, existing=existing, now=now, decision=decision)
         if check.duplicate:
             return CommandOutcome(True, check.reason, user=user, rollout_id=rollout.id, duplicate=True)
         if not check.allowed:
@@ -271,14 +296,8 @@ class Commands:
                 environment=env,
                 detail={"channel": actor.channel, "as": actor.name, "rule": rule.name, "comment": comment},
             )
-        state = approval_state(
-            policy=rule_policy,
-            rule=rule,
-            model=model,
-            version=rollout.version,
-            environment=env,
-            approvals=self.store.approvals_for(model=model, version=rollout.version, environment=env),
-            now=now,
+        state = gate.state(
+            self.store.approvals_for(model=model, version=rollout.version, environment=env), now
         )
         past = "approved" if decision == "approve" else "rejected"
         message = f"{user} {past} {model} v{rollout.version} for {env}. {state.message}"
@@ -290,23 +309,10 @@ class Commands:
         self, actor: Actor, *, command: ControlCommand, model: str, reason: str = ""
     ) -> CommandOutcome:
         """Pause, resume, abort, promote or roll back ``model``'s rollout."""
-        catalog = self.catalog()
-        policy = main_policy(catalog)
-        if policy is None:
-            return self._refuse(actor, command, model, None, "no_policy", _NO_POLICY)
-        user = resolve_user(policy, channel=actor.channel, name=actor.name)
-        if user is None:
-            why = _unmapped(actor)
-            return self._refuse(actor, command, model, None, "unmapped", why)
-        if not may_run(policy, user=user, command=command):
-            return self._refuse(
-                actor,
-                command,
-                model,
-                user,
-                "not_allowed",
-                f"{user} may not {command}: the policy on main does not allow it.",
-            )
+        allowed = self._allowed(actor, command, model)
+        if isinstance(allowed, CommandOutcome):
+            return allowed
+        catalog, user = allowed
         if model not in catalog.models and not self.store.list_versions(model):
             return self._refuse(actor, command, model, user, "unknown_model", f"there is no model {model!r}.")
         now = self.clock.now()
@@ -371,6 +377,22 @@ class Commands:
         return self._refuse(actor, command, model, None, refusal, why)
 
     # -------------------------------------------------------------- helpers
+
+    def _allowed(
+        self, actor: Actor, command: str, model: str, *, version: int | None = None
+    ) -> tuple[Catalog, str] | CommandOutcome:
+        """Main's specs and the user ``actor`` is, if main's policy lets them ``command``; else a refusal."""
+        catalog = self.catalog()
+        policy = main_policy(catalog)
+        if policy is None:
+            return self._refuse(actor, command, model, None, "no_policy", _NO_POLICY)
+        user = resolve_user(policy, channel=actor.channel, name=actor.name)
+        if user is None:
+            return self._refuse(actor, command, model, None, "unmapped", _unmapped(actor), version=version)
+        if not may_run(policy, user=user, command=command):
+            why = f"{user} may not {command}: the policy on main does not allow it."
+            return self._refuse(actor, command, model, user, "not_allowed", why, version=version)
+        return catalog, user
 
     def _active(self, model: str) -> RolloutRecord | None:
         return next((r for r in self.store.rollouts_for(model) if r.active), None)

@@ -16,13 +16,15 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol, Unpack
 
 from controller.backends.forge import CommitState, Forge, ReviewTarget
 from controller.backends.pipelines import RunResult
-from controller.backends.store import ModelVersion, Run, Store
+from controller.backends.store import AuditEntry, ModelVersion, NewAuditEntry, NewRun, Run, RunChanges
 from controller.backends.store import StepResult as StoredStep
 from controller.clock import Clock
 from controller.engine.gates import GateResult, evaluate_gates, failed_gates
@@ -36,6 +38,8 @@ __all__ = [
     "TRIGGER",
     "Finished",
     "Judge",
+    "JudgeRecords",
+    "ProductionRecords",
     "ReleaseHook",
     "production_environment",
     "production_version",
@@ -51,6 +55,28 @@ TRAINING_TRIGGERS = (TRIGGER, RELEASE_TRIGGER)
 ReleaseHook = Callable[[Run, Model, CommitState], object]
 
 
+class ProductionRecords(Protocol):
+    """What :func:`production_version` reads: the traffic history, and the version found there."""
+
+    def served_at(self, *, environment: str, model: str, at: datetime) -> list[tuple[int, int]]: ...
+
+    def get_version(self, model: str, number: int) -> ModelVersion: ...
+
+
+class JudgeRecords(ProductionRecords, Protocol):
+    """What :class:`Judge` reads and writes: runs and the audit log, written together in one transaction."""
+
+    def create_run(self, **run: Unpack[NewRun]) -> Run: ...
+
+    def update_run(self, run_id: int, **changes: Unpack[RunChanges]) -> Run: ...
+
+    def get_run(self, run_id: int) -> Run: ...
+
+    def append_audit(self, **entry: Unpack[NewAuditEntry]) -> AuditEntry: ...
+
+    def transaction(self) -> AbstractContextManager[None]: ...
+
+
 @dataclass(frozen=True)
 class Finished:
     run_id: int
@@ -60,25 +86,16 @@ class Finished:
     description: str
 
 
+@dataclass(kw_only=True, eq=False)
 class Judge:
     """Judges runs and reports them on the forge; ``release_branch``'s runs go to ``on_release`` instead."""
 
-    def __init__(
-        self,
-        *,
-        store: Store,
-        forge: Forge,
-        work_dir: Path,
-        release_branch: str,
-        clock: Clock,
-        on_release: ReleaseHook | None = None,
-    ) -> None:
-        self.store = store
-        self.forge = forge
-        self.work_dir = work_dir
-        self.release_branch = release_branch
-        self.clock = clock
-        self.on_release = on_release
+    store: JudgeRecords
+    forge: Forge
+    work_dir: Path
+    release_branch: str
+    clock: Clock
+    on_release: ReleaseHook | None = None
 
     def record_reuse(self, action: ReuseRun, source: Run, *, trigger: str) -> Run:
         """Record a cache hit: a succeeded run of ``action``'s head with ``source``'s results and artifact."""
@@ -343,7 +360,9 @@ def production_environment(model: Model, catalog: Catalog) -> str | None:
     return model.rollout.stages[-1].environment if model.rollout.stages else None
 
 
-def production_version(store: Store, model: Model, catalog: Catalog, *, at: datetime) -> ModelVersion | None:
+def production_version(
+    store: ProductionRecords, model: Model, catalog: Catalog, *, at: datetime
+) -> ModelVersion | None:
     """The version that takes most of the production environment's traffic at ``at``, if any."""
     environment = production_environment(model, catalog)
     if environment is None:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path, PurePosixPath
+from typing import Protocol, Unpack
 
 from controller.backends import data as data_inputs
 from controller.backends.forge import Forge, ReviewTarget
@@ -34,7 +35,7 @@ from controller.backends.pipelines import (
     RunResult,
     StepEvent,
 )
-from controller.backends.store import Run, Store
+from controller.backends.store import ModelVersion, Run, RunQuery
 from controller.clock import Clock
 from controller.engine.identity import RunInputs
 from controller.engine.judging import (
@@ -43,9 +44,8 @@ from controller.engine.judging import (
     TRIGGER,
     Finished,
     Judge,
+    JudgeRecords,
     ReleaseHook,
-    production_environment,
-    production_version,
 )
 from controller.engine.plan import (
     Action,
@@ -72,21 +72,21 @@ from controller.engine.plan import (
 from controller.engine.training import MissingRunner, pipeline_environment, pipeline_runner, read_run_inputs
 from controller.specs.types import Catalog, Location, Model, SpecError
 
-__all__ = [
-    "RELEASE_TRIGGER",
-    "TRAINING_TRIGGERS",
-    "TRIGGER",
-    "Finished",
-    "MissingRunner",
-    "PassSummary",
-    "ProposalReconciler",
-    "ReleaseHook",
-    "pipeline_runner",
-    "production_environment",
-    "production_version",
-]
+__all__ = ["PassSummary", "ProposalReconciler", "ProposalRecords"]
 
 log = logging.getLogger("flywheel.proposals")
+
+
+class ProposalRecords(JudgeRecords, Protocol):
+    """What :class:`ProposalReconciler` reads and writes: earlier runs, versions, and its judge's records."""
+
+    def latest_run(self, *, model: str, ref: str) -> Run | None: ...
+
+    def find_successful_run(self, cache_key: str) -> Run | None: ...
+
+    def list_runs(self, **query: Unpack[RunQuery]) -> list[Run]: ...
+
+    def list_versions(self, model: str) -> list[ModelVersion]: ...
 
 
 @dataclass
@@ -116,7 +116,7 @@ class ProposalReconciler:
         self,
         *,
         repository: Repository,
-        store: Store,
+        store: ProposalRecords,
         forge: Forge,
         runners: Mapping[str, PipelineRunner],
         work_dir: Path,

@@ -17,18 +17,31 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, Unpack
 
 from controller.backends.forge import CommitState
-from controller.backends.store import ModelVersion, Run, Store
-from controller.engine.judging import production_version
+from controller.backends.store import AuditEntry, ModelVersion, NewAuditEntry, NewVersion, Run
+from controller.engine.judging import ProductionRecords, production_version
 from controller.engine.rollout import RolloutEngine
 from controller.specs.types import Catalog, Model
 
-__all__ = ["Registrar"]
+__all__ = ["Registrar", "RegistrarRecords"]
 
 log = logging.getLogger("flywheel.release")
 
 
+class RegistrarRecords(ProductionRecords, Protocol):
+    """What :class:`Registrar` reads (what serves production, versions) and writes (a version, the audit)."""
+
+    def list_versions(self, model: str) -> list[ModelVersion]: ...
+
+    def register_version(self, **version: Unpack[NewVersion]) -> ModelVersion: ...
+
+    def append_audit(self, **entry: Unpack[NewAuditEntry]) -> AuditEntry: ...
+
+
+@dataclass(kw_only=True, eq=False)
 class Registrar:
     """Registers versions from release runs and starts their rollouts.
 
@@ -37,18 +50,10 @@ class Registrar:
     GitHub); the approval rules keep them from approving it.
     """
 
-    def __init__(
-        self,
-        *,
-        store: Store,
-        rollouts: RolloutEngine,
-        catalog: Callable[[], Catalog],
-        author_of: Callable[[Run], str | None],
-    ) -> None:
-        self.store = store
-        self.rollouts = rollouts
-        self.catalog = catalog
-        self.author_of = author_of
+    store: RegistrarRecords
+    rollouts: RolloutEngine
+    catalog: Callable[[], Catalog]
+    author_of: Callable[[Run], str | None]
 
     def release(self, run: Run, model: Model, state: CommitState) -> ModelVersion | None:
         if state != "success" or run.status != "succeeded":

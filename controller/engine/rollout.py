@@ -26,14 +26,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from controller.backends.metrics import Measurement, MetricsSource
 from controller.backends.notify import RolloutEvent
 from controller.backends.serving import ServedVersion, ServingBackend, ServingError
-from controller.backends.store import Conflict, ModelVersion, RolloutChanges, RolloutRecord, Store
+from controller.backends.store import (
+    Approval,
+    ApprovalRecords,
+    AuditLog,
+    Conflict,
+    ModelVersion,
+    Outbox,
+    Registry,
+    RolloutChanges,
+    RolloutRecord,
+    RolloutRecords,
+)
 from controller.clock import Clock
 from controller.engine.analysis import judge
 from controller.engine.commands import record_request
@@ -73,32 +84,30 @@ __all__ = ["TERMINAL_STATES", "RolloutEngine", "label"]
 log = logging.getLogger("flywheel.rollout")
 
 
+@dataclass(kw_only=True, eq=False)
 class RolloutEngine:
     """Drives every active rollout one step per :meth:`tick`.
 
     ``catalog`` returns main's specs now (environments, policies, the model's
     rollout); ``served_version`` turns a registered version into what the
     serving backend runs; ``metrics`` picks the metrics source of an
-    environment.
+    environment. Of the store it reads and moves the rollouts and the traffic
+    history (``rollouts``), reads the approvals and the versions, and writes
+    the audit log and the outbox (notifications).
     """
 
-    def __init__(
-        self,
-        *,
-        store: Store,
-        serving: ServingBackend,
-        metrics: Callable[[Environment], MetricsSource],
-        catalog: Callable[[], Catalog],
-        served_version: Callable[[ModelVersion, Model], ServedVersion],
-        clock: Clock,
-    ) -> None:
-        self.store = store
-        self.serving = serving
-        self.metrics = metrics
-        self.catalog = catalog
-        self.served_version = served_version
-        self.clock = clock
-        self._failing: dict[int, str] = {}  # rollout id -> the error last logged for it
+    rollouts: RolloutRecords
+    approvals: ApprovalRecords
+    registry: Registry
+    audit: AuditLog
+    outbox: Outbox
+    serving: ServingBackend
+    metrics: Callable[[Environment], MetricsSource]
+    catalog: Callable[[], Catalog]
+    served_version: Callable[[ModelVersion, Model], ServedVersion]
+    clock: Clock
+    # rollout id -> the error last logged for it
+    _failing: dict[int, str] = field(default_factory=dict, init=False, repr=False)
 
     # ---------------------------------------------------------------- start
 
@@ -119,7 +128,7 @@ class RolloutEngine:
         if not stages:
             log.info("%s v%s has no rollout stages; registered only", model.name, version.number)
             return None
-        for other in self.store.rollouts_for(model.name):
+        for other in self.rollouts.rollouts_for(model.name):
             if other.active and other.version != version.number:
                 request = Request(
                     id=f"superseded-by-v{version.number}",
@@ -128,7 +137,7 @@ class RolloutEngine:
                     at=self._now(),
                     reason=f"superseded by v{version.number}",
                 )
-                record_request(self.store, other, request)
+                record_request(self.rollouts, other, request)
         release = Release(
             author=author,
             commit=version.commit,
@@ -137,7 +146,7 @@ class RolloutEngine:
             baseline=Baseline(baseline.number, dict(baseline.metrics)) if baseline is not None else None,
         )
         fresh = RolloutState(model=model.name, version=version.number, stages=stages, release=release)
-        rollout = self.store.create_rollout(
+        rollout = self.rollouts.create_rollout(
             model=model.name, version=version.number, stages=stages, state="deploy", detail=encode(fresh, ())
         )
         state = load_state(rollout)
@@ -154,7 +163,7 @@ class RolloutEngine:
         error in one line, anything else (a bug) with its traceback.
         """
         catalog = self.catalog()
-        active = self.store.active_rollouts()
+        active = self.rollouts.active_rollouts()
         for gone in self._failing.keys() - {r.id for r in active}:
             del self._failing[gone]
         for rollout in active:
@@ -182,9 +191,9 @@ class RolloutEngine:
     def run_until_settled(self, *, max_ticks: int = 100) -> None:
         """Tick until no rollout changes state (tests)."""
         for _ in range(max_ticks):
-            before = [(r.id, r.revision) for r in self.store.active_rollouts()]
+            before = [(r.id, r.revision) for r in self.rollouts.active_rollouts()]
             self.tick()
-            if before == [(r.id, r.revision) for r in self.store.active_rollouts()]:
+            if before == [(r.id, r.revision) for r in self.rollouts.active_rollouts()]:
                 return
 
     def _advance(self, rollout: RolloutRecord, catalog: Catalog) -> None:
@@ -209,11 +218,11 @@ class RolloutEngine:
         if model is None or environment is None:
             return Observations(requests=requests)
         deployed = self.serving.deployed(environment=environment, model=model.name) if wanted.deployed else ()
-        approvals = (
-            self.store.approvals_for(model=model.name, version=state.version, environment=environment.name)
-            if wanted.approvals
-            else ()
-        )
+        approvals: list[Approval] = []
+        if wanted.approvals:
+            approvals = self.approvals.approvals_for(
+                model=model.name, version=state.version, environment=environment.name
+            )
         return Observations(
             requests=requests,
             stable=self._stable(environment.name, model.name, state.version) if wanted.stable else None,
@@ -243,7 +252,7 @@ class RolloutEngine:
     def _stable(self, environment: str, model: str, new: int) -> int | None:
         live = [
             (w, v)
-            for v, w in self.store.served_at(environment=environment, model=model, at=self._now())
+            for v, w in self.rollouts.served_at(environment=environment, model=model, at=self._now())
             if v != new and w > 0
         ]
         return max(live)[1] if live else None
@@ -269,7 +278,7 @@ class RolloutEngine:
                 state = action.state
                 continue
             try:
-                self._perform(action, rollout, model, catalog)
+                self._perform(action, (rollout.model, rollout.version), model, catalog)
             except ServingError as exc:
                 ends = isinstance(action, Deploy | SmokeTest | Route) and action.failure is not None
                 if not ends or catalog is None:
@@ -294,7 +303,7 @@ class RolloutEngine:
             "finished_at": state.finished_at,
             "detail": encode(state, requests),
         }
-        updated = self.store.update_rollout(rollout.id, expected_revision=rollout.revision, **changes)
+        updated = self.rollouts.update_rollout(rollout.id, expected_revision=rollout.revision, **changes)
         if state.phase != before.phase:
             where = f"{state.model} v{state.version} in {state.environment}"
             if state.phase == "rolling_back":
@@ -308,19 +317,39 @@ class RolloutEngine:
         return updated
 
     def _perform(
-        self, action: Action, rollout: RolloutRecord, model: Model | None, catalog: Catalog | None
+        self, action: Action, subject: tuple[str, int], model: Model | None, catalog: Catalog | None
     ) -> None:
+        """Perform ``action`` about ``subject``: (the model's name, the version); ``model`` is its spec."""
+        name, number = subject
         if isinstance(action, Audit):
-            self._audit(rollout, action.action, environment=action.environment, detail=action.detail)
+            self.audit.append_audit(
+                actor=action.actor,
+                action=action.action,
+                model=name,
+                version=number,
+                environment=action.environment,
+                detail=dict(action.detail),
+            )
             return
         if isinstance(action, Notify):
-            self._notify(rollout, model, action)
+            event = RolloutEvent(
+                kind=action.kind,
+                model=name,
+                version=number,
+                environment=action.environment,
+                message=action.message,
+                at=self._now(),
+                detail=dict(action.detail),
+                step=action.step,
+                occurrence=action.occurrence,
+            )
+            queue_event(self.outbox, model, event)
             return
         assert not isinstance(action, Save), "a save is the applier's own"
         assert catalog is not None and model is not None, f"{action} needs main's catalog and the model"
         environment = catalog.environments[action.environment]
         if isinstance(action, Deploy):
-            version = self.store.get_version(model.name, action.version)
+            version = self.registry.get_version(model.name, action.version)
             self.serving.deploy(environment=environment, version=self.served_version(version, model))
         elif isinstance(action, SmokeTest):
             self.serving.smoke_test(
@@ -332,7 +361,7 @@ class RolloutEngine:
         elif isinstance(action, Route):
             weights = {label(version): weight for version, weight in action.weights.items()}
             self.serving.set_weights(environment=environment, model=model.name, weights=weights)
-            self.store.record_traffic(
+            self.rollouts.record_traffic(
                 at=self._now(), environment=environment.name, model=model.name, weights=dict(action.weights)
             )
         elif isinstance(action, Retire):
@@ -341,32 +370,6 @@ class RolloutEngine:
             for deployed in self.serving.deployed(environment=environment, model=model.name):
                 if deployed.version != action.keep:
                     self.serving.retire(environment=environment, model=model.name, version=deployed.version)
-
-    def _audit(
-        self, rollout: RolloutRecord, action: str, *, environment: str | None, detail: Mapping[str, Any]
-    ) -> None:
-        self.store.append_audit(
-            actor=ACTOR,
-            action=action,
-            model=rollout.model,
-            version=rollout.version,
-            environment=environment,
-            detail=dict(detail),
-        )
-
-    def _notify(self, rollout: RolloutRecord, model: Model | None, notice: Notify) -> None:
-        event = RolloutEvent(
-            kind=notice.kind,
-            model=rollout.model,
-            version=rollout.version,
-            environment=notice.environment,
-            message=notice.message,
-            at=self._now(),
-            detail=dict(notice.detail),
-            step=notice.step,
-            occurrence=notice.occurrence,
-        )
-        queue_event(self.store, model, event)
 
     # --------------------------------------------------- rollback requests
 
@@ -387,45 +390,38 @@ class RolloutEngine:
         now = self._now()
         for stage in model.rollout.stages:
             env = catalog.environments.get(stage.environment)
-            if env is None:
+            back = self._previous(env.name, model_name, at=now) if env is not None else None
+            if env is None or back is None:
                 continue
-            current = self.store.served_at(environment=env.name, model=model_name, at=now)
-            if not current:
-                continue
-            current_version = max(current, key=lambda pair: pair[1])[0]
-            previous = None
-            for record in reversed(self.store.serving_history(environment=env.name, model=model_name)):
-                if record.version != current_version and record.weight > 0:
-                    previous = record.version
-                    break
-            if previous is None:
-                continue
-            version = self.store.get_version(model_name, previous)
-            self.serving.deploy(environment=env, version=self.served_version(version, model))
-            self.serving.set_weights(environment=env, model=model_name, weights={label(previous): 100})
-            self.store.record_traffic(
-                at=self._now(), environment=env.name, model=model_name, weights={previous: 100}
-            )
-            self.serving.retire(environment=env, model=model_name, version=label(current_version))
-            self.store.append_audit(
-                actor=by or ACTOR,
-                action="rollout.rolled_back",
-                model=model_name,
-                version=current_version,
-                environment=env.name,
-                detail={"to_version": previous, "reason": reason, "manual": True},
-            )
-            event = RolloutEvent(
-                kind="rolled_back",
-                model=model_name,
-                version=current_version,
-                environment=env.name,
-                at=now,
-                message=f"Rolled back by {by or ACTOR} to v{previous}" + (f": {reason}" if reason else ""),
-                detail={"to_version": previous},
-                occurrence=int(now.timestamp()),
-            )
-            queue_event(self.store, model, event)
+            current, previous = back
+            undo = {"to_version": previous}
+            audited = {**undo, "reason": reason, "manual": True}
+            actions: list[Action] = [
+                Deploy(env.name, previous),
+                Route(env.name, {previous: 100}),
+                Retire(env.name, label(current)),
+                Audit("rollout.rolled_back", env.name, audited, actor=by or ACTOR),
+                Notify(
+                    "rolled_back",
+                    env.name,
+                    f"Rolled back by {by or ACTOR} to v{previous}" + (f": {reason}" if reason else ""),
+                    detail=undo,
+                    occurrence=int(now.timestamp()),
+                ),
+            ]
+            for action in actions:
+                self._perform(action, (model_name, current), model, catalog)
+
+    def _previous(self, environment: str, model: str, *, at: datetime) -> tuple[int, int] | None:
+        """The version with most of ``environment``'s traffic at ``at``, and the one that served before it."""
+        current = self.rollouts.served_at(environment=environment, model=model, at=at)
+        if not current:
+            return None
+        current_version = max(current, key=lambda pair: pair[1])[0]
+        for record in reversed(self.rollouts.serving_history(environment=environment, model=model)):
+            if record.version != current_version and record.weight > 0:
+                return current_version, record.version
+        return None
 
     def _now(self) -> datetime:
         return self.clock.now()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from controller.engine.approvals import Approval
-from controller.engine.rollout_state import Request, RolloutState
+from controller.engine.rollout_state import ACTOR, Request, RolloutState
 from controller.engine.verdicts import RoundVerdict
 
 __all__ = [
@@ -60,11 +60,12 @@ class Save:
 
 @dataclass(frozen=True)
 class Audit:
-    """Append to the audit log, as the engine, about the rollout in ``environment``."""
+    """Append to the audit log, as ``actor`` (the engine by default), about the rollout in ``environment``."""
 
     action: str
     environment: str | None
     detail: Mapping[str, Any] = field(default_factory=dict)
+    actor: str = ACTOR
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from controller.engine.approvals import approval_state, policy_with_rule
+from controller.engine.approvals import approval_gate
 from controller.engine.rollout_actions import (
     Action,
     Audit,
@@ -334,21 +334,14 @@ def _gate(script: _Script, ctx: _Context) -> None:
     if not rule_name:
         script.transition("promote")
         return
-    found = policy_with_rule(ctx.catalog, rule_name)
-    if found is None:
+    at_gate = approval_gate(
+        ctx.catalog, rule_name, model=state.model, version=state.version, environment=state.environment or ""
+    )
+    if at_gate is None:
         reason = f"approval rule {rule_name!r} is not in main's policies; waiting"
         script.notify("awaiting_approval", reason, extra={"rule": rule_name})
         return
-    policy, rule = found
-    gate = approval_state(
-        policy=policy,
-        rule=rule,
-        model=state.model,
-        version=state.version,
-        environment=state.environment or "",
-        approvals=ctx.seen.approvals,
-        now=script.now,
-    )
+    rule, gate = at_gate.rule, at_gate.state(ctx.seen.approvals, script.now)
     if gate.rejected:
         script.notify("rejected", gate.message, extra={"rejecters": list(gate.rejecters)})
         script.roll_back("rejected", gate.message)

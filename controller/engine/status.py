@@ -29,12 +29,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, Unpack
 
-from controller.backends.store import Approval, Review, RolloutRecord, Run, Store
-from controller.engine.approvals import approval_state, policy_with_rule
+from controller.backends.store import Approval, ModelVersion, Review, RolloutRecord, Run, RunQuery
+from controller.engine.approvals import approval_gate
 from controller.engine.gates import GateResult
-from controller.engine.proposals import RELEASE_TRIGGER
+from controller.engine.judging import RELEASE_TRIGGER
 from controller.engine.rollout_state import (
     Request,
     RolloutState,
@@ -53,9 +53,11 @@ __all__ = [
     "Canary",
     "EnvironmentServing",
     "ModelStatus",
+    "ModelStatusRecords",
     "Pause",
     "ProposalStatus",
     "ReleaseRun",
+    "ReviewStatusRecords",
     "RolloutStatus",
     "Share",
     "Wait",
@@ -244,14 +246,44 @@ class ProposalStatus:
 # ----------------------------------------------------------------- readers
 
 
-def model_statuses(store: Store, *, now: datetime, catalog: Catalog | None = None) -> list[ModelStatus]:
+class ModelStatusRecords(Protocol):
+    """What :func:`model_status` reads: versions, release runs, rollouts, traffic and approvals."""
+
+    def list_models(self) -> list[str]: ...
+
+    def latest_version(self, model: str) -> ModelVersion | None: ...
+
+    def list_versions(self, model: str) -> list[ModelVersion]: ...
+
+    def list_runs(self, **query: Unpack[RunQuery]) -> list[Run]: ...
+
+    def rollouts_for(self, model: str) -> list[RolloutRecord]: ...
+
+    def served_at(self, *, environment: str, model: str, at: datetime) -> list[tuple[int, int]]: ...
+
+    def approvals_for(self, *, model: str, version: int, environment: str) -> list[Approval]: ...
+
+
+class ReviewStatusRecords(Protocol):
+    """What :func:`proposal_statuses` reads: the reviews, and the runs they report."""
+
+    def reviews(self, *, proposal: str | None = None, model: str | None = None) -> list[Review]: ...
+
+    def list_runs(self, **query: Unpack[RunQuery]) -> list[Run]: ...
+
+
+def model_statuses(
+    store: ModelStatusRecords, *, now: datetime, catalog: Catalog | None = None
+) -> list[ModelStatus]:
     """Every model with a version or a release run, by name."""
     names = set(store.list_models())
     names |= {r.model for r in store.list_runs(limit=_RECENT_RUNS) if r.trigger == RELEASE_TRIGGER}
     return [model_status(store, name, now=now, catalog=catalog) for name in sorted(names)]
 
 
-def model_status(store: Store, model: str, *, now: datetime, catalog: Catalog | None = None) -> ModelStatus:
+def model_status(
+    store: ModelStatusRecords, model: str, *, now: datetime, catalog: Catalog | None = None
+) -> ModelStatus:
     """What ``model`` is doing at ``now``; ``catalog`` is main's, when the caller could read it."""
     spec = catalog.models.get(model) if catalog is not None else None
     latest = store.latest_version(model)
@@ -276,7 +308,7 @@ def model_status(store: Store, model: str, *, now: datetime, catalog: Catalog | 
 
 
 def proposal_statuses(
-    store: Store, *, branch: str | None = None, catalog: Catalog | None = None
+    store: ReviewStatusRecords, *, branch: str | None = None, catalog: Catalog | None = None
 ) -> list[ProposalStatus]:
     """Every proposal's review (of ``branch`` only, if given), newest first."""
     found = []
@@ -301,7 +333,12 @@ def proposal_statuses(
 
 
 def _rollout_status(
-    store: Store, record: RolloutRecord, *, now: datetime, spec: Model | None, catalog: Catalog | None
+    store: ModelStatusRecords,
+    record: RolloutRecord,
+    *,
+    now: datetime,
+    spec: Model | None,
+    catalog: Catalog | None,
 ) -> RolloutStatus:
     state, requests = load_state(record), load_requests(record)
     stage = _stage(spec, record.environment)
@@ -429,7 +466,12 @@ def _last_round(state: RolloutState, spec: Model | None) -> AnalysisRound | None
 
 
 def _approval(
-    store: Store, record: RolloutRecord, *, stage: Stage | None, catalog: Catalog | None, now: datetime
+    store: ModelStatusRecords,
+    record: RolloutRecord,
+    *,
+    stage: Stage | None,
+    catalog: Catalog | None,
+    now: datetime,
 ) -> ApprovalWait | None:
     """The gate of the current stage; ``None`` when main's spec names no approval rule for it."""
     env = record.environment or "-"
@@ -440,21 +482,14 @@ def _approval(
         return ApprovalWait(env, None, (), None, None, approvers, rejecters, message)
     if not stage.approval:
         return None  # a gate without a rule opens at the next tick
-    found = policy_with_rule(catalog, stage.approval)
-    if found is None:
+    at_gate = approval_gate(
+        catalog, stage.approval, model=record.model, version=record.version, environment=env
+    )
+    if at_gate is None:
         approvers, rejecters = _latest_decisions(approvals, now)
         message = f"approval rule {stage.approval!r} is not in main's policies; waiting"
         return ApprovalWait(env, stage.approval, (), None, None, approvers, rejecters, message)
-    policy, rule = found
-    gate = approval_state(
-        policy=policy,
-        rule=rule,
-        model=record.model,
-        version=record.version,
-        environment=env,
-        approvals=approvals,
-        now=now,
-    )
+    rule, gate = at_gate.rule, at_gate.state(approvals, now)
     return ApprovalWait(
         environment=env,
         rule=rule.name,
@@ -496,7 +531,7 @@ def _stage(spec: Model | None, environment: str | None) -> Stage | None:
 # ---------------------------------------------------------- runs and reviews
 
 
-def _release_run(store: Store, model: str) -> ReleaseRun | None:
+def _release_run(store: ModelStatusRecords, model: str) -> ReleaseRun | None:
     run = next((r for r in store.list_runs(model=model, limit=50) if r.trigger == RELEASE_TRIGGER), None)
     if run is None:
         return None
@@ -523,7 +558,7 @@ def _release_run(store: Store, model: str) -> ReleaseRun | None:
     )
 
 
-def _review_run(store: Store, review: Review) -> Run | None:
+def _review_run(store: ReviewStatusRecords, review: Review) -> Run | None:
     runs = store.list_runs(model=review.model, ref=review.proposal, limit=20)
     return next((r for r in runs if r.commit == review.commit), None)
 

@@ -23,7 +23,8 @@ from click.testing import CliRunner
 from controller.backends.forge.fake import FakeForge
 from controller.backends.git import Repository
 from controller.backends.pipelines.local import LocalRunner
-from controller.backends.store import Store, open_store
+from controller.backends.store import open_store
+from controller.backends.store.sql import SqlStore
 from controller.cli import main
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.proposals import ProposalReconciler
@@ -182,7 +183,9 @@ def test_bad_spec_is_reported_located_and_other_models_still_train(
 
 
 @pytest.fixture
-def reconciler_parts(repo: GitRepo, tmp_path: Path) -> Iterator[tuple[ProposalReconciler, Store, FakeForge]]:
+def reconciler_parts(
+    repo: GitRepo, tmp_path: Path
+) -> Iterator[tuple[ProposalReconciler, SqlStore, FakeForge]]:
     store = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
     forge = FakeForge()
     reconciler = ProposalReconciler(
@@ -190,7 +193,8 @@ def reconciler_parts(repo: GitRepo, tmp_path: Path) -> Iterator[tuple[ProposalRe
         store=store,
         forge=forge,
         runners={"local": LocalRunner(kill_grace_seconds=1.0)},  # the test's own environment: fast
-        work_dir=tmp_path / "state", clock=SYSTEM_CLOCK
+        work_dir=tmp_path / "state",
+        clock=SYSTEM_CLOCK,
     )
     yield reconciler, store, forge
     reconciler.shutdown()
@@ -198,7 +202,7 @@ def reconciler_parts(repo: GitRepo, tmp_path: Path) -> Iterator[tuple[ProposalRe
 
 
 def test_newer_push_cancels_the_older_run(
-    repo: GitRepo, reconciler_parts: tuple[ProposalReconciler, Store, FakeForge]
+    repo: GitRepo, reconciler_parts: tuple[ProposalReconciler, SqlStore, FakeForge]
 ) -> None:
     reconciler, store, forge = reconciler_parts
     repo.branch("slow")

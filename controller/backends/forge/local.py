@@ -6,11 +6,11 @@
 from __future__ import annotations
 
 from controller.backends.forge import CommitState, Review, ReviewTarget
-from controller.backends.store import Store
+from controller.backends.store import ReviewRecords
 
 
 class LocalForge:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: ReviewRecords) -> None:
         self._store = store
 
     def publish_report(self, target: ReviewTarget, body: str) -> None:

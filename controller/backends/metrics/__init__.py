@@ -61,13 +61,7 @@ class Measurement:
 
 class MetricsSource(Protocol):
     def measure(
-        self,
-        check: AnalysisCheck,
-        *,
-        model: str,
-        version: str,
-        environment: str,
-        window_seconds: float,
+        self, check: AnalysisCheck, *, model: str, version: str, environment: str, window_seconds: float
     ) -> Measurement:
         """Measure ``check`` for ``model`` at ``version`` in ``environment`` over the last window.
 

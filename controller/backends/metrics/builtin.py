@@ -86,13 +86,7 @@ class BuiltinMetrics:
         self._lock = threading.Lock()
 
     def measure(
-        self,
-        check: AnalysisCheck,
-        *,
-        model: str,
-        version: str,
-        environment: str,
-        window_seconds: float,
+        self, check: AnalysisCheck, *, model: str, version: str, environment: str, window_seconds: float
     ) -> Measurement:
         if check.query is not None or check.builtin is None:
             return Measurement.missing(PROMQL_NEEDS_PROMETHEUS)

@@ -36,13 +36,7 @@ class FakeMetrics:
         self.script[(check, version)] = measurements[0] if len(measurements) == 1 else list(measurements)
 
     def measure(
-        self,
-        check: AnalysisCheck,
-        *,
-        model: str,
-        version: str,
-        environment: str,
-        window_seconds: float,
+        self, check: AnalysisCheck, *, model: str, version: str, environment: str, window_seconds: float
     ) -> Measurement:
         calls_before = sum(1 for c in self.calls if (c.check, c.version) == (check.name, version))
         self.calls.append(MeasureCall(check.name, model, version, environment, window_seconds))

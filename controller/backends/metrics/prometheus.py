@@ -158,13 +158,7 @@ class PrometheusMetrics:
         self.close()
 
     def measure(
-        self,
-        check: AnalysisCheck,
-        *,
-        model: str,
-        version: str,
-        environment: str,
-        window_seconds: float,
+        self, check: AnalysisCheck, *, model: str, version: str, environment: str, window_seconds: float
     ) -> Measurement:
         try:
             if check.query is not None:

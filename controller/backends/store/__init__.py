@@ -22,7 +22,13 @@ There is one implementation of all of them,
 :class:`controller.backends.store.sql.SqlStore` (SQLAlchemy Core; SQLite in
 WAL mode on the embedded home, PostgreSQL on the cluster home), which
 :func:`open_store` builds; the composition root (:mod:`controller.app`) holds
-it and hands each part the protocols it needs. It doubles as the fake: tests
+it and hands each part the protocols it needs. A part that uses several kinds
+takes each as a parameter of its own (the rollout engine), or declares one
+small Protocol naming just the methods it calls when they must share a
+transaction, so come from one store (the judge of runs, the operator
+commands). Long keyword signatures are TypedDicts (:class:`NewRun`,
+:class:`NewAuditEntry`, ...), so that such a Protocol restates a method in
+one line. It doubles as the fake: tests
 open a store on a temporary directory (or ``open_store("sqlite://")`` for a
 single-threaded in-memory one), which behaves exactly like production,
 constraints and all. The conventions every kind follows (aware UTC times,
@@ -33,12 +39,18 @@ in :mod:`controller.backends.store.common`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from controller.backends.store.approvals import Approval, ApprovalChannel, ApprovalRecords, Decision
-from controller.backends.store.audit import AuditEntry, AuditLog
+from controller.backends.store.approvals import (
+    Approval,
+    ApprovalChannel,
+    ApprovalRecords,
+    Decision,
+    NewApproval,
+)
+from controller.backends.store.audit import AuditEntry, AuditLog, NewAuditEntry
 from controller.backends.store.common import Conflict, JSONObject, NotFound, SchemaTooNew, StoreError
-from controller.backends.store.inbox import Inbox, InboxEvent
+from controller.backends.store.inbox import Inbox, InboxEvent, NewEvent
 from controller.backends.store.outbox import Outbox, OutboxMessage
 from controller.backends.store.pull_requests import (
     BranchPullRef,
@@ -52,13 +64,21 @@ from controller.backends.store.pull_requests import (
     ReportCommentRef,
     pull_ref_number,
 )
-from controller.backends.store.registry import ModelVersion, Registry
-from controller.backends.store.reviews import CommitStatus, Review, ReviewRecords, ReviewState
-from controller.backends.store.rollouts import RolloutChanges, RolloutRecord, RolloutRecords, ServingRecord
+from controller.backends.store.registry import ModelVersion, NewVersion, Registry
+from controller.backends.store.reviews import CommitStatus, Review, ReviewRecords, ReviewState, ReviewUpdate
+from controller.backends.store.rollouts import (
+    NewRollout,
+    RolloutChanges,
+    RolloutRecord,
+    RolloutRecords,
+    ServingRecord,
+)
 from controller.backends.store.runs import (
     TERMINAL_RUN_STATUSES,
+    NewRun,
     Run,
     RunChanges,
+    RunQuery,
     RunRecords,
     RunStatus,
     StepResult,
@@ -90,6 +110,12 @@ __all__ = [
     "JSONObject",
     "Meta",
     "ModelVersion",
+    "NewApproval",
+    "NewAuditEntry",
+    "NewEvent",
+    "NewRollout",
+    "NewRun",
+    "NewVersion",
     "NotFound",
     "OkToTest",
     "Outbox",
@@ -103,11 +129,13 @@ __all__ = [
     "Review",
     "ReviewRecords",
     "ReviewState",
+    "ReviewUpdate",
     "RolloutChanges",
     "RolloutRecord",
     "RolloutRecords",
     "Run",
     "RunChanges",
+    "RunQuery",
     "RunRecords",
     "RunStatus",
     "SchemaTooNew",
@@ -115,7 +143,6 @@ __all__ = [
     "SlackMessage",
     "SlackRecords",
     "StepResult",
-    "Store",
     "StoreError",
     "Transactions",
     "open_store",
@@ -125,29 +152,6 @@ __all__ = [
 
 DEFAULT_STATE_DIR = ".flywheel"
 STATE_DB_NAME = "state.db"
-
-
-class Store(
-    Inbox,
-    RunRecords,
-    Registry,
-    RolloutRecords,
-    ApprovalRecords,
-    AuditLog,
-    Outbox,
-    ReviewRecords,
-    PullRequestRecords,
-    SlackRecords,
-    Transactions,
-    Meta,
-    Protocol,
-):
-    """Deprecated: every record kind at once. Take the narrow protocols a part uses instead.
-
-    Kept only while the rollout engine, the operator commands, the status
-    views and the proposal planner move to the narrow protocols; it goes
-    once they have.
-    """
 
 
 def state_url(location: str | Path | None = None) -> str:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypedDict, Unpack
 
-__all__ = ["Approval", "ApprovalChannel", "ApprovalRecords", "Decision"]
+__all__ = ["Approval", "ApprovalChannel", "ApprovalRecords", "Decision", "NewApproval"]
 
 Decision = Literal["approve", "reject"]
 ApprovalChannel = Literal["cli", "github", "slack"]
@@ -36,21 +36,26 @@ class Approval:
         return self.expires_at is None or when < self.expires_at
 
 
+class _NewApprovalKeys(TypedDict):
+    user: str
+    decision: Decision
+    channel: ApprovalChannel
+    model: str
+    version: int
+    environment: str
+
+
+class NewApproval(_NewApprovalKeys, total=False):
+    """What :meth:`ApprovalRecords.add_approval` takes; left out: no comment, no expiry."""
+
+    comment: str
+    expires_at: datetime | None
+
+
 class ApprovalRecords(Protocol):
     """Decisions bound to a model version and an environment (never to a commit)."""
 
-    def add_approval(
-        self,
-        *,
-        model: str,
-        version: int,
-        environment: str,
-        user: str,
-        decision: Decision,
-        channel: ApprovalChannel,
-        comment: str = "",
-        expires_at: datetime | None = None,
-    ) -> Approval: ...
+    def add_approval(self, **approval: Unpack[NewApproval]) -> Approval: ...
 
     def approvals_for(self, *, model: str, version: int, environment: str) -> list[Approval]:
         """Every decision on this version for this environment, oldest first, expired ones included."""

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypedDict, Unpack
 
 from controller.backends.store.common import JSONObject
 
-__all__ = ["AuditEntry", "AuditLog"]
+__all__ = ["AuditEntry", "AuditLog", "NewAuditEntry"]
 
 
 @dataclass(frozen=True)
@@ -30,19 +30,24 @@ class AuditEntry:
     detail: JSONObject = field(default_factory=dict)
 
 
+class _NewAuditKeys(TypedDict):
+    actor: str
+    action: str
+
+
+class NewAuditEntry(_NewAuditKeys, total=False):
+    """What :meth:`AuditLog.append_audit` takes; what it is about (model, version, ...) may be left out."""
+
+    model: str | None
+    version: int | None
+    environment: str | None
+    detail: JSONObject | None
+
+
 class AuditLog(Protocol):
     """Entries are appended, never changed."""
 
-    def append_audit(
-        self,
-        *,
-        actor: str,
-        action: str,
-        model: str | None = None,
-        version: int | None = None,
-        environment: str | None = None,
-        detail: JSONObject | None = None,
-    ) -> AuditEntry: ...
+    def append_audit(self, **entry: Unpack[NewAuditEntry]) -> AuditEntry: ...
 
     def audit(
         self, *, model: str | None = None, since: datetime | None = None, limit: int | None = None

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypedDict, Unpack
 
 from controller.backends.store.common import JSONObject
 
-__all__ = ["Inbox", "InboxEvent"]
+__all__ = ["Inbox", "InboxEvent", "NewEvent"]
 
 
 @dataclass(frozen=True)
@@ -37,18 +37,23 @@ class InboxEvent:
     error: str | None = None
 
 
+class _NewEventKeys(TypedDict):
+    source: str
+    delivery_id: str
+    kind: str
+    payload: JSONObject
+
+
+class NewEvent(_NewEventKeys, total=False):
+    """What :meth:`Inbox.put_event` takes; ``received_at`` left out is now."""
+
+    received_at: datetime | None
+
+
 class Inbox(Protocol):
     """Durable, deduplicated events waiting to be handled."""
 
-    def put_event(
-        self,
-        *,
-        source: str,
-        delivery_id: str,
-        kind: str,
-        payload: JSONObject,
-        received_at: datetime | None = None,
-    ) -> bool:
+    def put_event(self, **event: Unpack[NewEvent]) -> bool:
         """Store an event; ``False`` (and nothing stored) when ``(source, delivery_id)`` was seen before."""
         ...
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypedDict, Unpack
 
 from controller.backends.store.common import JSONObject
 
-__all__ = ["ModelVersion", "Registry"]
+__all__ = ["ModelVersion", "NewVersion", "Registry"]
 
 
 @dataclass(frozen=True)
@@ -39,22 +39,27 @@ class ModelVersion:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+class _NewVersionKeys(TypedDict):
+    model: str
+    run_id: int
+    commit: str
+    artifact_digest: str
+    artifact_uri: str
+    environment_hash: str
+
+
+class NewVersion(_NewVersionKeys, total=False):
+    """What :meth:`Registry.register_version` takes; the lineage left out is empty."""
+
+    data_fingerprints: Mapping[str, str] | None
+    params: JSONObject | None
+    metrics: Mapping[str, float] | None
+
+
 class Registry(Protocol):
     """Model versions, numbered per model and never changed."""
 
-    def register_version(
-        self,
-        *,
-        model: str,
-        run_id: int,
-        commit: str,
-        artifact_digest: str,
-        artifact_uri: str,
-        environment_hash: str,
-        data_fingerprints: Mapping[str, str] | None = None,
-        params: JSONObject | None = None,
-        metrics: Mapping[str, float] | None = None,
-    ) -> ModelVersion:
+    def register_version(self, **version: Unpack[NewVersion]) -> ModelVersion:
         """Register the next version of ``model``; the same run again returns the version it already made."""
         ...
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypedDict, Unpack
 
-__all__ = ["CommitStatus", "Review", "ReviewRecords", "ReviewState"]
+__all__ = ["CommitStatus", "Review", "ReviewRecords", "ReviewState", "ReviewUpdate"]
 
 ReviewState = Literal["pending", "success", "failure", "error"]
 
@@ -40,19 +40,24 @@ class CommitStatus:
     at: datetime
 
 
+class _ReviewKeys(TypedDict):
+    proposal: str
+    model: str
+    commit: str
+
+
+class ReviewUpdate(_ReviewKeys, total=False):
+    """What :meth:`ReviewRecords.save_review` takes: the review's key and commit, and what changes."""
+
+    body: str | None
+    state: ReviewState | None
+    description: str | None
+
+
 class ReviewRecords(Protocol):
     """Reports updated in place, and every status ever set."""
 
-    def save_review(
-        self,
-        *,
-        proposal: str,
-        model: str,
-        commit: str,
-        body: str | None = None,
-        state: ReviewState | None = None,
-        description: str | None = None,
-    ) -> Review:
+    def save_review(self, **review: Unpack[ReviewUpdate]) -> Review:
         """Create or update in place the review of ``model`` on ``proposal``.
 
         ``body`` left out keeps the current report; ``state`` given also appends

@@ -15,7 +15,7 @@ from typing import Protocol, TypedDict, Unpack
 
 from controller.backends.store.common import JSONObject
 
-__all__ = ["RolloutChanges", "RolloutRecord", "RolloutRecords", "ServingRecord"]
+__all__ = ["NewRollout", "RolloutChanges", "RolloutRecord", "RolloutRecords", "ServingRecord"]
 
 
 @dataclass(frozen=True)
@@ -78,18 +78,23 @@ class ServingRecord:
     at: datetime
 
 
+class _NewRolloutKeys(TypedDict):
+    model: str
+    version: int
+    stages: tuple[str, ...] | list[str]  # environment names, in order
+    state: str
+
+
+class NewRollout(_NewRolloutKeys, total=False):
+    """What :meth:`RolloutRecords.create_rollout` takes; ``detail`` left out is empty."""
+
+    detail: JSONObject | None
+
+
 class RolloutRecords(Protocol):
     """Rollouts, updated by compare-and-set, and the history of traffic splits."""
 
-    def create_rollout(
-        self,
-        *,
-        model: str,
-        version: int,
-        stages: tuple[str, ...] | list[str],
-        state: str,
-        detail: JSONObject | None = None,
-    ) -> RolloutRecord:
+    def create_rollout(self, **rollout: Unpack[NewRollout]) -> RolloutRecord:
         """Start a rollout; for an existing ``(model, version, stages)`` return that one unchanged."""
         ...
 

@@ -14,7 +14,16 @@ from typing import Literal, Protocol, TypedDict, Unpack
 
 from controller.backends.store.common import JSONObject
 
-__all__ = ["TERMINAL_RUN_STATUSES", "Run", "RunChanges", "RunRecords", "RunStatus", "StepResult"]
+__all__ = [
+    "TERMINAL_RUN_STATUSES",
+    "NewRun",
+    "Run",
+    "RunChanges",
+    "RunQuery",
+    "RunRecords",
+    "RunStatus",
+    "StepResult",
+]
 
 RunStatus = Literal["queued", "running", "succeeded", "failed", "error", "cancelled"]
 TERMINAL_RUN_STATUSES: frozenset[RunStatus] = frozenset({"succeeded", "failed", "error", "cancelled"})
@@ -78,23 +87,37 @@ class RunChanges(TypedDict, total=False):
     baseline_version: int | None
 
 
+class _NewRunKeys(TypedDict):
+    model: str
+    ref: str
+    commit: str
+    cache_key: str
+
+
+class NewRun(_NewRunKeys, total=False):
+    """What :meth:`RunRecords.create_run` takes; left out: no trigger (``""``), status ``"queued"``, none."""
+
+    trigger: str
+    params: JSONObject | None
+    data_fingerprints: Mapping[str, str] | None
+    environment_hash: str | None
+    status: RunStatus
+    reused_from: int | None
+
+
+class RunQuery(TypedDict, total=False):
+    """What :meth:`RunRecords.list_runs` returns: runs matching every key given, ``limit`` (100) at most."""
+
+    model: str | None
+    ref: str | None
+    status: RunStatus | None
+    limit: int
+
+
 class RunRecords(Protocol):
     """Pipeline runs, newest first where a list is asked for."""
 
-    def create_run(
-        self,
-        *,
-        model: str,
-        ref: str,
-        commit: str,
-        cache_key: str,
-        trigger: str = "",
-        params: JSONObject | None = None,
-        data_fingerprints: Mapping[str, str] | None = None,
-        environment_hash: str | None = None,
-        status: RunStatus = "queued",
-        reused_from: int | None = None,
-    ) -> Run: ...
+    def create_run(self, **run: Unpack[NewRun]) -> Run: ...
 
     def update_run(self, run_id: int, **changes: Unpack[RunChanges]) -> Run: ...
 
@@ -106,14 +129,7 @@ class RunRecords(Protocol):
 
     def find_successful_run(self, cache_key: str) -> Run | None: ...
 
-    def list_runs(
-        self,
-        *,
-        model: str | None = None,
-        ref: str | None = None,
-        status: RunStatus | None = None,
-        limit: int = 100,
-    ) -> list[Run]:
+    def list_runs(self, **query: Unpack[RunQuery]) -> list[Run]:
         """Runs, newest first."""
         ...
 

@@ -8,12 +8,12 @@ DELETE.
 
 from __future__ import annotations
 
-from datetime import datetime
+from typing import Unpack
 
 from sqlalchemy import insert, select
 
-from controller.backends.store.approvals import Approval, ApprovalChannel, Decision
-from controller.backends.store.sql.base import SqlBase, aware, new_id
+from controller.backends.store.approvals import Approval, NewApproval
+from controller.backends.store.sql.base import SqlBase, arguments, aware, new_id
 from controller.backends.store.sql.mapping import record, records
 from controller.backends.store.sql.tables import approvals
 
@@ -21,29 +21,10 @@ __all__ = ["ApprovalsSql"]
 
 
 class ApprovalsSql(SqlBase):
-    def add_approval(
-        self,
-        *,
-        model: str,
-        version: int,
-        environment: str,
-        user: str,
-        decision: Decision,
-        channel: ApprovalChannel,
-        comment: str = "",
-        expires_at: datetime | None = None,
-    ) -> Approval:
-        values = {
-            "model": model,
-            "version": version,
-            "environment": environment,
-            "user": user,
-            "decision": decision,
-            "channel": channel,
-            "comment": comment,
-            "created_at": self._now(),
-            "expires_at": None if expires_at is None else aware(expires_at, "expires_at"),
-        }
+    def add_approval(self, **approval: Unpack[NewApproval]) -> Approval:
+        values = arguments("add_approval", NewApproval, approval, comment="", created_at=self._now())
+        if values.get("expires_at") is not None:
+            values["expires_at"] = aware(values["expires_at"], "expires_at")
         with self._write() as conn:
             result = conn.execute(insert(approvals).values(**values))
             row = conn.execute(select(approvals).where(approvals.c.id == new_id(result))).mappings().one()

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import Unpack
 
 from sqlalchemy import insert, select
 
-from controller.backends.store.audit import AuditEntry
-from controller.backends.store.common import JSONObject
-from controller.backends.store.sql.base import SqlBase, aware, new_id
+from controller.backends.store.audit import AuditEntry, NewAuditEntry
+from controller.backends.store.sql.base import SqlBase, arguments, aware, new_id
 from controller.backends.store.sql.mapping import record, records
 from controller.backends.store.sql.tables import audit_log
 
@@ -22,25 +22,8 @@ __all__ = ["AuditSql"]
 
 
 class AuditSql(SqlBase):
-    def append_audit(
-        self,
-        *,
-        actor: str,
-        action: str,
-        model: str | None = None,
-        version: int | None = None,
-        environment: str | None = None,
-        detail: JSONObject | None = None,
-    ) -> AuditEntry:
-        values = {
-            "at": self._now(),
-            "actor": actor,
-            "action": action,
-            "model": model,
-            "version": version,
-            "environment": environment,
-            "detail": dict(detail or {}),
-        }
+    def append_audit(self, **entry: Unpack[NewAuditEntry]) -> AuditEntry:
+        values = arguments("append_audit", NewAuditEntry, entry, objects=("detail",), at=self._now())
         with self._write() as conn:
             result = conn.execute(insert(audit_log).values(**values))
         # The detail as it reads back from its JSON column.

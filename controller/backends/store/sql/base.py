@@ -51,6 +51,7 @@ __all__ = [
     "SqlBase",
     "UTCDateTime",
     "alembic_config",
+    "arguments",
     "aware",
     "build_engine",
     "checked_times",
@@ -96,6 +97,24 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def arguments(
+    method: str, kind: Any, given: Mapping[str, Any], *, objects: tuple[str, ...] = (), **defaults: Any
+) -> dict[str, Any]:
+    """The keyword arguments ``given`` to ``method`` (typed by the TypedDict ``kind``), with ``defaults``.
+
+    A key ``kind`` does not name, or a required one left out, raises
+    :class:`TypeError`, as it would for a method that spelt its parameters out.
+    The ``objects`` (JSON columns) become plain dicts, empty when left out or ``None``.
+    """
+    unknown = sorted(set(given) - kind.__required_keys__ - kind.__optional_keys__)
+    missing = sorted(kind.__required_keys__ - set(given))
+    if unknown:
+        raise TypeError(f"{method}() got unexpected keyword argument(s) {', '.join(unknown)}")
+    if missing:
+        raise TypeError(f"{method}() missing required keyword argument(s) {', '.join(missing)}")
+    return {**defaults, **given} | {name: dict(given.get(name) or {}) for name in objects}
 
 
 def new_id(result: CursorResult[Any]) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime, timedelta
+from typing import Unpack
 
 from sqlalchemy import (
     and_,
@@ -18,33 +19,20 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.dml import ReturningInsert
 
-from controller.backends.store.common import JSONObject, NotFound
-from controller.backends.store.inbox import InboxEvent
-from controller.backends.store.sql.base import SqlBase, aware
-from controller.backends.store.sql.mapping import record, records
+from controller.backends.store.common import NotFound
+from controller.backends.store.inbox import InboxEvent, NewEvent
+from controller.backends.store.sql.base import SqlBase, arguments, aware
+from controller.backends.store.sql.mapping import keyed, one, records
 from controller.backends.store.sql.tables import inbox_events
 
 __all__ = ["InboxSql"]
 
 
 class InboxSql(SqlBase):
-    def put_event(
-        self,
-        *,
-        source: str,
-        delivery_id: str,
-        kind: str,
-        payload: JSONObject,
-        received_at: datetime | None = None,
-    ) -> bool:
-        params = {
-            "source": source,
-            "delivery_id": delivery_id,
-            "kind": kind,
-            "payload": payload,
-            "received_at": self._now() if received_at is None else aware(received_at, "received_at"),
-            "attempts": 0,
-        }
+    def put_event(self, **event: Unpack[NewEvent]) -> bool:
+        params = arguments("put_event", NewEvent, event, attempts=0)
+        received = params.get("received_at")
+        params["received_at"] = self._now() if received is None else aware(received, "received_at")
         with self._write() as conn:
             return conn.execute(self._put_event_statement, params).first() is not None
 
@@ -101,11 +89,9 @@ class InboxSql(SqlBase):
                 raise NotFound(f"no inbox event {event_id}")
 
     def get_event(self, event_id: int) -> InboxEvent:
+        query = keyed(inbox_events, id=event_id)
         with self._read() as conn:
-            row = conn.execute(select(inbox_events).where(inbox_events.c.id == event_id)).mappings().first()
-        if row is None:
-            raise NotFound(f"no inbox event {event_id}")
-        return record(InboxEvent, row)
+            return one(conn, InboxEvent, query, missing=f"no inbox event {event_id}")
 
     def prune_events(self, *, before: datetime) -> int:
         cutoff = aware(before, "before")

@@ -11,7 +11,8 @@ and cost ten times as much per row). SQLAlchemy's ORM mapping of the
 dataclasses was the other way, but it instruments the classes themselves,
 which frozen records do not allow.
 
-Used by the record kinds' SQL modules of :mod:`controller.backends.store.sql`.
+Used by the record kinds' SQL modules of :mod:`controller.backends.store.sql`,
+which read single records through :func:`found` and :func:`one`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
-__all__ = ["json_ready", "record", "records"]
+from sqlalchemy import Connection, Select, Table, select
+
+from controller.backends.store.common import NotFound
+
+__all__ = ["found", "json_ready", "keyed", "one", "record", "records"]
 
 R = TypeVar("R")
 _Convert = Callable[[Any], Any]
@@ -41,6 +46,25 @@ def record(cls: type[R], values: Mapping[Any, Any]) -> R:
 def records(cls: type[R], rows: Any) -> list[R]:
     """One ``cls`` per row of ``rows`` (an iterable of row mappings)."""
     return [record(cls, row) for row in rows]
+
+
+def keyed(table: Table, **key: Any) -> Select[Any]:
+    """The rows of ``table`` whose columns hold the values ``key`` names."""
+    return select(table).where(*(table.c[name] == value for name, value in key.items()))
+
+
+def found(conn: Connection, cls: type[R], query: Select[Any]) -> R | None:
+    """A ``cls`` from the first row ``query`` returns, or ``None`` when it returns none."""
+    row = conn.execute(query).mappings().first()
+    return None if row is None else record(cls, row)
+
+
+def one(conn: Connection, cls: type[R], query: Select[Any], *, missing: str) -> R:
+    """A ``cls`` from the first row ``query`` returns; :class:`NotFound` saying ``missing`` when none."""
+    result = found(conn, cls, query)
+    if result is None:
+        raise NotFound(missing)
+    return result
 
 
 def json_ready(value: Any) -> Any:

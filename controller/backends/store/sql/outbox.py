@@ -16,7 +16,7 @@ from sqlalchemy import Connection, select, update
 from controller.backends.store.common import JSONObject, NotFound
 from controller.backends.store.outbox import OutboxMessage
 from controller.backends.store.sql.base import SqlBase, aware
-from controller.backends.store.sql.mapping import record, records
+from controller.backends.store.sql.mapping import one, records
 from controller.backends.store.sql.tables import outbox
 
 __all__ = ["OutboxSql"]
@@ -27,10 +27,7 @@ def _get_message(conn: Connection, ident: int | str, *, by: str, for_update: boo
     query = select(outbox).where(column == ident)
     if for_update:
         query = query.with_for_update()
-    row = conn.execute(query).mappings().first()
-    if row is None:
-        raise NotFound(f"no outbox message with {by} {ident!r}")
-    return record(OutboxMessage, row)
+    return one(conn, OutboxMessage, query, missing=f"no outbox message with {by} {ident!r}")
 
 
 class OutboxSql(SqlBase):

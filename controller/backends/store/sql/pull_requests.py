@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from controller.backends.store.pull_requests import GitHubRef, OkToTest, PollCursor, PullRequest
 from controller.backends.store.sql.base import SqlBase
-from controller.backends.store.sql.mapping import record, records
+from controller.backends.store.sql.mapping import found, keyed, record, records
 from controller.backends.store.sql.tables import (
     GITHUB_ID_TABLES,
     github_poll_cursor,
@@ -36,10 +36,7 @@ def _key(ref: GitHubRef) -> dict[str, Any]:
 class PullRequestsSql(SqlBase):
     def pull_request(self, number: int) -> PullRequest | None:
         with self._read() as conn:
-            row = (
-                conn.execute(select(pull_requests).where(pull_requests.c.number == number)).mappings().first()
-            )
-        return None if row is None else record(PullRequest, row)
+            return found(conn, PullRequest, keyed(pull_requests, number=number))
 
     def pull_number_for_branch(self, branch: str) -> int | None:
         table = pull_request_branches
@@ -79,8 +76,7 @@ class PullRequestsSql(SqlBase):
 
     def ok_to_test(self, number: int) -> OkToTest | None:
         with self._read() as conn:
-            row = conn.execute(select(ok_to_test).where(ok_to_test.c.number == number)).mappings().first()
-        return None if row is None else record(OkToTest, row)
+            return found(conn, OkToTest, keyed(ok_to_test, number=number))
 
     def grant_ok_to_test(self, *, number: int, sha: str) -> OkToTest:
         grant = OkToTest(number=number, sha=sha, granted_at=self._now())
@@ -127,8 +123,7 @@ class PullRequestsSql(SqlBase):
 
     def poll_cursor(self) -> PollCursor | None:
         with self._read() as conn:
-            row = conn.execute(select(github_poll_cursor)).mappings().first()
-        return None if row is None else record(PollCursor, row)
+            return found(conn, PollCursor, select(github_poll_cursor))
 
     def save_poll_cursor(self, cursor: PollCursor) -> None:
         values = dataclasses.asdict(cursor)

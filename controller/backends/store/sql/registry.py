@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Unpack
 
 from sqlalchemy import (
     Connection,
@@ -19,98 +19,42 @@ from sqlalchemy import (
     select,
 )
 
-from controller.backends.store.common import JSONObject, NotFound
-from controller.backends.store.registry import ModelVersion
-from controller.backends.store.sql.base import SqlBase
-from controller.backends.store.sql.mapping import record, records
+from controller.backends.store.registry import ModelVersion, NewVersion
+from controller.backends.store.sql.base import SqlBase, arguments
+from controller.backends.store.sql.mapping import found, keyed, one, records
 from controller.backends.store.sql.tables import model_versions
 
 __all__ = ["RegistrySql", "content_id"]
 
 
-def content_id(
-    *,
-    model: str,
-    commit: str,
-    artifact_digest: str,
-    environment_hash: str,
-    data_fingerprints: Mapping[str, str],
-    params: Mapping[str, Any],
-) -> str:
-    """The digest that identifies what a model version ships."""
-    canonical = json.dumps(
-        {
-            "model": model,
-            "commit": commit,
-            "artifact_digest": artifact_digest,
-            "environment_hash": environment_hash,
-            "data_fingerprints": dict(data_fingerprints),
-            "params": dict(params),
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+_CONTENT = ("model", "commit", "artifact_digest", "environment_hash", "data_fingerprints", "params")
+
+
+def content_id(version: Mapping[str, Any]) -> str:
+    """The digest that identifies what a model version ships: the :data:`_CONTENT` of ``version``."""
+    canonical = json.dumps({name: version[name] for name in _CONTENT}, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _get_version(conn: Connection, model: str, number: int) -> ModelVersion:
-    table = model_versions
-    row = (
-        conn.execute(select(table).where(table.c.model == model, table.c.number == number)).mappings().first()
-    )
-    if row is None:
-        raise NotFound(f"no version {number} of model {model!r}")
-    return record(ModelVersion, row)
+    query = keyed(model_versions, model=model, number=number)
+    return one(conn, ModelVersion, query, missing=f"no version {number} of model {model!r}")
 
 
 class RegistrySql(SqlBase):
-    def register_version(
-        self,
-        *,
-        model: str,
-        run_id: int,
-        commit: str,
-        artifact_digest: str,
-        artifact_uri: str,
-        environment_hash: str,
-        data_fingerprints: Mapping[str, str] | None = None,
-        params: JSONObject | None = None,
-        metrics: Mapping[str, float] | None = None,
-    ) -> ModelVersion:
-        fingerprints = dict(data_fingerprints or {})
-        params = dict(params or {})
-        table = model_versions
+    def register_version(self, **version: Unpack[NewVersion]) -> ModelVersion:
+        objects = ("data_fingerprints", "params", "metrics")
+        values = arguments("register_version", NewVersion, version, objects=objects)
+        model, table = values["model"], model_versions
         with self._write() as conn:
-            existing = (
-                conn.execute(select(table).where(table.c.model == model, table.c.run_id == run_id))
-                .mappings()
-                .first()
-            )
+            existing = found(conn, ModelVersion, keyed(table, model=model, run_id=values["run_id"]))
             if existing is not None:
-                return record(ModelVersion, existing)
+                return existing
             last = conn.execute(select(func.max(table.c.number)).where(table.c.model == model)).scalar()
             number = (last or 0) + 1
             conn.execute(
                 insert(table).values(
-                    model=model,
-                    number=number,
-                    content_id=content_id(
-                        model=model,
-                        commit=commit,
-                        artifact_digest=artifact_digest,
-                        environment_hash=environment_hash,
-                        data_fingerprints=fingerprints,
-                        params=params,
-                    ),
-                    run_id=run_id,
-                    commit=commit,
-                    artifact_digest=artifact_digest,
-                    artifact_uri=artifact_uri,
-                    environment_hash=environment_hash,
-                    data_fingerprints=fingerprints,
-                    params=params,
-                    metrics=dict(metrics or {}),
-                    created_at=self._now(),
+                    **values, number=number, content_id=content_id(values), created_at=self._now()
                 )
             )
             return _get_version(conn, model, number)
@@ -123,8 +67,7 @@ class RegistrySql(SqlBase):
         table = model_versions
         query = select(table).where(table.c.model == model).order_by(table.c.number.desc()).limit(1)
         with self._read() as conn:
-            row = conn.execute(query).mappings().first()
-        return None if row is None else record(ModelVersion, row)
+            return found(conn, ModelVersion, query)
 
     def list_versions(self, model: str) -> list[ModelVersion]:
         table = model_versions

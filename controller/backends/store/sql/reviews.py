@@ -6,10 +6,12 @@ Part of :class:`controller.backends.store.sql.SqlStore`
 
 from __future__ import annotations
 
+from typing import Unpack
+
 from sqlalchemy import insert, select, update
 
-from controller.backends.store.reviews import CommitStatus, Review, ReviewState
-from controller.backends.store.sql.base import SqlBase
+from controller.backends.store.reviews import CommitStatus, Review, ReviewUpdate
+from controller.backends.store.sql.base import SqlBase, arguments
 from controller.backends.store.sql.mapping import record, records
 from controller.backends.store.sql.tables import commit_statuses, reviews
 
@@ -17,16 +19,10 @@ __all__ = ["ReviewsSql"]
 
 
 class ReviewsSql(SqlBase):
-    def save_review(
-        self,
-        *,
-        proposal: str,
-        model: str,
-        commit: str,
-        body: str | None = None,
-        state: ReviewState | None = None,
-        description: str | None = None,
-    ) -> Review:
+    def save_review(self, **review: Unpack[ReviewUpdate]) -> Review:
+        given = arguments("save_review", ReviewUpdate, review)
+        proposal, model, commit = given["proposal"], given["model"], given["commit"]
+        body, state, description = given.get("body"), given.get("state"), given.get("description")
         now = self._now()
         this = select(reviews).where(reviews.c.proposal == proposal, reviews.c.model == model)
         with self._write() as conn:

@@ -21,33 +21,23 @@ from sqlalchemy import (
     update,
 )
 
-from controller.backends.store.common import Conflict, JSONObject, NotFound
-from controller.backends.store.rollouts import RolloutChanges, RolloutRecord, ServingRecord
-from controller.backends.store.sql.base import SqlBase, aware, checked_times, new_id
-from controller.backends.store.sql.mapping import record, records
+from controller.backends.store.common import Conflict, NotFound
+from controller.backends.store.rollouts import NewRollout, RolloutChanges, RolloutRecord, ServingRecord
+from controller.backends.store.sql.base import SqlBase, arguments, aware, checked_times, new_id
+from controller.backends.store.sql.mapping import keyed, one, record, records
 from controller.backends.store.sql.tables import rollouts, serving
 
 __all__ = ["RolloutsSql"]
 
 
 def _get_rollout(conn: Connection, rollout_id: int) -> RolloutRecord:
-    row = conn.execute(select(rollouts).where(rollouts.c.id == rollout_id)).mappings().first()
-    if row is None:
-        raise NotFound(f"no rollout {rollout_id}")
-    return record(RolloutRecord, row)
+    return one(conn, RolloutRecord, keyed(rollouts, id=rollout_id), missing=f"no rollout {rollout_id}")
 
 
 class RolloutsSql(SqlBase):
-    def create_rollout(
-        self,
-        *,
-        model: str,
-        version: int,
-        stages: tuple[str, ...] | list[str],
-        state: str,
-        detail: JSONObject | None = None,
-    ) -> RolloutRecord:
-        stage_list = list(stages)
+    def create_rollout(self, **rollout: Unpack[NewRollout]) -> RolloutRecord:
+        values = arguments("create_rollout", NewRollout, rollout, objects=("detail",))
+        model, version, stage_list = values["model"], values["version"], list(values["stages"])
         if not stage_list:
             raise ValueError("a rollout needs at least one stage")
         stages_key = json.dumps(stage_list, separators=(",", ":"))
@@ -61,24 +51,19 @@ class RolloutsSql(SqlBase):
             ).scalar_one_or_none()
             if existing is not None:
                 return _get_rollout(conn, existing)
-            result = conn.execute(
-                insert(table).values(
-                    model=model,
-                    version=version,
-                    stages=stage_list,
-                    stages_key=stages_key,
-                    state=state,
-                    stage_index=0,
-                    step_index=0,
-                    weight=0,
-                    analysis_failures=0,
-                    paused=False,
-                    revision=1,
-                    detail=dict(detail or {}),
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
+            row = values | {
+                "stages": stage_list,
+                "stages_key": stages_key,
+                "stage_index": 0,
+                "step_index": 0,
+                "weight": 0,
+                "analysis_failures": 0,
+                "paused": False,
+                "revision": 1,
+                "created_at": now,
+                "updated_at": now,
+            }
+            result = conn.execute(insert(table).values(**row))
             return _get_rollout(conn, new_id(result))
 
     def get_rollout(self, rollout_id: int) -> RolloutRecord:

@@ -6,62 +6,30 @@ Part of :class:`controller.backends.store.sql.SqlStore`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Unpack
 
 from sqlalchemy import Connection, insert, select, update
 
-from controller.backends.store.common import JSONObject, NotFound
-from controller.backends.store.runs import Run, RunChanges, RunStatus, StepResult
-from controller.backends.store.sql.base import SqlBase, checked_times, new_id
-from controller.backends.store.sql.mapping import json_ready, record, records
+from controller.backends.store.common import NotFound
+from controller.backends.store.runs import NewRun, Run, RunChanges, RunQuery, StepResult
+from controller.backends.store.sql.base import SqlBase, arguments, checked_times, new_id
+from controller.backends.store.sql.mapping import found, json_ready, keyed, one, records
 from controller.backends.store.sql.tables import runs
 
 __all__ = ["RunsSql"]
 
 
 def _get_run(conn: Connection, run_id: int) -> Run:
-    row = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
-    if row is None:
-        raise NotFound(f"no run {run_id}")
-    return record(Run, row)
+    return one(conn, Run, keyed(runs, id=run_id), missing=f"no run {run_id}")
 
 
 class RunsSql(SqlBase):
-    def create_run(
-        self,
-        *,
-        model: str,
-        ref: str,
-        commit: str,
-        cache_key: str,
-        trigger: str = "",
-        params: JSONObject | None = None,
-        data_fingerprints: Mapping[str, str] | None = None,
-        environment_hash: str | None = None,
-        status: RunStatus = "queued",
-        reused_from: int | None = None,
-    ) -> Run:
+    def create_run(self, **run: Unpack[NewRun]) -> Run:
+        objects = ("params", "data_fingerprints")
+        values = arguments("create_run", NewRun, run, objects=objects, trigger="", status="queued")
         with self._write() as conn:
-            result = conn.execute(
-                insert(runs).values(
-                    reused_from=reused_from,
-                    model=model,
-                    ref=ref,
-                    commit=commit,
-                    cache_key=cache_key,
-                    status=status,
-                    trigger=trigger,
-                    steps={},
-                    metrics={},
-                    gates=[],
-                    params=dict(params or {}),
-                    data_fingerprints=dict(data_fingerprints or {}),
-                    environment_hash=environment_hash,
-                    created_at=self._now(),
-                )
-            )
-            return _get_run(conn, new_id(result))
+            statement = insert(runs).values(**values, steps={}, metrics={}, gates=[], created_at=self._now())
+            return _get_run(conn, new_id(conn.execute(statement)))
 
     def update_run(self, run_id: int, **changes: Unpack[RunChanges]) -> Run:
         unknown = set(changes) - RunChanges.__optional_keys__
@@ -100,26 +68,16 @@ class RunsSql(SqlBase):
             .limit(1)
         )
         with self._read() as conn:
-            row = conn.execute(query).mappings().first()
-        return None if row is None else record(Run, row)
+            return found(conn, Run, query)
 
-    def list_runs(
-        self,
-        *,
-        model: str | None = None,
-        ref: str | None = None,
-        status: RunStatus | None = None,
-        limit: int = 100,
-    ) -> list[Run]:
-        query = select(runs).order_by(runs.c.id.desc()).limit(limit)
-        if model is not None:
-            query = query.where(runs.c.model == model)
-        if ref is not None:
-            query = query.where(runs.c.ref == ref)
-        if status is not None:
-            query = query.where(runs.c.status == status)
+    def list_runs(self, **query: Unpack[RunQuery]) -> list[Run]:
+        wanted = arguments("list_runs", RunQuery, query, limit=100)
+        statement = select(runs).order_by(runs.c.id.desc()).limit(wanted.pop("limit"))
+        for name, value in wanted.items():
+            if value is not None:
+                statement = statement.where(runs.c[name] == value)
         with self._read() as conn:
-            return records(Run, conn.execute(query).mappings())
+            return records(Run, conn.execute(statement).mappings())
 
     def latest_run(self, *, model: str, ref: str) -> Run | None:
         found = self.list_runs(model=model, ref=ref, limit=1)

@@ -6,11 +6,9 @@ Part of :class:`controller.backends.store.sql.SqlStore`
 
 from __future__ import annotations
 
-from sqlalchemy import select
-
 from controller.backends.store.slack import SlackMessage
 from controller.backends.store.sql.base import SqlBase
-from controller.backends.store.sql.mapping import json_ready, record
+from controller.backends.store.sql.mapping import found, json_ready, keyed
 from controller.backends.store.sql.tables import slack_messages
 
 __all__ = ["SlackSql"]
@@ -18,11 +16,8 @@ __all__ = ["SlackSql"]
 
 class SlackSql(SqlBase):
     def slack_message(self, *, model: str, version: int) -> SlackMessage | None:
-        table = slack_messages
-        query = select(table).where(table.c.model == model, table.c.version == version)
         with self._read() as conn:
-            row = conn.execute(query).mappings().first()
-        return None if row is None else record(SlackMessage, row)
+            return found(conn, SlackMessage, keyed(slack_messages, model=model, version=version))
 
     def save_slack_message(self, message: SlackMessage) -> None:
         values = json_ready(message) | {"updated_at": self._now()}
