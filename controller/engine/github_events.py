@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from controller.backends.forge.payloads import validate_payload
@@ -67,6 +68,7 @@ RepliesFor = Callable[[str], CommentReplies]
 """Where the answers to a comment in a repository (``owner/name``) go: the GitHub forge of that repository."""
 
 
+@dataclass(frozen=True, kw_only=True, eq=False)
 class GitHubEvents:
     """Handles one GitHub event (see the module docstring); returns the refs to reconcile now.
 
@@ -76,24 +78,13 @@ class GitHubEvents:
     models a pull request changes, for commands that leave the model out.
     """
 
-    def __init__(
-        self,
-        *,
-        pulls: PullRequestRecords,
-        records: CommentRecords,
-        catalog: Callable[[], Catalog],
-        commands: Commands,
-        replies: RepliesFor,
-        retrain: Retrain,
-        changed_models: Callable[[PullRequest], Sequence[str]] | None = None,
-    ) -> None:
-        self._pulls = pulls
-        self._records = records
-        self._catalog = catalog
-        self._commands = commands
-        self._replies = replies
-        self._retrain = retrain
-        self._changed_models = changed_models
+    pulls: PullRequestRecords
+    records: CommentRecords
+    catalog: Callable[[], Catalog]
+    commands: Commands
+    replies: RepliesFor
+    retrain: Retrain
+    changed_models: Callable[[PullRequest], Sequence[str]] | None = None
 
     def __call__(self, event: InboxEvent) -> set[str]:
         """Handle ``event``; raises :class:`~controller.backends.forge.payloads.PayloadError` for a misfit."""
@@ -112,7 +103,7 @@ class GitHubEvents:
         return set()
 
     def _pull_request(self, payload: Mapping[str, Any], action: object) -> set[str]:
-        info = record_pull_request(self._pulls, payload)
+        info = record_pull_request(self.pulls, payload)
         if info is None:
             raise ValueError("pull_request event without a well-formed pull_request")
         if action not in RECONCILE_ACTIONS:
@@ -129,21 +120,21 @@ class GitHubEvents:
         comment = payload.get("comment")
         comment_id = comment.get("id") if isinstance(comment, Mapping) else None
         handled = comment_id if isinstance(comment_id, int) else None
-        if handled is not None and self._pulls.comment_handled(handled):
+        if handled is not None and self.pulls.comment_handled(handled):
             log.info("comment %s was handled already (delivered by webhook and found by polling)", comment_id)
             return set()
         outcome = handle_comment(
             payload,
-            pulls=self._pulls,
-            records=self._records,
-            catalog=self._catalog,
-            commands=self._commands,
-            forge=self._replies(_repository(payload)),
-            retrain=self._retrain,
-            changed_models=self._changed_models,
+            pulls=self.pulls,
+            records=self.records,
+            catalog=self.catalog,
+            commands=self.commands,
+            forge=self.replies(_repository(payload)),
+            retrain=self.retrain,
+            changed_models=self.changed_models,
         )
         if handled is not None:
-            self._pulls.mark_comment_handled(handled, delivery_id=event.delivery_id)
+            self.pulls.mark_comment_handled(handled, delivery_id=event.delivery_id)
         return set(outcome.refs)
 
 

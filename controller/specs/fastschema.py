@@ -24,7 +24,7 @@ wall-clock time).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sized
 from typing import Any
 
 Check = Callable[[Any], bool]
@@ -148,6 +148,24 @@ def _fused_scalar(schema: Mapping[str, Any]) -> Check | None:
     return None
 
 
+# The bounds on the size of an object, an array or a string: the type they apply to, and whether at most.
+_SIZE_BOUNDS: dict[str, tuple[type[Sized], bool]] = {
+    "minProperties": (dict, False),
+    "maxProperties": (dict, True),
+    "minItems": (list, False),
+    "maxItems": (list, True),
+    "minLength": (str, False),
+    "maxLength": (str, True),
+}
+
+
+def _size_bound(kind: type[Sized], at_most: bool, n: int) -> Check:
+    """``len(x)`` at least (or at most) ``n`` when ``x`` is of ``kind``; anything else passes."""
+    if at_most:
+        return lambda x: type(x) is not kind or len(x) <= n
+    return lambda x: type(x) is not kind or len(x) >= n
+
+
 class _Compiler:
     def __init__(self, root: Mapping[str, Any]) -> None:
         self.root = root
@@ -205,6 +223,9 @@ class _Compiler:
         for keyword, value in schema.items():
             if keyword in handled:
                 continue
+            if keyword in _SIZE_BOUNDS:
+                checks.append(_size_bound(*_SIZE_BOUNDS[keyword], value))
+                continue
             make = getattr(self, "_kw_" + keyword.replace("$", ""), None)
             if make is None:
                 raise UnsupportedSchema(f"keyword {keyword!r} is not supported")
@@ -238,12 +259,6 @@ class _Compiler:
 
         return check
 
-    def _kw_minProperties(self, n: int, schema: Any) -> Check:
-        return lambda x: type(x) is not dict or len(x) >= n
-
-    def _kw_maxProperties(self, n: int, schema: Any) -> Check:
-        return lambda x: type(x) is not dict or len(x) <= n
-
     def _kw_propertyNames(self, sub: Any, schema: Any) -> Check:
         c = self.compile(sub)
         return lambda x: type(x) is not dict or all(c(k) for k in x)
@@ -269,12 +284,6 @@ class _Compiler:
             return True
 
         return check
-
-    def _kw_minItems(self, n: int, schema: Any) -> Check:
-        return lambda x: type(x) is not list or len(x) >= n
-
-    def _kw_maxItems(self, n: int, schema: Any) -> Check:
-        return lambda x: type(x) is not list or len(x) <= n
 
     def _kw_uniqueItems(self, unique: bool, schema: Any) -> Check:
         if not unique:
@@ -305,12 +314,6 @@ class _Compiler:
     def _kw_pattern(self, pattern: str, schema: Any) -> Check:
         search = re.compile(pattern).search
         return lambda x: type(x) is not str or search(x) is not None
-
-    def _kw_minLength(self, n: int, schema: Any) -> Check:
-        return lambda x: type(x) is not str or len(x) >= n
-
-    def _kw_maxLength(self, n: int, schema: Any) -> Check:
-        return lambda x: type(x) is not str or len(x) <= n
 
     def _kw_minimum(self, n: float, schema: Any) -> Check:
         return lambda x: (type(x) is not int and type(x) is not float) or not x < n

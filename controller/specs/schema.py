@@ -152,6 +152,24 @@ def _explain(error: ValidationError) -> Iterator[Problem]:
     yield Problem(path, _sentence(error))
 
 
+# How a number's bound reads: "must be at least 3, got 1".
+_BOUNDS = {
+    "minimum": "must be at least",
+    "maximum": "must be at most",
+    "exclusiveMinimum": "must be greater than",
+    "exclusiveMaximum": "must be less than",
+}
+# A bound on the size of a list, a string or a mapping: which end, and what it counts.
+_SIZES = {
+    "minItems": ("min", "items"),
+    "maxItems": ("max", "items"),
+    "minLength": ("min", "characters"),
+    "maxLength": ("max", "characters"),
+    "minProperties": ("min", "fields"),
+    "maxProperties": ("max", "fields"),
+}
+
+
 def _sentence(error: ValidationError) -> str:
     validator: str = str(error.validator)
     instance: Any = error.instance
@@ -180,22 +198,13 @@ def _sentence(error: ValidationError) -> str:
         if title:
             return f"expected {title}, got {got}"
         return f"{got} does not match the pattern {value}"
-    if validator == "minimum":
-        return f"must be at least {value}, got {got}"
-    if validator == "maximum":
-        return f"must be at most {value}, got {got}"
-    if validator == "exclusiveMinimum":
-        return f"must be greater than {value}, got {got}"
-    if validator == "exclusiveMaximum":
-        return f"must be less than {value}, got {got}"
-    if validator == "minItems":
-        return "must not be empty" if value == 1 else f"needs at least {value} items"
-    if validator == "maxItems":
-        return f"takes at most {value} items, got {len(instance)}"
-    if validator == "minLength":
-        return "must not be empty" if value == 1 else f"needs at least {value} characters"
-    if validator == "maxLength":
-        return f"takes at most {value} characters, got {len(instance)}"
+    if validator in _BOUNDS:
+        return f"{_BOUNDS[validator]} {value}, got {got}"
+    if validator in _SIZES:
+        limit, unit = _SIZES[validator]
+        if limit == "max":
+            return f"takes at most {value} {unit}, got {len(instance)}"
+        return "must not be empty" if value == 1 else f"needs at least {value} {unit}"
     if validator == "uniqueItems":
         seen: list[Any] = []
         repeated: list[str] = []
@@ -204,10 +213,6 @@ def _sentence(error: ValidationError) -> str:
                 repeated.append(describe(item))
             seen.append(item)
         return f"lists {_join(repeated)} more than once"
-    if validator == "minProperties":
-        return "must not be empty" if value == 1 else f"needs at least {value} fields"
-    if validator == "maxProperties":
-        return f"takes at most {value} fields, got {len(instance)}"
     if validator == "dependentRequired":
         for name, needed in value.items():
             missing = [n for n in needed if name in instance and n not in instance]

@@ -119,60 +119,38 @@ class GitHubForge:
         self.repo = repo_full_name
 
     def publish_report(self, target: ReviewTarget, body: str) -> None:
-        self._outbox.enqueue(
-            destination=DESTINATION,
-            key=f"github:{self.repo}:report:{target.proposal}:{target.model}",
-            payload={
-                "kind": "report",
-                "repo": self.repo,
-                "proposal": target.proposal,
-                "pr": target.pull_request,
-                "model": target.model,
-                "commit": target.commit,
-                "body": body,
-            },
+        self._queue(
+            "report", target.proposal, target.model, **_about(target), pr=target.pull_request, body=body
         )
 
     def set_status(self, target: ReviewTarget, state: CommitState, description: str) -> None:
-        self._outbox.enqueue(
-            destination=DESTINATION,
-            key=f"github:{self.repo}:check:{target.commit}:{target.model}",
-            payload={
-                "kind": "check",
-                "repo": self.repo,
-                "proposal": target.proposal,
-                "model": target.model,
-                "commit": target.commit,
-                "state": state,
-                "description": description,
-            },
+        self._queue(
+            "check", target.commit, target.model, **_about(target), state=state, description=description
         )
 
     def react(self, comment_id: int, content: str) -> None:
         """Queue a reaction (``eyes``, ``+1``, ``-1``, ...) on an issue or pull-request comment."""
         if content not in REACTIONS:
             raise ValueError(f"not a GitHub reaction: {content!r}")
-        self._outbox.enqueue(
-            destination=DESTINATION,
-            key=f"github:{self.repo}:reaction:{comment_id}:{content}",
-            payload={"kind": "reaction", "repo": self.repo, "comment_id": comment_id, "content": content},
-            replace=False,
-        )
+        self._queue("reaction", comment_id, content, replace=False, comment_id=comment_id, content=content)
 
     def reply(self, issue: int, body: str, *, in_reply_to: int) -> None:
         """Queue the answer to comment ``in_reply_to`` on ``issue``; one answer per comment, sent once."""
+        self._queue("reply", in_reply_to, replace=False, issue=issue, in_reply_to=in_reply_to, body=body)
+
+    def _queue(self, kind: str, *key: object, replace: bool = True, **fields: Any) -> None:
+        """Queue a ``kind`` message for this repository under ``github:<repo>:<kind>:<key...>``."""
         self._outbox.enqueue(
             destination=DESTINATION,
-            key=f"github:{self.repo}:reply:{in_reply_to}",
-            payload={
-                "kind": "reply",
-                "repo": self.repo,
-                "issue": issue,
-                "in_reply_to": in_reply_to,
-                "body": body,
-            },
-            replace=False,
+            key=":".join(["github", self.repo, kind, *map(str, key)]),
+            payload={"kind": kind, "repo": self.repo, **fields},
+            replace=replace,
         )
+
+
+def _about(target: ReviewTarget) -> dict[str, Any]:
+    """The fields of a message about one model on one proposal."""
+    return {"proposal": target.proposal, "model": target.model, "commit": target.commit}
 
 
 # ------------------------------------------------------------------ sender

@@ -120,31 +120,25 @@ class Repository:
         catalog_cache_size: int = 32,
     ) -> Repository:
         """Open a local repository in place, or mirror a remote one into ``mirror_root``."""
-        if not is_remote(location):
+        remote = is_remote(location)
+        if remote:
+            path = mirror_path(mirror_root, location)
+            if not (path / "HEAD").exists():
+                clone_mirror(location, path)
+            broken = f"broken mirror of {location} at {path}"
+        else:
             path = Path(location).expanduser()
             if not path.exists():
                 raise GitError(f"no repository at {location}")
-            try:
-                repo = pygit2.Repository(str(path))
-            except pygit2.GitError as exc:
-                raise GitError(f"not a git repository: {location}: {exc}") from exc
-            return cls(
-                repo,
-                location=location,
-                parse_cache_size=parse_cache_size,
-                catalog_cache_size=catalog_cache_size,
-            )
-        mirror = mirror_path(mirror_root, location)
-        if not (mirror / "HEAD").exists():
-            clone_mirror(location, mirror)
+            broken = f"not a git repository: {location}"
         try:
-            repo = pygit2.Repository(str(mirror))
+            repo = pygit2.Repository(str(path))
         except pygit2.GitError as exc:
-            raise GitError(f"broken mirror of {location} at {mirror}: {exc}") from exc
+            raise GitError(f"{broken}: {exc}") from exc
         return cls(
             repo,
             location=location,
-            remote=True,
+            remote=remote,
             parse_cache_size=parse_cache_size,
             catalog_cache_size=catalog_cache_size,
         )
