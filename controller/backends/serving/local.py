@@ -63,11 +63,13 @@ from controller.backends.local.processes import is_alive, process_start_time
 from controller.backends.local.venvs import VenvBuildError, VenvCache
 from controller.backends.serving import (
     DeployedVersion,
+    ObservedServing,
     ServedVersion,
     ServingError,
     check_weights,
     inference_request,
 )
+from controller.backends.serving.observe_local import observe_local
 from controller.backends.serving.routers import Routers
 from controller.backends.serving.server import (
     LaunchPlan,
@@ -283,6 +285,11 @@ class LocalServing:
                 )
             )
         return tuple(result)
+
+    def observe(self, *, environment: Environment) -> ObservedServing:
+        """What serves ``environment`` as its router and servers report it (:mod:`.observe_local`)."""
+        _check_names(environment.name)
+        return observe_local(self.state_dir, environment.name)
 
     def endpoint(self, *, environment: Environment, model: str) -> str:
         _check_names(environment.name, model)
