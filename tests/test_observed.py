@@ -23,17 +23,20 @@ Pinned down here:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from controller.backends.metrics.fake import FakeMetrics
 from controller.backends.serving import ObservedServing
 from controller.backends.serving.fake import FakeServing
 from controller.backends.store import open_store
+from controller.cli import main
 from controller.clock import FakeClock
 from controller.engine.commands import Actor
 from controller.engine.observed import (
@@ -316,3 +319,19 @@ def test_an_unreachable_router_holds_a_canary_and_never_rolls_it_back(
     _tick(world, watch, engine, ticks=3, seconds=1)
     assert world.rollout(2).state == "aborted"
     assert world.serving.traffic("production", "iris") == {"v1": 100}
+
+
+def test_status_and_models_show_the_open_discrepancies(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    _first_to_production(world, world.engine())
+    watch = _watch(world)
+    world.serving.kill("production", "iris", "v1")
+    watch.tick()
+    monkeypatch.chdir(world.tmp)  # no repository here: main's specs are not read
+    state = ["--state-dir", str(world.tmp / "state")]
+    shown = CliRunner().invoke(main, ["status", "iris", *state])
+    assert shown.exit_code == 0, shown.output
+    assert "observed:" in shown.output and "iris v1 should take 100% of production" in shown.output
+    listed = CliRunner().invoke(main, ["models", "--json", *state])
+    assert listed.exit_code == 0, listed.output
+    (iris,) = json.loads(listed.output)
+    assert [(d["kind"], d["version"]) for d in iris["discrepancies"]] == [("missing", "v1")]

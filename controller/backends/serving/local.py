@@ -335,7 +335,7 @@ class LocalServing:
         return before
 
     def start(self, environment: str | None = None) -> list[EnvironmentServing]:
-        """Start the stopped routers (on their last port) and the stopped servers they route to.
+        """Start the stopped routers (on their last port) and every recorded server that does not run.
 
         Raises :class:`ServingError` for the first environment that cannot
         start (its port held by someone else, a server that does not get
@@ -351,6 +351,7 @@ class LocalServing:
             name = env_dir.name
             with self._lock(name):
                 self._ensure_router(Environment(name=name, spec_path=f"environments/{name}.yaml", port=port))
+                self._revive_servers(name)  # servers that died while the router ran on
         return self.status(environment)
 
     def status(self, environment: str | None = None) -> list[EnvironmentServing]:
