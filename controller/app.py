@@ -42,7 +42,13 @@ from controller.backends.notify.console import ConsoleNotifier
 from controller.backends.pipelines import PipelineRunner
 from controller.backends.pipelines.local import LocalRunner
 from controller.backends.python_env import PythonEnvironment
-from controller.backends.serving import DeployedVersion, ServedVersion, ServingBackend, ServingError
+from controller.backends.serving import (
+    DeployedVersion,
+    ObservedServing,
+    ServedVersion,
+    ServingBackend,
+    ServingError,
+)
 from controller.backends.serving.local import LocalServing
 from controller.backends.store import InboxEvent, ModelVersion, Run, open_store
 from controller.backends.store.sql import SqlStore
@@ -51,6 +57,7 @@ from controller.engine.commands import ROLLBACK_EVENT, Commands, Watched, record
 from controller.engine.github_events import GITHUB_EVENT_KINDS, GitHubEvents
 from controller.engine.inbox import Handler, InboxDispatcher
 from controller.engine.notices import NotifierSender
+from controller.engine.observed import ServingWatch
 from controller.engine.outbox import Sender, deliver_due
 from controller.engine.proposals import PassSummary, ProposalReconciler
 from controller.engine.pull_requests import PullRequestTargets
@@ -88,6 +95,7 @@ class Controller:
     requested: set[str] = field(default_factory=set)  # refs the inbox's events named: reconcile them now
     pollers: list[Poller] = field(default_factory=list)  # the fallback for missed webhook deliveries
     clock: Clock = SYSTEM_CLOCK  # the one clock of everything above
+    watch: ServingWatch | None = None  # compares what serves with the store, at start and every tick
     # part of tick -> the error it last failed with, so a failure that repeats is logged once
     _failing: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
@@ -95,7 +103,8 @@ class Controller:
         return self.repository.catalog(self.repository.resolve(self.proposals.release_branch))
 
     def tick(self) -> None:
-        """Poll for missed deliveries, handle the inbox, advance rollouts, deliver the outbox.
+        """Poll for missed deliveries, handle the inbox, compare what serves with the store (the
+        first tick is the start's), advance rollouts, deliver the outbox.
 
         A part that raises is logged and the others still run: one bad event,
         stored value or poller never stops the loop.
@@ -103,6 +112,8 @@ class Controller:
         for poller in self.pollers:
             self._guarded(f"poller {type(poller).__name__}", poller.poll_if_due)
         self._guarded("inbox", self.handle_requests)
+        if self.watch is not None:
+            self._guarded("serving watch", self.watch.tick)
         self._guarded("rollouts", self.rollouts.tick)
         self._guarded("outbox", self.deliver)
 
@@ -214,6 +225,15 @@ def build_controller(
             source_uri=str(source_dir) if source_dir is not None else None,
         )
 
+    watch = ServingWatch(
+        rollouts=store,
+        audit=store,
+        outbox=store,
+        transactions=store,
+        serving=serving_backend,
+        catalog=main_catalog,
+        clock=clock,
+    )
     rollouts = RolloutEngine(
         rollouts=store,
         approvals=store,
@@ -225,6 +245,7 @@ def build_controller(
         catalog=main_catalog,
         served_version=served_version,
         clock=clock,
+        discrepancies=watch.holding,
     )
 
     def author_of(run: Run) -> str | None:
@@ -285,6 +306,7 @@ def build_controller(
         forge=forge,
         pollers=pollers,
         clock=clock,
+        watch=watch,
     )
 
 
@@ -457,6 +479,13 @@ class ServingByName:
         if not self._has(environment):
             return ()
         return self.backends[environment.serving_backend].deployed(environment=environment, model=model)
+
+    def observe(self, *, environment: Environment) -> ObservedServing:
+        try:
+            backend = serving_backend(environment, self.backends)
+        except ServingError as exc:  # what serves there cannot be read: unknown, never "nothing"
+            return ObservedServing(environment=environment.name, unknown=str(exc))
+        return backend.observe(environment=environment)
 
     def endpoint(self, *, environment: Environment, model: str) -> str:
         return serving_backend(environment, self.backends).endpoint(environment=environment, model=model)

@@ -2,7 +2,9 @@
 
 Both read :mod:`controller.engine.status` (the store, and main's specs from
 ``--repo`` when they can be read: canary steps, analysis limits, who may
-approve) and only render it, as text or ``--json``. Neither takes the
+approve) and the open discrepancies between what serves and the store
+(:func:`controller.engine.observed.open_discrepancies`, from the audit log),
+and only render them, as text or ``--json``. Neither takes the
 controller's lock: they work while it runs.
 """
 
@@ -17,6 +19,7 @@ import click
 from controller.cli.options import echo_json, echo_rows, shown, store_and_catalog, view_options
 
 if TYPE_CHECKING:
+    from controller.engine.observed import Discrepancy
     from controller.engine.status import (
         AnalysisRound,
         EnvironmentServing,
@@ -41,17 +44,23 @@ _WORDS = {
 def models(repo: str, branch: str | None, as_json: bool, state_dir: Path) -> None:
     """Every model: latest version, its rollout's state (and why it holds or ended), what serves where."""
     from controller.clock import SYSTEM_CLOCK
+    from controller.engine.observed import open_discrepancies
     from controller.engine.status import model_statuses
 
     with store_and_catalog(repo, branch, state_dir) as (store, catalog):
         found = model_statuses(store, now=SYSTEM_CLOCK.now(), catalog=catalog)
+        differs = list(open_discrepancies(store.audit()).values())
+
+    def of(model: str) -> list[Discrepancy]:
+        return [d for d in differs if d.model == model]
+
     echo_rows(
         found,
         as_json=as_json,
-        to_json=lambda status: status.to_json(),
+        to_json=lambda status: {**status.to_json(), "discrepancies": [d.to_json() for d in of(status.model)]},
         empty="no model versions registered yet",
         header=f"{'MODEL':<20} {'LATEST':<8} {'ROLLOUT':<44} SERVING",
-        lines=_model_lines,
+        lines=lambda status: [*_model_lines(status), *(f"  ↳ {d.message}" for d in of(status.model))],
     )
 
 
@@ -61,19 +70,24 @@ def models(repo: str, branch: str | None, as_json: bool, state_dir: Path) -> Non
 def status(model: str, repo: str, branch: str | None, as_json: bool, state_dir: Path) -> None:
     """MODEL's rollout: stage, weight, canary step, the last analysis round, what it waits for."""
     from controller.clock import SYSTEM_CLOCK
+    from controller.engine.observed import open_discrepancies
     from controller.engine.status import model_status, model_statuses
 
     with store_and_catalog(repo, branch, state_dir) as (store, catalog):
         now = SYSTEM_CLOCK.now()
         found = model_status(store, model, now=now, catalog=catalog)
+        differs = list(open_discrepancies(store.audit(model=model)).values())
         if found.latest_version is None and found.rollout is None and found.release_run is None:
             known = ", ".join(s.model for s in model_statuses(store, now=now)) or "none yet"
             raise click.ClickException(f"no model {model!r} in {shown(state_dir)} (models: {known})")
     if as_json:
-        echo_json(found.to_json())
+        echo_json({**found.to_json(), "discrepancies": [d.to_json() for d in differs]})
         return
     for line in _status_lines(found, policy_read=catalog is not None and model in catalog.models):
         click.echo(line)
+    for index, discrepancy in enumerate(differs):
+        label = "observed:" if index == 0 else ""
+        click.echo(f"  {label:<15} {discrepancy.message} ({discrepancy.kind})")
 
 
 # ------------------------------------------------------------------ rendering

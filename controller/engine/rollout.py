@@ -25,7 +25,7 @@ plans the rollback; any other failure is logged and retried at the next tick.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -106,6 +106,8 @@ class RolloutEngine:
     catalog: Callable[[], Catalog]
     served_version: Callable[[ModelVersion, Model], ServedVersion]
     clock: Clock
+    # (environment, model) -> how what serves there differs from the store (controller.engine.observed)
+    discrepancies: Callable[[str, str], Sequence[str]] = lambda _environment, _model: ()
     # rollout id -> the error last logged for it
     _failing: dict[int, str] = field(default_factory=dict, init=False, repr=False)
 
@@ -217,6 +219,7 @@ class RolloutEngine:
         environment = catalog.environments.get(state.environment or "")
         if model is None or environment is None:
             return Observations(requests=requests)
+        differs = tuple(self.discrepancies(environment.name, model.name))  # holding: no round measured
         deployed = self.serving.deployed(environment=environment, model=model.name) if wanted.deployed else ()
         approvals: list[Approval] = []
         if wanted.approvals:
@@ -227,8 +230,11 @@ class RolloutEngine:
             requests=requests,
             stable=self._stable(environment.name, model.name, state.version) if wanted.stable else None,
             deployed=tuple(d.version for d in deployed),
-            verdict=self._measure(model, environment, state.version) if wanted.verdict else None,
+            verdict=self._measure(model, environment, state.version)
+            if wanted.verdict and not differs
+            else None,
             approvals=tuple(approvals),
+            discrepancies=differs,
         )
 
     def _measure(self, model: Model, environment: Environment, version: int) -> RoundVerdict:

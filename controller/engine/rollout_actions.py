@@ -145,6 +145,7 @@ class Observations:
     verdict: RoundVerdict | None = None  # the analysis round measured now
     approvals: tuple[Approval, ...] = ()  # decisions recorded for this version in this stage's environment
     failure: Failure | None = None
+    discrepancies: tuple[str, ...] = ()  # how what serves in the stage differs from the store (always read)
 
 
 @dataclass(frozen=True)

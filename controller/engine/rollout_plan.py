@@ -44,6 +44,16 @@ Requests are taken in order before the phase acts: ``pause`` holds the
 rollout wherever it is (it is announced once; rolling back goes on),
 ``resume`` lifts it, ``abort``/``rollback``/``superseded`` roll it back.
 
+Observed state wins: while what serves in the stage's environment differs
+from what the store says (``Observations.discrepancies``, from
+:mod:`controller.engine.observed`, which audits and announces each one),
+the rollout holds where it is, as Flagger halts advancement while a
+workload is not ready: it deploys, routes, judges and promotes nothing on
+top of it, and goes on by itself once the observation agrees again. An
+unreadable observation (a router down) holds the same way, never counts as
+"nothing serves", and never rolls back. Requests still act (an abort or
+rollback is how people end it), and rolling back goes on.
+
 Each state change is a :class:`Save` placed before the side effects of the
 new state (as a transition must be recorded before it is acted on); side
 effects are idempotent, and notifications carry keys that make a repeated one
@@ -171,6 +181,8 @@ def plan_rollout(
     if script.state.pause is not None and script.state.phase != "rolling_back":
         _announce_pause(script)
         return script.plan()
+    if observations.discrepancies and script.state.phase != "rolling_back":
+        return script.plan()  # observed state differs: hold (reported by controller.engine.observed)
     phases = {
         "deploy": _deploy,
         "canary": _canary,

@@ -44,6 +44,7 @@ EventKind = Literal[
     "paused",
     "resumed",
     "aborted",
+    "serving_discrepancy",  # what serves differs from what the store says (controller.engine.observed)
 ]
 
 

@@ -15,7 +15,9 @@ from controller.backends.notify import LOGGER_NAME, EventKind, RolloutEvent
 
 __all__ = ["WARNING_KINDS", "ConsoleNotifier", "format_event"]
 
-WARNING_KINDS: frozenset[EventKind] = frozenset({"analysis_failed", "rolled_back", "rejected", "aborted"})
+WARNING_KINDS: frozenset[EventKind] = frozenset(
+    {"analysis_failed", "rolled_back", "rejected", "aborted", "serving_discrepancy"}
+)
 
 
 def format_event(event: RolloutEvent) -> str:

@@ -4,7 +4,9 @@ The rollout engine calls :class:`ServingBackend` to put a registered model
 version behind an environment's endpoint (:meth:`~ServingBackend.deploy`),
 to shift traffic between versions during a canary
 (:meth:`~ServingBackend.set_weights`) and to stop a version that no longer
-serves (:meth:`~ServingBackend.retire`). The Protocol speaks of model
+serves (:meth:`~ServingBackend.retire`); the serving watch
+(:mod:`controller.engine.observed`) reads what actually serves
+(:meth:`~ServingBackend.observe`) to compare it with the store. The Protocol speaks of model
 versions (:class:`ServedVersion`: the artifact's location, the model's Python
 environment, its serving runtime), environments and weights; how a home runs
 them is its own. :mod:`.local` implements it for the embedded home (one model
@@ -26,7 +28,7 @@ a server for one version honours the serving contract (README.md, "Serving on on
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from controller.backends.python_env import PythonEnvironment
@@ -34,6 +36,7 @@ from controller.specs.types import Environment, Serving
 
 __all__ = [
     "DeployedVersion",
+    "ObservedServing",
     "ServedVersion",
     "ServingBackend",
     "ServingError",
@@ -83,6 +86,27 @@ class DeployedVersion:
     started_at: float = 0.0  # unix time
 
 
+@dataclass(frozen=True, kw_only=True)
+class ObservedServing:
+    """What actually serves one environment, as its router (or cluster) reports it now.
+
+    ``routes`` is model → version label → percent as the router routes
+    traffic; ``live`` is model → the labels of the versions whose server runs
+    and answers ready. ``unknown`` says why nothing could be read (the router
+    is down or does not answer as ours): then ``routes`` and ``live`` are
+    empty and mean nothing, which is never the same as "nothing serves".
+    """
+
+    environment: str
+    routes: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    live: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    unknown: str | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.unknown is None
+
+
 class ServingBackend(Protocol):
     def deploy(self, *, environment: Environment, version: ServedVersion) -> None:
         """Run a server for ``version`` unless one runs healthy already; return once it is ready.
@@ -122,6 +146,14 @@ class ServingBackend(Protocol):
 
     def deployed(self, *, environment: Environment, model: str) -> Sequence[DeployedVersion]:
         """The versions of ``model`` that run in ``environment``, with their current weights."""
+        ...
+
+    def observe(self, *, environment: Environment) -> ObservedServing:
+        """Read what serves ``environment`` now, from the router or cluster itself; changes nothing.
+
+        Never raises for an outage: a router that is down or does not answer
+        gives an observation whose ``unknown`` says why.
+        """
         ...
 
     def endpoint(self, *, environment: Environment, model: str) -> str:

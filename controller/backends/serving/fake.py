@@ -11,6 +11,11 @@ version however often ``deploy`` was repeated.
 raise :class:`~controller.backends.serving.ServingError`, like a server whose
 health check never passes; ``unready`` marks versions whose server runs but
 fails its readiness check, so ``set_weights`` refuses them.
+
+What serves can change behind the backend's back, as on a real machine:
+:meth:`FakeServing.kill` ends a server without telling anyone (the router
+still routes to it), and an environment in ``unreachable`` has a router that
+does not answer, so :meth:`~FakeServing.observe` reports it unknown.
 """
 
 from __future__ import annotations
@@ -18,7 +23,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from controller.backends.serving import DeployedVersion, ServedVersion, ServingError, check_weights
+from controller.backends.serving import (
+    DeployedVersion,
+    ObservedServing,
+    ServedVersion,
+    ServingError,
+    check_weights,
+)
 from controller.specs.types import Environment
 
 __all__ = ["FakeServing", "ServingCall"]
@@ -26,7 +37,7 @@ __all__ = ["FakeServing", "ServingCall"]
 
 @dataclass(frozen=True)
 class ServingCall:
-    method: str  # deploy | set_weights | retire
+    method: str  # deploy | set_weights | retire | smoke_test (observe only reads: not recorded)
     environment: str
     model: str
     version: str = ""  # deploy and retire
@@ -44,6 +55,7 @@ class FakeServing:
     fail_deploy: set[tuple[str, str]] = field(default_factory=set)  # (model, version)
     unready: set[tuple[str, str]] = field(default_factory=set)  # (model, version)
     fail_smoke: set[tuple[str, str]] = field(default_factory=set)  # (model, version)
+    unreachable: set[str] = field(default_factory=set)  # environments whose router does not answer
     base_url: str = "http://fake-router.invalid"
 
     # --------------------------------------------------------- the Protocol
@@ -63,6 +75,8 @@ class FakeServing:
         self.calls.append(
             ServingCall("set_weights", environment.name, model, weights=tuple(sorted(checked.items())))
         )
+        if environment.name in self.unreachable:
+            raise ServingError(f"the router of {environment.name} did not answer (fake)")
         for label in checked:
             if (environment.name, model, label) not in self.running:
                 raise ServingError(f"version {label} of {model} is not deployed in {environment.name}")
@@ -103,6 +117,20 @@ class FakeServing:
             if env == environment.name and m == model
         )
 
+    def observe(self, *, environment: Environment) -> ObservedServing:
+        if environment.name in self.unreachable:
+            return ObservedServing(environment=environment.name, unknown="the router does not answer (fake)")
+        routes = {m: dict(w) for (env, m), w in self.weights.items() if env == environment.name}
+        live: dict[str, set[str]] = {}
+        for env, m, v in self.running:
+            if env == environment.name and (m, v) not in self.unready:
+                live.setdefault(m, set()).add(v)
+        return ObservedServing(
+            environment=environment.name,
+            routes=routes,
+            live={m: frozenset(versions) for m, versions in live.items()},
+        )
+
     def endpoint(self, *, environment: Environment, model: str) -> str:
         return f"{self.base_url}/{environment.name}/v2/models/{model}"
 
@@ -112,6 +140,10 @@ class FakeServing:
         self.weights.clear()
 
     # ------------------------------------------------------------- helpers
+
+    def kill(self, environment: str, model: str, version: str) -> None:
+        """The server of ``version`` dies behind the backend's back: the router still routes to it."""
+        self.running.pop((environment, model, version), None)
 
     def count(self, method: str, *, model: str | None = None, version: str | None = None) -> int:
         """How many times ``method`` was called (for ``model``/``version`` when given)."""

@@ -63,11 +63,13 @@ from controller.backends.local.processes import is_alive, process_start_time
 from controller.backends.local.venvs import VenvBuildError, VenvCache
 from controller.backends.serving import (
     DeployedVersion,
+    ObservedServing,
     ServedVersion,
     ServingError,
     check_weights,
     inference_request,
 )
+from controller.backends.serving.observe_local import observe_local
 from controller.backends.serving.routers import Routers
 from controller.backends.serving.server import (
     LaunchPlan,
@@ -284,6 +286,11 @@ class LocalServing:
             )
         return tuple(result)
 
+    def observe(self, *, environment: Environment) -> ObservedServing:
+        """What serves ``environment`` as its router and servers report it (:mod:`.observe_local`)."""
+        _check_names(environment.name)
+        return observe_local(self.state_dir, environment.name)
+
     def endpoint(self, *, environment: Environment, model: str) -> str:
         _check_names(environment.name, model)
         with self._lock(environment.name):
@@ -328,7 +335,7 @@ class LocalServing:
         return before
 
     def start(self, environment: str | None = None) -> list[EnvironmentServing]:
-        """Start the stopped routers (on their last port) and the stopped servers they route to.
+        """Start the stopped routers (on their last port) and every recorded server that does not run.
 
         Raises :class:`ServingError` for the first environment that cannot
         start (its port held by someone else, a server that does not get
@@ -344,6 +351,7 @@ class LocalServing:
             name = env_dir.name
             with self._lock(name):
                 self._ensure_router(Environment(name=name, spec_path=f"environments/{name}.yaml", port=port))
+                self._revive_servers(name)  # servers that died while the router ran on
         return self.status(environment)
 
     def status(self, environment: str | None = None) -> list[EnvironmentServing]:
