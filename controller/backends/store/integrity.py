@@ -279,20 +279,21 @@ def verify_state(store: StateIntegrity) -> AuditComparison:
 def refusal(comparison: AuditComparison, path: Path | None) -> str:
     """The one line that says how the audit log differs from its mark, and what to do."""
     mark = comparison.mark or AuditMark()
-    where = f" in {path}" if path is not None else ""
+    where = f" ({path})" if path is not None else ""
     if comparison.state == "behind":
+        missing = comparison.missing
         what = (
-            f"the audit log has lost {comparison.missing} "
-            f"entr{'y' if comparison.missing == 1 else 'ies'}: the database has "
-            f"{comparison.at_mark.entries} up to #{mark.sequence}, its mark{where} counted {mark.entries}"
+            f"the audit log has lost {missing} of its {mark.entries} entries: the database holds "
+            f"{comparison.at_mark.entries} up to #{mark.sequence}, "
+            f"where its mark{where} counted {mark.entries}"
         )
     else:
         what = (
             f"the audit log up to #{mark.sequence} is not the one its mark{where} recorded "
             "(entries were lost and others written in their place)"
         )
+    state_dir = f" --state-dir {path.parent}" if path is not None else ""
     return (
-        f"{what}; refusing to act on it. "
-        "See what is missing with `flywheel state check`; accept the database as it is with "
-        "`flywheel state accept --yes --reason ...`"
+        f"{what}; refusing to act on it: see what is missing with `flywheel state check{state_dir}`, "
+        f"accept the database as it is with `flywheel state accept{state_dir} --yes --reason ...`"
     )

@@ -370,7 +370,9 @@ class SqlBase:
                 probe.rollback()
         except DBAPIError as exc:
             where = self._file or self.url
-            raise StateNotWritable(f"the state database {where} cannot be written ({exc.orig}); nothing done") from exc
+            raise StateNotWritable(
+                f"the state database {where} cannot be written ({exc.orig}); nothing done"
+            ) from exc
 
     def check_intact(self) -> None:
         if self._engine.dialect.name != "sqlite":
