@@ -274,13 +274,14 @@ class SqlBase:
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
         audit_mark: Path | None = None,
     ) -> None:
+        self._file = database_file(url)
+        self._check_directory()  # SQLite cannot even open its log in a directory it cannot write
         self._engine = build_engine(url, busy_timeout_ms=busy_timeout_ms)
         self._clock = clock
         self._tx: ContextVar[Connection | None] = ContextVar(f"flywheel_store_tx_{id(self)}", default=None)
         self._hooks: ContextVar[list[Callable[[], None]] | None] = ContextVar(
             f"flywheel_store_hooks_{id(self)}", default=None
         )
-        self._file = database_file(url)
         if audit_mark is None and self._file is not None:
             audit_mark = self._file.with_name(self._file.name + ".audit-mark")
         self._audit_mark = audit_mark
@@ -352,11 +353,15 @@ class SqlBase:
 
     # ------------------------------------------------------------ integrity
 
-    def check_writable(self) -> None:
-        if self._file is not None:
+    def _check_directory(self) -> None:
+        if self._file is not None and self._file.parent.is_dir():
             directory = self._file.parent
             if not os.access(directory, os.W_OK | os.X_OK):
                 raise StateNotWritable(f"the state directory {directory} is not writable; nothing done")
+
+    def check_writable(self) -> None:
+        self._check_directory()
+        if self._file is not None:
             for path in (self._file, *(self._file.with_name(self._file.name + s) for s in ("-wal", "-shm"))):
                 if path.exists() and not os.access(path, os.W_OK):
                     raise StateNotWritable(f"the state database file {path} is not writable; nothing done")
@@ -382,7 +387,14 @@ class SqlBase:
                 rows = _driver(conn).execute("PRAGMA quick_check").fetchall()
         except DBAPIError as exc:
             rows = [(str(exc.orig),)]
-        problems = [str(row[0]) for row in rows if row[0] != "ok"]
+        # SQLite may put several problems in one row, one a line, under a "*** in database main ***" header
+        problems = [
+            line.strip()
+            for row in rows
+            if row[0] != "ok"
+            for line in str(row[0]).splitlines()
+            if line.strip() and not line.startswith("***")
+        ]
         if problems:
             more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
             raise StateCorrupt(
