@@ -238,7 +238,7 @@ def test_state_check_shows_what_is_missing_and_accept_lets_the_controller_start(
     assert "audit mark now" not in refused and (state / _MARK).exists()
 
     done = _invoke(
-        "state", "accept", "--state-dir", str(state), "--yes", "--reason", "disk lost its tail", "--by", "ops"
+        "state", "accept", "--state-dir", str(state), "--yes", "--reason", "disk lost its tail", "--as", "ops"
     )
     assert done.exit_code == 0, done.output
     assert done.output.startswith(f"accepted the state in {state} as it is; 15 missing entries given up")

@@ -142,7 +142,7 @@ def _mark_json(mark: AuditMark | None) -> dict[str, object] | None:
 @state.command()
 @click.option("--yes", is_flag=True, help="Yes: accept the database as it is, giving up what it lost.")
 @click.option("--reason", required=True, help="Why (kept in the audit log).")
-@click.option("--by", "user", default=None, help="Who accepts (default: $FLYWHEEL_USER, or your login).")
+@click.option("--as", "user", default=None, help="Who accepts (default: $FLYWHEEL_USER, else your login).")
 @state_dir_option
 def accept(yes: bool, reason: str, user: str | None, state_dir: Path) -> None:
     """Accept the database in STATE_DIR as it is: audit that, and write the audit log's mark again."""
