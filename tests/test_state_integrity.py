@@ -7,7 +7,8 @@ diverged); a store whose write-ahead log was lost, or cut part way, is
 refused by ``flywheel run --once`` with one line saying how many entries are
 missing and naming ``flywheel state check``, and no run is started and no
 outbox message sent; ``flywheel state check`` shows what is missing and
-``flywheel state accept --yes`` takes the database as it is, audited; a
+``flywheel state accept --yes`` takes the database as it is, audited (and
+a decision command, which writes, is refused like the controller until then); a
 read-only state directory or database file and a damaged database page are
 one line each; the controller checkpoints the log after every tick, so a
 copy of the database without its log loses nothing.
@@ -232,6 +233,10 @@ def test_state_check_shows_what_is_missing_and_accept_lets_the_controller_start(
     assert "database:  #5, 5 entries" in shown.output
     assert "15 audit entries are missing from the database" in shown.output
     assert "#4" in shown.output and "#5" in shown.output and "#3 " not in shown.output  # the newest 2 it has
+
+    decided = _one_error_line(_invoke("approve", "iris", "--as", "ann", "--state-dir", str(state)))
+    assert decided.startswith(f"Error: cannot use the Flywheel state in {state}: the audit log has lost 15 of")
+    _nothing_done(state, entries=5)  # a command that writes is refused like the controller
 
     refused = _one_error_line(_invoke("state", "accept", "--state-dir", str(state), "--reason", "restored"))
     assert "run this again with --yes" in refused
