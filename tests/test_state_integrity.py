@@ -235,7 +235,7 @@ def test_state_check_shows_what_is_missing_and_accept_lets_the_controller_start(
     assert "#4" in shown.output and "#5" in shown.output and "#3 " not in shown.output  # the newest 2 it has
 
     decided = _one_error_line(_invoke("approve", "iris", "--as", "ann", "--state-dir", str(state)))
-    assert decided.startswith(f"Error: cannot use the Flywheel state in {state}: the audit log has lost 15 of")
+    assert decided.startswith(f"Error: cannot use the Flywheel state in {state}: the audit log has lost 15")
     _nothing_done(state, entries=5)  # a command that writes is refused like the controller
 
     refused = _one_error_line(_invoke("state", "accept", "--state-dir", str(state), "--reason", "restored"))
