@@ -275,7 +275,6 @@ class SqlBase:
         audit_mark: Path | None = None,
     ) -> None:
         self._file = database_file(url)
-        self._check_directory()  # SQLite cannot even open its log in a directory it cannot write
         self._engine = build_engine(url, busy_timeout_ms=busy_timeout_ms)
         self._clock = clock
         self._tx: ContextVar[Connection | None] = ContextVar(f"flywheel_store_tx_{id(self)}", default=None)
@@ -289,8 +288,10 @@ class SqlBase:
         self._upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         try:
             migrate(self._engine)
-        except BaseException:
+        except BaseException as exc:
             self._engine.dispose()
+            if isinstance(exc, DBAPIError):
+                self._check_directory()  # SQLite cannot open its log in a directory it cannot write: say so
             raise
 
     @property
