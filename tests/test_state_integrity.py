@@ -1,13 +1,15 @@
 """A damaged state directory is refused in one line, and nothing is done on it (issue 13, item 3).
 
 Pins down: every audit append advances the high-water mark beside the
-database once its transaction commits (never for one rolled back); the
+database once its transaction commits (never for one rolled back), and
+writers through several engines keep one mark of the whole log; the
 comparison of a log with its mark (in step, ahead, unmarked, behind,
 diverged); a store whose write-ahead log was lost, or cut part way, is
 refused by ``flywheel run --once`` with one line saying how many entries are
 missing and naming ``flywheel state check``, and no run is started and no
 outbox message sent; ``flywheel state check`` shows what is missing and
-``flywheel state accept --yes`` takes the database as it is, audited (and
+``flywheel state accept --yes`` takes the database as it is, audited,
+never beside a running controller (and
 a decision command, which writes, is refused like the controller until then); a
 read-only state directory or database file and a damaged database page are
 one line each; the controller checkpoints the log after every tick, so a
@@ -23,9 +25,11 @@ produced without either, by opening it through a read-only SQLite URI.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -35,6 +39,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from controller.app import build_controller
+from controller.backends.local.lock import ControllerLock
 from controller.backends.serving.fake import FakeServing
 from controller.backends.store import AuditEntry, open_store
 from controller.backends.store.integrity import (
@@ -168,6 +173,29 @@ def test_every_append_advances_the_mark_once_committed_and_never_for_a_rollback(
         store.close()
 
 
+def test_writers_in_several_processes_keep_one_mark_of_the_whole_log(tmp_path: Path) -> None:
+    stores = [
+        open_store(tmp_path / "s", clock=SYSTEM_CLOCK) for _ in range(2)
+    ]  # two engines, as two processes
+
+    def append(store: SqlStore, who: str) -> None:
+        for number in range(10):
+            store.append_audit(actor=who, action="approved", detail={"n": number})
+
+    try:
+        writers = [threading.Thread(target=append, args=(store, f"w{i}")) for i, store in enumerate(stores)]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join()
+        entries = stores[0].audit()
+        assert len(entries) == 20
+        assert MarkFile(tmp_path / "s" / _MARK).read() == AuditMark().extended(entries)
+    finally:
+        for store in stores:
+            store.close()
+
+
 def test_a_log_compared_with_its_mark() -> None:
     log = [_entry(n) for n in range(1, 6)]
     mark = AuditMark().extended(log[:3])
@@ -242,6 +270,12 @@ def test_state_check_shows_what_is_missing_and_accept_lets_the_controller_start(
     assert "run this again with --yes" in refused
     assert "audit mark now" not in refused and (state / _MARK).exists()
 
+    with ControllerLock.acquire(state, clock=SYSTEM_CLOCK):
+        busy = _one_error_line(
+            _invoke("state", "accept", "--state-dir", str(state), "--yes", "--reason", "r")
+        )
+    assert busy.startswith(f"Error: another controller is running on {state}")
+
     done = _invoke(
         "state", "accept", "--state-dir", str(state), "--yes", "--reason", "disk lost its tail", "--as", "ops"
     )
@@ -257,7 +291,11 @@ def test_state_check_shows_what_is_missing_and_accept_lets_the_controller_start(
         assert verify_state(store).state == "in step"  # the controller would start on it now
     finally:
         store.close()
-    assert _invoke("state", "check", "--state-dir", str(state)).exit_code == 0
+    checked = _invoke("state", "check", "--state-dir", str(state), "--json")
+    assert checked.exit_code == 0, checked.output
+    report = json.loads(checked.output)
+    assert (report["audit"], report["problems"], report["missing"]) == ("in step", [], 0)
+    assert report["mark"] == report["database"] and report["mark"]["entries"] == 6
 
 
 @contextmanager
