@@ -51,6 +51,7 @@ from controller.backends.serving import (
 )
 from controller.backends.serving.local import LocalServing
 from controller.backends.store import InboxEvent, ModelVersion, Run, open_store
+from controller.backends.store.integrity import verify_state
 from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK, Clock
 from controller.engine.commands import ROLLBACK_EVENT, Commands, Watched, record_watched, repository_location
@@ -116,6 +117,7 @@ class Controller:
             self._guarded("serving watch", self.watch.tick)
         self._guarded("rollouts", self.rollouts.tick)
         self._guarded("outbox", self.deliver)
+        self._guarded("store checkpoint", self.store.checkpoint)  # a lost log file costs one tick at most
 
     def deliver(self) -> None:
         """Send the outbox's due messages through the registered senders."""
@@ -173,6 +175,11 @@ def build_controller(
     state_dir = options.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(state_dir, clock=clock)
+    try:
+        verify_state(store)  # writable, intact, audit log not behind its mark: else one line, nothing done
+    except BaseException:
+        store.close()
+        raise
     repository = Repository.open(options.repo, mirror_root=state_dir / "mirrors")
     venvs = VenvCache(settings.local.venv_dir or state_dir / "venvs")
     # the backends this controller has, by the name an environment gives; an environment naming

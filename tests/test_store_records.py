@@ -56,6 +56,7 @@ PULL = PullRequest(
     updated_at="2024-05-01T12:00:00Z",
 )
 PROTOCOLS = (
+    "StateIntegrity",
     "Inbox",
     "RunRecords",
     "Registry",

@@ -36,6 +36,7 @@ _COMMANDS: dict[str, str] = {
     "demo": "controller.cli.demo:demo",
     "serve": "controller.cli.serve:serve",
     "serving": "controller.cli.serving:serving",
+    "state": "controller.cli.state:state",
 }
 
 

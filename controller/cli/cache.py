@@ -76,7 +76,7 @@ def prune(older_than: str, dry_run: bool, state_dir: Path) -> None:
     from controller.engine.cache import prune_cache
 
     seconds = parse_duration(older_than)
-    with existing_store(state_dir) as store, state_errors(state_dir):
+    with existing_store(state_dir, writes=not dry_run) as store, state_errors(state_dir):
         removed = prune_cache(
             store, state_dir, older_than_seconds=seconds, clock=SYSTEM_CLOCK, dry_run=dry_run
         )

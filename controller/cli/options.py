@@ -151,14 +151,25 @@ def state_errors(state_dir: Path) -> Iterator[None]:
 
 
 @contextmanager
-def existing_store(state_dir: Path) -> Iterator[SqlStore]:
-    """The store in ``state_dir``, which must exist already (read-only commands and decisions)."""
+def existing_store(state_dir: Path, *, writes: bool = False) -> Iterator[SqlStore]:
+    """The store in ``state_dir``, which must exist already (read-only commands and decisions).
+
+    A command that ``writes`` is refused in one line on a store the controller would refuse
+    (:func:`~controller.backends.store.integrity.verify_state`).
+    """
     from controller.backends.store import open_store
+    from controller.backends.store.integrity import verify_state
     from controller.clock import SYSTEM_CLOCK
 
     require_state(state_dir)
     with state_errors(state_dir):
         store = open_store(state_dir, clock=SYSTEM_CLOCK)
+        if writes:
+            try:
+                verify_state(store)
+            except BaseException:
+                store.close()
+                raise
     try:
         yield store
     finally:

@@ -75,7 +75,7 @@ def _with_commands(
     user, repo, branch, state_dir = who["user"], who["repo"], who["branch"], who["state_dir"]
     actor = Actor("cli", user or os.environ.get("FLYWHEEL_USER") or getpass.getuser())
     # a decision needs a rollout, so a state, to act on
-    with existing_store(state_dir) as store:
+    with existing_store(state_dir, writes=True) as store:
         known = watched(store)
         if known is not None:
             why = None

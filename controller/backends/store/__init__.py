@@ -16,7 +16,10 @@ takes only the protocols it uses:
 * :class:`PullRequestRecords`: GitHub's pull requests, ok-to-test, handled comments, ids;
 * :class:`SlackRecords`: where each rollout's Slack message is, and what it shows;
 * :class:`Transactions`: all-or-nothing groups of calls, a health check, closing;
-* :class:`Meta`: controller-wide settings (never a record of one object).
+* :class:`Meta`: controller-wide settings (never a record of one object);
+* :class:`StateIntegrity`: proof that the store may be acted on (writable,
+  intact, its audit log not behind the high-water mark kept beside it), and
+  the write-ahead log's checkpoint; see :mod:`.integrity`.
 
 There is one implementation of all of them,
 :class:`controller.backends.store.sql.SqlStore` (SQLAlchemy Core; SQLite in
@@ -51,6 +54,7 @@ from controller.backends.store.approvals import (
 from controller.backends.store.audit import AuditEntry, AuditLog, NewAuditEntry
 from controller.backends.store.common import Conflict, JSONObject, NotFound, SchemaTooNew, StoreError
 from controller.backends.store.inbox import Inbox, InboxEvent, NewEvent
+from controller.backends.store.integrity import StateIntegrity, StateRefused
 from controller.backends.store.outbox import Outbox, OutboxMessage
 from controller.backends.store.pull_requests import (
     BranchPullRef,
@@ -142,6 +146,8 @@ __all__ = [
     "ServingRecord",
     "SlackMessage",
     "SlackRecords",
+    "StateIntegrity",
+    "StateRefused",
     "StepResult",
     "StoreError",
     "Transactions",
@@ -174,7 +180,10 @@ def state_url(location: str | Path | None = None) -> str:
 def open_store(location: str | Path | None, *, clock: Clock) -> SqlStore:
     """Open (creating and migrating as needed) the store at ``location``; see :func:`state_url`.
 
-    ``clock`` stamps every "now" the store records (received, created, due, sent).
+    ``clock`` stamps every "now" the store records (received, created, due, sent). The audit
+    log's high-water mark is kept beside an SQLite database (``state.db.audit-mark``); opening
+    checks nothing of it: a part about to act calls
+    :func:`~controller.backends.store.integrity.verify_state` first.
     """
     from controller.backends.store.sql import SqlStore
 

@@ -11,12 +11,23 @@ dialect-specific parts are the SQLite connection setup (pragmas, and
 ``BEGIN IMMEDIATE`` for writing transactions so that concurrent writers
 queue on the busy timeout instead of failing) and the choice of the
 ``INSERT ... ON CONFLICT`` construct, which both dialects spell the same way.
+
+The base also proves the state may be acted on
+(:class:`~controller.backends.store.integrity.StateIntegrity`, which the
+composition root checks at start): the directory and the files of an SQLite
+database writable, a write really accepted, ``PRAGMA quick_check`` clean;
+and :meth:`SqlBase.checkpoint` moves the write-ahead log into the database
+(the controller calls it after every tick), so that a lost or cut log file
+can cost at most what one tick wrote. Code that must run only once a write
+is durable registers it with :meth:`SqlBase._after_commit` (the audit log's
+high-water mark does).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -40,9 +51,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
 
 from controller.backends.store.common import SchemaTooNew
+from controller.backends.store.integrity import StateCorrupt, StateNotWritable
 from controller.clock import Clock
 
 __all__ = [
@@ -55,6 +68,7 @@ __all__ = [
     "aware",
     "build_engine",
     "checked_times",
+    "database_file",
     "json_text",
     "migrate",
     "new_id",
@@ -225,6 +239,22 @@ def build_engine(url: str, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) ->
     return engine
 
 
+def database_file(url: str) -> Path | None:
+    """The file of an SQLite database at ``url``; ``None`` for an in-memory one or another database."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    name = parsed.database
+    if name.startswith("file:"):  # an SQLite URI (``?mode=ro&uri=true``)
+        name = name[len("file:") :].split("?", 1)[0]
+    return Path(name).resolve()
+
+
+def _driver(conn: Connection) -> Any:
+    """The driver's own connection under ``conn``: pragmas outside any transaction SQLAlchemy began."""
+    return conn.connection.driver_connection
+
+
 # --------------------------------------------------------------------- base
 
 
@@ -242,16 +272,26 @@ class SqlBase:
         *,
         clock: Clock,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        audit_mark: Path | None = None,
     ) -> None:
+        self._file = database_file(url)
         self._engine = build_engine(url, busy_timeout_ms=busy_timeout_ms)
         self._clock = clock
         self._tx: ContextVar[Connection | None] = ContextVar(f"flywheel_store_tx_{id(self)}", default=None)
+        self._hooks: ContextVar[list[Callable[[], None]] | None] = ContextVar(
+            f"flywheel_store_hooks_{id(self)}", default=None
+        )
+        if audit_mark is None and self._file is not None:
+            audit_mark = self._file.with_name(self._file.name + ".audit-mark")
+        self._audit_mark = audit_mark
         dialect = self._engine.dialect.name
         self._upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         try:
             migrate(self._engine)
-        except BaseException:
+        except BaseException as exc:
             self._engine.dispose()
+            if isinstance(exc, DBAPIError):
+                self._check_directory()  # SQLite cannot open its log in a directory it cannot write: say so
             raise
 
     @property
@@ -275,17 +315,99 @@ class SqlBase:
     def _now(self) -> datetime:
         return aware(self._clock.now(), "clock.now()")
 
+    @property
+    def audit_mark_path(self) -> Path | None:
+        return self._audit_mark
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         if self._tx.get() is not None:
             yield  # join the enclosing transaction
             return
-        with self._engine.begin() as conn:
+        with self._committing() as conn:
             token = self._tx.set(conn)
             try:
                 yield
             finally:
                 self._tx.reset(token)
+
+    def _after_commit(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` once the current transaction has committed (never if it rolls back)."""
+        hooks = self._hooks.get()
+        if hooks is None:
+            hook()
+        elif hook not in hooks:
+            hooks.append(hook)
+
+    @contextmanager
+    def _committing(self) -> Iterator[Connection]:
+        """A writing transaction of its own; its :meth:`_after_commit` hooks run after it commits."""
+        hooks: list[Callable[[], None]] = []
+        token = self._hooks.set(hooks)
+        try:
+            with self._engine.begin() as conn:
+                yield conn
+        finally:
+            self._hooks.reset(token)
+        for hook in hooks:
+            hook()
+
+    # ------------------------------------------------------------ integrity
+
+    def _check_directory(self) -> None:
+        if self._file is not None and self._file.parent.is_dir():
+            directory = self._file.parent
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise StateNotWritable(f"the state directory {directory} is not writable; nothing done")
+
+    def check_writable(self) -> None:
+        self._check_directory()
+        if self._file is not None:
+            for path in (self._file, *(self._file.with_name(self._file.name + s) for s in ("-wal", "-shm"))):
+                if path.exists() and not os.access(path, os.W_OK):
+                    raise StateNotWritable(f"the state database file {path} is not writable; nothing done")
+            mark = self._audit_mark
+            if mark is not None and mark.exists() and not os.access(mark, os.W_OK):
+                raise StateNotWritable(f"the audit mark {mark} is not writable; nothing done")
+        # A write the database really accepts (and forgets): read-only files, mounts and URIs all fail here.
+        try:
+            with self._engine.connect() as conn, conn.begin() as probe:
+                conn.exec_driver_sql("CREATE TABLE flywheel_write_probe (x INTEGER)")
+                probe.rollback()
+        except DBAPIError as exc:
+            where = self._file or self.url
+            raise StateNotWritable(
+                f"the state database {where} cannot be written ({exc.orig}); nothing done"
+            ) from exc
+
+    def check_intact(self) -> None:
+        if self._engine.dialect.name != "sqlite":
+            return  # PostgreSQL guards its own pages
+        try:
+            with self._engine.connect() as conn:
+                rows = _driver(conn).execute("PRAGMA quick_check").fetchall()
+        except DBAPIError as exc:
+            rows = [(str(exc.orig),)]
+        # SQLite may put several problems in one row, one a line, under a "*** in database main ***" header
+        problems = [
+            line.strip()
+            for row in rows
+            if row[0] != "ok"
+            for line in str(row[0]).splitlines()
+            if line.strip() and not line.startswith("***")
+        ]
+        if problems:
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            raise StateCorrupt(
+                f"the state database {self._file or self.url} is damaged: {problems[0]}{more}; "
+                "restore it from a backup; nothing done"
+            )
+
+    def checkpoint(self) -> None:
+        if self._file is None:
+            return  # PostgreSQL and in-memory databases keep no log file of their own
+        with self._engine.connect() as conn:
+            _driver(conn).execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _write(self) -> AbstractContextManager[Connection]:
         """The current transaction's connection, or a transaction of its own that takes the write lock."""
@@ -301,7 +423,7 @@ class SqlBase:
         if conn is not None:
             yield conn
         elif write:
-            with self._engine.begin() as conn:
+            with self._committing() as conn:
                 yield conn
         else:
             with self._engine.connect() as conn:
