@@ -50,6 +50,7 @@ from controller.engine.observed import (
     open_discrepancies,
 )
 from controller.engine.rollout import RolloutEngine
+from controller.engine.rollout_actions import Save
 from controller.engine.rollout_state import Outcome, RolloutState, StepProgress
 from controller.specs import load_tree
 from tests.test_rollout import ROOT, World, _first_to_production, _to_canary
@@ -166,7 +167,22 @@ def test_a_discrepancy_holds_every_forward_phase(phase: str) -> None:
     seen = {"stable": 1, "verdict": PASSED, "approvals": ()}
     assert plan(state, **seen).actions != ()  # it would act
     held = plan(state, discrepancies=("v1 should take 80% of production",), **seen)
-    assert held.actions == ()
+    if phase == "canary":  # nothing done but forgetting the round judged before the hold
+        assert held.actions == (Save(replace(state, last_round=None), frozenset()),)
+    else:
+        assert held.actions == ()
+
+
+def test_a_canary_goes_on_after_a_hold_only_on_a_round_judged_after_it() -> None:
+    over = StepProgress(NOW - timedelta(seconds=31), routed=True, last_round_at=NOW)
+    state = replace(at("canary", last_round=CONTINUE), canary=over)
+    held = plan(state, stable=1, verdict=PASSED, approvals=(), discrepancies=("v1 is not live",))
+    assert held.state.last_round is None and held.state.step_index == 0
+    no_round_yet = plan(held.state, stable=1, verdict=None, approvals=())
+    assert no_round_yet.state.step_index == 0  # the step's time is up, but no round since the hold
+    fresh = replace(held.state, canary=replace(over, last_round_at=NOW - timedelta(seconds=60)))
+    judged = plan(fresh, stable=1, verdict=PASSED, approvals=())
+    assert judged.state.step_index == 1  # a passing round after the hold: it goes on
 
 
 def test_a_discrepancy_does_not_hold_a_rollback_or_a_stop() -> None:

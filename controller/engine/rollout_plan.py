@@ -49,7 +49,9 @@ from what the store says (``Observations.discrepancies``, from
 :mod:`controller.engine.observed`, which audits and announces each one),
 the rollout holds where it is, as Flagger halts advancement while a
 workload is not ready: it deploys, routes, judges and promotes nothing on
-top of it, and goes on by itself once the observation agrees again. An
+top of it, and goes on by itself once the observation agrees again (a
+canary step only on an analysis round judged after the hold: the round
+before it is forgotten). An
 unreadable observation (a router down) holds the same way, never counts as
 "nothing serves", and never rolls back. Requests still act (an abort or
 rollback is how people end it), and rolling back goes on.
@@ -182,7 +184,11 @@ def plan_rollout(
         _announce_pause(script)
         return script.plan()
     if observations.discrepancies and script.state.phase != "rolling_back":
-        return script.plan()  # observed state differs: hold (reported by controller.engine.observed)
+        # Observed state differs: hold (reported by controller.engine.observed). A canary forgets its
+        # last round, so that once things agree again it goes on only on a round judged after the hold.
+        if script.state.phase == "canary" and script.state.last_round is not None:
+            script.save(replace(script.state, last_round=None))
+        return script.plan()
     phases = {
         "deploy": _deploy,
         "canary": _canary,
