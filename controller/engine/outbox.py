@@ -3,10 +3,10 @@
 The engine never calls an outside service inline. It queues a message with
 :meth:`Outbox.enqueue` (one idempotency key per message, so a repeat after a
 crash does not duplicate it; an ordering key, so the messages of one Slack
-thread, one comment or one check run are delivered in the order they were
-queued) and the controller's loop calls :func:`deliver_due` now and then,
-which hands each due message to the :class:`Sender` registered for its
-destination.
+thread are delivered in the order they were queued, and a report's or a check
+run's newest payload is never overtaken by an older one) and the
+controller's loop calls :func:`deliver_due` now and then, which hands each
+due message to the :class:`Sender` registered for its destination.
 
 A sender raises :class:`DeliveryError` when a message could not be
 delivered: with ``retry_after`` when the service said when to come back

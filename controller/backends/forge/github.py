@@ -8,10 +8,9 @@ Two halves, so that no call to GitHub is ever made inline (Invariant 5):
   outbox message (destination ``"github"``) under a key that makes the newest
   payload win: one key per pull request and model for the sticky report, one
   per commit and model for the check, one per comment for a reply. An outage
-  therefore delays messages and never duplicates them. What answers one
-  comment (the ``eyes`` reaction, the reply, then ``+1`` or ``-1``) shares an
-  ordering key, so it arrives in that order; a report or a check is ordered
-  by its own key (its newest payload replaces the older one).
+  therefore delays messages and never duplicates them. Each message is its
+  own ordering key: a report, a check run or a reply is one message whose
+  newest payload replaces the older one, so nothing older can overtake it.
 * :class:`GitHubSender` is the outbox :class:`~controller.backends.delivery.Sender`
   for ``"github"``. It makes the PyGithub calls when the controller's loop
   delivers, and maps GitHub's answers to :class:`DeliveryError`: rate limits
@@ -163,7 +162,6 @@ class GitHubForge:
             key=f"github:{self.repo}:reaction:{comment_id}:{content}",
             payload={"kind": "reaction", "repo": self.repo, "comment_id": comment_id, "content": content},
             replace=False,
-            ordering_key=self._answering(comment_id),
         )
 
     def reply(self, issue: int, body: str, *, in_reply_to: int) -> None:
@@ -179,12 +177,7 @@ class GitHubForge:
                 "body": body,
             },
             replace=False,
-            ordering_key=self._answering(in_reply_to),
         )
-
-    def _answering(self, comment_id: int) -> str:
-        """The ordering key of what answers comment ``comment_id``: eyes, the reply, then +1 or -1."""
-        return f"github:{self.repo}:answering:{comment_id}"
 
 
 # ------------------------------------------------------------------ sender

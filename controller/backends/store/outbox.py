@@ -9,8 +9,9 @@ duplicates the message (Invariant 5).
 Two rules keep delivery in step with what the services ask and what people
 read:
 
-* **Order.** Every message has an ordering key (a Slack thread, a pull
-  request comment and its reactions, a check run; by default its own key).
+* **Order.** Every message has an ordering key: a rollout's Slack thread,
+  or by default its own key (a pull request's report or a check run is one
+  message whose newest payload replaces the older one).
   Of the messages not yet delivered under one ordering key, only the one
   queued first is ever due: a later one never goes before it, and one
   waiting in backoff holds back only the messages behind it on its key. A

@@ -5,8 +5,8 @@ Revises: 0004
 Create Date: 2026-12-11
 
 ``outbox.ordering_key`` names the messages one message is delivered in order
-with (a Slack thread, a pull request comment and its reactions, a check
-run): of those not yet delivered, only the one queued first is due. A
+with (a rollout's Slack thread; by default the message's own key): of those
+not yet delivered, only the one queued first is due. A
 message queued before this revision is ordered by its own key, as it was
 delivered before. ``outbox_pauses`` keeps, per destination, the time before
 which nothing is sent to it (a ``Retry-After``, a rate limit's reset), so
