@@ -87,8 +87,8 @@ def test_every_message_reads_back_ordered_by_its_own_key(store: SqlStore) -> Non
 
 
 def test_each_message_is_due_when_it_was_before(store: SqlStore, clock: FakeClock) -> None:
-    assert [m.key for m in store.due_messages(now=T0)] == ["slack:iris:v1:production:promoted:-"]
-    assert [m.key for m in store.due_messages(now=LATER)] == [
+    assert [m.key for m in store.ready_messages(now=T0)] == ["slack:iris:v1:production:promoted:-"]
+    assert [m.key for m in store.ready_messages(now=LATER)] == [
         "slack:iris:v1:production:promoted:-",
         "slack:iris:v1:production:step_reached:0",
     ]
@@ -98,10 +98,10 @@ def test_ordering_and_pauses_work_on_the_upgraded_store(store: SqlStore, clock: 
     first = store.enqueue(destination="slack", key="new-1", payload={}, ordering_key="thread")
     second = store.enqueue(destination="slack", key="new-2", payload={}, ordering_key="thread")
     assert first.id > len(ROWS) and second.id == first.id + 1
-    assert "new-2" not in [m.key for m in store.due_messages(now=T0)]
+    assert "new-2" not in [m.key for m in store.ready_messages(now=T0)]
     store.pause_destination("slack", until=LATER, reason="Retry-After: 300")
-    assert [m.destination for m in store.due_messages(now=T0)] == []
-    assert {m.key for m in store.due_messages(now=LATER)} >= {"new-1"}
+    assert [m.destination for m in store.ready_messages(now=T0)] == []
+    assert {m.key for m in store.ready_messages(now=LATER)} >= {"new-1"}
 
 
 def test_ids_are_never_reused(store: SqlStore) -> None:

@@ -68,28 +68,23 @@ def deliver_due(
     Messages for destinations without a sender here are left for another
     process (the webhook service and the controller may share a store). A
     message delivered lets the next one of its ordering key go in the same
-    pass; at most ``limit`` messages are tried.
+    pass; at most ``limit`` attempts are made.
     """
     stats = DeliveryStats()
-    tried = 0
-    while tried < limit:
+    for _ in range(limit):
         wanted = set(senders) - stats.deferred
-        due = store.due_messages(now=now, limit=limit - tried, destinations=wanted) if wanted else []
-        moved = False  # whether a message left the head of its ordering key, letting the next one go
-        for message in due:
-            if message.destination in stats.deferred:
-                continue
-            tried += 1
-            moved |= _deliver(store, senders[message.destination], message, now=now, stats=stats)
-        if not moved:
-            return stats
+        # One at a time, oldest due first: the next of a thread becomes due once the one before it is sent.
+        due = store.ready_messages(now=now, limit=1, destinations=wanted) if wanted else []
+        if not due:
+            break
+        _deliver(store, senders[due[0].destination], due[0], now=now, stats=stats)
     return stats
 
 
 def _deliver(
     store: Outbox, sender: Sender, message: OutboxMessage, *, now: datetime, stats: DeliveryStats
-) -> bool:
-    """Try ``message`` once and record the outcome; whether it was sent or given up on."""
+) -> None:
+    """Try ``message`` once and record the outcome in the store and in ``stats``."""
     destination = message.destination
     try:
         sender.send(message)
@@ -99,7 +94,7 @@ def _deliver(
             stats.gave_up += 1
             log.error("giving up on %s message %s: %s", destination, message.key, exc)
             store.mark_failed(message.id, error=str(exc), retry_at=None)
-            return True
+            return
         stats.failed += 1
         if exc.retry_after is not None:
             until = now + timedelta(seconds=max(exc.retry_after, 0.0))
@@ -122,5 +117,3 @@ def _deliver(
     else:
         if store.mark_sent(message.id, revision=message.revision):
             stats.sent += 1
-            return True
-    return False

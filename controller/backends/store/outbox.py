@@ -88,15 +88,21 @@ class Outbox(Protocol):
         """
         ...
 
-    def due_messages(
+    def due_messages(self, *, now: datetime | None = None, limit: int = 100) -> list[OutboxMessage]:
+        """Every message still to send whose time has come, oldest due first, whatever its order or its
+        destination's pause: what is waiting. What may be sent now is :meth:`ready_messages`."""
+        ...
+
+    def ready_messages(
         self,
         *,
         now: datetime | None = None,
         limit: int = 100,
         destinations: Collection[str] | None = None,
     ) -> list[OutboxMessage]:
-        """The messages due at ``now``, oldest due first: each the first undelivered one of its ordering
-        key, its time come, its destination not paused; only for ``destinations`` when they are given."""
+        """The messages that may be sent at ``now``, oldest due first: each the first undelivered one of
+        its ordering key, its time come, its destination not paused; only for ``destinations`` when
+        they are given."""
         ...
 
     def mark_sent(self, message_id: int, *, revision: int | None = None) -> bool:

@@ -83,7 +83,18 @@ class OutboxSql(SqlBase):
             )
             return _get_message(conn, existing.id, by="id")
 
-    def due_messages(
+    def due_messages(self, *, now: datetime | None = None, limit: int = 100) -> list[OutboxMessage]:
+        when = self._now() if now is None else aware(now, "now")
+        query = (
+            select(outbox)
+            .where(outbox.c.sent_at.is_(None), outbox.c.next_attempt_at <= when)
+            .order_by(outbox.c.next_attempt_at, outbox.c.id)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return records(OutboxMessage, conn.execute(query).mappings())
+
+    def ready_messages(
         self,
         *,
         now: datetime | None = None,
