@@ -9,6 +9,9 @@ Pins down Invariant 4 at the level of the pure engine functions:
 - with ``noData: fail`` missing data counts as a failed check;
 - a round passes only when every configured check passed (a check that was
   not measured at all is missing data);
+- the request count comes first: fewer requests than the ``requestCount``
+  check asks for is inconclusive, whatever the other checks say and whatever
+  ``noData`` says; only with enough requests are the other checks judged;
 - failed rounds are counted in total, not consecutively; reaching
   ``failureLimit`` rolls back, and a failed round below it holds.
 
@@ -166,6 +169,78 @@ def test_verdicts_serialise_for_the_audit_log() -> None:
         "samples": 1000,
         "message": "success-rate = 0.999 (≥ 0.99)",
     }
+
+
+# ------------------------------------------------- the request count first
+
+FEW = Measurement(2.0, samples=2)  # below TRAFFIC's 20
+ENOUGH = Measurement(20.0, samples=20)  # on the bound
+NONE_SEEN = Measurement.missing("no requests in the window", samples=0)
+UNKNOWN = Measurement.missing("Prometheus unreachable at http://x")
+BAD_SUCCESS = Measurement(0.5, samples=2)
+SLOW = Measurement(0.9, samples=2)
+
+
+@pytest.mark.parametrize(
+    ("traffic", "others", "no_data", "outcome"),
+    [
+        (FEW, {"success-rate": BAD_SUCCESS}, "inconclusive", "inconclusive"),
+        (FEW, {"success-rate": BAD_SUCCESS}, "fail", "inconclusive"),  # too few is not missing data
+        (FEW, {"success-rate": BAD_SUCCESS, "latency-p99": SLOW}, "inconclusive", "inconclusive"),
+        (FEW, {}, "inconclusive", "inconclusive"),  # everything else fine: still no pass
+        (FEW, {"latency-p99": UNKNOWN}, "fail", "inconclusive"),
+        (NONE_SEEN, {"success-rate": Measurement.missing("no requests", samples=0)}, "fail", "inconclusive"),
+        (ENOUGH, {"success-rate": BAD_SUCCESS}, "inconclusive", "failed"),
+        (ENOUGH, {"success-rate": BAD_SUCCESS}, "fail", "failed"),
+        (ENOUGH, {}, "inconclusive", "passed"),
+        (ENOUGH, {"latency-p99": UNKNOWN}, "inconclusive", "inconclusive"),
+        (ENOUGH, {"latency-p99": UNKNOWN}, "fail", "failed"),
+        (UNKNOWN, {"success-rate": BAD_SUCCESS}, "inconclusive", "inconclusive"),  # enough? nobody knows
+        (UNKNOWN, {"success-rate": BAD_SUCCESS}, "fail", "failed"),  # missing data counts as failed
+        (UNKNOWN, {}, "fail", "failed"),
+    ],
+)
+def test_the_request_count_decides_whether_the_other_checks_are_judged(
+    traffic: Measurement, others: dict[str, Measurement], no_data: str, outcome: str
+) -> None:
+    verdict = judge_round(analysis(no_data=no_data), good() | {"enough-traffic": traffic} | others)
+    assert verdict.outcome == outcome, verdict.summary
+
+
+def test_too_few_requests_says_so_and_judges_nothing_else() -> None:
+    measurements = good() | {"enough-traffic": FEW, "success-rate": BAD_SUCCESS}
+    verdict = judge_round(analysis(no_data="fail"), measurements)
+    assert verdict.outcome == "inconclusive"
+    assert verdict.summary == "enough-traffic: only 2 requests in the window, needs at least 20 to judge"
+    by_name = {r.check: r for r in verdict.results}
+    assert {r.outcome for r in verdict.results} == {"inconclusive"}
+    assert by_name["success-rate"].message == "success-rate = 0.5, needs ≥ 0.99 (not judged)"
+    assert by_name["success-rate"].value == 0.5  # what was seen is kept for people to read
+    _, decision = next_state(1, verdict, analysis(failure_limit=2))
+    assert decision.action == "hold"  # never counted towards the failure limit
+
+
+def test_without_a_request_count_check_the_other_checks_are_judged() -> None:
+    spec = Analysis(interval_seconds=10, failure_limit=2, checks=(SUCCESS, LATENCY))
+    verdict = judge_round(spec, {"success-rate": BAD_SUCCESS, "latency-p99": Measurement(0.1)})
+    assert verdict.outcome == "failed"
+
+
+def test_a_request_count_without_a_minimum_is_an_ordinary_check() -> None:
+    capped = AnalysisCheck(name="not-flooded", builtin="requestCount", max=1000)
+    spec = Analysis(interval_seconds=10, failure_limit=2, checks=(SUCCESS, capped))
+    verdict = judge_round(spec, {"success-rate": BAD_SUCCESS, "not-flooded": FEW})
+    assert verdict.outcome == "failed"
+
+
+def test_a_failing_canary_waits_for_enough_requests_then_rolls_back() -> None:
+    source = FakeMetrics()
+    script_good(source)
+    source.set("enough-traffic", "v2", FEW, Measurement(40.0, samples=40), Measurement(60.0, samples=60))
+    source.set("success-rate", "v2", BAD_SUCCESS, Measurement(0.5, samples=40), Measurement(0.5, samples=60))
+    history = run_rounds(source, analysis(failure_limit=2), rounds=10)
+    assert [run.last.outcome for run in history if run.last] == ["inconclusive", "failed", "failed"]
+    assert history[-1].rolled_back and history[-1].failures == 2
 
 
 # ------------------------------------------------------- decision table

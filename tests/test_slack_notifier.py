@@ -4,8 +4,8 @@ Pins down: one parent message per model-version rollout, edited in place with
 ``chat.update`` and kept across restarts, and one thread reply per event;
 the Block Kit layout (metrics against production, links, the Approve and
 Reject buttons and who may press them); delivery through the outbox, where a
-429 waits for its ``Retry-After`` and an outage delays messages and loses
-none (Invariant 5); which API errors are permanent; and ephemeral replies
+429 pauses every Slack message until its ``Retry-After`` is up and an outage
+delays messages and loses none (Invariant 5); which API errors are permanent; and ephemeral replies
 going only to Slack's own ``response_url`` host.
 """
 
@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from controller.backends.notify import RolloutEvent
 from controller.backends.notify.slack import APPROVE_ACTION, REJECT_ACTION, SlackSender
 from controller.backends.store import OutboxMessage, open_store
 from controller.backends.store.sql import SqlStore
+from controller.backends.store.sql.tables import outbox
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.notices import queue_event
 from controller.engine.outbox import DeliveryError, deliver_due
@@ -125,9 +127,13 @@ def text_of(blocks: list[dict[str, Any]]) -> str:
 
 
 def slack_messages(store: SqlStore) -> list[OutboxMessage]:
-    return [
-        m for m in store.due_messages(now=datetime.now(UTC) + timedelta(days=1)) if m.destination == "slack"
-    ]
+    """Every Slack message still to deliver (due or not), in the order queued."""
+    pending = select(outbox.c.id).where(
+        outbox.c.destination == "slack", outbox.c.sent_at.is_(None), outbox.c.next_attempt_at.is_not(None)
+    )
+    with store.engine.connect() as conn:
+        ids = list(conn.execute(pending.order_by(outbox.c.id)).scalars())
+    return [store.get_message(i) for i in ids]
 
 
 # --------------------------------------------------------------- messages
@@ -272,7 +278,7 @@ def test_a_decision_from_slack_shows_who_approved(
 # --------------------------------------------------------------- failures
 
 
-def test_429_waits_for_retry_after_and_loses_nothing(
+def test_429_pauses_everything_for_slack_until_retry_after_and_loses_nothing(
     store: SqlStore, sender: SlackSender, slack: FakeSlack, model: Model
 ) -> None:
     for step in JOURNEY[:3]:
@@ -280,13 +286,18 @@ def test_429_waits_for_retry_after_and_loses_nothing(
     slack.fail(429, "ratelimited", retry_after=30)
     now = datetime.now(UTC)
     stats = deliver_due(store, {"slack": sender}, now=now)
-    assert (stats.sent, stats.failed) == (0, 1) and "slack" in stats.deferred
+    assert (stats.sent, stats.failed) == (0, 1) and "slack" in stats.deferred and stats.paused == {"slack"}
     waiting = [m for m in slack_messages(store) if m.attempts]
     assert len(waiting) == 1 and waiting[0].next_attempt_at == now + timedelta(seconds=30)
-    assert deliver(store, sender, now=now + timedelta(seconds=10)) == 2  # the others go on
-    assert deliver(store, sender, now=now + timedelta(seconds=31)) == 1
+    asked = len(slack.calls)
+    assert deliver(store, sender, now=now + timedelta(seconds=10)) == 0  # the others wait too
+    assert deliver(store, sender, now=now + timedelta(seconds=29)) == 0
+    assert len(slack.calls) == asked  # nothing reached Slack before Retry-After was up
+    assert deliver(store, sender, now=now + timedelta(seconds=30)) == 3
     parent = the_parent(slack)
-    assert len(slack.replies(parent)) == 3 and slack_messages(store) == []
+    replies = [r.text for r in slack.replies(parent)]
+    assert [text.endswith(step.message) for text, step in zip(replies, JOURNEY, strict=False)] == [True] * 3
+    assert len(replies) == 3 and slack_messages(store) == []  # in the order queued
 
 
 def test_an_outage_delays_messages_and_loses_none(

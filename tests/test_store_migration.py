@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from github import Auth
 from slack_sdk.web import WebClient
 from sqlalchemy import Engine, insert, select, text
@@ -76,6 +77,8 @@ from tests.store_0003 import (
 )
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head() or ""  # the newest revision
+NEWER = f"{int(HEAD) + 1:04d}"  # one this Flywheel does not know
 REPO = "octo-org/models"
 SHA1, SHA2 = "1" * 40, "2" * 40
 FORK = {**GOOD_PULL, "number": 9, "head_ref": "main", "head_sha": SHA2, "author": "mallory", "fork": True}
@@ -214,7 +217,7 @@ def meta_keys(store: SqlStore) -> set[str]:
 
 
 def test_every_record_of_0003_reads_back_after_the_upgrade(store: SqlStore) -> None:
-    assert schema_revision(store.engine) == ("0004",)
+    assert schema_revision(store.engine) == (HEAD,)
     event = store.get_event(1)
     assert (event.source, event.delivery_id, event.payload, event.received_at) == (
         "github", "d-1", {"ref": "refs/heads/main"}, T0,
@@ -479,10 +482,10 @@ def test_a_downgrade_gives_the_keys_back_and_the_upgrade_takes_them_again(
 
 def test_a_store_migrated_by_a_newer_flywheel_is_refused_and_left_alone(store: SqlStore, state: Path) -> None:
     with store.engine.begin() as conn:
-        conn.execute(text("UPDATE alembic_version SET version_num = '0005'"))
+        conn.execute(text(f"UPDATE alembic_version SET version_num = '{NEWER}'"))
     store.close()
-    with pytest.raises(SchemaTooNew, match=r"0005.*newer than this Flywheel knows.*up to 0004"):
+    with pytest.raises(SchemaTooNew, match=rf"{NEWER}.*newer than this Flywheel knows.*up to {HEAD}"):
         open_store(state, clock=SYSTEM_CLOCK)
     with sqlite3.connect(state / "state.db") as db:  # nothing downgraded, nothing undone
-        assert db.execute("SELECT version_num FROM alembic_version").fetchone() == ("0005",)
+        assert db.execute("SELECT version_num FROM alembic_version").fetchone() == (NEWER,)
         assert db.execute("SELECT count(*) FROM pull_requests").fetchone() == (3,)

@@ -4,7 +4,14 @@ A backend that talks to an outside service (GitHub, Slack, a notifier)
 implements :class:`Sender`; :func:`controller.engine.outbox.deliver_due`
 hands it each due message. It raises :class:`DeliveryError` when a message
 was not delivered: with ``retry_after`` when the service said when to come
-back, with ``permanent`` when retrying cannot help.
+back (the outbox then pauses everything bound for that destination until
+then), with ``permanent`` when retrying cannot help. A sender makes one
+attempt per call: its client library's own retries are off.
+
+:func:`rollout_thread` is the ordering key of a model version's rollout
+messages (the events :mod:`controller.engine.notices` queues, the decisions
+:mod:`controller.engine.slack_actions` queues): one Slack thread, read in
+the order the events happened.
 
 :class:`Backoff` is the one retry policy for calls to outside services: the
 outbox spaces a message's attempts with it and the GitHub poller
@@ -20,13 +27,19 @@ from typing import Protocol
 
 from controller.backends.store import OutboxMessage
 
-__all__ = ["Backoff", "DeliveryError", "Sender"]
+__all__ = ["Backoff", "DeliveryError", "Sender", "rollout_thread"]
 
 _MAX_DOUBLINGS = 64  # far past any cap: keeps 2 ** n a float for a message that failed for days
 
 
+def rollout_thread(destination: str, *, model: str, version: int) -> str:
+    """The ordering key of ``model`` ``version``'s rollout messages to ``destination`` (one Slack thread)."""
+    return f"{destination}:thread:{model}:v{version}"
+
+
 class DeliveryError(Exception):
-    """A message was not delivered; ``retry_after`` (seconds) when the service said when to retry."""
+    """A message was not delivered; ``retry_after`` (seconds) when the service said to send nothing more
+    to it before then (a rate limit, an outage with ``Retry-After``)."""
 
     def __init__(self, message: str, *, retry_after: float | None = None, permanent: bool = False) -> None:
         super().__init__(message)

@@ -14,8 +14,12 @@ rollout planner decides with them.
 
 What no data means (Invariant 4: a rollout never promotes on missing data):
 
-- A built-in ``requestCount`` check below its minimum is *inconclusive*: too
-  few requests to judge, which holds the rollout like no data does.
+- The request count comes first. A built-in ``requestCount`` check below its
+  minimum is *inconclusive*: too few requests to judge, which holds the
+  rollout like no data does, and makes the whole round inconclusive whatever
+  its other checks saw (a failing error rate on 2 requests is no evidence) and
+  whatever ``noData`` says. Only with enough requests are the other checks
+  judged (:func:`~controller.engine.verdicts.evaluate_round`).
 - A measurement without a value is *inconclusive*. With ``noData:
   inconclusive`` (the default) it is never a pass and never a failure: the
   round is inconclusive and the rollout **holds**, saying why, until data

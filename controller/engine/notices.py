@@ -4,13 +4,15 @@ The rollout engine calls :func:`queue_event` for each thing people should
 hear about. Each event goes into the outbox once per channel of the model's
 ``notifications`` (the console always), keyed by the event's idempotency key,
 so an event the engine repeats after a crash is still announced once
-(Invariant 5). :class:`NotifierSender` is the outbox sender that hands an
+(Invariant 5), and ordered with the other events of its model version, so
+they are read in the order they happened. :class:`NotifierSender` is the outbox sender that hands an
 event to a :class:`~controller.backends.notify.Notifier` (the console one on
 the embedded home; Slack registers its own sender).
 """
 
 from __future__ import annotations
 
+from controller.backends.delivery import rollout_thread
 from controller.backends.notify import Notifier, RolloutEvent, event_from_json, event_to_json
 from controller.backends.store import Outbox, OutboxMessage
 from controller.specs.types import Model
@@ -35,6 +37,7 @@ def queue_event(store: Outbox, model: Model | None, event: RolloutEvent) -> None
             key=f"{destination}:{event.key}",
             payload={"event": payload, "target": target},
             replace=False,
+            ordering_key=rollout_thread(destination, model=event.model, version=event.version),
         )
 
 

@@ -2,19 +2,32 @@
 
 The engine never calls an outside service inline. It queues a message with
 :meth:`Outbox.enqueue` (one idempotency key per message, so a repeat after a
-crash does not duplicate it) and the controller's loop calls
-:func:`deliver_due` now and then, which hands each due message to the
-:class:`Sender` registered for its destination.
+crash does not duplicate it; an ordering key, so the messages of one Slack
+thread are delivered in the order they were queued, and a report's or a check
+run's newest payload is never overtaken by an older one) and the
+controller's loop calls :func:`deliver_due` now and then, which hands each
+due message to the :class:`Sender` registered for its destination.
 
 A sender raises :class:`DeliveryError` when a message could not be
 delivered: with ``retry_after`` when the service said when to come back
 (``Retry-After``, ``X-RateLimit-Reset``, Slack's 429), with ``permanent``
 when retrying cannot help (the message is kept, marked given up, and
-logged). A message is tried again after the :data:`BACKOFF` of its failures
-so far (2 s doubling to 5 min, ±25%), never sooner than the service asked;
-any other exception is retried the same way. A rate-limited or failing
-destination is not tried again in the same pass, so an outage of one service
-delays its own messages only, and loses none (Invariant 5).
+logged). A ``retry_after`` pauses the whole destination in the store until
+then (:meth:`Outbox.pause_destination`): nothing is sent to it before, by
+this pass, the next, or a restarted controller. A destination is what one
+sender with one credential talks to: ``slack`` is one workspace's bot token,
+``github`` one API host's token or App installation (GitHub's rate limits
+belong to the credential, across all its repositories). A message is tried
+again after the :data:`BACKOFF` of its failures so far (2 s doubling to
+5 min, ±25%), never sooner than the service asked; any other exception is
+retried the same way. A failing destination is not tried again in the same
+pass, so an outage of one service delays its own messages only, and loses
+none (Invariant 5); a message waiting in backoff holds back only the messages
+behind it on its ordering key.
+
+Senders make one attempt per call: the clients' own retries are off (slack-sdk's
+``retry_handlers=[]``, PyGithub's ``retry=None``), so no hidden retry sleeps
+the controller's loop; the outbox decides when to try again.
 """
 
 from __future__ import annotations
@@ -25,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from controller.backends.delivery import Backoff, DeliveryError, Sender
-from controller.backends.store import Outbox
+from controller.backends.store import Outbox, OutboxMessage
 
 __all__ = ["BACKOFF", "DeliveryError", "DeliveryStats", "Sender", "deliver_due"]
 
@@ -40,6 +53,7 @@ class DeliveryStats:
     failed: int = 0
     gave_up: int = 0
     deferred: set[str] = field(default_factory=set)  # destinations skipped for the rest of the pass
+    paused: set[str] = field(default_factory=set)  # destinations the service told to wait
 
 
 def deliver_due(
@@ -52,42 +66,54 @@ def deliver_due(
     """Send every due message whose destination has a sender; record each outcome in the store.
 
     Messages for destinations without a sender here are left for another
-    process (the webhook service and the controller may share a store).
+    process (the webhook service and the controller may share a store). A
+    message delivered lets the next one of its ordering key go in the same
+    pass; at most ``limit`` attempts are made.
     """
     stats = DeliveryStats()
-    when = now
-    for message in store.due_messages(now=when, limit=limit):
-        sender = senders.get(message.destination)
-        if sender is None or message.destination in stats.deferred:
-            continue
-        try:
-            sender.send(message)
-        except DeliveryError as exc:
-            stats.deferred.add(message.destination)
-            if exc.permanent:
-                stats.gave_up += 1
-                log.error("giving up on %s message %s: %s", message.destination, message.key, exc)
-                store.mark_failed(message.id, error=str(exc), retry_at=None)
-                continue
-            stats.failed += 1
-            delay = BACKOFF.seconds(message.attempts + 1, retry_after=exc.retry_after)
-            log.warning(
-                "%s message %s not delivered, retrying in %.0fs: %s",
-                message.destination,
-                message.key,
-                delay,
-                exc,
-            )
-            store.mark_failed(message.id, error=str(exc), retry_at=when + timedelta(seconds=delay))
-        except Exception as exc:
-            stats.deferred.add(message.destination)
-            stats.failed += 1
-            delay = BACKOFF.seconds(message.attempts + 1)
-            log.exception("%s message %s failed, retrying in %.0fs", message.destination, message.key, delay)
-            store.mark_failed(
-                message.id, error=f"{type(exc).__name__}: {exc}", retry_at=when + timedelta(seconds=delay)
-            )
-        else:
-            if store.mark_sent(message.id, revision=message.revision):
-                stats.sent += 1
+    for _ in range(limit):
+        wanted = set(senders) - stats.deferred
+        # One at a time, oldest due first: the next of a thread becomes due once the one before it is sent.
+        due = store.ready_messages(now=now, limit=1, destinations=wanted) if wanted else []
+        if not due:
+            break
+        _deliver(store, senders[due[0].destination], due[0], now=now, stats=stats)
     return stats
+
+
+def _deliver(
+    store: Outbox, sender: Sender, message: OutboxMessage, *, now: datetime, stats: DeliveryStats
+) -> None:
+    """Try ``message`` once and record the outcome in the store and in ``stats``."""
+    destination = message.destination
+    try:
+        sender.send(message)
+    except DeliveryError as exc:
+        stats.deferred.add(destination)
+        if exc.permanent:
+            stats.gave_up += 1
+            log.error("giving up on %s message %s: %s", destination, message.key, exc)
+            store.mark_failed(message.id, error=str(exc), retry_at=None)
+            return
+        stats.failed += 1
+        if exc.retry_after is not None:
+            until = now + timedelta(seconds=max(exc.retry_after, 0.0))
+            store.pause_destination(destination, until=until, reason=str(exc))
+            stats.paused.add(destination)
+            log.warning("%s asked to wait: nothing is sent to it before %s (%s)", destination, until, exc)
+        delay = BACKOFF.seconds(message.attempts + 1, retry_after=exc.retry_after)
+        log.warning(
+            "%s message %s not delivered, retrying in %.0fs: %s", destination, message.key, delay, exc
+        )
+        store.mark_failed(message.id, error=str(exc), retry_at=now + timedelta(seconds=delay))
+    except Exception as exc:
+        stats.deferred.add(destination)
+        stats.failed += 1
+        delay = BACKOFF.seconds(message.attempts + 1)
+        log.exception("%s message %s failed, retrying in %.0fs", destination, message.key, delay)
+        store.mark_failed(
+            message.id, error=f"{type(exc).__name__}: {exc}", retry_at=now + timedelta(seconds=delay)
+        )
+    else:
+        if store.mark_sent(message.id, revision=message.revision):
+            stats.sent += 1

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 
+from controller.backends.delivery import rollout_thread
 from controller.backends.notify.buttons import (
     SLACK_SOURCE,
     ButtonPress,
@@ -90,4 +91,5 @@ class SlackActions:
             key=f"slack:decision:{press.model}:v{press.version}:{environment}:{user}:{press.decision}",
             payload=decision_message(press, user=user, message=message),
             replace=False,
+            ordering_key=rollout_thread(SLACK_SOURCE, model=press.model, version=press.version),
         )

@@ -95,24 +95,35 @@ def describe(check: AnalysisCheck) -> str:
 def evaluate_round(analysis: Analysis, results: Sequence[CheckResult]) -> RoundVerdict:
     """What one round's check results add up to.
 
-    Any failed check fails the round. Otherwise any inconclusive check (or a
-    configured check without a result) makes it inconclusive, unless
+    The request count comes first: a round whose built-in ``requestCount``
+    check (one with a minimum) counted fewer requests than it asks for is
+    inconclusive, whatever its other checks say and whatever ``noData`` says;
+    so is a round whose request count is unknown (no data), unless ``noData``
+    is ``fail``. The other checks are judged only with enough requests: their
+    results are kept, marked not judged.
+
+    Then any failed check fails the round. Otherwise any inconclusive check (or
+    a configured check without a result) makes it inconclusive, unless
     ``analysis.no_data == "fail"``, where it counts as a failed check. Only a
     round where every check passed passes. An analysis without checks passes:
     the spec asked for none.
     """
     by_name = {r.check: r for r in results}
-    judged: list[CheckResult] = []
-    for check in analysis.checks:
-        found = by_name.get(check.name)
-        if found is None:
-            found = CheckResult(
-                check.name, describe(check), "inconclusive", None, None, f"{check.name}: not measured"
-            )
-        if found.outcome == "inconclusive" and analysis.no_data == "fail":
-            found = replace(found, outcome="failed", message=f"{found.message}; noData is fail")
-        judged.append(found)
+    measured = [
+        by_name.get(check.name)
+        or CheckResult(check.name, describe(check), "inconclusive", None, None, f"{check.name}: not measured")
+        for check in analysis.checks
+    ]
+    waiting = _not_enough_requests(analysis, measured)
+    if waiting:
+        return _too_few_requests(measured, waiting)
 
+    judged = [
+        replace(r, outcome="failed", message=f"{r.message}; noData is fail")
+        if r.outcome == "inconclusive" and analysis.no_data == "fail"
+        else r
+        for r in measured
+    ]
     failed = [r for r in judged if r.outcome == "failed"]
     inconclusive = [r for r in judged if r.outcome == "inconclusive"]
     if failed:
@@ -122,6 +133,36 @@ def evaluate_round(analysis: Analysis, results: Sequence[CheckResult]) -> RoundV
     if not judged:
         return RoundVerdict("passed", (), "no analysis checks configured")
     return RoundVerdict("passed", tuple(judged), "all checks passed: " + "; ".join(r.message for r in judged))
+
+
+def _not_enough_requests(analysis: Analysis, measured: Sequence[CheckResult]) -> list[CheckResult]:
+    """The request-count results that do not show enough requests to judge the other checks by.
+
+    A count below the check's minimum (its value, or without one the requests
+    the source says it saw) is too few, always. A count nobody knows (no data)
+    is not enough either, unless ``noData`` is ``fail``: then it is a failed
+    check like any other missing data.
+    """
+    waiting = []
+    for check, result in zip(analysis.checks, measured, strict=True):
+        if check.builtin != "requestCount" or check.min is None:
+            continue
+        count = result.value if result.value is not None else result.samples
+        too_few = count is not None and count < check.min
+        unknown = count is None and analysis.no_data != "fail"
+        if too_few or unknown:
+            waiting.append(result)
+    return waiting
+
+
+def _too_few_requests(measured: Sequence[CheckResult], waiting: Sequence[CheckResult]) -> RoundVerdict:
+    """An inconclusive round for want of requests: the other checks' results kept, none of them judged."""
+    names = {r.check for r in waiting}
+    results = tuple(
+        r if r.check in names else replace(r, outcome="inconclusive", message=f"{r.message} (not judged)")
+        for r in measured
+    )
+    return RoundVerdict("inconclusive", results, "; ".join(r.message for r in waiting))
 
 
 def next_state(failures_so_far: int, verdict: RoundVerdict, analysis: Analysis) -> tuple[int, Decision]:

@@ -8,11 +8,16 @@ Two halves, so that no call to GitHub is ever made inline (Invariant 5):
   outbox message (destination ``"github"``) under a key that makes the newest
   payload win: one key per pull request and model for the sticky report, one
   per commit and model for the check, one per comment for a reply. An outage
-  therefore delays messages and never duplicates them.
+  therefore delays messages and never duplicates them. Each message is its
+  own ordering key: a report, a check run or a reply is one message whose
+  newest payload replaces the older one, so nothing older can overtake it.
 * :class:`GitHubSender` is the outbox :class:`~controller.backends.delivery.Sender`
   for ``"github"``. It makes the PyGithub calls when the controller's loop
   delivers, and maps GitHub's answers to :class:`DeliveryError`: rate limits
-  (``Retry-After``, ``X-RateLimit-Reset``) to ``retry_after``, 5xx answers
+  (a 403 or 429 with ``Retry-After``, or with ``x-ratelimit-remaining: 0`` and
+  ``x-ratelimit-reset``) to ``retry_after``, which pauses the whole ``github``
+  destination (one API host and credential: GitHub counts its limits per
+  token or installation, across repositories) until then, 5xx answers
   and connection errors to a retry with backoff, a pull request or
   repository that is gone (404, 410, 422) to ``permanent``. PyGithub's own
   retries are switched off so that the outbox alone decides when to try again.

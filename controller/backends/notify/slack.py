@@ -27,10 +27,18 @@ The parent message's ``channel`` and ``ts``, what it shows and the events
 answered in its thread are kept in the store
 (:class:`~controller.backends.store.SlackRecords`, one record per model
 version), so a restarted controller keeps editing the same message. Failures become
-:class:`~controller.backends.delivery.DeliveryError`: a 429 carries its
-``Retry-After``; ``channel_not_found``, ``invalid_auth``, ``not_in_channel``
-and similar are permanent; everything else (5xx, ``ratelimited``, connection
-errors) is retried by the outbox with backoff, so an outage loses nothing.
+:class:`~controller.backends.delivery.DeliveryError`: a 429 or ``ratelimited``
+carries its ``Retry-After`` (:data:`DEFAULT_RETRY_AFTER` when Slack gave
+none), and the outbox sends nothing more to Slack before it is up (the
+``slack`` destination is this sender's one bot token, one workspace);
+``channel_not_found``, ``invalid_auth``, ``not_in_channel`` and similar are
+permanent; everything else (5xx, connection errors) is retried by the outbox
+with backoff, so an outage loses nothing. slack-sdk's own retry handlers
+(``RateLimitErrorRetryHandler`` and the rest) are off: each call is one
+request, and the outbox, not a sleep in the controller's loop, decides when
+to try again. The events of one rollout are queued under one ordering key
+(:func:`~controller.backends.delivery.rollout_thread`), so its thread reads
+in the order they happened.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from controller.backends.store import OutboxMessage, SlackMessage, SlackRecords
 __all__ = [
     "APPROVE_ACTION",
     "DECISION_BLOCK",
+    "DEFAULT_RETRY_AFTER",
     "REJECT_ACTION",
     "SLACK_API_URL",
     "SlackSender",
@@ -61,6 +70,7 @@ __all__ = [
 ]
 
 SLACK_API_URL = "https://slack.com/api/"
+DEFAULT_RETRY_AFTER = 1.0  # a rate limit without Retry-After: Slack's 1 message per second and channel
 SLACK_HOOKS_HOST = "hooks.slack.com"
 APPROVE_ACTION = "flywheel_approve"
 REJECT_ACTION = "flywheel_reject"
@@ -257,15 +267,16 @@ def _error_code(response: SlackResponse) -> str:
     return str(data.get("error", "")) if isinstance(data, dict) else ""
 
 
-def _retry_after(headers: Mapping[str, Any]) -> float | None:
+def _retry_after(headers: Mapping[str, Any]) -> float:
+    """Seconds to send nothing to Slack, from a rate-limited answer's ``Retry-After``."""
     for name, value in headers.items():
         if name.lower() == "retry-after":
             raw = value[0] if isinstance(value, list) and value else value
             try:
                 return max(float(str(raw).strip()), 0.0)
             except ValueError:
-                return None
-    return None
+                return DEFAULT_RETRY_AFTER
+    return DEFAULT_RETRY_AFTER
 
 
 def _api_failure(response: SlackResponse) -> DeliveryError:

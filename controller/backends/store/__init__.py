@@ -55,7 +55,7 @@ from controller.backends.store.audit import AuditEntry, AuditLog, NewAuditEntry
 from controller.backends.store.common import Conflict, JSONObject, NotFound, SchemaTooNew, StoreError
 from controller.backends.store.inbox import Inbox, InboxEvent, NewEvent
 from controller.backends.store.integrity import StateIntegrity, StateRefused
-from controller.backends.store.outbox import Outbox, OutboxMessage
+from controller.backends.store.outbox import DestinationPause, Outbox, OutboxMessage
 from controller.backends.store.pull_requests import (
     BranchPullRef,
     CheckRunRef,
@@ -108,6 +108,7 @@ __all__ = [
     "CommitStatus",
     "Conflict",
     "Decision",
+    "DestinationPause",
     "GitHubRef",
     "Inbox",
     "InboxEvent",

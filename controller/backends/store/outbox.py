@@ -5,17 +5,33 @@ loop (:func:`controller.engine.outbox.deliver_due`) hands due messages to
 each destination's sender and records the outcome. One idempotency key per
 message: a repeat after a crash replaces the payload (newest wins) and never
 duplicates the message (Invariant 5).
+
+Two rules keep delivery in step with what the services ask and what people
+read:
+
+* **Order.** Every message has an ordering key: a rollout's Slack thread,
+  or by default its own key (a pull request's report or a check run is one
+  message whose newest payload replaces the older one).
+  Of the messages not yet delivered under one ordering key, only the one
+  queued first is ever due: a later one never goes before it, and one
+  waiting in backoff holds back only the messages behind it on its key. A
+  message given up on holds back nothing.
+* **Pauses.** A destination the service told to wait (``Retry-After``, a
+  rate limit's reset) is paused until then (:class:`DestinationPause`),
+  stored, so that a restarted controller waits too: none of its messages is
+  due before the pause ends. Other destinations keep flowing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from controller.backends.store.common import JSONObject
 
-__all__ = ["Outbox", "OutboxMessage"]
+__all__ = ["DestinationPause", "Outbox", "OutboxMessage"]
 
 
 @dataclass(frozen=True)
@@ -23,12 +39,15 @@ class OutboxMessage:
     """A message to deliver to an outside service, retried until it is sent.
 
     ``revision`` moves whenever the payload is replaced, so that marking an
-    older payload as sent does not swallow a newer one.
+    older payload as sent does not swallow a newer one. ``ordering_key``
+    names the messages it is delivered in order with (see the module
+    docstring); its place among them is when it was first queued.
     """
 
     id: int
     destination: str  # github | slack | ...
     key: str  # idempotency key, unique
+    ordering_key: str  # the messages delivered in the order they were queued; the key itself by default
     payload: JSONObject
     revision: int
     attempts: int
@@ -38,22 +57,53 @@ class OutboxMessage:
     last_error: str | None = None
 
 
+@dataclass(frozen=True)
+class DestinationPause:
+    """Nothing is sent to ``destination`` before ``until``: its service said so (``reason``)."""
+
+    destination: str
+    until: datetime
+    reason: str
+
+
 class Outbox(Protocol):
-    """Durable messages, one per idempotency key, due until sent or given up."""
+    """Durable messages, one per idempotency key, due until sent or given up, in order per ordering key."""
 
     def enqueue(
-        self, *, destination: str, key: str, payload: JSONObject, replace: bool = True
+        self,
+        *,
+        destination: str,
+        key: str,
+        payload: JSONObject,
+        replace: bool = True,
+        ordering_key: str | None = None,
     ) -> OutboxMessage:
         """Queue a message; for a known ``key`` replace its payload (newest wins) and never duplicate it.
 
         A message already sent with the very same payload is left alone; with a
         different payload it is due again. With ``replace=False`` a known key is
         left exactly as it is (a one-off event, such as a notification repeated
-        after a crash, is announced once).
+        after a crash, is announced once). ``ordering_key`` (``key`` when not
+        given) is set when the message is first queued and kept after that.
         """
         ...
 
-    def due_messages(self, *, now: datetime | None = None, limit: int = 100) -> list[OutboxMessage]: ...
+    def due_messages(self, *, now: datetime | None = None, limit: int = 100) -> list[OutboxMessage]:
+        """Every message still to send whose time has come, oldest due first, whatever its order or its
+        destination's pause: what is waiting. What may be sent now is :meth:`ready_messages`."""
+        ...
+
+    def ready_messages(
+        self,
+        *,
+        now: datetime | None = None,
+        limit: int = 100,
+        destinations: Collection[str] | None = None,
+    ) -> list[OutboxMessage]:
+        """The messages that may be sent at ``now``, oldest due first: each the first undelivered one of
+        its ordering key, its time come, its destination not paused; only for ``destinations`` when
+        they are given."""
+        ...
 
     def mark_sent(self, message_id: int, *, revision: int | None = None) -> bool:
         """Mark sent; ``False`` (still due) when ``revision`` is given and the payload was replaced since."""
@@ -64,3 +114,11 @@ class Outbox(Protocol):
         ...
 
     def get_message(self, message_id: int) -> OutboxMessage: ...
+
+    def pause_destination(self, destination: str, *, until: datetime, reason: str) -> DestinationPause:
+        """Send nothing to ``destination`` before ``until``; a pause already longer is kept as it is."""
+        ...
+
+    def destination_pauses(self, *, now: datetime | None = None) -> list[DestinationPause]:
+        """The pauses still in force at ``now``, by destination."""
+        ...

@@ -3,21 +3,24 @@
 Part of :class:`controller.backends.store.sql.SqlStore`
 (:class:`~controller.backends.store.Outbox`). A payload's ``revision`` moves
 whenever it is replaced, so that marking an older payload sent leaves the
-newer one due.
+newer one due. A message is due only when no message of its ordering key
+queued before it (a lower id) is still to deliver, and its destination has
+no pause in force (table ``outbox_pauses``, one row per destination).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, and_, exists, select, update
 
 from controller.backends.store.common import JSONObject, NotFound
-from controller.backends.store.outbox import OutboxMessage
+from controller.backends.store.outbox import DestinationPause, OutboxMessage
 from controller.backends.store.sql.base import SqlBase, aware
-from controller.backends.store.sql.mapping import one, records
-from controller.backends.store.sql.tables import outbox
+from controller.backends.store.sql.mapping import found, keyed, one, records
+from controller.backends.store.sql.tables import outbox, outbox_pauses
 
 __all__ = ["OutboxSql"]
 
@@ -32,7 +35,13 @@ def _get_message(conn: Connection, ident: int | str, *, by: str, for_update: boo
 
 class OutboxSql(SqlBase):
     def enqueue(
-        self, *, destination: str, key: str, payload: JSONObject, replace: bool = True
+        self,
+        *,
+        destination: str,
+        key: str,
+        payload: JSONObject,
+        replace: bool = True,
+        ordering_key: str | None = None,
     ) -> OutboxMessage:
         now = self._now()
         with self._write() as conn:
@@ -41,6 +50,7 @@ class OutboxSql(SqlBase):
                 .values(
                     destination=destination,
                     key=key,
+                    ordering_key=key if ordering_key is None else ordering_key,
                     payload=payload,
                     revision=1,
                     attempts=0,
@@ -84,6 +94,33 @@ class OutboxSql(SqlBase):
         with self._read() as conn:
             return records(OutboxMessage, conn.execute(query).mappings())
 
+    def ready_messages(
+        self,
+        *,
+        now: datetime | None = None,
+        limit: int = 100,
+        destinations: Collection[str] | None = None,
+    ) -> list[OutboxMessage]:
+        when = self._now() if now is None else aware(now, "now")
+        earlier = outbox.alias("earlier")
+        queued_before = exists().where(
+            earlier.c.ordering_key == outbox.c.ordering_key,
+            earlier.c.id < outbox.c.id,
+            earlier.c.sent_at.is_(None),
+            earlier.c.next_attempt_at.is_not(None),  # given up on: holds nothing back
+        )
+        paused = exists().where(
+            and_(outbox_pauses.c.destination == outbox.c.destination, outbox_pauses.c.until > when)
+        )
+        query = select(outbox).where(
+            outbox.c.sent_at.is_(None), outbox.c.next_attempt_at <= when, ~queued_before, ~paused
+        )
+        if destinations is not None:
+            query = query.where(outbox.c.destination.in_(sorted(destinations)))
+        query = query.order_by(outbox.c.next_attempt_at, outbox.c.id).limit(limit)
+        with self._read() as conn:
+            return records(OutboxMessage, conn.execute(query).mappings())
+
     def mark_sent(self, message_id: int, *, revision: int | None = None) -> bool:
         query = update(outbox).where(outbox.c.id == message_id)
         if revision is not None:
@@ -114,3 +151,25 @@ class OutboxSql(SqlBase):
     def get_message(self, message_id: int) -> OutboxMessage:
         with self._read() as conn:
             return _get_message(conn, message_id, by="id")
+
+    def pause_destination(self, destination: str, *, until: datetime, reason: str) -> DestinationPause:
+        until = aware(until, "until")
+        with self._write() as conn:
+            current = found(conn, DestinationPause, keyed(outbox_pauses, destination=destination))
+            if current is not None and current.until >= until:
+                return current
+            values = {"until": until, "reason": reason, "updated_at": self._now()}
+            conn.execute(
+                self._upsert(outbox_pauses)
+                .values(destination=destination, **values)
+                .on_conflict_do_update(index_elements=["destination"], set_=values)
+            )
+        return DestinationPause(destination=destination, until=until, reason=reason)
+
+    def destination_pauses(self, *, now: datetime | None = None) -> list[DestinationPause]:
+        when = self._now() if now is None else aware(now, "now")
+        query = (
+            select(outbox_pauses).where(outbox_pauses.c.until > when).order_by(outbox_pauses.c.destination)
+        )
+        with self._read() as conn:
+            return records(DestinationPause, conn.execute(query).mappings())

@@ -207,6 +207,7 @@ outbox = Table(
     Column("id", Integer(), primary_key=True, autoincrement=True),
     Column("destination", String(64), nullable=False),
     Column("key", String(512), nullable=False),
+    Column("ordering_key", String(512), nullable=False),
     json_column("payload"),
     Column("revision", Integer(), nullable=False),
     Column("attempts", Integer(), nullable=False),
@@ -216,6 +217,15 @@ outbox = Table(
     time_column("sent_at", nullable=True),
     Column("last_error", Text()),
     UniqueConstraint("key", name="uq_outbox_key"),
+)
+
+outbox_pauses = Table(
+    "outbox_pauses",
+    metadata,
+    Column("destination", String(64), primary_key=True),
+    time_column("until"),
+    Column("reason", Text(), nullable=False),
+    time_column("updated_at"),
 )
 
 
