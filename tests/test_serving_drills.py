@@ -12,11 +12,15 @@ traffic to it and answers through the router. Then, whatever the moment:
 * the router answers our admin token (routing worked, and ``GET /-/routes``
   with the recorded token is 200), also on an explicit port;
 * the process launched before the crash was adopted, not doubled: after a
-  kill right after the launch, its pid is the one serving.
+  kill right after the launch, its pid is the one serving;
+* a launch whose record was replaced by a later intent, and that still runs,
+  is stopped (it carries a token the record superseded), and a server counts
+  as ours only when the process on its port carries the recorded token.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -27,9 +31,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from controller.backends.local.processes import is_alive
 from controller.backends.serving import ServedVersion
 from controller.backends.serving.local import LocalServing
-from controller.backends.serving.server import ProcessRecord, free_port
+from controller.backends.serving.server import ProcessRecord, foreign_answer, free_port
 from controller.clock import SYSTEM_CLOCK
 from controller.specs.types import Environment
 from tests.test_serving import Client, stub_version
@@ -159,3 +164,34 @@ def test_a_controller_killed_around_a_launch_neither_doubles_nor_loses_the_proce
         assert json.loads(body)["routes"]["m"]["versions"]["v1"]["weight"] == 100
     finally:
         client.close()
+
+
+def test_a_launch_that_was_replaced_is_stopped_and_a_server_proves_itself_by_its_token(
+    state: Path, tmp_path: Path
+) -> None:
+    environment = Environment(name="staging", spec_path="environments/staging.yaml")
+    version = stub_version(tmp_path, "v1")
+    backend = LocalServing(state, ready_timeout_seconds=30, clock=SYSTEM_CLOCK)
+    backend.deploy(environment=environment, version=version)
+    record_file = state / "staging" / "servers" / "m" / "v1" / "server.json"
+    first = ProcessRecord.load(record_file)
+    assert first is not None and first.pid is not None and _servers(tmp_path, "v1") == [first.pid]
+    assert foreign_answer(first) is None
+    impostor = dataclasses.replace(first, instance="0123456789abcdef")
+    assert "not the server launched as 0123456789abcdef" in (foreign_answer(impostor) or "")
+
+    # A later launch was recorded over the first one, which it superseded, and the controller was
+    # killed before launching it: the first server is ours, but not the one the record intends.
+    intent = dataclasses.replace(first, pid=None, process_start=None, instance="fedcba9876543210",
+                                 superseded=(first.instance,))
+    intent.save(record_file)
+    restarted = LocalServing(state, ready_timeout_seconds=30, clock=SYSTEM_CLOCK)
+    restarted.deploy(environment=environment, version=version)
+    (server,) = _servers(tmp_path, "v1")
+    assert server != first.pid and not is_alive(first.pid, first.process_start)  # a zombie at most
+    relaunched = ProcessRecord.load(record_file)
+    assert relaunched is not None and relaunched.pid == server
+    assert relaunched.superseded == ("fedcba9876543210",)  # never found running: looked for once more
+    assert [d.version for d in restarted.deployed(environment=environment, model="m")] == ["v1"]
+    settled = ProcessRecord.load(record_file)
+    assert settled is not None and settled.pid == server and settled.superseded == ()

@@ -276,7 +276,8 @@ class LocalServing:
         result = []
         model_dir = self.state_dir / environment.name / "servers" / model
         for server_dir in sorted(model_dir.iterdir() if model_dir.is_dir() else ()):
-            record = ProcessRecord.load(server_dir / "server.json")
+            with self._lock(environment.name, model, server_dir.name):
+                record = self._record(server_dir)  # a server launched just before a crash counts
             if record is None or not is_alive(record.pid, record.process_start):
                 continue
             result.append(
