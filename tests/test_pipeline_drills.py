@@ -8,6 +8,8 @@ same run directory (from a clean copy, as the engine resumes a run):
 
 * ends the orphaned step and its child first: the resumed step sees no
   earlier attempt still running (it checks, and reports it as a metric);
+  so does another run started instead (the killed run given up), since the
+  controller that launched the orphan is gone;
 * leaves no process of the orphan's process group (a psutil scan);
 * succeeds, and keeps no step record once its steps have exited.
 """
@@ -98,8 +100,12 @@ def _group(pgid: int) -> list[psutil.Process]:
     return members
 
 
-@pytest.mark.parametrize("moment", ["launched", "running"])
-def test_a_resumed_run_ends_the_steps_a_killed_controller_left_running(tmp_path: Path, moment: str) -> None:
+@pytest.mark.parametrize(
+    ("moment", "next_run"), [("launched", "same"), ("running", "same"), ("running", "another")]
+)
+def test_a_resumed_run_ends_the_steps_a_killed_controller_left_running(
+    tmp_path: Path, moment: str, next_run: str
+) -> None:
     marks, run_dir = tmp_path / "marks", tmp_path / "run"
     marks.mkdir()
     (run_dir / "src").mkdir(parents=True)
@@ -114,16 +120,40 @@ def test_a_resumed_run_ends_the_steps_a_killed_controller_left_running(tmp_path:
     try:
         assert len(_group(orphan)) == 2  # the step and its child outlived the controller
 
-        shutil.rmtree(run_dir)  # resumed from a clean copy, as the engine does
+        if next_run == "same":
+            shutil.rmtree(run_dir)  # resumed from a clean copy, as the engine does
+        else:  # the killed run is given up (cancelled) and another one starts
+            run_dir = tmp_path / "run-8"
         (run_dir / "src").mkdir(parents=True)
         (run_dir / "src" / "train.py").write_text(TRAIN)
-        request = RunRequest(run_id="7", model=_model(marks), source_dir=run_dir / "src", run_dir=run_dir)
+        run_id = "7" if next_run == "same" else "8"
+        request = RunRequest(run_id=run_id, model=_model(marks), source_dir=run_dir / "src", run_dir=run_dir)
         result = LocalRunner(kill_grace_seconds=1.0).start(request).wait(timeout=60)
 
         assert result.status == "succeeded", result
         assert result.metrics == {"concurrent": 0.0}  # the orphan had been ended before the step ran again
         assert _group(orphan) == []
-        assert list((tmp_path / ".steps" / "run").iterdir()) == []
+        assert list((tmp_path / ".steps").glob("*/*")) == []
     finally:
         for process in _group(orphan):
             process.kill()
+
+
+def test_a_run_leaves_alone_the_steps_of_another_run_its_controller_still_runs(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    runner = LocalRunner(kill_grace_seconds=1.0)
+    handles = []
+    for run_id in ("1", "2"):  # the first one's step runs for a minute, the second one's exits at once
+        run_dir = tmp_path / f"run-{run_id}"
+        (run_dir / "src").mkdir(parents=True)
+        (run_dir / "src" / "train.py").write_text(TRAIN)
+        request = RunRequest(run_id=run_id, model=_model(marks), source_dir=run_dir / "src", run_dir=run_dir)
+        handles.append(runner.start(request))
+        _wait_for(marks / "started")
+    try:
+        assert handles[1].wait(timeout=60).metrics == {"concurrent": 1.0}  # run 1's step ran on
+        assert not handles[0].done()
+    finally:
+        handles[0].cancel()
+    assert handles[0].wait(timeout=60).status == "cancelled"

@@ -7,11 +7,14 @@ the run before it (``train.py`` writing into the same run directory twice),
 each attempt is recorded in :class:`StepRecords` before it is launched (run,
 step, attempt and a fresh instance token the process carries as
 ``FLYWHEEL_INSTANCE``), again with its pid and the kernel's start time of that
-pid once launched, and forgotten when it exits. A run that starts first calls
-:meth:`StepRecords.end_orphans`: every recorded step process that still runs
-(found by pid and start time, or by its token when the controller died before
-it knew the pid) is stopped with its whole process group, SIGTERM then
-SIGKILL, and waited for; no step of the run starts before.
+pid once launched, and forgotten when it exits; each record names the
+controller process that launched it. A run that starts first calls
+:meth:`StepRecords.end_orphans`: every recorded step process of the run that
+still runs (found by pid and start time, or by its token when the controller
+died before it knew the pid) is stopped with its whole process group, SIGTERM
+then SIGKILL, and waited for; no step of the run starts before. So are those
+of other runs in the same directory whose controller is gone (a run the
+restarted controller cancelled instead of resuming leaves no step running).
 
 The records live beside the run directory, not in it (the engine starts a
 resumed run from a clean copy of its directory)::
@@ -53,6 +56,8 @@ class StepProcess:
     instance: str  # the token the process carries as FLYWHEEL_INSTANCE
     pid: int | None = None
     process_start: str | None = None  # the kernel's start time of pid
+    owner: int | None = None  # the controller process that launched it
+    owner_start: str | None = None
 
 
 class StepRecords:
@@ -63,7 +68,10 @@ class StepRecords:
 
     def intend(self, *, run_id: str, step: str, attempt: int) -> StepProcess:
         """Record an attempt about to be launched; its process must carry the returned ``instance``."""
-        record = StepProcess(run_id=run_id, step=step, attempt=attempt, instance=new_instance())
+        record = StepProcess(
+            run_id=run_id, step=step, attempt=attempt, instance=new_instance(),
+            owner=os.getpid(), owner_start=process_start_time(os.getpid()),
+        )
         self._save(record)
         return record
 
@@ -78,13 +86,19 @@ class StepRecords:
         self._path(step).unlink(missing_ok=True)
 
     def end_orphans(self, *, grace_seconds: float) -> list[StepProcess]:
-        """Stop every recorded step process that still runs, with its process group; the ones stopped.
+        """Stop every recorded step process of this run that still runs, and those of other runs whose
+        controller is gone, with their process groups; the ones stopped.
 
         Raises :class:`~controller.backends.local.processes.ProcessError` when
         one does not stop; its record is kept then, so the next start tries again.
         """
         ended = []
-        for path in sorted(self.directory.glob("*.json")) if self.directory.is_dir() else ():
+        paths = sorted(self.directory.glob("*.json")) if self.directory.is_dir() else []
+        for other in sorted(self.directory.parent.glob("*/*.json")):
+            record = _load(other)
+            if other.parent != self.directory and record is not None and not _owned(record):
+                paths.append(other)
+        for path in paths:
             record = _load(path)
             running = None if record is None else _running(record)
             if record is not None and running is not None:
@@ -117,6 +131,11 @@ def _load(path: Path) -> StepProcess | None:
         return StepProcess(**data)
     except (OSError, ValueError, TypeError):
         return None
+
+
+def _owned(record: StepProcess) -> bool:
+    """Whether the controller process that launched ``record`` still runs (then it is not an orphan)."""
+    return record.owner is not None and is_alive(record.owner, record.owner_start)
 
 
 def _running(record: StepProcess) -> tuple[int, str | None] | None:
