@@ -511,7 +511,7 @@ def test_deploy_waits_for_a_server_still_starting_after_a_restart(
     # The first controller starts the server, then "crashes" while it waits for readiness.
     crashed = threading.Thread(target=serving.deploy, kwargs={"environment": ENV, "version": version})
     crashed.start()
-    _wait(record.exists)
+    _wait(lambda: record.exists() and json.loads(record.read_text())["pid"] is not None)  # past the intent
     pid = json.loads(record.read_text())["pid"]
     restarted = LocalServing(tmp_path / "serving", ready_timeout_seconds=20, clock=SYSTEM_CLOCK)
     restarted.deploy(environment=ENV, version=version)  # waits for that server; starts none

@@ -14,7 +14,16 @@ for a model's code, and both use what is here:
   of the controller (it outlives a ``kill -9`` of the controller and never
   becomes its zombie); recorded by pid and the kernel's start time of that
   pid, so a pid that was reused is never taken for it; stopped with its whole
-  process group (``killpg``: it leads its session).
+  process group (``killpg``: it leads its session);
+* :func:`new_instance`, :func:`instance_of`, :func:`find_instance`: the
+  identity a process is launched with. The caller records a fresh instance
+  token (with what the process is for) *before* the launch and gives it to the
+  process as ``FLYWHEEL_INSTANCE`` in its environment; the kernel keeps the
+  environment a process was started with, so psutil reads the token back from
+  the process itself (and from its children, which inherit it). A controller
+  killed between the launch and recording the pid finds the process again by
+  its token, and a process that answers on a port proves it is the one
+  recorded by the token it carries, not by answering.
 
 Failures are :class:`ProcessError`; each backend says them in its own terms.
 """
@@ -25,6 +34,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shlex
 import signal
 import subprocess
@@ -33,9 +43,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import psutil
+
 __all__ = [
+    "INSTANCE_ENV",
     "ProcessError",
+    "find_instance",
+    "instance_of",
     "is_alive",
+    "new_instance",
     "process_start_time",
     "scrubbed_environment",
     "spawn_detached",
@@ -48,6 +64,9 @@ _SHELL_BUILTINS = frozenset(
     {"cd", "export", "source", ".", "set", "unset", "exec", "eval", "if", "for", "while", "case", "test", "["}
 )
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+INSTANCE_ENV = "FLYWHEEL_INSTANCE"
+"""The variable a launched process carries its instance token in (see :func:`find_instance`)."""
 
 # The launcher: starts the process in a new session with its output in the log file, prints its pid
 # and exits at once, so the process is re-parented away from the controller.
@@ -108,10 +127,12 @@ def uses_shell(command: str) -> bool:
 def spawn_detached(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: Path) -> int:
     """Start ``argv`` in a new session, detached from this process, with exactly ``env``; its pid."""
     spec = json.dumps({"argv": list(argv), "cwd": str(cwd), "env": dict(env), "log": str(log)})
+    # The launcher sees no more than what it starts, and not its instance token: only the process carries it.
+    launcher_env = {name: value for name, value in env.items() if name != INSTANCE_ENV}
     try:
         done = subprocess.run(
             [sys.executable, "-I", "-c", _LAUNCHER], input=spec, capture_output=True, text=True,
-            timeout=30, check=False, env=dict(env),  # the launcher sees no more than what it starts
+            timeout=30, check=False, env=launcher_env,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ProcessError(f"cannot start {argv[0]}: {exc}") from exc
@@ -172,3 +193,49 @@ def stop_process(pid: int | None, process_start: str | None, *, grace_seconds: f
             time.sleep(0.02)
     if is_alive(pid, process_start):
         raise ProcessError(f"process {pid} did not stop")
+
+
+def new_instance() -> str:
+    """A fresh instance token: recorded before a launch, carried by the process as ``FLYWHEEL_INSTANCE``."""
+    return secrets.token_hex(8)
+
+
+def instance_of(pid: int | None) -> str | None:
+    """The instance token ``pid`` was started with; None when it has none, is gone or cannot be read."""
+    if pid is None:
+        return None
+    try:
+        return psutil.Process(pid).environ().get(INSTANCE_ENV)
+    except (psutil.Error, OSError):
+        return None
+
+
+def find_instance(instance: str) -> tuple[int, str | None] | None:
+    """The running process launched with ``instance`` (the leader of its session, which its children
+    share), as ``(pid, start time)``; None when no process of this user carries it.
+
+    Reads every visible process's environment (processes of other users are
+    not visible, and never ours), so call it when a recorded launch has to be
+    found again, not on every request.
+    """
+    if not instance:
+        return None
+    carriers: list[int] = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(INSTANCE_ENV) == instance and process.status() != psutil.STATUS_ZOMBIE:
+                carriers.append(process.pid)
+        except (psutil.Error, OSError):
+            continue
+    if not carriers:
+        return None
+    leaders = [pid for pid in carriers if _session_of(pid) == pid]
+    pid = min(leaders or carriers)
+    return pid, process_start_time(pid)
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None

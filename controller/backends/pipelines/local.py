@@ -12,7 +12,10 @@ Each step, per the step contract (README.md):
 
 * runs in ``RunRequest.source_dir`` in its own session (its own process group,
   which is what timeouts and ``cancel()`` kill: SIGTERM, then SIGKILL after
-  ``kill_grace_seconds``);
+  ``kill_grace_seconds``), recorded before and after its launch
+  (:mod:`.orphans`, with ``FLYWHEEL_INSTANCE`` in its environment), so a run
+  started again after the controller was killed first ends the steps the
+  killed one left running, and never runs a step twice at once;
 * gets ``FLYWHEEL_PARAMS``, ``FLYWHEEL_DATA_<NAME>``, ``FLYWHEEL_WORKDIR``,
   ``FLYWHEEL_MODEL_DIR``, ``FLYWHEEL_METRICS`` and, when there is a baseline,
   ``FLYWHEEL_BASELINE_MODEL_DIR``, with the virtualenv's ``bin`` first on
@@ -66,7 +69,7 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any
 
-from controller.backends.local.processes import scrubbed_environment, uses_shell
+from controller.backends.local.processes import INSTANCE_ENV, ProcessError, scrubbed_environment, uses_shell
 from controller.backends.local.venvs import VenvBuildError, VenvCache, model_environment
 from controller.backends.pipelines import (
     EventKind,
@@ -77,6 +80,7 @@ from controller.backends.pipelines import (
     StepResult,
     StepStatus,
 )
+from controller.backends.pipelines.orphans import StepRecords
 from controller.specs.types import Step
 
 __all__ = ["LocalRunHandle", "LocalRunner", "step_may_see"]
@@ -157,6 +161,7 @@ class LocalRunHandle:
         self._done = threading.Event()
         self._result: RunResult | None = None
         self._cancel_requested = False
+        self._records = StepRecords(request.run_dir)
         self._thread = threading.Thread(
             target=self._supervise, name=f"flywheel-run-{request.run_id}", daemon=True
         )
@@ -194,6 +199,10 @@ class LocalRunHandle:
         status: RunStatus = "succeeded"
         try:
             graph = _check_dag(self.request.model.steps)
+            try:
+                self._records.end_orphans(grace_seconds=self._grace)
+            except ProcessError as exc:
+                raise _RunError(f"a step left running by a stopped controller: {exc}") from exc
             self._prepare()
             status, error = self._schedule(graph, states, running, started)
         except _RunError as exc:
@@ -344,8 +353,10 @@ class LocalRunHandle:
             log_file.flush()
             try:
                 argv = self._argv(step.run)
+                intent = self._records.intend(run_id=self.request.run_id, step=step.name, attempt=number)
                 # A step's own env comes first; the contract's variables win over it.
-                env = {**dict(step.env), **self._env, "FLYWHEEL_METRICS": str(metrics_path)}
+                env = {**dict(step.env), **self._env, "FLYWHEEL_METRICS": str(metrics_path),
+                       INSTANCE_ENV: intent.instance}
                 proc = subprocess.Popen(
                     argv,
                     cwd=self.request.source_dir,
@@ -357,6 +368,7 @@ class LocalRunHandle:
                     close_fds=True,
                 )
             except (_RunError, OSError, ValueError) as exc:
+                self._records.finished(step.name)
                 message = f"cannot start step {step.name}: {exc}"
                 log_file.write(f"==> flywheel: {message}\n".encode())
                 log_file.flush()
@@ -371,6 +383,7 @@ class LocalRunHandle:
                 )
                 self._emit(step.name, "finished", number, 0.0, "error", message)
                 return message
+        self._records.launched(intent, proc.pid)
         now = time.monotonic()
         running[step.name] = _Attempt(
             step=step,
@@ -381,12 +394,13 @@ class LocalRunHandle:
             metrics_path=metrics_path,
         )
         name = f"flywheel-step-{proc.pid}"
-        reaper = threading.Thread(target=self._reap, args=(proc,), daemon=True, name=name)
+        reaper = threading.Thread(target=self._reap, args=(proc, step.name), daemon=True, name=name)
         reaper.start()
         return None
 
-    def _reap(self, proc: subprocess.Popen[bytes]) -> None:
+    def _reap(self, proc: subprocess.Popen[bytes], step: str) -> None:
         proc.wait()  # blocking waitpid: no polling
+        self._records.finished(step)
         self._inbox.put(("exit", proc.pid))
 
     def _argv(self, command: str) -> list[str]:

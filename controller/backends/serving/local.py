@@ -14,9 +14,12 @@ servers here (started and stopped by :mod:`.server`)::
     <state>/<environment>/servers/<model>/<version>/settings.json, <model>/model-settings.json (MLServer)
 
 so a controller restarted after a crash (even ``kill -9``) finds the servers
-and the router it had started, instead of starting second ones: a recorded
-process is reused when its pid is alive with the recorded start time; a
-server that is still starting is waited for. Every call is idempotent.
+and the router it had started, instead of starting second ones. Each launch is
+recorded before it happens, with a fresh instance token the process carries
+(:mod:`.server`); a recorded process is reused when its pid is alive with the
+recorded start time, a process launched just before the crash (no pid
+recorded yet) is adopted by its token, a launch that was replaced is stopped,
+and a server that is still starting is waited for. Every call is idempotent.
 
 Model servers listen on free ports chosen per launch (a clash there is
 retried on new ports); the routers' ports and identities are
@@ -59,7 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.backends.local.processes import is_alive, process_start_time
+from controller.backends.local.processes import INSTANCE_ENV, is_alive, new_instance, process_start_time
 from controller.backends.local.venvs import VenvBuildError, VenvCache
 from controller.backends.serving import (
     DeployedVersion,
@@ -83,6 +86,9 @@ from controller.backends.serving.server import (
     plan_mlserver,
     port_holder,
     serving_environment,
+    settle,
+    stop_recorded,
+    superseding,
     terminate,
 )
 from controller.clock import Clock
@@ -172,7 +178,7 @@ class LocalServing:
         with self._lock(environment.name, version.model, version.version):
             self._ensure_router(environment)
             server_dir = self._server_dir(environment.name, version.model, version.version)
-            record = ProcessRecord.load(server_dir / "server.json")
+            record = self._record(server_dir)
             if record is not None and is_alive(record.pid, record.process_start):
                 # Running already: ready now, or still starting when the controller stopped.
                 self._wait_ready(record, server_dir)
@@ -272,7 +278,8 @@ class LocalServing:
         result = []
         model_dir = self.state_dir / environment.name / "servers" / model
         for server_dir in sorted(model_dir.iterdir() if model_dir.is_dir() else ()):
-            record = ProcessRecord.load(server_dir / "server.json")
+            with self._lock(environment.name, model, server_dir.name):
+                record = self._record(server_dir)  # a server launched just before a crash counts
             if record is None or not is_alive(record.pid, record.process_start):
                 continue
             result.append(
@@ -328,7 +335,7 @@ class LocalServing:
         for env_dir in self._environment_dirs(environment):
             with self._lock(env_dir.name):
                 for record_file in sorted(env_dir.glob("servers/*/*/server.json")):
-                    record = ProcessRecord.load(record_file)
+                    record = self._record(record_file.parent)
                     if record is not None:
                         terminate(record.pid, record.process_start, grace_seconds=self.stop_grace_seconds)
                 self._routers.stop(env_dir.name, forget=False)
@@ -406,8 +413,20 @@ class LocalServing:
     def _server_dir(self, environment: str, model: str, version: str) -> Path:
         return self.state_dir / environment / "servers" / model / version
 
+    def _record(self, server_dir: Path) -> ProcessRecord | None:
+        """The server's record; its processes found again when a crash left it unsettled (:func:`.settle`)."""
+        record = ProcessRecord.load(server_dir / "server.json")
+        if record is None or not (record.superseded or (record.pid is None and record.instance)):
+            return record
+        settled = settle(record, grace_seconds=self.stop_grace_seconds)
+        if settled.pid is not None and record.pid is None:
+            log.info("adopted the server of %s %s launched before a restart (pid %d)",
+                     record.model, record.version, settled.pid)
+        settled.save(server_dir / "server.json")
+        return settled
+
     def _live_server(self, environment: str, model: str, version: str) -> ProcessRecord | None:
-        record = ProcessRecord.load(self._server_dir(environment, model, version) / "server.json")
+        record = self._record(self._server_dir(environment, model, version))
         if record is None or not is_alive(record.pid, record.process_start):
             return None
         return record
@@ -446,15 +465,16 @@ class LocalServing:
         return self._launch(plan, like=like, server_dir=server_dir)
 
     def _launch(self, plan: LaunchPlan, *, like: ProcessRecord, server_dir: Path) -> ProcessRecord:
-        """Start ``plan`` for the model and version of ``like``; its record (with the plan) is saved."""
+        """Start ``plan`` for the model and version of ``like``: its intent (with the plan and a fresh
+        instance token) is saved before the launch, its pid after."""
         log_file = server_dir / "server.log"
+        record_file = server_dir / "server.json"
         with open(log_file, "ab") as handle:
             handle.write(f"--- {self._clock.now():%Y-%m-%dT%H:%M:%SZ} starting {list(plan.argv)}\n".encode())
-        pid = launch(plan.argv, cwd=plan.cwd, env=plan.env, log=log_file)
-        record = ProcessRecord(
+        intent = ProcessRecord(
             kind="server",
-            pid=pid,
-            process_start=process_start_time(pid),
+            pid=None,
+            process_start=None,
             port=plan.port,
             metrics_port=plan.metrics_port,
             grpc_port=plan.grpc_port,
@@ -466,8 +486,13 @@ class LocalServing:
             argv=tuple(plan.argv),
             cwd=str(plan.cwd),
             env=dict(plan.env),
+            instance=new_instance(),
+            superseded=superseding(ProcessRecord.load(record_file)),
         )
-        record.save(server_dir / "server.json")
+        intent.save(record_file)
+        pid = launch(plan.argv, cwd=plan.cwd, env={**plan.env, INSTANCE_ENV: intent.instance}, log=log_file)
+        record = dataclasses.replace(intent, pid=pid, process_start=process_start_time(pid))
+        record.save(record_file)
         return record
 
     def _relaunch(self, record: ProcessRecord, plan: LaunchPlan, server_dir: Path) -> None:
@@ -508,7 +533,7 @@ class LocalServing:
     def _stop_server(self, server_dir: Path, *, keep_dir: bool = False) -> None:
         record = ProcessRecord.load(server_dir / "server.json")
         if record is not None:
-            terminate(record.pid, record.process_start, grace_seconds=self.stop_grace_seconds)
+            stop_recorded(record, grace_seconds=self.stop_grace_seconds)
         if keep_dir:
             (server_dir / "server.json").unlink(missing_ok=True)
         else:
@@ -518,7 +543,7 @@ class LocalServing:
         """A stopped server started again as it was recorded (stopped, or died); None without a record."""
         server_dir = self._server_dir(environment, model, version)
         with self._lock(environment, model, version):
-            record = ProcessRecord.load(server_dir / "server.json")
+            record = self._record(server_dir)
             if record is None or record.plan is None:
                 return None
             if is_alive(record.pid, record.process_start):

@@ -20,10 +20,15 @@ another process take that port while the router is stopped, a new one is
 chosen and the move is logged.
 
 Identity. A router is launched with a random instance identity, recorded in
-``router.json`` before the launch, and must echo it at ``/healthz``: a router
-(or anything else) answering on the port with another identity is someone
-else's, never adopted and never sent our admin calls (which carry the admin
-token, given to the router in its environment and to no one else).
+``router.json`` before the launch with its port and admin token, given to the
+router as ``--instance`` and ``FLYWHEEL_INSTANCE``, and echoed at
+``/healthz``: a router (or anything else) answering on the port with another
+identity is someone else's, never adopted and never sent our admin calls
+(which carry the admin token, given to the router in its environment and to
+no one else). A controller killed around the launch finds its router again
+by that identity, even before the router answers (:func:`.server.settle`), so
+it waits for it instead of launching a second one; a launch it replaced that
+still runs is stopped (:func:`.server.stop_recorded`).
 """
 
 from __future__ import annotations
@@ -40,7 +45,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from controller.backends.local.processes import is_alive, process_start_time, scrubbed_environment
+from controller.backends.local.processes import (
+    INSTANCE_ENV,
+    is_alive,
+    new_instance,
+    process_start_time,
+    scrubbed_environment,
+)
 from controller.backends.serving import ServingError
 from controller.backends.serving.router import TOKEN_ENV, load_routes
 from controller.backends.serving.server import (
@@ -53,7 +64,9 @@ from controller.backends.serving.server import (
     log_tail,
     port_holder,
     serving_may_see,
-    terminate,
+    settle,
+    stop_recorded,
+    superseding,
 )
 from controller.clock import Clock
 from controller.specs.types import Environment
@@ -88,10 +101,12 @@ class Routers:
         """
         env_dir = self.state_dir / environment.name
         record = ProcessRecord.load(env_dir / "router.json")
-        if record is not None and record.pid is None:
+        adopted = record is not None and (record.pid is None or bool(record.superseded))
+        if record is not None and adopted:
             record = self._adopt_router(record, env_dir)  # launched just before a crash?
         if record is not None and is_alive(record.pid, record.process_start):
-            if environment.port in (None, record.port) and self._answers_as_ours(record, wait=5.0):
+            wait = 30.0 if adopted else 5.0  # a router adopted by its token may still be starting
+            if environment.port in (None, record.port) and self._answers_as_ours(record, wait=wait):
                 if environment.port is None:
                     self._remember_port(env_dir, record.port)
                 return record, False
@@ -103,7 +118,14 @@ class Routers:
         return self._start_router(environment, env_dir), True
 
     def _adopt_router(self, record: ProcessRecord, env_dir: Path) -> ProcessRecord | None:
-        """The router of an intent record if it runs and echoes the recorded identity; else None."""
+        """The router of an unsettled record: found by the token it carries (and routers it replaced
+        stopped), or, for a router launched without one, answering ``/healthz`` with the recorded
+        identity; None when it does not run (the record is kept: it may supersede a late launch)."""
+        settled = settle(record, grace_seconds=self.stop_grace_seconds)
+        if settled != record:
+            settled.save(env_dir / "router.json")
+        if settled.pid is not None:
+            return settled
         status, answer = http_json(record.url, "/healthz")
         if status == 200 and isinstance(answer, dict) and answer.get("instance") == record.instance:
             pid = answer.get("pid")
@@ -162,7 +184,8 @@ class Routers:
             started_at=self._clock.timestamp(),
             log=str(log_file),
             token=secrets.token_urlsafe(24),
-            instance=secrets.token_hex(8),
+            instance=new_instance(),
+            superseded=superseding(ProcessRecord.load(env_dir / "router.json")),
             environment=environment,
         )
         record.save(env_dir / "router.json")
@@ -175,6 +198,7 @@ class Routers:
         ]
         env = scrubbed_environment(keep=_router_may_see)
         env[TOKEN_ENV] = record.token
+        env[INSTANCE_ENV] = record.instance
         pid = launch(argv, cwd=env_dir, env=env, log=log_file)
         record = dataclasses.replace(record, pid=pid, process_start=process_start_time(pid))
         record.save(env_dir / "router.json")
@@ -211,11 +235,12 @@ class Routers:
         return ProcessRecord.load(self.state_dir / environment / "router.json")
 
     def stop(self, environment: str, *, forget: bool) -> None:
-        """Stop the router of ``environment``; with ``forget``, drop its record too (not its port)."""
+        """Stop the router of ``environment`` (and any launch its record replaced); with ``forget``, drop
+        its record too (not its port)."""
         env_dir = self.state_dir / environment
         record = ProcessRecord.load(env_dir / "router.json")
         if record is not None:
-            terminate(record.pid, record.process_start, grace_seconds=self.stop_grace_seconds)
+            stop_recorded(record, grace_seconds=self.stop_grace_seconds)
         if forget:
             (env_dir / "router.json").unlink(missing_ok=True)
 

@@ -20,17 +20,28 @@ and :mod:`.routers` to start the router process. What they pin down:
   of the controller, so it outlives a ``kill -9`` of the controller and never
   becomes the controller's zombie; being its own process group's leader, it
   is stopped with all its children by ``killpg``.
-* **Recorded.** A :class:`ProcessRecord` (pid, the kernel's start time of that
-  pid, ports, start time) is written atomically into the server directory, so
-  a restarted controller finds the process again; a pid counts as the same
+* **Recorded first.** A :class:`ProcessRecord` is written atomically into
+  the server directory *before* the launch: what it serves (model, version;
+  the directory names the environment), its ports, its launch plan and a
+  fresh instance token the process carries as ``FLYWHEEL_INSTANCE``
+  (:func:`controller.backends.local.processes.new_instance`); then again with
+  the pid and the kernel's start time of that pid. A pid counts as the same
   process only when its start time matches (no pid reuse), and a zombie
   counts as gone.
+* **Adopted, never doubled.** :func:`settle` finds the processes of a record
+  again after a crash: an intent without a pid (the controller was killed
+  around the launch) is adopted when a process carrying its token runs; a
+  token the record superseded (a launch that was replaced before it was
+  found) that still runs is ours from a killed launch and is stopped.
+  :func:`stop_recorded` stops all of them. A process is never taken for ours,
+  nor stopped, without its recorded pid and start time or its recorded token.
 * **Ready, and ours.** A server is ready when ``GET /v2/health/ready`` and
   ``GET /v2/models/{name}/ready`` both answer 200. Something answering is not
   proof that it is ours: :func:`foreign_answer` checks that the process
-  listening on the port is the one we started (or its child) and that the
-  model metadata (``GET /v2/models/{name}``) names our model and, when it
-  reports one, our version.
+  listening on the port carries the recorded token (records from before
+  tokens: is the recorded process or its child) and that the model metadata
+  (``GET /v2/models/{name}``) names our model and, when it reports one, our
+  version.
 * **Ports.** A port that cannot be bound is a :class:`PortInUse` error naming
   the port and the process that holds it (:func:`port_holder`: pid and
   command line, when this user may see them).
@@ -46,11 +57,12 @@ from __future__ import annotations
 import errno
 import http.client
 import json
+import logging
 import os
 import shlex
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -59,6 +71,9 @@ import psutil
 
 from controller.backends.local.processes import (
     ProcessError,
+    find_instance,
+    instance_of,
+    is_alive,
     scrubbed_environment,
     spawn_detached,
     stop_process,
@@ -87,8 +102,13 @@ __all__ = [
     "port_holder",
     "serving_environment",
     "serving_may_see",
+    "settle",
+    "stop_recorded",
+    "superseding",
     "terminate",
 ]
+
+log = logging.getLogger("flywheel.serving")
 
 LOOPBACK = "127.0.0.1"
 
@@ -152,11 +172,14 @@ def local_path(uri: str, what: str) -> Path:
 class ProcessRecord:
     """A process we started and may find again: a model server or a router.
 
-    A router's record is written before it is launched (``pid`` None: the
-    intent) with the ``instance`` identity the router must echo at
-    ``/healthz``, then again with its pid. A server's record keeps its launch
-    plan (``argv``, ``cwd``, ``env``: allow-listed variables only, no secret),
-    so a stopped server can be started again as it was, on the same ports.
+    Written before the process is launched (``pid`` None: the intent) with
+    the ``instance`` token the process carries as ``FLYWHEEL_INSTANCE`` (a
+    router echoes it at ``/healthz`` too), then again with its pid.
+    ``superseded`` keeps the tokens of earlier launches in the same place that
+    were never found running, until :func:`settle` has looked for them. A
+    server's record keeps its launch plan (``argv``, ``cwd``, ``env``:
+    allow-listed variables only, no secret, no token), so a stopped server can
+    be started again as it was, on the same ports.
     """
 
     pid: int | None  # None: about to be launched
@@ -171,7 +194,8 @@ class ProcessRecord:
     grpc_port: int | None = None
     log: str = ""
     token: str = ""  # router only: the admin token
-    instance: str = ""  # router only: the identity it echoes at /healthz
+    instance: str = ""  # the token the process carries (FLYWHEEL_INSTANCE); a router echoes it at /healthz
+    superseded: tuple[str, ...] = ()  # tokens of earlier launches here that may still run
     environment: str = ""  # router only
     argv: tuple[str, ...] = ()  # server only: the launch plan
     cwd: str = ""
@@ -214,6 +238,7 @@ class ProcessRecord:
         try:
             data: dict[str, Any] = json.loads(path.read_text())
             data["argv"] = tuple(data.get("argv") or ())
+            data["superseded"] = tuple(data.get("superseded") or ())
             return cls(**data)
         except (OSError, ValueError, TypeError, AttributeError):
             return None
@@ -326,6 +351,47 @@ def terminate(pid: int | None, process_start: str | None, *, grace_seconds: floa
         stop_process(pid, process_start, grace_seconds=grace_seconds)
     except ProcessError as exc:
         raise ServingError(str(exc)) from exc
+
+
+def settle(record: ProcessRecord, *, grace_seconds: float) -> ProcessRecord:
+    """``record`` with its processes found again after a crash (the caller saves it when it changed).
+
+    Each superseded token that a running process still carries is a launch of
+    ours that was replaced before it was found: that process is stopped, and
+    the token dropped. An intent without a pid is adopted when a process
+    carrying its token runs (pid and start time filled in); when none does,
+    it stays an intent: the launch never happened, or its process died.
+    """
+    for instance in record.superseded:
+        found = find_instance(instance)
+        if found is not None:
+            what = "router" if record.kind == "router" else f"server of {record.model} {record.version}"
+            log.warning("stopping pid %d: the %s of a replaced launch (%s)", found[0], what, instance)
+            terminate(*found, grace_seconds=grace_seconds)
+    settled = replace(record, superseded=())
+    if record.pid is None and record.instance:
+        found = find_instance(record.instance)
+        if found is not None:
+            settled = replace(settled, pid=found[0], process_start=found[1])
+    return settled
+
+
+def stop_recorded(record: ProcessRecord, *, grace_seconds: float) -> None:
+    """Stop every process ``record`` knows of: its own (by pid and start time, or by its token when
+    the pid was never recorded) and those of the launches it superseded."""
+    settled = settle(record, grace_seconds=grace_seconds)
+    carried = instance_of(settled.pid)
+    if settled.pid is not None and (not record.instance or carried in (None, record.instance)):
+        terminate(settled.pid, settled.process_start, grace_seconds=grace_seconds)
+
+
+def superseding(old: ProcessRecord | None) -> tuple[str, ...]:
+    """The tokens a new launch in ``old``'s place supersedes: those ``old`` did, and its own unless its
+    process is known to be gone (recorded by pid, and not alive)."""
+    if old is None:
+        return ()
+    gone = old.pid is not None and not is_alive(old.pid, old.process_start)
+    return tuple(dict.fromkeys((*old.superseded, *(() if gone or not old.instance else (old.instance,)))))
 
 
 def http_status(url: str, path: str, *, timeout: float = 2.0, method: str = "GET") -> int | None:
@@ -448,17 +514,19 @@ def foreign_answer(record: ProcessRecord) -> str | None:
     """Why the server answering on ``record``'s port is not the one recorded; None when it may be ours.
 
     Two proofs, each used when it can be had: the process listening on the
-    port is the recorded one or its child (by pid, when visible), and the
+    port carries the recorded instance token (records without one: is the
+    recorded process or its child; by pid, when visible), and the
     model metadata at ``/v2/models/{name}`` names our model and, when it says,
     our version (in ``versions`` or ``parameters.version``); MLServer, which
     does not say, must answer ``/v2/models/{name}/versions/{version}``.
     """
     holder = port_holder(record.port)
-    if (
-        holder is not None and holder.pid is not None and record.pid is not None
-        and holder.pid not in _process_tree(record.pid)
-    ):
-        return holder.describe()
+    if holder is not None and holder.pid is not None:
+        if record.instance:
+            if instance_of(holder.pid) != record.instance:
+                return f"{holder.describe()}, not the server launched as {record.instance}"
+        elif record.pid is not None and holder.pid not in _process_tree(record.pid):
+            return holder.describe()
     status, metadata = http_json(record.url, f"/v2/models/{record.model}")
     if status != 200 or not isinstance(metadata, dict):
         return None  # the contract's metadata route is optional to this check
