@@ -58,9 +58,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from controller.backends.local.processes import INSTANCE_ENV, is_alive, new_instance, process_start_time
 from controller.backends.local.venvs import VenvBuildError, VenvCache
@@ -72,6 +70,7 @@ from controller.backends.serving import (
     check_weights,
     inference_request,
 )
+from controller.backends.serving.local_status import EnvironmentServing, ServerState
 from controller.backends.serving.observe_local import observe_local
 from controller.backends.serving.routers import Routers
 from controller.backends.serving.server import (
@@ -100,54 +99,6 @@ log = logging.getLogger("flywheel.serving")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _LAUNCH_ATTEMPTS = 3
-
-
-@dataclass(frozen=True, kw_only=True)
-class ServerState:
-    """One recorded model server: what it serves, where, whether it runs, its weight in the routes."""
-
-    model: str
-    version: str
-    url: str
-    metrics_url: str  # the server's own Prometheus endpoint
-    pid: int | None
-    running: bool
-    weight: int | None  # None: not in the routes
-
-
-@dataclass(frozen=True, kw_only=True)
-class EnvironmentServing:
-    """What serves one environment on the embedded home, as ``flywheel serving ls`` shows it."""
-
-    environment: str
-    port: int | None  # the router's port (None: no router started yet)
-    router_pid: int | None  # None: not running
-    routes: Mapping[str, Mapping[str, int]]  # model -> version -> percent
-    servers: tuple[ServerState, ...]
-
-    @property
-    def endpoint(self) -> str | None:
-        return None if self.port is None else f"http://127.0.0.1:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self.router_pid is not None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "environment": self.environment,
-            "endpoint": self.endpoint,
-            "port": self.port,
-            "router": {"running": self.running, "pid": self.router_pid},
-            "models": {
-                model: {
-                    "url": f"{self.endpoint}/v2/models/{model}" if self.endpoint else None,
-                    "weights": dict(versions),
-                }
-                for model, versions in sorted(self.routes.items())
-            },
-            "servers": [dataclasses.asdict(server) for server in self.servers],
-        }
 
 
 class LocalServing:
