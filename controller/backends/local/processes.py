@@ -67,6 +67,10 @@ _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 INSTANCE_ENV = "FLYWHEEL_INSTANCE"
 """The variable a launched process carries its instance token in (see :func:`find_instance`)."""
+LAUNCHING_ENV = "FLYWHEEL_LAUNCHING"
+"""The variable the short-lived launcher carries the token of the launch it makes in: while it runs, a
+launch is in flight, and :func:`find_instance` waits for it to end before it says none runs."""
+_LAUNCH_SECONDS = 30.0  # the longest a launcher may take (spawn_detached's own timeout)
 
 # The launcher: starts the process in a new session with its output in the log file, prints its pid
 # and exits at once, so the process is re-parented away from the controller.
@@ -127,8 +131,12 @@ def uses_shell(command: str) -> bool:
 def spawn_detached(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: Path) -> int:
     """Start ``argv`` in a new session, detached from this process, with exactly ``env``; its pid."""
     spec = json.dumps({"argv": list(argv), "cwd": str(cwd), "env": dict(env), "log": str(log)})
-    # The launcher sees no more than what it starts, and not its instance token: only the process carries it.
+    # The launcher sees no more than what it starts, and not its instance token: only the process carries
+    # it. The launcher carries the token as the launch it makes, so that a controller killed during the
+    # launch, restarted, waits for the launcher to end before it looks for the process.
     launcher_env = {name: value for name, value in env.items() if name != INSTANCE_ENV}
+    if env.get(INSTANCE_ENV):
+        launcher_env[LAUNCHING_ENV] = env[INSTANCE_ENV]
     try:
         done = subprocess.run(
             [sys.executable, "-I", "-c", _LAUNCHER], input=spec, capture_output=True, text=True,
@@ -220,18 +228,31 @@ def find_instance(instance: str) -> tuple[int, str | None] | None:
     """
     if not instance:
         return None
-    carriers: list[int] = []
-    for process in psutil.process_iter():
-        try:
-            if process.environ().get(INSTANCE_ENV) == instance and process.status() != psutil.STATUS_ZOMBIE:
-                carriers.append(process.pid)
-        except (psutil.Error, OSError):
-            continue
+    deadline = time.monotonic() + _LAUNCH_SECONDS
+    while True:
+        carriers = _carriers(INSTANCE_ENV, instance)
+        # A launcher still running with this token: a controller was killed while it launched, and the
+        # process may not run yet. Wait for the launcher to end (it exits as soon as it has started it).
+        if carriers or not _carriers(LAUNCHING_ENV, instance) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
     if not carriers:
         return None
     leaders = [pid for pid in carriers if _session_of(pid) == pid]
     pid = min(leaders or carriers)
     return pid, process_start_time(pid)
+
+
+def _carriers(variable: str, instance: str) -> list[int]:
+    """The live (not zombie) processes whose environment has ``variable`` set to ``instance``."""
+    found: list[int] = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(variable) == instance and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process.pid)
+        except (psutil.Error, OSError):
+            continue
+    return found
 
 
 def _session_of(pid: int) -> int | None:
