@@ -16,7 +16,6 @@ commands are ignored.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from github import Auth
 
 from controller.backends.forge.github import GitHubForge, GitHubSender
 from controller.backends.git import Repository
-from controller.backends.store import OutboxMessage, open_store
+from controller.backends.store import OutboxMessage
 from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.approvals import resolve_user
@@ -34,7 +33,7 @@ from controller.engine.comments import HELP, CommentOutcome, handle_comment, par
 from controller.engine.outbox import deliver_due
 from controller.engine.rollout_state import load_requests, load_state, paused_by
 from controller.engine.trust import record_pull_request
-from controller.specs import Catalog, load_tree
+from controller.specs import Catalog
 from tests.fakes.github_api import FakeGitHub, issue_comment_event, pull_request_event
 from tests.gitrepo import GitRepo
 
@@ -103,18 +102,6 @@ def test_help_lines_are_not_commands() -> None:
 
 
 # ----------------------------------------------------------------- handling
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return load_tree(REPO_ROOT)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
-    opened = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
-    yield opened
-    opened.close()
 
 
 def rollout_awaiting_production(store: SqlStore, model: str = "iris", *, author: str = "bob") -> int:

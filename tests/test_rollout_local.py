@@ -78,15 +78,6 @@ MODEL = Model(
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 
 
-@pytest.fixture
-def serving(tmp_path: Path) -> Iterator[LocalServing]:
-    backend = LocalServing(tmp_path / "serving", ready_timeout_seconds=20, clock=SYSTEM_CLOCK)
-    try:
-        yield backend
-    finally:
-        backend.shutdown()
-
-
 def _engine(
     store: SqlStore, serving: LocalServing, tmp_path: Path, *, bad: set[int], environment: Environment = ENV
 ) -> RolloutEngine:

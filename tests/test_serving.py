@@ -420,15 +420,6 @@ def test_router_admin_needs_the_token(procs: Processes, tmp_path: Path) -> None:
 ENV = Environment(name="staging", spec_path="environments/staging.yaml")
 
 
-@pytest.fixture
-def serving(tmp_path: Path) -> Iterator[LocalServing]:
-    backend = LocalServing(tmp_path / "serving", ready_timeout_seconds=20, clock=SYSTEM_CLOCK)
-    try:
-        yield backend
-    finally:
-        backend.shutdown()
-
-
 def stub_version(tmp_path: Path, label: str, *, model: str = "m", knobs: str = "") -> ServedVersion:
     """A version served by the stub server (``knobs``: ``NAME=value`` words put before the command)."""
     source = tmp_path / "src"

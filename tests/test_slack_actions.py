@@ -36,7 +36,7 @@ from starlette.testclient import TestClient
 from controller.backends.notify import RolloutEvent
 from controller.backends.notify.buttons import SLACK_ACTION_KIND
 from controller.backends.notify.slack import APPROVE_ACTION, REJECT_ACTION, SlackSender, decision_value
-from controller.backends.store import OutboxMessage, open_store
+from controller.backends.store import OutboxMessage
 from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
@@ -58,20 +58,13 @@ HOOKS = "https://hooks.slack.com/actions/T0TEAM/1234/abcd"
 
 
 @pytest.fixture(scope="module")
-def catalog() -> Catalog:
+def catalog_with_alice() -> Catalog:
     """The repository's example tree, with alice (an ML engineer, not a business owner) on Slack too."""
     loaded = load_tree(REPO)
     policy = loaded.policies["default"]
     identities = (*policy.identities, Identity(user="alice", slack=ALICE))
     policies = {**loaded.policies, "default": dataclasses.replace(policy, identities=identities)}
     return dataclasses.replace(loaded, policies=policies)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
-    opened = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
-    yield opened
-    opened.close()
 
 
 @pytest.fixture
@@ -100,8 +93,8 @@ def version(store: SqlStore) -> int:
 
 
 @pytest.fixture
-def commands(store: SqlStore, catalog: Catalog) -> Commands:
-    return Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK)
+def commands(store: SqlStore, catalog_with_alice: Catalog) -> Commands:
+    return Commands(store=store, catalog=lambda: catalog_with_alice, clock=SYSTEM_CLOCK)
 
 
 @pytest.fixture
@@ -476,7 +469,7 @@ def test_settings_read_the_slack_signing_secret_only_when_set() -> None:
 
 
 def test_clicking_the_posted_button_records_the_approval_and_the_message_shows_it(
-    client: TestClient, store: SqlStore, version: int, catalog: Catalog, commands: Commands
+    client: TestClient, store: SqlStore, version: int, catalog_with_alice: Catalog, commands: Commands
 ) -> None:
     with FakeSlack() as slack:
         sender = SlackSender(token=TOKEN, store=store, base_url=slack.api_url)
@@ -489,7 +482,7 @@ def test_clicking_the_posted_button_records_the_approval_and_the_message_shows_i
             at=datetime.now(UTC),
             detail={"may_approve": "a member of business-owners", "missing": 1},
         )
-        queue_event(store, catalog.models[MODEL], awaiting)
+        queue_event(store, catalog_with_alice.models[MODEL], awaiting)
         deliver_due(store, {"slack": sender}, now=SYSTEM_CLOCK.now())
         [parent] = slack.parents()
         button = next(b for b in parent.blocks if b["type"] == "actions")["elements"][0]

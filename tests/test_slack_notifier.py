@@ -42,13 +42,6 @@ def model() -> Model:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
-    opened = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
 def slack() -> Iterator[FakeSlack]:
     with FakeSlack() as fake:
         yield fake

@@ -59,7 +59,7 @@ from controller.backends.store.sql.tables import (
     runs,
     serving,
 )
-from controller.clock import SYSTEM_CLOCK, FakeClock
+from controller.clock import SYSTEM_CLOCK, Clock, FakeClock
 from controller.engine.outbox import deliver_due
 from controller.engine.trust import TrustGate, proposal_heads, pull_request_for
 from controller.specs import Catalog
@@ -190,6 +190,7 @@ def fill_0003(engine: Engine, meta_values: dict[str, str]) -> None:
 
 @pytest.fixture
 def state(tmp_path: Path) -> Iterator[Path]:
+    """Here, a state directory a 0003 Flywheel left, with data; the shared ``store`` upgrades it."""
     engine = state_at_0003(tmp_path / "state")
     try:
         fill_0003(engine, old_meta())
@@ -199,10 +200,9 @@ def state(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-def store(state: Path) -> Iterator[SqlStore]:
-    opened = open_store(state, clock=FakeClock(T0 + timedelta(days=1)))
-    yield opened
-    opened.close()
+def store_clock() -> Clock:
+    """A day after the old Flywheel wrote its data."""
+    return FakeClock(T0 + timedelta(days=1))
 
 
 def meta_keys(store: SqlStore) -> set[str]:

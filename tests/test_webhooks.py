@@ -32,9 +32,7 @@ import pytest
 import uvicorn
 from starlette.testclient import TestClient
 
-from controller.backends.store import open_store
 from controller.backends.store.sql import SqlStore
-from controller.clock import SYSTEM_CLOCK
 from controller.settings import (
     DEFAULT_MAX_BODY_BYTES,
     ENV_MAX_BODY_BYTES,
@@ -97,18 +95,6 @@ PULL_REQUEST: dict[str, Any] = {  # the fields of a pull_request delivery that F
     },
 }
 PUSH = json.dumps({"ref": "refs/heads/main", "before": "0" * 40, "after": "1" * 40, "commits": []}).encode()
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def store(state: Path) -> Iterator[SqlStore]:
-    opened = open_store(state, clock=SYSTEM_CLOCK)
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

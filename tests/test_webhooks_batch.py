@@ -93,11 +93,6 @@ class _GatedStore:
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
 def gated(state: Path) -> Iterator[_GatedStore]:
     store = open_store(state, clock=SYSTEM_CLOCK)
     yield _GatedStore(store)

@@ -34,7 +34,6 @@ from starlette.testclient import TestClient
 
 from controller.backends.forge.github import GitHubForge
 from controller.backends.forge.payloads import payload_model
-from controller.backends.store import open_store
 from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
@@ -187,18 +186,6 @@ def headers(body: bytes, event: str, *, content_type: str = "application/json") 
 def inbox_count(state: Path) -> int:
     with sqlite3.connect(state / "state.db") as db:
         return int(db.execute("SELECT count(*) FROM inbox_events").fetchone()[0])
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def store(state: Path) -> Iterator[SqlStore]:
-    opened = open_store(state, clock=SYSTEM_CLOCK)
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

@@ -148,12 +148,6 @@ def test_an_event_that_never_completes_is_given_up(controller: Controller) -> No
 # ------------------------------------------------------------- a GitHub controller
 
 
-@pytest.fixture
-def github() -> Iterator[FakeGitHub]:
-    with FakeGitHub() as fake:
-        yield fake
-
-
 def github_controller(tmp_path: Path, github: FakeGitHub, *, old_meta: dict[str, str]) -> Controller:
     """A controller on a state directory a 0003 Flywheel left with ``old_meta``."""
     engine = state_at_0003(tmp_path / "state")
