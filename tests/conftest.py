@@ -1,20 +1,24 @@
-"""The fixtures many test modules share, and the tiers every test belongs to.
+"""The fixtures many test modules share, and the tier every test belongs to.
 
-Fixtures: ``state`` (a state directory under the test's ``tmp_path``),
+Fixtures: ``state`` (a state directory under the test's ``tmp_path``);
 ``store`` (the SQL store opened on it, stamped by ``store_clock``: the system
-clock unless a module overrides ``store_clock``), ``clock`` (a fake clock at
-:data:`tests.fixtures.T0`), ``catalog`` (the repository's own example specs, loaded once per
-module), ``github`` (a fake GitHub API, served on loopback) and ``serving``
-(the embedded serving backend, its processes stopped after the test). A module whose
-fixture differs for a reason keeps its own, named for what differs.
+clock unless a module overrides ``store_clock``, or ``state``); ``clock`` (a
+fake clock at :data:`tests.fixtures.T0`); ``catalog`` (the repository's own
+example specs, loaded once per module); ``reference_payloads`` and
+``reference_schema`` (real GitHub webhook payloads and their schema, skipped
+or failed without them: :mod:`tests.fixtures.required`); ``github`` (a fake
+GitHub API on a loopback port); ``serving`` (the embedded serving backend,
+its processes stopped after the test). A module whose fixture differs for a
+reason keeps its own, named for what differs.
 
-Tiers: every test is exactly one of ``unit`` (no servers, no subprocesses of
-real programs, no network, no virtualenv builds: fast), ``integration`` (real
-servers or processes: Prometheus, the HTTP stand-ins of GitHub and Slack, git
-on real repositories, model servers, virtualenv builds) or ``e2e`` (the whole
-controller loop, in ``tests/e2e``). A module says so with ``pytestmark``, or
-a module of both kinds on each test; collection fails, naming the tests, when
-a test has no tier or more than one, so a new module must choose.
+Tiers: every test is exactly one of ``unit`` (no servers, no network, no
+virtualenv builds, no git repositories: fast), ``integration`` (real servers
+or processes: Prometheus, the HTTP stand-ins of GitHub and Slack, git on real
+repositories, model servers, virtualenv builds; and the long fuzzers) or
+``e2e`` (the whole controller loop, in ``tests/e2e``). A module says which
+with ``pytestmark``; a module of both kinds marks each test. Collection fails,
+naming the tests, when a test has no tier or more than one, so a new module
+must choose.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from controller.clock import SYSTEM_CLOCK, Clock, FakeClock
 from controller.specs import Catalog, load_tree
 from tests.fakes.github_api import FakeGitHub
 from tests.fixtures import T0
+from tests.fixtures.required import reference
 
 TIERS = ("unit", "integration", "e2e")
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,3 +106,15 @@ def serving(tmp_path: Path) -> Iterator[LocalServing]:
         yield backend
     finally:
         backend.shutdown()
+
+
+@pytest.fixture(scope="session")
+def reference_payloads() -> Path:
+    """The directory of real GitHub webhook payloads; without it the test is skipped, or failed in CI."""
+    return reference("github-webhooks")
+
+
+@pytest.fixture(scope="session")
+def reference_schema() -> Path:
+    """The JSON schema of GitHub's webhook payloads; without it the test is skipped, or failed in CI."""
+    return reference("github-webhooks.schema.json")

@@ -37,6 +37,7 @@ from controller.specs import load_tree
 from controller.specs.types import Catalog, Environment, Model
 from tests.gitrepo import GitRepo
 
+pytestmark = pytest.mark.integration
 MISSING_RUNNER = (
     "environment 'staging' names pipeline runner 'local', which this controller does not have (it has: argo)"
 )

@@ -23,6 +23,7 @@ from controller.backends.store import OutboxMessage
 from controller.backends.store.sql import SqlStore
 from controller.engine.outbox import deliver_due
 
+pytestmark = pytest.mark.unit
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
 

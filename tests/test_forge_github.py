@@ -39,6 +39,7 @@ from controller.engine.report import marker
 from controller.settings import GitHubSettings
 from tests.fakes.github_api import FakeGitHub
 
+pytestmark = pytest.mark.integration
 REPO = "octo-org/models"
 TOKEN = "ghp_test_token"
 SHA1 = "1" * 40

@@ -19,6 +19,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from controller.backends.forge.github import GitHubForge
 from controller.backends.store import InboxEvent
 from controller.backends.store.sql import SqlStore
@@ -29,6 +31,7 @@ from controller.engine.inbox import Handler, InboxDispatcher
 from controller.specs import Catalog
 from tests.fakes.github_api import issue_comment_event, pull_request_event, reference_payload
 
+pytestmark = pytest.mark.unit
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHA1, SHA2 = "a" * 40, "b" * 40
 

@@ -38,6 +38,7 @@ from controller.settings import ControllerSettings, GitHubSettings, Settings
 from tests.fakes.github_api import FakeGitHub, issue_comment_event
 from tests.gitrepo import GitRepo
 
+pytestmark = pytest.mark.integration
 FORK_PR = 7
 
 

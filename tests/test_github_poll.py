@@ -44,6 +44,7 @@ from controller.settings import GitHubSettings
 from controller.specs import Catalog
 from tests.fakes.github_api import FakeGitHub, issue_comment_event
 
+pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "ghp_test_token"
 INTERVAL = 60.0

@@ -9,12 +9,15 @@ no pull request is known for goes without, for the sender to look up.
 
 from __future__ import annotations
 
+import pytest
+
 from controller.backends.forge import CommitState, ReviewTarget
 from controller.backends.store.sql import SqlStore
 from controller.engine.pull_requests import PullRequestTargets, pull_request_number
 from controller.engine.trust import record_pull_request
 from tests.fakes.github_api import pull_request_event
 
+pytestmark = pytest.mark.unit
 SHA = "a" * 40
 
 

@@ -55,6 +55,7 @@ from controller.specs.types import (
 )
 from tests.test_serving import stub_version
 
+pytestmark = pytest.mark.integration
 ENV = Environment(
     name="production", spec_path="environments/production.yaml", production=True, port=free_port()
 )

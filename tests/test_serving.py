@@ -53,6 +53,7 @@ from controller.backends.serving.server import free_port, http_status, is_ready
 from controller.clock import SYSTEM_CLOCK
 from controller.specs.types import Environment, Serving
 
+pytestmark = pytest.mark.integration
 # An OIP v2 server for one model version, honouring the custom-server contract. Test knobs:
 # STUB_READY_AFTER (seconds before it answers ready), STUB_NEVER_READY, STUB_FAIL=always (500 on infer),
 # STUB_FAIL=partial (500 when the input holds 6.7), STUB_TAG (echoed in every answer as "tag");

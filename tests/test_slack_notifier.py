@@ -29,6 +29,7 @@ from controller.engine.outbox import DeliveryError, deliver_due
 from controller.specs import Model, load_tree
 from tests.fakes.slack_api import TOKEN, FakeSlack, Posted
 
+pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 PR = "https://github.com/acme/ml/pull/42"

@@ -30,6 +30,7 @@ from controller.specs import check_catalog, find_spec_files, parse_document
 from controller.specs.fastyaml import load_plain
 from controller.specs.loader import YamlError, decode_spec, load_text
 
+pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(__file__).parent / "spec_corpus"
 

@@ -32,6 +32,8 @@ from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK, Clock, FakeClock
 from tests.fixtures import T0
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def store_clock(clock: FakeClock) -> Clock:

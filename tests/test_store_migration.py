@@ -213,6 +213,7 @@ def meta_keys(store: SqlStore) -> set[str]:
 # ------------------------------------------------------------- reading back
 
 
+@pytest.mark.unit
 def test_every_record_of_0003_reads_back_after_the_upgrade(store: SqlStore) -> None:
     assert schema_revision(store.engine) == ("0004",)
     event = store.get_event(1)
@@ -242,6 +243,7 @@ def test_every_record_of_0003_reads_back_after_the_upgrade(store: SqlStore) -> N
     assert [s.state for s in store.commit_statuses(proposal="tune", model="iris")] == ["success"]
 
 
+@pytest.mark.unit
 def test_every_meta_family_moves_to_its_table_and_leaves_meta(store: SqlStore) -> None:
     assert store.pull_request(6) == PullRequest(**GOOD_PULL)
     assert store.pull_request(9) == PullRequest(**FORK)
@@ -274,6 +276,7 @@ def test_every_meta_family_moves_to_its_table_and_leaves_meta(store: SqlStore) -
     assert store.get_meta("controller:repository") == SETTINGS["controller:repository"]
 
 
+@pytest.mark.unit
 def test_the_github_side_carries_on_where_0003_left_off(store: SqlStore) -> None:
     catalog = Catalog(models={}, policies={}, environments={})
     gate = TrustGate(store, lambda: catalog)
@@ -291,6 +294,7 @@ def test_the_github_side_carries_on_where_0003_left_off(store: SqlStore) -> None
     assert proposal_heads(Repo(), store) == {"tune": GOOD_PULL["head_sha"], "pull/9/head": SHA2}  # type: ignore[arg-type]
 
 
+@pytest.mark.integration
 def test_the_github_sender_edits_the_comment_and_check_run_of_0003(tmp_path: Path) -> None:
     with FakeGitHub(repository=REPO, token="ghp_test") as fake:
         fake.add_pull(6, head_ref="tune", head_sha=SHA1)
@@ -336,6 +340,7 @@ def test_the_github_sender_edits_the_comment_and_check_run_of_0003(tmp_path: Pat
     assert not [r for r in fake.requests if r.path.endswith("/pulls")]
 
 
+@pytest.mark.integration
 def test_the_slack_sender_edits_the_message_of_0003_and_never_replies_twice(tmp_path: Path) -> None:
     with FakeSlack() as slack:
         posted = WebClient(token=SLACK_TOKEN, base_url=slack.api_url).chat_postMessage(
@@ -368,6 +373,7 @@ def test_the_slack_sender_edits_the_message_of_0003_and_never_replies_twice(tmp_
 # -------------------------------------------------------- what is left behind
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("key", "value"),
     [
@@ -414,6 +420,7 @@ def test_a_malformed_value_is_left_behind_with_one_warning(
         store.close()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "garbage", ["{", "[1, 2]", "null", '{"False": false, "6": true, "7": "yes", "-1": false}']
 )
@@ -440,6 +447,7 @@ def test_the_open_list_is_the_records_state_whatever_it_held(tmp_path: Path, gar
 # ----------------------------------------------------------------- revisions
 
 
+@pytest.mark.unit
 def test_a_downgrade_gives_the_keys_back_and_the_upgrade_takes_them_again(
     store: SqlStore, state: Path
 ) -> None:
@@ -477,6 +485,7 @@ def test_a_downgrade_gives_the_keys_back_and_the_upgrade_takes_them_again(
         again.close()
 
 
+@pytest.mark.unit
 def test_a_store_migrated_by_a_newer_flywheel_is_refused_and_left_alone(store: SqlStore, state: Path) -> None:
     with store.engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '0005'"))

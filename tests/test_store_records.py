@@ -40,6 +40,7 @@ from controller.backends.store.sql import SqlStore
 from controller.clock import Clock, FakeClock
 from tests.fixtures import T0
 
+pytestmark = pytest.mark.unit
 REPO = "octo-org/models"
 PULL = PullRequest(
     number=6,

@@ -30,6 +30,7 @@ from controller.engine.trust import (
 from controller.specs import Catalog
 from tests.fakes.github_api import issue_comment_event, pull_request_event
 
+pytestmark = pytest.mark.unit
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHA1, SHA2 = "a" * 40, "b" * 40
 # In the repository's own policy: alice-ml (ML engineer) and erin-platform are trusted and may say

@@ -40,6 +40,7 @@ from controller.settings import WebhookSettings
 from webhooks.app import GITHUB_HOOK_PATH, create_app
 from webhooks.github import sign
 
+pytestmark = pytest.mark.unit
 SECRET = "batch secret"
 POISON = "poison-delivery"
 

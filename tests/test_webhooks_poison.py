@@ -39,6 +39,8 @@ from tests.fakes.github_api import FakeGitHub
 from tests.gitrepo import GitRepo
 from tests.store_0003 import open_pulls_value, pull_request_value, state_at_0003, write_meta
 
+pytestmark = pytest.mark.integration
+
 
 class BrokenPoller:
     """A poller whose every poll fails the same way."""
