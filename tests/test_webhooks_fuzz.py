@@ -50,7 +50,7 @@ from tests.fixtures.required import REFERENCE_ROOT, missing, required
 from webhooks.app import GITHUB_HOOK_PATH, SLACK_ACTIONS_PATH, create_app
 from webhooks.github import sign, verify_signature
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.integration  # long fuzzers, in process: kept out of the fast unit tier
 SECRET = "fuzz secret"
 LIMIT = 64 * 1024
 REFERENCE = REFERENCE_ROOT / "github-webhooks"
