@@ -65,6 +65,9 @@ ENV_SECRET = "FLYWHEEL_GITHUB_WEBHOOK_SECRET"
 ENV_PREVIOUS_SECRET = "FLYWHEEL_GITHUB_WEBHOOK_SECRET_PREVIOUS"
 ENV_MAX_BODY_BYTES = "FLYWHEEL_WEBHOOK_MAX_BODY_BYTES"
 ENV_SLACK_SIGNING_SECRET = "FLYWHEEL_SLACK_SIGNING_SECRET"
+# Read by the test suite only (tests/fixtures/required.py): set, a test whose reference data or program is
+# missing fails instead of being skipped. CI sets it.
+ENV_TEST_REQUIRE_ALL = "FLYWHEEL_TEST_REQUIRE_ALL"
 
 CheckMode = Literal["check-runs", "statuses"]
 

@@ -28,6 +28,7 @@ from controller.engine.analysis import judge, judge_round
 from controller.engine.verdicts import AnalysisRun, CheckResult, RoundVerdict, evaluate_round, next_state
 from controller.specs.types import Analysis, AnalysisCheck
 
+pytestmark = pytest.mark.unit
 SUCCESS = AnalysisCheck(name="success-rate", builtin="successRate", min=0.99)
 LATENCY = AnalysisCheck(name="latency-p99", builtin="latency", percentile=99, max=0.5)
 TRAFFIC = AnalysisCheck(name="enough-traffic", builtin="requestCount", min=20)

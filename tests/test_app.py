@@ -33,6 +33,8 @@ from controller.specs.types import Environment
 from tests.fakes.github_api import pull_request_event
 from tests.gitrepo import GitRepo
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:

@@ -20,6 +20,7 @@ from controller.backends.store import Approval, Decision
 from controller.engine.approvals import ApprovalGate, expires_at, groups_of, may_run, resolve_user
 from controller.specs.types import ApprovalRule, Identity, Policy
 
+pytestmark = pytest.mark.unit
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 HOUR = 3600.0
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,7 @@ from controller.backends.metrics.fake import FakeMetrics
 from controller.backends.pipelines.fake import FakeRunner
 from controller.backends.serving import ServedVersion, ServingError
 from controller.backends.serving.fake import FakeServing
-from controller.backends.store import ModelVersion, open_store
+from controller.backends.store import ModelVersion
 from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.proposals import ProposalReconciler
@@ -37,6 +37,7 @@ from controller.specs import load_tree
 from controller.specs.types import Catalog, Environment, Model
 from tests.gitrepo import GitRepo
 
+pytestmark = pytest.mark.integration
 MISSING_RUNNER = (
     "environment 'staging' names pipeline runner 'local', which this controller does not have (it has: argo)"
 )
@@ -54,13 +55,6 @@ def repo(tmp_path: Path) -> GitRepo:
     repo.edit("specs/iris/model.yaml", "    C: 1.0\n", "    C: 3.0\n")
     repo.git("commit", "-qam", "tune")
     return repo
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
-    store = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
-    yield store
-    store.close()
 
 
 def test_a_run_never_falls_back_to_another_runner(

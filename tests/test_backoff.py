@@ -14,18 +14,16 @@ limits, is pinned in test_github_poll.py.)
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from controller.backends.delivery import Backoff, DeliveryError
-from controller.backends.store import OutboxMessage, open_store
+from controller.backends.store import OutboxMessage
 from controller.backends.store.sql import SqlStore
-from controller.clock import SYSTEM_CLOCK
 from controller.engine.outbox import deliver_due
 
+pytestmark = pytest.mark.unit
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
 
@@ -61,13 +59,6 @@ def test_retry_after_is_a_floor() -> None:
 
 
 # ------------------------------------------------------------------ the outbox
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
-    s = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
-    yield s
-    s.close()
 
 
 class Failing:

@@ -7,11 +7,14 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from controller.backends.store import open_store
 from controller.cli import main
 from controller.clock import SYSTEM_CLOCK
+
+pytestmark = pytest.mark.unit
 
 
 def _result(state: Path, *, model: str, key: str, age_days: float) -> int:

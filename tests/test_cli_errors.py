@@ -26,6 +26,7 @@ from controller.clock import SYSTEM_CLOCK
 from controller.scaffold import scaffold
 from controller.settings import ControllerSettings, Settings
 
+pytestmark = pytest.mark.integration
 # Every variable the controller reads, cleared so the machine's own settings do not leak into a test.
 _CLEAN: dict[str, str | None] = {
     name: None

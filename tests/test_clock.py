@@ -17,6 +17,7 @@ import pytest
 
 from controller.clock import SYSTEM_CLOCK, FakeClock
 
+pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("controller", "webhooks")
 ALLOWED = {ROOT / "controller" / "clock.py"}

@@ -27,6 +27,7 @@ from controller.backends.store import open_store
 from controller.cli import main
 from controller.clock import SYSTEM_CLOCK, FakeClock
 
+pytestmark = pytest.mark.integration
 FLYWHEEL = str(Path(sys.executable).parent / "flywheel")
 CLOCK = FakeClock(datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC))
 

@@ -15,6 +15,9 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 TEMPLATE = ROOT / "controller" / "scaffold" / "template"

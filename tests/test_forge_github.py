@@ -31,7 +31,7 @@ from controller.backends.forge.github import (
     GitHubSender,
     report_marker,
 )
-from controller.backends.store import PullRequest, open_store
+from controller.backends.store import PullRequest
 from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.outbox import DeliveryStats, deliver_due
@@ -39,17 +39,11 @@ from controller.engine.report import marker
 from controller.settings import GitHubSettings
 from tests.fakes.github_api import FakeGitHub
 
+pytestmark = pytest.mark.integration
 REPO = "octo-org/models"
 TOKEN = "ghp_test_token"
 SHA1 = "1" * 40
 SHA2 = "2" * 40
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
-    s = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
-    yield s
-    s.close()
 
 
 def forget_ids(store: SqlStore, table: str) -> None:

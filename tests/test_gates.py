@@ -7,6 +7,8 @@ import pytest
 from controller.engine.gates import evaluate_gates, failed_gates
 from controller.specs.types import Gate, Metric, Model, Source
 
+pytestmark = pytest.mark.unit
+
 
 def _model(*gates: Gate) -> Model:
     return Model(

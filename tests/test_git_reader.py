@@ -39,6 +39,7 @@ import controller.specs
 from controller.backends.git import ChangedModels, GitError, Repository
 from controller.backends.git.trees import gc_paused
 
+pytestmark = pytest.mark.integration
 GIT_ENV = {
     **os.environ,
     "GIT_CONFIG_GLOBAL": os.devnull,

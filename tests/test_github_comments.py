@@ -16,7 +16,6 @@ commands are ignored.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from github import Auth
 
 from controller.backends.forge.github import GitHubForge, GitHubSender
 from controller.backends.git import Repository
-from controller.backends.store import OutboxMessage, open_store
+from controller.backends.store import OutboxMessage
 from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.approvals import resolve_user
@@ -34,7 +33,7 @@ from controller.engine.comments import HELP, CommentOutcome, handle_comment, par
 from controller.engine.outbox import deliver_due
 from controller.engine.rollout_state import load_requests, load_state, paused_by
 from controller.engine.trust import record_pull_request
-from controller.specs import Catalog, load_tree
+from controller.specs import Catalog
 from tests.fakes.github_api import FakeGitHub, issue_comment_event, pull_request_event
 from tests.gitrepo import GitRepo
 
@@ -46,6 +45,7 @@ SHA = "c" * 40
 # ------------------------------------------------------------------ parsing
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
@@ -94,27 +94,17 @@ def test_parse_commands(body: str, expected: list[tuple[str, tuple[str, ...], st
             assert command.error is not None and error in command.error
 
 
+@pytest.mark.unit
 def test_at_most_ten_commands_per_comment() -> None:
     assert len(parse_commands("/flywheel status\n" * 50)) == 10
 
 
+@pytest.mark.unit
 def test_help_lines_are_not_commands() -> None:
     assert parse_commands(HELP) == []  # the bot's own reply can never be taken for a command
 
 
 # ----------------------------------------------------------------- handling
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return load_tree(REPO_ROOT)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
-    opened = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
-    yield opened
-    opened.close()
 
 
 def rollout_awaiting_production(store: SqlStore, model: str = "iris", *, author: str = "bob") -> int:
@@ -198,6 +188,7 @@ def reply_of(store: SqlStore, *, in_reply_to: int | None = None) -> str:
     return str(reply.payload["body"])
 
 
+@pytest.mark.integration
 def test_acknowledged_at_once_and_answered_through_a_real_github(store: SqlStore, catalog: Catalog) -> None:
     with FakeGitHub(repository=FULL_NAME, token="t") as fake:
         fake.add_pull(12, head_ref="tune-iris", head_sha=SHA)
@@ -225,6 +216,7 @@ def test_acknowledged_at_once_and_answered_through_a_real_github(store: SqlStore
     assert store.audit()[-1].action == "command.status"
 
 
+@pytest.mark.unit
 def test_unknown_command_gets_the_help_and_is_audited(store: SqlStore, catalog: Catalog) -> None:
     outcome = say(store, catalog, "/flywheel deploy iris", login="alice-ml")
     assert [r.ok for r in outcome.results] == [False]
@@ -239,6 +231,7 @@ def test_unknown_command_gets_the_help_and_is_audited(store: SqlStore, catalog: 
     assert reactions == ["-1", "eyes"]
 
 
+@pytest.mark.unit
 def test_help_for_anyone(store: SqlStore, catalog: Catalog) -> None:
     outcome = say(store, catalog, "/flywheel help", login="some-stranger")
     assert [r.ok for r in outcome.results] == [True]
@@ -246,6 +239,7 @@ def test_help_for_anyone(store: SqlStore, catalog: Catalog) -> None:
     assert store.audit()[-1].actor == "github:some-stranger"
 
 
+@pytest.mark.unit
 def test_approve_with_the_model_the_pull_request_changes(store: SqlStore, catalog: Catalog) -> None:
     version = rollout_awaiting_production(store)
     open_pull(store)
@@ -258,6 +252,7 @@ def test_approve_with_the_model_the_pull_request_changes(store: SqlStore, catalo
     assert store.audit()[-1].action == "approval.approve"
 
 
+@pytest.mark.unit
 def test_several_changed_models_ask_for_one(store: SqlStore, catalog: Catalog) -> None:
     open_pull(store)
     run_on(store, "tune-iris", "iris")
@@ -268,6 +263,7 @@ def test_several_changed_models_ask_for_one(store: SqlStore, catalog: Catalog) -
     assert store.audit()[-1].detail["refusal"] == "no_model"
 
 
+@pytest.mark.unit
 def test_reject_and_pause_go_through_commands(store: SqlStore, catalog: Catalog) -> None:
     rollout_awaiting_production(store)
     outcome = say(store, catalog, "/flywheel reject iris production\n/flywheel pause iris", login="alice-ml")
@@ -279,6 +275,7 @@ def test_reject_and_pause_go_through_commands(store: SqlStore, catalog: Catalog)
     assert actions[-2:] == ["command.refused", "command.pause"]
 
 
+@pytest.mark.unit
 def test_retrain_starts_a_run_for_allowed_users_only(store: SqlStore, catalog: Catalog) -> None:
     open_pull(store)
     retrains = Retrains()
@@ -294,6 +291,7 @@ def test_retrain_starts_a_run_for_allowed_users_only(store: SqlStore, catalog: C
     assert (detail["ref"], detail["result"], detail["run"]) == ("tune-iris", "started", 41)
 
 
+@pytest.mark.unit
 def test_a_retrain_that_cannot_start_says_why(store: SqlStore, catalog: Catalog) -> None:
     retrains = Retrains(fail="iris is not a valid model at the head of main (abc)")
     outcome = say(store, catalog, "/flywheel retrain iris", login="alice-ml", pull=False, retrain=retrains)
@@ -303,12 +301,14 @@ def test_a_retrain_that_cannot_start_says_why(store: SqlStore, catalog: Catalog)
     assert (entry.action, entry.detail["result"], entry.detail["ref"]) == ("command.retrain", "failed", None)
 
 
+@pytest.mark.unit
 def test_bots_and_comments_without_commands_are_ignored(store: SqlStore, catalog: Catalog) -> None:
     assert say(store, catalog, "/flywheel approve iris", login="flywheel[bot]").results == ()
     assert say(store, catalog, "LGTM", login="alice-ml").results == ()
     assert outbox(store) == [] and store.audit() == []
 
 
+@pytest.mark.unit
 def test_ok_to_test_on_an_issue_is_refused(store: SqlStore, catalog: Catalog) -> None:
     outcome = say(store, catalog, "/flywheel ok-to-test", login="alice-ml", pull=False)
     assert [r.ok for r in outcome.results] == [False]
@@ -339,6 +339,7 @@ def git_repo(tmp_path: Path) -> GitRepo:
     return repo
 
 
+@pytest.mark.integration
 def test_a_pull_request_editing_policies_is_judged_by_mains_policy(
     store: SqlStore, git_repo: GitRepo, tmp_path: Path
 ) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,29 +22,18 @@ from typing import Any
 import pytest
 
 from controller.backends.forge.github import GitHubForge
-from controller.backends.store import InboxEvent, open_store
+from controller.backends.store import InboxEvent
 from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
 from controller.engine.github_events import GITHUB_EVENT_KINDS, GitHubEvents
 from controller.engine.inbox import Handler, InboxDispatcher
-from controller.specs import Catalog, load_tree
+from controller.specs import Catalog
 from tests.fakes.github_api import issue_comment_event, pull_request_event, reference_payload
 
+pytestmark = pytest.mark.unit
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHA1, SHA2 = "a" * 40, "b" * 40
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return load_tree(REPO_ROOT)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
-    opened = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
-    yield opened
-    opened.close()
 
 
 _deliveries = itertools.count(1)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,13 +38,8 @@ from controller.settings import ControllerSettings, GitHubSettings, Settings
 from tests.fakes.github_api import FakeGitHub, issue_comment_event
 from tests.gitrepo import GitRepo
 
+pytestmark = pytest.mark.integration
 FORK_PR = 7
-
-
-@pytest.fixture
-def github() -> Iterator[FakeGitHub]:
-    with FakeGitHub() as fake:
-        yield fake
 
 
 @pytest.fixture

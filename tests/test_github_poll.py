@@ -33,7 +33,7 @@ from github import Auth
 
 from controller.backends.forge.github import GitHubForge, GitHubSender
 from controller.backends.forge.github_poll import GitHubPoller
-from controller.backends.store import InboxEvent, NotFound, OutboxMessage, open_store
+from controller.backends.store import InboxEvent, NotFound, OutboxMessage
 from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
@@ -41,9 +41,10 @@ from controller.engine.github_events import GITHUB_EVENT_KINDS, GitHubEvents
 from controller.engine.inbox import InboxDispatcher
 from controller.engine.outbox import deliver_due
 from controller.settings import GitHubSettings
-from controller.specs import Catalog, load_tree
+from controller.specs import Catalog
 from tests.fakes.github_api import FakeGitHub, issue_comment_event
 
+pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "ghp_test_token"
 INTERVAL = 60.0
@@ -70,18 +71,6 @@ class PollClock:
         self.ticks += seconds
 
 
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return load_tree(REPO_ROOT)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
-    opened = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
-    yield opened
-    opened.close()
-
-
 @pytest.fixture
 def fake() -> Iterator[FakeGitHub]:
     with FakeGitHub(token=TOKEN) as server:
@@ -89,12 +78,12 @@ def fake() -> Iterator[FakeGitHub]:
 
 
 @pytest.fixture
-def clock() -> PollClock:
+def poll_clock() -> PollClock:
     return PollClock()
 
 
 @pytest.fixture
-def poller(store: SqlStore, fake: FakeGitHub, clock: PollClock) -> Iterator[GitHubPoller]:
+def poller(store: SqlStore, fake: FakeGitHub, poll_clock: PollClock) -> Iterator[GitHubPoller]:
     polling = GitHubPoller(
         store,
         pulls=store,
@@ -103,7 +92,7 @@ def poller(store: SqlStore, fake: FakeGitHub, clock: PollClock) -> Iterator[GitH
         base_url=fake.api_url,
         timeout=2,
         interval_seconds=INTERVAL,
-        clock=clock,
+        clock=poll_clock,
     )
     yield polling
     polling.close()
@@ -460,7 +449,12 @@ def test_a_comment_on_an_issue_is_queued_as_not_a_pull_request(
 
 @pytest.mark.parametrize("outage", ["down", "502"])
 def test_an_outage_backs_off_and_loses_nothing(
-    store: SqlStore, catalog: Catalog, fake: FakeGitHub, poller: GitHubPoller, clock: PollClock, outage: str
+    store: SqlStore,
+    catalog: Catalog,
+    fake: FakeGitHub,
+    poller: GitHubPoller,
+    poll_clock: PollClock,
+    outage: str,
 ) -> None:
     if outage == "down":
         fake.down = True
@@ -472,65 +466,65 @@ def test_an_outage_backs_off_and_loses_nothing(
 
     fake.down = False
     asked = len(fake.requests)
-    clock.advance(2 * INTERVAL - 1)  # the first backoff is twice the interval
+    poll_clock.advance(2 * INTERVAL - 1)  # the first backoff is twice the interval
     assert poller.poll_if_due() == 0
     assert len(fake.requests) == asked  # not asked at all
 
-    clock.advance(1)
+    poll_clock.advance(1)
     assert poller.poll_if_due() == 1
     assert pending(store) == ["pull_request.opened"]
     assert process(store, catalog) == {"tune-iris"}
 
-    clock.advance(INTERVAL - 1)  # back to the plain interval
+    poll_clock.advance(INTERVAL - 1)  # back to the plain interval
     assert poller.poll_if_due() == 0
-    clock.advance(1)
+    poll_clock.advance(1)
     assert poller.poll_if_due() == 0  # polled, nothing new
     assert len(fake.requests) > asked
 
 
 def test_backoff_doubles_while_github_keeps_failing(
-    fake: FakeGitHub, poller: GitHubPoller, clock: PollClock
+    fake: FakeGitHub, poller: GitHubPoller, poll_clock: PollClock
 ) -> None:
     fake.fail(502, "Server Error", times=3)
     assert poller.poll_if_due() == 0  # the first of three failures
-    attempts = [clock.monotonic()]
+    attempts = [poll_clock.monotonic()]
     while len(attempts) < 5:
-        clock.advance(INTERVAL / 2)
+        poll_clock.advance(INTERVAL / 2)
         asked = len(fake.requests)
         assert poller.poll_if_due() == 0
         if len(fake.requests) > asked:
-            attempts.append(clock.monotonic())
+            attempts.append(poll_clock.monotonic())
     gaps = [later - earlier for earlier, later in pairwise(attempts)]
     assert gaps == [2 * INTERVAL, 4 * INTERVAL, 8 * INTERVAL, INTERVAL]  # then the interval again
 
 
 def test_a_rate_limit_waits_until_it_resets(
-    store: SqlStore, fake: FakeGitHub, poller: GitHubPoller, clock: PollClock
+    store: SqlStore, fake: FakeGitHub, poller: GitHubPoller, poll_clock: PollClock
 ) -> None:
     fake.add_pull(5, head_ref="tune-iris", head_sha=SHA1, author="bob-ml")
     fake.exhaust_rate_limit(reset_in=600)
     assert poller.poll_if_due() == 0
     asked = len(fake.requests)
 
-    clock.advance(599)  # well past the backoff, not yet the reset
+    poll_clock.advance(599)  # well past the backoff, not yet the reset
     assert poller.poll_if_due() == 0
     assert len(fake.requests) == asked
 
-    clock.advance(10)
+    poll_clock.advance(10)
     assert poller.poll_if_due() == 1
     assert pending(store) == ["pull_request.opened"]
 
 
 def test_a_secondary_rate_limit_waits_for_retry_after(
-    fake: FakeGitHub, poller: GitHubPoller, clock: PollClock
+    fake: FakeGitHub, poller: GitHubPoller, poll_clock: PollClock
 ) -> None:
     fake.secondary_rate_limit(retry_after=300)
     assert poller.poll_if_due() == 0
     asked = len(fake.requests)
-    clock.advance(299)
+    poll_clock.advance(299)
     assert poller.poll_if_due() == 0
     assert len(fake.requests) == asked
-    clock.advance(1)
+    poll_clock.advance(1)
     poller.poll_if_due()
     assert len(fake.requests) > asked
 

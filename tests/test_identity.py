@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from controller.engine.identity import RunInputs
+
+pytestmark = pytest.mark.unit
 
 
 def _inputs() -> RunInputs:

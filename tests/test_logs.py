@@ -9,6 +9,8 @@ import pytest
 
 from controller.logs import setup_logging
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(autouse=True)
 def _restore() -> object:

@@ -34,6 +34,7 @@ from controller.backends.metrics.builtin import (
 )
 from controller.specs.types import AnalysisCheck
 
+pytestmark = pytest.mark.integration
 SUCCESS = AnalysisCheck(name="success-rate", builtin="successRate", min=0.99)
 COUNT = AnalysisCheck(name="traffic", builtin="requestCount", min=20)
 P99 = AnalysisCheck(name="p99", builtin="latency", percentile=99, max=0.5)

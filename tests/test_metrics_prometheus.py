@@ -14,7 +14,9 @@ the test chooses, and drives ``PrometheusMetrics`` (through
   with the reason;
 - a stopped Prometheus gives no value with "unreachable", quickly.
 
-Skipped, saying why, when the Prometheus binary is not installed.
+Skipped, saying why, when the Prometheus binary is not installed; failed
+instead with ``FLYWHEEL_TEST_REQUIRE_ALL`` (tests.fixtures.required). The
+tests of the query rendering alone are unit tests.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -41,12 +44,17 @@ from controller.backends.metrics.prometheus import (
     render_query,
 )
 from controller.specs.types import AnalysisCheck
+from tests.fixtures.required import program
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-needs_prometheus = pytest.mark.skipif(
-    not Path(PROMETHEUS).exists(),
-    reason="the Prometheus server binary is not installed (apt-get install prometheus)",
-)
+Test = TypeVar("Test", bound=Callable[..., None])
+
+
+def needs_prometheus(test: Test) -> Test:
+    """An integration test against the real server: skipped without the binary (failed in CI)."""
+    marked: Test = pytest.mark.integration(pytest.mark.usefixtures("prometheus_installed")(test))
+    return marked
+
 
 ENV = "production"
 WINDOW = 5.0  # seconds; with a 1 s scrape interval, about five samples per series
@@ -190,6 +198,11 @@ class PrometheusServer:
 
 
 @pytest.fixture(scope="module")
+def prometheus_installed() -> str:
+    return program("prometheus")
+
+
+@pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
     target = Target()
     server = PrometheusServer(tmp_path_factory.mktemp("prometheus"), scrape_target=target.address)
@@ -218,6 +231,7 @@ def measure(
 # ---------------------------------------------------------- without a server
 
 
+@pytest.mark.unit
 def test_label_values_are_escaped_and_quotes_that_cannot_be_are_refused() -> None:
     assert escape_label_value('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
     with pytest.raises(ValueError, match="quote"):
@@ -226,6 +240,7 @@ def test_label_values_are_escaped_and_quotes_that_cannot_be_are_refused() -> Non
         escape_label_value("a`b")
 
 
+@pytest.mark.unit
 def test_templates_are_filled_in() -> None:
     query = 'x{model="{{model}}",version="{{ version }}",environment="{{environment}}"}[{{window}}]'
     assert (
@@ -234,6 +249,7 @@ def test_templates_are_filled_in() -> None:
     )
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("seconds", "duration"), [(60, "1m"), (15, "15s"), (3600, "1h"), (3725, "1h2m5s"), (1.5, "1500ms")]
 )
@@ -241,6 +257,7 @@ def test_windows_become_promql_durations(seconds: float, duration: str) -> None:
     assert promql_duration(seconds) == duration
 
 
+@pytest.mark.unit
 def test_a_model_name_with_a_single_quote_gives_no_value() -> None:
     with PrometheusMetrics("http://127.0.0.1:9") as metrics:
         measurement = metrics.measure(SUCCESS, model="it's", version="v2", environment=ENV, window_seconds=60)

@@ -19,6 +19,7 @@ from controller.backends.notify import LOGGER_NAME, EventKind, FanoutNotifier, R
 from controller.backends.notify.console import ConsoleNotifier, format_event
 from controller.backends.notify.fake import FakeNotifier
 
+pytestmark = pytest.mark.unit
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 

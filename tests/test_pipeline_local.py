@@ -32,6 +32,7 @@ from controller.backends.pipelines import RunRequest, RunResult, StepEvent
 from controller.backends.pipelines.local import LocalRunner
 from controller.specs.types import DataInput, Model, Source, Step
 
+pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -391,7 +392,6 @@ def test_bad_requirements_end_the_run_as_error(tmp_path: Path) -> None:
     assert result.steps[0].status == "skipped"
 
 
-@pytest.mark.slow
 def test_iris_pipeline_end_to_end_in_its_own_virtualenv(tmp_path: Path) -> None:
     source = tmp_path / "iris"
     shutil.copytree(REPO / "specs" / "iris", source)

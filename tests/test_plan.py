@@ -33,6 +33,7 @@ from controller.engine.plan import (
 )
 from controller.specs.types import Gate, Location, Model, Source, SpecError
 
+pytestmark = pytest.mark.unit
 MODEL = Model(name="iris", spec_path="specs/iris/model.yaml", source=Source("specs/iris", "r.txt"))
 ERROR = SpecError(Location("specs/bad/model.yaml", 3, 5), "spec.params", "expected an object, got 'x'")
 

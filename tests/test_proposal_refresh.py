@@ -21,6 +21,8 @@ from controller.engine.proposals import ProposalReconciler
 from controller.scaffold import scaffold
 from tests.gitrepo import GitRepo
 
+pytestmark = pytest.mark.integration
+
 
 @dataclass
 class Parts:

@@ -20,6 +20,8 @@ from controller.engine.proposals import ProposalReconciler
 from controller.scaffold import scaffold
 from tests.gitrepo import GitRepo
 
+pytestmark = pytest.mark.integration
+
 
 def test_untrusted_head_runs_nothing_until_admitted(tmp_path: Path) -> None:
     repo = GitRepo(tmp_path / "ml")

@@ -9,19 +9,15 @@ no pull request is known for goes without, for the sender to look up.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from controller.backends.forge import CommitState, ReviewTarget
-from controller.backends.store import open_store
 from controller.backends.store.sql import SqlStore
-from controller.clock import SYSTEM_CLOCK
 from controller.engine.pull_requests import PullRequestTargets, pull_request_number
 from controller.engine.trust import record_pull_request
 from tests.fakes.github_api import pull_request_event
 
+pytestmark = pytest.mark.unit
 SHA = "a" * 40
 
 
@@ -36,13 +32,6 @@ class Recorder:
 
     def set_status(self, target: ReviewTarget, state: CommitState, description: str) -> None:
         self.targets.append(target)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
-    opened = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
-    yield opened
-    opened.close()
 
 
 def test_each_target_names_the_pull_request_its_event_told(store: SqlStore) -> None:

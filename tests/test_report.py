@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from controller.engine.gates import GateResult
 from controller.engine.report import COMMENT_LIMIT, ReviewReport, StepLine, marker, render_report
+
+pytestmark = pytest.mark.unit
 
 
 def _report(**changes: object) -> ReviewReport:

@@ -34,6 +34,7 @@ from controller.engine.rollout_state import load_requests, load_state
 from controller.specs import load_tree
 from controller.specs.types import Catalog, Model
 
+pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = {
     "success-rate": Measurement(value=1.0, samples=100),

@@ -20,6 +20,8 @@ from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Watched, record_watched
 from controller.scaffold import scaffold
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def setup(tmp_path: Path) -> tuple[Path, Path]:

@@ -55,6 +55,7 @@ from controller.specs.types import (
 )
 from tests.test_serving import stub_version
 
+pytestmark = pytest.mark.integration
 ENV = Environment(
     name="production", spec_path="environments/production.yaml", production=True, port=free_port()
 )
@@ -76,15 +77,6 @@ MODEL = Model(
     ),
 )
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
-
-
-@pytest.fixture
-def serving(tmp_path: Path) -> Iterator[LocalServing]:
-    backend = LocalServing(tmp_path / "serving", ready_timeout_seconds=20, clock=SYSTEM_CLOCK)
-    try:
-        yield backend
-    finally:
-        backend.shutdown()
 
 
 def _engine(

@@ -66,6 +66,7 @@ from controller.specs.types import (
     Stage,
 )
 
+pytestmark = pytest.mark.unit
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 SUCCESS = AnalysisCheck(name="success-rate", builtin="successRate", min=0.99)
 TRAFFIC = AnalysisCheck(name="enough-traffic", builtin="requestCount", min=20)

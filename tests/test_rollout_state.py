@@ -33,6 +33,7 @@ from controller.engine.rollout_state import (
 )
 from controller.engine.verdicts import CheckResult, Decision, RoundVerdict
 
+pytestmark = pytest.mark.unit
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 STARTED = NOW - timedelta(minutes=3)
 

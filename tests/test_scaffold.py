@@ -9,10 +9,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from controller.cli import main
 
+pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -20,11 +20,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from controller.backends.serving.server import free_port
 from controller.backends.store import open_store
 from controller.clock import SYSTEM_CLOCK
 from controller.scaffold import scaffold
 
+pytestmark = pytest.mark.integration
 FLYWHEEL = str(Path(sys.executable).parent / "flywheel")
 SECRET = "It's a Secret to Everybody"
 

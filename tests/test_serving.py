@@ -53,6 +53,7 @@ from controller.backends.serving.server import free_port, http_status, is_ready
 from controller.clock import SYSTEM_CLOCK
 from controller.specs.types import Environment, Serving
 
+pytestmark = pytest.mark.integration
 # An OIP v2 server for one model version, honouring the custom-server contract. Test knobs:
 # STUB_READY_AFTER (seconds before it answers ready), STUB_NEVER_READY, STUB_FAIL=always (500 on infer),
 # STUB_FAIL=partial (500 when the input holds 6.7), STUB_TAG (echoed in every answer as "tag");
@@ -418,15 +419,6 @@ def test_router_admin_needs_the_token(procs: Processes, tmp_path: Path) -> None:
 
 
 ENV = Environment(name="staging", spec_path="environments/staging.yaml")
-
-
-@pytest.fixture
-def serving(tmp_path: Path) -> Iterator[LocalServing]:
-    backend = LocalServing(tmp_path / "serving", ready_timeout_seconds=20, clock=SYSTEM_CLOCK)
-    try:
-        yield backend
-    finally:
-        backend.shutdown()
 
 
 def stub_version(tmp_path: Path, label: str, *, model: str = "m", knobs: str = "") -> ServedVersion:

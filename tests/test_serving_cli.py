@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import urllib.request
@@ -32,8 +31,10 @@ from controller.backends.serving.local import LocalServing
 from controller.cli import main
 from controller.clock import SYSTEM_CLOCK
 from controller.specs.types import Environment
+from tests.fixtures.required import program
 from tests.test_serving import stub_version
 
+pytestmark = pytest.mark.integration
 README = Path(__file__).resolve().parents[1] / "README.md"
 STAGING = Environment(name="staging", spec_path="environments/staging.yaml")
 PRODUCTION = Environment(name="production", spec_path="environments/production.yaml")
@@ -141,8 +142,7 @@ def readme_curl(state: Path, *, model: str = "iris") -> dict[str, Any]:
     assert block is not None, "the serving section's example is gone from README.md"
     command = block.group(1).replace("iris", model)
     assert "/infer" in command and '"datatype": "FP64"' in command
-    if shutil.which("curl") is None:
-        pytest.skip("curl is not installed")
+    program("curl")
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # flywheel of this environment
     env = {**os.environ, "PATH": path, "FLYWHEEL_STATE_DIR": str(state)}
     done = subprocess.run(

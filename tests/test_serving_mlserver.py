@@ -30,6 +30,7 @@ from controller.settings import default_venv_cache
 from controller.specs.types import Environment, Serving
 from tests.test_serving_cli import readme_curl
 
+pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
 IRIS = REPO / "specs" / "iris"
 
@@ -52,7 +53,6 @@ def _train_iris(tmp_path: Path) -> Path:
     return model_dir
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_iris_is_served_by_mlserver_through_the_router(tmp_path: Path) -> None:
     artifact = _train_iris(tmp_path)

@@ -50,6 +50,7 @@ from controller.clock import SYSTEM_CLOCK
 from controller.specs.types import Environment
 from tests.test_serving import INFER_BODY, Client, Processes, stub_version
 
+pytestmark = pytest.mark.integration
 ENV = Environment(name="staging", spec_path="environments/staging.yaml")  # no port: chosen per state dir
 
 SECRETS = {

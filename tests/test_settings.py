@@ -27,6 +27,7 @@ from controller.settings import (
     load_settings,
 )
 
+pytestmark = pytest.mark.unit
 OPTIONS = ControllerSettings(repo="/srv/ml", state_dir=Path("/srv/state"), interval_seconds=2.0)
 GITHUB = {"FLYWHEEL_GITHUB_REPOSITORY": "octo/ml", "FLYWHEEL_GITHUB_TOKEN": "ghp_secret"}
 

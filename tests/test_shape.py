@@ -22,6 +22,7 @@ import pytest
 import controller
 import webhooks
 
+pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[1]
 MAX_METHODS = 12
 MAX_LINES = 600

@@ -36,7 +36,7 @@ from starlette.testclient import TestClient
 from controller.backends.notify import RolloutEvent
 from controller.backends.notify.buttons import SLACK_ACTION_KIND
 from controller.backends.notify.slack import APPROVE_ACTION, REJECT_ACTION, SlackSender, decision_value
-from controller.backends.store import OutboxMessage, open_store
+from controller.backends.store import OutboxMessage
 from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
@@ -58,20 +58,13 @@ HOOKS = "https://hooks.slack.com/actions/T0TEAM/1234/abcd"
 
 
 @pytest.fixture(scope="module")
-def catalog() -> Catalog:
+def catalog_with_alice() -> Catalog:
     """The repository's example tree, with alice (an ML engineer, not a business owner) on Slack too."""
     loaded = load_tree(REPO)
     policy = loaded.policies["default"]
     identities = (*policy.identities, Identity(user="alice", slack=ALICE))
     policies = {**loaded.policies, "default": dataclasses.replace(policy, identities=identities)}
     return dataclasses.replace(loaded, policies=policies)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
-    opened = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
-    yield opened
-    opened.close()
 
 
 @pytest.fixture
@@ -100,8 +93,8 @@ def version(store: SqlStore) -> int:
 
 
 @pytest.fixture
-def commands(store: SqlStore, catalog: Catalog) -> Commands:
-    return Commands(store=store, catalog=lambda: catalog, clock=SYSTEM_CLOCK)
+def commands(store: SqlStore, catalog_with_alice: Catalog) -> Commands:
+    return Commands(store=store, catalog=lambda: catalog_with_alice, clock=SYSTEM_CLOCK)
 
 
 @pytest.fixture
@@ -194,6 +187,7 @@ def nothing_changed(store: SqlStore) -> bool:
 # ------------------------------------------------------------- allowed
 
 
+@pytest.mark.unit
 def test_an_authorized_approval_is_recorded_and_queues_the_message_update(
     client: TestClient, store: SqlStore, version: int, commands: Commands
 ) -> None:
@@ -209,6 +203,7 @@ def test_an_authorized_approval_is_recorded_and_queues_the_message_update(
     assert (message.payload["channel"], message.payload["ts"]) == ("C0RELEASES", "1700000000.000001")
 
 
+@pytest.mark.unit
 def test_slack_retries_and_double_clicks_record_one_approval(
     client: TestClient, store: SqlStore, version: int, commands: Commands
 ) -> None:
@@ -232,6 +227,7 @@ def test_slack_retries_and_double_clicks_record_one_approval(
     assert store.claim_events(limit=10, worker="check") == []  # every press handled, none failed
 
 
+@pytest.mark.unit
 def test_a_reject_is_recorded_as_a_rejection(
     client: TestClient, store: SqlStore, version: int, commands: Commands
 ) -> None:
@@ -249,6 +245,7 @@ def set_author(store: SqlStore, author: str) -> None:
     store.update_rollout(rollout.id, expected_revision=rollout.revision, detail={"author": author})
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("user", "author", "refusal", "why"),
     [
@@ -283,6 +280,7 @@ def test_an_unmapped_or_unauthorized_user_is_refused_audited_and_told_why(
     assert why in str(message.payload["text"])
 
 
+@pytest.mark.unit
 def test_a_refused_request_replayed_is_audited_once(
     client: TestClient, store: SqlStore, version: int, commands: Commands
 ) -> None:
@@ -299,6 +297,7 @@ def test_a_refused_request_replayed_is_audited_once(
     assert len(store.audit()) == 1 and len(outbox(store)) == 1
 
 
+@pytest.mark.unit
 def test_a_press_is_decided_and_completed_in_one_go(
     client: TestClient, store: SqlStore, version: int, commands: Commands
 ) -> None:
@@ -311,6 +310,7 @@ def test_a_press_is_decided_and_completed_in_one_go(
     assert len(store.audit()) == 1 and len(outbox(store)) == 1
 
 
+@pytest.mark.unit
 def test_a_press_that_no_longer_fits_fails_and_decides_nothing(
     store: SqlStore, version: int, commands: Commands
 ) -> None:
@@ -324,6 +324,7 @@ def test_a_press_that_no_longer_fits_fails_and_decides_nothing(
     assert approvals(store) == [] and outbox(store) == [] and store.audit() == []
 
 
+@pytest.mark.unit
 def test_a_version_without_a_rollout_is_refused(
     client: TestClient, store: SqlStore, version: int, commands: Commands
 ) -> None:
@@ -356,6 +357,7 @@ def _forgeries() -> dict[str, tuple[bytes, dict[str, str]]]:
     }
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("case", sorted(_forgeries()))
 def test_forged_stale_or_unsigned_requests_are_401_and_change_nothing(
     client: TestClient, store: SqlStore, version: int, case: str
@@ -366,6 +368,7 @@ def test_forged_stale_or_unsigned_requests_are_401_and_change_nothing(
     assert nothing_changed(store)
 
 
+@pytest.mark.unit
 def test_an_oversized_body_is_413_and_changes_nothing(
     client: TestClient, store: SqlStore, version: int
 ) -> None:
@@ -374,6 +377,7 @@ def test_an_oversized_body_is_413_and_changes_nothing(
     assert response.status_code == 413 and nothing_changed(store)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("payload", "status"),
     [
@@ -394,6 +398,7 @@ def test_payloads_that_are_not_a_flywheel_decision_change_nothing(
     assert nothing_changed(store)
 
 
+@pytest.mark.unit
 def test_a_400_digit_timestamp_is_401_and_changes_nothing(
     client: TestClient, store: SqlStore, version: int
 ) -> None:
@@ -407,6 +412,7 @@ def test_a_400_digit_timestamp_is_401_and_changes_nothing(
     assert nothing_changed(store)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("payload", "error"),
     [
@@ -434,6 +440,7 @@ def test_a_malformed_or_out_of_range_payload_is_400_and_changes_nothing(
     assert nothing_changed(store) and store.claim_events(limit=10, worker="check") == []
 
 
+@pytest.mark.unit
 def test_a_signed_body_that_is_not_a_form_is_400(client: TestClient, store: SqlStore, version: int) -> None:
     body = json.dumps(block_actions(CAROL)).encode()
     response = client.post(SLACK_ACTIONS_PATH, content=body, headers=signed(body))
@@ -443,6 +450,7 @@ def test_a_signed_body_that_is_not_a_form_is_400(client: TestClient, store: SqlS
 # ------------------------------------------------------------- mounting and settings
 
 
+@pytest.mark.unit
 def test_without_a_signing_secret_there_is_no_slack_route(store: SqlStore) -> None:
     settings = WebhookSettings(github_secrets=("github secret",))
     with TestClient(create_app(settings, store, clock=SYSTEM_CLOCK)) as test_client:
@@ -457,12 +465,14 @@ def test_without_a_signing_secret_there_is_no_slack_route(store: SqlStore) -> No
         assert test_client.post(GITHUB_HOOK_PATH, content=push, headers=github).status_code == 202
 
 
+@pytest.mark.unit
 def test_a_signing_secret_without_a_clock_fails_at_startup(store: SqlStore) -> None:
     settings = WebhookSettings(github_secrets=("github secret",), slack_signing_secret=SECRET)
     with pytest.raises(SettingsError, match="no clock to judge the age of Slack's requests"):
         create_app(settings, store)
 
 
+@pytest.mark.unit
 def test_settings_read_the_slack_signing_secret_only_when_set() -> None:
     base = {ENV_SECRET: "github secret"}
     assert WebhookSettings.from_env(base).slack_signing_secret is None
@@ -475,8 +485,9 @@ def test_settings_read_the_slack_signing_secret_only_when_set() -> None:
 # ------------------------------------------------------------- end to end
 
 
+@pytest.mark.integration
 def test_clicking_the_posted_button_records_the_approval_and_the_message_shows_it(
-    client: TestClient, store: SqlStore, version: int, catalog: Catalog, commands: Commands
+    client: TestClient, store: SqlStore, version: int, catalog_with_alice: Catalog, commands: Commands
 ) -> None:
     with FakeSlack() as slack:
         sender = SlackSender(token=TOKEN, store=store, base_url=slack.api_url)
@@ -489,7 +500,7 @@ def test_clicking_the_posted_button_records_the_approval_and_the_message_shows_i
             at=datetime.now(UTC),
             detail={"may_approve": "a member of business-owners", "missing": 1},
         )
-        queue_event(store, catalog.models[MODEL], awaiting)
+        queue_event(store, catalog_with_alice.models[MODEL], awaiting)
         deliver_due(store, {"slack": sender}, now=SYSTEM_CLOCK.now())
         [parent] = slack.parents()
         button = next(b for b in parent.blocks if b["type"] == "actions")["elements"][0]

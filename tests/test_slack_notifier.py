@@ -31,6 +31,7 @@ from controller.engine.outbox import DeliveryError, deliver_due
 from controller.specs import Model, load_tree
 from tests.fakes.slack_api import TOKEN, FakeSlack, Posted
 
+pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 PR = "https://github.com/acme/ml/pull/42"
@@ -41,13 +42,6 @@ BASELINE = {"roc_auc": 0.987, "brier": 0.035}
 @pytest.fixture(scope="module")
 def model() -> Model:
     return load_tree(REPO).models["breast-cancer"]
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
-    opened = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

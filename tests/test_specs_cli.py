@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from controller.cli import main
 from controller.specs import schemas
 
+pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(__file__).parent / "spec_corpus"
 

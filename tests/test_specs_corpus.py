@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from controller.cli import main
 from controller.specs import MAX_BYTES, find_spec_files, load_catalog, load_tree
 
+pytestmark = pytest.mark.unit
 CORPUS = Path(__file__).parent / "spec_corpus"
 CASES = sorted(p.name for p in CORPUS.iterdir() if p.is_dir() and p.name != "_base")
 

@@ -101,11 +101,13 @@ def parse_both(path: str, data: bytes, monkeypatch: pytest.MonkeyPatch) -> tuple
 # ------------------------------------------------------ real documents
 
 
+@pytest.mark.unit
 def test_every_example_and_corpus_file_reads_alike() -> None:
     accepted = [name for name, text in spec_texts().items() if assert_agrees(text)]
     assert len(accepted) >= 60
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "rel",
     [
@@ -121,6 +123,7 @@ def test_plain_specs_take_the_fast_path(rel: str) -> None:
     assert load_plain(decode_spec((REPO / rel).read_bytes())) is not None
 
 
+@pytest.mark.unit
 def test_a_valid_document_is_the_same_either_way(monkeypatch: pytest.MonkeyPatch) -> None:
     for rel in find_spec_files(REPO):
         fast, slow = parse_both(rel, (REPO / rel).read_bytes(), monkeypatch)
@@ -131,6 +134,7 @@ def test_a_valid_document_is_the_same_either_way(monkeypatch: pytest.MonkeyPatch
 CASES = sorted(p.name for p in CORPUS.iterdir() if p.is_dir() and p.name != "_base")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("case", CASES)
 def test_corpus_case_is_the_same_either_way(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
     base, overlay = CORPUS / "_base", CORPUS / case
@@ -206,11 +210,13 @@ REFUSED = {
 }
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", sorted(REFUSED))
 def test_outside_the_subset_is_left_to_the_full_loader(name: str) -> None:
     assert load_plain(REFUSED[name]) is None
 
 
+@pytest.mark.unit
 def test_refused_documents_are_reported_by_the_full_loader(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, text in REFUSED.items():
         data = text.encode()
@@ -236,6 +242,7 @@ ACCEPTED = {
 }
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", sorted(ACCEPTED))
 def test_common_shapes_are_read_fast(name: str) -> None:
     text, expected = ACCEPTED[name]
@@ -308,6 +315,7 @@ def render(tree: dict[str, Any], rng: random.Random) -> str:
     return "\n".join(out) + rng.choice(["\n", "", "\n\n"])
 
 
+@pytest.mark.integration  # a long fuzzer (800 documents): kept out of the fast unit tier
 @settings(max_examples=800, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.dictionaries(st.sampled_from(KEYS), trees, min_size=1, max_size=5),
@@ -361,6 +369,7 @@ def mutations(text: str, rng: random.Random, count: int) -> Iterator[str]:
         yield "".join(chars)
 
 
+@pytest.mark.unit
 def test_mutated_specs_read_alike() -> None:
     rng = random.Random(20261121)
     accepted = 0
@@ -375,6 +384,7 @@ def test_mutated_specs_read_alike() -> None:
     assert accepted > 300  # many mutations stay plain YAML; those must agree, not just be refused
 
 
+@pytest.mark.unit
 def test_mutated_specs_parse_alike(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(7)
     text = (REPO / "specs/iris/model.yaml").read_text()

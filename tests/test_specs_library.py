@@ -43,6 +43,7 @@ from controller.specs.loader import YamlError, load_yaml
 from controller.specs.parse import render_path
 from controller.specs.types import Resources, Triggers
 
+pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(__file__).parent / "spec_corpus"
 

@@ -36,6 +36,7 @@ from controller.scaffold import scaffold
 from controller.specs import load_tree
 from controller.specs.types import Catalog, Model
 
+pytestmark = pytest.mark.integration
 GOOD = {
     "success-rate": Measurement(value=1.0, samples=100),
     "latency-p99": Measurement(value=0.05, samples=100),

@@ -14,8 +14,7 @@ this environment at time T".
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -30,21 +29,16 @@ from controller.backends.store import (
     state_url,
 )
 from controller.backends.store.sql import SqlStore
-from controller.clock import SYSTEM_CLOCK, FakeClock
+from controller.clock import SYSTEM_CLOCK, Clock, FakeClock
+from tests.fixtures import T0
 
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(T0)
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> Iterator[SqlStore]:
-    opened = SqlStore(state_url(tmp_path), clock=clock)
-    yield opened
-    opened.close()
+def store_clock(clock: FakeClock) -> Clock:
+    """The store here stamps with the test's fake clock."""
+    return clock
 
 
 def _succeeded_run(store: SqlStore, *, model: str = "churn", commit: str = "c1") -> Run:

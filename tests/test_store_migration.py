@@ -60,7 +60,7 @@ from controller.backends.store.sql.tables import (
     runs,
     serving,
 )
-from controller.clock import SYSTEM_CLOCK, FakeClock
+from controller.clock import SYSTEM_CLOCK, Clock, FakeClock
 from controller.engine.outbox import deliver_due
 from controller.engine.trust import TrustGate, proposal_heads, pull_request_for
 from controller.specs import Catalog
@@ -193,6 +193,7 @@ def fill_0003(engine: Engine, meta_values: dict[str, str]) -> None:
 
 @pytest.fixture
 def state(tmp_path: Path) -> Iterator[Path]:
+    """Here, a state directory a 0003 Flywheel left, with data; the shared ``store`` upgrades it."""
     engine = state_at_0003(tmp_path / "state")
     try:
         fill_0003(engine, old_meta())
@@ -202,10 +203,9 @@ def state(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-def store(state: Path) -> Iterator[SqlStore]:
-    opened = open_store(state, clock=FakeClock(T0 + timedelta(days=1)))
-    yield opened
-    opened.close()
+def store_clock() -> Clock:
+    """A day after the old Flywheel wrote its data."""
+    return FakeClock(T0 + timedelta(days=1))
 
 
 def meta_keys(store: SqlStore) -> set[str]:
@@ -216,6 +216,7 @@ def meta_keys(store: SqlStore) -> set[str]:
 # ------------------------------------------------------------- reading back
 
 
+@pytest.mark.unit
 def test_every_record_of_0003_reads_back_after_the_upgrade(store: SqlStore) -> None:
     assert schema_revision(store.engine) == (HEAD,)
     event = store.get_event(1)
@@ -245,6 +246,7 @@ def test_every_record_of_0003_reads_back_after_the_upgrade(store: SqlStore) -> N
     assert [s.state for s in store.commit_statuses(proposal="tune", model="iris")] == ["success"]
 
 
+@pytest.mark.unit
 def test_every_meta_family_moves_to_its_table_and_leaves_meta(store: SqlStore) -> None:
     assert store.pull_request(6) == PullRequest(**GOOD_PULL)
     assert store.pull_request(9) == PullRequest(**FORK)
@@ -277,6 +279,7 @@ def test_every_meta_family_moves_to_its_table_and_leaves_meta(store: SqlStore) -
     assert store.get_meta("controller:repository") == SETTINGS["controller:repository"]
 
 
+@pytest.mark.unit
 def test_the_github_side_carries_on_where_0003_left_off(store: SqlStore) -> None:
     catalog = Catalog(models={}, policies={}, environments={})
     gate = TrustGate(store, lambda: catalog)
@@ -294,6 +297,7 @@ def test_the_github_side_carries_on_where_0003_left_off(store: SqlStore) -> None
     assert proposal_heads(Repo(), store) == {"tune": GOOD_PULL["head_sha"], "pull/9/head": SHA2}  # type: ignore[arg-type]
 
 
+@pytest.mark.integration
 def test_the_github_sender_edits_the_comment_and_check_run_of_0003(tmp_path: Path) -> None:
     with FakeGitHub(repository=REPO, token="ghp_test") as fake:
         fake.add_pull(6, head_ref="tune", head_sha=SHA1)
@@ -339,6 +343,7 @@ def test_the_github_sender_edits_the_comment_and_check_run_of_0003(tmp_path: Pat
     assert not [r for r in fake.requests if r.path.endswith("/pulls")]
 
 
+@pytest.mark.integration
 def test_the_slack_sender_edits_the_message_of_0003_and_never_replies_twice(tmp_path: Path) -> None:
     with FakeSlack() as slack:
         posted = WebClient(token=SLACK_TOKEN, base_url=slack.api_url).chat_postMessage(
@@ -371,6 +376,7 @@ def test_the_slack_sender_edits_the_message_of_0003_and_never_replies_twice(tmp_
 # -------------------------------------------------------- what is left behind
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("key", "value"),
     [
@@ -417,6 +423,7 @@ def test_a_malformed_value_is_left_behind_with_one_warning(
         store.close()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "garbage", ["{", "[1, 2]", "null", '{"False": false, "6": true, "7": "yes", "-1": false}']
 )
@@ -443,6 +450,7 @@ def test_the_open_list_is_the_records_state_whatever_it_held(tmp_path: Path, gar
 # ----------------------------------------------------------------- revisions
 
 
+@pytest.mark.unit
 def test_a_downgrade_gives_the_keys_back_and_the_upgrade_takes_them_again(
     store: SqlStore, state: Path
 ) -> None:
@@ -480,6 +488,7 @@ def test_a_downgrade_gives_the_keys_back_and_the_upgrade_takes_them_again(
         again.close()
 
 
+@pytest.mark.unit
 def test_a_store_migrated_by_a_newer_flywheel_is_refused_and_left_alone(store: SqlStore, state: Path) -> None:
     with store.engine.begin() as conn:
         conn.execute(text(f"UPDATE alembic_version SET version_num = '{NEWER}'"))

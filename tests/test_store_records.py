@@ -19,9 +19,7 @@ parameters; and ``meta`` gets no key from any of them.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 from typing import Protocol
 
 import pytest
@@ -37,12 +35,12 @@ from controller.backends.store import (
     ReportCommentRef,
     SlackMessage,
     StepResult,
-    state_url,
 )
 from controller.backends.store.sql import SqlStore
-from controller.clock import FakeClock
+from controller.clock import Clock, FakeClock
+from tests.fixtures import T0
 
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+pytestmark = pytest.mark.unit
 REPO = "octo-org/models"
 PULL = PullRequest(
     number=6,
@@ -73,15 +71,9 @@ PROTOCOLS = (
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(T0)
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> Iterator[SqlStore]:
-    opened = SqlStore(state_url(tmp_path), clock=clock)
-    yield opened
-    opened.close()
+def store_clock(clock: FakeClock) -> Clock:
+    """The store here stamps with the test's fake clock."""
+    return clock
 
 
 def with_(pull: PullRequest, **changes: object) -> PullRequest:

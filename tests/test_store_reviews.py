@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from controller.backends.store import open_store
 from controller.clock import SYSTEM_CLOCK
+
+pytestmark = pytest.mark.unit
 
 
 def test_review_is_updated_in_place_and_statuses_are_kept(tmp_path: Path) -> None:

@@ -21,6 +21,8 @@ from controller.backends.store import SchemaTooNew, open_store, state_url
 from controller.backends.store.sql import SqlStore, alembic_config, metadata, schema_revision
 from controller.clock import SYSTEM_CLOCK
 
+pytestmark = pytest.mark.unit
+
 
 def test_default_location_is_dot_flywheel_in_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)

@@ -13,13 +13,11 @@ Payloads are GitHub's real ones (../shared/reference/github-webhooks/).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from controller.backends.forge.github import GitHubForge
-from controller.backends.store import open_store
 from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
@@ -29,25 +27,14 @@ from controller.engine.trust import (
     author_trusted,
     record_pull_request,
 )
-from controller.specs import Catalog, load_tree
+from controller.specs import Catalog
 from tests.fakes.github_api import issue_comment_event, pull_request_event
 
+pytestmark = pytest.mark.unit
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHA1, SHA2 = "a" * 40, "b" * 40
 # In the repository's own policy: alice-ml (ML engineer) and erin-platform are trusted and may say
 # ok-to-test; carol-biz (business owner) is known but not trusted; mallory is nobody.
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return load_tree(REPO_ROOT)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
-    opened = open_store(tmp_path / "state", clock=SYSTEM_CLOCK)
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

@@ -21,7 +21,9 @@ import pytest
 from controller.backends.local.venvs import MARKER, VenvBuildError, VenvCache, find_uv, model_environment
 from controller.backends.python_env import PythonEnvironment, environment_hash
 from controller.specs.types import Model, Source
+from tests.fixtures.required import missing
 
+pytestmark = pytest.mark.integration
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
@@ -132,14 +134,14 @@ def test_stale_half_built_directories_are_cleaned_up(tmp_path: Path) -> None:
     assert sorted(p.name for p in final.parent.iterdir()) == [".locks", final.name]
 
 
-@pytest.mark.skipif(find_uv() is None, reason="uv not installed")
 def test_installs_a_small_pure_python_package(tmp_path: Path) -> None:
+    if find_uv() is None:
+        missing("the program uv (pip install uv)")
     cache = VenvCache(tmp_path / "venvs")
     venv = cache.ensure(PythonEnvironment(requirements="six\n", python=PY))
     subprocess.run([str(venv / "bin" / "python"), "-c", "import six"], check=True)
 
 
-@pytest.mark.slow
 def test_pip_fallback_builds_a_relocated_venv(tmp_path: Path) -> None:
     cache = VenvCache(tmp_path / "venvs", use_uv=False)
     venv = cache.ensure(PythonEnvironment(requirements="", python=PY))

@@ -10,7 +10,7 @@ form (``payload=<json>``), verified as sent and stored as its JSON. Also: the
 body size limit (413, enforced while streaming), the settings refusing to
 start without a secret, secret rotation, ignored events, the health check and
 the per-app metrics. Real payloads come
-from ../shared/reference/github-webhooks/ (tests using them skip without it).
+from ../shared/reference/github-webhooks/ (see tests.fixtures.required).
 """
 
 from __future__ import annotations
@@ -32,9 +32,7 @@ import pytest
 import uvicorn
 from starlette.testclient import TestClient
 
-from controller.backends.store import open_store
 from controller.backends.store.sql import SqlStore
-from controller.clock import SYSTEM_CLOCK
 from controller.settings import (
     DEFAULT_MAX_BODY_BYTES,
     ENV_MAX_BODY_BYTES,
@@ -43,12 +41,13 @@ from controller.settings import (
     SettingsError,
     WebhookSettings,
 )
+from tests.fixtures.required import REFERENCE_ROOT
 from webhooks.app import GITHUB_HOOK_PATH, create_app
 from webhooks.github import HANDLED_EVENTS, sign, verify_signature
 
 SECRET = "It's a Secret to Everybody"
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "github-webhooks"
-needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason="no reference GitHub payloads")
+REFERENCE = REFERENCE_ROOT / "github-webhooks"
+needs_reference = pytest.mark.usefixtures("reference_payloads")
 
 
 def inbox_rows(state: Path) -> list[tuple[str, str, str, str]]:
@@ -100,18 +99,6 @@ PUSH = json.dumps({"ref": "refs/heads/main", "before": "0" * 40, "after": "1" * 
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def store(state: Path) -> Iterator[SqlStore]:
-    opened = open_store(state, clock=SYSTEM_CLOCK)
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
 def settings() -> WebhookSettings:
     return WebhookSettings(github_secrets=(SECRET,))
 
@@ -125,6 +112,7 @@ def client(settings: WebhookSettings, store: SqlStore) -> Iterator[TestClient]:
 # ------------------------------------------------------------- accepted
 
 
+@pytest.mark.unit
 @needs_reference
 def test_real_payloads_of_handled_events_are_stored_with_their_kind(client: TestClient, state: Path) -> None:
     files = sorted(p for p in REFERENCE.glob("*.json") if event_of(p) in HANDLED_EVENTS)
@@ -147,6 +135,7 @@ def test_real_payloads_of_handled_events_are_stored_with_their_kind(client: Test
     assert "push" in {k for _, _, k, _ in expected} and "ping" in {k for _, _, k, _ in expected}
 
 
+@pytest.mark.unit
 @needs_reference
 def test_real_payloads_of_other_events_are_ignored_and_not_stored(client: TestClient, state: Path) -> None:
     files = sorted(p for p in REFERENCE.glob("*.json") if event_of(p) not in HANDLED_EVENTS)
@@ -159,6 +148,7 @@ def test_real_payloads_of_other_events_are_ignored_and_not_stored(client: TestCl
     assert metric(client, "other", "ignored") == len(files)
 
 
+@pytest.mark.unit
 def test_a_pull_request_with_the_fields_flywheel_reads_is_accepted(client: TestClient, state: Path) -> None:
     body = json.dumps(PULL_REQUEST).encode()
     response = client.post(GITHUB_HOOK_PATH, content=body, headers=headers(body, event="pull_request"))
@@ -166,6 +156,7 @@ def test_a_pull_request_with_the_fields_flywheel_reads_is_accepted(client: TestC
     assert len(inbox_rows(state)) == 1
 
 
+@pytest.mark.unit
 def test_replayed_delivery_is_a_duplicate_and_changes_nothing(client: TestClient, state: Path) -> None:
     delivery = str(uuid.uuid4())
     first = client.post(GITHUB_HOOK_PATH, content=PUSH, headers=headers(PUSH, delivery=delivery))
@@ -184,6 +175,7 @@ def test_replayed_delivery_is_a_duplicate_and_changes_nothing(client: TestClient
     assert metric(client, "push", "accepted") == 1 and metric(client, "push", "duplicate") == 2
 
 
+@pytest.mark.unit
 def test_rotation_accepts_the_previous_secret_too(store: SqlStore, state: Path) -> None:
     settings = WebhookSettings(github_secrets=("new secret", "old secret"))
     with TestClient(create_app(settings, store)) as client:
@@ -199,6 +191,7 @@ def test_rotation_accepts_the_previous_secret_too(store: SqlStore, state: Path) 
     assert len(inbox_rows(state)) == 2
 
 
+@pytest.mark.unit
 @needs_reference
 def test_form_encoded_deliveries_githubs_default_are_stored_as_their_json(
     client: TestClient, state: Path
@@ -214,6 +207,7 @@ def test_form_encoded_deliveries_githubs_default_are_stored_as_their_json(
     assert [json.loads(row[3]) for row in rows] == [json.loads(p.read_bytes()) for p in files]
 
 
+@pytest.mark.unit
 def test_a_form_is_verified_as_sent_then_decoded(client: TestClient, state: Path) -> None:
     body = urlencode({"payload": PUSH.decode()}).encode()
     as_json = {**headers(PUSH), "Content-Type": FORM}  # signed over the JSON inside, not the body
@@ -224,6 +218,7 @@ def test_a_form_is_verified_as_sent_then_decoded(client: TestClient, state: Path
     assert [json.loads(row[3]) for row in inbox_rows(state)] == [json.loads(PUSH)] * 2
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "body",
     [
@@ -271,6 +266,7 @@ def _forgeries() -> dict[str, tuple[bytes, dict[str, str]]]:
     }
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("case", sorted(_forgeries()))
 def test_forged_or_unsigned_delivery_is_401_and_stores_nothing(
     client: TestClient, state: Path, case: str
@@ -282,6 +278,7 @@ def test_forged_or_unsigned_delivery_is_401_and_stores_nothing(
     assert metric(client, "push", "bad_signature") == 1
 
 
+@pytest.mark.unit
 def test_verify_signature_only_takes_sha256_of_the_exact_body() -> None:
     assert verify_signature(PUSH, sign(PUSH, SECRET), [SECRET])
     assert verify_signature(PUSH, sign(PUSH, SECRET).upper().replace("SHA256=", "sha256="), [SECRET])
@@ -291,6 +288,7 @@ def test_verify_signature_only_takes_sha256_of_the_exact_body() -> None:
     assert not verify_signature(PUSH, None, [SECRET])
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("body", "drop", "event"),
     [
@@ -331,6 +329,7 @@ def test_signed_but_malformed_delivery_is_400_and_stores_nothing(
     assert inbox_rows(state) == []
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("delivery", ["", "has space", "x" * 200, "../../etc", "ünïcode"])
 def test_malformed_delivery_id_is_400(client: TestClient, state: Path, delivery: str) -> None:
     request_headers = headers(PUSH)
@@ -342,6 +341,7 @@ def test_malformed_delivery_id_is_400(client: TestClient, state: Path, delivery:
     assert inbox_rows(state) == []
 
 
+@pytest.mark.unit
 def test_unhandled_event_is_ignored_not_stored_but_counted(client: TestClient, state: Path) -> None:
     body = json.dumps({"action": "completed", "check_run": {"id": 1}}).encode()
     response = client.post(GITHUB_HOOK_PATH, content=body, headers=headers(body, event="check_run"))
@@ -350,6 +350,7 @@ def test_unhandled_event_is_ignored_not_stored_but_counted(client: TestClient, s
     assert metric(client, "other", "ignored") == 1
 
 
+@pytest.mark.unit
 def test_oversized_body_is_413_and_stores_nothing(store: SqlStore, state: Path) -> None:
     settings = WebhookSettings(github_secrets=(SECRET,), max_body_bytes=1024)
     big = json.dumps({"ref": "refs/heads/main", "pad": "x" * 2000}).encode()
@@ -368,6 +369,7 @@ def test_oversized_body_is_413_and_stores_nothing(store: SqlStore, state: Path) 
     assert len(inbox_rows(state)) == 1
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("length", "status"), [(b"\xb2", 202), (b"9" * 5000, 413), (b"99999999999999999999", 413)]
 )
@@ -419,6 +421,7 @@ class _BrokenStore:
         return getattr(self._store, name)
 
 
+@pytest.mark.unit
 def test_store_failure_is_503_never_2xx(settings: WebhookSettings, store: SqlStore, state: Path) -> None:
     broken = cast(SqlStore, _BrokenStore(store))
     with TestClient(create_app(settings, broken), raise_server_exceptions=True) as client:
@@ -439,6 +442,7 @@ def test_store_failure_is_503_never_2xx(settings: WebhookSettings, store: SqlSto
     assert inbox_rows(state) == []
 
 
+@pytest.mark.unit
 def test_healthz_reports_an_unreachable_store(settings: WebhookSettings, store: SqlStore) -> None:
     with TestClient(create_app(settings, store)) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
@@ -449,6 +453,7 @@ def test_healthz_reports_an_unreachable_store(settings: WebhookSettings, store: 
 # ------------------------------------------------------------- metrics
 
 
+@pytest.mark.unit
 def test_metrics_count_each_outcome_per_app(settings: WebhookSettings, store: SqlStore) -> None:
     first = TestClient(create_app(settings, store))
     second = TestClient(create_app(settings, store))
@@ -476,6 +481,7 @@ def test_metrics_count_each_outcome_per_app(settings: WebhookSettings, store: Sq
 # ------------------------------------------------------------- settings
 
 
+@pytest.mark.unit
 def test_settings_refuse_to_start_without_a_secret() -> None:
     with pytest.raises(SettingsError, match=ENV_SECRET):
         WebhookSettings.from_env({})
@@ -491,6 +497,7 @@ def test_settings_refuse_to_start_without_a_secret() -> None:
         WebhookSettings.from_env({ENV_SECRET: "s", ENV_MAX_BODY_BYTES: "0"})
 
 
+@pytest.mark.unit
 def test_settings_from_env() -> None:
     settings = WebhookSettings.from_env({ENV_SECRET: " a,b "})
     assert settings.github_secrets == (" a,b ",)  # taken exactly: never split or trimmed
@@ -527,6 +534,7 @@ def live(settings: WebhookSettings, store: SqlStore) -> Iterator[str]:
     thread.join(10)
 
 
+@pytest.mark.integration
 def test_real_server_accepts_over_keep_alive(live: str, state: Path) -> None:
     with httpx.Client(base_url=live) as http:
         delivery = str(uuid.uuid4())
@@ -542,6 +550,7 @@ def test_real_server_accepts_over_keep_alive(live: str, state: Path) -> None:
     assert [row[1] for row in inbox_rows(state)] == [delivery]
 
 
+@pytest.mark.integration
 def test_real_server_answers_413_without_waiting_for_the_rest_of_the_body(live: str, state: Path) -> None:
     port = int(live.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:

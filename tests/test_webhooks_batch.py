@@ -40,6 +40,7 @@ from controller.settings import WebhookSettings
 from webhooks.app import GITHUB_HOOK_PATH, create_app
 from webhooks.github import sign
 
+pytestmark = pytest.mark.unit
 SECRET = "batch secret"
 POISON = "poison-delivery"
 
@@ -90,11 +91,6 @@ class _GatedStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return tmp_path / "state"
 
 
 @pytest.fixture

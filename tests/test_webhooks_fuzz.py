@@ -46,17 +46,21 @@ from controller.engine.inbox import InboxDispatcher
 from controller.engine.slack_actions import SlackActions
 from controller.settings import WebhookSettings
 from controller.specs import load_tree
+from tests.fixtures.required import REFERENCE_ROOT, missing, required
 from webhooks.app import GITHUB_HOOK_PATH, SLACK_ACTIONS_PATH, create_app
 from webhooks.github import sign, verify_signature
 
+pytestmark = pytest.mark.integration  # long fuzzers, in process: kept out of the fast unit tier
 SECRET = "fuzz secret"
 LIMIT = 64 * 1024
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "github-webhooks"
+REFERENCE = REFERENCE_ROOT / "github-webhooks"
 
 
 def _seed_bodies() -> list[bytes]:
     names = ["pull_request.opened.payload.json", "push.payload.json", "issue_comment.created.payload.json"]
     found = [(REFERENCE / name).read_bytes() for name in names if (REFERENCE / name).is_file()]
+    if len(found) < len(names) and required():
+        missing(f"reference data {REFERENCE}")  # fails collection; without the variable, seeds of our own
     return found or [
         json.dumps({"action": "opened", "number": 1, "pull_request": {"head": {"sha": "a" * 40}}}).encode(),
         json.dumps({"ref": "refs/heads/main", "after": "b" * 40, "commits": []}).encode(),

@@ -10,7 +10,8 @@ the published schema rejects it (the one exception: a push without
 arbitrary JSON values: whatever the schema rejects is a 400 and stores
 nothing. Also: a delivery whose ``number`` is ``false`` — the event that
 used to stop the controller — is refused at the door and, already in the
-inbox, is failed without recording anything. Skips without ../shared.
+inbox, is failed without recording anything. Needs ../shared (see
+tests.fixtures.required).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from starlette.testclient import TestClient
 
 from controller.backends.forge.github import GitHubForge
 from controller.backends.forge.payloads import payload_model
-from controller.backends.store import open_store
 from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Commands
@@ -42,15 +42,13 @@ from controller.engine.github_events import GITHUB_EVENT_KINDS, GitHubEvents
 from controller.engine.inbox import InboxDispatcher
 from controller.settings import WebhookSettings
 from controller.specs import Catalog, load_tree
+from tests.fixtures.required import REFERENCE_ROOT
 from webhooks.app import GITHUB_HOOK_PATH, create_app
 from webhooks.github import HANDLED_EVENTS, BadDelivery, parse_delivery, sign
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
-REFERENCE = SHARED / "github-webhooks"
-SCHEMA = SHARED / "github-webhooks.schema.json"
-pytestmark = pytest.mark.skipif(
-    not (REFERENCE.is_dir() and SCHEMA.is_file()), reason="no reference GitHub payloads and schema"
-)
+REFERENCE = REFERENCE_ROOT / "github-webhooks"
+SCHEMA = REFERENCE_ROOT / "github-webhooks.schema.json"
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("reference_payloads", "reference_schema")]
 SECRET = "payload models"
 
 # Every field the handlers read (controller.engine.github_events, controller.engine.trust.record_pull_request,
@@ -187,18 +185,6 @@ def headers(body: bytes, event: str, *, content_type: str = "application/json") 
 def inbox_count(state: Path) -> int:
     with sqlite3.connect(state / "state.db") as db:
         return int(db.execute("SELECT count(*) FROM inbox_events").fetchone()[0])
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def store(state: Path) -> Iterator[SqlStore]:
-    opened = open_store(state, clock=SYSTEM_CLOCK)
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

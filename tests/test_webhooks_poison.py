@@ -39,6 +39,8 @@ from tests.fakes.github_api import FakeGitHub
 from tests.gitrepo import GitRepo
 from tests.store_0003 import open_pulls_value, pull_request_value, state_at_0003, write_meta
 
+pytestmark = pytest.mark.integration
+
 
 class BrokenPoller:
     """A poller whose every poll fails the same way."""
@@ -146,12 +148,6 @@ def test_an_event_that_never_completes_is_given_up(controller: Controller) -> No
 
 
 # ------------------------------------------------------------- a GitHub controller
-
-
-@pytest.fixture
-def github() -> Iterator[FakeGitHub]:
-    with FakeGitHub() as fake:
-        yield fake
 
 
 def github_controller(tmp_path: Path, github: FakeGitHub, *, old_meta: dict[str, str]) -> Controller:

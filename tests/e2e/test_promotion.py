@@ -34,7 +34,7 @@ from controller.scaffold import scaffold
 from controller.settings import default_venv_cache
 from tests.gitrepo import GitRepo
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 FLYWHEEL = str(Path(sys.executable).parent / "flywheel")  # the console script of this environment
 
 

@@ -30,7 +30,7 @@ from controller.clock import SYSTEM_CLOCK
 from controller.engine.proposals import ProposalReconciler
 from tests.gitrepo import GitRepo
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")

@@ -34,11 +34,12 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jwt
+
+from tests.fixtures.required import reference
 
 __all__ = [
     "Failure",
@@ -576,16 +577,9 @@ def _utc(stamp: str) -> str:
 
 # ------------------------------------------------------------ webhook payloads
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "github-webhooks"
-
-
 def reference_payload(name: str) -> dict[str, Any]:
-    """A real GitHub webhook payload from ../shared/reference/github-webhooks/ (tests skip without it)."""
-    import pytest
-
-    path = REFERENCE / f"{name}.payload.json"
-    if not path.is_file():
-        pytest.skip(f"no reference GitHub payload {path.name}")
+    """A real GitHub webhook payload from ../shared/reference/github-webhooks/; skips or fails without it."""
+    path = reference(f"github-webhooks/{name}.payload.json")
     data: dict[str, Any] = json.loads(path.read_text())
     return data
 
