@@ -56,6 +56,8 @@ from controller.specs import load_tree
 from tests.test_rollout import ROOT, World, _first_to_production, _to_canary
 from tests.test_rollout_plan import CONTINUE, NOW, PASSED, at, plan, request
 
+pytestmark = pytest.mark.unit
+
 # ------------------------------------------------------------------ the comparison
 
 

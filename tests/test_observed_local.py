@@ -27,6 +27,8 @@ from controller.engine.observed import Expected, compare
 from controller.specs.types import Environment
 from tests.test_serving import ENV, _wait, server_pid, stub_version
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def serving(tmp_path: Path) -> Iterator[LocalServing]:

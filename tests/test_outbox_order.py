@@ -37,6 +37,8 @@ from controller.specs import Model, load_tree
 from tests.fakes.github_api import FakeGitHub
 from tests.fakes.slack_api import TOKEN, FakeSlack
 
+pytestmark = pytest.mark.integration
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPO = "octo-org/models"
 GITHUB_TOKEN = "ghp_test_token"

@@ -30,6 +30,8 @@ from controller.backends.pipelines import RunRequest
 from controller.backends.pipelines.local import LocalRunner
 from controller.specs.types import Model, Source, Step
 
+pytestmark = pytest.mark.integration
+
 # The step: notes its pid; the first attempt of all starts a child and runs for a minute, a later
 # one reports how many earlier attempts still run (concurrent) and exits.
 TRAIN = r'''

@@ -39,6 +39,8 @@ from controller.clock import SYSTEM_CLOCK
 from controller.specs.types import Environment
 from tests.test_serving import Client, stub_version
 
+pytestmark = pytest.mark.integration
+
 # The controller that dies: deploys one version, and SIGKILLs itself before, during (5 ms into the
 # short-lived launcher's run) or right after the launch of the router or of the server (the real
 # launch, its pid not yet known to the caller).

@@ -58,6 +58,8 @@ from controller.scaffold import scaffold
 from controller.settings import ControllerSettings, Settings
 from tests.gitrepo import GitRepo
 
+pytestmark = pytest.mark.integration
+
 _CLEAN: dict[str, str | None] = {
     name: None
     for name in (

@@ -23,6 +23,8 @@ from controller.backends.store.sql import SqlStore, alembic_config, build_engine
 from controller.backends.store.sql.tables import outbox
 from controller.clock import FakeClock
 
+pytestmark = pytest.mark.unit
+
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 LATER = T0 + timedelta(minutes=5)
 # key -> (destination, attempts, next attempt, sent at, last error), as 0004's outbox held them

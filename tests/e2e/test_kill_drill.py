@@ -37,7 +37,7 @@ from controller.settings import default_venv_cache
 from tests.e2e.test_promotion import FLYWHEEL, _cli, _shutdown_serving, _traffic, _tune
 from tests.gitrepo import GitRepo
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 KILLED_AT = ("rollout.started", "rollout.transition", "rollout.deployed", "rollout.promoted")
 
