@@ -247,6 +247,7 @@ def build_controller(
         registry=store,
         audit=store,
         outbox=store,
+        transactions=store,
         serving=serving_backend,
         metrics=metrics_for,
         catalog=main_catalog,

@@ -129,6 +129,7 @@ def test_a_rollout_to_an_environment_whose_backend_is_missing_fails_with_that_re
         registry=store,
         audit=store,
         outbox=store,
+        transactions=store,
         serving=ServingByName({"local": local}),
         metrics=lambda env: FakeMetrics(),
         catalog=lambda: catalog,

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,6 +69,7 @@ class World:
             registry=self.store,
             audit=self.store,
             outbox=self.store,
+            transactions=self.store,
             serving=self.serving,
             metrics=lambda env: self.metrics,
             catalog=lambda: self.catalog,
@@ -189,6 +191,30 @@ def test_good_version_goes_through_every_stage_and_retires_the_previous(world: W
         assert kind in kinds
     actions = [e.action for e in world.store.audit(model="iris")]
     assert "rollout.deployed" in actions and "rollout.succeeded" in actions and "approval.approve" in actions
+
+
+def test_a_transition_and_its_records_are_written_together_or_not_at_all(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = world.engine()
+    v1 = world.register(1)
+    engine.start(v1, world.catalog.models["iris"], author="alice")
+    append = world.store.append_audit
+
+    def crash_on_deployed(**entry: Any) -> Any:
+        if entry["action"] == "rollout.deployed":
+            raise SystemExit("killed while writing the transition's records")
+        return append(**entry)
+
+    monkeypatch.setattr(world.store, "append_audit", crash_on_deployed)
+    with pytest.raises(SystemExit):
+        engine.tick()
+    assert world.rollout(1).state == "deploy"  # the transition went with its records
+    assert "rollout.deployed" not in [e.action for e in world.store.audit(model="iris")]
+    monkeypatch.undo()
+    engine.tick()  # the restart: deploys again (idempotent) and writes all of it once
+    actions = [e.action for e in world.store.audit(model="iris")]
+    assert actions.count("rollout.deployed") == 1 and world.rollout(1).state != "deploy"
 
 
 def test_failing_canary_rolls_back_by_itself_and_stable_keeps_all_traffic(world: World) -> None:

@@ -94,6 +94,7 @@ def _engine(
         registry=store,
         audit=store,
         outbox=store,
+        transactions=store,
         serving=serving,
         metrics=lambda env: metrics,
         catalog=lambda: catalog,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -176,7 +177,8 @@ def test_a_first_deployment_deploys_smoke_tests_and_goes_to_the_gate() -> None:
     audits = of(result, Audit)
     assert audits[0] == Audit("rollout.deployed", "staging", {"stable": None, "smoke_inputs": 1})
     assert audits[1].detail["canary"] == "skipped: first deployment here"
-    assert result.actions.index(audits[0]) < result.actions.index(of(result, Save)[0])
+    # recorded with the transition, after its save: one transaction, never audited twice by a restart
+    assert result.actions.index(of(result, Save)[0]) < result.actions.index(audits[0])
 
 
 def test_a_deploy_next_to_a_serving_version_enters_the_first_canary_step_and_routes_it() -> None:
@@ -570,6 +572,49 @@ def test_an_ended_rollout_plans_nothing() -> None:
 
 
 # ------------------------------------------------------------------ start
+
+
+def _audits_follow_saves(result: RolloutPlan) -> bool:
+    """Whether every audit entry is in the records right after a save (the applier writes a save and the
+    audit entries and notices after it in one transaction)."""
+    grouped = False
+    for action in result.actions:
+        if isinstance(action, Save):
+            grouped = True
+        elif isinstance(action, Audit) and not grouped:
+            return False
+        elif not isinstance(action, Audit | Notify):
+            grouped = False
+    return True
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        pytest.param(lambda: plan(replace(at("deploy"), stable=None), stable=None), id="first-deploy"),
+        pytest.param(lambda: plan(at("deploy", stage_index=1, stable=None), stable=1), id="deploy-to-canary"),
+        pytest.param(
+            lambda: plan(
+                at("canary", canary=StepProgress(NOW - timedelta(seconds=31), routed=True)),
+                stable=1,
+                verdict=PASSED,
+            ),
+            id="step-over",
+        ),
+        pytest.param(lambda: plan(at("canary", analysis_failures=1), stable=1, verdict=FAILED), id="fails"),
+        pytest.param(lambda: plan(at("promote", stage_index=0, weight=100, stable=None)), id="promote-mid"),
+        pytest.param(lambda: plan(at("promote", weight=50)), id="promote-last"),
+        pytest.param(
+            lambda: plan(at("rolling_back", outcome=Outcome("failed", "why")), deployed=("v1", "v2")),
+            id="rolled-back",
+        ),
+        pytest.param(lambda: plan_start(BASE, created=True, now=NOW), id="start"),
+    ],
+)
+def test_every_audit_entry_is_written_with_a_save(scenario: Callable[[], RolloutPlan]) -> None:
+    result = scenario()
+    assert of(result, Audit), "the scenario audits something"
+    assert _audits_follow_saves(result), [type(a).__name__ for a in result.actions]
 
 
 def test_a_new_rollout_is_recorded_and_announced_once() -> None:

@@ -69,6 +69,7 @@ class World:
             registry=self.store,
             audit=self.store,
             outbox=self.store,
+            transactions=self.store,
             serving=self.serving,
             metrics=lambda env: self.metrics,
             catalog=lambda: self.catalog,

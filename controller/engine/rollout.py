@@ -44,6 +44,7 @@ from controller.backends.store import (
     RolloutChanges,
     RolloutRecord,
     RolloutRecords,
+    Transactions,
 )
 from controller.clock import Clock
 from controller.engine.analysis import judge
@@ -101,6 +102,7 @@ class RolloutEngine:
     registry: Registry
     audit: AuditLog
     outbox: Outbox
+    transactions: Transactions  # a transition and its records are written together
     serving: ServingBackend
     metrics: Callable[[Environment], MetricsSource]
     catalog: Callable[[], Catalog]
@@ -277,10 +279,20 @@ class RolloutEngine:
     ) -> RolloutRecord:
         """Perform ``plan``'s actions in order; a failure that ends the rollout is planned for at once."""
         pending = list(seen.requests)
-        for action in plan.actions:
+        actions = list(plan.actions)
+        while actions:
+            action = actions.pop(0)
             if isinstance(action, Save):
+                # A save and the records right after it (its audit entries and notices) are one
+                # transaction: a crash keeps all of them or none, so a restart neither loses nor repeats one.
+                records: list[Action] = []
+                while actions and isinstance(actions[0], Audit | Notify):
+                    records.append(actions.pop(0))
                 pending = [r for r in pending if r.id not in action.consumed]
-                rollout = self._save(rollout, state, action.state, pending)
+                with self.transactions.transaction():
+                    rollout = self._save(rollout, state, action.state, pending)
+                    for record in records:
+                        self._perform(record, (rollout.model, rollout.version), model, catalog)
                 state = action.state
                 continue
             try:

@@ -107,6 +107,8 @@ from controller.specs.types import Analysis, Catalog, Model, Stage
 
 __all__ = ["needs", "plan_rollout", "plan_start", "round_due"]
 
+Record = tuple[str, Mapping[str, Any]]  # an audit entry: its action and detail
+
 # ------------------------------------------------------------------ planning
 
 
@@ -246,20 +248,30 @@ def _deploy(script: _Script, ctx: _Context) -> None:
     why_not = f"deploy to {env} failed"
     script.act(Deploy(env, state.version, failure=why_not))
     script.act(SmokeTest(env, state.version, inputs, failure=why_not))
-    script.audit("rollout.deployed", {"stable": stable, "smoke_inputs": len(inputs)})
+    # Audited with the transition it leads to, in its transaction: a restart never audits it twice.
+    deployed = ("rollout.deployed", {"stable": stable, "smoke_inputs": len(inputs)})
     if ctx.stage.canary and stable is not None:
-        _enter_step(script, ctx, step=0, stable=stable, failures=0)
+        _enter_step(script, ctx, step=0, stable=stable, failures=0, first=(deployed,))
     else:
         why = "first deployment here" if stable is None else "no canary steps"
-        script.transition("gate", {"canary": f"skipped: {why}"}, stable=stable)
+        script.transition("gate", {"canary": f"skipped: {why}"}, first=(deployed,), stable=stable)
 
 
-def _enter_step(script: _Script, ctx: _Context, *, step: int, stable: int | None, failures: int) -> None:
+def _enter_step(
+    script: _Script,
+    ctx: _Context,
+    *,
+    step: int,
+    stable: int | None,
+    failures: int,
+    first: tuple[Record, ...] = (),
+) -> None:
     weight = ctx.stage.canary[step].weight
     script.drop_promotes()  # a promote counts for the step it was asked in only
     script.transition(
         "canary",
         {"step": step, "weight": weight},
+        first=first,
         step_index=step,
         weight=weight,
         analysis_failures=failures,
@@ -404,8 +416,9 @@ def _promote(script: _Script, ctx: _Context) -> None:
             holding_rounds=0,
         )
     else:
-        script.audit("rollout.promoted", {"environment": env})
-        script.finish("succeeded", f"v{state.version} is in {env}")
+        script.finish(
+            "succeeded", f"v{state.version} is in {env}", first=(("rollout.promoted", {"environment": env}),)
+        )
 
 
 def _rolling_back(script: _Script, ctx: _Context) -> None:
@@ -474,9 +487,20 @@ class _Script:
     def audit(self, action: str, detail: Mapping[str, Any]) -> None:
         self.actions.append(Audit(action, self.state.environment, dict(detail)))
 
-    def transition(self, phase: Phase, audit: Mapping[str, Any] | None = None, **changes: Any) -> None:
+    def transition(
+        self,
+        phase: Phase,
+        audit: Mapping[str, Any] | None = None,
+        *,
+        first: tuple[Record, ...] = (),
+        **changes: Any,
+    ) -> None:
+        """Save the new phase, then audit ``first`` and the transition: the applier writes a save and the
+        records after it in one transaction, so none of them is lost or written twice by a crash."""
         before = self.state.phase
         self.save(replace(self.state, phase=phase, **changes))
+        for action, detail in first:
+            self.audit(action, detail)
         detail = {"from": before, "to": phase, "step": self.state.step_index, **(audit or {})}
         self.audit("rollout.transition", detail)
 
@@ -487,8 +511,10 @@ class _Script:
         self.drop_promotes()
         self.transition("rolling_back", {"final": final, "reason": reason}, **changes)
 
-    def finish(self, final: Ending, reason: str) -> None:
+    def finish(self, final: Ending, reason: str, *, first: tuple[Record, ...] = ()) -> None:
         self.save(replace(self.state, phase=final, finished_at=self.now, outcome=Outcome(final, reason)))
+        for action, detail in first:
+            self.audit(action, detail)
         self.audit(f"rollout.{final}", {"reason": reason})
 
     def notify(
