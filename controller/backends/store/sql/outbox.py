@@ -126,11 +126,8 @@ class OutboxSql(SqlBase):
     def mark_attempt(self, message_id: int) -> None:
         now = self._now()
         with self._write() as conn:
-            result = conn.execute(
-                update(outbox)
-                .where(outbox.c.id == message_id)
-                .values(attempt_started_at=now, updated_at=now)
-            )
+            attempt = update(outbox).where(outbox.c.id == message_id)
+            result = conn.execute(attempt.values(attempt_started_at=now, updated_at=now))
             if result.rowcount == 0:
                 raise NotFound(f"no outbox message {message_id}")
 
