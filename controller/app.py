@@ -38,7 +38,7 @@ from controller.backends.metrics import MetricsSource
 from controller.backends.metrics.builtin import BuiltinMetrics
 from controller.backends.metrics.prometheus import PrometheusMetrics
 from controller.backends.notify.buttons import SLACK_ACTION_KIND
-from controller.backends.notify.console import ConsoleNotifier
+from controller.backends.notify.console import JOURNAL_NAME, ConsoleNotifier, NotificationJournal
 from controller.backends.pipelines import PipelineRunner
 from controller.backends.pipelines.local import LocalRunner
 from controller.backends.python_env import PythonEnvironment
@@ -289,7 +289,8 @@ def build_controller(
         on_release=registrar.release if options.promote else None,
         clock=clock,
     )
-    all_senders: dict[str, Sender] = {"console": NotifierSender(ConsoleNotifier())}
+    console = ConsoleNotifier(journal=NotificationJournal(state_dir / JOURNAL_NAME))
+    all_senders: dict[str, Sender] = {"console": NotifierSender(console, announced=console.announced)}
     if settings.slack is not None:
         from controller.backends.notify.slack import SLACK_API_URL, SlackSender
 

@@ -6,7 +6,10 @@ hands it each due message. It raises :class:`DeliveryError` when a message
 was not delivered: with ``retry_after`` when the service said when to come
 back (the outbox then pauses everything bound for that destination until
 then), with ``permanent`` when retrying cannot help. A sender makes one
-attempt per call: its client library's own retries are off.
+attempt per call: its client library's own retries are off. A message
+:attr:`~controller.backends.store.OutboxMessage.in_doubt` may have been
+delivered by an attempt the controller did not live to record: the sender
+checks its destination for it before sending it again.
 
 :func:`rollout_thread` is the ordering key of a model version's rollout
 messages (the events :mod:`controller.engine.notices` queues, the decisions
@@ -49,7 +52,13 @@ class DeliveryError(Exception):
 
 class Sender(Protocol):
     def send(self, message: OutboxMessage) -> None:
-        """Deliver ``message`` (idempotently: it may be sent again after a crash); raise when it was not."""
+        """Deliver ``message``; raise when it was not delivered.
+
+        When ``message.in_doubt`` an earlier attempt may have delivered it (the
+        controller was killed before it was recorded sent): look at the
+        destination for ``message.key`` first, and adopt what is there instead
+        of sending it twice.
+        """
         ...
 
 

@@ -12,6 +12,8 @@ the embedded home; Slack registers its own sender).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from controller.backends.delivery import rollout_thread
 from controller.backends.notify import Notifier, RolloutEvent, event_from_json, event_to_json
 from controller.backends.store import Outbox, OutboxMessage
@@ -42,10 +44,23 @@ def queue_event(store: Outbox, model: Model | None, event: RolloutEvent) -> None
 
 
 class NotifierSender:
-    """Outbox sender for one notifier: posts the event stored in each message."""
+    """Outbox sender for one notifier: posts the event stored in each message.
 
-    def __init__(self, notifier: Notifier) -> None:
+    ``announced`` tells whether the notifier already delivered an event (the
+    console's journal, :meth:`ConsoleNotifier.announced
+    <controller.backends.notify.console.ConsoleNotifier.announced>`); it is
+    asked about a message in doubt only, and an event it knows is not posted
+    again. Without it a message in doubt is posted again: at least once.
+    """
+
+    def __init__(
+        self, notifier: Notifier, *, announced: Callable[[RolloutEvent], bool] | None = None
+    ) -> None:
         self.notifier = notifier
+        self.announced = announced
 
     def send(self, message: OutboxMessage) -> None:
-        self.notifier.post(event_from_json(message.payload["event"]))
+        event = event_from_json(message.payload["event"])
+        if message.in_doubt and self.announced is not None and self.announced(event):
+            return  # delivered by an attempt the controller did not live to record
+        self.notifier.post(event)

@@ -25,6 +25,16 @@ pass, so an outage of one service delays its own messages only, and loses
 none (Invariant 5); a message waiting in backoff holds back only the messages
 behind it on its ordering key.
 
+Each attempt is recorded before it is made (:meth:`Outbox.mark_attempt`,
+committed before :meth:`Sender.send`), and the record is cleared when the
+message is marked sent. A controller killed between a sender's call to its
+service and the store's ``mark_sent`` therefore finds the message *in doubt*
+after a restart (:attr:`OutboxMessage.in_doubt`; so is one whose last attempt
+failed, which may have got half-way), and its sender first looks at the
+destination for the message's key: a message already there is adopted, not
+sent again. That is how a notification or a comment is sent once although
+neither Slack, GitHub nor a terminal takes part in the store's transactions.
+
 Senders make one attempt per call: the clients' own retries are off (slack-sdk's
 ``retry_handlers=[]``, PyGithub's ``retry=None``), so no hidden retry sleeps
 the controller's loop; the outbox decides when to try again.
@@ -86,6 +96,7 @@ def _deliver(
 ) -> None:
     """Try ``message`` once and record the outcome in the store and in ``stats``."""
     destination = message.destination
+    store.mark_attempt(message.id)  # committed first: a crash from here on leaves the message in doubt
     try:
         sender.send(message)
     except DeliveryError as exc:

@@ -421,7 +421,7 @@ class FakeGitHub:
             "id": rid,
             "head_sha": body["head_sha"],
             "node_id": f"CR_{rid}",
-            "external_id": "",
+            "external_id": str(body.get("external_id") or ""),
             "url": f"{self.api_url}/repos/{self.repository}/check-runs/{rid}",
             "html_url": f"https://github.example/{self.repository}/runs/{rid}",
             "status": "queued",
@@ -439,7 +439,7 @@ class FakeGitHub:
 
     @staticmethod
     def _apply_check(run: dict[str, Any], body: dict[str, Any]) -> None:
-        for key in ("status", "conclusion", "completed_at", "details_url"):
+        for key in ("status", "conclusion", "completed_at", "details_url", "external_id"):
             if key in body:
                 run[key] = body[key]
         if "conclusion" in body:

@@ -27,8 +27,17 @@ The sticky report is found again by the hidden marker on its first line
 in the store (:class:`~controller.backends.store.PullRequestRecords`), so
 that it is edited in place and never posted a second time, even after a
 crash between posting and marking the message sent. Replies to commands
-carry a marker of their own for the same reason, and check runs are
-remembered the same way.
+carry a marker of their own for the same reason (``flywheel:reply
+comment=<id>``, the key of their outbox message), and check runs are
+remembered the same way and carry their outbox message's key as their
+``external_id``. Whenever the store knows no id for a comment or a check run
+(as after a crash between creating it and remembering its id) the sender
+lists the issue's comments, or the commit's check runs of that name, and
+adopts the one with the marker (the one with the ``external_id``, else the
+newest of the name) before creating anything; with an id on record it edits.
+So a message in doubt is never posted twice, and needs no check of its own.
+A reaction is idempotent on GitHub itself (a second one by the same user
+answers 200 with the first).
 
 On GitHub a proposal is a pull request's head branch (the reconciler works
 from git branches). The number of its pull request comes with the review
@@ -44,7 +53,7 @@ which may know it by then, and otherwise through the API
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import requests
@@ -86,7 +95,6 @@ STATUS_DESCRIPTION_LIMIT = 140  # GitHub's limit on a commit status description
 SUMMARY_LIMIT = 65_535  # GitHub's limit on a check run's output summary
 NO_PULL_REQUEST_ATTEMPTS = 10  # a branch without a pull request is retried this often, then given up
 SECONDARY_LIMIT_WAIT = 60.0  # GitHub: with no Retry-After, wait at least a minute
-
 
 
 # ------------------------------------------------------------- pull requests
@@ -235,7 +243,7 @@ class GitHubSender:
             if kind == "report":
                 self._send_report(payload, attempts=message.attempts)
             elif kind == "check":
-                self._send_check(payload)
+                self._send_check(payload, key=message.key)
             elif kind == "reaction":
                 self._send_reaction(payload)
             elif kind == "reply":
@@ -288,7 +296,7 @@ class GitHubSender:
         repo = self._repo(payload["repo"])
         repo.get_issue(0).get_comment(int(payload["comment_id"])).create_reaction(str(payload["content"]))
 
-    def _send_check(self, payload: Mapping[str, Any]) -> None:
+    def _send_check(self, payload: Mapping[str, Any], *, key: str) -> None:
         repo = self._repo(payload["repo"])
         model = str(payload["model"])
         sha = str(payload["commit"])
@@ -313,7 +321,7 @@ class GitHubSender:
         ref = CheckRunRef(repository=repo.full_name, commit=sha, model=model)
         check_id = self._store.github_id(ref)
         if check_id is None:
-            check_id = next((run.id for run in repo.get_commit(sha).get_check_runs(check_name=name)), None)
+            check_id = _adopted_check(repo.get_commit(sha).get_check_runs(check_name=name), key=key)
         if check_id is not None:
             try:
                 repo.get_check_run(check_id).edit(**fields)
@@ -322,7 +330,7 @@ class GitHubSender:
             else:
                 self._store.remember_github_id(ref, check_id)
                 return
-        created = repo.create_check_run(name=name, head_sha=sha, **fields)
+        created = repo.create_check_run(name=name, head_sha=sha, external_id=key, **fields)
         self._store.remember_github_id(ref, created.id)
 
     # ------------------------------------------------------------- helpers
@@ -383,6 +391,17 @@ def _ours(comments: Any, marker: str) -> Iterator[Any]:
     for comment in comments:
         if (comment.body or "").lstrip().startswith(marker):
             yield comment
+
+
+def _adopted_check(runs: Iterable[Any], *, key: str) -> int | None:
+    """The check run to edit among a commit's runs of one name (newest first): the one whose
+    ``external_id`` is ``key``, else the newest (a run created before runs carried their key)."""
+    newest = None
+    for run in runs:
+        if run.external_id == key:
+            return int(run.id)
+        newest = int(run.id) if newest is None else newest
+    return newest
 
 
 def _check_title(state: str, description: str) -> str:

@@ -39,6 +39,21 @@ request, and the outbox, not a sleep in the controller's loop, decides when
 to try again. The events of one rollout are queued under one ordering key
 (:func:`~controller.backends.delivery.rollout_thread`), so its thread reads
 in the order they happened.
+
+Every message the sender posts carries Slack message metadata naming what it
+is (``{"event_type": "flywheel_outbox", "event_payload": {"key": ...}}``: the
+rollout's thread key for the parent, the event's or decision's key for a
+reply), so that a message in doubt (the controller was killed after Slack
+took it and before the store recorded it) is looked for before it is posted
+again: a reply in the thread (``conversations.replies`` with
+``include_all_metadata``), a parent in the channel's recent history
+(``conversations.history``; a channel named ``#name`` is found with
+``conversations.list``): :mod:`.slack_lookup`. What is found is adopted: a parent's ``ts`` is
+saved and the message edited, a reply is counted as answered. These reads
+need the ``channels:history`` and ``channels:read`` scopes (``groups:*`` for a
+private channel); without them a message in doubt is posted, once more at
+most, and a warning says why. An ephemeral reply to a ``response_url`` cannot
+be read back and is sent at least once.
 """
 
 from __future__ import annotations
@@ -54,8 +69,9 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web import SlackResponse, WebClient
 from slack_sdk.webhook import WebhookClient
 
-from controller.backends.delivery import DeliveryError
+from controller.backends.delivery import DeliveryError, rollout_thread
 from controller.backends.notify import RolloutEvent, event_from_json
+from controller.backends.notify.slack_lookup import find_parent, in_thread, metadata
 from controller.backends.store import OutboxMessage, SlackMessage, SlackRecords
 
 __all__ = [
@@ -75,6 +91,12 @@ SLACK_HOOKS_HOST = "hooks.slack.com"
 APPROVE_ACTION = "flywheel_approve"
 REJECT_ACTION = "flywheel_reject"
 DECISION_BLOCK = "flywheel_decision"
+METADATA_EVENT_TYPE = (
+    "flywheel_outbox"  # the event_type of the metadata every message the sender posts carries
+)
+LOOKUP_PAGE = 200  # messages per page when looking for a message in doubt
+LOOKUP_PAGES = 5  # pages of a channel's history searched for a parent in doubt (the newest 1000 messages)
+UNREADABLE_ERRORS = frozenset({"missing_scope", "not_allowed_token_type", "no_permission"})
 
 PERMANENT_ERRORS = frozenset(
     {
@@ -136,14 +158,15 @@ class SlackSender:
     def send(self, message: OutboxMessage) -> None:
         payload = message.payload
         kind = payload.get("kind")
+        doubt = message.in_doubt  # an earlier attempt may have posted: look before posting
         try:
             if kind == "ephemeral":
                 self._send_ephemeral(payload)
             elif kind == "decision":
-                self._send_decision(payload)
+                self._send_decision(payload, doubt=doubt)
             elif "event" in payload:
                 event = event_from_json(cast(Mapping[str, object], payload["event"]))
-                self._send_event(event, target=str(payload.get("target") or ""))
+                self._send_event(event, target=str(payload.get("target") or ""), doubt=doubt)
             else:
                 raise DeliveryError(f"not a Slack message: {sorted(payload)}", permanent=True)
         except SlackApiError as exc:
@@ -155,20 +178,17 @@ class SlackSender:
 
     # -------------------------------------------------------------- events
 
-    def _send_event(self, event: RolloutEvent, *, target: str) -> None:
+    def _send_event(self, event: RolloutEvent, *, target: str, doubt: bool) -> None:
         state = self._load(event.model, event.version)
         if state is None:
             if not target:
                 raise DeliveryError(f"no Slack channel for {event.model}'s notifications", permanent=True)
             state = {"model": event.model, "version": event.version, "replied": []}
         _apply_event(state, event)
-        self._show(state, target=target)
-        if event.key not in state["replied"]:
-            self._reply(state, text=_event_line(event), blocks=_reply_blocks(event))
-            state["replied"] = [*state["replied"], event.key][-_MAX_REPLIED:]
-            self._save(state)
+        self._show(state, target=target, doubt=doubt)
+        self._reply(state, key=event.key, text=_event_line(event), blocks=_reply_blocks(event), doubt=doubt)
 
-    def _send_decision(self, payload: Mapping[str, Any]) -> None:
+    def _send_decision(self, payload: Mapping[str, Any], *, doubt: bool) -> None:
         model, version = str(payload["model"]), int(payload["version"])
         state = self._load(model, version)
         if state is None:  # the parent is not ours (yet): take the message the button was on
@@ -180,37 +200,73 @@ class SlackSender:
         field = "approvers" if decision == "approve" else "rejecters"
         if user not in state.get(field, []):
             state[field] = [*state.get(field, []), user]
-        self._show(state, target=str(state.get("channel", "")))
+        self._show(state, target=str(state.get("channel", "")), doubt=doubt)
+        text = str(payload.get("message") or f"{user} {decision}d {model} v{version}.")
         key = f"decision:{payload.get('environment')}:{user}:{decision}"
-        if key not in state["replied"]:
-            text = str(payload.get("message") or f"{user} {decision}d {model} v{version}.")
-            self._reply(state, text=f":bust_in_silhouette: {text} (from Slack)", blocks=None)
-            state["replied"] = [*state["replied"], key][-_MAX_REPLIED:]
-            self._save(state)
+        self._reply(
+            state, key=key, text=f":bust_in_silhouette: {text} (from Slack)", blocks=None, doubt=doubt
+        )
 
-    def _show(self, state: State, *, target: str) -> None:
-        """Post the parent message, or edit it in place when it exists; remember where it is."""
+    def _show(self, state: State, *, target: str, doubt: bool) -> None:
+        """Post the parent message, or edit it in place when it exists; remember where it is.
+
+        In ``doubt`` with no parent on record (or the one on record gone), the
+        channel is searched for a parent of this rollout first, and one found
+        is adopted and edited rather than a second one posted.
+        """
         blocks, text = rollout_blocks(state), _summary(state)
+        key = rollout_thread("slack", model=str(state["model"]), version=int(state["version"]))
         if state.get("ts"):
-            try:
-                self.client.chat_update(channel=state["channel"], ts=state["ts"], text=text, blocks=blocks)
-                self._save(state)
+            if self._edit(state, text=text, blocks=blocks, key=key):
                 return
-            except SlackApiError as exc:
-                if _error_code(exc.response) not in LOST_PARENT_ERRORS:
-                    raise
-                _log.warning(
-                    "the Slack message of %s v%s is gone; posting a new one", state["model"], state["version"]
-                )
-                target = target or str(state["channel"])
-        response = self.client.chat_postMessage(channel=target, text=text, blocks=blocks)
+            target = target or str(state["channel"])
+        if doubt:
+            found = find_parent(self.client, target, key=key)
+            if found is not None:
+                _log.info("adopting the Slack message %s already posted for %s", found[1], key)
+                state["channel"], state["ts"] = found
+                if self._edit(state, text=text, blocks=blocks, key=key):
+                    return
+        response = self.client.chat_postMessage(
+            channel=target, text=text, blocks=blocks, metadata=metadata(key)
+        )
         state["channel"], state["ts"] = str(response["channel"]), str(response["ts"])
         self._save(state)
 
-    def _reply(self, state: State, *, text: str, blocks: list[dict[str, Any]] | None) -> None:
-        self.client.chat_postMessage(
-            channel=state["channel"], thread_ts=state["ts"], text=text, blocks=blocks
-        )
+    def _edit(self, state: State, *, text: str, blocks: list[dict[str, Any]], key: str) -> bool:
+        """Edit the parent on record and save it; ``False`` when Slack has it no more."""
+        try:
+            self.client.chat_update(
+                channel=state["channel"], ts=state["ts"], text=text, blocks=blocks, metadata=metadata(key)
+            )
+        except SlackApiError as exc:
+            if _error_code(exc.response) not in LOST_PARENT_ERRORS:
+                raise
+            _log.warning(
+                "the Slack message of %s v%s is gone; posting a new one", state["model"], state["version"]
+            )
+            return False
+        self._save(state)
+        return True
+
+    def _reply(
+        self, state: State, *, key: str, text: str, blocks: list[dict[str, Any]] | None, doubt: bool
+    ) -> None:
+        """Post the thread reply ``key`` once: not when it is on record, nor (in doubt) in the thread."""
+        if key in state["replied"]:
+            return
+        if doubt and in_thread(self.client, str(state["channel"]), str(state["ts"]), key=key):
+            _log.info("the Slack reply %s is in the thread already; not posting it again", key)
+        else:
+            self.client.chat_postMessage(
+                channel=state["channel"],
+                thread_ts=state["ts"],
+                text=text,
+                blocks=blocks,
+                metadata=metadata(key),
+            )
+        state["replied"] = [*state["replied"], key][-_MAX_REPLIED:]
+        self._save(state)
 
     def _load(self, model: str, version: int) -> State | None:
         found = self.store.slack_message(model=model, version=version)

@@ -16,6 +16,13 @@ read:
   queued first is ever due: a later one never goes before it, and one
   waiting in backoff holds back only the messages behind it on its key. A
   message given up on holds back nothing.
+* **Doubt.** An attempt is recorded (:meth:`Outbox.mark_attempt`) before
+  the message is handed to its sender, and the record is cleared when the
+  message is marked sent. A message with an attempt on record that is not
+  sent is *in doubt* (:attr:`OutboxMessage.in_doubt`): the controller was
+  stopped between sending it and recording it sent, or its last attempt
+  failed half-way, so it may have reached its destination. Its sender looks
+  there for it by its key before sending it again.
 * **Pauses.** A destination the service told to wait (``Retry-After``, a
   rate limit's reset) is paused until then (:class:`DestinationPause`),
   stored, so that a restarted controller waits too: none of its messages is
@@ -42,6 +49,8 @@ class OutboxMessage:
     older payload as sent does not swallow a newer one. ``ordering_key``
     names the messages it is delivered in order with (see the module
     docstring); its place among them is when it was first queued.
+    ``attempt_started_at`` is when an attempt to send it began that was not
+    followed by its being marked sent (see :attr:`in_doubt`).
     """
 
     id: int
@@ -55,6 +64,12 @@ class OutboxMessage:
     next_attempt_at: datetime | None  # None once sent or given up
     sent_at: datetime | None = None
     last_error: str | None = None
+    attempt_started_at: datetime | None = None
+
+    @property
+    def in_doubt(self) -> bool:
+        """An attempt was begun and the message was never marked sent: it may have reached its destination."""
+        return self.attempt_started_at is not None and self.sent_at is None
 
 
 @dataclass(frozen=True)
@@ -105,8 +120,17 @@ class Outbox(Protocol):
         they are given."""
         ...
 
+    def mark_attempt(self, message_id: int) -> None:
+        """Record, before the message is handed to its sender, that an attempt to send it begins.
+
+        The record stays until the message is marked sent: a message with one
+        and not sent is in doubt (:attr:`OutboxMessage.in_doubt`).
+        """
+        ...
+
     def mark_sent(self, message_id: int, *, revision: int | None = None) -> bool:
-        """Mark sent; ``False`` (still due) when ``revision`` is given and the payload was replaced since."""
+        """Mark sent and clear the attempt on record; ``False`` (still due) when ``revision`` is given
+        and the payload was replaced since."""
         ...
 
     def mark_failed(self, message_id: int, *, error: str, retry_at: datetime | None) -> None:

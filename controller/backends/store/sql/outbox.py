@@ -6,6 +6,8 @@ whenever it is replaced, so that marking an older payload sent leaves the
 newer one due. A message is due only when no message of its ordering key
 queued before it (a lower id) is still to deliver, and its destination has
 no pause in force (table ``outbox_pauses``, one row per destination).
+``attempt_started_at`` is committed before a message goes to its sender and
+cleared when it is marked sent: set on a message not sent, it is in doubt.
 """
 
 from __future__ import annotations
@@ -121,13 +123,22 @@ class OutboxSql(SqlBase):
         with self._read() as conn:
             return records(OutboxMessage, conn.execute(query).mappings())
 
+    def mark_attempt(self, message_id: int) -> None:
+        now = self._now()
+        with self._write() as conn:
+            attempt = update(outbox).where(outbox.c.id == message_id)
+            result = conn.execute(attempt.values(attempt_started_at=now, updated_at=now))
+            if result.rowcount == 0:
+                raise NotFound(f"no outbox message {message_id}")
+
     def mark_sent(self, message_id: int, *, revision: int | None = None) -> bool:
         query = update(outbox).where(outbox.c.id == message_id)
         if revision is not None:
             query = query.where(outbox.c.revision == revision)
         now = self._now()
+        values = {"sent_at": now, "next_attempt_at": None, "updated_at": now, "attempt_started_at": None}
         with self._write() as conn:
-            if conn.execute(query.values(sent_at=now, next_attempt_at=None, updated_at=now)).rowcount == 1:
+            if conn.execute(query.values(**values)).rowcount == 1:
                 return True
             _get_message(conn, message_id, by="id")  # raises NotFound when there is no such message
             return False

@@ -216,6 +216,7 @@ outbox = Table(
     time_column("next_attempt_at", nullable=True),
     time_column("sent_at", nullable=True),
     Column("last_error", Text()),
+    time_column("attempt_started_at", nullable=True),  # an attempt begun and not proven sent: in doubt
     UniqueConstraint("key", name="uq_outbox_key"),
 )
 
