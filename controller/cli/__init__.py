@@ -37,6 +37,7 @@ _COMMANDS: dict[str, str] = {
     "serve": "controller.cli.serve:serve",
     "serving": "controller.cli.serving:serving",
     "state": "controller.cli.state:state",
+    "build": "controller.cli.build:build",
 }
 
 

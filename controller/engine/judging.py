@@ -123,6 +123,7 @@ class Judge:
                 metrics=source.metrics,
                 artifact_path=source.artifact_path,
                 artifact_digest=source.artifact_digest,
+                image=source.image,
                 started_at=now,
                 finished_at=now,
             )
@@ -152,6 +153,7 @@ class Judge:
             environment_hash=result.environment_hash or self.store.get_run(run_id).environment_hash,
             artifact_path=str(model_dir) if digest else None,
             artifact_digest=digest,
+            image=result.image,
             finished_at=self.clock.now(),
             error=result.error or None,
         )

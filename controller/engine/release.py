@@ -75,6 +75,7 @@ class Registrar:
             data_fingerprints=run.data_fingerprints,
             params=run.params,
             metrics=run.metrics,
+            image=run.image,
         )
         if not known:
             self.store.append_audit(

@@ -20,18 +20,23 @@ from controller.specs.types import (
     Analysis,
     AnalysisCheck,
     ApprovalRule,
+    ArgoSpec,
+    ArtifactsSpec,
     CanaryStep,
     DataInput,
     Drift,
     Environment,
     Gate,
     Identity,
+    ImagesSpec,
     Metric,
     Model,
     Notification,
     Policy,
+    PvcArtifacts,
     Resources,
     Rollout,
+    S3Artifacts,
     Serving,
     Source,
     Stage,
@@ -266,4 +271,49 @@ def build_environment(doc: dict[str, Any], spec_path: str) -> Environment:
         prometheus_url=metrics.get("prometheusUrl"),
         pipeline_namespace=pipeline.get("namespace"),
         serving_namespace=serving.get("namespace"),
+        argo=_argo(pipeline.get("argo")),
+        images=_images(spec.get("images")),
+        artifacts=_artifacts(spec.get("artifacts")),
     )
+
+
+def _argo(doc: dict[str, Any] | None) -> ArgoSpec | None:
+    if doc is None:
+        return None
+    token = doc.get("token", {})
+    tls = doc.get("tls", {})
+    return ArgoSpec(
+        server=doc["server"],
+        service_account=doc.get("serviceAccount"),
+        token_env=token.get("env"),
+        token_file=token.get("file"),
+        ca_file=tls.get("caFile"),
+        insecure_skip_verify=tls.get("insecureSkipVerify", False),
+    )
+
+
+def _images(doc: dict[str, Any] | None) -> ImagesSpec | None:
+    if doc is None:
+        return None
+    return ImagesSpec(
+        registry=doc["registry"],
+        repository=doc["repository"],
+        base_image=doc["baseImage"],
+        push_secret=doc.get("pushSecret"),
+        insecure=doc.get("insecure", False),
+    )
+
+
+def _artifacts(doc: dict[str, Any] | None) -> ArtifactsSpec | None:
+    if doc is None:
+        return None
+    if "s3" in doc:
+        s3 = doc["s3"]
+        return S3Artifacts(
+            bucket=s3["bucket"],
+            prefix=s3.get("prefix", ""),
+            endpoint=s3.get("endpoint"),
+            secret=s3.get("secret"),
+        )
+    pvc = doc["pvc"]
+    return PvcArtifacts(claim_name=pvc["claimName"], mount_path=pvc.get("mountPath", "/artifacts"))

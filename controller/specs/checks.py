@@ -59,7 +59,7 @@ def check_document(kind: str, doc: dict[str, Any]) -> list[Problem]:
         return _check_model(doc["spec"])
     if kind == "Policy":
         return _check_policy(doc["spec"])
-    return []
+    return _check_environment(doc["spec"])
 
 
 def _check_model(spec: dict[str, Any]) -> list[Problem]:
@@ -88,6 +88,37 @@ def _check_model(spec: dict[str, Any]) -> list[Problem]:
     problems += _duplicates(rollout.get("stages", []), "environment", ("spec", "rollout", "stages"), "stage")
     checks = rollout.get("analysis", {}).get("checks", [])
     problems += _duplicates(checks, "name", ("spec", "rollout", "analysis", "checks"), "check")
+    return problems
+
+
+def _check_environment(spec: dict[str, Any]) -> list[Problem]:
+    """The cluster home's fields go together: each asks for the others, and none is set for nothing."""
+    problems: list[Problem] = []
+    home = spec.get("home", "embedded")
+    pipeline = spec.get("pipeline", {})
+    runner = pipeline.get("runner", "local")
+    if runner == "argo":
+        if home != "cluster":
+            where: DocPath = ("spec", "home") if "home" in spec else ("spec", "pipeline", "runner")
+            problems.append(Problem(where, "runner 'argo' needs home: cluster"))
+        if "argo" not in pipeline:
+            problems.append(
+                Problem(("spec", "pipeline", "runner"), "runner 'argo' needs pipeline.argo (the Argo Server)")
+            )
+    elif home == "cluster":
+        where = ("spec", "pipeline", "runner") if "runner" in pipeline else ("spec", "home")
+        problems.append(Problem(where, "home 'cluster' needs pipeline.runner: argo"))
+    elif "argo" in pipeline:
+        problems.append(
+            Problem(("spec", "pipeline", "argo"), "is for runner 'argo' only", at_key=True, named=True)
+        )
+    for field_name, what in (("images", "models' images"), ("artifacts", "where steps save models")):
+        if home == "cluster" and field_name not in spec:
+            problems.append(Problem(("spec", "home"), f"home 'cluster' needs {field_name} ({what})"))
+        elif home != "cluster" and field_name in spec:
+            problems.append(
+                Problem(("spec", field_name), "is for home 'cluster' only", at_key=True, named=True)
+            )
     return problems
 
 
@@ -306,6 +337,8 @@ NOT_YET: tuple[NotYet, ...] = (
         "it is for the kserve backend, which is not built; remove it",
     ),
 )
+
+
 @dataclass
 class _Node:
     """The refused fields of one kind as a tree of paths, so one walk of a document visits each once."""

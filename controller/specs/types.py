@@ -244,6 +244,50 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class ArgoSpec:
+    """How the argo runner reaches the Argo Server (``pipeline.argo``)."""
+
+    server: str  # base URL, http(s)
+    service_account: str | None = None  # the Workflow's serviceAccountName
+    token_env: str | None = None  # environment variable holding the bearer token
+    token_file: str | None = None  # file holding the bearer token
+    ca_file: str | None = None
+    insecure_skip_verify: bool = False
+
+
+@dataclass(frozen=True)
+class ImagesSpec:
+    """Where a model's image goes: ``<registry>/<repository>/<model>:<tag>``, built on ``base_image``."""
+
+    registry: str  # host[:port]
+    repository: str  # prefix inside the registry
+    base_image: str  # FROM of the generated Dockerfile
+    push_secret: str | None = None  # a kubernetes.io/dockerconfigjson Secret's name
+    insecure: bool = False  # plain-HTTP registry
+
+
+@dataclass(frozen=True)
+class S3Artifacts:
+    """Models saved to an S3-compatible bucket under ``prefix``."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint: str | None = None  # None: AWS S3
+    secret: str | None = None  # a Secret with accessKey and secretKey
+
+
+@dataclass(frozen=True)
+class PvcArtifacts:
+    """Models saved on a PersistentVolumeClaim mounted at ``mount_path`` in every step's pod."""
+
+    claim_name: str
+    mount_path: str = "/artifacts"
+
+
+ArtifactsSpec = S3Artifacts | PvcArtifacts
+
+
+@dataclass(frozen=True)
 class Environment:
     name: str
     spec_path: str
@@ -258,6 +302,9 @@ class Environment:
     prometheus_url: str | None = None
     pipeline_namespace: str | None = None  # cluster home: where Argo runs the steps
     serving_namespace: str | None = None  # cluster home: where KServe serves
+    argo: ArgoSpec | None = None  # runner argo: the Argo Server
+    images: ImagesSpec | None = None  # cluster home: where models' images go
+    artifacts: ArtifactsSpec | None = None  # cluster home: where steps save models
 
 
 # ------------------------------------------------------------------- Catalog

@@ -112,6 +112,7 @@ class RunResult:
     metrics: Mapping[str, float] = field(default_factory=dict)  # merged across steps
     model_dir: Path | None = None
     environment_hash: str | None = None
+    image: str | None = None  # reference@digest of the image the steps ran in (cluster home)
     error: str = ""  # set when status is not "succeeded"
     duration_seconds: float = 0.0
 

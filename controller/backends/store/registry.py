@@ -37,6 +37,7 @@ class ModelVersion:
     data_fingerprints: dict[str, str] = field(default_factory=dict)
     params: JSONObject = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    image: str | None = None  # reference@sha256:… of the image its run ran in; None: no image (embedded home)
 
 
 class _NewVersionKeys(TypedDict):
@@ -54,6 +55,7 @@ class NewVersion(_NewVersionKeys, total=False):
     data_fingerprints: Mapping[str, str] | None
     params: JSONObject | None
     metrics: Mapping[str, float] | None
+    image: str | None
 
 
 class Registry(Protocol):

@@ -65,6 +65,7 @@ class Run:
     error: str | None = None
     reused_from: int | None = None  # a cache hit: the run whose result this one took
     baseline_version: int | None = None  # the production version its gates were judged against
+    image: str | None = None  # reference@digest of the image it ran in (cluster home); None: a virtualenv
 
     @property
     def finished(self) -> bool:
@@ -85,6 +86,7 @@ class RunChanges(TypedDict, total=False):
     finished_at: datetime | None
     error: str | None
     baseline_version: int | None
+    image: str | None
 
 
 class _NewRunKeys(TypedDict):

@@ -101,6 +101,7 @@ runs = Table(
     Column("error", Text()),
     Column("reused_from", Integer()),
     Column("baseline_version", Integer()),
+    Column("image", String(512)),
 )
 
 
@@ -121,6 +122,7 @@ model_versions = Table(
     json_column("params"),
     json_column("metrics"),
     time_column("created_at"),
+    Column("image", String(512)),
     UniqueConstraint("model", "run_id", name="uq_model_versions_run"),
 )
 

@@ -1,0 +1,169 @@
+"""The cluster Environment in the spec language: its schema, typed record and rules between its fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from controller.specs import schemas
+from controller.specs.build import build_environment
+from controller.specs.checks import check_document
+from controller.specs.schema import check
+from controller.specs.types import ArgoSpec, ImagesSpec, PvcArtifacts, S3Artifacts
+
+pytestmark = pytest.mark.unit
+
+CLUSTER = """
+apiVersion: flywheel.dev/v1alpha1
+kind: Environment
+metadata: {name: staging}
+spec:
+  home: cluster
+  pipeline:
+    runner: argo
+    namespace: ml-pipelines
+    argo:
+      server: https://argo-server.argo.svc:2746
+      serviceAccount: flywheel-steps
+      token: {env: ARGO_TOKEN}
+      tls: {caFile: /etc/ssl/argo-ca.pem, insecureSkipVerify: false}
+  images:
+    registry: registry.example.com:5000
+    repository: ml/flywheel
+    baseImage: python:3.11-slim
+    pushSecret: registry-credentials
+    insecure: true
+  artifacts:
+    s3: {bucket: models, prefix: flywheel, endpoint: "https://minio.minio:9000", secret: s3-credentials}
+  serving:
+    backend: local
+"""
+
+
+def cluster(**changes: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(CLUSTER)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node = doc["spec"]
+        for part in parents:
+            node = node[part]
+        if value is None:
+            del node[last]
+        else:
+            node[last] = value
+    return doc
+
+
+def test_the_example_cluster_environment_is_valid_and_typed() -> None:
+    doc = cluster()
+    assert check("Environment", doc) == [] and check_document("Environment", doc) == []
+    env = build_environment(doc, "environments/staging.yaml")
+    assert env.home == "cluster" and env.runner == "argo" and env.pipeline_namespace == "ml-pipelines"
+    assert env.argo == ArgoSpec(
+        server="https://argo-server.argo.svc:2746",
+        service_account="flywheel-steps",
+        token_env="ARGO_TOKEN",
+        token_file=None,
+        ca_file="/etc/ssl/argo-ca.pem",
+        insecure_skip_verify=False,
+    )
+    assert env.images == ImagesSpec(
+        registry="registry.example.com:5000",
+        repository="ml/flywheel",
+        base_image="python:3.11-slim",
+        push_secret="registry-credentials",
+        insecure=True,
+    )
+    assert env.artifacts == S3Artifacts(
+        bucket="models", prefix="flywheel", endpoint="https://minio.minio:9000", secret="s3-credentials"
+    )
+
+
+def test_optional_fields_take_their_defaults() -> None:
+    doc = cluster(
+        pipeline__argo={"server": "http://127.0.0.1:2746", "token": {"file": "/var/run/secrets/argo/token"}},
+        images={"registry": "localhost:5000", "repository": "ml", "baseImage": "python:3.11-slim"},
+        artifacts={"pvc": {"claimName": "flywheel-artifacts"}},
+    )
+    assert check("Environment", doc) == [] and check_document("Environment", doc) == []
+    env = build_environment(doc, "environments/staging.yaml")
+    assert env.argo == ArgoSpec(
+        server="http://127.0.0.1:2746",
+        service_account=None,
+        token_env=None,
+        token_file="/var/run/secrets/argo/token",
+        ca_file=None,
+        insecure_skip_verify=False,
+    )
+    assert env.images is not None and env.images.push_secret is None and not env.images.insecure
+    assert env.artifacts == PvcArtifacts(claim_name="flywheel-artifacts", mount_path="/artifacts")
+
+
+def test_an_embedded_environment_has_no_cluster_parts() -> None:
+    doc = {
+        "apiVersion": "flywheel.dev/v1alpha1",
+        "kind": "Environment",
+        "metadata": {"name": "dev"},
+        "spec": {},
+    }
+    env = build_environment(doc, "environments/dev.yaml")
+    assert (env.argo, env.images, env.artifacts) == (None, None, None)
+    assert check_document("Environment", doc) == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"home": "embedded", "images": None, "artifacts": None},
+            [(("spec", "home"), "needs home: cluster")],
+        ),
+        ({"pipeline__argo": None}, [(("spec", "pipeline", "runner"), "needs pipeline.argo")]),
+        ({"images": None}, [(("spec", "home"), "needs images")]),
+        ({"artifacts": None}, [(("spec", "home"), "needs artifacts")]),
+        ({"pipeline__runner": "local"}, [(("spec", "pipeline", "runner"), "needs pipeline.runner: argo")]),
+        (
+            {"home": None, "pipeline__runner": None},
+            [
+                (("spec", "pipeline", "argo"), "is for runner 'argo' only"),
+                (("spec", "images"), "is for home 'cluster' only"),
+                (("spec", "artifacts"), "is for home 'cluster' only"),
+            ],
+        ),
+    ],
+)
+def test_the_cluster_parts_go_together(changes: dict[str, Any], expected: list[tuple[Any, str]]) -> None:
+    doc = cluster(**changes)
+    assert check("Environment", doc) == []
+    problems = check_document("Environment", doc)
+    assert [p.path for p in problems] == [path for path, _ in expected]
+    for problem, (_, words) in zip(problems, expected, strict=True):
+        assert words in problem.message
+
+
+@pytest.mark.parametrize(
+    ("changes", "path"),
+    [
+        ({"pipeline__argo__server": "argo-server:2746"}, "server"),
+        ({"pipeline__argo__token": {}}, "token"),
+        ({"pipeline__argo__token": {"file": "relative/token"}}, "file"),
+        ({"images__registry": "https://registry.example.com"}, "registry"),
+        ({"images__repository": "ML/Flywheel"}, "repository"),
+        ({"images__baseImage": "python 3.11"}, "baseImage"),
+        ({"artifacts": {}}, "artifacts"),
+        ({"artifacts": {"pvc": {"claimName": "x", "mountPath": "artifacts"}}}, "mountPath"),
+        ({"artifacts": {"s3": {"bucket": "Models"}}}, "bucket"),
+    ],
+)
+def test_the_schema_refuses_malformed_cluster_fields(changes: dict[str, Any], path: str) -> None:
+    problems = check("Environment", cluster(**changes))
+    assert problems and any(path in p.path for p in problems), problems
+
+
+def test_every_cluster_field_is_described() -> None:
+    spec = schemas()["Environment"]["properties"]["spec"]["properties"]
+    for name in ("images", "artifacts"):
+        assert spec[name]["description"]
+    assert spec["pipeline"]["properties"]["argo"]["properties"]["server"]["description"]
