@@ -1,7 +1,7 @@
 """A run and a model version name the image they ran in: ``reference@sha256:…``.
 
 Revision ID: 0007
-Revises: 0005 (0006 when the outbox's attempts land: re-point down_revision then)
+Revises: 0006
 Create Date: 2026-12-20
 
 A run the cluster home executes runs in the image built for its environment
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007"
-down_revision: str | Sequence[str] | None = "0005"
+down_revision: str | Sequence[str] | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 _KEEP = {"sqlite_autoincrement": True}  # runs as 0001 created it: ids are never reused
