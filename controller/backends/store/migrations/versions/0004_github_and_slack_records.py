@@ -2,7 +2,7 @@
 
 Revision ID: 0004
 Revises: 0003
-Create Date: 2026-12-04
+Create Date: 2026-11-27
 
 Up to 0003 these lived in ``meta`` as one key per object, and move here:
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0005
 Revises: 0004
-Create Date: 2026-12-11
+Create Date: 2026-11-27
 
 ``outbox.ordering_key`` names the messages one message is delivered in order
 with (a rollout's Slack thread; by default the message's own key): of those

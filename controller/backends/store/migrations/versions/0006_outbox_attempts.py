@@ -2,7 +2,7 @@
 
 Revision ID: 0006
 Revises: 0005
-Create Date: 2026-12-12
+Create Date: 2026-11-27
 
 ``outbox.attempt_started_at`` is written, and committed, before a message is
 handed to its sender, and cleared when the message is marked sent. A message

@@ -2,7 +2,7 @@
 
 Revision ID: 0007
 Revises: 0006
-Create Date: 2026-12-20
+Create Date: 2026-11-27
 
 A run the cluster home executes runs in the image built for its environment
 (tagged by the environment hash, pinned by the registry's digest); the run
