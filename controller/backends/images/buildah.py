@@ -26,7 +26,7 @@ from typing import Any
 
 from controller.backends.images import BuiltImage, ImageError, ImageRequest
 from controller.backends.images.dockerfile import unpack
-from controller.backends.images.registry import Registry, credentials_for, read_docker_config
+from controller.backends.images.registry import Registries, Registry, read_docker_config
 from controller.specs.types import ImagesSpec
 
 __all__ = ["BuildahImages"]
@@ -55,23 +55,11 @@ class BuildahImages:
         self.push = push
         self.auth_file = auth_file
         self.logs_dir = logs_dir
-        self._docker_config = read_docker_config(auth_file) if auth_file else {}
-        self._registry = registry or self._open_registry
-        self._registries: dict[tuple[str, bool], Registry] = {}
-
-    def _open_registry(self, images: ImagesSpec) -> Registry:
-        key = (images.registry, images.insecure)
-        if key not in self._registries:
-            credentials = credentials_for(self._docker_config, images.registry)
-            self._registries[key] = Registry(
-                images.registry, insecure=images.insecure, credentials=credentials
-            )
-        return self._registries[key]
+        self._registries = Registries(read_docker_config(auth_file) if auth_file else None)
+        self._registry = registry or self._registries.get
 
     def close(self) -> None:
-        for registry in self._registries.values():
-            registry.close()
-        self._registries.clear()
+        self._registries.close()
 
     def manifests(self, request: ImageRequest) -> list[dict[str, Any]]:
         """Nothing: a local build creates no cluster objects."""

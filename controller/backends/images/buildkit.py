@@ -36,7 +36,7 @@ from kubernetes.client.exceptions import ApiException
 
 from controller.backends.images import BuiltImage, ImageError, ImageRequest
 from controller.backends.images.dockerfile import DOCKERFILE, archive
-from controller.backends.images.registry import Registry, credentials_for
+from controller.backends.images.registry import Registries, Registry
 from controller.clock import Clock
 from controller.specs.types import ImagesSpec
 
@@ -100,23 +100,12 @@ class BuildKitImages:
         self.timeout = timeout
         self.watch_seconds = watch_seconds
         self.buildkit_image = buildkit_image
-        self._registry = registry or self._open_registry
-        self._registries: dict[tuple[str, bool], Registry] = {}
-
-    def _open_registry(self, images: ImagesSpec) -> Registry:
-        key = (images.registry, images.insecure)
-        if key not in self._registries:
-            credentials = credentials_for(self.docker_config, images.registry)
-            self._registries[key] = Registry(
-                images.registry, insecure=images.insecure, credentials=credentials
-            )
-        return self._registries[key]
+        self._registries = Registries(self.docker_config)
+        self._registry = registry or self._registries.get
 
     def close(self) -> None:
         """Close the registry connections this builder opened (not the Kubernetes API, its caller's)."""
-        for registry in self._registries.values():
-            registry.close()
-        self._registries.clear()
+        self._registries.close()
 
     # ------------------------------------------------------------------ rendering
 

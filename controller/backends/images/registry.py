@@ -25,8 +25,9 @@ from typing import Any
 import httpx
 
 from controller.backends.images import ImageError
+from controller.specs.types import ImagesSpec
 
-__all__ = ["MANIFEST_TYPES", "Credentials", "Registry", "credentials_for", "read_docker_config"]
+__all__ = ["MANIFEST_TYPES", "Credentials", "Registries", "Registry", "credentials_for", "read_docker_config"]
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.index.v1+json",
@@ -176,3 +177,25 @@ class Registry:
             raise ImageError(f"{where}: token from {params['realm']}: the answer holds no token")
         self._tokens[scope] = token
         return f"Bearer {token}"
+
+
+class Registries:
+    """The registries a builder talks to, one connection each, with the credentials ``docker_config``
+    (a ``dockerconfigjson`` document) holds for them; :meth:`close` closes them all."""
+
+    def __init__(self, docker_config: Mapping[str, Any] | None = None) -> None:
+        self.docker_config: Mapping[str, Any] = docker_config or {}
+        self._open: dict[tuple[str, bool], Registry] = {}
+
+    def get(self, images: ImagesSpec) -> Registry:
+        """The connection to ``images``' registry, opened the first time it is asked for."""
+        key = (images.registry, images.insecure)
+        if key not in self._open:
+            credentials = credentials_for(self.docker_config, images.registry)
+            self._open[key] = Registry(images.registry, insecure=images.insecure, credentials=credentials)
+        return self._open[key]
+
+    def close(self) -> None:
+        for registry in self._open.values():
+            registry.close()
+        self._open.clear()
