@@ -130,29 +130,8 @@ def audit(model: str | None, limit: int | None, as_json: bool, state_dir: Path) 
         entries = store.audit(model=model, limit=limit)
     for entry in entries:
         if as_json:
-            click.echo(
-                json.dumps(
-                    {
-                        "at": entry.at.isoformat(),
-                        "actor": entry.actor,
-                        "action": entry.action,
-                        "model": entry.model,
-                        "version": entry.version,
-                        "environment": entry.environment,
-                        "detail": entry.detail,
-                    },
-                    sort_keys=True,
-                )
-            )
+            click.echo(json.dumps(entry.to_json(), sort_keys=True))
             continue
-        what = " ".join(
-            part
-            for part in (
-                entry.model or "",
-                f"v{entry.version}" if entry.version is not None else "",
-                entry.environment or "",
-            )
-            if part
-        )
+        what = entry.subject
         why = entry.detail.get("reason") or entry.detail.get("why") or entry.detail.get("comment") or ""
         click.echo(f"{_when(entry.at)}  {entry.actor:<12} {entry.action:<24} {what}  {why}".rstrip())

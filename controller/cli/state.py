@@ -120,15 +120,7 @@ def _print_check(
     if entries:
         click.echo("newest entries the database has:")
         for entry in entries:
-            about = " ".join(
-                part
-                for part in (
-                    entry.model or "",
-                    f"v{entry.version}" if entry.version is not None else "",
-                    entry.environment or "",
-                )
-                if part
-            )
+            about = entry.subject
             when = entry.at.strftime("%Y-%m-%d %H:%M:%S")
             click.echo(f"  #{entry.id:<6} {when}  {entry.actor:<14} {entry.action:<22} {about}".rstrip())
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, TypedDict, Unpack
+from typing import Any, Protocol, TypedDict, Unpack
 
 from controller.backends.store.common import JSONObject
 
@@ -28,6 +28,25 @@ class AuditEntry:
     version: int | None = None
     environment: str | None = None
     detail: JSONObject = field(default_factory=dict)
+
+    @property
+    def subject(self) -> str:
+        """What the entry is about, as people read it: ``iris v2 production`` (the parts it has)."""
+        version = f"v{self.version}" if self.version is not None else ""
+        return " ".join(part for part in (self.model or "", version, self.environment or "") if part)
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field, ``at`` in ISO 8601: what ``flywheel audit --json`` prints and the mark digests."""
+        return {
+            "id": self.id,
+            "at": self.at.isoformat(),
+            "actor": self.actor,
+            "action": self.action,
+            "model": self.model,
+            "version": self.version,
+            "environment": self.environment,
+            "detail": self.detail,
+        }
 
 
 class _NewAuditKeys(TypedDict):

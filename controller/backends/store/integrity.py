@@ -75,16 +75,7 @@ class StateBehindMark(StateRefused):
 def entry_text(entry: AuditEntry) -> str:
     """The canonical text of ``entry`` that the digest chains over (every field, keys sorted)."""
     return json.dumps(
-        {
-            "id": entry.id,
-            "at": entry.at.isoformat(),
-            "actor": entry.actor,
-            "action": entry.action,
-            "model": entry.model,
-            "version": entry.version,
-            "environment": entry.environment,
-            "detail": entry.detail,
-        },
+        entry.to_json(),
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
