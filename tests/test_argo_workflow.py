@@ -183,8 +183,7 @@ def test_each_container_gets_the_step_contract() -> None:
     workflow = render()
     train = templates(workflow)["train"]
     env = env_of(train)
-    assert env["FLYWHEEL_WORKDIR"] == f"/artifacts/runs/{workflow_name('42')}/work"
-    assert env["FLYWHEEL_MODEL_DIR"] == f"/artifacts/runs/{workflow_name('42')}/model"
+    assert env["FLYWHEEL_WORKDIR"] == "/flywheel/work" and env["FLYWHEEL_MODEL_DIR"] == "/flywheel/model"
     assert env["FLYWHEEL_METRICS"] == METRICS_PATH and env["MODE"] == "full"
     assert env["FLYWHEEL_DATA_IRIS"] == "sklearn://iris"
     assert env["FLYWHEEL_DATA_EXTRA_ROWS"] == f"{SOURCE_DIR}/data/extra.csv"
@@ -193,7 +192,11 @@ def test_each_container_gets_the_step_contract() -> None:
     assert train["outputs"]["parameters"] == [
         {"name": "metrics", "valueFrom": {"path": METRICS_PATH, "default": "{}"}}
     ]
-    assert train["container"]["volumeMounts"] == [{"name": "flywheel-artifacts", "mountPath": "/artifacts"}]
+    run = f"runs/{workflow_name('42')}"
+    assert train["container"]["volumeMounts"] == [
+        {"name": "flywheel-artifacts", "mountPath": "/flywheel/work", "subPath": f"{run}/work"},
+        {"name": "flywheel-artifacts", "mountPath": "/flywheel/model", "subPath": f"{run}/model"},
+    ]
     assert workflow["spec"]["volumes"] == [
         {"name": "flywheel-artifacts", "persistentVolumeClaim": {"claimName": "flywheel-artifacts"}}
     ]
@@ -220,7 +223,10 @@ def test_name_labels_and_the_cluster_settings() -> None:
     assert metadata["name"] == workflow_name("42") == "flywheel-run-42"
     assert metadata["namespace"] == "ml-pipelines"
     assert metadata["labels"] == {LABEL_MODEL: "iris", LABEL_RUN: "42", LABEL_CACHE_KEY: "c" * 63}
-    assert metadata["annotations"] == {LABEL_CACHE_KEY: "c" * 64}
+    assert metadata["annotations"] == {
+        LABEL_CACHE_KEY: "c" * 64,
+        "workflows.argoproj.io/pod-name-format": "v1",
+    }
     assert spec["serviceAccountName"] == "flywheel-steps" and spec["parallelism"] == 3
     assert spec["podGC"] == {"strategy": "OnWorkflowSuccess"}
     assert spec["ttlStrategy"]["secondsAfterSuccess"] > 0 and spec["ttlStrategy"]["secondsAfterFailure"] > 0

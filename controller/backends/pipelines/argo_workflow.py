@@ -11,11 +11,12 @@ and its resources. The step contract is the embedded home's:
 * ``FLYWHEEL_PARAMS``: the params, a raw input artifact at :data:`PARAMS_PATH`;
 * ``FLYWHEEL_DATA_<NAME>``: a data input inside the model's code at its path
   in the image, any other by its URI;
-* ``FLYWHEEL_WORKDIR`` and ``FLYWHEEL_MODEL_DIR``: on the artifacts
-  PersistentVolumeClaim (``<mountPath>/runs/<workflow>/work`` and ``…/model``),
-  shared by the steps; with an S3 bucket the model directory is an input and
-  output artifact of every step (key ``<prefix>/<workflow>/model``), and the
-  work directory is the pod's own;
+* ``FLYWHEEL_WORKDIR`` and ``FLYWHEEL_MODEL_DIR``: ``/flywheel/work`` and
+  ``/flywheel/model``, on the artifacts PersistentVolumeClaim (its
+  ``runs/<workflow>/work`` and ``…/model``, mounted there), shared by the
+  steps; with an S3 bucket the model directory is an input and output
+  artifact of every step (key ``<prefix>/<workflow>/model``), and the work
+  directory is the pod's own;
 * ``FLYWHEEL_METRICS``: a file returned as the output parameter ``metrics``
   (``{}`` when the step wrote none), which the runner merges.
 
@@ -62,6 +63,7 @@ LABEL_MODEL = "flywheel.dev/model"
 LABEL_RUN = "flywheel.dev/run"
 LABEL_CACHE_KEY = "flywheel.dev/cache-key"
 ANNOTATION_CACHE_KEY = "flywheel.dev/cache-key"
+POD_NAME_FORMAT = "workflows.argoproj.io/pod-name-format"
 DEFAULT_NAMESPACE = "default"
 SUCCESS_TTL_SECONDS = 24 * 3600
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
@@ -124,7 +126,7 @@ def render_workflow(inputs: WorkflowInputs) -> dict[str, Any]:
     model, env = inputs.model, inputs.environment
     name = inputs.name
     labels = {LABEL_MODEL: model.name, LABEL_RUN: _label_value(inputs.run_id)}
-    annotations: dict[str, str] = {}
+    annotations = {POD_NAME_FORMAT: "v1"}  # pods named after their node id, which the runner asks logs of
     if inputs.cache_key:
         labels[LABEL_CACHE_KEY] = _label_value(inputs.cache_key)
         annotations[ANNOTATION_CACHE_KEY] = inputs.cache_key
@@ -148,8 +150,7 @@ def render_workflow(inputs: WorkflowInputs) -> dict[str, Any]:
     if env.images is not None and env.images.push_secret:
         spec["imagePullSecrets"] = [{"name": env.images.push_secret}]
     metadata: dict[str, Any] = {"name": name, "namespace": inputs.namespace, "labels": labels}
-    if annotations:
-        metadata["annotations"] = annotations
+    metadata["annotations"] = annotations
     return {"apiVersion": API_VERSION, "kind": "Workflow", "metadata": metadata, "spec": spec}
 
 
@@ -164,16 +165,12 @@ def _dag(model: Model) -> dict[str, Any]:
 
 
 def run_paths(inputs: WorkflowInputs) -> tuple[str, str]:
-    """(work directory, model directory) of a run inside its pods."""
-    artifacts = inputs.environment.artifacts
-    if isinstance(artifacts, PvcArtifacts):
-        root = f"{artifacts.mount_path.rstrip('/')}/runs/{inputs.name}"
-        return f"{root}/work", f"{root}/model"
-    return POD_WORKDIR, POD_MODEL_DIR
+    """(work directory, model directory) of a run on the artifacts claim, relative to the claim's root."""
+    return f"runs/{inputs.name}/work", f"runs/{inputs.name}/model"
 
 
 def _template(step: Step, inputs: WorkflowInputs) -> dict[str, Any]:
-    workdir, model_dir = run_paths(inputs)
+    workdir, model_dir = POD_WORKDIR, POD_MODEL_DIR
     contract = {
         "FLYWHEEL_PARAMS": PARAMS_PATH,
         "FLYWHEEL_WORKDIR": workdir,
@@ -194,7 +191,12 @@ def _template(step: Step, inputs: WorkflowInputs) -> dict[str, Any]:
         container["resources"] = resources
     artifacts = inputs.environment.artifacts
     if isinstance(artifacts, PvcArtifacts):
-        container["volumeMounts"] = [{"name": _VOLUME, "mountPath": artifacts.mount_path}]
+        # the claim's run directories, mounted where the steps see them (subPath creates them)
+        work_path, model_path = run_paths(inputs)
+        container["volumeMounts"] = [
+            {"name": _VOLUME, "mountPath": POD_WORKDIR, "subPath": work_path},
+            {"name": _VOLUME, "mountPath": POD_MODEL_DIR, "subPath": model_path},
+        ]
     input_artifacts: list[dict[str, Any]] = [
         {
             "name": "params",
@@ -216,7 +218,9 @@ def _template(step: Step, inputs: WorkflowInputs) -> dict[str, Any]:
         "inputs": {"artifacts": input_artifacts},
         "outputs": outputs,
         "container": container,
-        "activeDeadlineSeconds": str(max(1, round(step.timeout_seconds))),  # IntOrString; the SDK types it str
+        "activeDeadlineSeconds": str(
+            max(1, round(step.timeout_seconds))
+        ),  # IntOrString; the SDK types it str
     }
     if step.retries:
         template["retryStrategy"] = {"limit": str(step.retries), "retryPolicy": "Always"}
