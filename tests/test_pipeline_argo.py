@@ -20,6 +20,7 @@ import pytest
 from controller.backends.images.fake import FakeImages
 from controller.backends.pipelines import RunRequest, StepEvent
 from controller.backends.pipelines.argo import ArgoRunner
+from controller.settings import ArgoSettings
 from controller.specs import load_tree
 from controller.specs.types import ArgoSpec, Environment, ImagesSpec, Model, PvcArtifacts, Step
 from tests.fakes.argo_server import FakeArgoServer
@@ -81,9 +82,8 @@ def request(
 
 
 def runner(images: FakeImages, server: FakeArgoServer) -> ArgoRunner:
-    return ArgoRunner(
-        images=images, token=lambda spec: "s3cret", artifacts_dir=server.claim("flywheel-artifacts")
-    )
+    claims = server.claim("flywheel-artifacts").parent
+    return ArgoRunner(images=images, token=lambda spec: "s3cret", settings=ArgoSettings(artifacts_dir=claims))
 
 
 def test_the_example_model_trains_on_argo(tmp_path: Path, argo: FakeArgoServer, images: FakeImages) -> None:

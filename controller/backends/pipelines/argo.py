@@ -59,12 +59,13 @@ from controller.backends.pipelines.argo_workflow import (
     LABEL_MODEL,
     LABEL_RUN,
     WorkflowInputs,
-    _label_value,
+    label_value,
     render_workflow,
     run_paths,
     task_name,
 )
-from controller.backends.pipelines.local import LOG_TAIL_LINES, _read_metrics
+from controller.backends.pipelines.contract import log_tail, read_metrics
+from controller.settings import ArgoSettings
 from controller.specs.types import ArgoSpec, PvcArtifacts
 
 __all__ = ["ArgoRunHandle", "ArgoRunner"]
@@ -84,10 +85,13 @@ _STEP_STATUS: dict[str, StepStatus] = {
 class ArgoRunner:
     """Runs pipelines as Argo Workflows.
 
-    ``token`` gives the bearer token for an Environment's ``pipeline.argo``
-    (read from the variable or file it names; ``None``: no token).
-    ``artifacts_dir`` is where the controller sees the artifacts
-    PersistentVolumeClaim mounted, to bring a run's model directory home.
+    One runner serves every argo Environment: each run's request names its
+    Environment, whose ``pipeline.argo`` says which Argo Server to talk to.
+    ``token`` gives the bearer token for it (read from the variable or file it
+    names, at each run, so a rotated token is picked up; ``None``: no token;
+    it raises, saying why, when it cannot read one). ``settings`` says where
+    the controller sees the artifacts PersistentVolumeClaims, to bring a run's
+    model directory home.
     """
 
     def __init__(
@@ -95,12 +99,12 @@ class ArgoRunner:
         *,
         images: ImageBuilder,
         token: Callable[[ArgoSpec], str | None] = lambda spec: None,
-        artifacts_dir: Path | None = None,
+        settings: ArgoSettings | None = None,
         poll_seconds: float = 1.0,
     ) -> None:
         self.images = images
         self.token = token
-        self.artifacts_dir = artifacts_dir
+        self.settings = settings or ArgoSettings()
         self.poll_seconds = poll_seconds
 
     def start(self, request: RunRequest) -> ArgoRunHandle:
@@ -195,6 +199,11 @@ class ArgoRunHandle:
             raise _RunError("the argo runner needs an environment with pipeline.argo")
         if env.images is None:
             raise _RunError(f"environment {env.name!r} has no images")
+        if not isinstance(env.artifacts, PvcArtifacts):  # the spec refuses s3 until it is built
+            raise _RunError(
+                f"environment {env.name!r}: the argo runner brings models home from a PersistentVolumeClaim "
+                "only (artifacts.pvc)"
+            )
         python = model_environment(request.model, request.source_dir)
         image_request = ImageRequest(
             model=request.model.name,
@@ -223,10 +232,10 @@ class ArgoRunHandle:
         self._name, self._namespace = inputs.name, inputs.namespace
         try:
             token = self.runner.token(env.argo)
-        except OSError as exc:
-            raise _RunError(f"cannot read the Argo Server's token: {exc}") from exc
+        except Exception as exc:  # unset, empty or unreadable: the message names the variable or file
+            raise _RunError(f"environment {env.name!r}: no Argo Server token: {exc}") from exc
         self._api = _api(env.argo, token)
-        selector = f"{LABEL_RUN}={_label_value(request.run_id)},{LABEL_MODEL}={request.model.name}"
+        selector = f"{LABEL_RUN}={label_value(request.run_id)},{LABEL_MODEL}={request.model.name}"
         existing = self._call(
             lambda api: api.list_workflows(
                 self._namespace, list_options_label_selector=selector, _check_return_type=False
@@ -389,10 +398,10 @@ class ArgoRunHandle:
                 metrics_path = metrics_dir / f"{task_name(step.name)}.json"
                 metrics_path.write_text(_parameter(node, "metrics") or "")
                 try:
-                    merged.update(_read_metrics(metrics_path))
+                    merged.update(read_metrics(metrics_path))
                 except ValueError as exc:
                     status, message = "failed", f"invalid metrics in FLYWHEEL_METRICS: {exc}"
-            tail = "" if status == "succeeded" or not log_path.exists() else _tail(log_path)
+            tail = "" if status == "succeeded" or not log_path.exists() else log_tail(log_path)
             results.append(
                 StepResult(
                     name=step.name,
@@ -417,7 +426,12 @@ class ArgoRunHandle:
                 else workflow["status"].get("message", phase)
             )
         (self.request.run_dir / "metrics.json").write_text(json.dumps(merged, indent=2, sort_keys=True))
-        model_dir = self._bring_model_home() if run_status == "succeeded" else None
+        model_dir = None
+        if run_status == "succeeded":
+            try:
+                model_dir = self._bring_model_home()
+            except _RunError as exc:
+                run_status, error = "error", str(exc)
         self._result = RunResult(
             run_id=self.request.run_id,
             status=run_status,
@@ -444,16 +458,20 @@ class ArgoRunHandle:
         except Exception as exc:
             return f"==> flywheel: the log of pod {pod} could not be read: {exc}\n"
 
-    def _bring_model_home(self) -> Path | None:
+    def _bring_model_home(self) -> Path:
+        """Copy the run's model directory from the artifacts claim (where the controller sees it)."""
         env = self.request.environment
-        if env is None or not isinstance(env.artifacts, PvcArtifacts) or self.runner.artifacts_dir is None:
-            return None
+        assert env is not None and isinstance(env.artifacts, PvcArtifacts)
         _, on_claim = run_paths(
             WorkflowInputs(run_id=self.request.run_id, model=self.request.model, environment=env, image="")
         )
-        source = self.runner.artifacts_dir / on_claim
+        claim = self.runner.settings.claim_dir(env.artifacts.claim_name, env.artifacts.mount_path)
+        source = claim / on_claim
         if not source.is_dir():
-            return None
+            raise _RunError(
+                f"the model directory is not at {source}: mount the claim {env.artifacts.claim_name!r} "
+                f"there (FLYWHEEL_ARGO_ARTIFACTS_DIR/<claimName>; without it, {env.artifacts.mount_path})"
+            )
         target = self.request.run_dir / "model"
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(source, target)
@@ -478,10 +496,6 @@ def _parameter(node: dict[str, Any], name: str) -> str | None:
             value = parameter.get("value")
             return None if value is None else str(value)
     return None
-
-
-def _tail(path: Path) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
 
 
 def _relative_dockerfile(request: RunRequest) -> str | None:

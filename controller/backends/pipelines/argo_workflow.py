@@ -48,6 +48,7 @@ __all__ = [
     "PARAMS_PATH",
     "SOURCE_DIR",
     "WorkflowInputs",
+    "label_value",
     "render_workflow",
     "task_name",
     "workflow_name",
@@ -89,7 +90,8 @@ def task_name(step: str) -> str:
     return cleaned
 
 
-def _label_value(value: str) -> str:
+def label_value(value: str) -> str:
+    """``value`` as a valid Kubernetes label value (at most 63 characters of ``[A-Za-z0-9_.-]``)."""
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", value)[:63]
     return cleaned.strip("-_.") or "none"
 
@@ -125,10 +127,10 @@ def render_workflow(inputs: WorkflowInputs) -> dict[str, Any]:
     """The Workflow of one run, as the JSON the Argo Server takes (``metadata``, ``spec``)."""
     model, env = inputs.model, inputs.environment
     name = inputs.name
-    labels = {LABEL_MODEL: model.name, LABEL_RUN: _label_value(inputs.run_id)}
+    labels = {LABEL_MODEL: model.name, LABEL_RUN: label_value(inputs.run_id)}
     annotations = {POD_NAME_FORMAT: "v1"}  # pods named after their node id, which the runner asks logs of
     if inputs.cache_key:
-        labels[LABEL_CACHE_KEY] = _label_value(inputs.cache_key)
+        labels[LABEL_CACHE_KEY] = label_value(inputs.cache_key)
         annotations[ANNOTATION_CACHE_KEY] = inputs.cache_key
     spec: dict[str, Any] = {
         "entrypoint": "pipeline",
