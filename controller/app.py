@@ -33,6 +33,7 @@ from controller.backends.forge.github import GitHubForge, GitHubSender
 from controller.backends.forge.github_poll import GitHubPoller
 from controller.backends.forge.local import LocalForge
 from controller.backends.git import GitError, Repository
+from controller.backends.images import ImageBuilder
 from controller.backends.local.venvs import VenvCache
 from controller.backends.metrics import MetricsSource
 from controller.backends.metrics.builtin import BuiltinMetrics
@@ -66,7 +67,7 @@ from controller.engine.release import Registrar
 from controller.engine.rollout import RolloutEngine, label
 from controller.engine.slack_actions import SlackActions
 from controller.engine.trust import TrustGate, proposal_heads
-from controller.settings import ControllerSettings, Settings
+from controller.settings import ControllerSettings, Settings, SettingsError, argo_token
 from controller.specs.types import Catalog, Environment, Model
 
 log = logging.getLogger("flywheel.controller")
@@ -166,10 +167,15 @@ def build_controller(
     serving: ServingBackend | None = None,
     senders: Mapping[str, Sender] | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    images: ImageBuilder | None = None,
 ) -> Controller:
     """The controller the settings describe; ``clock`` is handed to every part that reads the time.
 
     ``serving`` replaces the local serving backend (tests pass a fake).
+    ``images`` builds models' images for the cluster home: with it the
+    controller has the ``argo`` pipeline runner; without it, a release branch
+    with an environment whose pipelines run on Argo is refused (one
+    :class:`~controller.settings.SettingsError` line).
     """
     options = settings.controller
     state_dir = options.state_dir.resolve()
@@ -185,6 +191,14 @@ def build_controller(
     # the backends this controller has, by the name an environment gives; an environment naming
     # another one gets an error saying so (proposals.pipeline_runner, ServingByName), never a stand-in
     runners: dict[str, PipelineRunner] = {"local": LocalRunner(venvs=venvs)}
+    if images is not None:  # one runner for every argo environment: each run names its Argo Server
+        from controller.backends.pipelines.argo import ArgoRunner
+
+        runners["argo"] = ArgoRunner(
+            images=images,
+            token=lambda spec: argo_token(variable=spec.token_env, file=spec.token_file),
+            settings=settings.argo,
+        )
     serving_backends: dict[str, ServingBackend] = {
         "local": serving or LocalServing(state_dir / "serving", venvs=venvs, clock=clock)
     }
@@ -195,6 +209,8 @@ def build_controller(
     if release_branch not in repository.branches():
         known = ", ".join(sorted(repository.branches())) or "none"
         raise GitError(f"{options.repo} has no branch {release_branch!r} to release from (it has: {known})")
+    if images is None:
+        _refuse_argo_without_images(repository.catalog(repository.resolve(release_branch)), store)
     watching = Watched(repository=repository_location(options.repo), release_branch=release_branch)
     record_watched(store, watching)
 
@@ -317,6 +333,17 @@ def build_controller(
         clock=clock,
         watch=watch,
     )
+
+
+def _refuse_argo_without_images(catalog: Catalog, store: SqlStore) -> None:
+    """Raise :class:`SettingsError` (closing the store) when ``catalog`` runs pipelines on Argo."""
+    argo = sorted((e for e in catalog.environments.values() if e.runner == "argo"), key=lambda e: e.name)
+    if argo:
+        store.close()
+        raise SettingsError(
+            f"{argo[0].spec_path}: environment {argo[0].name!r} runs pipelines on Argo, but no image "
+            "builder configured: the argo runner needs one to build the models' images"
+        )
 
 
 def _handlers(

@@ -26,6 +26,11 @@ Environment variables (README.md, "Settings", "GitHub" and "Slack"):
 ``FLYWHEEL_VENV_CACHE``
     Where virtualenvs are built when no state directory's cache is given
     (the demo): :func:`default_venv_cache`.
+``FLYWHEEL_ARGO_ARTIFACTS_DIR``
+    The cluster home's: where this controller sees the artifacts
+    PersistentVolumeClaims, each at ``<dir>/<claimName>`` (:class:`ArgoSettings`).
+    The bearer token of an Environment's Argo Server is read from the variable
+    or file its spec names, at each use (:func:`argo_token`).
 """
 
 from __future__ import annotations
@@ -43,10 +48,12 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_GITHUB_API_URL",
     "DEFAULT_MAX_BODY_BYTES",
+    "ENV_ARGO_ARTIFACTS_DIR",
     "ENV_MAX_BODY_BYTES",
     "ENV_PREVIOUS_SECRET",
     "ENV_SECRET",
     "ENV_SLACK_SIGNING_SECRET",
+    "ArgoSettings",
     "CheckMode",
     "ControllerSettings",
     "GitHubSettings",
@@ -55,6 +62,7 @@ __all__ = [
     "SettingsError",
     "SlackSettings",
     "WebhookSettings",
+    "argo_token",
     "default_venv_cache",
     "load_settings",
 ]
@@ -65,6 +73,7 @@ ENV_SECRET = "FLYWHEEL_GITHUB_WEBHOOK_SECRET"
 ENV_PREVIOUS_SECRET = "FLYWHEEL_GITHUB_WEBHOOK_SECRET_PREVIOUS"
 ENV_MAX_BODY_BYTES = "FLYWHEEL_WEBHOOK_MAX_BODY_BYTES"
 ENV_SLACK_SIGNING_SECRET = "FLYWHEEL_SLACK_SIGNING_SECRET"
+ENV_ARGO_ARTIFACTS_DIR = "FLYWHEEL_ARGO_ARTIFACTS_DIR"
 # Read by the test suite only (tests/fixtures/required.py): set, a test whose reference data or program is
 # missing fails instead of being skipped. CI sets it.
 ENV_TEST_REQUIRE_ALL = "FLYWHEEL_TEST_REQUIRE_ALL"
@@ -98,6 +107,67 @@ class LocalSettings:
     """The embedded home's pipeline runner and serving."""
 
     venv_dir: Path | None = None  # where models' virtualenvs are kept; default: <state_dir>/venvs
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArgoSettings:
+    """The cluster home's pipeline runner (``runner: argo``).
+
+    ``artifacts_dir`` is where this controller sees the artifacts
+    PersistentVolumeClaims, claim ``X`` at ``<artifacts_dir>/X``, to bring a
+    run's model home; ``None``: each claim at the ``mountPath`` its
+    Environment gives, as in a controller pod that mounts the claim where the
+    steps do.
+    """
+
+    artifacts_dir: Path | None = None
+
+    def claim_dir(self, claim_name: str, mount_path: str) -> Path:
+        """Where the controller reads the claim ``claim_name`` (mounted at ``mount_path`` in the steps)."""
+        return self.artifacts_dir / claim_name if self.artifacts_dir is not None else Path(mount_path)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ArgoSettings:
+        """Read ``FLYWHEEL_ARGO_ARTIFACTS_DIR`` (an absolute directory, when set)."""
+        env = os.environ if environ is None else environ
+        raw = env.get(ENV_ARGO_ARTIFACTS_DIR) or None
+        if raw is not None and not Path(raw).is_absolute():
+            raise SettingsError(
+                f"{ENV_ARGO_ARTIFACTS_DIR} is {raw!r}: give an absolute directory holding each "
+                "artifacts claim by name"
+            )
+        return cls(artifacts_dir=Path(raw) if raw is not None else None)
+
+
+def argo_token(
+    *, variable: str | None, file: str | None, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """The bearer token for an Argo Server: the ``variable`` or the ``file`` its spec's ``token`` names.
+
+    Read at each call, so a rotated token (a projected service-account token)
+    is picked up; ``None`` when the spec names neither. Raises
+    :class:`SettingsError` naming the variable or the file when it is unset,
+    empty or unreadable.
+    """
+    env = os.environ if environ is None else environ
+    if variable is not None:
+        token = env.get(variable, "").strip()
+        if not token:
+            state = "empty" if variable in env else "not set"
+            raise SettingsError(f"{variable} (the Argo Server token of pipeline.argo.token.env) is {state}")
+        return token
+    if file is not None:
+        try:
+            token = Path(file).read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise SettingsError(
+                f"cannot read {file} (the Argo Server token of pipeline.argo.token.file): {why}"
+            ) from None
+        if not token:
+            raise SettingsError(f"{file} (the Argo Server token of pipeline.argo.token.file) is empty")
+        return token
+    return None
 
 
 @dataclass(frozen=True)
@@ -288,6 +358,7 @@ class Settings:
 
     controller: ControllerSettings
     local: LocalSettings = LocalSettings()
+    argo: ArgoSettings = ArgoSettings()
     github: GitHubSettings | None = None
     slack: SlackSettings | None = None
     webhooks: WebhookSettings | None = None
@@ -308,6 +379,7 @@ def load_settings(
     return Settings(
         controller=controller,
         local=local or LocalSettings(),
+        argo=ArgoSettings.from_env(env),
         github=GitHubSettings.from_env(env) if env.get("FLYWHEEL_GITHUB_REPOSITORY") else None,
         slack=SlackSettings.from_env(env),
         webhooks=hooks,

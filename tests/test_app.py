@@ -7,7 +7,8 @@ an older Flywheel decided already is not decided again); a pull request's
 event reconciles that proposal only; ``flywheel run``'s modules import
 nothing of the webhook service; the built-in metrics source reads the router
 of the local serving backend an environment names, and says why for a
-backend without one.
+backend without one; an environment whose pipelines run on Argo needs an
+image builder (the ``argo`` runner comes with one; without, one line says so).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from controller.app import ServingByName, build_controller
+from controller.backends.images.fake import FakeImages
 from controller.backends.notify.buttons import SLACK_ACTION_KIND, ButtonPress
 from controller.backends.pipelines.fake import FakeRunner, ScriptedStep
 from controller.backends.serving import ServingError
@@ -28,7 +30,7 @@ from controller.backends.serving.local import LocalServing
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import ROLLBACK_EVENT
 from controller.scaffold import scaffold
-from controller.settings import ControllerSettings, GitHubSettings, Settings, SlackSettings
+from controller.settings import ControllerSettings, GitHubSettings, Settings, SettingsError, SlackSettings
 from controller.specs.types import Environment
 from tests.fakes.github_api import pull_request_event
 from tests.gitrepo import GitRepo
@@ -174,3 +176,43 @@ def test_flywheel_runs_modules_import_nothing_of_the_webhook_service() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_an_argo_environment_needs_an_image_builder(repo: Path, tmp_path: Path) -> None:
+    git = GitRepo(repo)
+    git.write("environments/staging.yaml", CLUSTER_STAGING)
+    git.commit("Train on Argo")
+    settings = Settings(controller=ControllerSettings(repo=str(repo), state_dir=tmp_path / "a"))
+    with pytest.raises(SettingsError) as refused:
+        build_controller(settings, serving=FakeServing())
+    assert str(refused.value) == (
+        "environments/staging.yaml: environment 'staging' runs pipelines on Argo, but no image builder "
+        "configured: the argo runner needs one to build the models' images"
+    )
+    controller = build_controller(
+        Settings(controller=ControllerSettings(repo=str(repo), state_dir=tmp_path / "b")),
+        serving=FakeServing(),
+        images=FakeImages(),
+    )
+    try:
+        assert set(controller.proposals.runners) == {"local", "argo"}
+    finally:
+        controller.close()
+
+
+CLUSTER_STAGING = """\
+apiVersion: flywheel.dev/v1alpha1
+kind: Environment
+metadata: {name: staging}
+spec:
+  home: cluster
+  pipeline:
+    runner: argo
+    namespace: ml-pipelines
+    argo: {server: "http://127.0.0.1:2746"}
+  images: {registry: "registry.test:5000", repository: ml, baseImage: "python:3.11-slim"}
+  artifacts:
+    pvc: {claimName: flywheel-artifacts}
+  serving:
+    backend: local
+"""

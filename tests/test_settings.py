@@ -6,7 +6,8 @@ for ``serve`` only, the webhook service's secrets and address; a malformed
 value is a :class:`SettingsError` naming its variable (the CLI's one-line
 errors are pinned in ``test_cli_errors.py``); no secret shows in the tree's
 ``repr``; the tree cannot be changed once loaded; the shared virtualenv cache
-defaults to ``$FLYWHEEL_VENV_CACHE``, else the user's cache directory.
+defaults to ``$FLYWHEEL_VENV_CACHE``, else the user's cache directory; the argo
+runner's artifacts directory and the Argo Server token the spec names.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from pathlib import Path
 import pytest
 
 from controller.settings import (
+    ENV_ARGO_ARTIFACTS_DIR,
     ENV_SECRET,
+    ArgoSettings,
     ControllerSettings,
     LocalSettings,
     Settings,
     SettingsError,
     SlackSettings,
+    argo_token,
     default_venv_cache,
     load_settings,
 )
@@ -101,3 +105,25 @@ def test_the_shared_virtualenv_cache(tmp_path: Path) -> None:
     assert default_venv_cache({"FLYWHEEL_VENV_CACHE": str(tmp_path)}) == tmp_path
     assert default_venv_cache({"XDG_CACHE_HOME": "/cache"}) == Path("/cache/flywheel/venvs")
     assert default_venv_cache({}) == Path.home() / ".cache" / "flywheel" / "venvs"
+
+
+def test_the_argo_artifacts_directory_is_absolute_and_holds_each_claim_by_name(tmp_path: Path) -> None:
+    assert ArgoSettings.from_env({}).claim_dir("models", "/artifacts") == Path("/artifacts")
+    settings = load_settings(ControllerSettings(repo="."), environ={ENV_ARGO_ARTIFACTS_DIR: str(tmp_path)})
+    assert settings.argo.claim_dir("models", "/artifacts") == tmp_path / "models"
+    with pytest.raises(SettingsError, match="FLYWHEEL_ARGO_ARTIFACTS_DIR is 'claims': give an absolute"):
+        ArgoSettings.from_env({ENV_ARGO_ARTIFACTS_DIR: "claims"})
+
+
+def test_the_argo_token_comes_from_the_variable_or_file_the_spec_names(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("from-a-file\n")
+    assert argo_token(variable="ARGO_TOKEN", file=None, environ={"ARGO_TOKEN": "t0k"}) == "t0k"
+    assert argo_token(variable=None, file=str(token_file), environ={}) == "from-a-file"
+    assert argo_token(variable=None, file=None, environ={"ARGO_TOKEN": "unused"}) is None
+    with pytest.raises(SettingsError, match=r"^ARGO_TOKEN \(the Argo Server token of .*\) is not set$"):
+        argo_token(variable="ARGO_TOKEN", file=None, environ={})
+    with pytest.raises(SettingsError, match="is empty"):
+        argo_token(variable="ARGO_TOKEN", file=None, environ={"ARGO_TOKEN": " "})
+    with pytest.raises(SettingsError, match=f"cannot read {tmp_path / 'missing'} .*: No such file"):
+        argo_token(variable=None, file=str(tmp_path / "missing"), environ={})

@@ -1,17 +1,23 @@
-"""The cluster Environment in the spec language: its schema, typed record and rules between its fields."""
+"""The cluster Environment in the spec language: its schema, typed record and rules between its fields.
+
+Also pins down where a model's ``source.dockerfile`` and step ``resources`` are
+accepted: only where its pipeline runs in a cluster environment (its first
+stage's), refused, located, where it trains on the embedded home.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from controller.specs import schemas
+from controller.specs import load_catalog, schemas
 from controller.specs.build import build_environment
 from controller.specs.checks import check_document
 from controller.specs.schema import check
-from controller.specs.types import ArgoSpec, ImagesSpec, PvcArtifacts, S3Artifacts
+from controller.specs.types import ArgoSpec, Catalog, ImagesSpec, PvcArtifacts, S3Artifacts
 
 pytestmark = pytest.mark.unit
 
@@ -128,6 +134,7 @@ def test_an_embedded_environment_has_no_cluster_parts() -> None:
             {"home": None, "pipeline__runner": None},
             [
                 (("spec", "pipeline", "argo"), "is for runner 'argo' only"),
+                (("spec", "pipeline", "namespace"), "is for runner 'argo' only"),
                 (("spec", "images"), "is for home 'cluster' only"),
                 (("spec", "artifacts"), "is for home 'cluster' only"),
             ],
@@ -167,3 +174,35 @@ def test_every_cluster_field_is_described() -> None:
     for name in ("images", "artifacts"):
         assert spec[name]["description"]
     assert spec["pipeline"]["properties"]["argo"]["properties"]["server"]["description"]
+
+
+def _catalog_with(environment: str, *, first_stage: str = "staging") -> Catalog:
+
+    corpus = Path(__file__).parent / "spec_corpus" / "_base"
+    model = (corpus / "specs/demo/model.yaml").read_text()
+    model = model.replace('python: "3.11"\n', 'python: "3.11"\n    dockerfile: Dockerfile\n')
+    model = model.replace("timeout: 10m\n", "timeout: 10m\n        resources: {cpu: 500m, memory: 1Gi}\n")
+    model = model.replace("- environment: staging", f"- environment: {first_stage}")
+    files = {f"environments/{p.name}": p.read_bytes() for p in (corpus / "environments").iterdir()}
+    files["environments/staging.yaml"] = environment.encode()
+    files["specs/demo/model.yaml"] = model.encode()
+    files["policies/default.yaml"] = (corpus / "policies/default.yaml").read_bytes()
+    return load_catalog(files)
+
+
+def test_a_dockerfile_and_resources_act_where_the_model_trains_in_a_cluster() -> None:
+    doc = cluster(artifacts={"pvc": {"claimName": "flywheel-artifacts"}})
+    environment = yaml.safe_dump(doc)
+    catalog = _catalog_with(environment)
+    assert catalog.errors == ()
+    model = catalog.models["demo"]
+    assert model.source.dockerfile == "specs/demo/Dockerfile" and model.steps[0].resources.memory == "1Gi"
+    assert catalog.environments["staging"].home == "cluster"
+
+
+def test_a_dockerfile_and_resources_are_refused_where_the_model_trains_on_one_machine() -> None:
+    embedded = (Path(__file__).parent / "spec_corpus/_base/environments/staging.yaml").read_text()
+    catalog = _catalog_with(embedded)
+    assert [e.path for e in catalog.errors] == ["spec.source.dockerfile", "spec.pipeline.steps[0].resources"]
+    assert all("'staging', on the embedded home" in e.message for e in catalog.errors)
+    assert "demo" not in catalog.models

@@ -441,6 +441,8 @@ class ProposalReconciler:
             environment_hash=run.environment_hash,
             max_parallel=environment.max_parallel if environment is not None else 2,
             on_event=self._on_step_event,
+            environment=environment,
+            cache_key=run.cache_key,
         )
         log.info(
             "training %s on %s at %s (run %s)",

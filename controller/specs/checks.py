@@ -17,7 +17,8 @@ from typing import Any, Literal
 from controller.specs.loader import DocPath
 from controller.specs.schema import Problem
 
-Target = Literal["Environment", "approval rule"]
+Target = Literal["Environment", "approval rule", "cluster home"]
+"""``cluster home``: a field that acts only where the model's pipeline runs in a cluster environment."""
 
 
 @dataclass(frozen=True)
@@ -108,10 +109,11 @@ def _check_environment(spec: dict[str, Any]) -> list[Problem]:
     elif home == "cluster":
         where = ("spec", "pipeline", "runner") if "runner" in pipeline else ("spec", "home")
         problems.append(Problem(where, "home 'cluster' needs pipeline.runner: argo"))
-    elif "argo" in pipeline:
-        problems.append(
-            Problem(("spec", "pipeline", "argo"), "is for runner 'argo' only", at_key=True, named=True)
-        )
+    else:
+        for field_name in ("argo", "namespace"):
+            if field_name in pipeline:
+                where = ("spec", "pipeline", field_name)
+                problems.append(Problem(where, "is for runner 'argo' only", at_key=True, named=True))
     for field_name, what in (("images", "models' images"), ("artifacts", "where steps save models")):
         if home == "cluster" and field_name not in spec:
             problems.append(Problem(("spec", "home"), f"home 'cluster' needs {field_name} ({what})"))
@@ -231,11 +233,18 @@ def mentions(kind: str, doc: dict[str, Any]) -> tuple[list[Mention], list[Mentio
     refers: list[Mention] = []
     declares: list[Mention] = []
     if kind == "Model":
-        for index, stage in enumerate(doc["spec"].get("rollout", {}).get("stages", [])):
+        spec = doc["spec"]
+        for index, stage in enumerate(spec.get("rollout", {}).get("stages", [])):
             base: DocPath = ("spec", "rollout", "stages", index)
             refers.append(Mention("Environment", stage["environment"], (*base, "environment")))
             if "approval" in stage:
                 refers.append(Mention("approval rule", stage["approval"], (*base, "approval")))
+        if "dockerfile" in spec["source"]:
+            refers.append(Mention("cluster home", "dockerfile", ("spec", "source", "dockerfile")))
+        for index, step in enumerate(spec["pipeline"]["steps"]):
+            if "resources" in step:
+                where: DocPath = ("spec", "pipeline", "steps", index, "resources")
+                refers.append(Mention("cluster home", "resources", where))
     elif kind == "Policy":
         for index, rule in enumerate(doc["spec"].get("approvals", [])):
             declares.append(Mention("approval rule", rule["name"], ("spec", "approvals", index, "name")))
@@ -264,22 +273,10 @@ class NotYet:
 NOT_YET: tuple[NotYet, ...] = (
     NotYet(
         "Model",
-        ("spec", "source", "dockerfile"),
-        None,
-        "no cluster image is built, steps run in a virtualenv made from the requirements; remove it",
-    ),
-    NotYet(
-        "Model",
         ("spec", "data", "*", "digest"),
         None,
         "data digests are not checked (local inputs are fingerprinted by their content, "
         "others by their uri and version); remove it",
-    ),
-    NotYet(
-        "Model",
-        ("spec", "pipeline", "steps", "*", "resources"),
-        None,
-        "steps run as local processes, without resource requests or limits; remove it",
     ),
     NotYet(
         "Model",
@@ -308,21 +305,9 @@ NOT_YET: tuple[NotYet, ...] = (
     ),
     NotYet(
         "Environment",
-        ("spec", "home"),
-        "cluster",
-        "only the embedded home (one machine) is built; use embedded",
-    ),
-    NotYet(
-        "Environment",
-        ("spec", "pipeline", "runner"),
-        "argo",
-        "pipelines run only with the local runner; use local",
-    ),
-    NotYet(
-        "Environment",
-        ("spec", "pipeline", "namespace"),
+        ("spec", "artifacts", "s3"),
         None,
-        "it is for the argo runner, which is not built; remove it",
+        "the argo runner brings a run's model home from a PersistentVolumeClaim only; use pvc",
     ),
     NotYet(
         "Environment",

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 from controller.specs.checks import unknown
-from controller.specs.parse import ParsedFile, parse_document
+from controller.specs.parse import ParsedFile, Reference, parse_document
 from controller.specs.types import Catalog, Environment, Location, Model, Policy, SpecError
 
 
@@ -96,6 +96,11 @@ def check_catalog(parsed: Iterable[ParsedFile]) -> Catalog:
         if file.kind != "Model":
             continue
         for ref in file.references:
+            if ref.target == "cluster home":
+                message = _cluster_only(ref.name, file.references, environments)
+                if message:
+                    fail(file, ref.location, ref.path, message)
+                continue
             if ref.target == "Environment":
                 if ref.name in valid_envs:
                     continue
@@ -131,6 +136,34 @@ def check_catalog(parsed: Iterable[ParsedFile]) -> Catalog:
             envs[file.name] = document
     errors.sort(key=lambda e: (e.location.file, e.location.line, e.location.column))
     return Catalog(models=models, policies=policies, environments=envs, errors=tuple(errors))
+
+
+def _cluster_only(field: str, references: Iterable[Reference], environments: Mapping[str, ParsedFile]) -> str:
+    """Why ``field`` (``dockerfile``, ``resources``) does nothing for this model, or ``""`` when it acts.
+
+    They act where the model's pipeline runs in a cluster environment: the
+    first of its rollout stages' environments that exists, as the engine picks
+    it (``controller.engine.training.pipeline_environment``). An environment
+    with errors is reported at its stage already.
+    """
+    stage = next((r.name for r in references if r.target == "Environment" and r.name in environments), None)
+    what = "models' images are built" if field == "dockerfile" else "steps run as pods"
+    if stage is None:
+        return (
+            f"acts only where the pipeline runs in a cluster environment ({what} there), and no stage has one"
+        )
+    environment = environments[stage].document
+    if not isinstance(environment, Environment) or environment.home == "cluster":
+        return ""
+    instead = (
+        "steps run in a virtualenv made from the requirements"
+        if field == "dockerfile"
+        else "steps run as local processes, without resource requests or limits"
+    )
+    return (
+        f"acts only where the pipeline runs in a cluster environment ({what} there); this model trains in "
+        f"'{stage}', on the embedded home, where {instead}; remove it"
+    )
 
 
 def summary(catalog: Catalog) -> str:

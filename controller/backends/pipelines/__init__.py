@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from controller.backends.python_env import PythonEnvironment
-from controller.specs.types import Model
+from controller.specs.types import Environment, Model
 
 __all__ = [
     "EventKind",
@@ -90,6 +90,8 @@ class RunRequest:
     environment_hash: str | None = None
     max_parallel: int = 2
     on_event: Callable[[StepEvent], None] = ignore_event
+    environment: Environment | None = None  # where the run trains (a cluster home's runner needs it)
+    cache_key: str | None = None  # the run's cache key, for the labels a cluster home puts on it
 
 
 @dataclass(frozen=True)

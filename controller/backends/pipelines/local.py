@@ -52,7 +52,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import queue
 import re
@@ -67,7 +66,6 @@ import traceback
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
-from typing import Any
 
 from controller.backends.local.processes import INSTANCE_ENV, ProcessError, scrubbed_environment, uses_shell
 from controller.backends.local.venvs import VenvBuildError, VenvCache, model_environment
@@ -80,6 +78,7 @@ from controller.backends.pipelines import (
     StepResult,
     StepStatus,
 )
+from controller.backends.pipelines.contract import log_tail, read_metrics
 from controller.backends.pipelines.orphans import StepRecords
 from controller.specs.types import Step
 
@@ -87,8 +86,6 @@ __all__ = ["LocalRunHandle", "LocalRunner", "step_may_see"]
 
 log = logging.getLogger(__name__)
 
-LOG_TAIL_LINES = 50
-_TAIL_BYTES = 64 * 1024
 _DROPPED_ENV = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "__PYVENV_LAUNCHER__")
 
 
@@ -378,7 +375,7 @@ class LocalRunHandle:
                     attempts=number,
                     log_path=log_path,
                     duration_seconds=time.monotonic() - state.first_started,
-                    log_tail=_log_tail(log_path),
+                    log_tail=log_tail(log_path),
                     message=message,
                 )
                 self._emit(step.name, "finished", number, 0.0, "error", message)
@@ -441,7 +438,7 @@ class LocalRunHandle:
             status, message = "failed", f"exited with code {code}"
         else:
             try:
-                metrics = _read_metrics(attempt.metrics_path)
+                metrics = read_metrics(attempt.metrics_path)
                 status, message = "succeeded", ""
             except ValueError as exc:
                 status, message = "failed", f"invalid metrics in FLYWHEEL_METRICS: {exc}"
@@ -461,7 +458,7 @@ class LocalRunHandle:
             attempts=attempt.number,
             duration_seconds=time.monotonic() - state.first_started,
             log_path=log_path,
-            log_tail="" if status == "succeeded" else _log_tail(log_path),
+            log_tail="" if status == "succeeded" else log_tail(log_path),
             message=message,
         )
         self._emit(step.name, "finished", attempt.number, duration, status, message)
@@ -553,40 +550,3 @@ def _safe_name(name: str) -> str:
 def _kill_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)  # the step is its session's and group's leader: pgid == pid
-
-
-def _read_metrics(path: Path) -> dict[str, float]:
-    """The metrics a step wrote: absent or empty means none; anything else must be ``{name: number}``."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return {}
-    if not text.strip():
-        return {}
-    try:
-        data: Any = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f'expected a JSON object {{"name": number}}, got {type(data).__name__}')
-    bad = {
-        k: v
-        for k, v in data.items()
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
-    }
-    if bad:
-        shown = ", ".join(f"{k}={v!r}" for k, v in list(bad.items())[:5])
-        raise ValueError(f"metric values must be finite numbers: {shown}")
-    return {str(k): float(v) for k, v in data.items()}
-
-
-def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - _TAIL_BYTES))
-            data = handle.read()
-    except OSError:
-        return ""
-    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])

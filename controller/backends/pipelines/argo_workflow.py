@@ -1,0 +1,271 @@
+"""One run as one Argo Workflow (``argoproj.io/v1alpha1``), rendered as plain data; pure.
+
+:func:`render_workflow` is what the argo runner (:mod:`.argo`) submits and
+``flywheel manifests`` writes. The Workflow is a DAG with one task per step
+(``depends`` from ``needs``); each step's template runs the step's ``run``
+command in the model's image, in :data:`SOURCE_DIR` (where the image holds the
+model's code), with ``retryStrategy`` from its retries,
+``activeDeadlineSeconds`` from its timeout (per attempt, as on one machine)
+and its resources. The step contract is the embedded home's:
+
+* ``FLYWHEEL_PARAMS``: the params, a raw input artifact at :data:`PARAMS_PATH`;
+* ``FLYWHEEL_DATA_<NAME>``: a data input inside the model's code at its path
+  in the image, any other by its URI;
+* ``FLYWHEEL_WORKDIR`` and ``FLYWHEEL_MODEL_DIR``: ``/flywheel/work`` and
+  ``/flywheel/model``, on the artifacts PersistentVolumeClaim (its
+  ``runs/<workflow>/work`` and ``…/model``, mounted there), shared by the
+  steps; with an S3 bucket the model directory is an input and output
+  artifact of every step (key ``<prefix>/<workflow>/model``), and the work
+  directory is the pod's own;
+* ``FLYWHEEL_METRICS``: a file returned as the output parameter ``metrics``
+  (``{}`` when the step wrote none), which the runner merges.
+
+The name is derived from the run id (:func:`workflow_name`), so a second
+submission of the same run is refused by the server instead of running twice;
+the labels name the model, the run and the cache key (:data:`LABEL_RUN` finds
+a run's Workflow again after a restart).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller.backends.local.processes import uses_shell
+from controller.specs.types import Environment, Model, PvcArtifacts, S3Artifacts, Step
+
+__all__ = [
+    "LABEL_CACHE_KEY",
+    "LABEL_MODEL",
+    "LABEL_RUN",
+    "METRICS_PATH",
+    "PARAMS_PATH",
+    "SOURCE_DIR",
+    "WorkflowInputs",
+    "label_value",
+    "render_workflow",
+    "task_name",
+    "workflow_name",
+]
+
+API_VERSION = "argoproj.io/v1alpha1"
+SOURCE_DIR = "/flywheel/src"  # where the model's image holds its code
+PARAMS_PATH = "/flywheel/params.json"
+METRICS_PATH = "/flywheel/metrics.json"
+POD_WORKDIR = "/flywheel/work"
+POD_MODEL_DIR = "/flywheel/model"
+LABEL_MODEL = "flywheel.dev/model"
+LABEL_RUN = "flywheel.dev/run"
+LABEL_CACHE_KEY = "flywheel.dev/cache-key"
+ANNOTATION_CACHE_KEY = "flywheel.dev/cache-key"
+POD_NAME_FORMAT = "workflows.argoproj.io/pod-name-format"
+DEFAULT_NAMESPACE = "default"
+SUCCESS_TTL_SECONDS = 24 * 3600
+FAILURE_TTL_SECONDS = 7 * 24 * 3600
+_VOLUME = "flywheel-artifacts"
+_NAME_CHARS = re.compile(r"[^a-z0-9-]+")
+
+
+def workflow_name(run_id: str) -> str:
+    """The Workflow's name for run ``run_id``: the same every time, a valid Kubernetes name."""
+    cleaned = _NAME_CHARS.sub("-", run_id.lower()).strip("-")
+    name = f"flywheel-run-{cleaned}" if cleaned else "flywheel-run"
+    if len(name) > 63 or cleaned != run_id:  # keep distinct ids distinct
+        suffix = hashlib.sha256(run_id.encode()).hexdigest()[:8]
+        name = f"{name[:54].rstrip('-')}-{suffix}"
+    return name
+
+
+def task_name(step: str) -> str:
+    """The DAG task (and template) name of a step: Argo's names allow no '_' or '.'."""
+    cleaned = re.sub(r"[^a-zA-Z0-9-]+", "-", step).strip("-") or "step"
+    if cleaned != step:
+        cleaned = f"{cleaned[:40]}-{hashlib.sha256(step.encode()).hexdigest()[:6]}"
+    return cleaned
+
+
+def label_value(value: str) -> str:
+    """``value`` as a valid Kubernetes label value (at most 63 characters of ``[A-Za-z0-9_.-]``)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", value)[:63]
+    return cleaned.strip("-_.") or "none"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkflowInputs:
+    """What a Workflow is made of: the run, the model, its image and inputs, and where it runs.
+
+    ``source_dir`` is where the controller exported the model's code: a data
+    input under it is given to the steps at its place under :data:`SOURCE_DIR`.
+    """
+
+    run_id: str
+    model: Model
+    environment: Environment
+    image: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    data: Mapping[str, str] = field(default_factory=dict)
+    source_dir: Path | None = None
+    cache_key: str | None = None
+    max_parallel: int = 2
+
+    @property
+    def name(self) -> str:
+        return workflow_name(self.run_id)
+
+    @property
+    def namespace(self) -> str:
+        return self.environment.pipeline_namespace or DEFAULT_NAMESPACE
+
+
+def render_workflow(inputs: WorkflowInputs) -> dict[str, Any]:
+    """The Workflow of one run, as the JSON the Argo Server takes (``metadata``, ``spec``)."""
+    model, env = inputs.model, inputs.environment
+    name = inputs.name
+    labels = {LABEL_MODEL: model.name, LABEL_RUN: label_value(inputs.run_id)}
+    annotations = {POD_NAME_FORMAT: "v1"}  # pods named after their node id, which the runner asks logs of
+    if inputs.cache_key:
+        labels[LABEL_CACHE_KEY] = label_value(inputs.cache_key)
+        annotations[ANNOTATION_CACHE_KEY] = inputs.cache_key
+    spec: dict[str, Any] = {
+        "entrypoint": "pipeline",
+        "parallelism": max(1, inputs.max_parallel),
+        "podGC": {"strategy": "OnWorkflowSuccess"},
+        "ttlStrategy": {
+            "secondsAfterSuccess": SUCCESS_TTL_SECONDS,
+            "secondsAfterFailure": FAILURE_TTL_SECONDS,
+        },
+        "podMetadata": {"labels": dict(labels)},
+        "templates": [_dag(model), *(_template(step, inputs) for step in model.steps)],
+    }
+    if env.argo is not None and env.argo.service_account:
+        spec["serviceAccountName"] = env.argo.service_account
+    if isinstance(env.artifacts, PvcArtifacts):
+        spec["volumes"] = [
+            {"name": _VOLUME, "persistentVolumeClaim": {"claimName": env.artifacts.claim_name}}
+        ]
+    if env.images is not None and env.images.push_secret:
+        spec["imagePullSecrets"] = [{"name": env.images.push_secret}]
+    metadata: dict[str, Any] = {"name": name, "namespace": inputs.namespace, "labels": labels}
+    metadata["annotations"] = annotations
+    return {"apiVersion": API_VERSION, "kind": "Workflow", "metadata": metadata, "spec": spec}
+
+
+def _dag(model: Model) -> dict[str, Any]:
+    tasks = []
+    for step in model.steps:
+        task: dict[str, Any] = {"name": task_name(step.name), "template": task_name(step.name)}
+        if step.needs:
+            task["depends"] = " && ".join(task_name(need) for need in step.needs)
+        tasks.append(task)
+    return {"name": "pipeline", "dag": {"tasks": tasks}}
+
+
+def run_paths(inputs: WorkflowInputs) -> tuple[str, str]:
+    """(work directory, model directory) of a run on the artifacts claim, relative to the claim's root."""
+    return f"runs/{inputs.name}/work", f"runs/{inputs.name}/model"
+
+
+def _template(step: Step, inputs: WorkflowInputs) -> dict[str, Any]:
+    workdir, model_dir = POD_WORKDIR, POD_MODEL_DIR
+    contract = {
+        "FLYWHEEL_PARAMS": PARAMS_PATH,
+        "FLYWHEEL_WORKDIR": workdir,
+        "FLYWHEEL_MODEL_DIR": model_dir,
+        "FLYWHEEL_METRICS": METRICS_PATH,
+    }
+    for item in inputs.model.data:
+        contract[item.env_name] = _in_image(inputs.data.get(item.name, item.uri), inputs.source_dir)
+    env = {**dict(step.env), **contract}  # a step's own env first; the contract's variables win
+    container: dict[str, Any] = {
+        "image": inputs.image,
+        "command": ["/bin/sh", "-c", step.run] if uses_shell(step.run) else shlex.split(step.run),
+        "workingDir": SOURCE_DIR,
+        "env": [{"name": key, "value": value} for key, value in env.items()],
+    }
+    resources = _resources(step)
+    if resources:
+        container["resources"] = resources
+    artifacts = inputs.environment.artifacts
+    if isinstance(artifacts, PvcArtifacts):
+        # the claim's run directories, mounted where the steps see them (subPath creates them)
+        work_path, model_path = run_paths(inputs)
+        container["volumeMounts"] = [
+            {"name": _VOLUME, "mountPath": POD_WORKDIR, "subPath": work_path},
+            {"name": _VOLUME, "mountPath": POD_MODEL_DIR, "subPath": model_path},
+        ]
+    input_artifacts: list[dict[str, Any]] = [
+        {
+            "name": "params",
+            "path": PARAMS_PATH,
+            "raw": {"data": json.dumps(dict(inputs.params), sort_keys=True)},
+        }
+    ]
+    outputs: dict[str, Any] = {
+        "parameters": [{"name": "metrics", "valueFrom": {"path": METRICS_PATH, "default": "{}"}}]
+    }
+    if isinstance(artifacts, S3Artifacts):
+        location = _s3(artifacts, f"{inputs.name}/model")
+        input_artifacts.append({"name": "model", "path": model_dir, "optional": True, "s3": location})
+        outputs["artifacts"] = [
+            {"name": "model", "path": model_dir, "optional": True, "archive": {"none": {}}, "s3": location}
+        ]
+    template: dict[str, Any] = {
+        "name": task_name(step.name),
+        "inputs": {"artifacts": input_artifacts},
+        "outputs": outputs,
+        "container": container,
+        "activeDeadlineSeconds": str(
+            max(1, round(step.timeout_seconds))
+        ),  # IntOrString; the SDK types it str
+    }
+    if step.retries:
+        template["retryStrategy"] = {"limit": str(step.retries), "retryPolicy": "Always"}
+    return template
+
+
+def _resources(step: Step) -> dict[str, Any]:
+    wanted = step.resources
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if wanted.cpu:
+        requests["cpu"] = wanted.cpu
+    if wanted.memory:
+        requests["memory"] = limits["memory"] = wanted.memory
+    if wanted.gpu:
+        limits["nvidia.com/gpu"] = str(wanted.gpu)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _s3(artifacts: S3Artifacts, key: str) -> dict[str, Any]:
+    prefix = artifacts.prefix.strip("/")
+    location: dict[str, Any] = {"bucket": artifacts.bucket, "key": f"{prefix}/{key}" if prefix else key}
+    if artifacts.endpoint:
+        secure = artifacts.endpoint.startswith("https://")
+        location["endpoint"] = artifacts.endpoint.split("://", 1)[1].rstrip("/")
+        location["insecure"] = not secure
+    if artifacts.secret:
+        location["accessKeySecret"] = {"name": artifacts.secret, "key": "accessKey"}
+        location["secretKeySecret"] = {"name": artifacts.secret, "key": "secretKey"}
+    return location
+
+
+def _in_image(value: str, source_dir: Path | None) -> str:
+    """A data input's path as the pod sees it: a path under the model's code moves to :data:`SOURCE_DIR`."""
+    if source_dir is None or not value.startswith("/"):
+        return value
+    try:
+        relative = Path(value).relative_to(source_dir)
+    except ValueError:
+        return value
+    return f"{SOURCE_DIR}/{relative.as_posix()}" if relative.parts else SOURCE_DIR

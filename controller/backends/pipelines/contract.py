@@ -1,0 +1,60 @@
+"""The step contract's pieces every home reads the same way: a step's metrics file and its log's tail.
+
+Both pipeline runners call these: :mod:`.local` on the files its
+subprocesses wrote, :mod:`.argo` on a Workflow's ``metrics`` output parameter
+and the pod logs it fetched. README's "step contract" is what they check.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LOG_TAIL_LINES", "log_tail", "read_metrics"]
+
+LOG_TAIL_LINES = 50
+_TAIL_BYTES = 64 * 1024
+
+
+def read_metrics(path: Path) -> dict[str, float]:
+    """The metrics a step wrote: absent or empty means none; anything else must be ``{name: number}``.
+
+    Raises ``ValueError`` saying what is wrong with the file.
+    """
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    if not text.strip():
+        return {}
+    try:
+        data: Any = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f'expected a JSON object {{"name": number}}, got {type(data).__name__}')
+    bad = {
+        k: v
+        for k, v in data.items()
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
+    }
+    if bad:
+        shown = ", ".join(f"{k}={v!r}" for k, v in list(bad.items())[:5])
+        raise ValueError(f"metric values must be finite numbers: {shown}")
+    return {str(k): float(v) for k, v in data.items()}
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of the log at ``path`` (read from its last 64 KiB); empty when unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - _TAIL_BYTES))
+            data = handle.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
