@@ -341,8 +341,8 @@ def _refuse_argo_without_images(catalog: Catalog, store: SqlStore) -> None:
     if argo:
         store.close()
         raise SettingsError(
-            f"{argo[0].spec_path}: environment {argo[0].name!r} runs pipelines on Argo, but no image "
-            "builder configured: the argo runner needs one to build the models' images"
+            f"{argo[0].spec_path}: environment {argo[0].name!r} runs pipelines on Argo, which flywheel run "
+            "does not support yet (it builds no images for the steps to run in); use pipeline.runner: local"
         )
 
 

@@ -178,7 +178,7 @@ def test_flywheel_runs_modules_import_nothing_of_the_webhook_service() -> None:
     assert done.stdout.strip() == "[]"
 
 
-def test_an_argo_environment_needs_an_image_builder(repo: Path, tmp_path: Path) -> None:
+def test_an_argo_environment_is_refused_in_one_line_without_images(repo: Path, tmp_path: Path) -> None:
     git = GitRepo(repo)
     git.write("environments/staging.yaml", CLUSTER_STAGING)
     git.commit("Train on Argo")
@@ -186,8 +186,8 @@ def test_an_argo_environment_needs_an_image_builder(repo: Path, tmp_path: Path) 
     with pytest.raises(SettingsError) as refused:
         build_controller(settings, serving=FakeServing())
     assert str(refused.value) == (
-        "environments/staging.yaml: environment 'staging' runs pipelines on Argo, but no image builder "
-        "configured: the argo runner needs one to build the models' images"
+        "environments/staging.yaml: environment 'staging' runs pipelines on Argo, which flywheel run "
+        "does not support yet (it builds no images for the steps to run in); use pipeline.runner: local"
     )
     controller = build_controller(
         Settings(controller=ControllerSettings(repo=str(repo), state_dir=tmp_path / "b")),
