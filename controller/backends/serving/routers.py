@@ -52,7 +52,7 @@ from controller.backends.local.processes import (
     process_start_time,
     scrubbed_environment,
 )
-from controller.backends.serving import ServingError
+from controller.backends.serving import ServedVersion, ServingError
 from controller.backends.serving.router import TOKEN_ENV, load_routes
 from controller.backends.serving.server import (
     PortHolder,
@@ -69,6 +69,7 @@ from controller.backends.serving.server import (
     superseding,
 )
 from controller.clock import Clock
+from controller.drift import PROFILE_FILE
 from controller.specs.types import Environment
 
 __all__ = ["Routers"]
@@ -269,6 +270,13 @@ class Routers:
             self._admin(router, "PUT", f"/-/routes/{model}", body)
         else:
             self._admin(router, "DELETE", f"/-/routes/{model}")
+
+    def watch_drift(self, router: ProcessRecord, version: ServedVersion) -> None:
+        """Have the router watch ``version`` for drift, when its artifact carries a reference profile."""
+        profile = Path(version.artifact_uri) / PROFILE_FILE
+        if profile.is_file():
+            body = {"profile": str(profile.resolve()), "settings": version.serving.drift.to_json()}
+            self._admin(router, "PUT", f"/-/drift/{version.model}/{version.version}", body)
 
     def _admin(self, router: ProcessRecord, method: str, path: str, body: Any = None) -> Any:
         connection = http.client.HTTPConnection("127.0.0.1", router.port, timeout=10)
