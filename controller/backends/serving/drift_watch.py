@@ -12,16 +12,18 @@ request's and the answer's Open Inference Protocol bodies to
 tensors side by side, in request order: the serving order of the
 reference), the first output gives the predictions. :meth:`DriftWatch.collect`
 exports the statistics as Prometheus gauges at the router's ``/metrics``, and
-:meth:`DriftWatch.to_json` answers ``GET /-/drift`` (what ``flywheel drift``
-prints).
+:meth:`DriftWatch.to_json` answers ``GET /-/drift``, which :func:`fetch_drift`
+reads for ``flywheel drift``.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import math
 import os
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,10 +31,11 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from controller.backends.serving import ServingError
 from controller.drift import ProfileError, VersionMonitor, read_profile
 from controller.specs.types import DriftMonitoring
 
-__all__ = ["DriftWatch", "instance_rows"]
+__all__ = ["DriftWatch", "fetch_drift", "instance_rows"]
 
 log = logging.getLogger(__name__)
 _LABELS = ["environment", "model", "version", "feature"]
@@ -207,3 +210,25 @@ def _load(state_file: Path) -> dict[tuple[str, str], dict[str, Any]]:
         model, _, version = str(key).partition("/")
         result[(model, version)] = entry
     return result
+
+
+def fetch_drift(endpoint: str, model: str, *, timeout: float = 10.0) -> dict[str, Any]:
+    """The drift table the router at ``endpoint`` reports for ``model`` (``GET /-/drift``)."""
+    parsed = urllib.parse.urlsplit(endpoint)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    path = "/-/drift?" + urllib.parse.urlencode({"model": model})
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        text = response.read().decode("utf-8", "replace")
+    except (OSError, http.client.HTTPException) as exc:
+        raise ServingError(f"the router at {endpoint} did not answer GET /-/drift: {exc}") from exc
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise ServingError(f"the router at {endpoint} refused GET /-/drift ({response.status}): {text[:200]}")
+    document = json.loads(text)
+    if not isinstance(document, dict):
+        raise ServingError(f"the router at {endpoint} answered GET /-/drift with {text[:200]}")
+    return document
