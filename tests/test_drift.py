@@ -59,7 +59,9 @@ def _reference(tmp_path: Path, rows: int = 3000, seed: int = 0) -> Profile:
     return build_profile(path)
 
 
-def _live(rows: int, seed: int, *, shift: float = 0.0, colours: tuple[float, ...] = (0.5, 0.3, 0.2)) -> list[list]:
+def _live(
+    rows: int, seed: int, *, shift: float = 0.0, colours: tuple[float, ...] = (0.5, 0.3, 0.2)
+) -> list[list]:
     rng = np.random.default_rng(seed)
     values = rng.normal(size=(rows, 2))
     values[:, 1] += shift
@@ -74,11 +76,16 @@ def _columns(rows: list[list]) -> dict[str, list]:
 # ------------------------------------------------------------------ the helper
 
 
-def test_the_helper_writes_a_csv_with_the_predictions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_helper_writes_a_csv_with_the_predictions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FLYWHEEL_REFERENCE_DATA", str(tmp_path / "ref"))
-    path = flywheel_reference.write(np.array([[1.5, 2.0], [3.0, 4.5]]), ["a", "b"], predictions=np.array([0, 1]))
+    rows = np.array([[1.5, 2.0], [3.0, 4.5]])
+    path = flywheel_reference.write(rows, ["a", "b"], predictions=np.array([0, 1]))
     assert path == tmp_path / "ref"
-    assert list(csv.reader(path.read_text().splitlines())) == [["a", "b", PREDICTION], ["1.5", "2.0", "0"], ["3.0", "4.5", "1"]]
+    assert list(csv.reader(path.read_text().splitlines())) == [
+        ["a", "b", PREDICTION], ["1.5", "2.0", "0"], ["3.0", "4.5", "1"]
+    ]
     with pytest.raises(ValueError, match="row 1 has 1 values; columns name 2"):
         flywheel_reference.write([[1, 2], [3]], ["a", "b"])
 
@@ -105,7 +112,8 @@ def test_csv_and_json_lines_give_the_same_profile_and_the_same_bytes(tmp_path: P
     csv_rows = list(csv.DictReader((tmp_path / "ref.csv").read_text().splitlines()))
     with (tmp_path / "ref.jsonl").open("w") as out:
         for row in csv_rows:
-            out.write(json.dumps({"x": float(row["x"]), "y": float(row["y"]), "colour": row["colour"]}) + "\n")
+            record = {"x": float(row["x"]), "y": float(row["y"]), "colour": row["colour"]}
+            out.write(json.dumps(record) + "\n")
     again = build_profile(tmp_path / "ref.jsonl")
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()

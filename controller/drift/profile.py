@@ -125,7 +125,7 @@ def category(value: Any) -> str:
 
 
 def read_reference_rows(path: Path) -> tuple[list[str], list[list[Any]]]:
-    """The columns and rows of a reference file: CSV with a header, or JSON lines of objects."""
+    """The columns and rows of a reference file: CSV with a header (values as text), or JSON lines."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -143,7 +143,7 @@ def read_reference_rows(path: Path) -> tuple[list[str], list[list[Any]]]:
             continue
         if len(row) != len(columns):
             raise ProfileError(f"{path}:{number}: {len(row)} values, the header names {len(columns)}")
-        rows.append([_number_or_text(v) for v in row])
+        rows.append(row)
     return columns, rows
 
 
@@ -201,31 +201,28 @@ def _json_lines(path: Path, text: str) -> tuple[list[str], list[list[Any]]]:
     return columns, [[record.get(c) for c in columns] for record in records]
 
 
-def _number_or_text(value: str) -> Any:
+def _as_numbers(values: list[Any]) -> npt.NDArray[np.float64] | None:
+    """The values as floats when every one is a number (or a number's text, from CSV); None if not."""
+    if any(isinstance(v, bool) or not isinstance(v, int | float | str) for v in values):
+        return None
     try:
-        return int(value)
+        return np.asarray(values, dtype=np.float64)
     except ValueError:
-        pass
-    try:
-        return float(value)
-    except ValueError:
-        return value
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+        return None
 
 
 def _profile_column(name: str, values: list[Any]) -> Feature:
     present = [v for v in values if v is not None and v != ""]
-    numeric = all(_is_number(v) for v in present)
-    integral = numeric and all(float(v).is_integer() for v in present)
-    if numeric and not (integral and len(set(present)) <= _MAX_INTEGER_CATEGORIES):
-        array = np.asarray(present, dtype=np.float64)
-        array = array[np.isfinite(array)]
-        if array.size == 0:
-            raise ProfileError(f"column {name}: no finite values")
-        return _numeric(name, array)
+    numbers = _as_numbers(present)
+    if numbers is not None:
+        distinct = np.unique(numbers)
+        integral = bool(np.all(np.isfinite(distinct)) and np.all(distinct == np.round(distinct)))
+        if not (integral and distinct.size <= _MAX_INTEGER_CATEGORIES):
+            finite = numbers[np.isfinite(numbers)]
+            if finite.size == 0:
+                raise ProfileError(f"column {name}: no finite values")
+            return _numeric(name, finite)
+        present = numbers.tolist()
     counts: dict[str, int] = {}
     for value in present:
         key = category(value)
