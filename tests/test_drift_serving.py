@@ -13,8 +13,8 @@ stub OIP server that predicts ``1`` when a row's first value is positive:
   p-values far above their threshold;
 * too little traffic is ``not enough data`` (the drifted gauge is NaN), never
   "no drift";
-* a version without a reference profile is not watched, and ``flywheel drift``
-  says so.
+* a version without a reference profile, or with one the router cannot
+  read, is served unwatched (the deploy goes on), and ``flywheel drift`` says so.
 
 Fixed seeds; the assertions keep wide margins from the thresholds.
 """
@@ -190,3 +190,15 @@ def test_a_version_without_a_reference_is_not_watched(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["drift", "other", "--state-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert "other is not served anywhere" in result.output
+
+
+def test_a_profile_the_router_cannot_read_leaves_the_version_served_unwatched(tmp_path: Path) -> None:
+    backend = LocalServing(tmp_path / "serving", ready_timeout_seconds=20, clock=SYSTEM_CLOCK)
+    try:
+        version = _version(tmp_path, "v1", reference=False)
+        (Path(version.artifact_uri) / "flywheel-reference-profile.json").write_text("{not json")
+        backend.deploy(environment=ENV, version=version)
+        backend.set_weights(environment=ENV, model="m", weights={"v1": 100})
+        assert "has no version watched for drift" in _drift_cli(tmp_path)
+    finally:
+        backend.shutdown()
