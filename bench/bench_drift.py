@@ -1,6 +1,7 @@
 """Drift of 100,000 live rows x 20 features against a reference: Flywheel beside Evidently's preset.
 
 Usage: python bench/bench_drift.py [--rows N] [--features F] [--repeat R] [--no-evidently]
+                                   [--evidently-venv DIR]
 
 Generates one reference table and one live table (N rows each, default
 100,000; F features, default 20, of which a fifth are categorical; a quarter
@@ -11,7 +12,8 @@ router does; building the profile, done once per trained version, is timed
 apart). Evidently's figure is ``Report([DataDriftPreset()])`` run on the same
 data as pandas DataFrames, in a virtualenv of its own that this script
 creates under the temporary directory with ``python -m venv`` and ``pip``
-(Evidently is never installed in Flywheel's environment); when it cannot be
+(Evidently is never installed in Flywheel's environment; ``--evidently-venv DIR``
+keeps that virtualenv in DIR and reuses it on the next run); when it cannot be
 installed the script says why and prints Flywheel's figure alone. Each figure
 is the median of R runs (default 3), in wall-clock and CPU seconds. Goal:
 Flywheel at least 10x faster. Not run in CI.
@@ -132,16 +134,22 @@ def time_flywheel(directory: Path, meta: dict[str, list[str]], repeat: int) -> t
     return figures, drifted
 
 
-def time_evidently(directory: Path, repeat: int) -> dict[str, object]:
-    venv = directory / "evidently-venv"
+def time_evidently(directory: Path, repeat: int, venv: Path) -> dict[str, object]:
     python = venv / "bin" / "python"
-    print(f"installing Evidently into {venv} (python -m venv, pip) ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    install = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "evidently", "pandas"],
-        capture_output=True, text=True,
-    )
-    if install.returncode != 0:
+    has_it = python.exists() and subprocess.run(
+        [str(python), "-c", "import evidently, pandas"], capture_output=True
+    ).returncode == 0
+    if has_it:
+        print(f"Evidently from {venv}", flush=True)
+    else:
+        print(f"installing Evidently into {venv} (python -m venv, pip) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        install = subprocess.run(
+            # Evidently 0.7 imports a helper that pandas 3 removed.
+            [str(python), "-m", "pip", "install", "-q", "evidently", "pandas<3"],
+            capture_output=True, text=True,
+        )
+    if not has_it and install.returncode != 0:
         why = (install.stderr.strip().splitlines() or ["?"])[-1]
         raise RuntimeError(f"pip could not install Evidently: {why}")
     script = directory / "evidently_bench.py"
@@ -162,6 +170,8 @@ def main() -> int:
     parser.add_argument("--features", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-evidently", action="store_true", help="Flywheel's figure only")
+    parser.add_argument("--evidently-venv", type=Path, default=None,
+                        help="Evidently's virtualenv: created here if missing, reused if present")
     args = parser.parse_args()
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory(prefix="flywheel-bench-drift-") as tmp:
@@ -176,7 +186,8 @@ def main() -> int:
         if args.no_evidently:
             return 0
         try:
-            evidently = time_evidently(directory, args.repeat)
+            venv = args.evidently_venv or directory / "evidently-venv"
+            evidently = time_evidently(directory, args.repeat, venv.absolute())
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             print(f"evidently: not measured: {exc}")
             return 0
