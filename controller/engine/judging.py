@@ -17,7 +17,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol, Unpack
@@ -27,6 +27,7 @@ from controller.backends.pipelines import RunResult
 from controller.backends.store import AuditEntry, ModelVersion, NewAuditEntry, NewRun, Run, RunChanges
 from controller.backends.store import StepResult as StoredStep
 from controller.clock import Clock
+from controller.drift.profile import ProfileError, build_profile, write_profile
 from controller.engine.gates import GateResult, evaluate_gates, failed_gates
 from controller.engine.plan import ReportSpecErrors, ReuseRun
 from controller.engine.report import ReviewReport, StepLine, render_report
@@ -144,6 +145,8 @@ class Judge:
             for step in result.steps
         }
         model_dir = result.model_dir
+        if model_dir is not None and result.reference_data is not None and result.status == "succeeded":
+            result = _with_reference_profile(result, model_dir, result.reference_data)
         digest = _digest_dir(model_dir) if model_dir is not None and result.status == "succeeded" else None
         return self.store.update_run(
             run_id,
@@ -402,6 +405,19 @@ def _error_words(run: Run, result: RunResult | None) -> str:
 
 def _label(version: int | None) -> str:
     return f"v{version}" if version is not None else "nothing"
+
+
+def _with_reference_profile(result: RunResult, model_dir: Path, reference: Path) -> RunResult:
+    """Profile the train step's reference data into the artifact (so its digest covers the profile).
+
+    Reference data that cannot be profiled fails the run, saying why: a
+    version without its reference would serve unwatched.
+    """
+    try:
+        write_profile(build_profile(reference), model_dir)
+    except ProfileError as exc:
+        return replace(result, status="failed", error=f"FLYWHEEL_REFERENCE_DATA: {exc}")
+    return result
 
 
 def _digest_dir(path: Path) -> str | None:

@@ -17,6 +17,7 @@ from controller.specs.durations import parse_duration
 from controller.specs.loader import DocPath
 from controller.specs.schema import Problem
 from controller.specs.types import (
+    DriftMonitoring,
     Analysis,
     AnalysisCheck,
     ApprovalRule,
@@ -132,6 +133,7 @@ def build_model(doc: dict[str, Any], spec_path: str) -> tuple[Model, list[Proble
             runtime=serving_doc.get("runtime", "sklearn"),
             command=serving_doc.get("command"),
             sample_inputs=tuple([tuple(row) for row in serving_doc.get("sampleInputs", ())]),
+            drift=_drift_monitoring(serving_doc.get("drift", {})),
         ),
         rollout=_rollout(spec.get("rollout", {})),
         triggers=Triggers(
@@ -317,3 +319,18 @@ def _artifacts(doc: dict[str, Any] | None) -> ArtifactsSpec | None:
         )
     pvc = doc["pvc"]
     return PvcArtifacts(claim_name=pvc["claimName"], mount_path=pvc.get("mountPath", "/artifacts"))
+
+
+def _drift_monitoring(doc: dict[str, Any]) -> DriftMonitoring:
+    psi = doc.get("psi", {})
+    defaults = DriftMonitoring()
+    return DriftMonitoring(
+        psi_warn=float(psi.get("warn", defaults.psi_warn)),
+        psi_alert=float(psi.get("alert", defaults.psi_alert)),
+        p_value=float(doc.get("pValue", defaults.p_value)),
+        min_samples=int(doc.get("minSamples", defaults.min_samples)),
+        window_seconds=parse_duration(doc["window"]) if "window" in doc else defaults.window_seconds,
+        sustained_windows=int(doc.get("sustainedWindows", defaults.sustained_windows)),
+        sample_size=int(doc.get("sampleSize", defaults.sample_size)),
+        features=tuple(doc.get("features", ())),
+    )

@@ -85,6 +85,13 @@ def _check_model(spec: dict[str, Any]) -> list[Problem]:
     if drift is not None:
         need_metric(drift["metric"], ("spec", "triggers", "drift", "metric"))
 
+    psi = spec.get("serving", {}).get("drift", {}).get("psi", {})
+    if psi.get("warn", 0.1) >= psi.get("alert", 0.25):
+        problems.append(Problem(
+            ("spec", "serving", "drift", "psi"),
+            f"warn ({psi.get('warn', 0.1)}) must be below alert ({psi.get('alert', 0.25)})",
+        ))
+
     rollout = spec.get("rollout", {})
     problems += _duplicates(rollout.get("stages", []), "environment", ("spec", "rollout", "stages"), "stage")
     checks = rollout.get("analysis", {}).get("checks", [])

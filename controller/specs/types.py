@@ -121,10 +121,56 @@ class Gate:
 
 
 @dataclass(frozen=True)
+class DriftMonitoring:
+    """``serving.drift``: how a served version's live inputs are compared with its training data.
+
+    Every served version that has a reference profile is watched; these are
+    the thresholds (defaults: the usual PSI bands 0.1/0.25, a family-wise
+    p-value of 0.05 split over the features).
+    """
+
+    psi_warn: float = 0.1
+    psi_alert: float = 0.25
+    p_value: float = 0.05  # for all features together; each is tested at p_value / number of features
+    min_samples: int = 500  # fewer live rows in a window: not enough data
+    window_seconds: float = 3600.0
+    sustained_windows: int = 3
+    sample_size: int = 5000  # live rows kept per window (reservoir)
+    features: tuple[str, ...] = ()  # empty: every feature of the reference
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "psi": {"warn": self.psi_warn, "alert": self.psi_alert},
+            "pValue": self.p_value,
+            "minSamples": self.min_samples,
+            "windowSeconds": self.window_seconds,
+            "sustainedWindows": self.sustained_windows,
+            "sampleSize": self.sample_size,
+            "features": list(self.features),
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> DriftMonitoring:
+        """The inverse of :meth:`to_json` (``windowSeconds``, not the spec's ``window`` duration)."""
+        psi = doc.get("psi", {})
+        return cls(
+            psi_warn=float(psi.get("warn", cls.psi_warn)),
+            psi_alert=float(psi.get("alert", cls.psi_alert)),
+            p_value=float(doc.get("pValue", cls.p_value)),
+            min_samples=int(doc.get("minSamples", cls.min_samples)),
+            window_seconds=float(doc.get("windowSeconds", cls.window_seconds)),
+            sustained_windows=int(doc.get("sustainedWindows", cls.sustained_windows)),
+            sample_size=int(doc.get("sampleSize", cls.sample_size)),
+            features=tuple(doc.get("features", ())),
+        )
+
+
+@dataclass(frozen=True)
 class Serving:
     runtime: str = "sklearn"  # sklearn | xgboost | custom
     command: str | None = None  # custom server command honouring the serving contract
     sample_inputs: tuple[tuple[Any, ...], ...] = ()
+    drift: DriftMonitoring = field(default_factory=DriftMonitoring)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ import json
 import os
 from pathlib import Path
 
+FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]  # in serving order
+
 
 def params() -> dict:
     return json.loads(Path(os.environ["FLYWHEEL_PARAMS"]).read_text())

@@ -113,6 +113,7 @@ class RunResult:
     steps: tuple[StepResult, ...] = ()
     metrics: Mapping[str, float] = field(default_factory=dict)  # merged across steps
     model_dir: Path | None = None
+    reference_data: Path | None = None  # the sample the train step wrote to FLYWHEEL_REFERENCE_DATA
     environment_hash: str | None = None
     image: str | None = None  # reference@digest of the image the steps ran in (cluster home)
     error: str = ""  # set when status is not "succeeded"

@@ -17,10 +17,10 @@ Each step, per the step contract (README.md):
   started again after the controller was killed first ends the steps the
   killed one left running, and never runs a step twice at once;
 * gets ``FLYWHEEL_PARAMS``, ``FLYWHEEL_DATA_<NAME>``, ``FLYWHEEL_WORKDIR``,
-  ``FLYWHEEL_MODEL_DIR``, ``FLYWHEEL_METRICS`` and, when there is a baseline,
+  ``FLYWHEEL_MODEL_DIR``, ``FLYWHEEL_METRICS``, ``FLYWHEEL_REFERENCE_DATA`` and, when there is a baseline,
   ``FLYWHEEL_BASELINE_MODEL_DIR``, with the virtualenv's ``bin`` first on
-  ``PATH``, ``VIRTUAL_ENV`` and ``PYTHONUNBUFFERED=1`` set (``PYTHONPATH``/``PYTHONHOME``
-  are dropped); a step's own ``env`` is applied under these;
+  ``PATH``, ``VIRTUAL_ENV`` and ``PYTHONUNBUFFERED=1`` set (``PYTHONHOME`` is dropped, ``PYTHONPATH``
+  holds only :mod:`controller.steplib`); a step's own ``env`` is applied under these;
 * writes stdout and stderr straight into ``<run_dir>/logs/<step>.log`` (the
   runner never holds a log in memory; a failed step's result carries the
   last 50 lines);
@@ -44,7 +44,8 @@ for good no new step starts; running ones finish; the steps that were never
 started are ``skipped``.
 
 Layout of ``run_dir``: ``params.json``, ``work/`` (FLYWHEEL_WORKDIR),
-``model/`` (FLYWHEEL_MODEL_DIR), ``logs/``, ``metrics/``, ``metrics.json``.
+``model/`` (FLYWHEEL_MODEL_DIR), ``reference-data`` (FLYWHEEL_REFERENCE_DATA), ``logs/``, ``metrics/``,
+``metrics.json``.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
+from controller import steplib
 from controller.backends.local.processes import INSTANCE_ENV, ProcessError, scrubbed_environment, uses_shell
 from controller.backends.local.venvs import VenvBuildError, VenvCache, model_environment
 from controller.backends.pipelines import (
@@ -86,6 +88,7 @@ __all__ = ["LocalRunHandle", "LocalRunner", "step_may_see"]
 
 log = logging.getLogger(__name__)
 
+REFERENCE = "reference-data"  # in run_dir: FLYWHEEL_REFERENCE_DATA
 _DROPPED_ENV = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "__PYVENV_LAUNCHER__")
 
 
@@ -228,6 +231,8 @@ class LocalRunHandle:
         env["FLYWHEEL_PARAMS"] = str(params_path)
         env["FLYWHEEL_WORKDIR"] = str(self._workdir)
         env["FLYWHEEL_MODEL_DIR"] = str(self._model_dir)
+        env["FLYWHEEL_REFERENCE_DATA"] = str(request.run_dir / REFERENCE)
+        env["PYTHONPATH"] = str(Path(steplib.__file__).parent)  # flywheel_reference, stdlib only
         if request.baseline_model_dir is not None:
             env["FLYWHEEL_BASELINE_MODEL_DIR"] = str(request.baseline_model_dir)
         self._env = env
@@ -488,6 +493,7 @@ class LocalRunHandle:
             steps=tuple(results),
             metrics=merged,
             model_dir=self._model_dir if self._model_dir.is_dir() else None,
+            reference_data=reference if (reference := self.request.run_dir / REFERENCE).is_file() else None,
             environment_hash=self._environment_hash,
             error=error,
             duration_seconds=time.monotonic() - started,

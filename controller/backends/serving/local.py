@@ -127,7 +127,7 @@ class LocalServing:
     def deploy(self, *, environment: Environment, version: ServedVersion) -> None:
         _check_names(environment.name, version.model, version.version)
         with self._lock(environment.name, version.model, version.version):
-            self._ensure_router(environment)
+            self._routers.watch_drift(self._ensure_router(environment), version)
             server_dir = self._server_dir(environment.name, version.model, version.version)
             record = self._record(server_dir)
             if record is not None and is_alive(record.pid, record.process_start):

@@ -26,6 +26,11 @@ and talks to it over HTTP. It
   answer of the server (MLServer answers 4xx/5xx when the model raises on an
   input, and the canary analysis must see that), a refused or broken
   connection (answered 502) and a timeout (504);
+* samples the inputs and predictions of each answered inference request of a
+  version it watches for drift (``PUT /-/drift/{model}/{version}`` with the
+  version's reference profile and settings; see :mod:`.drift_watch`), exports
+  each feature's drift as ``flywheel_drift_*`` gauges on ``/metrics`` and
+  answers ``GET /-/drift`` (``?model=`` for one) with the drift table;
 * takes its routes from the controller at ``PUT /-/routes/{model}`` with
   ``{"versions": {"v1": {"url": "http://127.0.0.1:PORT", "weight": 80}, ...}}``
   (``DELETE`` removes the model, ``GET /-/routes`` lists all), and writes them
@@ -58,6 +63,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from controller.backends.serving import ServingError, check_weights
+from controller.backends.serving.drift_watch import DriftWatch
+from controller.clock import Clock, SystemClock
 
 __all__ = ["RouteTable", "Upstream", "load_routes", "main", "make_app", "save_routes"]
 
@@ -202,7 +209,9 @@ class _Metrics:
 
 
 class _Router:
-    def __init__(self, *, environment: str, state_file: Path, token: str | None, instance: str) -> None:
+    def __init__(
+        self, *, environment: str, state_file: Path, token: str | None, instance: str, clock: Clock
+    ) -> None:
         self.environment = environment
         self.state_file = state_file
         self.token = token
@@ -211,6 +220,10 @@ class _Router:
         for model, versions in load_routes(state_file).items():
             self.table.set(model, versions)
         self.stats = _Metrics(environment)
+        self.drift = DriftWatch(
+            environment=environment, state_file=state_file.with_name("drift.json"), now=clock.monotonic
+        )
+        self.stats.registry.register(self.drift)
         self.session: aiohttp.ClientSession | None = None
         self._admin_lock = asyncio.Lock()
 
@@ -253,8 +266,10 @@ class _Router:
         except (ValueError, ServingError) as exc:
             return _error(400, str(exc))
         async with self._admin_lock:
+            before = set(self.table.to_json().get(model, {}).get("versions", {}))
             self.table.set(model, versions)
             self._save()
+            self.drift.forget(model, before - set(versions))
         return web.json_response({"model": model, **self.table.to_json().get(model, {"versions": {}})})
 
     async def delete_route(self, request: web.Request) -> web.Response:
@@ -263,7 +278,23 @@ class _Router:
         async with self._admin_lock:
             self.table.remove(request.match_info["model"])
             self._save()
+            self.drift.forget(request.match_info["model"])
         return web.json_response({"model": request.match_info["model"], "versions": {}})
+
+    async def put_drift(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return _error(401, "missing or wrong admin token")
+        model, version = request.match_info["model"], request.match_info["version"]
+        try:
+            entry = await request.json()
+            async with self._admin_lock:
+                self.drift.watch(model, version, entry)
+        except ValueError as exc:
+            return _error(400, f"{model} {version}: {exc}")
+        return web.json_response({"model": model, "version": version, "watched": True})
+
+    async def get_drift(self, request: web.Request) -> web.Response:
+        return web.json_response(self.drift.to_json(request.query.get("model")))
 
     def _save(self) -> None:
         save_routes(self.state_file, environment=self.environment, routes=self.table.to_json())
@@ -291,6 +322,7 @@ class _Router:
             what = f"version {pinned} of model {model}" if pinned else f"model {model}"
             return _error(404, f"no route for {what} in environment {self.environment}")
         counted = rest == "/infer"
+        watched = counted and self.drift.watches(model, upstream.version)
         url = f"{upstream.url}/v2/models/{model}{rest}"
         if request.query_string:
             url = f"{url}?{request.query_string}"
@@ -309,10 +341,12 @@ class _Router:
         try:
             answer = await self._send(request.method, url, body, headers)
             try:
-                response = await self._relay(request, answer, upstream.version)
+                response, answered = await self._relay(request, answer, upstream.version)
             finally:
                 answer.release()
             outcome = "success" if 200 <= response.status < 300 else "error"
+            if watched and outcome == "success" and isinstance(body, bytes) and answered is not None:
+                self.drift.observe(model, upstream.version, body, answered)
             return response
         except TimeoutError:
             return _error(504, f"version {upstream.version} of {model} timed out", upstream.version)
@@ -338,18 +372,20 @@ class _Router:
 
     async def _relay(
         self, request: web.Request, answer: aiohttp.ClientResponse, version: str
-    ) -> web.StreamResponse:
+    ) -> tuple[web.StreamResponse, bytes | None]:
+        """The answer relayed to the client, and its body when it was small enough to read whole."""
         headers = {k: v for k, v in answer.headers.items() if k.lower() not in _NOT_FORWARDED_BACK}
         headers[VERSION_HEADER] = version
         length = answer.content_length
         if length is not None and length <= _BUFFER_LIMIT:
-            return web.Response(status=answer.status, body=await answer.read(), headers=headers)
+            body = await answer.read()
+            return web.Response(status=answer.status, body=body, headers=headers), body
         stream = web.StreamResponse(status=answer.status, headers=headers)
         await stream.prepare(request)
         async for chunk in answer.content.iter_chunked(1 << 16):
             await stream.write(chunk)
         await stream.write_eof()
-        return stream
+        return stream, None
 
 
 def _error(status: int, message: str, version: str | None = None) -> web.Response:
@@ -358,10 +394,18 @@ def _error(status: int, message: str, version: str | None = None) -> web.Respons
 
 
 def make_app(
-    *, environment: str, state_file: Path, token: str | None = None, instance: str = ""
+    *,
+    environment: str,
+    state_file: Path,
+    token: str | None = None,
+    instance: str = "",
+    clock: Clock | None = None,
 ) -> web.Application:
-    """The router's aiohttp application (routes loaded from ``state_file``)."""
-    router = _Router(environment=environment, state_file=state_file, token=token, instance=instance)
+    """The router's aiohttp application (routes loaded from ``state_file``; ``clock`` times drift windows)."""
+    router = _Router(
+        environment=environment, state_file=state_file, token=token, instance=instance,
+        clock=clock or SystemClock(),
+    )
     app = web.Application(client_max_size=_BUFFER_LIMIT * 64)
     app.on_startup.append(router.start)
     app.on_cleanup.append(router.stop)
@@ -372,6 +416,8 @@ def make_app(
     app.router.add_get("/-/routes", router.list_routes)
     app.router.add_put("/-/routes/{model}", router.put_route)
     app.router.add_delete("/-/routes/{model}", router.delete_route)
+    app.router.add_put("/-/drift/{model}/{version}", router.put_drift)
+    app.router.add_get("/-/drift", router.get_drift)
     app.router.add_route("*", r"/v2/models/{model}/versions/{version}{rest:(/.*)?}", router.proxy)
     app.router.add_route("*", r"/v2/models/{model}{rest:(/.*)?}", router.proxy)
     return app

@@ -52,7 +52,7 @@ from controller.backends.local.processes import (
     process_start_time,
     scrubbed_environment,
 )
-from controller.backends.serving import ServingError
+from controller.backends.serving import ServedVersion, ServingError
 from controller.backends.serving.router import TOKEN_ENV, load_routes
 from controller.backends.serving.server import (
     PortHolder,
@@ -69,6 +69,7 @@ from controller.backends.serving.server import (
     superseding,
 )
 from controller.clock import Clock
+from controller.drift import PROFILE_FILE
 from controller.specs.types import Environment
 
 __all__ = ["Routers"]
@@ -269,6 +270,21 @@ class Routers:
             self._admin(router, "PUT", f"/-/routes/{model}", body)
         else:
             self._admin(router, "DELETE", f"/-/routes/{model}")
+
+    def watch_drift(self, router: ProcessRecord, version: ServedVersion) -> None:
+        """Have the router watch ``version`` for drift, when its artifact carries a reference profile.
+
+        A profile the router cannot read is logged and the version served unwatched: drift monitoring
+        never stops a deploy.
+        """
+        profile = Path(version.artifact_uri) / PROFILE_FILE
+        if not profile.is_file():
+            return
+        body = {"profile": str(profile.resolve()), "settings": version.serving.drift.to_json()}
+        try:
+            self._admin(router, "PUT", f"/-/drift/{version.model}/{version.version}", body)
+        except ServingError as exc:
+            log.warning("%s %s is served without drift monitoring: %s", version.model, version.version, exc)
 
     def _admin(self, router: ProcessRecord, method: str, path: str, body: Any = None) -> Any:
         connection = http.client.HTTPConnection("127.0.0.1", router.port, timeout=10)

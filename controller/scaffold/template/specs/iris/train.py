@@ -2,8 +2,9 @@
 
 import json
 
+import flywheel_reference
 import joblib
-from common import load_dataset, model_dir, params, workdir
+from common import FEATURES, load_dataset, model_dir, params, workdir
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
@@ -22,4 +23,6 @@ joblib.dump(model, out / "model.joblib")
                 "parameters": {"uri": "./model.joblib"}}, indent=2)
 )
 joblib.dump((X_test, y_test), workdir() / "holdout.joblib")
+# The training inputs as the served model receives them, and its predictions: Flywheel's drift reference.
+flywheel_reference.write(X_train, FEATURES, predictions=model.predict(X_train))
 print(f"trained LogisticRegression(C={model.C}) on {len(X_train)} rows")
