@@ -91,6 +91,7 @@ class ControllerSettings:
     progress_every_seconds: float = 10.0
     promote: bool = True  # register versions of main and roll them out
     tick_seconds: float = 1.0  # how often rollouts advance and the outbox is delivered
+    data_check_seconds: float = 300.0  # how often triggers.dataChange reads its inputs' versions
 
 
 @dataclass(frozen=True, kw_only=True)
