@@ -72,13 +72,15 @@ class GitHubRetrainBranches:
         element = InputGitTreeElement(path, "100644", "blob", sha=blob.sha)
         tree = self._call("create a tree", repo.create_git_tree, [element], base.tree)
         commit = self._call("create a commit", repo.create_git_commit, message, tree, [base])
-        try:
-            ref = repo.get_git_ref(f"heads/{branch}")
-        except UnknownObjectException:
-            self._call(f"create {branch}", repo.create_git_ref, f"refs/heads/{branch}", commit.sha)
-        except GithubException as exc:
-            raise RetrainError(f"GitHub: cannot read {branch}: {_message(exc)}") from exc
-        else:
+        name = f"refs/heads/{branch}"
+
+        def existing() -> Any:  # matching refs are prefixes: flywheel/retrain/a also finds .../a-b
+            return next((r for r in repo.get_git_matching_refs(f"heads/{branch}") if r.ref == name), None)
+
+        ref = self._call(f"read {branch}", existing)
+        if ref is None:
+            self._call(f"create {branch}", repo.create_git_ref, name, commit.sha)
+        else:  # forced: a branch whose proposal was merged or closed starts again from the release branch
             self._call(f"move {branch}", ref.edit, commit.sha, force=True)
         return str(commit.sha)
 
