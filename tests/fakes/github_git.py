@@ -24,6 +24,7 @@ import base64
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import pygit2
 from pygit2.enums import FileMode
@@ -48,6 +49,7 @@ class GitData:
     def answer(self, request: Request, rest: str, login: str) -> Answer | None:
         """Answer ``request`` (``rest``: its path after ``/repos/{o}/{r}``); ``None`` when not ours."""
         method, body = request.method, request.body
+        rest = unquote(rest)  # PyGithub quotes a ref's slashes (heads%2Fa%2Fb); GitHub reads them as slashes
         if (m := re.fullmatch(r"/git/commits/([0-9a-f]{40})", rest)) and method == "GET":
             commit = self._commit(m.group(1))
             return (200, {}, self._commit_json(commit)) if commit is not None else _not_found()

@@ -38,12 +38,13 @@ class RetrainError(Exception):
 
 
 class GitHubRetrainBranches:
-    def __init__(self, settings: GitHubSettings, *, release_branch: str) -> None:
+    def __init__(self, settings: GitHubSettings, *, release_branch: str, **client: Any) -> None:
+        """``client``: more of :func:`github_client`'s options (tests turn its pauses between writes off)."""
         self._full_name = settings.repository
         self._owner = settings.repository.split("/")[0]
         self._release_branch = release_branch
         self._github = github_client(
-            auth=settings.auth(), base_url=settings.api_url, timeout=settings.timeout
+            auth=settings.auth(), base_url=settings.api_url, timeout=settings.timeout, **client
         )
         self._repo: Repository | None = None
 
@@ -102,7 +103,7 @@ class GitHubRetrainBranches:
     @property
     def repo(self) -> Repository:
         if self._repo is None:
-            self._repo = self._github.get_repo(self._full_name, lazy=True)
+            self._repo = self._github.get_repo(self._full_name)  # lazy: the client is
         return self._repo
 
     def _open_pull(self, branch: str) -> Any:
