@@ -14,23 +14,29 @@ down the issue's first "done when":
   latest tick, written into the spec as an annotation on top of the open
   retrain (whose data pin stays);
 * once the retrain is merged, the next new data starts the branch again from
-  main; a retrain branch deleted unmerged comes back only for a new reason;
-* every decision is in the audit log.
+  main; a retrain branch deleted unmerged comes back only for a new reason,
+  and data back at the version main pins is skipped; unreadable data is
+  audited once while it stays unreadable;
+* every decision is in the audit log, and ``flywheel triggers`` shows each
+  trigger's last firing, next firing and why.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from controller.app import Controller, build_controller
 from controller.backends.pipelines.fake import FakeRunner, ScriptedStep
 from controller.backends.serving.fake import FakeServing
+from controller.cli import main
 from controller.clock import FakeClock
 from controller.engine.trigger_plan import RETRAIN_ANNOTATION, TICK_ANNOTATION
 from controller.scaffold import scaffold
@@ -203,5 +209,56 @@ def test_after_a_merge_or_a_deletion_only_a_new_reason_starts_the_branch_again(
         spec = yaml.safe_load(work.git("show", f"{BRANCH}:{SPEC}"))
         assert fresh(spec)["digest"] == digest("x,y\n9,9\n")
         assert actions(controller).count("trigger.fired") == 3
+
+        work.git("branch", "-q", "-D", BRANCH)
+        (tmp_path / "fresh.csv").write_text("x,y\n7,7\n")  # back to what main pins: nothing to propose
+        turn(controller, clock)
+        assert work.git("branch", "--list", BRANCH) == ""
+        [skipped] = [e for e in controller.store.audit(model="iris") if e.action == "trigger.skipped"]
+        assert skipped.detail["why"] == f"main already says this ({SPEC})"
+
+        (tmp_path / "fresh.csv").unlink()  # unreadable: audited once while it lasts
+        turn(controller, clock)
+        turn(controller, clock)
+        [failed] = [e for e in controller.store.audit(model="iris") if e.action == "trigger.failed"]
+        assert failed.detail["why"].startswith("reading data: data input 'fresh': ")
+        assert failed.detail["why"].endswith("fresh.csv does not exist")
     finally:
         controller.close()
+
+
+def test_flywheel_triggers_shows_each_trigger_its_last_firing_and_why(tmp_path: Path, work: GitRepo) -> None:
+    clock = FakeClock(datetime(2020, 1, 7, 12, 0, tzinfo=UTC))  # long ago: the command reads the real clock
+    controller = build(tmp_path, work, clock)
+    try:
+        turn(controller, clock, 0)
+        (tmp_path / "fresh.csv").write_text("x,y\n6,6\n")
+        turn(controller, clock)
+        fired_at = clock.now()
+    finally:
+        controller.close()
+    cli = CliRunner()
+    options = ["--repo", str(work.path), "--state-dir", str(tmp_path / "state")]
+    result = cli.invoke(main, ["triggers", "iris", "--json", *options])
+    assert result.exit_code == 0, result.output
+    schedule, data = json.loads(result.output)
+    assert schedule == {
+        "model": "iris",
+        "trigger": "schedule",
+        "watches": "0 3 * * 1 (UTC)",
+        "last_fired": None,
+        "next": "due now",  # armed in 2020: its ticks since fire on the controller's next tick, once
+        "why": "armed 2020-01-07T12:00:00+00:00; no tick since",
+    }
+    assert data == {
+        "model": "iris",
+        "trigger": "dataChange",
+        "watches": "iris (not watched: sklearn:// has no version to watch), fresh",
+        "last_fired": fired_at.isoformat(),
+        "next": "on new data",
+        "why": f"Retrain iris: new data (fresh) → branch {BRANCH}",
+    }
+    table = cli.invoke(main, ["triggers", *options])
+    assert table.exit_code == 0 and "dataChange" in table.output and f"→ branch {BRANCH}" in table.output
+    unknown = cli.invoke(main, ["triggers", "nope", *options])
+    assert unknown.exit_code == 1 and "no model 'nope'" in unknown.output

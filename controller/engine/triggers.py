@@ -175,7 +175,7 @@ class TriggerEngine:
             try:
                 current = self.versions.current(data)
             except DataError as exc:
-                self._failed(model, state, "reading data", exc)
+                self._failed(model, state, "reading data", exc, trigger="dataChange")
                 continue
             observed[data.name] = Version(current.pin, current.value)
         known = state.versions
@@ -208,14 +208,17 @@ class TriggerEngine:
         entry = self.records.append_audit(actor=ACTOR, action=action, model=model.name, detail=detail)
         state.apply(entry)
 
-    def _failed(self, model: Model, state: TriggerState, doing: str, exc: Exception) -> None:
+    def _failed(
+        self, model: Model, state: TriggerState, doing: str, exc: Exception, *, trigger: str | None = None
+    ) -> None:
         failure = f"{doing}: {exc}"
         state.failing = True
         if failure in state.failures:
             return
         state.failures.add(failure)
         log.error("%s: %s", model.name, failure, extra={"model": model.name})
-        self.records.append_audit(actor=ACTOR, action=FAILED, model=model.name, detail={"why": failure})
+        detail = {"why": failure} if trigger is None else {"why": failure, "trigger": trigger}
+        self.records.append_audit(actor=ACTOR, action=FAILED, model=model.name, detail=detail)
 
 
 def _json(versions: dict[str, Version]) -> dict[str, Any]:
