@@ -23,6 +23,10 @@ Environment variables (README.md, "Settings", "GitHub" and "Slack"):
 ``FLYWHEEL_GITHUB_WEBHOOK_SECRET`` and the others of :class:`WebhookSettings`
     The webhook service's, read by ``flywheel serve`` only. A secret is
     taken exactly as given: never split or trimmed.
+``FLYWHEEL_DATA_CHECK_SECONDS``
+    How often data inputs' versions are read for ``triggers.dataChange``:
+    ``flywheel run``'s ``--data-check-interval``, read by click into
+    :attr:`ControllerSettings.data_check_seconds`.
 ``FLYWHEEL_VENV_CACHE``
     Where virtualenvs are built when no state directory's cache is given
     (the demo): :func:`default_venv_cache`.
