@@ -69,7 +69,7 @@ from controller.engine.release import Registrar
 from controller.engine.retrain import RetrainBranches, RetrainProposer
 from controller.engine.rollout import RolloutEngine, label
 from controller.engine.slack_actions import SlackActions
-from controller.engine.triggers import TriggerEngine
+from controller.engine.triggers import TriggerEngine, admitting_retrains
 from controller.engine.trust import TrustGate, proposal_heads
 from controller.settings import ControllerSettings, Settings
 from controller.specs.types import Catalog, Environment, Model
@@ -289,7 +289,7 @@ def build_controller(
     if settings.github is not None:
         forge = GitHubForge(store, settings.github.repository)
         reviews = PullRequestTargets(forge, store)  # each report and check names its pull request
-        admit = TrustGate(store, main_catalog).admits
+        admit = admitting_retrains(store, TrustGate(store, main_catalog).admits)
         heads = functools.partial(proposal_heads, repository, store)
         if settings.github.poll_seconds > 0:
             pollers.append(GitHubPoller.from_settings(store, settings.github, pulls=store, clock=clock))

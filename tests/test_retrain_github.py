@@ -12,7 +12,10 @@ the issue's "done when" on GitHub:
   through the Git Data API, pins the new digest; the mirror fetches it and
   the proposal is trained and reported on that pull request;
 * a later reason is a new commit on the same branch and updates the same
-  pull request's title and description: never a second one;
+  pull request's title and description: never a second one; that commit is
+  trained although the pull request (recorded by the poller) is by
+  Flywheel's account, which main's policy does not name: it is the commit
+  the trigger made;
 * closed unmerged, it is left alone (no commit, no pull request) until a new
   reason, which starts the branch again from main in a new pull request.
 """
@@ -74,7 +77,7 @@ def github(origin: tuple[GitRepo, Path]) -> Iterator[FakeGitHub]:
 
 def build(tmp_path: Path, bare: Path, github: FakeGitHub, clock: FakeClock) -> Controller:
     settings = GitHubSettings(
-        repository=github.repository, api_url=github.api_url, token="ghp_test_token", poll_seconds=0
+        repository=github.repository, api_url=github.api_url, token="ghp_test_token", poll_seconds=1
     )
     controller = build_controller(
         Settings(
@@ -152,6 +155,10 @@ def test_one_pull_request_per_retrain_updated_by_new_reasons_and_stopped_by_clos
         data.write_text("x,y\n3,3\n")
         turn(controller, clock)
         assert len(github.pulls) == 1  # the same pull request, updated
+        assert controller.store.pull_number_for_branch(BRANCH) == 1  # the poller has recorded it by now
+        second_head = origin_git(bare, "rev-parse", BRANCH)
+        runs = controller.store.list_runs(ref=BRANCH)
+        assert [(r.commit, r.status) for r in runs if r.commit == second_head] == [(second_head, "succeeded")]
         assert origin_git(bare, "rev-parse", f"{BRANCH}~1") == head
         assert github.pulls[0]["head"]["sha"] == origin_git(bare, "rev-parse", BRANCH)
         assert f"`{second}` → `{third}`" in github.pulls[0]["body"]

@@ -26,11 +26,14 @@ from controller.engine.trigger_plan import Reason
 from controller.specs.edit import edit_model_spec
 from controller.specs.types import Model
 
-__all__ = ["Proposed", "RetrainBranches", "RetrainProposer", "retrain_branch"]
+__all__ = ["RETRAIN_PREFIX", "Proposed", "RetrainBranches", "RetrainProposer", "retrain_branch"]
+
+
+RETRAIN_PREFIX = "flywheel/retrain/"
 
 
 def retrain_branch(model: str) -> str:
-    return f"flywheel/retrain/{model}"
+    return f"{RETRAIN_PREFIX}{model}"
 
 
 class RetrainBranches(Protocol):

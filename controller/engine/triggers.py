@@ -31,7 +31,7 @@ from controller.backends.data import DataError
 from controller.backends.data_versions import Observed, watchable
 from controller.backends.store import AuditEntry, NewAuditEntry
 from controller.clock import Clock
-from controller.engine.retrain import AlreadyOnMain, RetrainProposer
+from controller.engine.retrain import RETRAIN_PREFIX, AlreadyOnMain, RetrainProposer
 from controller.engine.trigger_plan import (
     Reason,
     Version,
@@ -43,7 +43,16 @@ from controller.engine.trigger_plan import (
 )
 from controller.specs.types import Catalog, DataInput, Model
 
-__all__ = ["ARMED", "FAILED", "FIRED", "SKIPPED", "TriggerEngine", "TriggerRecords", "TriggerState"]
+__all__ = [
+    "ARMED",
+    "FAILED",
+    "FIRED",
+    "SKIPPED",
+    "TriggerEngine",
+    "TriggerRecords",
+    "TriggerState",
+    "admitting_retrains",
+]
 
 log = logging.getLogger("flywheel.triggers")
 
@@ -219,6 +228,30 @@ class TriggerEngine:
         log.error("%s: %s", model.name, failure, extra={"model": model.name})
         detail = {"why": failure} if trigger is None else {"why": failure, "trigger": trigger}
         self.records.append_audit(actor=ACTOR, action=FAILED, model=model.name, detail=detail)
+
+
+Admit = Callable[[str, str], tuple[bool, str]]
+
+
+def admitting_retrains(records: TriggerRecords, admits: Admit) -> Admit:
+    """The trust gate's ``admits``, which also lets a retrain commit Flywheel made itself run.
+
+    On GitHub the retrain's pull request is by Flywheel's own account, which
+    main's policy need not name; its head runs when it is the commit the
+    last ``trigger.fired`` entry of that model made on that branch (its
+    tree is its parent's with the spec edited). Any other head of the branch
+    (someone pushed to it) is left to ``admits``.
+    """
+
+    def admit(branch: str, head: str) -> tuple[bool, str]:
+        model = branch.removeprefix(RETRAIN_PREFIX)
+        if model != branch:
+            fired = records.audit(model=model, actions=(FIRED,), limit=1)
+            if fired and fired[-1].detail.get("branch") == branch and fired[-1].detail.get("commit") == head:
+                return True, f"{head[:12]} is the retrain Flywheel committed on {branch}"
+        return admits(branch, head)
+
+    return admit
 
 
 def _json(versions: dict[str, Version]) -> dict[str, Any]:
