@@ -38,6 +38,7 @@ from controller.engine.trigger_plan import (
     changed_inputs,
     data_reason,
     due_tick,
+    next_tick,
     schedule_key,
     schedule_reason,
 )
@@ -95,6 +96,7 @@ class TriggerState:
     versions: dict[str, Version] | None = None  # each watched input's last known version; None: not armed
     last: AuditEntry | None = None  # the newest armed/fired/skipped entry
     next_check: float = 0.0  # clock.monotonic() when data is read next
+    due_at: float | None = None  # when the schedule's next tick is (a timestamp); None: not read yet
     failures: set[str] = field(default_factory=set)  # audited while they repeat, so each is audited once
     failing: bool = False  # something failed in this evaluation
 
@@ -109,6 +111,7 @@ class TriggerState:
     def apply(self, entry: AuditEntry) -> None:
         detail = entry.detail
         self.last = entry
+        self.due_at = None
         if detail.get("trigger") == "schedule":
             if entry.action == ARMED or detail.get("schedule") != self.schedule:
                 self.schedule, self.armed_at, self.last_tick = str(detail.get("schedule")), entry.at, None
@@ -133,6 +136,7 @@ class TriggerEngine:
     def tick(self) -> set[str]:
         """Evaluate every model's triggers once; the retrain branches proposed (to reconcile now)."""
         proposed: set[str] = set()
+        now = self.clock.now()
         for name, model in sorted(self.catalog().models.items()):
             triggers = model.triggers
             if triggers.schedule is None and not triggers.data_change:
@@ -141,7 +145,7 @@ class TriggerEngine:
             state.failing = False
             try:
                 if triggers.schedule is not None:
-                    proposed |= self._schedule(model, state)
+                    proposed |= self._schedule(model, state, now)
                 if triggers.data_change:
                     proposed |= self._data(model, state)
             except Exception as exc:  # one model's failure never stops the others'
@@ -159,14 +163,19 @@ class TriggerEngine:
 
     # ------------------------------------------------------------ schedule
 
-    def _schedule(self, model: Model, state: TriggerState) -> set[str]:
+    def _schedule(self, model: Model, state: TriggerState, now: datetime) -> set[str]:
         schedule = model.triggers.schedule
         assert schedule is not None
-        key, now = schedule_key(schedule), self.clock.now()
+        key = schedule_key(schedule)
         if state.schedule != key or state.armed_at is None:
             self._audit(model, state, ARMED, {"trigger": "schedule", "schedule": key})
             return set()
-        tick = due_tick(schedule, since=state.last_tick or state.armed_at, now=now)
+        since = state.last_tick or state.armed_at
+        if state.due_at is None:  # cron is read once per firing, not on every tick
+            state.due_at = next_tick(schedule, after=since).timestamp()
+        if now.timestamp() < state.due_at:
+            return set()
+        tick = due_tick(schedule, since=since, now=now)
         if tick is None:
             return set()
         return self._fire(model, state, schedule_reason(model, schedule, tick), {"trigger": "schedule"})
