@@ -38,7 +38,7 @@ from controller.backends.pipelines.fake import FakeRunner, ScriptedStep
 from controller.backends.serving.fake import FakeServing
 from controller.cli import main
 from controller.clock import FakeClock
-from controller.engine.trigger_plan import RETRAIN_ANNOTATION, TICK_ANNOTATION
+from controller.engine.trigger_plan import RETRAIN_ANNOTATION, TICK_ANNOTATION, Version, data_reason
 from controller.scaffold import scaffold
 from controller.settings import ControllerSettings, Settings
 from tests.gitrepo import GitRepo
@@ -262,3 +262,25 @@ def test_flywheel_triggers_shows_each_trigger_its_last_firing_and_why(tmp_path: 
     assert table.exit_code == 0 and "dataChange" in table.output and f"→ branch {BRANCH}" in table.output
     unknown = cli.invoke(main, ["triggers", "nope", *options])
     assert unknown.exit_code == 1 and "no model 'nope'" in unknown.output
+
+
+def test_proposing_a_reason_again_commits_nothing_twice(tmp_path: Path, work: GitRepo) -> None:
+    """A controller stopped between its commit and its audit entry finds the reason already committed."""
+    clock = FakeClock(datetime(2026, 1, 6, 12, 0, tzinfo=UTC))
+    controller = build(tmp_path, work, clock)
+    try:
+        assert controller.triggers is not None
+        model = controller.main_catalog().models["iris"]
+        known, seen = (
+            {"fresh": Version("digest", "sha256:1")},
+            {"fresh": Version("digest", digest("x,y\n1,0\n"))},
+        )
+        reason = data_reason(model, ["fresh"], known, seen)
+        proposer = controller.triggers.proposer
+        first = proposer.propose(model, reason)
+        again = proposer.propose(model, reason)
+        assert first.committed and not again.committed
+        assert again.commit == first.commit == work.git("rev-parse", BRANCH)
+        assert work.git("rev-list", "--count", f"main..{BRANCH}") == "1"
+    finally:
+        controller.close()
