@@ -28,11 +28,14 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Protocol
 
+from controller.backends.data_versions import DataVersions
 from controller.backends.forge import Forge
 from controller.backends.forge.github import GitHubForge, GitHubSender
 from controller.backends.forge.github_poll import GitHubPoller
+from controller.backends.forge.github_retrain import GitHubRetrainBranches
 from controller.backends.forge.local import LocalForge
 from controller.backends.git import GitError, Repository
+from controller.backends.git.branches import LocalRetrainBranches
 from controller.backends.images import ImageBuilder
 from controller.backends.local.venvs import VenvCache
 from controller.backends.metrics import MetricsSource
@@ -64,8 +67,10 @@ from controller.engine.outbox import Sender, deliver_due
 from controller.engine.proposals import PassSummary, ProposalReconciler
 from controller.engine.pull_requests import PullRequestTargets
 from controller.engine.release import Registrar
+from controller.engine.retrain import RetrainBranches, RetrainProposer
 from controller.engine.rollout import RolloutEngine, label
 from controller.engine.slack_actions import SlackActions
+from controller.engine.triggers import TriggerEngine, admitting_retrains
 from controller.engine.trust import TrustGate, proposal_heads
 from controller.settings import ControllerSettings, Settings, SettingsError, argo_token
 from controller.specs.types import Catalog, Environment, Model
@@ -98,6 +103,8 @@ class Controller:
     pollers: list[Poller] = field(default_factory=list)  # the fallback for missed webhook deliveries
     clock: Clock = SYSTEM_CLOCK  # the one clock of everything above
     watch: ServingWatch | None = None  # compares what serves with the store, at start and every tick
+    triggers: TriggerEngine | None = None  # schedules and new data: retrain proposals
+    closers: list[Callable[[], None]] = field(default_factory=list)  # clients to close with the controller
     # part of tick -> the error it last failed with, so a failure that repeats is logged once
     _failing: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
@@ -114,11 +121,19 @@ class Controller:
         for poller in self.pollers:
             self._guarded(f"poller {type(poller).__name__}", poller.poll_if_due)
         self._guarded("inbox", self.handle_requests)
+        if self.triggers is not None:
+            self._guarded("triggers", self.fire_triggers)
         if self.watch is not None:
             self._guarded("serving watch", self.watch.tick)
         self._guarded("rollouts", self.rollouts.tick)
         self._guarded("outbox", self.deliver)
         self._guarded("store checkpoint", self.store.checkpoint)  # a lost log file costs one tick at most
+
+    def fire_triggers(self) -> None:
+        """Evaluate the triggers (:class:`TriggerEngine`); the retrain branches they propose are reconciled
+        at once."""
+        assert self.triggers is not None
+        self.requested |= self.triggers.tick()
 
     def deliver(self) -> None:
         """Send the outbox's due messages through the registered senders."""
@@ -157,6 +172,8 @@ class Controller:
     def close(self) -> None:
         for poller in self.pollers:
             poller.close()
+        for close in self.closers:
+            close()
         self.proposals.shutdown()
         self.store.close()
 
@@ -288,7 +305,7 @@ def build_controller(
     if settings.github is not None:
         forge = GitHubForge(store, settings.github.repository)
         reviews = PullRequestTargets(forge, store)  # each report and check names its pull request
-        admit = TrustGate(store, main_catalog).admits
+        admit = admitting_retrains(store, TrustGate(store, main_catalog).admits)
         heads = functools.partial(proposal_heads, repository, store)
         if settings.github.poll_seconds > 0:
             pollers.append(GitHubPoller.from_settings(store, settings.github, pulls=store, clock=clock))
@@ -317,6 +334,7 @@ def build_controller(
         all_senders["github"] = GitHubSender.from_settings(store, settings.github, clock=clock)
     all_senders.update(senders or {})
     commands = Commands(store=store, catalog=main_catalog, clock=clock)
+    triggers, closers = _triggers(settings, repository, store, main_catalog, release_branch, clock)
     return Controller(
         store=store,
         repository=repository,
@@ -332,6 +350,8 @@ def build_controller(
         pollers=pollers,
         clock=clock,
         watch=watch,
+        triggers=triggers,
+        closers=closers,
     )
 
 
@@ -344,6 +364,34 @@ def _refuse_argo_without_images(catalog: Catalog, store: SqlStore) -> None:
             f"{argo[0].spec_path}: environment {argo[0].name!r} runs pipelines on Argo, which flywheel run "
             "does not support yet (it builds no images for the steps to run in); use pipeline.runner: local"
         )
+def _triggers(
+    settings: Settings,
+    repository: Repository,
+    store: SqlStore,
+    catalog: Callable[[], Catalog],
+    release_branch: str,
+    clock: Clock,
+) -> tuple[TriggerEngine, list[Callable[[], None]]]:
+    """The trigger engine: retrains proposed as branches here, or as pull requests on GitHub."""
+    versions = DataVersions()
+    closers: list[Callable[[], None]] = [versions.close]
+    branches: RetrainBranches
+    if settings.github is not None:
+        github = GitHubRetrainBranches(settings.github, release_branch=release_branch)
+        branches = github
+        closers.append(github.close)
+    else:
+        branches = LocalRetrainBranches(repository, release_branch=release_branch, clock=clock)
+    proposer = RetrainProposer(repository=repository, branches=branches, release_branch=release_branch)
+    engine = TriggerEngine(
+        records=store,
+        catalog=catalog,
+        proposer=proposer,
+        versions=versions,
+        clock=clock,
+        data_check_seconds=settings.controller.data_check_seconds,
+    )
+    return engine, closers
 
 
 def _handlers(

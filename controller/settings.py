@@ -23,6 +23,10 @@ Environment variables (README.md, "Settings", "GitHub" and "Slack"):
 ``FLYWHEEL_GITHUB_WEBHOOK_SECRET`` and the others of :class:`WebhookSettings`
     The webhook service's, read by ``flywheel serve`` only. A secret is
     taken exactly as given: never split or trimmed.
+``FLYWHEEL_DATA_CHECK_SECONDS``
+    How often data inputs' versions are read for ``triggers.dataChange``:
+    ``flywheel run``'s ``--data-check-interval``, read by click into
+    :attr:`ControllerSettings.data_check_seconds`.
 ``FLYWHEEL_VENV_CACHE``
     Where virtualenvs are built when no state directory's cache is given
     (the demo): :func:`default_venv_cache`.
@@ -100,6 +104,7 @@ class ControllerSettings:
     progress_every_seconds: float = 10.0
     promote: bool = True  # register versions of main and roll them out
     tick_seconds: float = 1.0  # how often rollouts advance and the outbox is delivered
+    data_check_seconds: float = 300.0  # how often triggers.dataChange reads its inputs' versions
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,10 +3,11 @@
 Called by the reconciler when it resolves a run's inputs. A fingerprint names
 the content of a data input as precisely as the controller can know it:
 
-- a pinned ``digest`` is taken as given;
 - a local file or directory (a relative path, resolved against the model's
   source directory, or a ``file://`` URI) is hashed by content; a directory
-  by the names and contents of its files;
+  by the names and contents of its files; a pinned ``digest`` must be that
+  hash (a run of content other than the pinned one fails to start), and is
+  then the fingerprint;
 - anything else (``sklearn://``, ``s3://``, ``https://``...) is named by its
   URI and pinned ``version``. An unpinned remote input is fingerprinted as
   ``unpinned``, which the report shows, so nobody mistakes it for a pinned one.
@@ -49,12 +50,14 @@ def local_path(data: DataInput, *, base: Path) -> Path | None:
 
 def resolve(data: DataInput, *, base: Path) -> ResolvedInput:
     path = local_path(data, base=base)
-    if data.digest:
+    if path is not None:
+        fingerprint = content_digest(data, path)
+        if data.digest and data.digest != fingerprint:
+            raise DataError(
+                f"data input {data.name!r}: {path} is {fingerprint}, not the pinned digest {data.digest}"
+            )
+    elif data.digest:  # refused by the spec checks; named as pinned should one come through
         fingerprint = data.digest
-    elif path is not None:
-        if not path.exists():
-            raise DataError(f"data input {data.name!r}: {path} does not exist")
-        fingerprint = "sha256:" + _hash_path(path)
     else:
         fingerprint = f"{data.uri}@{data.version}" if data.version else f"{data.uri}@unpinned"
     return ResolvedInput(
@@ -63,6 +66,16 @@ def resolve(data: DataInput, *, base: Path) -> ResolvedInput:
         location=str(path) if path is not None else data.uri,
         fingerprint=fingerprint,
     )
+
+
+def content_digest(data: DataInput, path: Path) -> str:
+    """``sha256:<hex>`` of a local input's content (a directory: its files' names and contents)."""
+    if not path.exists():
+        raise DataError(f"data input {data.name!r}: {path} does not exist")
+    try:
+        return "sha256:" + _hash_path(path)
+    except OSError as exc:
+        raise DataError(f"data input {data.name!r}: cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def _hash_path(path: Path) -> str:

@@ -39,6 +39,7 @@ _COMMANDS: dict[str, str] = {
     "state": "controller.cli.state:state",
     "build": "controller.cli.build:build",
     "drift": "controller.cli.drift:drift",
+    "triggers": "controller.cli.triggers:triggers",
 }
 
 

@@ -44,6 +44,15 @@ _RUN_OPTIONS: list[Callable[[F], F]] = [
     click.option("--repo", required=True, help="Path or URL of the git repository to watch."),
     click.option("--interval", type=float, default=5.0, show_default=True, help="Seconds between polls."),
     click.option(
+        "--data-check-interval",
+        "data_check_seconds",
+        type=click.FloatRange(min=1),
+        default=300.0,
+        show_default=True,
+        envvar="FLYWHEEL_DATA_CHECK_SECONDS",
+        help="Seconds between reads of the data inputs' versions, for triggers.dataChange.",
+    ),
+    click.option(
         "--branch", "release_branch", default=None, help="The release branch (default: main, or master)."
     ),
     click.option(

@@ -55,6 +55,7 @@ def load(options: dict[str, Any], *, webhooks: tuple[str, int] | None = None) ->
         repo=options["repo"],
         state_dir=options["state_dir"],
         interval_seconds=options["interval"],
+        data_check_seconds=options["data_check_seconds"],
         max_active_runs=options["max_runs"],
         release_branch=options["release_branch"],
     )

@@ -42,6 +42,7 @@ from controller.specs.types import (
     SpecError,
     Stage,
     Step,
+    Schedule,
     Triggers,
 )
 from controller.specs.validate import check_catalog, load_catalog, summary
@@ -75,6 +76,7 @@ __all__ = [
     "SpecError",
     "Stage",
     "Step",
+    "Schedule",
     "Triggers",
     "check_catalog",
     "find_spec_files",

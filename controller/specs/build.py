@@ -41,6 +41,7 @@ from controller.specs.types import (
     Serving,
     Source,
     Stage,
+    Schedule,
     Step,
     Triggers,
 )
@@ -137,7 +138,7 @@ def build_model(doc: dict[str, Any], spec_path: str) -> tuple[Model, list[Proble
         ),
         rollout=_rollout(spec.get("rollout", {})),
         triggers=Triggers(
-            schedule=triggers_doc.get("schedule"),
+            schedule=_schedule(triggers_doc.get("schedule")),
             data_change=triggers_doc.get("dataChange", False),
             drift=None if drift_doc is None else Drift(drift_doc["metric"], float(drift_doc["threshold"])),
         ),
@@ -146,6 +147,15 @@ def build_model(doc: dict[str, Any], spec_path: str) -> tuple[Model, list[Proble
         description=spec.get("description", ""),
     )
     return model, problems
+
+
+def _schedule(doc: str | dict[str, Any] | None) -> Schedule | None:
+    """The string form is a cron expression in UTC; the object form may name its time zone."""
+    if doc is None:
+        return None
+    if isinstance(doc, str):
+        return Schedule(cron=doc.strip())
+    return Schedule(cron=str(doc["cron"]).strip(), timezone=doc.get("timezone", "UTC"))
 
 
 def _gate(doc: dict[str, Any]) -> Gate:

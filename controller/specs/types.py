@@ -219,8 +219,16 @@ class Drift:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """A cron expression and the IANA time zone it is read in."""
+
+    cron: str
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
 class Triggers:
-    schedule: str | None = None  # cron expression
+    schedule: Schedule | None = None
     data_change: bool = False
     drift: Drift | None = None
 

@@ -13,6 +13,8 @@ It answers with GitHub's shapes, status codes and headers:
 * check runs: create, update, get, list for a commit (``check_name``); commit statuses;
 * ``POST /app/installations/{id}/access_tokens``, which wants the App's RS256 JWT
   (checked against the App's public key) and hands out an installation token;
+* with ``git_dir`` (a bare repository), the Git Data API, contents, and creating and
+  editing pull requests (:mod:`tests.fakes.github_git`);
 * ``X-RateLimit-*`` headers on every answer; 401 for a missing or unknown token;
   404 ``{"message": "Not Found"}`` for what does not exist.
 
@@ -34,11 +36,13 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jwt
 
+from tests.fakes.github_git import GitData
 from tests.fixtures.required import reference
 
 __all__ = [
@@ -89,6 +93,7 @@ class FakeGitHub:
         app_id: int = 1234,
         installation_id: int = 42,
         app_public_key: str | None = None,
+        git_dir: Path | None = None,
     ) -> None:
         self.repository = repository
         self.owner, self.name = repository.split("/")
@@ -114,6 +119,8 @@ class FakeGitHub:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
+        # the Git Data API, contents and pull-request writes over this bare repository (github_git.py)
+        self.git = GitData(self, git_dir) if git_dir is not None else None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -192,27 +199,42 @@ class FakeGitHub:
         fork: bool = False,
     ) -> dict[str, Any]:
         """A pull request; with ``fork`` its head is in ``author``'s fork of the repository."""
+        with self._lock:
+            return self.add_pull_locked(
+                number, head_ref=head_ref, head_sha=head_sha, author=author, state=state, fork=fork
+            )
+
+    def add_pull_locked(
+        self,
+        number: int,
+        *,
+        head_ref: str,
+        head_sha: str,
+        author: str = "octocat",
+        state: str = "open",
+        fork: bool = False,
+    ) -> dict[str, Any]:
+        """:meth:`add_pull` with the lock held (a request's handler creating one)."""
         base_repo = _repository(self.repository)
         head_repo = _repository(f"{author}/{self.name}", repo_id=78) if fork else base_repo
         owner = author if fork else self.owner
-        with self._lock:
-            pull = {
-                "url": f"{self.api_url}/repos/{self.repository}/pulls/{number}",
-                "html_url": f"https://github.example/{self.repository}/pull/{number}",
-                "id": 9000 + number,
-                "number": number,
-                "state": state,
-                "title": f"Proposal {number}",
-                "user": _user(author),
-                "head": {"label": f"{owner}:{head_ref}", "ref": head_ref, "sha": head_sha, "repo": head_repo},
-                "base": {"label": f"{self.owner}:main", "ref": "main", "sha": "0" * 40, "repo": base_repo},
-                "created_at": _now(),
-                "updated_at": _now(),
-                "closed_at": None,
-                "merged_at": None,
-            }
-            self.pulls.append(pull)
-            self.issues.add(number)
+        pull = {
+            "url": f"{self.api_url}/repos/{self.repository}/pulls/{number}",
+            "html_url": f"https://github.example/{self.repository}/pull/{number}",
+            "id": 9000 + number,
+            "number": number,
+            "state": state,
+            "title": f"Proposal {number}",
+            "user": _user(author),
+            "head": {"label": f"{owner}:{head_ref}", "ref": head_ref, "sha": head_sha, "repo": head_repo},
+            "base": {"label": f"{self.owner}:main", "ref": "main", "sha": "0" * 40, "repo": base_repo},
+            "created_at": _now(),
+            "updated_at": _now(),
+            "closed_at": None,
+            "merged_at": None,
+        }
+        self.pulls.append(pull)
+        self.issues.add(number)
         return pull
 
     def push_pull(self, number: int, head_sha: str) -> None:
@@ -279,6 +301,8 @@ class FakeGitHub:
         if not path.startswith(repo):
             return _not_found()
         rest = path[len(repo) :]
+        if self.git is not None and (answered := self.git.answer(request, rest, login)) is not None:
+            return answered
         if rest == "" and method == "GET":
             return 200, {}, _repository(self.repository)
         if rest == "/pulls" and method == "GET":

@@ -7,6 +7,7 @@ database refuses UPDATE and DELETE on the log.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypedDict, Unpack
@@ -69,7 +70,12 @@ class AuditLog(Protocol):
     def append_audit(self, **entry: Unpack[NewAuditEntry]) -> AuditEntry: ...
 
     def audit(
-        self, *, model: str | None = None, since: datetime | None = None, limit: int | None = None
+        self,
+        *,
+        model: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+        actions: Collection[str] | None = None,
     ) -> list[AuditEntry]:
-        """Entries oldest first; with ``limit``, the newest ``limit`` of them."""
+        """Entries oldest first; with ``limit``, the newest ``limit``; with ``actions``, those only."""
         ...

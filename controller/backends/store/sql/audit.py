@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from dataclasses import asdict
 from datetime import datetime
 from typing import Unpack
@@ -43,11 +44,18 @@ class AuditSql(SqlBase):
         return record(AuditEntry, {"id": new_id(result), **stored})
 
     def audit(
-        self, *, model: str | None = None, since: datetime | None = None, limit: int | None = None
+        self,
+        *,
+        model: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+        actions: Collection[str] | None = None,
     ) -> list[AuditEntry]:
         query = select(audit_log).order_by(audit_log.c.id.desc())
         if model is not None:
             query = query.where(audit_log.c.model == model)
+        if actions is not None:
+            query = query.where(audit_log.c.action.in_(list(actions)))
         if since is not None:
             query = query.where(audit_log.c.at >= aware(since, "since"))
         if limit is not None:
