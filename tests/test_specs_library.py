@@ -113,6 +113,16 @@ def test_source_paths_resolve_relative_to_the_spec() -> None:
     assert [e.path for e in catalog.errors] == ["spec.source.dockerfile"]
 
 
+def test_a_model_without_a_source_section_is_valid_in_a_catalog() -> None:
+    base = CORPUS / "_base"
+    files = {str(p.relative_to(base)): p.read_bytes() for p in base.rglob("*.yaml")}
+    text = (base / "specs/demo/model.yaml").read_text()
+    without = text.replace('  source:\n    path: .\n    python: "3.11"\n', "")
+    assert "source:" not in without  # the source directory defaults to the spec's own
+    catalog = load_catalog({**files, "specs/demo/model.yaml": without.encode()})
+    assert catalog.errors == () and "demo" in catalog.models
+
+
 def test_every_error_in_a_file_is_reported() -> None:
     text = (CORPUS / "_base/specs/demo/model.yaml").read_text()
     for old, new in [

@@ -282,7 +282,7 @@ def mentions(kind: str, doc: dict[str, Any]) -> tuple[list[Mention], list[Mentio
             refers.append(Mention("Environment", stage["environment"], (*base, "environment")))
             if "approval" in stage:
                 refers.append(Mention("approval rule", stage["approval"], (*base, "approval")))
-        if "dockerfile" in spec["source"]:
+        if "dockerfile" in spec.get("source", {}):
             refers.append(Mention("cluster home", "dockerfile", ("spec", "source", "dockerfile")))
         for index, step in enumerate(spec["pipeline"]["steps"]):
             if "resources" in step:
