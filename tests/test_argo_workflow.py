@@ -187,8 +187,12 @@ def test_each_container_gets_the_step_contract() -> None:
     assert env["FLYWHEEL_METRICS"] == METRICS_PATH and env["MODE"] == "full"
     assert env["FLYWHEEL_DATA_IRIS"] == "sklearn://iris"
     assert env["FLYWHEEL_DATA_EXTRA_ROWS"] == f"{SOURCE_DIR}/data/extra.csv"
-    [params] = train["inputs"]["artifacts"]
+    params, steplib = train["inputs"]["artifacts"]
     assert params["path"] == env["FLYWHEEL_PARAMS"] and json.loads(params["raw"]["data"]) == MODEL.params
+    # the step library, on PYTHONPATH as on one machine, and where it writes the reference sample
+    assert steplib["path"] == f"{env['PYTHONPATH']}/flywheel_reference.py"
+    assert "def write(" in steplib["raw"]["data"]
+    assert env["FLYWHEEL_REFERENCE_DATA"] == "/flywheel/work/reference-data"  # on the claim, brought home
     assert train["outputs"]["parameters"] == [
         {"name": "metrics", "valueFrom": {"path": METRICS_PATH, "default": "{}"}}
     ]
@@ -214,7 +218,7 @@ def test_with_s3_the_model_directory_is_an_artifact() -> None:
         "accessKeySecret": {"name": "s3-credentials", "key": "accessKey"},
         "secretKeySecret": {"name": "s3-credentials", "key": "secretKey"},
     }
-    assert [a["name"] for a in train["inputs"]["artifacts"]] == ["params", "model"]
+    assert [a["name"] for a in train["inputs"]["artifacts"]] == ["params", "steplib", "model"]
 
 
 def test_name_labels_and_the_cluster_settings() -> None:

@@ -58,6 +58,7 @@ from controller.backends.pipelines import (
 from controller.backends.pipelines.argo_workflow import (
     LABEL_MODEL,
     LABEL_RUN,
+    REFERENCE_PATH,
     WorkflowInputs,
     label_value,
     render_workflow,
@@ -438,6 +439,7 @@ class ArgoRunHandle:
             steps=tuple(results),
             metrics=merged,
             model_dir=model_dir,
+            reference_data=self._reference_data() if model_dir is not None else None,
             environment_hash=self.request.environment_hash,
             error=error,
             duration_seconds=time.monotonic() - self._started,
@@ -475,6 +477,21 @@ class ArgoRunHandle:
         target = self.request.run_dir / "model"
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(source, target)
+        return target
+
+    def _reference_data(self) -> Path | None:
+        """The training inputs sample a step wrote to FLYWHEEL_REFERENCE_DATA, copied home (None: none)."""
+        env = self.request.environment
+        assert env is not None and isinstance(env.artifacts, PvcArtifacts)
+        on_claim, _ = run_paths(
+            WorkflowInputs(run_id=self.request.run_id, model=self.request.model, environment=env, image="")
+        )
+        claim = self.runner.settings.claim_dir(env.artifacts.claim_name, env.artifacts.mount_path)
+        source = claim / on_claim / Path(REFERENCE_PATH).name
+        if not source.is_file():
+            return None
+        target = self.request.run_dir / "reference-data"
+        shutil.copyfile(source, target)
         return target
 
     def _end(self, status: RunStatus, error: str, workflow: dict[str, Any]) -> None:

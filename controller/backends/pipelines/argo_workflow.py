@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controller import steplib
 from controller.backends.local.processes import uses_shell
 from controller.specs.types import Environment, Model, PvcArtifacts, S3Artifacts, Step
 
@@ -60,6 +61,9 @@ PARAMS_PATH = "/flywheel/params.json"
 METRICS_PATH = "/flywheel/metrics.json"
 POD_WORKDIR = "/flywheel/work"
 POD_MODEL_DIR = "/flywheel/model"
+STEPLIB_DIR = "/flywheel/lib"  # the step library (flywheel_reference), a raw input artifact on PYTHONPATH
+REFERENCE_PATH = f"{POD_WORKDIR}/reference-data"  # FLYWHEEL_REFERENCE_DATA: on the claim with the workdir
+_STEPLIB = Path(steplib.__file__).parent / "flywheel_reference.py"
 LABEL_MODEL = "flywheel.dev/model"
 LABEL_RUN = "flywheel.dev/run"
 LABEL_CACHE_KEY = "flywheel.dev/cache-key"
@@ -178,6 +182,8 @@ def _template(step: Step, inputs: WorkflowInputs) -> dict[str, Any]:
         "FLYWHEEL_WORKDIR": workdir,
         "FLYWHEEL_MODEL_DIR": model_dir,
         "FLYWHEEL_METRICS": METRICS_PATH,
+        "FLYWHEEL_REFERENCE_DATA": REFERENCE_PATH,
+        "PYTHONPATH": STEPLIB_DIR,  # as on one machine: the step library, nothing of the image's own
     }
     for item in inputs.model.data:
         contract[item.env_name] = _in_image(inputs.data.get(item.name, item.uri), inputs.source_dir)
@@ -204,7 +210,12 @@ def _template(step: Step, inputs: WorkflowInputs) -> dict[str, Any]:
             "name": "params",
             "path": PARAMS_PATH,
             "raw": {"data": json.dumps(dict(inputs.params), sort_keys=True)},
-        }
+        },
+        {
+            "name": "steplib",
+            "path": f"{STEPLIB_DIR}/{_STEPLIB.name}",
+            "raw": {"data": _STEPLIB.read_text(encoding="utf-8")},
+        },
     ]
     outputs: dict[str, Any] = {
         "parameters": [{"name": "metrics", "valueFrom": {"path": METRICS_PATH, "default": "{}"}}]
