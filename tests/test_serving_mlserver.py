@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from controller import steplib
 from controller.backends.local.venvs import VenvCache
 from controller.backends.python_env import PythonEnvironment
 from controller.backends.serving import ServedVersion
@@ -48,6 +49,7 @@ def _train_iris(tmp_path: Path) -> Path:
         "FLYWHEEL_MODEL_DIR": str(model_dir),
         "FLYWHEEL_METRICS": str(tmp_path / "metrics.json"),
         "FLYWHEEL_DATA_IRIS": "sklearn://iris",
+        "PYTHONPATH": str(Path(steplib.__file__).parent),  # flywheel_reference, as the runners give it
     }
     subprocess.run([sys.executable, "train.py"], cwd=IRIS, env=env, check=True, capture_output=True)
     return model_dir
