@@ -48,10 +48,10 @@ from argo_workflows.model_utils import validate_and_convert_types
 from controller.backends.images import ImageBuilder, ImageError, ImageRequest
 from controller.backends.local.venvs import model_environment
 from controller.backends.pipelines import (
+    EventKind,
     RunRequest,
     RunResult,
     RunStatus,
-    StepEvent,
     StepResult,
     StepStatus,
 )
@@ -65,7 +65,7 @@ from controller.backends.pipelines.argo_workflow import (
     run_paths,
     task_name,
 )
-from controller.backends.pipelines.contract import log_tail, read_metrics
+from controller.backends.pipelines.contract import emit, log_tail, read_metrics
 from controller.settings import ArgoSettings
 from controller.specs.types import ArgoSpec, PvcArtifacts
 
@@ -353,25 +353,13 @@ class ArgoRunHandle:
     def _emit(
         self,
         step: str,
-        kind: Any,
+        kind: EventKind,
         attempt: int,
         elapsed: float,
         status: StepStatus | None = None,
         message: str = "",
     ) -> None:
-        event = StepEvent(
-            run_id=self.request.run_id,
-            step=step,
-            kind=kind,
-            attempt=attempt,
-            elapsed_seconds=elapsed,
-            status=status,
-            message=message,
-        )
-        try:
-            self.request.on_event(event)
-        except Exception:
-            log.exception("run %s: progress callback failed on %s", self.request.run_id, event)
+        emit(self.request, step, kind, attempt, elapsed, status, message)
 
     def _finish(self, workflow: dict[str, Any]) -> None:
         tasks = self._tasks(workflow)

@@ -1,4 +1,5 @@
-"""The step contract's pieces every home reads the same way: a step's metrics file and its log's tail.
+"""The step contract's pieces every home handles the same way: a step's metrics file, its log's tail,
+and the progress events it reports.
 
 Both pipeline runners call these: :mod:`.local` on the files its
 subprocesses wrote, :mod:`.argo` on a Workflow's ``metrics`` output parameter
@@ -8,12 +9,17 @@ and the pod logs it fetched. README's "step contract" is what they check.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOG_TAIL_LINES", "log_tail", "read_metrics"]
+from controller.backends.pipelines import EventKind, RunRequest, StepEvent, StepStatus
+
+__all__ = ["LOG_TAIL_LINES", "emit", "log_tail", "read_metrics"]
+
+log = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 50
 _TAIL_BYTES = 64 * 1024
@@ -58,3 +64,28 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     except OSError:
         return ""
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+def emit(
+    request: RunRequest,
+    step: str,
+    kind: EventKind,
+    attempt: int,
+    elapsed: float,
+    status: StepStatus | None = None,
+    message: str = "",
+) -> None:
+    """Report a step's progress to ``request.on_event``; a callback that fails is logged, never raised."""
+    event = StepEvent(
+        run_id=request.run_id,
+        step=step,
+        kind=kind,
+        attempt=attempt,
+        elapsed_seconds=elapsed,
+        status=status,
+        message=message,
+    )
+    try:
+        request.on_event(event)
+    except Exception:
+        log.exception("run %s: progress callback failed on %s", request.run_id, event)

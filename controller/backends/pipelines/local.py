@@ -76,11 +76,10 @@ from controller.backends.pipelines import (
     RunRequest,
     RunResult,
     RunStatus,
-    StepEvent,
     StepResult,
     StepStatus,
 )
-from controller.backends.pipelines.contract import log_tail, read_metrics
+from controller.backends.pipelines.contract import emit, log_tail, read_metrics
 from controller.backends.pipelines.orphans import StepRecords
 from controller.specs.types import Step
 
@@ -509,19 +508,7 @@ class LocalRunHandle:
         status: StepStatus | None = None,
         message: str = "",
     ) -> None:
-        event = StepEvent(
-            run_id=self.request.run_id,
-            step=step,
-            kind=kind,
-            attempt=attempt,
-            elapsed_seconds=elapsed,
-            status=status,
-            message=message,
-        )
-        try:
-            self.request.on_event(event)
-        except Exception:
-            log.exception("run %s: progress callback failed on %s", self.request.run_id, event)
+        emit(self.request, step, kind, attempt, elapsed, status, message)
 
 
 # ------------------------------------------------------------------ helpers
