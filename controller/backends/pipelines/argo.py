@@ -464,7 +464,7 @@ class ArgoRunHandle:
             )
         target = self.request.run_dir / "model"
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(source, target)
+        shutil.copytree(source, target, dirs_exist_ok=True)  # two handles of one run may copy at once
         return target
 
     def _reference_data(self) -> Path | None:
