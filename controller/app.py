@@ -196,6 +196,7 @@ def build_controller(
 
         runners["argo"] = ArgoRunner(
             images=images,
+            repository=repository_location(options.repo),
             token=lambda spec: argo_token(variable=spec.token_env, file=spec.token_file),
             settings=settings.argo,
         )

@@ -7,8 +7,9 @@ its Python — the environment only: the model's code reaches the steps from git
 at the run's commit, so a change of code alone needs no new image.
 :func:`archive` packs the build context (generated: the canonical requirements
 and the Dockerfile; the spec's own: the Dockerfile and the model's code beside
-it, as its ``COPY`` lines expect) as a reproducible ``tar.gz``: no timestamps, owners or order from the disk, so
-the same inputs give the same bytes. The builders call both: the BuildKit Job
+it, as its ``COPY`` lines expect) as a reproducible ``tar.gz``: no
+timestamps, owners or order from the disk, so the same inputs give the same
+bytes. The builders call both: the BuildKit Job
 (:mod:`.buildkit`) ships the archive in a ConfigMap, the local build
 (:mod:`.buildah`) unpacks it into a temporary directory.
 """
