@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
@@ -33,7 +34,7 @@ from controller.backends.forge.github import GitHubForge, GitHubSender
 from controller.backends.forge.github_poll import GitHubPoller
 from controller.backends.forge.local import LocalForge
 from controller.backends.git import GitError, Repository
-from controller.backends.images import ImageBuilder
+from controller.backends.images import ImageBuilder, ImageError
 from controller.backends.local.venvs import VenvCache
 from controller.backends.metrics import MetricsSource
 from controller.backends.metrics.builtin import BuiltinMetrics
@@ -172,10 +173,10 @@ def build_controller(
     """The controller the settings describe; ``clock`` is handed to every part that reads the time.
 
     ``serving`` replaces the local serving backend (tests pass a fake).
-    ``images`` builds models' images for the cluster home: with it the
-    controller has the ``argo`` pipeline runner; without it, a release branch
-    with an environment whose pipelines run on Argo is refused (one
-    :class:`~controller.settings.SettingsError` line).
+    ``images`` builds models' images for the cluster home (tests pass a
+    fake); without it, a release branch with an environment whose pipelines
+    run on Argo gets BuildKit builds in the cluster (:func:`_cluster_images`).
+    Either way the controller then has the ``argo`` pipeline runner.
     """
     options = settings.controller
     state_dir = options.state_dir.resolve()
@@ -191,15 +192,6 @@ def build_controller(
     # the backends this controller has, by the name an environment gives; an environment naming
     # another one gets an error saying so (proposals.pipeline_runner, ServingByName), never a stand-in
     runners: dict[str, PipelineRunner] = {"local": LocalRunner(venvs=venvs)}
-    if images is not None:  # one runner for every argo environment: each run names its Argo Server
-        from controller.backends.pipelines.argo import ArgoRunner
-
-        runners["argo"] = ArgoRunner(
-            images=images,
-            repository=repository_location(options.repo),
-            token=lambda spec: argo_token(variable=spec.token_env, file=spec.token_file),
-            settings=settings.argo,
-        )
     serving_backends: dict[str, ServingBackend] = {
         "local": serving or LocalServing(state_dir / "serving", venvs=venvs, clock=clock)
     }
@@ -211,7 +203,18 @@ def build_controller(
         known = ", ".join(sorted(repository.branches())) or "none"
         raise GitError(f"{options.repo} has no branch {release_branch!r} to release from (it has: {known})")
     if images is None:
-        _refuse_argo_without_images(repository.catalog(repository.resolve(release_branch)), store)
+        images = _cluster_images(
+            repository.catalog(repository.resolve(release_branch)), settings, state_dir, clock, store
+        )
+    if images is not None:  # one runner for every argo environment: each run names its Argo Server
+        from controller.backends.pipelines.argo import ArgoRunner
+
+        runners["argo"] = ArgoRunner(
+            images=images,
+            repository=repository_location(options.repo),
+            token=lambda spec: argo_token(variable=spec.token_env, file=spec.token_file),
+            settings=settings.argo,
+        )
     watching = Watched(repository=repository_location(options.repo), release_branch=release_branch)
     record_watched(store, watching)
 
@@ -336,15 +339,40 @@ def build_controller(
     )
 
 
-def _refuse_argo_without_images(catalog: Catalog, store: SqlStore) -> None:
-    """Raise :class:`SettingsError` (closing the store) when ``catalog`` runs pipelines on Argo."""
+def _cluster_images(
+    catalog: Catalog, settings: Settings, state_dir: Path, clock: Clock, store: SqlStore
+) -> ImageBuilder | None:
+    """BuildKit image builds when ``catalog`` runs pipelines on Argo, else ``None``.
+
+    The build Jobs go through the Kubernetes API of ``FLYWHEEL_KUBECONFIG``
+    (else the pod's in-cluster config), each in its environment's pipeline
+    namespace; the registry is asked with the credentials of
+    ``FLYWHEEL_REGISTRY_AUTH_FILE``. Neither readable: one
+    :class:`SettingsError` line naming the environment (the store closed).
+    """
     argo = sorted((e for e in catalog.environments.values() if e.runner == "argo"), key=lambda e: e.name)
-    if argo:
+    if not argo:
+        return None
+    from controller.backends.images.buildkit import BuildKitImages, kube_client
+    from controller.backends.images.registry import read_docker_config
+
+    auth_file = settings.argo.registry_auth_file
+    try:
+        api = kube_client(settings.argo.kubeconfig)
+        docker_config = read_docker_config(auth_file) if auth_file is not None else None
+    except ImageError as exc:
         store.close()
+        hint = "" if settings.argo.kubeconfig else " (set FLYWHEEL_KUBECONFIG outside the cluster)"
         raise SettingsError(
-            f"{argo[0].spec_path}: environment {argo[0].name!r} runs pipelines on Argo, which flywheel run "
-            "does not support yet (it builds no images for the steps to run in); use pipeline.runner: local"
-        )
+            f"{argo[0].spec_path}: environment {argo[0].name!r} runs pipelines on Argo: {exc}{hint}"
+        ) from None
+    return BuildKitImages(
+        api=api,
+        namespace=argo[0].pipeline_namespace or "default",
+        clock=clock,
+        logs_dir=state_dir / "logs" / "images",
+        docker_config=docker_config,
+    )
 
 
 def _handlers(

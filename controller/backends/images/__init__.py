@@ -64,6 +64,7 @@ class ImageRequest:
     python: PythonEnvironment
     dockerfile: str | None
     images: ImagesSpec
+    namespace: str | None = None  # where a cluster build runs (the pipeline's namespace); None: the builder's
 
     @cached_property
     def tag(self) -> str:

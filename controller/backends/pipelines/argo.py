@@ -220,6 +220,7 @@ class ArgoRunHandle:
             python=python,
             dockerfile=_relative_dockerfile(request),
             images=env.images,
+            namespace=env.pipeline_namespace,
         )
         try:
             image = self.runner.images.ensure(image_request)
