@@ -127,10 +127,10 @@ def test_the_kubeconfig_and_registry_auth_file_are_files_that_exist(tmp_path: Pa
     auth.write_text("{}")
     settings = ArgoSettings.from_env({ENV_KUBECONFIG: str(kubeconfig), ENV_REGISTRY_AUTH_FILE: str(auth)})
     assert (settings.kubeconfig, settings.registry_auth_file) == (kubeconfig, auth)
-    with pytest.raises(SettingsError, match="^FLYWHEEL_KUBECONFIG is '/nowhere': give a kubeconfig file"):
+    with pytest.raises(SettingsError, match=r"^FLYWHEEL_KUBECONFIG is '/nowhere': give a kubeconfig file"):
         ArgoSettings.from_env({ENV_KUBECONFIG: "/nowhere"})
     with pytest.raises(
-        SettingsError, match="^FLYWHEEL_REGISTRY_AUTH_FILE is '/nowhere': give a .dockerconfigjson"
+        SettingsError, match=r"^FLYWHEEL_REGISTRY_AUTH_FILE is '/nowhere': give a \.dockerconfigjson"
     ):
         ArgoSettings.from_env({ENV_REGISTRY_AUTH_FILE: "/nowhere"})
 
