@@ -99,6 +99,9 @@ class Controller:
     pollers: list[Poller] = field(default_factory=list)  # the fallback for missed webhook deliveries
     clock: Clock = SYSTEM_CLOCK  # the one clock of everything above
     watch: ServingWatch | None = None  # compares what serves with the store, at start and every tick
+    closing: list[Callable[[], object]] = field(
+        default_factory=list
+    )  # what close() closes too (image builds)
     # part of tick -> the error it last failed with, so a failure that repeats is logged once
     _failing: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
@@ -159,6 +162,8 @@ class Controller:
         for poller in self.pollers:
             poller.close()
         self.proposals.shutdown()
+        for close in self.closing:
+            close()
         self.store.close()
 
 
@@ -202,9 +207,10 @@ def build_controller(
     if release_branch not in repository.branches():
         known = ", ".join(sorted(repository.branches())) or "none"
         raise GitError(f"{options.repo} has no branch {release_branch!r} to release from (it has: {known})")
+    closing: list[Callable[[], object]] = []
     if images is None:
         images = _cluster_images(
-            repository.catalog(repository.resolve(release_branch)), settings, state_dir, clock, store
+            repository.catalog(repository.resolve(release_branch)), settings, state_dir, clock, store, closing
         )
     if images is not None:  # one runner for every argo environment: each run names its Argo Server
         from controller.backends.pipelines.argo import ArgoRunner
@@ -336,11 +342,17 @@ def build_controller(
         pollers=pollers,
         clock=clock,
         watch=watch,
+        closing=closing,
     )
 
 
 def _cluster_images(
-    catalog: Catalog, settings: Settings, state_dir: Path, clock: Clock, store: SqlStore
+    catalog: Catalog,
+    settings: Settings,
+    state_dir: Path,
+    clock: Clock,
+    store: SqlStore,
+    closing: list[Callable[[], object]],
 ) -> ImageBuilder | None:
     """BuildKit image builds when ``catalog`` runs pipelines on Argo, else ``None``.
 
@@ -349,6 +361,7 @@ def _cluster_images(
     namespace; the registry is asked with the credentials of
     ``FLYWHEEL_REGISTRY_AUTH_FILE``. Neither readable: one
     :class:`SettingsError` line naming the environment (the store closed).
+    What the controller closes when it stops is added to ``closing``.
     """
     argo = sorted((e for e in catalog.environments.values() if e.runner == "argo"), key=lambda e: e.name)
     if not argo:
@@ -366,13 +379,15 @@ def _cluster_images(
         raise SettingsError(
             f"{argo[0].spec_path}: environment {argo[0].name!r} runs pipelines on Argo: {exc}{hint}"
         ) from None
-    return BuildKitImages(
+    builder = BuildKitImages(
         api=api,
         namespace=argo[0].pipeline_namespace or "default",
         clock=clock,
         logs_dir=state_dir / "logs" / "images",
         docker_config=docker_config,
     )
+    closing += [builder.close, api.close]
+    return builder
 
 
 def _handlers(

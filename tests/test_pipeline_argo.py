@@ -125,6 +125,7 @@ def test_the_example_model_trains_on_argo(
     workflow = argo.workflows[("ml-pipelines", "flywheel-run-7")]
     image = workflow["spec"]["templates"][1]["container"]["image"]
     assert image == images.ensure(images.requests[0]).pinned and "@sha256:" in image
+    assert result.image == image  # the lineage's image: reference@digest
 
 
 def test_a_failing_step_reports_its_log(

@@ -153,6 +153,7 @@ class ArgoRunHandle:
         self._started = time.monotonic()
         self._stopping = threading.Lock()
         self._stopped = False
+        self._image: str | None = None  # reference@digest the steps run in, once ensured
 
     # ------------------------------------------------------------ RunHandle
 
@@ -226,6 +227,7 @@ class ArgoRunHandle:
             image = self.runner.images.ensure(image_request)
         except ImageError as exc:
             raise _RunError(f"image of {request.model.name}: {exc}") from exc
+        self._image = image.pinned
         inputs = WorkflowInputs(
             run_id=request.run_id,
             model=request.model,
@@ -450,6 +452,7 @@ class ArgoRunHandle:
             metrics=merged,
             model_dir=model_dir,
             environment_hash=self.request.environment_hash,
+            image=self._image,
             error=error,
             duration_seconds=time.monotonic() - self._started,
         )
@@ -493,6 +496,7 @@ class ArgoRunHandle:
             status=status,
             steps=steps,
             environment_hash=self.request.environment_hash,
+            image=self._image,
             error=error,
             duration_seconds=time.monotonic() - self._started,
         )
