@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
@@ -36,7 +37,7 @@ from controller.backends.forge.github_retrain import GitHubRetrainBranches
 from controller.backends.forge.local import LocalForge
 from controller.backends.git import GitError, Repository
 from controller.backends.git.branches import LocalRetrainBranches
-from controller.backends.images import ImageBuilder
+from controller.backends.images import ImageBuilder, ImageError
 from controller.backends.local.venvs import VenvCache
 from controller.backends.metrics import MetricsSource
 from controller.backends.metrics.builtin import BuiltinMetrics
@@ -104,7 +105,7 @@ class Controller:
     clock: Clock = SYSTEM_CLOCK  # the one clock of everything above
     watch: ServingWatch | None = None  # compares what serves with the store, at start and every tick
     triggers: TriggerEngine | None = None  # schedules and new data: retrain proposals
-    closers: list[Callable[[], None]] = field(default_factory=list)  # clients to close with the controller
+    closers: list[Callable[[], object]] = field(default_factory=list)  # clients to close with the controller
     # part of tick -> the error it last failed with, so a failure that repeats is logged once
     _failing: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
@@ -172,9 +173,9 @@ class Controller:
     def close(self) -> None:
         for poller in self.pollers:
             poller.close()
+        self.proposals.shutdown()  # runs in flight may still build images or read data versions
         for close in self.closers:
             close()
-        self.proposals.shutdown()
         self.store.close()
 
 
@@ -189,10 +190,10 @@ def build_controller(
     """The controller the settings describe; ``clock`` is handed to every part that reads the time.
 
     ``serving`` replaces the local serving backend (tests pass a fake).
-    ``images`` builds models' images for the cluster home: with it the
-    controller has the ``argo`` pipeline runner; without it, a release branch
-    with an environment whose pipelines run on Argo is refused (one
-    :class:`~controller.settings.SettingsError` line).
+    ``images`` builds models' images for the cluster home (tests pass a
+    fake); without it, a release branch with an environment whose pipelines
+    run on Argo gets BuildKit builds in the cluster (:func:`_cluster_images`).
+    Either way the controller then has the ``argo`` pipeline runner.
     """
     options = settings.controller
     state_dir = options.state_dir.resolve()
@@ -208,14 +209,6 @@ def build_controller(
     # the backends this controller has, by the name an environment gives; an environment naming
     # another one gets an error saying so (proposals.pipeline_runner, ServingByName), never a stand-in
     runners: dict[str, PipelineRunner] = {"local": LocalRunner(venvs=venvs)}
-    if images is not None:  # one runner for every argo environment: each run names its Argo Server
-        from controller.backends.pipelines.argo import ArgoRunner
-
-        runners["argo"] = ArgoRunner(
-            images=images,
-            token=lambda spec: argo_token(variable=spec.token_env, file=spec.token_file),
-            settings=settings.argo,
-        )
     serving_backends: dict[str, ServingBackend] = {
         "local": serving or LocalServing(state_dir / "serving", venvs=venvs, clock=clock)
     }
@@ -226,8 +219,20 @@ def build_controller(
     if release_branch not in repository.branches():
         known = ", ".join(sorted(repository.branches())) or "none"
         raise GitError(f"{options.repo} has no branch {release_branch!r} to release from (it has: {known})")
+    closing: list[Callable[[], object]] = []
     if images is None:
-        _refuse_argo_without_images(repository.catalog(repository.resolve(release_branch)), store)
+        images = _cluster_images(
+            repository.catalog(repository.resolve(release_branch)), settings, state_dir, clock, store, closing
+        )
+    if images is not None:  # one runner for every argo environment: each run names its Argo Server
+        from controller.backends.pipelines.argo import ArgoRunner
+
+        runners["argo"] = ArgoRunner(
+            images=images,
+            repository=repository_location(options.repo),
+            token=lambda spec: argo_token(variable=spec.token_env, file=spec.token_file),
+            settings=settings.argo,
+        )
     watching = Watched(repository=repository_location(options.repo), release_branch=release_branch)
     record_watched(store, watching)
 
@@ -351,19 +356,54 @@ def build_controller(
         clock=clock,
         watch=watch,
         triggers=triggers,
-        closers=closers,
+        closers=closing + closers,
     )
 
 
-def _refuse_argo_without_images(catalog: Catalog, store: SqlStore) -> None:
-    """Raise :class:`SettingsError` (closing the store) when ``catalog`` runs pipelines on Argo."""
+def _cluster_images(
+    catalog: Catalog,
+    settings: Settings,
+    state_dir: Path,
+    clock: Clock,
+    store: SqlStore,
+    closing: list[Callable[[], object]],
+) -> ImageBuilder | None:
+    """BuildKit image builds when ``catalog`` runs pipelines on Argo, else ``None``.
+
+    The build Jobs go through the Kubernetes API of ``FLYWHEEL_KUBECONFIG``
+    (else the pod's in-cluster config), each in its environment's pipeline
+    namespace; the registry is asked with the credentials of
+    ``FLYWHEEL_REGISTRY_AUTH_FILE``. Neither readable: one
+    :class:`SettingsError` line naming the environment (the store closed).
+    What the controller closes when it stops is added to ``closing``.
+    """
     argo = sorted((e for e in catalog.environments.values() if e.runner == "argo"), key=lambda e: e.name)
-    if argo:
+    if not argo:
+        return None
+    from controller.backends.images.buildkit import BuildKitImages, kube_client
+    from controller.backends.images.registry import read_docker_config
+
+    auth_file = settings.argo.registry_auth_file
+    try:
+        api = kube_client(settings.argo.kubeconfig)
+        docker_config = read_docker_config(auth_file) if auth_file is not None else None
+    except ImageError as exc:
         store.close()
+        hint = "" if settings.argo.kubeconfig else " (set FLYWHEEL_KUBECONFIG outside the cluster)"
         raise SettingsError(
-            f"{argo[0].spec_path}: environment {argo[0].name!r} runs pipelines on Argo, which flywheel run "
-            "does not support yet (it builds no images for the steps to run in); use pipeline.runner: local"
-        )
+            f"{argo[0].spec_path}: environment {argo[0].name!r} runs pipelines on Argo: {exc}{hint}"
+        ) from None
+    builder = BuildKitImages(
+        api=api,
+        namespace=argo[0].pipeline_namespace or "default",
+        clock=clock,
+        logs_dir=state_dir / "logs" / "images",
+        docker_config=docker_config,
+    )
+    closing += [builder.close, api.close]
+    return builder
+
+
 def _triggers(
     settings: Settings,
     repository: Repository,
@@ -371,10 +411,10 @@ def _triggers(
     catalog: Callable[[], Catalog],
     release_branch: str,
     clock: Clock,
-) -> tuple[TriggerEngine, list[Callable[[], None]]]:
+) -> tuple[TriggerEngine, list[Callable[[], object]]]:
     """The trigger engine: retrains proposed as branches here, or as pull requests on GitHub."""
     versions = DataVersions()
-    closers: list[Callable[[], None]] = [versions.close]
+    closers: list[Callable[[], object]] = [versions.close]
     branches: RetrainBranches
     if settings.github is not None:
         github = GitHubRetrainBranches(settings.github, release_branch=release_branch)

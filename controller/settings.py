@@ -33,6 +33,11 @@ Environment variables (README.md, "Settings", "GitHub" and "Slack"):
 ``FLYWHEEL_ARGO_ARTIFACTS_DIR``
     The cluster home's: where this controller sees the artifacts
     PersistentVolumeClaims, each at ``<dir>/<claimName>`` (:class:`ArgoSettings`).
+``FLYWHEEL_KUBECONFIG``, ``FLYWHEEL_REGISTRY_AUTH_FILE``
+    The cluster home's image builds: the kubeconfig of the cluster the build
+    Jobs run in (unset: the controller pod's in-cluster config) and the
+    registry credentials (a ``.dockerconfigjson`` file) the controller asks
+    the registry with (:class:`ArgoSettings`).
     The bearer token of an Environment's Argo Server is read from the variable
     or file its spec names, at each use (:func:`argo_token`).
 """
@@ -78,6 +83,8 @@ ENV_PREVIOUS_SECRET = "FLYWHEEL_GITHUB_WEBHOOK_SECRET_PREVIOUS"
 ENV_MAX_BODY_BYTES = "FLYWHEEL_WEBHOOK_MAX_BODY_BYTES"
 ENV_SLACK_SIGNING_SECRET = "FLYWHEEL_SLACK_SIGNING_SECRET"
 ENV_ARGO_ARTIFACTS_DIR = "FLYWHEEL_ARGO_ARTIFACTS_DIR"
+ENV_KUBECONFIG = "FLYWHEEL_KUBECONFIG"
+ENV_REGISTRY_AUTH_FILE = "FLYWHEEL_REGISTRY_AUTH_FILE"
 # Read by the test suite only (tests/fixtures/required.py): set, a test whose reference data or program is
 # missing fails instead of being skipped. CI sets it.
 ENV_TEST_REQUIRE_ALL = "FLYWHEEL_TEST_REQUIRE_ALL"
@@ -122,10 +129,16 @@ class ArgoSettings:
     PersistentVolumeClaims, claim ``X`` at ``<artifacts_dir>/X``, to bring a
     run's model home; ``None``: each claim at the ``mountPath`` its
     Environment gives, as in a controller pod that mounts the claim where the
-    steps do.
+    steps do. ``kubeconfig`` is the kubeconfig of the cluster the image build
+    Jobs run in (``None``: the in-cluster config of the controller's pod);
+    ``registry_auth_file`` a ``.dockerconfigjson`` file with the registries'
+    credentials, for asking a registry whether it has a tag (``None``: ask
+    without credentials).
     """
 
     artifacts_dir: Path | None = None
+    kubeconfig: Path | None = None
+    registry_auth_file: Path | None = None
 
     def claim_dir(self, claim_name: str, mount_path: str) -> Path:
         """Where the controller reads the claim ``claim_name`` (mounted at ``mount_path`` in the steps)."""
@@ -133,7 +146,8 @@ class ArgoSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ArgoSettings:
-        """Read ``FLYWHEEL_ARGO_ARTIFACTS_DIR`` (an absolute directory, when set)."""
+        """Read ``FLYWHEEL_ARGO_ARTIFACTS_DIR`` (an absolute directory), ``FLYWHEEL_KUBECONFIG`` and
+        ``FLYWHEEL_REGISTRY_AUTH_FILE`` (files), when set."""
         env = os.environ if environ is None else environ
         raw = env.get(ENV_ARGO_ARTIFACTS_DIR) or None
         if raw is not None and not Path(raw).is_absolute():
@@ -141,7 +155,20 @@ class ArgoSettings:
                 f"{ENV_ARGO_ARTIFACTS_DIR} is {raw!r}: give an absolute directory holding each "
                 "artifacts claim by name"
             )
-        return cls(artifacts_dir=Path(raw) if raw is not None else None)
+        files: dict[str, Path | None] = {}
+        for variable, what in (
+            (ENV_KUBECONFIG, "a kubeconfig"),
+            (ENV_REGISTRY_AUTH_FILE, "a .dockerconfigjson"),
+        ):
+            value = env.get(variable) or None
+            if value is not None and not Path(value).is_file():
+                raise SettingsError(f"{variable} is {value!r}: give {what} file that exists")
+            files[variable] = Path(value) if value is not None else None
+        return cls(
+            artifacts_dir=Path(raw) if raw is not None else None,
+            kubeconfig=files[ENV_KUBECONFIG],
+            registry_auth_file=files[ENV_REGISTRY_AUTH_FILE],
+        )
 
 
 def argo_token(

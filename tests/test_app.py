@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 
 from controller.app import ServingByName, build_controller
+from controller.backends.images.buildkit import BuildKitImages
 from controller.backends.images.fake import FakeImages
 from controller.backends.notify.buttons import SLACK_ACTION_KIND, ButtonPress
+from controller.backends.pipelines.argo import ArgoRunner
 from controller.backends.pipelines.fake import FakeRunner, ScriptedStep
 from controller.backends.serving import ServingError
 from controller.backends.serving.fake import FakeServing
@@ -30,9 +32,17 @@ from controller.backends.serving.local import LocalServing
 from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import ROLLBACK_EVENT
 from controller.scaffold import scaffold
-from controller.settings import ControllerSettings, GitHubSettings, Settings, SettingsError, SlackSettings
+from controller.settings import (
+    ArgoSettings,
+    ControllerSettings,
+    GitHubSettings,
+    Settings,
+    SettingsError,
+    SlackSettings,
+)
 from controller.specs.types import Environment
 from tests.fakes.github_api import pull_request_event
+from tests.fakes.kube_api import FakeKube
 from tests.gitrepo import GitRepo
 
 pytestmark = pytest.mark.integration
@@ -178,17 +188,22 @@ def test_flywheel_runs_modules_import_nothing_of_the_webhook_service() -> None:
     assert done.stdout.strip() == "[]"
 
 
-def test_an_argo_environment_is_refused_in_one_line_without_images(repo: Path, tmp_path: Path) -> None:
+def test_an_argo_environment_without_a_kubernetes_api_is_refused_in_one_line(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # not in a cluster: no in-cluster config
     git = GitRepo(repo)
     git.write("environments/staging.yaml", CLUSTER_STAGING)
     git.commit("Train on Argo")
     settings = Settings(controller=ControllerSettings(repo=str(repo), state_dir=tmp_path / "a"))
     with pytest.raises(SettingsError) as refused:
         build_controller(settings, serving=FakeServing())
-    assert str(refused.value) == (
-        "environments/staging.yaml: environment 'staging' runs pipelines on Argo, which flywheel run "
-        "does not support yet (it builds no images for the steps to run in); use pipeline.runner: local"
+    message = str(refused.value)
+    assert message.startswith(
+        "environments/staging.yaml: environment 'staging' runs pipelines on Argo: "
+        "no Kubernetes API to build images in: the in-cluster config: "
     )
+    assert message.endswith("(set FLYWHEEL_KUBECONFIG outside the cluster)") and "\n" not in message
     controller = build_controller(
         Settings(controller=ControllerSettings(repo=str(repo), state_dir=tmp_path / "b")),
         serving=FakeServing(),
@@ -198,6 +213,29 @@ def test_an_argo_environment_is_refused_in_one_line_without_images(repo: Path, t
         assert set(controller.proposals.runners) == {"local", "argo"}
     finally:
         controller.close()
+
+
+def test_an_argo_environment_gets_buildkit_builds_through_the_kubeconfig(repo: Path, tmp_path: Path) -> None:
+    git = GitRepo(repo)
+    git.write("environments/staging.yaml", CLUSTER_STAGING)
+    git.commit("Train on Argo")
+    kube = FakeKube()
+    kube.start()
+    try:
+        settings = Settings(
+            controller=ControllerSettings(repo=str(repo), state_dir=tmp_path / "state"),
+            argo=ArgoSettings(kubeconfig=kube.kubeconfig(tmp_path / "kubeconfig")),
+        )
+        controller = build_controller(settings, serving=FakeServing())
+        try:
+            argo = controller.proposals.runners["argo"]
+            assert isinstance(argo, ArgoRunner) and isinstance(argo.images, BuildKitImages)
+            assert argo.images.api is not None and argo.images.api.configuration.host == kube.url
+            assert argo.repository == str(repo.resolve())
+        finally:
+            controller.close()
+    finally:
+        kube.stop()
 
 
 CLUSTER_STAGING = """\

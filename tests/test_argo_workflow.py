@@ -26,7 +26,7 @@ from controller.backends.pipelines.argo_workflow import (
     LABEL_MODEL,
     LABEL_RUN,
     METRICS_PATH,
-    SOURCE_DIR,
+    REPO_DIR,
     WorkflowInputs,
     render_workflow,
     workflow_name,
@@ -49,6 +49,7 @@ pytestmark = pytest.mark.unit
 
 SCHEMAS = ("argo-workflows-v3.7.18.schema.json", "argo-workflows.schema.json")
 IMAGE = "registry.example.com:5000/ml/flywheel/iris:abc@sha256:" + "1" * 64
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 MODEL = Model(
     name="iris",
@@ -103,6 +104,8 @@ def render(artifacts: PvcArtifacts | S3Artifacts = PVC, **changes: Any) -> dict[
         model=MODEL,
         environment=environment(artifacts),
         image=IMAGE,
+        repository="https://github.com/acme/models.git",
+        commit=COMMIT,
         params=MODEL.params,
         data={"iris": "sklearn://iris", "extra-rows": "/state/runs/42/src/data/extra.csv"},
         source_dir=Path("/state/runs/42/src"),
@@ -171,12 +174,61 @@ def test_retries_deadlines_and_resources_come_from_the_steps() -> None:
     assert "resources" not in by_name["prepare"]["container"]
 
 
-def test_commands_run_in_the_image_in_the_source_directory() -> None:
+def test_commands_run_in_the_image_in_the_source_directory_of_the_checkout() -> None:
     by_name = templates(render())
     assert by_name["train"]["container"]["command"] == ["python", "train.py", "--fast"]
     assert by_name["report"]["container"]["command"] == ["/bin/sh", "-c", "python report.py | tee out.txt"]
     assert {t["container"]["image"] for t in by_name.values() if "container" in t} == {IMAGE}
-    assert by_name["train"]["container"]["workingDir"] == SOURCE_DIR
+    # the image holds no code (it once held it at /flywheel/src): the checkout's model directory
+    assert by_name["train"]["container"]["workingDir"] == f"{REPO_DIR}/specs/iris"
+
+
+def test_every_step_checks_the_code_out_at_the_runs_commit() -> None:
+    for template in (t for t in templates(render()).values() if "container" in t):
+        [code] = [a for a in template["inputs"]["artifacts"] if "git" in a]
+        assert code == {
+            "name": "code",
+            "path": REPO_DIR,
+            "git": {"repo": "https://github.com/acme/models.git", "revision": COMMIT},
+        }
+
+
+@pytest.mark.parametrize(
+    ("repository", "credentials"),
+    [
+        (
+            "https://github.com/acme/models.git",
+            {
+                "usernameSecret": {"name": "repo-credentials", "key": "username"},
+                "passwordSecret": {"name": "repo-credentials", "key": "password"},
+            },
+        ),
+        (
+            "git@github.com:acme/models.git",
+            {"sshPrivateKeySecret": {"name": "repo-credentials", "key": "ssh-privatekey"}},
+        ),
+        (
+            "ssh://git@git.example.com/models.git",
+            {"sshPrivateKeySecret": {"name": "repo-credentials", "key": "ssh-privatekey"}},
+        ),
+    ],
+)
+def test_the_checkout_uses_the_git_secret_the_environment_names(
+    repository: str, credentials: dict[str, Any]
+) -> None:
+    env = environment(PVC)
+    assert env.argo is not None
+    env = replace(env, argo=replace(env.argo, git_secret="repo-credentials"))
+    workflow = render(environment=env, repository=repository)
+    [code] = [a for a in templates(workflow)["train"]["inputs"]["artifacts"] if "git" in a]
+    assert code["git"] == {"repo": repository, "revision": COMMIT, **credentials}
+    for schema in SCHEMAS:
+        assert validator(schema).is_valid(workflow), schema
+
+
+def test_a_model_at_the_repository_root_runs_in_the_checkout_itself() -> None:
+    model = replace(MODEL, source=Source(path=".", requirements="requirements.txt"))
+    assert templates(render(model=model))["train"]["container"]["workingDir"] == REPO_DIR
 
 
 def test_each_container_gets_the_step_contract() -> None:
@@ -186,8 +238,8 @@ def test_each_container_gets_the_step_contract() -> None:
     assert env["FLYWHEEL_WORKDIR"] == "/flywheel/work" and env["FLYWHEEL_MODEL_DIR"] == "/flywheel/model"
     assert env["FLYWHEEL_METRICS"] == METRICS_PATH and env["MODE"] == "full"
     assert env["FLYWHEEL_DATA_IRIS"] == "sklearn://iris"
-    assert env["FLYWHEEL_DATA_EXTRA_ROWS"] == f"{SOURCE_DIR}/data/extra.csv"
-    params, steplib = train["inputs"]["artifacts"]
+    assert env["FLYWHEEL_DATA_EXTRA_ROWS"] == f"{REPO_DIR}/specs/iris/data/extra.csv"
+    [params, steplib, _code] = train["inputs"]["artifacts"]
     assert params["path"] == env["FLYWHEEL_PARAMS"] and json.loads(params["raw"]["data"]) == MODEL.params
     # the step library, on PYTHONPATH as on one machine, and where it writes the reference sample
     assert steplib["path"] == f"{env['PYTHONPATH']}/flywheel_reference.py"
@@ -218,7 +270,7 @@ def test_with_s3_the_model_directory_is_an_artifact() -> None:
         "accessKeySecret": {"name": "s3-credentials", "key": "accessKey"},
         "secretKeySecret": {"name": "s3-credentials", "key": "secretKey"},
     }
-    assert [a["name"] for a in train["inputs"]["artifacts"]] == ["params", "steplib", "model"]
+    assert [a["name"] for a in train["inputs"]["artifacts"]] == ["params", "steplib", "code", "model"]
 
 
 def test_name_labels_and_the_cluster_settings() -> None:

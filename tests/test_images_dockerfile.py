@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,6 @@ from controller.backends.images import ImageError, ImageRequest
 from controller.backends.images.dockerfile import (
     DOCKERFILE,
     REQUIREMENTS,
-    SOURCE_DIR,
     archive,
     context_files,
     render,
@@ -66,7 +66,9 @@ def test_the_generated_dockerfile_installs_the_requirements_with_the_models_pyth
     lines = text.splitlines()
     assert lines[1] == "FROM python:3.11-slim"
     assert f"RUN python3.12 -m pip install --no-cache-dir -r /flywheel/{REQUIREMENTS}" in lines
-    assert f"COPY src/ {SOURCE_DIR}/" in lines and lines[-1] == f"WORKDIR {SOURCE_DIR}"
+    # the environment only: the code reaches the pods from git at the run's commit (it once was copied
+    # here, and a code change with the same requirements then ran the image's old code)
+    assert not any(line.startswith("COPY src") for line in lines) and lines[-1] == "WORKDIR /flywheel"
 
 
 def test_same_inputs_give_the_same_dockerfile_and_archive_bytes(source: Path) -> None:
@@ -83,9 +85,9 @@ def test_a_changed_requirement_changes_the_dockerfile(source: Path) -> None:
     assert render(make_request(source, "numpy==2.0\n")) != render(make_request(source, "numpy==2.1\n"))
 
 
-def test_the_generated_context_holds_the_code_the_requirements_and_the_dockerfile(source: Path) -> None:
+def test_the_generated_context_holds_the_requirements_and_the_dockerfile_and_no_code(source: Path) -> None:
     files = context_files(make_request(source))
-    assert sorted(files) == [DOCKERFILE, REQUIREMENTS, "src/pkg/util.py", "src/train.py"]
+    assert sorted(files) == [DOCKERFILE, REQUIREMENTS]
     assert files[REQUIREMENTS] == b"numpy==2.0\nscikit-learn\n"
     with tarfile.open(fileobj=io.BytesIO(archive(make_request(source))), mode="r:gz") as tar:
         members = tar.getmembers()
@@ -106,7 +108,30 @@ def test_the_specs_own_dockerfile_is_used_with_the_code_at_the_context_root(sour
 def test_unpack_writes_the_context(source: Path, tmp_path: Path) -> None:
     dockerfile = unpack(make_request(source), tmp_path / "ctx")
     assert dockerfile == tmp_path / "ctx" / DOCKERFILE
-    assert (tmp_path / "ctx" / "src" / "pkg" / "util.py").read_text() == "X = 1\n"
+    assert (tmp_path / "ctx" / REQUIREMENTS).read_text() == "numpy==2.0\nscikit-learn\n"
+    assert not (tmp_path / "ctx" / "src").exists()
+
+
+def test_a_code_change_keeps_the_tag_and_an_environment_change_gives_a_new_one(source: Path) -> None:
+    before = make_request(source)
+    (source / "train.py").write_text("print('train better')\n")
+    assert make_request(source).tag == before.tag  # the code is not in the image
+    assert make_request(source, "numpy==2.1\nscikit-learn\n").tag != before.tag
+    assert make_request(source, python="3.12").tag != before.tag
+    other_base = ImagesSpec(registry="r.example:5000", repository="ml", base_image="python:3.11-bookworm")
+    assert replace(before, images=other_base).tag != before.tag
+    assert before.tag.startswith(f"{before.environment_hash}-") and before.reference.endswith(before.tag)
+
+
+def test_with_its_own_dockerfile_the_tag_covers_the_dockerfile_and_what_it_copies(source: Path) -> None:
+    (source / "Dockerfile").write_text("FROM busybox\nCOPY train.py /app/\n")
+    before = make_request(source, dockerfile="Dockerfile")
+    assert make_request(source, dockerfile="Dockerfile").tag == before.tag
+    (source / "Dockerfile").write_text("FROM busybox:1.37\nCOPY train.py /app/\n")
+    changed_dockerfile = make_request(source, dockerfile="Dockerfile")
+    assert changed_dockerfile.tag != before.tag
+    (source / "train.py").write_text("print('copied into this image')\n")
+    assert make_request(source, dockerfile="Dockerfile").tag != changed_dockerfile.tag
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,8 @@ import pytest
 
 from controller.settings import (
     ENV_ARGO_ARTIFACTS_DIR,
+    ENV_KUBECONFIG,
+    ENV_REGISTRY_AUTH_FILE,
     ENV_SECRET,
     ArgoSettings,
     ControllerSettings,
@@ -113,6 +115,24 @@ def test_the_argo_artifacts_directory_is_absolute_and_holds_each_claim_by_name(t
     assert settings.argo.claim_dir("models", "/artifacts") == tmp_path / "models"
     with pytest.raises(SettingsError, match="FLYWHEEL_ARGO_ARTIFACTS_DIR is 'claims': give an absolute"):
         ArgoSettings.from_env({ENV_ARGO_ARTIFACTS_DIR: "claims"})
+
+
+def test_the_kubeconfig_and_registry_auth_file_are_files_that_exist(tmp_path: Path) -> None:
+    assert (ArgoSettings.from_env({}).kubeconfig, ArgoSettings.from_env({}).registry_auth_file) == (
+        None,
+        None,
+    )
+    kubeconfig, auth = tmp_path / "kubeconfig", tmp_path / "config.json"
+    kubeconfig.write_text("apiVersion: v1\n")
+    auth.write_text("{}")
+    settings = ArgoSettings.from_env({ENV_KUBECONFIG: str(kubeconfig), ENV_REGISTRY_AUTH_FILE: str(auth)})
+    assert (settings.kubeconfig, settings.registry_auth_file) == (kubeconfig, auth)
+    with pytest.raises(SettingsError, match=r"^FLYWHEEL_KUBECONFIG is '/nowhere': give a kubeconfig file"):
+        ArgoSettings.from_env({ENV_KUBECONFIG: "/nowhere"})
+    with pytest.raises(
+        SettingsError, match=r"^FLYWHEEL_REGISTRY_AUTH_FILE is '/nowhere': give a \.dockerconfigjson"
+    ):
+        ArgoSettings.from_env({ENV_REGISTRY_AUTH_FILE: "/nowhere"})
 
 
 def test_the_argo_token_comes_from_the_variable_or_file_the_spec_names(tmp_path: Path) -> None:

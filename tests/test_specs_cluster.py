@@ -33,6 +33,7 @@ spec:
     argo:
       server: https://argo-server.argo.svc:2746
       serviceAccount: flywheel-steps
+      git: {secret: repo-credentials}
       token: {env: ARGO_TOKEN}
       tls: {caFile: /etc/ssl/argo-ca.pem, insecureSkipVerify: false}
   images:
@@ -74,6 +75,7 @@ def test_the_example_cluster_environment_is_valid_and_typed() -> None:
         token_file=None,
         ca_file="/etc/ssl/argo-ca.pem",
         insecure_skip_verify=False,
+        git_secret="repo-credentials",
     )
     assert env.images == ImagesSpec(
         registry="registry.example.com:5000",
@@ -156,6 +158,9 @@ def test_the_cluster_parts_go_together(changes: dict[str, Any], expected: list[t
         ({"pipeline__argo__server": "argo-server:2746"}, "server"),
         ({"pipeline__argo__token": {}}, "token"),
         ({"pipeline__argo__token": {"file": "relative/token"}}, "file"),
+        ({"pipeline__argo__git": {}}, "git"),
+        ({"pipeline__argo__git": {"secret": "Repo Credentials"}}, "secret"),
+        ({"pipeline__argo__git": {"secret": "x", "key": "y"}}, "git"),
         ({"images__registry": "https://registry.example.com"}, "registry"),
         ({"images__repository": "ML/Flywheel"}, "repository"),
         ({"images__baseImage": "python 3.11"}, "baseImage"),
@@ -174,6 +179,7 @@ def test_every_cluster_field_is_described() -> None:
     for name in ("images", "artifacts"):
         assert spec[name]["description"]
     assert spec["pipeline"]["properties"]["argo"]["properties"]["server"]["description"]
+    assert spec["pipeline"]["properties"]["argo"]["properties"]["git"]["properties"]["secret"]["description"]
 
 
 def _catalog_with(environment: str, *, first_stage: str = "staging") -> Catalog:

@@ -443,6 +443,7 @@ class ProposalReconciler:
             on_event=self._on_step_event,
             environment=environment,
             cache_key=run.cache_key,
+            commit=run.commit,
         )
         log.info(
             "training %s on %s at %s (run %s)",

@@ -297,6 +297,7 @@ def _argo(doc: dict[str, Any] | None) -> ArgoSpec | None:
     return ArgoSpec(
         server=doc["server"],
         service_account=doc.get("serviceAccount"),
+        git_secret=doc.get("git", {}).get("secret"),
         token_env=token.get("env"),
         token_file=token.get("file"),
         ca_file=tls.get("caFile"),

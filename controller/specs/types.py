@@ -307,6 +307,7 @@ class ArgoSpec:
     token_file: str | None = None  # file holding the bearer token
     ca_file: str | None = None
     insecure_skip_verify: bool = False
+    git_secret: str | None = None  # the Secret with the repository's credentials for the pods' checkout
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,10 @@ in one Workflow and reported as the embedded home reports it (metrics, gates,
 the comparison with production, the params changed); a crashing step's log
 reaches the report; a controller killed mid-Workflow and started again
 follows that Workflow and submits no second one; a newer head stops the older
-head's Workflow. The controller is the one ``flywheel run`` builds, given the
-fake image builder (the composition root's ``images``) in place of a real one.
+head's Workflow. The step pods check the proposal's commit out of the watched
+repository (its path here), never the working tree's code. The controller is
+the one ``flywheel run`` builds, given the fake image builder (the
+composition root's ``images``) in place of a real one.
 """
 
 from __future__ import annotations
@@ -86,9 +88,9 @@ def repo(tmp_path: Path) -> GitRepo:
 
 @pytest.fixture
 def argo(repo: GitRepo, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeArgoServer]:
-    """The stand-in Argo Server, named by main's staging environment; its pods hold the checked-out code."""
+    """The stand-in Argo Server, named by main's staging environment; its pods check the run's commit out."""
     monkeypatch.setenv("ARGO_TOKEN", "s3cret")
-    with FakeArgoServer(image_source=lambda image: repo.path / "specs/iris", token="s3cret") as server:
+    with FakeArgoServer(token="s3cret") as server:
         repo.write("environments/staging.yaml", STAGING.format(namespace=NAMESPACE, server=server.url))
         repo.commit("Train on Argo")
         yield server
@@ -159,6 +161,10 @@ def test_a_param_change_is_trained_on_argo_and_reported_as_on_one_machine(
     [workflow] = _workflows_of(argo, trained)
     labels = argo.workflows[(NAMESPACE, workflow)]["metadata"]["labels"]
     assert labels["flywheel.dev/model"] == "iris"
+    for template in argo.workflows[(NAMESPACE, workflow)]["spec"]["templates"][1:]:
+        [code] = [a for a in template["inputs"]["artifacts"] if "git" in a]
+        assert code["git"] == {"repo": str(repo.path.resolve()), "revision": head}  # the proposal's commit
+        assert template["container"]["workingDir"] == "/flywheel/repo/specs/iris"
     assert trained.status == "succeeded" and trained.cache_key.startswith(labels["flywheel.dev/cache-key"])
     assert Path(trained.artifact_path or "").joinpath("model.joblib").is_file()  # brought home from the claim
     assert {r.model for r in images.requests} == {"iris"}

@@ -11,10 +11,12 @@ A created Workflow runs at once: its DAG's tasks start when the tasks in their
 ``depends`` succeeded (at most ``parallelism`` at a time); each task's
 container command runs as a local subprocess with the container's ``env`` in a
 temporary directory standing for the pod. Absolute paths the pod would see are
-mapped into it: ``/flywheel/…`` into the pod's own directory (the image's
-content, ``image_source(image)``, is copied to the container's
-``workingDir``), a ``volumeMount`` of a PersistentVolumeClaim into
-``claims[claimName]`` (shared by every pod, as a volume is). Raw input
+mapped into it: ``/flywheel/…`` into the pod's own directory, a
+``volumeMount`` of a PersistentVolumeClaim into ``claims[claimName]`` (shared
+by every pod, as a volume is). The image holds no code: a ``git`` input
+artifact is cloned from its ``repo`` (a local path or ``file://`` URL here)
+and checked out at its ``revision`` at its path, as Argo's init container
+does, and the command runs in the container's ``workingDir``. Raw input
 artifacts are written, output parameters read from their paths (their
 ``default`` when absent), ``retryStrategy.limit`` retries, a template's
 ``activeDeadlineSeconds`` kills an attempt and ``stop`` kills what runs. Pods
@@ -35,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -52,8 +53,7 @@ def _now() -> str:
 class FakeArgoServer:
     """The stand-in; use as a context manager (started on enter, stopped and cleaned on exit)."""
 
-    def __init__(self, *, image_source: Callable[[str], Path], token: str | None = None) -> None:
-        self.image_source = image_source
+    def __init__(self, *, token: str | None = None) -> None:
         self.token = token
         self.workflows: dict[tuple[str, str], dict[str, Any]] = {}
         self.created: list[str] = []  # names, in order of creation (a refused duplicate is not counted)
@@ -310,13 +310,17 @@ class FakeArgoServer:
                     return str(mounts[prefix]) + path[len(prefix) :]
             return path
 
-        workdir = Path(local(container.get("workingDir", "/flywheel/src")))
-        shutil.copytree(self.image_source(container["image"]), workdir)
         for artifact in template.get("inputs", {}).get("artifacts", []):
+            target = Path(local(artifact["path"]))
+            target.parent.mkdir(parents=True, exist_ok=True)
             if "raw" in artifact:
-                target = Path(local(artifact["path"]))
-                target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(artifact["raw"]["data"])
+            elif "git" in artifact:
+                failed = _checkout(artifact["git"], target)
+                if failed:
+                    self.logs[pod] = failed.encode()
+                    return "Error", f"failed to load artifacts: {failed}", {}
+        workdir = Path(local(container.get("workingDir", "/")))
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
         # the image's Python is the one running the tests (it has the example models' requirements)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -361,6 +365,18 @@ class FakeArgoServer:
                 parameters.append({"name": parameter["name"], "value": value})
             outputs = {"parameters": parameters}
         return phase, message, outputs
+
+
+def _checkout(git: dict[str, Any], target: Path) -> str:
+    """Clone ``git["repo"]`` into ``target`` at ``git["revision"]``; what went wrong, or ``""``."""
+    for args in (
+        ["git", "clone", "--quiet", "--no-checkout", git["repo"], str(target)],
+        ["git", "-C", str(target), "checkout", "--quiet", "--detach", git.get("revision", "HEAD")],
+    ):
+        done = subprocess.run(args, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            return f"{' '.join(args[:4])}: {done.stderr.strip()}"
+    return ""
 
 
 class _Handler(BaseHTTPRequestHandler):

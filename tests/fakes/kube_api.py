@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -62,6 +63,19 @@ class FakeKube:
         configuration.host = self.url
         self._clients.append(k8s.ApiClient(configuration))
         return self._clients[-1]
+
+    def kubeconfig(self, path: Path) -> Path:
+        """Write a kubeconfig whose current context is this server (what ``FLYWHEEL_KUBECONFIG`` names)."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": "fake", "user": {"token": "fake-token"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+            "current-context": "fake",
+        }
+        path.write_text(json.dumps(config))  # JSON is YAML
+        return path
 
     # ------------------------------------------------------------------ state
 

@@ -1,10 +1,13 @@
 """The image builder interface: one OCI image per model environment, built only when its tag is missing.
 
-The cluster home runs a model's steps in an image made from the model's code,
-its requirements and its Python version, on the Environment's base image (or
-from the model's own Dockerfile), and tagged by the environment hash the
-embedded home names its virtualenvs with (:func:`image_tag`), so the same
-inputs give the same tag in both homes. The argo pipeline runner calls
+The cluster home runs a model's steps in an image of the model's environment
+— its requirements and its Python version on the Environment's base image, or
+the model's own Dockerfile — never its code, which reaches the pods from git at
+the run's commit. The tag (:func:`image_tag`) covers everything that goes into
+the image: the environment hash the embedded home names its virtualenvs with,
+then a short digest of the build context (the Dockerfile, which names the base
+image, and the files beside it), so the same inputs give the same tag and a
+changed requirement, base image or Dockerfile a new one. The argo pipeline runner calls
 :meth:`ImageBuilder.ensure` before it submits a Workflow and puts
 :attr:`BuiltImage.pinned` into the Workflow's containers; ``flywheel
 manifests`` renders the build through :meth:`ImageBuilder.manifests` without
@@ -14,8 +17,11 @@ contacting any cluster. The composition root picks the implementation;
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +33,7 @@ __all__ = [
     "ImageBuilder",
     "ImageError",
     "ImageRequest",
+    "context_digest",
     "image_reference",
     "image_tag",
 ]
@@ -44,10 +51,11 @@ class ImageRequest:
     """One model environment's image: what goes into it and where it goes.
 
     ``environment_hash`` is :func:`controller.backends.pipelines.environment_hash`
-    of the model's requirements and Python version, and the image's tag.
-    ``source_dir`` is the model's code, exported from git; ``dockerfile``, when
-    set, is the spec's own Dockerfile relative to it (``None``: Flywheel
-    generates one on ``images.base_image``).
+    of the model's requirements and Python version, the first part of the
+    image's tag. ``source_dir`` is the model's code, exported from git, where
+    its requirements are read and the spec's own Dockerfile is found:
+    ``dockerfile``, when set, is relative to it (``None``: Flywheel generates
+    one on ``images.base_image``, and the code stays out of the image).
     """
 
     model: str
@@ -56,14 +64,18 @@ class ImageRequest:
     python: PythonEnvironment
     dockerfile: str | None
     images: ImagesSpec
+    namespace: str | None = None  # where a cluster build runs (the pipeline's namespace); None: the builder's
 
-    @property
+    @cached_property
     def tag(self) -> str:
-        return image_tag(self.environment_hash)
+        """:func:`image_tag` of the environment hash and of this request's build context."""
+        from controller.backends.images.dockerfile import context_files  # it builds on this module
+
+        return image_tag(self.environment_hash, context_digest(context_files(self)))
 
     @property
     def reference(self) -> str:
-        return image_reference(self.images, self.model, self.environment_hash)
+        return image_reference(self.images, self.model, self.tag)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,20 +105,42 @@ class ImageBuilder(Protocol):
         ...
 
 
-def image_tag(environment_hash: str) -> str:
-    """The tag of the image for ``environment_hash``: a valid OCI tag of at most 128 characters.
+def context_digest(files: Mapping[str, bytes]) -> str:
+    """The sha256 (hex) of a build context given as {path inside it: content}, independent of order."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        content = files[name]
+        digest.update(f"{name}\0{len(content)}\0".encode())
+        digest.update(content)
+    return digest.hexdigest()
 
-    A hash (hex digits) is its own tag; any other character an OCI tag cannot
-    hold becomes ``-``, and a tag cannot start with ``.`` or ``-``.
+
+def image_tag(environment_hash: str, context: str) -> str:
+    """The tag of an image: ``<environment hash>-<first 12 hex digits of its context's digest>``.
+
+    ``environment_hash`` is the hash the embedded home names the model's
+    virtualenv with (requirements and Python version); ``context`` is
+    :func:`context_digest` of the build context — the Dockerfile (generated on
+    ``images.baseImage``, so it names the base image, or the spec's own) and
+    every file built with it (the canonical requirements; with the spec's own
+    Dockerfile, the model's code it may copy). The same inputs give the same
+    tag; a changed requirement, Python version, base image, Dockerfile or
+    context file gives a new one. The result is a valid OCI tag of at most
+    128 characters: any character a tag cannot hold becomes ``-``, a tag
+    cannot start with ``.`` or ``-``, and a long hash is cut before the
+    context's digest, which is always kept.
     """
-    tag = _TAG_CHARS.sub("-", environment_hash.strip())[:MAX_TAG_LENGTH]
+    suffix = _TAG_CHARS.sub("-", context.strip())[:12]
+    if not suffix:
+        raise ImageError("an image tag needs a non-empty build context digest")
+    tag = _TAG_CHARS.sub("-", environment_hash.strip())[: MAX_TAG_LENGTH - len(suffix) - 2]
     if not tag:
         raise ImageError("an image tag needs a non-empty environment hash")
     if tag[0] in ".-":
-        tag = ("_" + tag)[:MAX_TAG_LENGTH]
-    return tag
+        tag = "_" + tag
+    return f"{tag}-{suffix}"
 
 
-def image_reference(images: ImagesSpec, model: str, environment_hash: str) -> str:
-    """``<registry>/<repository>/<model>:<tag>`` of a model's image for ``environment_hash``."""
-    return f"{images.registry}/{images.repository.strip('/')}/{model}:{image_tag(environment_hash)}"
+def image_reference(images: ImagesSpec, model: str, tag: str) -> str:
+    """``<registry>/<repository>/<model>:<tag>`` of a model's image with ``tag`` (:func:`image_tag`)."""
+    return f"{images.registry}/{images.repository.strip('/')}/{model}:{tag}"

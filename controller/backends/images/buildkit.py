@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from kubernetes import client as k8s
+from kubernetes import config as k8s_config
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
@@ -40,7 +41,7 @@ from controller.backends.images.registry import Registries, Registry
 from controller.clock import Clock
 from controller.specs.types import ImagesSpec
 
-__all__ = ["BUILDKIT_IMAGE", "BuildKitImages", "job_name", "manifest_digest"]
+__all__ = ["BUILDKIT_IMAGE", "BuildKitImages", "job_name", "kube_client", "manifest_digest"]
 
 BUILDKIT_IMAGE = "moby/buildkit:rootless"
 CONTEXT_KEY = "context.tar.gz"
@@ -61,6 +62,26 @@ def job_name(model: str, tag: str) -> str:
     return f"build-{slug}-{suffix}".rstrip("-")
 
 
+def kube_client(kubeconfig: Path | None) -> k8s.ApiClient:
+    """A ``kubernetes`` client from ``kubeconfig`` (its current context), else the in-cluster config.
+
+    Raises :class:`ImageError` saying which could not be read and why.
+    """
+    try:
+        if kubeconfig is not None:
+            configuration = k8s.Configuration()
+            k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=str(kubeconfig), client_configuration=configuration
+            )
+        else:
+            configuration = k8s.Configuration()
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        return k8s.ApiClient(configuration)
+    except (k8s_config.ConfigException, OSError, ValueError) as error:
+        where = f"kubeconfig {kubeconfig}" if kubeconfig is not None else "the in-cluster config"
+        raise ImageError(f"no Kubernetes API to build images in: {where}: {error}") from None
+
+
 def manifest_digest(log: str) -> str | None:
     """The pushed manifest's digest in a BuildKit log: the last ``exporting manifest [list] sha256:`` line."""
     found = _MANIFEST.findall(log)
@@ -77,7 +98,11 @@ def _labels(request: ImageRequest) -> dict[str, str]:
 
 
 class BuildKitImages:
-    """Builds missing images with BuildKit Jobs in ``namespace``; asks the registry before and after."""
+    """Builds missing images with BuildKit Jobs; asks the registry before and after.
+
+    A build runs in the namespace its request names (the environment's
+    pipeline namespace), else in ``namespace``.
+    """
 
     def __init__(
         self,
@@ -103,6 +128,10 @@ class BuildKitImages:
         self._registries = Registries(self.docker_config)
         self._registry = registry or self._registries.get
 
+    def namespace_of(self, request: ImageRequest) -> str:
+        """Where ``request``'s build runs: the namespace it names (its pipeline's), else this builder's."""
+        return request.namespace or self.namespace
+
     def close(self) -> None:
         """Close the registry connections this builder opened (not the Kubernetes API, its caller's)."""
         self._registries.close()
@@ -125,7 +154,7 @@ class BuildKitImages:
             "kind": "ConfigMap",
             "metadata": {
                 "name": job_name(request.model, request.tag),
-                "namespace": self.namespace,
+                "namespace": self.namespace_of(request),
                 "labels": _labels(request),
             },
             "binaryData": {CONTEXT_KEY: base64.b64encode(context).decode()},
@@ -165,7 +194,7 @@ class BuildKitImages:
             "kind": "Job",
             "metadata": {
                 "name": name,
-                "namespace": self.namespace,
+                "namespace": self.namespace_of(request),
                 "labels": _labels(request),
                 "annotations": {
                     IMAGE_ANNOTATION: request.reference
@@ -244,12 +273,13 @@ class BuildKitImages:
         config_map, job = self.manifests(request)  # the client sends dicts as they are
         name = job["metadata"]["name"]
         core, batch = k8s.CoreV1Api(self.api), k8s.BatchV1Api(self.api)
-        where = f"image {request.reference}: build job {self.namespace}/{name}"
+        namespace = self.namespace_of(request)
+        where = f"image {request.reference}: build job {namespace}/{name}"
         try:
-            self._create(lambda: core.create_namespaced_config_map(self.namespace, cast(Any, config_map)))
-            self._create(lambda: batch.create_namespaced_job(self.namespace, cast(Any, job)))
-            succeeded = self._follow(batch, name, where)
-            log = self._log(core, name)
+            self._create(lambda: core.create_namespaced_config_map(namespace, cast(Any, config_map)))
+            self._create(lambda: batch.create_namespaced_job(namespace, cast(Any, job)))
+            succeeded = self._follow(batch, namespace, name, where)
+            log = self._log(core, namespace, name)
         except ApiException as error:
             raise ImageError(f"{where}: Kubernetes API {error.status} {error.reason}") from None
         except OSError as error:  # urllib3's connection errors are OSErrors
@@ -270,11 +300,11 @@ class BuildKitImages:
             if error.status != 409:  # already there: the same name is the same build
                 raise
 
-    def _follow(self, batch: k8s.BatchV1Api, name: str, where: str) -> bool:
+    def _follow(self, batch: k8s.BatchV1Api, namespace: str, name: str, where: str) -> bool:
         """Whether the Job succeeded, once it has finished; a watch resumed from the last version seen."""
         deadline = self.clock.monotonic() + self.timeout
         while True:
-            job = batch.read_namespaced_job(name, self.namespace)
+            job = batch.read_namespaced_job(name, namespace)
             outcome = _finished(job)
             if outcome is not None:
                 return outcome
@@ -283,7 +313,7 @@ class BuildKitImages:
             watcher = watch.Watch()  # type: ignore[no-untyped-call]
             for event in watcher.stream(  # type: ignore[no-untyped-call]
                 batch.list_namespaced_job,
-                self.namespace,
+                namespace,
                 field_selector=f"metadata.name={name}",
                 resource_version=job.metadata.resource_version if job.metadata else None,
                 timeout_seconds=self.watch_seconds,
@@ -293,10 +323,10 @@ class BuildKitImages:
                     watcher.stop()  # type: ignore[no-untyped-call]
                     return outcome
 
-    def _log(self, core: k8s.CoreV1Api, name: str) -> str:
+    def _log(self, core: k8s.CoreV1Api, namespace: str, name: str) -> str:
         pods = [
             pod.metadata
-            for pod in core.list_namespaced_pod(self.namespace, label_selector=f"job-name={name}").items
+            for pod in core.list_namespaced_pod(namespace, label_selector=f"job-name={name}").items
             if pod.metadata and pod.metadata.name
         ]
         if not pods:
@@ -304,7 +334,7 @@ class BuildKitImages:
         newest = max(pods, key=lambda metadata: str(metadata.creation_timestamp or ""))
         # not preloaded: the client would parse a log that happens to be JSON
         answer: Any = core.read_namespaced_pod_log(
-            str(newest.name), self.namespace, container="buildkit", _preload_content=False
+            str(newest.name), namespace, container="buildkit", _preload_content=False
         )
         return bytes(answer.data).decode("utf-8", errors="replace")
 

@@ -3,10 +3,13 @@
 :func:`render` gives the Dockerfile of an :class:`~controller.backends.images.ImageRequest`:
 the spec's own (``source.dockerfile``, relative to the model's code) or one
 generated on ``images.baseImage`` that installs the model's requirements with
-its Python and copies its code to :data:`SOURCE_DIR`. :func:`archive` packs
-the build context (the code, the canonical requirements and the Dockerfile)
-as a reproducible ``tar.gz``: no timestamps, owners or order from the disk, so
-the same inputs give the same bytes. The builders call both: the BuildKit Job
+its Python — the environment only: the model's code reaches the steps from git
+at the run's commit, so a change of code alone needs no new image.
+:func:`archive` packs the build context (generated: the canonical requirements
+and the Dockerfile; the spec's own: the Dockerfile and the model's code beside
+it, as its ``COPY`` lines expect) as a reproducible ``tar.gz``: no
+timestamps, owners or order from the disk, so the same inputs give the same
+bytes. The builders call both: the BuildKit Job
 (:mod:`.buildkit`) ships the archive in a ConfigMap, the local build
 (:mod:`.buildah`) unpacks it into a temporary directory.
 """
@@ -23,7 +26,6 @@ from controller.backends.images import ImageError, ImageRequest
 __all__ = [
     "DOCKERFILE",
     "REQUIREMENTS",
-    "SOURCE_DIR",
     "archive",
     "context_files",
     "generate",
@@ -31,7 +33,6 @@ __all__ = [
     "unpack",
 ]
 
-SOURCE_DIR = "/flywheel/src"  # where the image holds the model's code (the steps' working directory)
 DOCKERFILE = "Dockerfile.flywheel"  # the Dockerfile's name in the build context
 REQUIREMENTS = "requirements.flywheel.txt"  # the canonical requirements' name in the generated context
 _SKIPPED = {".git", "__pycache__", ".venv"}
@@ -46,7 +47,7 @@ def _python_command(version: str) -> str:
 
 
 def generate(request: ImageRequest) -> str:
-    """The Dockerfile Flywheel writes for ``request``: base image, requirements, code; nothing else.
+    """The Dockerfile Flywheel writes for ``request``: base image and requirements; no code, nothing else.
 
     A function of the base image, the Python version and the environment hash
     only, so the same inputs give the same Dockerfile in every build.
@@ -60,8 +61,7 @@ def generate(request: ImageRequest) -> str:
             "ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1",
             f"COPY {REQUIREMENTS} {requirements}",
             f"RUN {python} -m pip install --no-cache-dir -r {requirements}",
-            f"COPY src/ {SOURCE_DIR}/",
-            f"WORKDIR {SOURCE_DIR}",
+            "WORKDIR /flywheel",
             "",
         ]
     )
@@ -107,15 +107,14 @@ def _source_files(root: Path) -> list[tuple[str, Path]]:
 def context_files(request: ImageRequest) -> dict[str, bytes]:
     """The build context as {path inside it: content}, the Dockerfile at :data:`DOCKERFILE`.
 
-    Generated: the code under ``src/`` and the canonical requirements beside
-    it. The spec's own Dockerfile: the code at the context's root, as its
-    ``COPY`` lines expect.
+    Generated: the canonical requirements beside it, and no code. The spec's
+    own Dockerfile: the code at the context's root, as its ``COPY`` lines
+    expect (then the image's tag covers the code too, see
+    :func:`~controller.backends.images.image_tag`).
     """
     dockerfile = render(request).encode()
     files: dict[str, bytes] = {}
     if request.dockerfile is None:
-        for relative, path in _source_files(request.source_dir):
-            files[f"src/{relative}"] = path.read_bytes()
         canonical = request.python.canonical_requirements()
         files[REQUIREMENTS] = "".join(f"{line}\n" for line in canonical).encode()
     else:

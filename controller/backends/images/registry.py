@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,21 +182,25 @@ class Registry:
 
 class Registries:
     """The registries a builder talks to, one connection each, with the credentials ``docker_config``
-    (a ``dockerconfigjson`` document) holds for them; :meth:`close` closes them all."""
+    (a ``dockerconfigjson`` document) holds for them; :meth:`close` closes them all. Safe to share
+    between threads (the argo runner ensures each run's image from the run's own thread)."""
 
     def __init__(self, docker_config: Mapping[str, Any] | None = None) -> None:
         self.docker_config: Mapping[str, Any] = docker_config or {}
         self._open: dict[tuple[str, bool], Registry] = {}
+        self._lock = threading.Lock()
 
     def get(self, images: ImagesSpec) -> Registry:
         """The connection to ``images``' registry, opened the first time it is asked for."""
         key = (images.registry, images.insecure)
-        if key not in self._open:
-            credentials = credentials_for(self.docker_config, images.registry)
-            self._open[key] = Registry(images.registry, insecure=images.insecure, credentials=credentials)
-        return self._open[key]
+        with self._lock:  # two runs asking at once open one connection, not one each (and leak one)
+            if key not in self._open:
+                credentials = credentials_for(self.docker_config, images.registry)
+                self._open[key] = Registry(images.registry, insecure=images.insecure, credentials=credentials)
+            return self._open[key]
 
     def close(self) -> None:
-        for registry in self._open.values():
-            registry.close()
-        self._open.clear()
+        with self._lock:
+            for registry in self._open.values():
+                registry.close()
+            self._open.clear()

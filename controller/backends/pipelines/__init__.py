@@ -92,6 +92,7 @@ class RunRequest:
     on_event: Callable[[StepEvent], None] = ignore_event
     environment: Environment | None = None  # where the run trains (a cluster home's runner needs it)
     cache_key: str | None = None  # the run's cache key, for the labels a cluster home puts on it
+    commit: str | None = None  # the commit the code was exported at (a cluster home's pods check it out)
 
 
 @dataclass(frozen=True)

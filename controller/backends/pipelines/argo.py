@@ -4,7 +4,8 @@
 For each run its handle's thread asks the injected
 :class:`~controller.backends.images.ImageBuilder` for the model's image (built
 only when the registry lacks its tag), renders the Workflow
-(:mod:`.argo_workflow`) with the pinned image, and submits it with the
+(:mod:`.argo_workflow`) with the pinned image and the model's code checked
+out of ``repository`` at the run's commit, and submits it with the
 ``argo-workflows`` SDK's ``WorkflowServiceApi`` — unless a Workflow of the run
 already exists (found by its labels, or the server answers 409 to the name
 derived from the run id): a restarted controller follows that one instead of
@@ -64,6 +65,7 @@ from controller.backends.pipelines.argo_workflow import (
     render_workflow,
     run_paths,
     task_name,
+    workflow_name,
 )
 from controller.backends.pipelines.contract import emit, log_tail, read_metrics
 from controller.settings import ArgoSettings
@@ -88,6 +90,8 @@ class ArgoRunner:
 
     One runner serves every argo Environment: each run's request names its
     Environment, whose ``pipeline.argo`` says which Argo Server to talk to.
+    ``repository`` is where the step pods check the run's commit out: the
+    repository the controller watches (a URL, or a path the stand-in reads).
     ``token`` gives the bearer token for it (read from the variable or file it
     names, at each run, so a rotated token is picked up; ``None``: no token;
     it raises, saying why, when it cannot read one). ``settings`` says where
@@ -99,11 +103,13 @@ class ArgoRunner:
         self,
         *,
         images: ImageBuilder,
+        repository: str,
         token: Callable[[ArgoSpec], str | None] = lambda spec: None,
         settings: ArgoSettings | None = None,
         poll_seconds: float = 1.0,
     ) -> None:
         self.images = images
+        self.repository = repository
         self.token = token
         self.settings = settings or ArgoSettings()
         self.poll_seconds = poll_seconds
@@ -148,6 +154,7 @@ class ArgoRunHandle:
         self._started = time.monotonic()
         self._stopping = threading.Lock()
         self._stopped = False
+        self._image: str | None = None  # reference@digest the steps run in, once ensured
 
     # ------------------------------------------------------------ RunHandle
 
@@ -205,6 +212,8 @@ class ArgoRunHandle:
                 f"environment {env.name!r}: the argo runner brings models home from a PersistentVolumeClaim "
                 "only (artifacts.pvc)"
             )
+        if not request.commit:
+            raise _RunError("the argo runner needs the run's commit: the step pods check the code out at it")
         python = model_environment(request.model, request.source_dir)
         image_request = ImageRequest(
             model=request.model.name,
@@ -213,16 +222,20 @@ class ArgoRunHandle:
             python=python,
             dockerfile=_relative_dockerfile(request),
             images=env.images,
+            namespace=env.pipeline_namespace,
         )
         try:
             image = self.runner.images.ensure(image_request)
         except ImageError as exc:
             raise _RunError(f"image of {request.model.name}: {exc}") from exc
+        self._image = image.pinned
         inputs = WorkflowInputs(
             run_id=request.run_id,
             model=request.model,
             environment=env,
             image=image.pinned,
+            repository=self.runner.repository,
+            commit=request.commit,
             params=request.params,
             data=request.data,
             source_dir=request.source_dir,
@@ -429,6 +442,7 @@ class ArgoRunHandle:
             model_dir=model_dir,
             reference_data=self._reference_data() if model_dir is not None else None,
             environment_hash=self.request.environment_hash,
+            image=self._image,
             error=error,
             duration_seconds=time.monotonic() - self._started,
         )
@@ -452,9 +466,7 @@ class ArgoRunHandle:
         """Copy the run's model directory from the artifacts claim (where the controller sees it)."""
         env = self.request.environment
         assert env is not None and isinstance(env.artifacts, PvcArtifacts)
-        _, on_claim = run_paths(
-            WorkflowInputs(run_id=self.request.run_id, model=self.request.model, environment=env, image="")
-        )
+        _, on_claim = run_paths(workflow_name(self.request.run_id))
         claim = self.runner.settings.claim_dir(env.artifacts.claim_name, env.artifacts.mount_path)
         source = claim / on_claim
         if not source.is_dir():
@@ -471,9 +483,7 @@ class ArgoRunHandle:
         """The training inputs sample a step wrote to FLYWHEEL_REFERENCE_DATA, copied home (None: none)."""
         env = self.request.environment
         assert env is not None and isinstance(env.artifacts, PvcArtifacts)
-        on_claim, _ = run_paths(
-            WorkflowInputs(run_id=self.request.run_id, model=self.request.model, environment=env, image="")
-        )
+        on_claim, _ = run_paths(workflow_name(self.request.run_id))
         claim = self.runner.settings.claim_dir(env.artifacts.claim_name, env.artifacts.mount_path)
         source = claim / on_claim / Path(REFERENCE_PATH).name
         if not source.is_file():
@@ -489,6 +499,7 @@ class ArgoRunHandle:
             status=status,
             steps=steps,
             environment_hash=self.request.environment_hash,
+            image=self._image,
             error=error,
             duration_seconds=time.monotonic() - self._started,
         )

@@ -3,14 +3,18 @@
 :func:`render_workflow` is what the argo runner (:mod:`.argo`) submits and
 ``flywheel manifests`` writes. The Workflow is a DAG with one task per step
 (``depends`` from ``needs``); each step's template runs the step's ``run``
-command in the model's image, in :data:`SOURCE_DIR` (where the image holds the
-model's code), with ``retryStrategy`` from its retries,
+command in the model's image (its environment: base image and requirements),
+on the model's code checked out from git at the run's commit — a ``git``
+input artifact at :data:`REPO_DIR` (the repository the controller watches,
+``revision`` the commit, credentials from the Secret ``pipeline.argo.git``
+names) — in the model's source directory in it (:func:`source_dir_in_pod`),
+with ``retryStrategy`` from its retries,
 ``activeDeadlineSeconds`` from its timeout (per attempt, as on one machine)
 and its resources. The step contract is the embedded home's:
 
 * ``FLYWHEEL_PARAMS``: the params, a raw input artifact at :data:`PARAMS_PATH`;
 * ``FLYWHEEL_DATA_<NAME>``: a data input inside the model's code at its path
-  in the image, any other by its URI;
+  in the checkout, any other by its URI;
 * ``FLYWHEEL_WORKDIR`` and ``FLYWHEEL_MODEL_DIR``: ``/flywheel/work`` and
   ``/flywheel/model``, on the artifacts PersistentVolumeClaim (its
   ``runs/<workflow>/work`` and ``…/model``, mounted there), shared by the
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import re
 import shlex
 from collections.abc import Mapping
@@ -47,16 +52,17 @@ __all__ = [
     "LABEL_RUN",
     "METRICS_PATH",
     "PARAMS_PATH",
-    "SOURCE_DIR",
+    "REPO_DIR",
     "WorkflowInputs",
     "label_value",
     "render_workflow",
+    "source_dir_in_pod",
     "task_name",
     "workflow_name",
 ]
 
 API_VERSION = "argoproj.io/v1alpha1"
-SOURCE_DIR = "/flywheel/src"  # where the model's image holds its code
+REPO_DIR = "/flywheel/repo"  # where each pod has the repository, checked out at the run's commit
 PARAMS_PATH = "/flywheel/params.json"
 METRICS_PATH = "/flywheel/metrics.json"
 POD_WORKDIR = "/flywheel/work"
@@ -74,6 +80,11 @@ SUCCESS_TTL_SECONDS = 24 * 3600
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
 _VOLUME = "flywheel-artifacts"
 _NAME_CHARS = re.compile(r"[^a-z0-9-]+")
+_SCP_LIKE = re.compile(r"^[\w.+-]+@[\w.-]+:")  # git@github.com:owner/name.git
+
+
+def _is_ssh(repository: str) -> bool:
+    return repository.startswith("ssh://") or bool(_SCP_LIKE.match(repository))
 
 
 def workflow_name(run_id: str) -> str:
@@ -102,16 +113,21 @@ def label_value(value: str) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class WorkflowInputs:
-    """What a Workflow is made of: the run, the model, its image and inputs, and where it runs.
+    """What a Workflow is made of: the run, the model, its image, code and inputs, and where it runs.
 
-    ``source_dir`` is where the controller exported the model's code: a data
-    input under it is given to the steps at its place under :data:`SOURCE_DIR`.
+    ``repository`` is the git repository the steps check the code out of (the
+    one the controller watches: a URL, or a path for tests and one machine)
+    and ``commit`` the run's commit. ``source_dir`` is where the controller
+    exported the model's code: a data input under it is given to the steps at
+    its place in the checkout (:func:`source_dir_in_pod`).
     """
 
     run_id: str
     model: Model
     environment: Environment
     image: str
+    repository: str
+    commit: str
     params: Mapping[str, Any] = field(default_factory=dict)
     data: Mapping[str, str] = field(default_factory=dict)
     source_dir: Path | None = None
@@ -170,9 +186,29 @@ def _dag(model: Model) -> dict[str, Any]:
     return {"name": "pipeline", "dag": {"tasks": tasks}}
 
 
-def run_paths(inputs: WorkflowInputs) -> tuple[str, str]:
-    """(work directory, model directory) of a run on the artifacts claim, relative to the claim's root."""
-    return f"runs/{inputs.name}/work", f"runs/{inputs.name}/model"
+def run_paths(name: str) -> tuple[str, str]:
+    """(work directory, model directory) of Workflow ``name`` on the artifacts claim, relative to its root."""
+    return f"runs/{name}/work", f"runs/{name}/model"
+
+
+def source_dir_in_pod(model: Model) -> str:
+    """Where a pod has the model's code: its ``source.path`` in the checkout at :data:`REPO_DIR`."""
+    path = posixpath.normpath(posixpath.join(REPO_DIR, model.source.path.strip("/")))
+    return path if path.startswith(REPO_DIR) else REPO_DIR  # the spec keeps the path inside the repository
+
+
+def _code_artifact(inputs: WorkflowInputs) -> dict[str, Any]:
+    """The ``git`` input artifact that checks the repository out at the run's commit."""
+    git: dict[str, Any] = {"repo": inputs.repository, "revision": inputs.commit}
+    argo = inputs.environment.argo
+    secret = argo.git_secret if argo is not None else None
+    if secret:
+        if _is_ssh(inputs.repository):  # a kubernetes.io/ssh-auth Secret
+            git["sshPrivateKeySecret"] = {"name": secret, "key": "ssh-privatekey"}
+        else:  # a kubernetes.io/basic-auth Secret (a token as the password for https)
+            git["usernameSecret"] = {"name": secret, "key": "username"}
+            git["passwordSecret"] = {"name": secret, "key": "password"}
+    return {"name": "code", "path": REPO_DIR, "git": git}
 
 
 def _template(step: Step, inputs: WorkflowInputs) -> dict[str, Any]:
@@ -185,13 +221,14 @@ def _template(step: Step, inputs: WorkflowInputs) -> dict[str, Any]:
         "FLYWHEEL_REFERENCE_DATA": REFERENCE_PATH,
         "PYTHONPATH": STEPLIB_DIR,  # as on one machine: the step library, nothing of the image's own
     }
+    code_dir = source_dir_in_pod(inputs.model)
     for item in inputs.model.data:
-        contract[item.env_name] = _in_image(inputs.data.get(item.name, item.uri), inputs.source_dir)
+        contract[item.env_name] = _in_pod(inputs.data.get(item.name, item.uri), inputs.source_dir, code_dir)
     env = {**dict(step.env), **contract}  # a step's own env first; the contract's variables win
     container: dict[str, Any] = {
         "image": inputs.image,
         "command": ["/bin/sh", "-c", step.run] if uses_shell(step.run) else shlex.split(step.run),
-        "workingDir": SOURCE_DIR,
+        "workingDir": code_dir,
         "env": [{"name": key, "value": value} for key, value in env.items()],
     }
     resources = _resources(step)
@@ -200,7 +237,7 @@ def _template(step: Step, inputs: WorkflowInputs) -> dict[str, Any]:
     artifacts = inputs.environment.artifacts
     if isinstance(artifacts, PvcArtifacts):
         # the claim's run directories, mounted where the steps see them (subPath creates them)
-        work_path, model_path = run_paths(inputs)
+        work_path, model_path = run_paths(inputs.name)
         container["volumeMounts"] = [
             {"name": _VOLUME, "mountPath": POD_WORKDIR, "subPath": work_path},
             {"name": _VOLUME, "mountPath": POD_MODEL_DIR, "subPath": model_path},
@@ -216,6 +253,7 @@ def _template(step: Step, inputs: WorkflowInputs) -> dict[str, Any]:
             "path": f"{STEPLIB_DIR}/{_STEPLIB.name}",
             "raw": {"data": _STEPLIB.read_text(encoding="utf-8")},
         },
+        _code_artifact(inputs),
     ]
     outputs: dict[str, Any] = {
         "parameters": [{"name": "metrics", "valueFrom": {"path": METRICS_PATH, "default": "{}"}}]
@@ -271,12 +309,12 @@ def _s3(artifacts: S3Artifacts, key: str) -> dict[str, Any]:
     return location
 
 
-def _in_image(value: str, source_dir: Path | None) -> str:
-    """A data input's path as the pod sees it: a path under the model's code moves to :data:`SOURCE_DIR`."""
+def _in_pod(value: str, source_dir: Path | None, code_dir: str) -> str:
+    """A data input's path as the pod sees it: a path under the model's code moves into the checkout."""
     if source_dir is None or not value.startswith("/"):
         return value
     try:
         relative = Path(value).relative_to(source_dir)
     except ValueError:
         return value
-    return f"{SOURCE_DIR}/{relative.as_posix()}" if relative.parts else SOURCE_DIR
+    return f"{code_dir}/{relative.as_posix()}" if relative.parts else code_dir
