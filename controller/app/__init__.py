@@ -23,21 +23,19 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
-from controller.backends.data_versions import DataVersions
+from controller.app.parts import cluster_images, trigger_engine
+from controller.app.serving import ServingByName
 from controller.backends.forge import Forge
 from controller.backends.forge.github import GitHubForge, GitHubSender
 from controller.backends.forge.github_poll import GitHubPoller
-from controller.backends.forge.github_retrain import GitHubRetrainBranches
 from controller.backends.forge.local import LocalForge
 from controller.backends.git import GitError, Repository
-from controller.backends.git.branches import LocalRetrainBranches
-from controller.backends.images import ImageBuilder, ImageError
+from controller.backends.images import ImageBuilder
 from controller.backends.local.venvs import VenvCache
 from controller.backends.metrics import MetricsSource
 from controller.backends.metrics.builtin import BuiltinMetrics
@@ -47,13 +45,7 @@ from controller.backends.notify.console import JOURNAL_NAME, ConsoleNotifier, No
 from controller.backends.pipelines import PipelineRunner
 from controller.backends.pipelines.local import LocalRunner
 from controller.backends.python_env import PythonEnvironment
-from controller.backends.serving import (
-    DeployedVersion,
-    ObservedServing,
-    ServedVersion,
-    ServingBackend,
-    ServingError,
-)
+from controller.backends.serving import ServedVersion, ServingBackend
 from controller.backends.serving.local import LocalServing
 from controller.backends.store import InboxEvent, ModelVersion, Run, open_store
 from controller.backends.store.integrity import verify_state
@@ -68,15 +60,16 @@ from controller.engine.outbox import Sender, deliver_due
 from controller.engine.proposals import PassSummary, ProposalReconciler
 from controller.engine.pull_requests import PullRequestTargets
 from controller.engine.release import Registrar
-from controller.engine.retrain import RetrainBranches, RetrainProposer
 from controller.engine.rollout import RolloutEngine, label
 from controller.engine.slack_actions import SlackActions
 from controller.engine.triggers import TriggerEngine, admitting_retrains
 from controller.engine.trust import TrustGate, proposal_heads
-from controller.settings import ControllerSettings, Settings, SettingsError, argo_token
+from controller.settings import ControllerSettings, Settings, argo_token
 from controller.specs.types import Catalog, Environment, Model
 
 log = logging.getLogger("flywheel.controller")
+
+__all__ = ["Controller", "Poller", "ServingByName", "build_controller", "run_controller"]
 
 RETRAIN_EVENT = "retrain"  # queued by an earlier Flywheel for /flywheel retrain (a comment now starts it)
 
@@ -192,7 +185,7 @@ def build_controller(
     ``serving`` replaces the local serving backend (tests pass a fake).
     ``images`` builds models' images for the cluster home (tests pass a
     fake); without it, a release branch with an environment whose pipelines
-    run on Argo gets BuildKit builds in the cluster (:func:`_cluster_images`).
+    run on Argo gets BuildKit builds in the cluster (:func:`~controller.app.parts.cluster_images`).
     Either way the controller then has the ``argo`` pipeline runner.
     """
     options = settings.controller
@@ -221,7 +214,7 @@ def build_controller(
         raise GitError(f"{options.repo} has no branch {release_branch!r} to release from (it has: {known})")
     closing: list[Callable[[], object]] = []
     if images is None:
-        images = _cluster_images(
+        images = cluster_images(
             repository.catalog(repository.resolve(release_branch)), settings, state_dir, clock, store, closing
         )
     if images is not None:  # one runner for every argo environment: each run names its Argo Server
@@ -339,7 +332,7 @@ def build_controller(
         all_senders["github"] = GitHubSender.from_settings(store, settings.github, clock=clock)
     all_senders.update(senders or {})
     commands = Commands(store=store, catalog=main_catalog, clock=clock)
-    triggers, closers = _triggers(settings, repository, store, main_catalog, release_branch, clock)
+    triggers, closers = trigger_engine(settings, repository, store, main_catalog, release_branch, clock)
     return Controller(
         store=store,
         repository=repository,
@@ -358,80 +351,6 @@ def build_controller(
         triggers=triggers,
         closers=closing + closers,
     )
-
-
-def _cluster_images(
-    catalog: Catalog,
-    settings: Settings,
-    state_dir: Path,
-    clock: Clock,
-    store: SqlStore,
-    closing: list[Callable[[], object]],
-) -> ImageBuilder | None:
-    """BuildKit image builds when ``catalog`` runs pipelines on Argo, else ``None``.
-
-    The build Jobs go through the Kubernetes API of ``FLYWHEEL_KUBECONFIG``
-    (else the pod's in-cluster config), each in its environment's pipeline
-    namespace; the registry is asked with the credentials of
-    ``FLYWHEEL_REGISTRY_AUTH_FILE``. Neither readable: one
-    :class:`SettingsError` line naming the environment (the store closed).
-    What the controller closes when it stops is added to ``closing``.
-    """
-    argo = sorted((e for e in catalog.environments.values() if e.runner == "argo"), key=lambda e: e.name)
-    if not argo:
-        return None
-    from controller.backends.images.buildkit import BuildKitImages, kube_client
-    from controller.backends.images.registry import read_docker_config
-
-    auth_file = settings.argo.registry_auth_file
-    try:
-        api = kube_client(settings.argo.kubeconfig)
-        docker_config = read_docker_config(auth_file) if auth_file is not None else None
-    except ImageError as exc:
-        store.close()
-        hint = "" if settings.argo.kubeconfig else " (set FLYWHEEL_KUBECONFIG outside the cluster)"
-        raise SettingsError(
-            f"{argo[0].spec_path}: environment {argo[0].name!r} runs pipelines on Argo: {exc}{hint}"
-        ) from None
-    builder = BuildKitImages(
-        api=api,
-        namespace=argo[0].pipeline_namespace or "default",
-        clock=clock,
-        logs_dir=state_dir / "logs" / "images",
-        docker_config=docker_config,
-    )
-    closing += [builder.close, api.close]
-    return builder
-
-
-def _triggers(
-    settings: Settings,
-    repository: Repository,
-    store: SqlStore,
-    catalog: Callable[[], Catalog],
-    release_branch: str,
-    clock: Clock,
-) -> tuple[TriggerEngine, list[Callable[[], object]]]:
-    """The trigger engine: retrains proposed as branches here, or as pull requests on GitHub."""
-    versions = DataVersions()
-    closers: list[Callable[[], object]] = [versions.close]
-    branches: RetrainBranches
-    if settings.github is not None:
-        github = GitHubRetrainBranches(settings.github, release_branch=release_branch)
-        branches = github
-        closers.append(github.close)
-    else:
-        branches = LocalRetrainBranches(repository, release_branch=release_branch, clock=clock)
-    proposer = RetrainProposer(repository=repository, branches=branches, release_branch=release_branch)
-    engine = TriggerEngine(
-        records=store,
-        catalog=catalog,
-        proposer=proposer,
-        versions=versions,
-        clock=clock,
-        data_check_seconds=settings.controller.data_check_seconds,
-    )
-    return engine, closers
 
 
 def _handlers(
@@ -542,93 +461,3 @@ def _loop(controller: Controller, settings: ControllerSettings, *, stop: threadi
 
 def _passed(run: Run) -> bool:
     return run.status == "succeeded" and not any(g.get("outcome") == "failed" for g in run.gates)
-
-
-# ---------------------------------------------------------------- serving by name
-
-
-def serving_backend(environment: Environment, backends: Mapping[str, ServingBackend]) -> ServingBackend:
-    """The backend ``environment`` names; :class:`ServingError` when there is none by that name."""
-    backend = backends.get(environment.serving_backend)
-    if backend is None:
-        have = ", ".join(sorted(backends)) or "none"
-        raise ServingError(
-            f"environment {environment.name!r} names serving backend {environment.serving_backend!r}, "
-            f"which this controller does not have (it has: {have})"
-        )
-    return backend
-
-
-class ServingByName:
-    """The :class:`ServingBackend` the engine gets: each call goes to the backend its environment names.
-
-    An environment that names a backend this controller does not have is
-    never served by another one: whatever would serve it (deploy, smoke test,
-    routing traffic, its endpoint or its router's metrics) raises
-    :class:`ServingError` naming the environment and the backend, so a
-    rollout there fails with that reason. What would only undo serving there
-    finds nothing to undo, since nothing was ever served through a backend
-    this controller does not have: no version is deployed, routing no traffic
-    and retiring a version do nothing.
-    """
-
-    def __init__(self, backends: Mapping[str, ServingBackend]) -> None:
-        self.backends = dict(backends)
-
-    def _has(self, environment: Environment) -> bool:
-        return environment.serving_backend in self.backends
-
-    def deploy(self, *, environment: Environment, version: ServedVersion) -> None:
-        serving_backend(environment, self.backends).deploy(environment=environment, version=version)
-
-    def set_weights(self, *, environment: Environment, model: str, weights: Mapping[str, int]) -> None:
-        if not weights and not self._has(environment):
-            return  # nothing is routed there: nothing to stop
-        backend = serving_backend(environment, self.backends)
-        backend.set_weights(environment=environment, model=model, weights=weights)
-
-    def retire(self, *, environment: Environment, model: str, version: str) -> None:
-        if self._has(environment):
-            self.backends[environment.serving_backend].retire(
-                environment=environment, model=model, version=version
-            )
-
-    def smoke_test(
-        self, *, environment: Environment, model: str, version: str, inputs: Sequence[Sequence[object]]
-    ) -> None:
-        backend = serving_backend(environment, self.backends)
-        backend.smoke_test(environment=environment, model=model, version=version, inputs=inputs)
-
-    def deployed(self, *, environment: Environment, model: str) -> Sequence[DeployedVersion]:
-        if not self._has(environment):
-            return ()
-        return self.backends[environment.serving_backend].deployed(environment=environment, model=model)
-
-    def observe(self, *, environment: Environment) -> ObservedServing:
-        try:
-            backend = serving_backend(environment, self.backends)
-        except ServingError as exc:  # what serves there cannot be read: unknown, never "nothing"
-            return ObservedServing(environment=environment.name, unknown=str(exc))
-        return backend.observe(environment=environment)
-
-    def endpoint(self, *, environment: Environment, model: str) -> str:
-        return serving_backend(environment, self.backends).endpoint(environment=environment, model=model)
-
-    def shutdown(self) -> None:
-        for backend in self.backends.values():
-            backend.shutdown()
-
-    def router_metrics_url(self, environment: Environment) -> str:
-        """Where the built-in metrics source reads ``environment``'s traffic: its local router's metrics.
-
-        Raises :class:`ServingError` when the environment names a serving
-        backend this controller does not have, or one without a router of its
-        own (its metrics then come from Prometheus: ``metrics.source``).
-        """
-        backend = serving_backend(environment, self.backends)
-        if not isinstance(backend, LocalServing):
-            raise ServingError(
-                f"environment {environment.name!r} is served by {environment.serving_backend!r}, which has "
-                "no router for the built-in metrics source to read; give it metrics.source: prometheus"
-            )
-        return backend.metrics_url(environment=environment)
