@@ -38,6 +38,7 @@ _COMMANDS: dict[str, str] = {
     "serving": "controller.cli.serving:serving",
     "state": "controller.cli.state:state",
     "build": "controller.cli.build:build",
+    "manifests": "controller.cli.manifests:manifests",
     "drift": "controller.cli.drift:drift",
     "triggers": "controller.cli.triggers:triggers",
 }

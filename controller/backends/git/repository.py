@@ -148,6 +148,15 @@ class Repository:
         """The git directory being read (the mirror, for a remote)."""
         return Path(self._repo.path)
 
+    def remote_url(self, name: str = "origin") -> str | None:
+        """The URL of remote ``name`` (a mirror's is where it mirrors from); ``None`` when there is none."""
+        if self.remote:
+            return self.location
+        try:
+            return str(self._repo.remotes[name].url)
+        except (KeyError, ValueError):
+            return None
+
     def fetch(self) -> None:
         """Bring a mirror up to date, pruning deleted branches. A no-op for a local repository."""
         if not self.remote:

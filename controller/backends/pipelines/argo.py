@@ -46,8 +46,7 @@ from argo_workflows.model.io_argoproj_workflow_v1alpha1_workflow_stop_request im
 )
 from argo_workflows.model_utils import validate_and_convert_types
 
-from controller.backends.images import ImageBuilder, ImageError, ImageRequest
-from controller.backends.local.venvs import model_environment
+from controller.backends.images import ImageBuilder, ImageError
 from controller.backends.pipelines import (
     EventKind,
     RunRequest,
@@ -60,11 +59,12 @@ from controller.backends.pipelines.argo_workflow import (
     LABEL_MODEL,
     LABEL_RUN,
     REFERENCE_PATH,
-    WorkflowInputs,
+    image_request,
     label_value,
     render_workflow,
     run_paths,
     task_name,
+    workflow_inputs,
     workflow_name,
 )
 from controller.backends.pipelines.contract import emit, log_tail, read_metrics
@@ -214,34 +214,13 @@ class ArgoRunHandle:
             )
         if not request.commit:
             raise _RunError("the argo runner needs the run's commit: the step pods check the code out at it")
-        python = model_environment(request.model, request.source_dir)
-        image_request = ImageRequest(
-            model=request.model.name,
-            environment_hash=request.environment_hash or python.hash,
-            source_dir=request.source_dir,
-            python=python,
-            dockerfile=_relative_dockerfile(request),
-            images=env.images,
-            namespace=env.pipeline_namespace,
-        )
         try:
-            image = self.runner.images.ensure(image_request)
+            wanted = image_request(request, env)
+            image = self.runner.images.ensure(wanted)
         except ImageError as exc:
             raise _RunError(f"image of {request.model.name}: {exc}") from exc
         self._image = image.pinned
-        inputs = WorkflowInputs(
-            run_id=request.run_id,
-            model=request.model,
-            environment=env,
-            image=image.pinned,
-            repository=self.runner.repository,
-            commit=request.commit,
-            params=request.params,
-            data=request.data,
-            source_dir=request.source_dir,
-            cache_key=request.cache_key,
-            max_parallel=request.max_parallel,
-        )
+        inputs = workflow_inputs(request, env, image=image.pinned, repository=self.runner.repository)
         rendered = render_workflow(inputs)
         self._name, self._namespace = inputs.name, inputs.namespace
         try:
@@ -512,10 +491,3 @@ def _parameter(node: dict[str, Any], name: str) -> str | None:
             value = parameter.get("value")
             return None if value is None else str(value)
     return None
-
-
-def _relative_dockerfile(request: RunRequest) -> str | None:
-    dockerfile = request.model.source.dockerfile
-    if dockerfile is None:
-        return None
-    return str(Path(dockerfile).relative_to(request.model.source.path or "."))

@@ -43,7 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from controller import steplib
+from controller.backends.images import ImageRequest
 from controller.backends.local.processes import uses_shell
+from controller.backends.local.venvs import model_environment
+from controller.backends.pipelines import RunRequest
 from controller.specs.types import Environment, Model, PvcArtifacts, S3Artifacts, Step
 
 __all__ = [
@@ -54,10 +57,12 @@ __all__ = [
     "PARAMS_PATH",
     "REPO_DIR",
     "WorkflowInputs",
+    "image_request",
     "label_value",
     "render_workflow",
     "source_dir_in_pod",
     "task_name",
+    "workflow_inputs",
     "workflow_name",
 ]
 
@@ -141,6 +146,48 @@ class WorkflowInputs:
     @property
     def namespace(self) -> str:
         return self.environment.pipeline_namespace or DEFAULT_NAMESPACE
+
+
+def image_request(request: RunRequest, environment: Environment) -> ImageRequest:
+    """The image ``request``'s steps run in: its environment only (the code comes from git).
+
+    Raises ``VenvBuildError`` when the model's requirements cannot be read
+    from its exported source directory.
+    """
+    assert environment.images is not None
+    python = model_environment(request.model, request.source_dir)
+    dockerfile = request.model.source.dockerfile
+    return ImageRequest(
+        model=request.model.name,
+        environment_hash=request.environment_hash or python.hash,
+        source_dir=request.source_dir,
+        python=python,
+        dockerfile=None
+        if dockerfile is None
+        else Path(dockerfile).relative_to(request.model.source.path or ".").as_posix(),
+        images=environment.images,
+        namespace=environment.pipeline_namespace,
+    )
+
+
+def workflow_inputs(
+    request: RunRequest, environment: Environment, *, image: str, repository: str
+) -> WorkflowInputs:
+    """What ``request``'s Workflow is made of, its steps in ``image`` on the code of ``repository``."""
+    assert request.commit is not None
+    return WorkflowInputs(
+        run_id=request.run_id,
+        model=request.model,
+        environment=environment,
+        image=image,
+        repository=repository,
+        commit=request.commit,
+        params=request.params,
+        data=request.data,
+        source_dir=request.source_dir,
+        cache_key=request.cache_key,
+        max_parallel=request.max_parallel,
+    )
 
 
 def render_workflow(inputs: WorkflowInputs) -> dict[str, Any]:

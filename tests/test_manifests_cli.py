@@ -1,0 +1,128 @@
+"""``flywheel manifests``: the cluster home's objects for a commit, written offline and valid.
+
+A repository made by ``flywheel init`` gets a cluster environment for its
+staging stage; the command writes the image build (ConfigMap and BuildKit
+Job) and the Workflow of the model that trains there. The Workflow validates
+against both reference Argo schemas and the built-in kinds with
+``kubernetes-validate``; the same commit renders the same bytes; the files
+name the commit the pods check out and the image the runner would ensure.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from click.testing import CliRunner
+from jsonschema import Draft7Validator
+
+from controller.backends.pipelines.argo_workflow import REPO_DIR
+from controller.cli import main
+from tests.e2e.test_argo import STAGING
+from tests.fixtures.required import reference
+from tests.gitrepo import GitRepo
+
+pytestmark = pytest.mark.integration
+
+K8S_VERSION = "1.30.0"
+ARGO_SCHEMAS = ("argo-workflows-v3.7.18.schema.json", "argo-workflows.schema.json")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> GitRepo:
+    result = CliRunner().invoke(main, ["init", str(tmp_path / "ml")])
+    assert result.exit_code == 0, result.output
+    repo = GitRepo(tmp_path / "ml")
+    repo.write(
+        "environments/staging.yaml", STAGING.format(namespace="ml-pipelines", server="https://argo:2746")
+    )
+    repo.commit("Train on Argo")
+    return repo
+
+
+def head(repo: GitRepo) -> str:
+    return repo.git("rev-parse", "HEAD").strip()
+
+
+def render(repo: GitRepo, out: Path, *args: str) -> tuple[int, str, list[dict[str, Any]]]:
+    result = CliRunner().invoke(main, ["manifests", "--repo", str(repo.path), "--out", str(out), *args])
+    documents = [yaml.safe_load(path.read_text()) for path in sorted(out.rglob("*.yaml"))]
+    return result.exit_code, result.output, documents
+
+
+def by_kind(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    kinds = {d["kind"]: d for d in documents}
+    assert len(kinds) == len(documents), "one object of each kind"
+    return kinds
+
+
+def test_a_cluster_repository_renders_a_workflow_and_an_image_build_that_validate(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    code, output, documents = render(repo, tmp_path / "m")
+    assert code == 0, output
+    kinds = by_kind(documents)
+    assert set(kinds) == {"ConfigMap", "Job", "Workflow"}
+    for path in (tmp_path / "m").rglob("*.yaml"):
+        assert path.relative_to(tmp_path / "m").parts[:2] == ("iris", "staging")
+        assert str(path) in output  # every file written is named
+    workflow = kinds["Workflow"]
+    for name in ARGO_SCHEMAS:
+        validator = Draft7Validator(json.loads(reference(name).read_text()))
+        errors = [e.message for e in validator.iter_errors(workflow)]
+        assert errors == [], name
+    for kind in ("ConfigMap", "Job"):
+        kubernetes_validate.validate(kinds[kind], K8S_VERSION, strict=True)
+
+    # the pods check out this commit of this repository, in the image the build Job pushes
+    commit = head(repo)
+    templates = workflow["spec"]["templates"]
+    code_artifact = next(a for t in templates for a in t.get("inputs", {}).get("artifacts", []) if "git" in a)
+    assert code_artifact["path"] == REPO_DIR
+    assert code_artifact["git"]["revision"] == commit
+    assert code_artifact["git"]["repo"] == str(repo.path.resolve())
+    [builder] = kinds["Job"]["spec"]["template"]["spec"]["containers"]
+    [image] = {t["container"]["image"] for t in workflow["spec"]["templates"] if "container" in t}
+    assert f"type=image,name={image},push=true" in builder["args"]
+    assert workflow["metadata"]["namespace"] == kinds["Job"]["metadata"]["namespace"] == "ml-pipelines"
+
+
+def test_the_same_commit_renders_the_same_files_and_a_param_change_another_run(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    assert render(repo, tmp_path / "a")[0] == 0
+    assert render(repo, tmp_path / "b")[0] == 0
+    files_a = {p.relative_to(tmp_path / "a"): p.read_bytes() for p in (tmp_path / "a").rglob("*.yaml")}
+    files_b = {p.relative_to(tmp_path / "b"): p.read_bytes() for p in (tmp_path / "b").rglob("*.yaml")}
+    assert files_a == files_b
+
+    repo.edit("specs/iris/model.yaml", "max_iter: 200", "max_iter: 300")
+    repo.commit("More iterations")
+    _, _, after = render(repo, tmp_path / "c")
+    before = by_kind([yaml.safe_load(b) for b in files_a.values()])
+    now = by_kind(after)
+    assert now["Workflow"]["metadata"]["name"] != before["Workflow"]["metadata"]["name"]  # another run
+    assert now["Job"]["metadata"]["name"] == before["Job"]["metadata"]["name"]  # the same image
+
+
+def test_unknown_names_and_a_repository_with_no_cluster_environment_are_refused(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    code, output, _ = render(repo, tmp_path / "m", "--model", "nope")
+    assert code == 1 and "no valid model 'nope'" in output and "iris" in output
+    code, output, _ = render(repo, tmp_path / "m", "--env", "nowhere")
+    assert code == 1 and "no valid environment 'nowhere'" in output
+
+    plain = CliRunner().invoke(main, ["init", str(tmp_path / "plain")])
+    assert plain.exit_code == 0
+    result = CliRunner().invoke(
+        main, ["manifests", "--repo", str(tmp_path / "plain"), "--out", str(tmp_path / "p")]
+    )
+    assert result.exit_code == 1
+    assert "skipped iris: it trains on one machine" in result.output
+    assert "no model trains on an Argo environment" in result.output
+    assert not (tmp_path / "p").exists()
