@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from controller.app import ServingByName, build_controller
+from controller.backends.images import ImageError
 from controller.backends.images.buildkit import BuildKitImages
 from controller.backends.images.fake import FakeImages
 from controller.backends.notify.buttons import SLACK_ACTION_KIND, ButtonPress
@@ -44,6 +45,7 @@ from controller.specs.types import Environment
 from tests.fakes.github_api import pull_request_event
 from tests.fakes.kube_api import FakeKube
 from tests.gitrepo import GitRepo
+from tests.test_images_buildkit import make_request
 
 pytestmark = pytest.mark.integration
 
@@ -232,6 +234,46 @@ def test_an_argo_environment_gets_buildkit_builds_through_the_kubeconfig(repo: P
             assert isinstance(argo, ArgoRunner) and isinstance(argo.images, BuildKitImages)
             assert argo.images.api is not None and argo.images.api.configuration.host == kube.url
             assert argo.repository == str(repo.resolve())
+        finally:
+            controller.close()
+    finally:
+        kube.stop()
+
+
+def test_an_argo_environment_merged_after_start_gets_builds_when_its_first_run_asks(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No Argo Environment at start: the argo runner is there all the same, its builds made on first use."""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    source = tmp_path / "src"
+    source.mkdir()
+    request = make_request(source)
+    without = build_controller(
+        Settings(controller=ControllerSettings(repo=str(repo), state_dir=tmp_path / "a")),
+        serving=FakeServing(),
+    )
+    try:
+        argo = without.proposals.runners["argo"]
+        assert isinstance(argo, ArgoRunner)
+        with pytest.raises(ImageError) as failed:  # the run fails with the reason; the controller runs on
+            argo.images.ensure(request)
+        assert "no Kubernetes API to build images in" in str(failed.value)
+        assert str(failed.value).endswith("(set FLYWHEEL_KUBECONFIG outside the cluster)")
+    finally:
+        without.close()
+    kube = FakeKube()
+    kube.start()
+    try:
+        settings = Settings(
+            controller=ControllerSettings(repo=str(repo), state_dir=tmp_path / "b"),
+            argo=ArgoSettings(kubeconfig=kube.kubeconfig(tmp_path / "kubeconfig")),
+        )
+        controller = build_controller(settings, serving=FakeServing())
+        try:
+            images = controller.proposals.runners["argo"].images  # type: ignore[attr-defined]
+            config_map, job = images.manifests(request)
+            assert (config_map["kind"], job["kind"]) == ("ConfigMap", "Job")
+            assert kube.requests == []  # made, and nothing asked of the cluster yet
         finally:
             controller.close()
     finally:

@@ -217,15 +217,14 @@ def build_controller(
         images = cluster_images(
             repository.catalog(repository.resolve(release_branch)), settings, state_dir, clock, store, closing
         )
-    if images is not None:  # one runner for every argo environment: each run names its Argo Server
-        from controller.backends.pipelines.argo import ArgoRunner
+    from controller.backends.pipelines.argo import ArgoRunner  # one runner: each run names its Argo Server
 
-        runners["argo"] = ArgoRunner(
-            images=images,
-            repository=repository_location(options.repo),
-            token=lambda spec: argo_token(variable=spec.token_env, file=spec.token_file),
-            settings=settings.argo,
-        )
+    runners["argo"] = ArgoRunner(
+        images=images,
+        repository=repository_location(options.repo),
+        token=lambda spec: argo_token(variable=spec.token_env, file=spec.token_file),
+        settings=settings.argo,
+    )
     watching = Watched(repository=repository_location(options.repo), release_branch=release_branch)
     record_watched(store, watching)
 
