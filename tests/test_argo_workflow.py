@@ -258,6 +258,22 @@ def test_each_container_gets_the_step_contract() -> None:
     ]
 
 
+def test_with_a_baseline_the_steps_mount_productions_model_read_only() -> None:
+    assert "FLYWHEEL_BASELINE_MODEL_DIR" not in env_of(templates(render())["train"])  # none: not set
+    workflow = render(baseline=True)
+    for name in ("train", "evaluate"):
+        step = templates(workflow)[name]
+        assert env_of(step)["FLYWHEEL_BASELINE_MODEL_DIR"] == "/flywheel/baseline"
+        assert step["container"]["volumeMounts"][-1] == {
+            "name": "flywheel-artifacts",
+            "mountPath": "/flywheel/baseline",
+            "subPath": f"runs/{workflow_name('42')}/baseline",
+            "readOnly": True,
+        }
+    for schema in SCHEMAS:
+        assert validator(schema).is_valid(workflow), schema
+
+
 def test_with_s3_the_model_directory_is_an_artifact() -> None:
     train = templates(render(S3))["train"]
     [output] = train["outputs"]["artifacts"]

@@ -142,6 +142,7 @@ def test_a_param_change_is_trained_on_argo_and_reported_as_on_one_machine(
 ) -> None:
     state = tmp_path / "state"
     _seed_production(state, accuracy=0.90)
+    (state / "seed-artifact" / "production.txt").write_text("v1\n")  # production's model
     repo.branch("tune-c")
     repo.edit("specs/iris/model.yaml", "C: 1.0", "C: 0.5")
     head = repo.commit("Lower C")
@@ -165,6 +166,12 @@ def test_a_param_change_is_trained_on_argo_and_reported_as_on_one_machine(
         [code] = [a for a in template["inputs"]["artifacts"] if "git" in a]
         assert code["git"] == {"repo": str(repo.path.resolve()), "revision": head}  # the proposal's commit
         assert template["container"]["workingDir"] == "/flywheel/repo/specs/iris"
+        # production's model, read-only where FLYWHEEL_BASELINE_MODEL_DIR says, as on one machine
+        env = {e["name"]: e["value"] for e in template["container"]["env"]}
+        assert env["FLYWHEEL_BASELINE_MODEL_DIR"] == "/flywheel/baseline"
+        [mount] = [m for m in template["container"]["volumeMounts"] if m["mountPath"] == "/flywheel/baseline"]
+        assert mount["readOnly"] is True
+        assert (argo.claim("flywheel-artifacts") / mount["subPath"] / "production.txt").read_text() == "v1\n"
     assert trained.status == "succeeded" and trained.cache_key.startswith(labels["flywheel.dev/cache-key"])
     assert Path(trained.artifact_path or "").joinpath("model.joblib").is_file()  # brought home from the claim
     assert {r.model for r in images.requests} == {"iris"}

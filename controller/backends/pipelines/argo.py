@@ -59,6 +59,7 @@ from controller.backends.pipelines.argo_workflow import (
     LABEL_MODEL,
     LABEL_RUN,
     REFERENCE_PATH,
+    baseline_path,
     image_request,
     label_value,
     render_workflow,
@@ -221,6 +222,8 @@ class ArgoRunHandle:
             raise _RunError(f"image of {request.model.name}: {exc}") from exc
         self._image = image.pinned
         inputs = workflow_inputs(request, env, image=image.pinned, repository=self.runner.repository)
+        if inputs.baseline:
+            self._bring_baseline(inputs.name)
         rendered = render_workflow(inputs)
         self._name, self._namespace = inputs.name, inputs.namespace
         try:
@@ -457,6 +460,20 @@ class ArgoRunHandle:
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(source, target, dirs_exist_ok=True)  # two handles of one run may copy at once
         return target
+
+    def _bring_baseline(self, name: str) -> None:
+        """Copy production's model to the claim, where the steps mount it as their baseline."""
+        env = self.request.environment
+        assert env is not None and isinstance(env.artifacts, PvcArtifacts)
+        assert self.request.baseline_model_dir is not None
+        claim = self.runner.settings.claim_dir(env.artifacts.claim_name, env.artifacts.mount_path)
+        if not claim.is_dir():
+            raise _RunError(
+                f"the artifacts claim is not at {claim}: mount the claim {env.artifacts.claim_name!r} there "
+                f"(FLYWHEEL_ARGO_ARTIFACTS_DIR/<claimName>; without it, {env.artifacts.mount_path}) "
+                "to give the steps production's model"
+            )
+        shutil.copytree(self.request.baseline_model_dir, claim / baseline_path(name), dirs_exist_ok=True)
 
     def _reference_data(self) -> Path | None:
         """The training inputs sample a step wrote to FLYWHEEL_REFERENCE_DATA, copied home (None: none)."""

@@ -23,6 +23,9 @@ and its resources. The step contract is the embedded home's:
   directory is the pod's own;
 * ``FLYWHEEL_METRICS``: a file returned as the output parameter ``metrics``
   (``{}`` when the step wrote none), which the runner merges.
+* ``FLYWHEEL_BASELINE_MODEL_DIR``: production's model, when there is one,
+  mounted read-only at :data:`POD_BASELINE_DIR` from the claim's
+  ``runs/<workflow>/baseline``, where the runner copies it before submitting.
 
 The name is derived from the run id (:func:`workflow_name`), so a second
 submission of the same run is refused by the server instead of running twice;
@@ -57,6 +60,7 @@ __all__ = [
     "PARAMS_PATH",
     "REPO_DIR",
     "WorkflowInputs",
+    "baseline_path",
     "image_request",
     "label_value",
     "render_workflow",
@@ -72,6 +76,7 @@ PARAMS_PATH = "/flywheel/params.json"
 METRICS_PATH = "/flywheel/metrics.json"
 POD_WORKDIR = "/flywheel/work"
 POD_MODEL_DIR = "/flywheel/model"
+POD_BASELINE_DIR = "/flywheel/baseline"  # FLYWHEEL_BASELINE_MODEL_DIR: production's model, read-only
 STEPLIB_DIR = "/flywheel/lib"  # the step library (flywheel_reference), a raw input artifact on PYTHONPATH
 REFERENCE_PATH = f"{POD_WORKDIR}/reference-data"  # FLYWHEEL_REFERENCE_DATA: on the claim with the workdir
 _STEPLIB = Path(steplib.__file__).parent / "flywheel_reference.py"
@@ -138,6 +143,7 @@ class WorkflowInputs:
     source_dir: Path | None = None
     cache_key: str | None = None
     max_parallel: int = 2
+    baseline: bool = False  # the runner put production's model on the claim (:func:`run_paths`' third)
 
     @property
     def name(self) -> str:
@@ -187,6 +193,7 @@ def workflow_inputs(
         source_dir=request.source_dir,
         cache_key=request.cache_key,
         max_parallel=request.max_parallel,
+        baseline=request.baseline_model_dir is not None and isinstance(environment.artifacts, PvcArtifacts),
     )
 
 
@@ -238,6 +245,11 @@ def run_paths(name: str) -> tuple[str, str]:
     return f"runs/{name}/work", f"runs/{name}/model"
 
 
+def baseline_path(name: str) -> str:
+    """Where the runner copies production's model for Workflow ``name``, relative to the claim's root."""
+    return f"runs/{name}/baseline"
+
+
 def source_dir_in_pod(model: Model) -> str:
     """Where a pod has the model's code: its ``source.path`` in the checkout at :data:`REPO_DIR`."""
     path = posixpath.normpath(posixpath.join(REPO_DIR, model.source.path.strip("/")))
@@ -276,7 +288,6 @@ def _template(step: Step, inputs: WorkflowInputs) -> dict[str, Any]:
         "image": inputs.image,
         "command": ["/bin/sh", "-c", step.run] if uses_shell(step.run) else shlex.split(step.run),
         "workingDir": code_dir,
-        "env": [{"name": key, "value": value} for key, value in env.items()],
     }
     resources = _resources(step)
     if resources:
@@ -289,6 +300,16 @@ def _template(step: Step, inputs: WorkflowInputs) -> dict[str, Any]:
             {"name": _VOLUME, "mountPath": POD_WORKDIR, "subPath": work_path},
             {"name": _VOLUME, "mountPath": POD_MODEL_DIR, "subPath": model_path},
         ]
+        if inputs.baseline:
+            container["volumeMounts"].append(
+                {
+                    "name": _VOLUME,
+                    "mountPath": POD_BASELINE_DIR,
+                    "subPath": baseline_path(inputs.name),
+                    "readOnly": True,
+                }
+            )
+            env["FLYWHEEL_BASELINE_MODEL_DIR"] = POD_BASELINE_DIR
     input_artifacts: list[dict[str, Any]] = [
         {
             "name": "params",
@@ -311,6 +332,7 @@ def _template(step: Step, inputs: WorkflowInputs) -> dict[str, Any]:
         outputs["artifacts"] = [
             {"name": "model", "path": model_dir, "optional": True, "archive": {"none": {}}, "s3": location}
         ]
+    container["env"] = [{"name": key, "value": value} for key, value in env.items()]
     template: dict[str, Any] = {
         "name": task_name(step.name),
         "inputs": {"artifacts": input_artifacts},
