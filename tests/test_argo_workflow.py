@@ -133,8 +133,9 @@ def env_of(template: dict[str, Any]) -> dict[str, str]:
 @pytest.mark.parametrize("schema", SCHEMAS)
 def test_the_workflow_validates_against_the_reference_schema(artifacts: Any, schema: str) -> None:
     workflow = render(artifacts)
-    errors = sorted(validator(schema).iter_errors(workflow), key=lambda e: list(e.path))
-    assert not errors, [f"{list(e.path)}: {e.message}" for e in errors[:5]]
+    for rendered in (workflow, render(artifacts, baseline=True)):
+        errors = sorted(validator(schema).iter_errors(rendered), key=lambda e: list(e.path))
+        assert not errors, [f"{list(e.path)}: {e.message}" for e in errors[:5]]
     assert validator(schema).is_valid({**workflow, "kind": "CronWorkflow"}) is False  # the schema does check
 
 
@@ -274,11 +275,14 @@ def test_with_a_baseline_the_steps_mount_productions_model_read_only() -> None:
         assert validator(schema).is_valid(workflow), schema
 
 
-def test_with_s3_the_model_directory_is_an_artifact() -> None:
-    train = templates(render(S3))["train"]
-    [output] = train["outputs"]["artifacts"]
-    assert output["path"] == env_of(train)["FLYWHEEL_MODEL_DIR"]
-    assert output["s3"] == {
+def test_with_s3_the_work_and_model_directories_go_round_through_the_bucket() -> None:
+    workflow = render(S3)
+    train = templates(workflow)["train"]
+    env = env_of(train)
+    work, model = train["outputs"]["artifacts"]
+    assert (work["path"], model["path"]) == (env["FLYWHEEL_WORKDIR"], env["FLYWHEEL_MODEL_DIR"])
+    assert work["archive"] == model["archive"] == {"none": {}}  # one object per file, under the key
+    assert model["s3"] == {
         "bucket": "models",
         "key": f"flywheel/{workflow_name('42')}/model",
         "endpoint": "minio.minio:9000",
@@ -286,7 +290,25 @@ def test_with_s3_the_model_directory_is_an_artifact() -> None:
         "accessKeySecret": {"name": "s3-credentials", "key": "accessKey"},
         "secretKeySecret": {"name": "s3-credentials", "key": "secretKey"},
     }
-    assert [a["name"] for a in train["inputs"]["artifacts"]] == ["params", "steplib", "code", "model"]
+    assert work["s3"]["key"] == f"flywheel/{workflow_name('42')}/work"  # the reference sample is in it
+    assert env["FLYWHEEL_REFERENCE_DATA"].startswith(env["FLYWHEEL_WORKDIR"] + "/")
+    # each step loads what the steps before it saved (the first finds nothing: optional)
+    inputs = {a["name"]: a for a in train["inputs"]["artifacts"]}
+    assert list(inputs) == ["params", "steplib", "code", "work", "model"]
+    assert inputs["work"]["s3"] == work["s3"] and inputs["model"]["s3"] == model["s3"]
+    assert inputs["work"]["optional"] is inputs["model"]["optional"] is True
+    # in directories of the pod's own, which exist before anything is loaded into them
+    volumes = {v["name"]: v for v in workflow["spec"]["volumes"]}
+    for mount in train["container"]["volumeMounts"]:
+        assert volumes[mount["name"]] == {"name": mount["name"], "emptyDir": {}}
+    assert {m["mountPath"] for m in train["container"]["volumeMounts"]} == {work["path"], model["path"]}
+
+    assert "FLYWHEEL_BASELINE_MODEL_DIR" not in env
+    with_baseline = templates(render(S3, baseline=True))["train"]
+    baseline = with_baseline["inputs"]["artifacts"][-1]
+    assert baseline["name"] == "baseline" and "optional" not in baseline  # the runner put it there
+    assert baseline["path"] == env_of(with_baseline)["FLYWHEEL_BASELINE_MODEL_DIR"] == "/flywheel/baseline"
+    assert baseline["s3"]["key"] == f"flywheel/{workflow_name('42')}/baseline"
 
 
 def test_name_labels_and_the_cluster_settings() -> None:

@@ -328,12 +328,6 @@ NOT_YET: tuple[NotYet, ...] = (
     ),
     NotYet(
         "Environment",
-        ("spec", "artifacts", "s3"),
-        None,
-        "the argo runner brings a run's model home from a PersistentVolumeClaim only; use pvc",
-    ),
-    NotYet(
-        "Environment",
         ("spec", "serving", "backend"),
         "kserve",
         "models are served only by the local backend; use local",

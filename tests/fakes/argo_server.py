@@ -13,12 +13,15 @@ container command runs as a local subprocess with the container's ``env`` in a
 temporary directory standing for the pod. Absolute paths the pod would see are
 mapped into it: ``/flywheel/…`` into the pod's own directory, a
 ``volumeMount`` of a PersistentVolumeClaim into ``claims[claimName]`` (shared
-by every pod, as a volume is). The image holds no code: a ``git`` input
+by every pod, as a volume is), of an ``emptyDir`` into the pod's own. The image holds no code: a ``git`` input
 artifact is cloned from its ``repo`` (a local path or ``file://`` URL here)
 and checked out at its ``revision`` at its path, as Argo's init container
 does, and the command runs in the container's ``workingDir``. Raw input
-artifacts are written, output parameters read from their paths (their
-``default`` when absent), ``retryStrategy.limit`` retries, a template's
+artifacts are written, ``s3`` ones downloaded from the bucket (a key, or the
+files under ``key/`` for a directory) and output ``s3`` artifacts uploaded the
+same way (``archive: none``), with the ``AWS_*`` credentials of the test
+process standing for the Secret; output parameters are read from their paths
+(their ``default`` when absent), ``retryStrategy.limit`` retries, a template's
 ``activeDeadlineSeconds`` kills an attempt and ``stop`` kills what runs. Pods
 are named after their node id (the ``v1`` pod-name format the Workflows ask
 for).
@@ -299,7 +302,13 @@ class FakeArgoServer:
         pod_dir.mkdir(parents=True)
         mounts: dict[str, Path] = {"/flywheel": pod_dir / "flywheel"}
         for mount in container.get("volumeMounts", []):
-            claim = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
+            volume = volumes[mount["name"]]
+            if "emptyDir" in volume:  # the pod's own
+                mounted = pod_dir / "volumes" / mount["name"]
+                mounted.mkdir(parents=True, exist_ok=True)
+                mounts[mount["mountPath"].rstrip("/")] = mounted
+                continue
+            claim = volume["persistentVolumeClaim"]["claimName"]
             mounted = self.claim(claim) / mount.get("subPath", "")
             mounted.mkdir(parents=True, exist_ok=True)  # as the kubelet makes a missing subPath
             mounts[mount["mountPath"].rstrip("/")] = mounted
@@ -320,6 +329,11 @@ class FakeArgoServer:
                 if failed:
                     self.logs[pod] = failed.encode()
                     return "Error", f"failed to load artifacts: {failed}", {}
+            elif "s3" in artifact:
+                found = _s3_load(artifact["s3"], target)
+                if not found and not artifact.get("optional"):
+                    self.logs[pod] = f"{artifact['s3']['key']}: no such key".encode()
+                    return "Error", f"failed to load artifacts: {artifact['s3']['key']} not found", {}
         workdir = Path(local(container.get("workingDir", "/")))
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
         # the image's Python is the one running the tests (it has the example models' requirements)
@@ -364,7 +378,54 @@ class FakeArgoServer:
                 value = source.read_text() if source.exists() else parameter["valueFrom"].get("default")
                 parameters.append({"name": parameter["name"], "value": value})
             outputs = {"parameters": parameters}
+            for artifact in template.get("outputs", {}).get("artifacts", []):
+                source = Path(local(artifact["path"]))
+                if not source.exists():
+                    if artifact.get("optional"):
+                        continue
+                    return "Error", f"failed to save outputs: {artifact['path']} does not exist", {}
+                _s3_save(artifact["s3"], source)
         return phase, message, outputs
+
+
+def _s3_client(location: dict[str, Any]) -> Any:
+    """A boto3 client of the artifact's bucket; the ``AWS_*`` variables stand for the pod's Secret."""
+    import boto3
+
+    scheme = "http" if location.get("insecure") else "https"
+    return boto3.client("s3", endpoint_url=f"{scheme}://{location['endpoint']}", region_name="us-east-1")
+
+
+def _s3_load(location: dict[str, Any], target: Path) -> bool:
+    """Download a key (a file) or every key under ``key/`` (a directory), as Argo's S3 driver does."""
+    client, bucket, key = _s3_client(location), location["bucket"], location["key"]
+    try:
+        listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{key}/").get("Contents", [])
+        if listed:
+            for item in listed:
+                local = target / item["Key"][len(key) + 1 :]
+                local.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(bucket, item["Key"], str(local))
+            return True
+        if client.list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount", 0):
+            client.download_file(bucket, key, str(target))
+            return True
+        return False
+    finally:
+        client.close()
+
+
+def _s3_save(location: dict[str, Any], source: Path) -> None:
+    """Upload a file at ``key``, a directory's files under ``key/`` (``archive: none``)."""
+    client, bucket, key = _s3_client(location), location["bucket"], location["key"]
+    try:
+        if source.is_dir():
+            for path in sorted(p for p in source.rglob("*") if p.is_file()):
+                client.upload_file(str(path), bucket, f"{key}/{path.relative_to(source).as_posix()}")
+        else:
+            client.upload_file(str(source), bucket, key)
+    finally:
+        client.close()
 
 
 def _checkout(git: dict[str, Any], target: Path) -> str:

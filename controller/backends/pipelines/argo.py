@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -55,22 +54,19 @@ from controller.backends.pipelines import (
     StepResult,
     StepStatus,
 )
+from controller.backends.pipelines.argo_artifacts import ArtifactsError, RunArtifacts, run_artifacts
 from controller.backends.pipelines.argo_workflow import (
     LABEL_MODEL,
     LABEL_RUN,
-    REFERENCE_PATH,
-    baseline_path,
     image_request,
     label_value,
     render_workflow,
-    run_paths,
     task_name,
     workflow_inputs,
-    workflow_name,
 )
 from controller.backends.pipelines.contract import emit, log_tail, read_metrics
 from controller.settings import ArgoSettings
-from controller.specs.types import ArgoSpec, PvcArtifacts
+from controller.specs.types import ArgoSpec
 
 __all__ = ["ArgoRunHandle", "ArgoRunner"]
 
@@ -156,6 +152,7 @@ class ArgoRunHandle:
         self._stopping = threading.Lock()
         self._stopped = False
         self._image: str | None = None  # reference@digest the steps run in, once ensured
+        self._store: RunArtifacts | None = None  # where the run's model is kept (claim or bucket)
 
     # ------------------------------------------------------------ RunHandle
 
@@ -208,11 +205,6 @@ class ArgoRunHandle:
             raise _RunError("the argo runner needs an environment with pipeline.argo")
         if env.images is None:
             raise _RunError(f"environment {env.name!r} has no images")
-        if not isinstance(env.artifacts, PvcArtifacts):  # the spec refuses s3 until it is built
-            raise _RunError(
-                f"environment {env.name!r}: the argo runner brings models home from a PersistentVolumeClaim "
-                "only (artifacts.pvc)"
-            )
         if not request.commit:
             raise _RunError("the argo runner needs the run's commit: the step pods check the code out at it")
         try:
@@ -223,7 +215,11 @@ class ArgoRunHandle:
         self._image = image.pinned
         inputs = workflow_inputs(request, env, image=image.pinned, repository=self.runner.repository)
         if inputs.baseline:
-            self._bring_baseline(inputs.name)
+            assert request.baseline_model_dir is not None
+            try:
+                self._artifacts().put_baseline(inputs.name, request.baseline_model_dir)
+            except ArtifactsError as exc:
+                raise _RunError(f"give the steps production's model: {exc}") from exc
         rendered = render_workflow(inputs)
         self._name, self._namespace = inputs.name, inputs.namespace
         try:
@@ -411,18 +407,22 @@ class ArgoRunHandle:
             )
         (self.request.run_dir / "metrics.json").write_text(json.dumps(merged, indent=2, sort_keys=True))
         model_dir = None
+        reference: Path | None = None
         if run_status == "succeeded":
+            model_dir, reference = self.request.run_dir / "model", self.request.run_dir / "reference-data"
             try:
-                model_dir = self._bring_model_home()
-            except _RunError as exc:
-                run_status, error = "error", str(exc)
+                self._artifacts().bring_model(self._name, model_dir)
+                if not self._artifacts().bring_reference(self._name, reference):
+                    reference = None
+            except ArtifactsError as exc:
+                run_status, error, model_dir, reference = "error", f"bring the model home: {exc}", None, None
         self._result = RunResult(
             run_id=self.request.run_id,
             status=run_status,
             steps=tuple(results),
             metrics=merged,
             model_dir=model_dir,
-            reference_data=self._reference_data() if model_dir is not None else None,
+            reference_data=reference,
             environment_hash=self.request.environment_hash,
             image=self._image,
             error=error,
@@ -444,49 +444,12 @@ class ArgoRunHandle:
         except Exception as exc:
             return f"==> flywheel: the log of pod {pod} could not be read: {exc}\n"
 
-    def _bring_model_home(self) -> Path:
-        """Copy the run's model directory from the artifacts claim (where the controller sees it)."""
+    def _artifacts(self) -> RunArtifacts:
         env = self.request.environment
-        assert env is not None and isinstance(env.artifacts, PvcArtifacts)
-        _, on_claim = run_paths(workflow_name(self.request.run_id))
-        claim = self.runner.settings.claim_dir(env.artifacts.claim_name, env.artifacts.mount_path)
-        source = claim / on_claim
-        if not source.is_dir():
-            raise _RunError(
-                f"the model directory is not at {source}: mount the claim {env.artifacts.claim_name!r} "
-                f"there (FLYWHEEL_ARGO_ARTIFACTS_DIR/<claimName>; without it, {env.artifacts.mount_path})"
-            )
-        target = self.request.run_dir / "model"
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(source, target, dirs_exist_ok=True)  # two handles of one run may copy at once
-        return target
-
-    def _bring_baseline(self, name: str) -> None:
-        """Copy production's model to the claim, where the steps mount it as their baseline."""
-        env = self.request.environment
-        assert env is not None and isinstance(env.artifacts, PvcArtifacts)
-        assert self.request.baseline_model_dir is not None
-        claim = self.runner.settings.claim_dir(env.artifacts.claim_name, env.artifacts.mount_path)
-        if not claim.is_dir():
-            raise _RunError(
-                f"the artifacts claim is not at {claim}: mount the claim {env.artifacts.claim_name!r} there "
-                f"(FLYWHEEL_ARGO_ARTIFACTS_DIR/<claimName>; without it, {env.artifacts.mount_path}) "
-                "to give the steps production's model"
-            )
-        shutil.copytree(self.request.baseline_model_dir, claim / baseline_path(name), dirs_exist_ok=True)
-
-    def _reference_data(self) -> Path | None:
-        """The training inputs sample a step wrote to FLYWHEEL_REFERENCE_DATA, copied home (None: none)."""
-        env = self.request.environment
-        assert env is not None and isinstance(env.artifacts, PvcArtifacts)
-        on_claim, _ = run_paths(workflow_name(self.request.run_id))
-        claim = self.runner.settings.claim_dir(env.artifacts.claim_name, env.artifacts.mount_path)
-        source = claim / on_claim / Path(REFERENCE_PATH).name
-        if not source.is_file():
-            return None
-        target = self.request.run_dir / "reference-data"
-        shutil.copyfile(source, target)
-        return target
+        assert env is not None and env.artifacts is not None
+        if self._store is None:
+            self._store = run_artifacts(env.artifacts, self.runner.settings)
+        return self._store
 
     def _end(self, status: RunStatus, error: str, workflow: dict[str, Any]) -> None:
         steps = tuple(StepResult(name=s.name, status="skipped") for s in self.request.model.steps)

@@ -18,14 +18,18 @@ and its resources. The step contract is the embedded home's:
 * ``FLYWHEEL_WORKDIR`` and ``FLYWHEEL_MODEL_DIR``: ``/flywheel/work`` and
   ``/flywheel/model``, on the artifacts PersistentVolumeClaim (its
   ``runs/<workflow>/work`` and ``…/model``, mounted there), shared by the
-  steps; with an S3 bucket the model directory is an input and output
-  artifact of every step (key ``<prefix>/<workflow>/model``), and the work
-  directory is the pod's own;
+  steps; with an S3 bucket both are the pod's own (``emptyDir``) and go
+  round through the bucket: input artifacts of every step (optional: the
+  first finds nothing) and its output artifacts (``archive: none``, one
+  object per file under ``<prefix>/<workflow>/work`` and ``…/model``), so a
+  step finds what the steps before it wrote (steps running side by side each
+  add their files; a file both write is the last one's);
 * ``FLYWHEEL_METRICS``: a file returned as the output parameter ``metrics``
   (``{}`` when the step wrote none), which the runner merges.
-* ``FLYWHEEL_BASELINE_MODEL_DIR``: production's model, when there is one,
-  mounted read-only at :data:`POD_BASELINE_DIR` from the claim's
-  ``runs/<workflow>/baseline``, where the runner copies it before submitting.
+* ``FLYWHEEL_BASELINE_MODEL_DIR``: production's model, when there is one, at
+  :data:`POD_BASELINE_DIR`: mounted read-only from the claim's
+  ``runs/<workflow>/baseline``, or an input artifact from the bucket's
+  ``<workflow>/baseline``, where the runner puts it before submitting.
 
 The name is derived from the run id (:func:`workflow_name`), so a second
 submission of the same run is refused by the server instead of running twice;
@@ -61,6 +65,7 @@ __all__ = [
     "REPO_DIR",
     "WorkflowInputs",
     "baseline_path",
+    "bucket_key",
     "image_request",
     "label_value",
     "render_workflow",
@@ -89,6 +94,7 @@ DEFAULT_NAMESPACE = "default"
 SUCCESS_TTL_SECONDS = 24 * 3600
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
 _VOLUME = "flywheel-artifacts"
+_S3_VOLUMES = {"work": "flywheel-work", "model": "flywheel-model"}  # what each step loads and saves
 _NAME_CHARS = re.compile(r"[^a-z0-9-]+")
 _SCP_LIKE = re.compile(r"^[\w.+-]+@[\w.-]+:")  # git@github.com:owner/name.git
 
@@ -143,7 +149,7 @@ class WorkflowInputs:
     source_dir: Path | None = None
     cache_key: str | None = None
     max_parallel: int = 2
-    baseline: bool = False  # the runner put production's model on the claim (:func:`run_paths`' third)
+    baseline: bool = False  # the runner put production's model where the steps read it (claim or bucket)
 
     @property
     def name(self) -> str:
@@ -193,7 +199,7 @@ def workflow_inputs(
         source_dir=request.source_dir,
         cache_key=request.cache_key,
         max_parallel=request.max_parallel,
-        baseline=request.baseline_model_dir is not None and isinstance(environment.artifacts, PvcArtifacts),
+        baseline=request.baseline_model_dir is not None,
     )
 
 
@@ -223,6 +229,8 @@ def render_workflow(inputs: WorkflowInputs) -> dict[str, Any]:
         spec["volumes"] = [
             {"name": _VOLUME, "persistentVolumeClaim": {"claimName": env.artifacts.claim_name}}
         ]
+    elif isinstance(env.artifacts, S3Artifacts):  # the pod's own directories, filled from the bucket
+        spec["volumes"] = [{"name": name, "emptyDir": {}} for name in _S3_VOLUMES.values()]
     if env.images is not None and env.images.push_secret:
         spec["imagePullSecrets"] = [{"name": env.images.push_secret}]
     metadata: dict[str, Any] = {"name": name, "namespace": inputs.namespace, "labels": labels}
@@ -327,11 +335,23 @@ def _template(step: Step, inputs: WorkflowInputs) -> dict[str, Any]:
         "parameters": [{"name": "metrics", "valueFrom": {"path": METRICS_PATH, "default": "{}"}}]
     }
     if isinstance(artifacts, S3Artifacts):
-        location = _s3(artifacts, f"{inputs.name}/model")
-        input_artifacts.append({"name": "model", "path": model_dir, "optional": True, "s3": location})
-        outputs["artifacts"] = [
-            {"name": "model", "path": model_dir, "optional": True, "archive": {"none": {}}, "s3": location}
+        # the work and model directories go round through the bucket: each step loads what the steps
+        # before it saved (nothing yet: optional) and saves them back, as files under their keys
+        paths = {"work": workdir, "model": model_dir}
+        container["volumeMounts"] = [
+            {"name": _S3_VOLUMES[what], "mountPath": paths[what]} for what in ("work", "model")
         ]
+        outputs["artifacts"] = []
+        for what in ("work", "model"):
+            location = _s3(artifacts, f"{inputs.name}/{what}")
+            input_artifacts.append({"name": what, "path": paths[what], "optional": True, "s3": location})
+            outputs["artifacts"].append(
+                {"name": what, "path": paths[what], "optional": True, "archive": {"none": {}}, "s3": location}
+            )
+        if inputs.baseline:
+            baseline = _s3(artifacts, f"{inputs.name}/baseline")
+            input_artifacts.append({"name": "baseline", "path": POD_BASELINE_DIR, "s3": baseline})
+            env["FLYWHEEL_BASELINE_MODEL_DIR"] = POD_BASELINE_DIR
     container["env"] = [{"name": key, "value": value} for key, value in env.items()]
     template: dict[str, Any] = {
         "name": task_name(step.name),
@@ -365,9 +385,14 @@ def _resources(step: Step) -> dict[str, Any]:
     return out
 
 
-def _s3(artifacts: S3Artifacts, key: str) -> dict[str, Any]:
+def bucket_key(artifacts: S3Artifacts, relative: str) -> str:
+    """The key of ``relative`` (``<workflow>/work``, ``…/model``, ``…/baseline``) in the bucket."""
     prefix = artifacts.prefix.strip("/")
-    location: dict[str, Any] = {"bucket": artifacts.bucket, "key": f"{prefix}/{key}" if prefix else key}
+    return f"{prefix}/{relative}" if prefix else relative
+
+
+def _s3(artifacts: S3Artifacts, key: str) -> dict[str, Any]:
+    location: dict[str, Any] = {"bucket": artifacts.bucket, "key": bucket_key(artifacts, key)}
     if artifacts.endpoint:
         secure = artifacts.endpoint.startswith("https://")
         location["endpoint"] = artifacts.endpoint.split("://", 1)[1].rstrip("/")

@@ -1,0 +1,161 @@
+"""Where a run on Argo keeps its model: the artifacts claim or an S3 bucket, seen from the controller.
+
+The argo runner (:mod:`.argo`) calls :func:`run_artifacts` for the run's
+Environment and, through what it returns, puts production's model where the
+steps find it (``FLYWHEEL_BASELINE_MODEL_DIR``) before submitting, and after
+the Workflow succeeded brings the trained model and the training inputs'
+sample (``FLYWHEEL_REFERENCE_DATA``) home to the run's directory. The places
+are the Workflow's (:mod:`.argo_workflow`: :func:`run_paths` and
+:func:`baseline_path` on the claim, :func:`bucket_key` of
+``<workflow>/work``, ``…/model`` and ``…/baseline`` in the bucket),
+so the pods and the controller agree.
+
+* :class:`ClaimArtifacts`: the PersistentVolumeClaim, which the controller
+  mounts too (``FLYWHEEL_ARGO_ARTIFACTS_DIR/<claimName>``, else the
+  Environment's ``mountPath``).
+* :class:`BucketArtifacts`: the bucket through boto3, at the Environment's
+  ``endpoint`` (else AWS), with the credentials of boto3's own chain (the
+  ``AWS_*`` variables, a profile, the pod's role); the steps use the Secret
+  the Environment names. A directory is stored as one object per file under
+  its key, as Argo stores an artifact with ``archive: none``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+from controller.backends.pipelines.argo_workflow import (
+    REFERENCE_PATH,
+    baseline_path,
+    bucket_key,
+    run_paths,
+)
+from controller.settings import ArgoSettings
+from controller.specs.types import ArtifactsSpec, PvcArtifacts, S3Artifacts
+
+__all__ = ["ArtifactsError", "BucketArtifacts", "ClaimArtifacts", "RunArtifacts", "run_artifacts"]
+
+
+class ArtifactsError(RuntimeError):
+    """The artifact store could not be read or written; the message says where and why."""
+
+
+class RunArtifacts(Protocol):
+    def put_baseline(self, workflow: str, source: Path) -> None:
+        """Put production's model (the directory ``source``) where Workflow ``workflow``'s steps read it."""
+        ...
+
+    def bring_model(self, workflow: str, target: Path) -> None:
+        """Copy the model the Workflow trained into ``target`` (replaced); :class:`ArtifactsError` if none."""
+        ...
+
+    def bring_reference(self, workflow: str, target: Path) -> bool:
+        """Copy the training inputs' sample into the file ``target``; ``False`` when the steps wrote none."""
+        ...
+
+
+def run_artifacts(spec: ArtifactsSpec, settings: ArgoSettings, *, s3_client: Any = None) -> RunArtifacts:
+    """The artifact store ``spec`` names, as this controller reaches it."""
+    if isinstance(spec, PvcArtifacts):
+        return ClaimArtifacts(spec, settings.claim_dir(spec.claim_name, spec.mount_path))
+    return BucketArtifacts(spec, client=s3_client)
+
+
+class ClaimArtifacts:
+    def __init__(self, spec: PvcArtifacts, root: Path) -> None:
+        self.spec = spec
+        self.root = root
+
+    def _missing(self, where: Path) -> ArtifactsError:
+        return ArtifactsError(
+            f"{where} is not there: mount the claim {self.spec.claim_name!r} at {self.root} "
+            f"(FLYWHEEL_ARGO_ARTIFACTS_DIR/<claimName>; without it, {self.spec.mount_path})"
+        )
+
+    def put_baseline(self, workflow: str, source: Path) -> None:
+        if not self.root.is_dir():
+            raise self._missing(self.root)
+        shutil.copytree(source, self.root / baseline_path(workflow), dirs_exist_ok=True)
+
+    def bring_model(self, workflow: str, target: Path) -> None:
+        source = self.root / run_paths(workflow)[1]
+        if not source.is_dir():
+            raise self._missing(source)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target, dirs_exist_ok=True)  # two handles of one run may copy at once
+
+    def bring_reference(self, workflow: str, target: Path) -> bool:
+        source = self.root / run_paths(workflow)[0] / PurePosixPath(REFERENCE_PATH).name
+        if not source.is_file():
+            return False
+        shutil.copyfile(source, target)
+        return True
+
+
+class BucketArtifacts:
+    def __init__(self, spec: S3Artifacts, *, client: Any = None) -> None:
+        self.spec = spec
+        self._client = client
+        self._lock = threading.Lock()
+
+    def _s3(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                import boto3
+
+                self._client = boto3.client("s3", endpoint_url=self.spec.endpoint)
+            return self._client
+
+    def _where(self, key: str) -> str:
+        return f"s3://{self.spec.bucket}/{key}"
+
+    def _call(self, what: str, key: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return call(*args, **kwargs)
+        except (BotoCoreError, ClientError) as exc:
+            raise ArtifactsError(f"{what} {self._where(key)}: {exc}") from None
+
+    def put_baseline(self, workflow: str, source: Path) -> None:
+        prefix = bucket_key(self.spec, f"{workflow}/baseline")
+        client = self._s3()
+        for path in sorted(p for p in source.rglob("*") if p.is_file()):
+            key = f"{prefix}/{path.relative_to(source).as_posix()}"
+            self._call("put production's model at", key, client.upload_file, str(path), self.spec.bucket, key)
+
+    def bring_model(self, workflow: str, target: Path) -> None:
+        prefix = bucket_key(self.spec, f"{workflow}/model")
+        client = self._s3()
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.spec.bucket, Prefix=f"{prefix}/")
+        keys = [
+            item["Key"]
+            for page in self._call("list", prefix, list, pages)
+            for item in page.get("Contents", [])
+        ]
+        if not keys:
+            raise ArtifactsError(f"the run saved no model at {self._where(prefix)}/")
+        shutil.rmtree(target, ignore_errors=True)
+        for key in keys:
+            local = target / PurePosixPath(key[len(prefix) + 1 :])
+            local.parent.mkdir(parents=True, exist_ok=True)
+            self._call("bring the model from", key, client.download_file, self.spec.bucket, key, str(local))
+
+    def bring_reference(self, workflow: str, target: Path) -> bool:
+        from botocore.exceptions import ClientError
+
+        key = bucket_key(self.spec, f"{workflow}/work/{PurePosixPath(REFERENCE_PATH).name}")
+        client = self._s3()
+        try:
+            client.head_object(Bucket=self.spec.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise ArtifactsError(f"read {self._where(key)}: {exc}") from None
+        self._call(
+            "bring the reference sample from", key, client.download_file, self.spec.bucket, key, str(target)
+        )
+        return True
