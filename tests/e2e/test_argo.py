@@ -8,7 +8,9 @@ in one Workflow and reported as the embedded home reports it (metrics, gates,
 the comparison with production, the params changed); a crashing step's log
 reaches the report; a controller killed mid-Workflow and started again
 follows that Workflow and submits no second one; a newer head stops the older
-head's Workflow. The step pods check the proposal's commit out of the watched
+head's Workflow; the same proposal trained on one machine and on Argo (its pods
+in the virtualenv the embedded home built, standing for the image of the same
+environment hash) has the same cache key and the same artifact digest. The step pods check the proposal's commit out of the watched
 repository (its path here), never the working tree's code. The controller is
 the one ``flywheel run`` builds, given the fake image builder (the
 composition root's ``images``) in place of a real one.
@@ -33,6 +35,8 @@ from controller.cli import main
 from controller.clock import SYSTEM_CLOCK
 from controller.settings import ArgoSettings, ControllerSettings, Settings
 from tests.e2e.test_proposals import _review, _seed_production
+from tests.e2e.test_proposals import _run_once as _run_embedded
+from tests.e2e.test_proposals import venv_dir as shared_venv_dir
 from tests.fakes.argo_server import FakeArgoServer
 from tests.gitrepo import GitRepo
 
@@ -252,3 +256,36 @@ def test_a_newer_head_stops_the_older_heads_workflow(
     assert (older.status, newer.status) == ("cancelled", "succeeded")
     assert argo.stopped == _workflows_of(argo, older)
     assert len(_workflows_of(argo, newer)) == 1
+
+
+venv_dir = shared_venv_dir  # the virtualenvs of the embedded home's runs (a module fixture)
+
+
+def test_the_same_inputs_on_argo_and_on_one_machine_give_the_same_cache_key_and_artifact(
+    repo: GitRepo, tmp_path: Path, venv_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The homes agree: one proposal trained on one machine, then on Argo in the image of the same env."""
+    repo.branch("tune-c")
+    repo.edit("specs/iris/model.yaml", "C: 1.0", "C: 0.5")
+    repo.commit("Lower C")
+    code, output = _run_embedded(repo, tmp_path / "embedded", venv_dir)
+    assert code == 0, output
+    (embedded,) = _runs(tmp_path / "embedded", "tune-c")
+
+    # the image holds what the virtualenv holds: the stand-in's pods run the model in that environment
+    [python] = [  # its virtualenv, env-<the start of its environment hash>
+        p
+        for p in venv_dir.glob("env-*/bin/python")
+        if embedded.environment_hash.startswith(p.parent.parent.name.removeprefix("env-"))
+    ]
+    monkeypatch.setenv("ARGO_TOKEN", "s3cret")
+    with FakeArgoServer(token="s3cret", python=python) as argo:
+        repo.git("checkout", "-q", "main")
+        repo.write("environments/staging.yaml", STAGING.format(namespace=NAMESPACE, server=argo.url))
+        repo.commit("Train on Argo")
+        assert _run_once(repo, tmp_path / "cluster", argo, FakeImages()) == 0
+        (on_argo,) = _runs(tmp_path / "cluster", "tune-c")
+        assert _workflows_of(argo, on_argo)  # it did train on Argo
+    assert on_argo.status == embedded.status == "succeeded"
+    assert on_argo.cache_key == embedded.cache_key
+    assert on_argo.artifact_digest == embedded.artifact_digest and on_argo.artifact_digest

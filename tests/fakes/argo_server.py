@@ -56,8 +56,10 @@ def _now() -> str:
 class FakeArgoServer:
     """The stand-in; use as a context manager (started on enter, stopped and cleaned on exit)."""
 
-    def __init__(self, *, token: str | None = None) -> None:
+    def __init__(self, *, token: str | None = None, python: Path | None = None) -> None:
         self.token = token
+        # the "image": the Python whose bin/ a step's PATH starts with (default: the tests' own)
+        self.python = python or Path(sys.executable)
         self.workflows: dict[tuple[str, str], dict[str, Any]] = {}
         self.created: list[str] = []  # names, in order of creation (a refused duplicate is not counted)
         self.stopped: list[str] = []
@@ -337,7 +339,7 @@ class FakeArgoServer:
         workdir = Path(local(container.get("workingDir", "/")))
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
         # the image's Python is the one running the tests (it has the example models' requirements)
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env["PATH"] = f"{self.python.parent}{os.pathsep}{env.get('PATH', '')}"
         env.update({e["name"]: local(e["value"]) for e in container.get("env", [])})
         argv = [local(a) for a in container["command"]]
         deadline = float(template.get("activeDeadlineSeconds", 0)) or None
