@@ -47,7 +47,6 @@ from argo_workflows.model_utils import validate_and_convert_types
 
 from controller.backends.images import ImageBuilder, ImageError
 from controller.backends.pipelines import (
-    EventKind,
     RunRequest,
     RunResult,
     RunStatus,
@@ -64,7 +63,7 @@ from controller.backends.pipelines.argo_workflow import (
     task_name,
     workflow_inputs,
 )
-from controller.backends.pipelines.contract import emit, log_tail, read_metrics
+from controller.backends.pipelines.contract import HandleBase, log_tail, read_metrics
 from controller.settings import ArgoSettings
 from controller.specs.types import ArgoSpec
 
@@ -132,15 +131,13 @@ def _api(spec: ArgoSpec, token: str | None) -> WorkflowServiceApi:
     return WorkflowServiceApi(client)
 
 
-class ArgoRunHandle:
+class ArgoRunHandle(HandleBase):
     """One run's Workflow, followed; see :class:`~controller.backends.pipelines.RunHandle`."""
 
     def __init__(self, request: RunRequest, runner: ArgoRunner) -> None:
-        self.request = request
+        super().__init__(request)
         self.runner = runner
-        self._done = threading.Event()
         self._cancel = threading.Event()
-        self._result: RunResult | None = None
         self._thread = threading.Thread(
             target=self._follow, name=f"flywheel-argo-{request.run_id}", daemon=True
         )
@@ -155,12 +152,6 @@ class ArgoRunHandle:
         self._store: RunArtifacts | None = None  # where the run's model is kept (claim or bucket)
 
     # ------------------------------------------------------------ RunHandle
-
-    def wait(self, timeout: float | None = None) -> RunResult:
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"run {self.request.run_id} still running after {timeout}s")
-        assert self._result is not None
-        return self._result
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -179,9 +170,6 @@ class ArgoRunHandle:
             )
         except Exception as exc:
             log.warning("run %s: cannot stop Workflow %s: %s", self.request.run_id, self._name, exc)
-
-    def done(self) -> bool:
-        return self._done.is_set()
 
     # ------------------------------------------------------------- follower
 
@@ -340,17 +328,6 @@ class ArgoRunHandle:
                 if not before:
                     self._emit(step.name, "started", 1, time.monotonic() - self._started)
                 self._emit(step.name, "finished", attempts, 0.0, status, (node or {}).get("message", ""))
-
-    def _emit(
-        self,
-        step: str,
-        kind: EventKind,
-        attempt: int,
-        elapsed: float,
-        status: StepStatus | None = None,
-        message: str = "",
-    ) -> None:
-        emit(self.request, step, kind, attempt, elapsed, status, message)
 
     def _finish(self, workflow: dict[str, Any]) -> None:
         tasks = self._tasks(workflow)

@@ -1,5 +1,5 @@
 """The step contract's pieces every home handles the same way: a step's metrics file, its log's tail,
-and the progress events it reports.
+and the progress events it reports; and what every run handle shares (:class:`HandleBase`).
 
 Both pipeline runners call these: :mod:`.local` on the files its
 subprocesses wrote, :mod:`.argo` on a Workflow's ``metrics`` output parameter
@@ -12,12 +12,13 @@ import json
 import logging
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
-from controller.backends.pipelines import EventKind, RunRequest, StepEvent, StepStatus
+from controller.backends.pipelines import EventKind, RunRequest, RunResult, StepEvent, StepStatus
 
-__all__ = ["LOG_TAIL_LINES", "emit", "log_tail", "read_metrics"]
+__all__ = ["LOG_TAIL_LINES", "HandleBase", "emit", "log_tail", "read_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -89,3 +90,40 @@ def emit(
         request.on_event(event)
     except Exception:
         log.exception("run %s: progress callback failed on %s", request.run_id, event)
+
+
+class HandleBase:
+    """What every run handle shares: its request, waiting for its result, and its steps' progress.
+
+    A handle calls :meth:`_finish_with` once with the run's result; until
+    then :meth:`wait` waits and :meth:`done` is false.
+    """
+
+    def __init__(self, request: RunRequest) -> None:
+        self.request = request
+        self._done = threading.Event()
+        self._result: RunResult | None = None
+
+    def wait(self, timeout: float | None = None) -> RunResult:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"run {self.request.run_id} still running after {timeout}s")
+        assert self._result is not None
+        return self._result
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def _finish_with(self, result: RunResult) -> None:
+        self._result = result
+        self._done.set()
+
+    def _emit(
+        self,
+        step: str,
+        kind: EventKind,
+        attempt: int,
+        elapsed: float,
+        status: StepStatus | None = None,
+        message: str = "",
+    ) -> None:
+        emit(self.request, step, kind, attempt, elapsed, status, message)

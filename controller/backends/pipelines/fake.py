@@ -24,14 +24,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from controller.backends.pipelines import (
-    EventKind,
     RunRequest,
     RunResult,
     RunStatus,
-    StepEvent,
     StepResult,
     StepStatus,
 )
+from controller.backends.pipelines.contract import HandleBase
 from controller.specs.types import Step
 
 __all__ = ["FakeRunHandle", "FakeRunner", "ScriptedStep"]
@@ -76,29 +75,18 @@ class FakeRunner:
         }
 
 
-class FakeRunHandle:
+class FakeRunHandle(HandleBase):
     def __init__(self, request: RunRequest, script: dict[str, ScriptedStep]) -> None:
-        self.request = request
+        super().__init__(request)
         self._script = script
         self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._result: RunResult | None = None
 
     def release(self) -> None:
         """Let a held run play out its script and finish."""
         self._settle(cancelled=False)
 
-    def wait(self, timeout: float | None = None) -> RunResult:
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"run {self.request.run_id} still running after {timeout}s")
-        assert self._result is not None
-        return self._result
-
     def cancel(self) -> None:
         self._settle(cancelled=True)
-
-    def done(self) -> bool:
-        return self._done.is_set()
 
     def _settle(self, *, cancelled: bool) -> None:
         with self._lock:
@@ -170,20 +158,6 @@ class FakeRunHandle:
             environment_hash=request.environment_hash,
             error=error,
             duration_seconds=sum(r.duration_seconds for r in results.values()),
-        )
-
-    def _emit(
-        self, step: str, kind: EventKind, attempt: int, elapsed: float, status: StepStatus | None = None
-    ) -> None:
-        self.request.on_event(
-            StepEvent(
-                run_id=self.request.run_id,
-                step=step,
-                kind=kind,
-                attempt=attempt,
-                elapsed_seconds=elapsed,
-                status=status,
-            )
         )
 
 

@@ -72,14 +72,13 @@ from controller import steplib
 from controller.backends.local.processes import INSTANCE_ENV, ProcessError, scrubbed_environment, uses_shell
 from controller.backends.local.venvs import VenvBuildError, VenvCache, model_environment
 from controller.backends.pipelines import (
-    EventKind,
     RunRequest,
     RunResult,
     RunStatus,
     StepResult,
     StepStatus,
 )
-from controller.backends.pipelines.contract import emit, log_tail, read_metrics
+from controller.backends.pipelines.contract import HandleBase, log_tail, read_metrics
 from controller.backends.pipelines.orphans import StepRecords
 from controller.specs.types import Step
 
@@ -146,19 +145,17 @@ class _StepState:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-class LocalRunHandle:
+class LocalRunHandle(HandleBase):
     """One run in progress; see :class:`~controller.backends.pipelines.RunHandle`."""
 
     def __init__(
         self, request: RunRequest, *, venvs: VenvCache | None, venv: Path | None, kill_grace_seconds: float
     ) -> None:
-        self.request = request
+        super().__init__(request)
         self._venvs = venvs
         self._venv = venv
         self._grace = kill_grace_seconds
         self._inbox: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
-        self._done = threading.Event()
-        self._result: RunResult | None = None
         self._cancel_requested = False
         self._records = StepRecords(request.run_dir)
         self._thread = threading.Thread(
@@ -175,18 +172,9 @@ class LocalRunHandle:
 
     # ------------------------------------------------------------ RunHandle
 
-    def wait(self, timeout: float | None = None) -> RunResult:
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"run {self.request.run_id} still running after {timeout}s")
-        assert self._result is not None
-        return self._result
-
     def cancel(self) -> None:
         self._cancel_requested = True
         self._inbox.put(("cancel", 0))
-
-    def done(self) -> bool:
-        return self._done.is_set()
 
     # ----------------------------------------------------------- supervisor
 
@@ -356,8 +344,12 @@ class LocalRunHandle:
                 argv = self._argv(step.run)
                 intent = self._records.intend(run_id=self.request.run_id, step=step.name, attempt=number)
                 # A step's own env comes first; the contract's variables win over it.
-                env = {**dict(step.env), **self._env, "FLYWHEEL_METRICS": str(metrics_path),
-                       INSTANCE_ENV: intent.instance}
+                env = {
+                    **dict(step.env),
+                    **self._env,
+                    "FLYWHEEL_METRICS": str(metrics_path),
+                    INSTANCE_ENV: intent.instance,
+                }
                 proc = subprocess.Popen(
                     argv,
                     cwd=self.request.source_dir,
@@ -498,17 +490,6 @@ class LocalRunHandle:
             duration_seconds=time.monotonic() - started,
         )
         self._done.set()
-
-    def _emit(
-        self,
-        step: str,
-        kind: EventKind,
-        attempt: int,
-        elapsed: float,
-        status: StepStatus | None = None,
-        message: str = "",
-    ) -> None:
-        emit(self.request, step, kind, attempt, elapsed, status, message)
 
 
 # ------------------------------------------------------------------ helpers
