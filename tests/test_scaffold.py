@@ -16,6 +16,7 @@ from controller.cli import main
 
 pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
 def test_init_writes_the_template_and_commits_it(tmp_path: Path) -> None:
@@ -109,7 +110,8 @@ def test_init_home_cluster_writes_cluster_environments_that_validate(tmp_path: P
     for name in ("staging", "production"):
         env = catalog.environments[name]
         assert (env.home, env.runner) == ("cluster", "argo"), name
-        assert env.argo is not None and env.argo.token_env == "ARGO_TOKEN"
+        assert env.argo is not None and env.argo.token_file == SERVICE_ACCOUNT_TOKEN
+        assert env.pipeline_namespace == "flywheel"  # deploy/'s namespace, where its Role grants
         assert env.images is not None and env.images.registry == "registry.example.com"
         assert type(env.artifacts).__name__ == "PvcArtifacts"
     assert catalog.environments["production"].production and not catalog.environments["staging"].production
