@@ -9,6 +9,7 @@ reader's mapping is pinned down here on calls the code does not make yet (Leases
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -221,3 +222,20 @@ def test_the_cluster_scaffold_fits_what_deploy_installs(
         assert spec["pipeline"]["argo"]["token"] == {
             "file": "/var/run/secrets/kubernetes.io/serviceaccount/token"
         }
+
+
+def test_every_container_runs_a_flywheel_command_that_parses(base: list[dict[str, Any]]) -> None:
+    """The image's entrypoint is `flywheel`; each Deployment's args, variables filled in, are a command."""
+    import click
+
+    from controller.cli import main
+
+    settings = one(base, "ConfigMap", "flywheel-settings")["data"]
+    for deployment in (o for o in base if o["kind"] == "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            assert container["image"].split(":")[0] == "flywheel"  # the overlay's images: renames it
+            args = [re.sub(r"\$\((\w+)\)", lambda m: settings[m.group(1)], a) for a in container["args"]]
+            with click.Context(main) as context:
+                command = main.get_command(context, args[0])
+                assert command is not None, args
+                command.make_context(args[0], args[1:])  # raises on an unknown option or a bad value
