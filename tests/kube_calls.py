@@ -9,7 +9,7 @@ found in the syntax tree of every module under ``controller/``:
   its verb from the method's name (create, read or get -> get, list, patch, replace -> update, delete,
   delete_collection -> deletecollection); a ``list_*`` method handed to ``watch.Watch().stream`` (or
   called with ``watch=True``) is a ``watch``. A path's ``{group}`` and ``{plural}`` (custom objects) are
-  the call's arguments, as string literals or module-level string constants.
+  the call's arguments, as string literals or string constants of the module or imported from the package.
 * a method of the ``argo-workflows`` SDK's ``WorkflowServiceApi``. The Argo Server, in its ``client``
   auth mode, makes the Kubernetes calls with the caller's token; :data:`ARGO_SERVER` says which calls
   each endpoint makes (argo-workflows' ``server/workflow`` and ``workflow/util`` packages, v3.7).
@@ -22,7 +22,7 @@ import functools
 import importlib
 import inspect
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,10 +165,16 @@ def _parents(tree: ast.AST) -> dict[ast.AST, ast.AST]:
     return {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
 
 
-def calls_in_source(source: str, where: str) -> Iterator[Permission]:
-    """The permissions the code in ``source`` (a module at ``where``) needs."""
+def calls_in_source(
+    source: str, where: str, *, package: str = "", modules: Mapping[str, Mapping[str, str]] | None = None
+) -> Iterator[Permission]:
+    """The permissions the code in ``source`` (a module at ``where``, in ``package``) needs.
+
+    ``modules`` (dotted name -> its module-level string constants) resolves constants the module
+    imports by name (``from .kserve import GROUP``).
+    """
     tree = ast.parse(source, filename=where)
-    constants = _constants(tree)
+    constants = _imported(tree, package, modules or {}) | _constants(tree)
     parents = _parents(tree)
     methods = _client_methods()
     for node in ast.walk(tree):
@@ -221,11 +227,39 @@ def _argo_methods() -> frozenset[str]:
     return frozenset(name for name in dir(WorkflowServiceApi) if not name.startswith("_"))
 
 
+def _imported(tree: ast.Module, package: str, modules: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    """The string constants ``tree`` imports by name from the ``modules`` given."""
+    out: dict[str, str] = {}
+    for node in tree.body:
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        base = package.split(".")
+        origin = node.module or ""
+        if node.level:
+            parent = base[: len(base) - (node.level - 1)]
+            origin = ".".join([*parent, origin] if origin else parent)
+        for alias in node.names:
+            value = modules.get(origin, {}).get(alias.name)
+            if value is not None:
+                out[alias.asname or alias.name] = value
+    return out
+
+
 def calls_in_tree(root: Path, *, skip: Iterable[str] = ()) -> set[Permission]:
-    """The permissions every module under ``root`` needs, less modules whose path contains a ``skip``."""
-    found: set[Permission] = set()
+    """The permissions every module under ``root`` (a package) needs, less modules whose path contains a
+    ``skip``."""
+    sources: dict[str, tuple[Path, str, str]] = {}  # dotted name -> (path, its package, source)
     for path in sorted(root.rglob("*.py")):
         if any(part in path.as_posix() for part in skip):
             continue
-        found.update(calls_in_source(path.read_text(), str(path)))
+        parts = [root.name, *path.relative_to(root).with_suffix("").parts]
+        is_package = parts[-1] == "__init__"
+        if is_package:
+            parts = parts[:-1]
+        package = ".".join(parts if is_package else parts[:-1])
+        sources[".".join(parts)] = (path, package, path.read_text())
+    modules = {name: _constants(ast.parse(text)) for name, (_, _, text) in sources.items()}
+    found: set[Permission] = set()
+    for path, package, text in sources.values():
+        found.update(calls_in_source(text, str(path), package=package, modules=modules))
     return found

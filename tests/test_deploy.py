@@ -239,3 +239,19 @@ def test_every_container_runs_a_flywheel_command_that_parses(base: list[dict[str
                 command = main.get_command(context, args[0])
                 assert command is not None, args
                 command.make_context(args[0], args[1:])  # raises on an unknown option or a bad value
+
+
+def test_the_call_reader_follows_constants_imported_from_the_package(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    (package / "serving").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "serving" / "__init__.py").write_text("")
+    (package / "serving" / "names.py").write_text(
+        'GROUP = "serving.kserve.io"\nPLURAL = "inferenceservices"\n'
+    )
+    (package / "serving" / "kserve.py").write_text(
+        "from .names import GROUP\nfrom pkg.serving.names import PLURAL as THINGS\n"
+        "def f(api, ns, name, body):\n"
+        "    api.replace_namespaced_custom_object(GROUP, 'v1beta1', ns, THINGS, name, body)\n"
+    )
+    assert calls_in_tree(package) == {("serving.kserve.io", "inferenceservices", "update")}
