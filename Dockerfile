@@ -7,11 +7,10 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends git \
     && rm -rf /var/lib/apt/lists/*
 
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY controller ./controller
-COPY webhooks ./webhooks
-RUN pip install --no-cache-dir . \
+COPY pyproject.toml README.md /src/
+COPY controller /src/controller
+COPY webhooks /src/webhooks
+RUN pip install --no-cache-dir /src \
     && rm -rf /src
 
 # a user of its own, by number so that Kubernetes can tell it is not root (runAsNonRoot)

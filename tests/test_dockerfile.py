@@ -71,7 +71,9 @@ def test_pip_installs_the_project_without_test_extras(instructions: list[dict[st
     assert len(installs) == 1
     words = installs[0]
     target = words[words.index("install") + 1 :]
-    assert "." in target and not any("[" in w for w in target), words
+    copied_to = next(shlex.split(c)[-1] for c in of(instructions, "COPY") if "pyproject.toml" in c)
+    assert copied_to.rstrip("/") in target, words  # the directory pyproject.toml was copied to
+    assert not any("[" in w for w in target), words
 
 
 def test_it_runs_as_a_numbered_user_that_is_not_root(instructions: list[dict[str, Any]]) -> None:
