@@ -40,6 +40,9 @@ Environment variables (README.md, "Settings", "GitHub" and "Slack"):
     the registry with (:class:`ArgoSettings`).
     The bearer token of an Environment's Argo Server is read from the variable
     or file its spec names, at each use (:func:`argo_token`).
+``FLYWHEEL_HEALTH_PORT``
+    The port of the controller's ``GET /healthz`` (0 or unset: none), served
+    by ``flywheel run`` and ``flywheel serve`` (:class:`HealthSettings`).
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ __all__ = [
     "DEFAULT_GITHUB_API_URL",
     "DEFAULT_MAX_BODY_BYTES",
     "ENV_ARGO_ARTIFACTS_DIR",
+    "ENV_HEALTH_PORT",
     "ENV_MAX_BODY_BYTES",
     "ENV_PREVIOUS_SECRET",
     "ENV_SECRET",
@@ -66,6 +70,7 @@ __all__ = [
     "CheckMode",
     "ControllerSettings",
     "GitHubSettings",
+    "HealthSettings",
     "LocalSettings",
     "Settings",
     "SettingsError",
@@ -85,6 +90,7 @@ ENV_SLACK_SIGNING_SECRET = "FLYWHEEL_SLACK_SIGNING_SECRET"
 ENV_ARGO_ARTIFACTS_DIR = "FLYWHEEL_ARGO_ARTIFACTS_DIR"
 ENV_KUBECONFIG = "FLYWHEEL_KUBECONFIG"
 ENV_REGISTRY_AUTH_FILE = "FLYWHEEL_REGISTRY_AUTH_FILE"
+ENV_HEALTH_PORT = "FLYWHEEL_HEALTH_PORT"
 # Read by the test suite only (tests/fixtures/required.py): set, a test whose reference data or program is
 # missing fails instead of being skipped. CI sets it.
 ENV_TEST_REQUIRE_ALL = "FLYWHEEL_TEST_REQUIRE_ALL"
@@ -200,6 +206,36 @@ def argo_token(
             raise SettingsError(f"{file} (the Argo Server token of pipeline.argo.token.file) is empty")
         return token
     return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthSettings:
+    """The controller's health endpoint: ``GET /healthz`` on ``port`` (0: none), on every interface.
+
+    It answers 200 while the controller's loop has turned within
+    ``stale_seconds`` by the controller's clock, 503 otherwise (a Kubernetes
+    probe restarts a controller stuck that long).
+    """
+
+    port: int = 0
+    host: str = "0.0.0.0"
+    stale_seconds: float = 120.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> HealthSettings:
+        """Read ``FLYWHEEL_HEALTH_PORT``: a port number, or 0 (the default) for no endpoint."""
+        env = os.environ if environ is None else environ
+        raw = env.get(ENV_HEALTH_PORT, "").strip() or "0"
+        try:
+            port = int(raw)
+        except ValueError:
+            port = -1
+        if not 0 <= port <= 65535:
+            raise SettingsError(
+                f"{ENV_HEALTH_PORT} is {raw!r}: give the port of the controller's /healthz (1-65535), "
+                "or 0 for none"
+            )
+        return cls(port=port)
 
 
 @dataclass(frozen=True)
@@ -391,6 +427,7 @@ class Settings:
     controller: ControllerSettings
     local: LocalSettings = LocalSettings()
     argo: ArgoSettings = ArgoSettings()
+    health: HealthSettings = HealthSettings()
     github: GitHubSettings | None = None
     slack: SlackSettings | None = None
     webhooks: WebhookSettings | None = None
@@ -412,6 +449,7 @@ def load_settings(
         controller=controller,
         local=local or LocalSettings(),
         argo=ArgoSettings.from_env(env),
+        health=HealthSettings.from_env(env),
         github=GitHubSettings.from_env(env) if env.get("FLYWHEEL_GITHUB_REPOSITORY") else None,
         slack=SlackSettings.from_env(env),
         webhooks=hooks,

@@ -16,6 +16,7 @@ from controller.cli import main
 
 pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
 def test_init_writes_the_template_and_commits_it(tmp_path: Path) -> None:
@@ -87,3 +88,55 @@ def test_scaffolded_repository_validates_and_promises_no_trigger(tmp_path: Path)
     assert result.output == "ok: 1 model, 1 policy, 2 environments\n"
     model = (target / "specs/iris/model.yaml").read_text()
     assert "triggers:" not in model and "schedule:" not in model and "resources:" not in model
+
+
+def test_init_home_cluster_writes_cluster_environments_that_validate(tmp_path: Path) -> None:
+    from controller.specs import load_catalog
+
+    target = tmp_path / "ml-repo"
+    result = CliRunner().invoke(main, ["init", "--home", "cluster", str(target)])
+    assert result.exit_code == 0, result.output
+    assert "Replace the placeholders" in result.output
+    validated = CliRunner().invoke(main, ["validate", str(target)])
+    assert validated.exit_code == 0, validated.output
+    assert validated.output == "ok: 1 model, 1 policy, 2 environments\n"
+    files = {
+        str(path.relative_to(target)): path.read_bytes()
+        for path in target.rglob("*")
+        if path.is_file() and ".git" not in path.relative_to(target).parts
+    }
+    catalog = load_catalog({path: data for path, data in files.items() if path.endswith(".yaml")})
+    assert catalog.errors == ()
+    for name in ("staging", "production"):
+        env = catalog.environments[name]
+        assert (env.home, env.runner) == ("cluster", "argo"), name
+        assert env.argo is not None and env.argo.token_file == SERVICE_ACCOUNT_TOKEN
+        assert env.pipeline_namespace == "flywheel"  # deploy/'s namespace, where its Role grants
+        assert env.images is not None and env.images.registry == "registry.example.com"
+        assert type(env.artifacts).__name__ == "PvcArtifacts"
+    assert catalog.environments["production"].production and not catalog.environments["staging"].production
+    # the model and the policy are the embedded template's, unchanged
+    template = REPO_ROOT / "controller/scaffold/template"
+    for relative in ("specs/iris/model.yaml", "specs/iris/train.py", "policies/default.yaml"):
+        assert files[relative] == (template / relative).read_bytes(), relative
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=target, capture_output=True, text=True, check=True
+    ).stdout
+    assert status == ""
+
+
+def test_init_defaults_to_the_embedded_environments(tmp_path: Path) -> None:
+    target = tmp_path / "ml-repo"
+    assert CliRunner().invoke(main, ["init", "--no-git", str(target)]).exit_code == 0
+    template = REPO_ROOT / "controller/scaffold/template/environments"
+    for name in ("staging.yaml", "production.yaml"):
+        written = (target / "environments" / name).read_text()
+        assert written == (template / name).read_text()
+        assert "home: embedded" in written and "runner: local" in written
+
+
+def test_init_refuses_an_unknown_home(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["init", "--home", "moon", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "'moon' is not one of 'embedded', 'cluster'" in result.output
+    assert not (tmp_path / "x").exists()

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import FrameType
 from typing import Protocol
 
@@ -99,6 +100,7 @@ class Controller:
     watch: ServingWatch | None = None  # compares what serves with the store, at start and every tick
     triggers: TriggerEngine | None = None  # schedules and new data: retrain proposals
     closers: list[Callable[[], object]] = field(default_factory=list)  # clients to close with the controller
+    last_turn: datetime | None = None  # when the loop last turned, by the clock (for /healthz)
     # part of tick -> the error it last failed with, so a failure that repeats is logged once
     _failing: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
@@ -421,6 +423,7 @@ def _loop(controller: Controller, settings: ControllerSettings, *, stop: threadi
     last_tick = 0.0
     last_progress = time.monotonic()
     while not stop.is_set():
+        controller.last_turn = controller.clock.now()
         now = time.monotonic()
         if summary is None or (not once and now - last_poll >= settings.interval_seconds):
             controller.requested.clear()  # every proposal is reconciled now

@@ -80,17 +80,20 @@ def start(
     """Run a controller on ``settings`` until stopped (or one pass, with ``once``); its exit code.
 
     The state directory is locked for the controller's lifetime, and
-    ``alongside`` (given the settings and the controller) runs while it runs.
+    ``alongside`` (given the settings and the controller) runs while it runs,
+    as does the health endpoint when ``FLYWHEEL_HEALTH_PORT`` is set.
     The controller handles its inbox; with no webhook service, GitHub's
     poller finds the events (when GitHub is configured).
     """
     from controller.app import run_controller
+    from controller.cli.health import health_endpoint
     from controller.logs import setup_logging
 
     setup_logging("json" if log_format == "json" else "text", verbose=verbose)
     with state_lock(settings.controller.state_dir) as fresh:
         controller = open_controller(settings, fresh=fresh)
-        with alongside(settings, controller) if alongside is not None else nullcontext():
+        beside = alongside(settings, controller) if alongside is not None else nullcontext()
+        with health_endpoint(settings, controller), beside:
             return run_controller(settings, once=once, controller=controller)
 
 

@@ -2,7 +2,11 @@
 
 The template holds one example model (an iris classifier trained on data that
 ships with scikit-learn), a policy with an approval rule for production, and a
-staging and a production environment on the embedded home.
+staging and a production environment on the embedded home. With
+``home="cluster"`` (``flywheel init DIR --home cluster``) the environments are
+the cluster home's instead (``cluster/environments/``: pipelines on Argo
+Workflows, images in a registry, artifacts on a PersistentVolumeClaim), with
+placeholders for the cluster's addresses to replace.
 """
 
 from __future__ import annotations
@@ -13,10 +17,14 @@ import subprocess
 from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
+from typing import Literal
 
 # Files whose name in the template differs from the name they get: a file
 # called .gitignore would be dropped by packaging tools.
 _RENAMES = {"gitignore": ".gitignore"}
+
+Home = Literal["embedded", "cluster"]
+HOMES: tuple[Home, ...] = ("embedded", "cluster")
 
 
 class ScaffoldError(Exception):
@@ -38,15 +46,25 @@ def _copy(node: Traversable, dest: Path) -> list[Path]:
     return written
 
 
-def scaffold(directory: Path, *, git: bool = True, branch: str = "main") -> list[Path]:
+def scaffold(
+    directory: Path, *, git: bool = True, branch: str = "main", home: Home = "embedded"
+) -> list[Path]:
     """Write the template into ``directory`` and, with ``git``, make it a repository with one commit.
 
-    Refuses a directory that exists and is not empty. Returns the files written.
+    ``home`` picks the environments: the embedded home's (the template's own)
+    or the cluster home's, which take their place. Refuses a directory that
+    exists and is not empty. Returns the files written.
     """
+    if home not in HOMES:
+        raise ScaffoldError(f"home {home!r} is not one of {', '.join(HOMES)}")
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise ScaffoldError(f"{directory}: exists and is not an empty directory")
     directory.mkdir(parents=True, exist_ok=True)
-    written = _copy(resources.files("controller.scaffold").joinpath("template"), directory)
+    package = resources.files("controller.scaffold")
+    written = _copy(package.joinpath("template"), directory)
+    if home == "cluster":
+        replaced = _copy(package.joinpath("cluster"), directory)
+        written = sorted(set(written) | set(replaced))
     if git:
         _git_init(directory, branch)
     return written
