@@ -10,8 +10,9 @@ reaches the report; a controller killed mid-Workflow and started again
 follows that Workflow and submits no second one; a newer head stops the older
 head's Workflow; the same proposal trained on one machine and on Argo (its pods
 in the virtualenv the embedded home built, standing for the image of the same
-environment hash) has the same cache key and the same artifact digest. The step pods check the proposal's commit out of the watched
-repository (its path here), never the working tree's code. The controller is
+environment hash) has the same cache key and the same artifact digest. The step
+pods check the proposal's commit out of the watched repository (its path here),
+never the working tree's code. The controller is
 the one ``flywheel run`` builds, given the fake image builder (the
 composition root's ``images``) in place of a real one.
 """
