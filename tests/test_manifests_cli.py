@@ -126,3 +126,20 @@ def test_unknown_names_and_a_repository_with_no_cluster_environment_are_refused(
     assert "skipped iris: it trains on one machine" in result.output
     assert "no model trains on an Argo environment" in result.output
     assert not (tmp_path / "p").exists()
+
+
+def test_a_repository_made_for_the_cluster_renders_as_made(tmp_path: Path) -> None:
+    """The issue's first try: ``flywheel init repo --home cluster``, then ``flywheel manifests``."""
+    made = CliRunner().invoke(main, ["init", str(tmp_path / "repo"), "--home", "cluster"])
+    assert made.exit_code == 0, made.output
+    code, output, documents = render(GitRepo(tmp_path / "repo"), tmp_path / "m")
+    assert code == 0, output
+    kinds = [d["kind"] for d in documents]
+    assert kinds.count("Workflow") >= 1 and kinds.count("Job") >= 1
+    for document in documents:
+        if document["kind"] == "Workflow":
+            for name in ARGO_SCHEMAS:
+                validator = Draft7Validator(json.loads(reference(name).read_text()))
+                assert [e.message for e in validator.iter_errors(document)] == [], name
+        else:
+            kubernetes_validate.validate(document, K8S_VERSION, strict=True)
