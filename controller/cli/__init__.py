@@ -40,6 +40,7 @@ _COMMANDS: dict[str, str] = {
     "build": "controller.cli.build:build",
     "drift": "controller.cli.drift:drift",
     "triggers": "controller.cli.triggers:triggers",
+    "ui": "controller.cli.ui:ui",
 }
 
 
