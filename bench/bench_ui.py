@@ -84,7 +84,7 @@ def main() -> None:
             started = time.perf_counter()
             build(store, args.models)
             print(f"store of {args.models} models ready in {time.perf_counter() - started:.1f} s ({state})")
-            client = TestClient(create_app(store=store, clock=SYSTEM_CLOCK))
+            client = TestClient(create_app(models=store, history=store, clock=SYSTEM_CLOCK))
             client.get("/")  # templates compiled, connections opened
             middle = (args.models // 2 // args.limit) * args.limit
             worst = 0.0

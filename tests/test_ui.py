@@ -10,19 +10,28 @@ page holds a secret of the settings.
 
 from __future__ import annotations
 
+import json
 import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
 from html import unescape
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from starlette.testclient import TestClient
 
 from controller.backends.metrics import Measurement
 from controller.backends.metrics.fake import FakeMetrics
 from controller.backends.serving.fake import FakeServing
+from controller.backends.serving.server import free_port
 from controller.backends.store import open_store
+from controller.cli import main
 from controller.clock import SYSTEM_CLOCK, FakeClock
 from controller.engine.commands import Actor
 from controller.scaffold import scaffold
@@ -45,7 +54,8 @@ def world(tmp_path: Path) -> Iterator[RolloutWorld]:
 
 def client(world: RolloutWorld, *, catalog: bool = True) -> TestClient:
     app = create_app(
-        store=world.store,
+        models=world.store,
+        history=world.store,
         clock=world.clock,
         catalog=lambda: world.catalog if catalog else None,
         links=LinkMaker(github_repository="octo/ml-specs"),
@@ -193,3 +203,95 @@ def test_no_page_holds_a_secret(world: RolloutWorld, monkeypatch: pytest.MonkeyP
         assert answer.status_code == 200, path
         for value in secrets.values():
             assert value not in answer.text, path
+
+
+def test_drift_per_feature_is_shown_as_the_routers_report_it(world: RolloutWorld) -> None:
+    world.register(1)
+    table = {
+        "environment": "production",
+        "versions": [
+            {
+                "model": "iris",
+                "version": "v1",
+                "window": "current",
+                "rows": 500,
+                "settings": {"psi": {"alert": 0.2}},
+                "features": [
+                    {
+                        "feature": "petal_length",
+                        "kind": "numeric",
+                        "samples": 500,
+                        "psi": 0.41,
+                        "test": "ks",
+                        "p_value": 1e-9,
+                        "threshold": 0.0125,
+                        "status": "drift",
+                        "sustained_windows": 3,
+                    },
+                    {
+                        "feature": "sepal_width",
+                        "kind": "numeric",
+                        "samples": 500,
+                        "psi": 0.01,
+                        "test": "ks",
+                        "p_value": 0.7,
+                        "threshold": 0.0125,
+                        "status": "stable",
+                        "sustained_windows": 0,
+                    },
+                ],
+            }
+        ],
+    }
+    asked: list[str] = []
+
+    def drift(model: str) -> list[dict[str, object]]:
+        asked.append(model)
+        return [table, {"environment": "staging", "error": "its router is not running"}]
+
+    app = TestClient(create_app(models=world.store, history=world.store, clock=world.clock, drift=drift))
+    shown = text(app.get("/models/iris/drift").text)
+    assert "v1: latest window, 500 rows" in shown
+    assert "petal_length numeric 500 0.4100 ks 1e-09 0.0125 drift 3" in shown
+    assert "sepal_width numeric 500 0.0100 ks 0.7 0.0125 stable 0" in shown
+    assert "staging its router is not running" in shown
+    data = app.get("/api/v1/models/iris/drift").json()
+    assert [f["status"] for f in data["environments"][0]["versions"][0]["features"]] == ["drift", "stable"]
+    assert app.get("/api/v1/models/nope/drift").status_code == 404 and asked == ["iris", "iris"]
+    without = text(client(world).get("/models/iris/drift").text)
+    assert "drift is not read here" in without
+
+
+def test_flywheel_ui_serves_the_state_directory_and_refuses_one_without_state(tmp_path: Path) -> None:
+    refused = CliRunner().invoke(main, ["ui", "--state-dir", str(tmp_path / "none")])
+    assert refused.exit_code == 1 and "no Flywheel state in" in refused.output
+    state, port = tmp_path / "state", free_port()
+    store = open_store(state, clock=SYSTEM_CLOCK)
+    run = store.create_run(model="iris", ref="main", commit="a" * 40, cache_key="k")
+    store.register_version(
+        model="iris",
+        run_id=run.id,
+        commit=run.commit,
+        artifact_digest="sha256:a",
+        artifact_uri="/a",
+        environment_hash="e",
+    )
+    store.close()
+    flywheel = str(Path(sys.executable).with_name("flywheel"))
+    command = [flywheel, "ui", "--state-dir", str(state), "--port", str(port)]  # no repository in its cwd
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        limit = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/models", timeout=2) as answer:
+                    models = json.load(answer)
+                    break
+            except OSError:
+                assert time.monotonic() < limit and process.poll() is None, process.communicate()[0]
+                time.sleep(0.3)
+        assert [m["model"] for m in models["models"]] == ["iris"] and models["models"][0]["latest"] == 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=30)[0].decode()
+    assert f"dashboard on http://127.0.0.1:{port}/" in output

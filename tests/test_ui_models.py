@@ -89,7 +89,7 @@ def test_search_matches_any_part_of_the_name_in_any_case(registry: SqlStore) -> 
 def test_the_list_page_searches_sorts_and_links_the_next_and_previous_pages(
     registry: SqlStore, clock: FakeClock
 ) -> None:
-    app = TestClient(create_app(store=registry, clock=clock))
+    app = TestClient(create_app(models=registry, history=registry, clock=clock))
     page = app.get("/", params={"offset": 50, "limit": 50})
     shown = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.text))
     assert "51–100 of 120" in shown
@@ -113,7 +113,11 @@ def test_proposals_show_their_reports_and_link_the_commit(registry: SqlStore, cl
         state="success",
         description="passed its gates",
     )
-    app = TestClient(create_app(store=registry, clock=clock, links=LinkMaker(github_repository="octo/ml")))
+    app = TestClient(
+        create_app(
+            models=registry, history=registry, clock=clock, links=LinkMaker(github_repository="octo/ml")
+        )
+    )
     page = app.get("/proposals")
     assert (
         "feature/deeper" in page.text and "passed its gates" in page.text and "all gates passed" in page.text

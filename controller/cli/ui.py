@@ -12,7 +12,7 @@ at ``/ui``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,9 +21,10 @@ from controller.cli.options import existing_store, given, main_catalog, repo_opt
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
+    from controller.backends.store.sql import SqlStore
     from controller.clock import Clock
     from controller.specs.types import Catalog
-    from controller.ui import DashboardStore
+    from controller.ui.facts import DriftSource
 
 
 @click.command()
@@ -49,21 +50,74 @@ def ui(
     required = given(click.get_current_context(), "repo")
     catalog = main_catalog(repo, branch, state_dir, required=required)
     with existing_store(state_dir) as store:
-        app = dashboard(store, clock=SYSTEM_CLOCK, catalog=catalog, github_repository=github_repository)
+        app = dashboard(
+            store,
+            clock=SYSTEM_CLOCK,
+            catalog=catalog,
+            github_repository=github_repository,
+            state_dir=state_dir,
+        )
         click.echo(f"dashboard on http://{host}:{port}/ reading {state_dir}")
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", server_header=False)
         uvicorn.Server(config).run()
 
 
 def dashboard(
-    store: DashboardStore, *, clock: Clock, catalog: Catalog | None, github_repository: str | None
+    store: SqlStore,
+    *,
+    clock: Clock,
+    catalog: Catalog | None,
+    github_repository: str | None,
+    state_dir: Path | None = None,
 ) -> Starlette:
-    """The dashboard's app over ``store``, with main's ``catalog`` as read at start."""
+    """The dashboard's app over ``store``, with main's ``catalog`` as read at start.
+
+    With ``state_dir`` (the embedded home), drift is asked of the routers it runs.
+    """
     from controller.ui import LinkMaker, create_app
 
+    def thread(model: str, version: int) -> str | None:
+        message = store.slack_message(model=model, version=version)
+        if message is None:
+            return None
+        return f"https://slack.com/archives/{message.channel}/p{message.ts.replace('.', '')}"
+
     return create_app(
-        store=store,
+        models=store,
+        history=store,
         clock=clock,
         catalog=lambda: catalog,
         links=LinkMaker(github_repository=github_repository or None),
+        pull_number=store.pull_number_for_branch,
+        slack_thread=thread,
+        drift=local_drift(state_dir) if state_dir is not None else None,
     )
+
+
+def local_drift(state_dir: Path) -> DriftSource:
+    """A model's drift tables from the routers of the embedded home (``flywheel drift --json``'s reads)."""
+
+    def read(model: str) -> list[dict[str, Any]]:
+        from controller.backends.serving import ServingError
+        from controller.backends.serving.drift_watch import fetch_drift
+        from controller.backends.serving.local import LocalServing
+        from controller.clock import SYSTEM_CLOCK
+
+        try:
+            statuses = LocalServing(state_dir / "serving", clock=SYSTEM_CLOCK).status(None)
+        except ServingError as exc:
+            return [{"environment": "-", "error": str(exc)}]
+        tables: list[dict[str, Any]] = []
+        for status in statuses:
+            if model not in status.routes:
+                continue
+            if not status.running or status.endpoint is None:
+                tables.append({"environment": status.environment, "error": "its router is not running"})
+                continue
+            try:
+                tables.append(fetch_drift(status.endpoint, model))
+            except ServingError as exc:
+                tables.append({"environment": status.environment, "error": str(exc)})
+        return tables
+
+    return read

@@ -11,6 +11,6 @@ by :mod:`controller.ui.charts`.
 from __future__ import annotations
 
 from controller.ui.app import API_PREFIX, create_app
-from controller.ui.facts import DashboardStore, LinkMaker
+from controller.ui.facts import HistoryReads, LinkMaker, ModelReads
 
-__all__ = ["API_PREFIX", "DashboardStore", "LinkMaker", "create_app"]
+__all__ = ["API_PREFIX", "HistoryReads", "LinkMaker", "ModelReads", "create_app"]

@@ -13,6 +13,7 @@ Routes (relative to where the app is mounted):
 
 ``/``                        models: search (``q``), sort, pages (``offset``, ``limit``)
 ``/models/{model}``          versions with lineage, serving per environment (``at``: at that time), timeline
+``/models/{model}/drift``    drift per feature of each served version (asked of the routers)
 ``/rollouts/{id}``           analysis rounds against thresholds, weights over time, decision, approvals
 ``/proposals``               proposals with their reports
 ``/approvals``               rollouts waiting at an approval gate
@@ -37,12 +38,12 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from controller.backends.store import ModelQuery, ModelSort
+from controller.backends.store import ModelQuery
 from controller.backends.store.registry import MODEL_SORTS
 from controller.clock import Clock
 from controller.specs.types import Catalog
 from controller.ui.charts import check_charts, weight_chart
-from controller.ui.facts import DashboardStore, Facts, LinkMaker, Unknown
+from controller.ui.facts import DriftSource, Facts, HistoryReads, LinkMaker, ModelReads, Unknown
 from controller.ui.schemas import ModelList, openapi_document
 
 __all__ = ["API_PREFIX", "PAGE_SIZE", "create_app"]
@@ -76,9 +77,9 @@ def _time(params: Mapping[str, str], name: str) -> datetime | None:
         return None
     try:
         value = datetime.fromisoformat(text)
-    except ValueError:
-        raise _BadQuery(f"{name}={text!r} is not an ISO 8601 time") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise _BadQuery(f"{name}={text!r} is not an ISO 8601 time (UTC if it names no zone)") from None
 
 
 def _text(params: Mapping[str, str], name: str) -> str | None:
@@ -94,10 +95,9 @@ def _model_query(params: Mapping[str, str]) -> ModelQuery:
     sort = params.get("sort") or "name"
     if sort not in MODEL_SORTS:
         raise _BadQuery(f"sort={sort!r} is not one of {', '.join(MODEL_SORTS)}")
-    sorted_by: ModelSort = sort  # type: ignore[assignment]  # checked against MODEL_SORTS above
     return ModelQuery(
         search=_text(params, "q"),
-        sort=sorted_by,
+        sort=sort,  # narrowed to a ModelSort by the `in` above
         offset=_int(params, "offset", 0, low=0, high=10**9),
         limit=_int(params, "limit", PAGE_SIZE, low=1, high=_MAX_PAGE),
     )
@@ -138,18 +138,23 @@ def _older_query(query: Mapping[str, Any], until: datetime) -> str:
 
 def create_app(
     *,
-    store: DashboardStore,
+    models: ModelReads,
+    history: HistoryReads,
     clock: Clock,
     catalog: Callable[[], Catalog | None] = lambda: None,
     links: LinkMaker | None = None,
     pull_number: Callable[[str], int | None] | None = None,
+    drift: DriftSource | None = None,
+    slack_thread: Callable[[str, int], str | None] | None = None,
 ) -> Starlette:
-    """The dashboard's app over ``store``, read at ``clock``'s now.
+    """The dashboard's app over the store (``models`` and ``history``: one store, or two views of it).
 
     ``catalog`` gives main's specs when they can be read (canary steps, bounds,
     who may approve); ``links`` makes the forge's addresses of commits and pull
-    requests, ``pull_number`` finds a proposal branch's pull request. ``store``
-    is called from worker threads, so it must be usable from any thread.
+    requests, ``pull_number`` finds a proposal branch's pull request and
+    ``slack_thread`` the address of a version's rollout thread in Slack;
+    ``drift`` asks the routers serving a model for its drift tables. The store
+    is called from worker threads, so it must be usable from any thread. Read at ``clock``'s now.
     """
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("controller.ui", "templates"),
@@ -165,11 +170,14 @@ def create_app(
 
     def facts() -> Facts:
         return Facts(
-            store=store,
+            models_store=models,
+            history=history,
             now=clock.now(),
             catalog=catalog(),
             links=maker,
             pull_number=pull_number or (lambda branch: None),
+            drift_source=drift,
+            slack_thread=slack_thread or (lambda model, version: None),
         )
 
     def api(read: Callable[[Request], BaseModel]) -> Callable[[Request], Response]:
@@ -205,12 +213,15 @@ def create_app(
 
     # ------------------------------------------------------------ readers
 
-    def models(request: Request) -> dict[str, Any]:
+    def model_list(request: Request) -> dict[str, Any]:
         return {"data": facts().models(**_model_query(request.query_params)), "sorts": MODEL_SORTS}
 
     def model(request: Request) -> dict[str, Any]:
         at = _time(request.query_params, "at")
         return {"data": facts().model(request.path_params["model"], at=at)}
+
+    def drift_page(request: Request) -> dict[str, Any]:
+        return {"data": facts().drift(request.path_params["model"]), "watched": drift is not None}
 
     def rollout(request: Request) -> dict[str, Any]:
         data = facts().rollout(_rollout_id(request.path_params["rollout"]))
@@ -239,15 +250,17 @@ def create_app(
         return _error_page(request, status, message)
 
     routes = [
-        Route("/", page("models.html", models), name="models"),
+        Route("/", page("models.html", model_list), name="models"),
         Route("/models/{model}", page("model.html", model), name="model"),
+        Route("/models/{model}/drift", page("drift.html", drift_page), name="drift"),
         Route("/rollouts/{rollout}", page("rollout.html", rollout), name="rollout"),
         Route("/proposals", page("proposals.html", proposals), name="proposals"),
         Route("/approvals", page("approvals.html", approvals), name="approvals"),
         Route("/audit", page("audit.html", audit), name="audit"),
         Route(f"{API_PREFIX}/openapi.json", openapi, name="openapi"),
-        Route(f"{API_PREFIX}/models", api(lambda r: models(r)["data"]), name="api_models"),
+        Route(f"{API_PREFIX}/models", api(lambda r: model_list(r)["data"]), name="api_models"),
         Route(f"{API_PREFIX}/models/{{model}}", api(lambda r: model(r)["data"]), name="api_model"),
+        Route(f"{API_PREFIX}/models/{{model}}/drift", api(lambda r: drift_page(r)["data"]), name="api_drift"),
         Route(
             f"{API_PREFIX}/rollouts/{{rollout}}",
             api(lambda r: facts().rollout(_rollout_id(r.path_params["rollout"]))),

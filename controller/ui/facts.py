@@ -10,24 +10,28 @@ from the injected clock.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, Unpack
 
 from controller.backends.store import (
-    ApprovalRecords,
     AuditEntry,
-    AuditLog,
+    ModelPage,
     ModelQuery,
+    ModelVersion,
     NotFound,
-    Registry,
-    ReviewRecords,
     RolloutRecord,
-    RolloutRecords,
-    RunRecords,
+    Run,
+    ServingRecord,
 )
-from controller.engine.status import ApprovalWait, model_status, proposal_statuses, rollout_status
+from controller.engine.status import (
+    ApprovalWait,
+    ModelStatusRecords,
+    ReviewStatusRecords,
+    proposal_statuses,
+    rollout_status,
+)
 from controller.specs.types import Catalog
 from controller.ui.schemas import (
     ApprovalGiven,
@@ -35,6 +39,8 @@ from controller.ui.schemas import (
     AuditItem,
     AuditList,
     CheckPoint,
+    DriftEnvironment,
+    DriftReport,
     Links,
     ModelDetail,
     ModelItem,
@@ -53,16 +59,44 @@ from controller.ui.schemas import (
     WeightPoint,
 )
 
-__all__ = ["DashboardStore", "Facts", "LinkMaker", "Unknown"]
+__all__ = ["DriftSource", "Facts", "HistoryReads", "LinkMaker", "ModelReads", "Unknown"]
+
+DriftSource = Callable[[str], list[dict[str, Any]]]
+"""A model's drift tables, one per environment serving it (``flywheel drift --json``'s shape)."""
 
 _TIMELINE = 200  # audit entries on a model's page
 _ROUND = "analysis.round"
 
 
-class DashboardStore(
-    Registry, RolloutRecords, ApprovalRecords, AuditLog, RunRecords, ReviewRecords, Protocol
-):
-    """What the dashboard reads: the registry, rollouts, approvals, the audit log, runs and reviews."""
+class ModelReads(ModelStatusRecords, Protocol):
+    """What the dashboard reads of models: what ``flywheel models`` does, and pages of them, and lineage."""
+
+    def page_models(self, **query: Unpack[ModelQuery]) -> ModelPage: ...
+
+    def get_version(self, model: str, number: int) -> ModelVersion: ...
+
+    def get_run(self, run_id: int) -> Run: ...
+
+
+class HistoryReads(ReviewStatusRecords, Protocol):
+    """What the dashboard reads of what happened: rollouts, traffic over time, the audit log, reviews."""
+
+    def get_rollout(self, rollout_id: int) -> RolloutRecord: ...
+
+    def active_rollouts(self) -> list[RolloutRecord]: ...
+
+    def serving_history(self, *, environment: str, model: str) -> list[ServingRecord]: ...
+
+    def audit(
+        self,
+        *,
+        model: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+        actions: Collection[str] | None = None,
+        actor: str | None = None,
+        until: datetime | None = None,
+    ) -> list[AuditEntry]: ...
 
 
 class Unknown(LookupError):
@@ -91,20 +125,29 @@ class LinkMaker:
 class Facts:
     """The dashboard's reads of one store at one time, with main's catalog when it could be read."""
 
-    store: DashboardStore
+    models_store: ModelReads
+    history: HistoryReads
     now: datetime
     catalog: Catalog | None = None
     links: LinkMaker = LinkMaker()
     pull_number: Callable[[str], int | None] = lambda branch: None  # a proposal branch's pull request
+    drift_source: DriftSource | None = None  # None: drift is not read here (no router to ask)
+    slack_thread: Callable[[str, int], str | None] = lambda model, version: None
 
     # ------------------------------------------------------------- models
 
     def models(self, **query: Unpack[ModelQuery]) -> ModelList:
-        page = self.store.page_models(**query)
+        page = self.models_store.page_models(**query)
         items = []
         for summary in page.models:
-            status = model_status(self.store, summary.model, now=self.now, catalog=self.catalog)
-            rollout = status.rollout
+            # What `flywheel models` shows of the newest rollout and the serving, without the release run.
+            rollouts = self.models_store.rollouts_for(summary.model)
+            newest = rollouts[0] if rollouts else None
+            rollout = (
+                rollout_status(self.models_store, newest, now=self.now, catalog=self.catalog)
+                if newest
+                else None
+            )
             items.append(
                 ModelItem(
                     model=summary.model,
@@ -114,11 +157,9 @@ class Facts:
                     rollout=rollout.id if rollout is not None else None,
                     condition=rollout.condition if rollout is not None else None,
                     reason=rollout.reason if rollout is not None else "",
-                    serving=[
-                        ServingShare(environment=env.environment, version=s.version, weight=s.weight)
-                        for env in status.serving
-                        for s in env.shares
-                    ],
+                    serving=self._serving_now(
+                        summary.model, _environments(rollouts, self.catalog, summary.model)
+                    ),
                 )
             )
         return ModelList(
@@ -131,8 +172,8 @@ class Facts:
         )
 
     def model(self, name: str, *, at: datetime | None = None) -> ModelDetail:
-        versions = self.store.list_versions(name)
-        rollouts = self.store.rollouts_for(name)
+        versions = self.models_store.list_versions(name)
+        rollouts = self.models_store.rollouts_for(name)
         if not versions and not rollouts:
             raise Unknown(f"no model {name!r} in the registry")
         environments = _environments(rollouts, self.catalog, name)
@@ -140,7 +181,7 @@ class Facts:
         serving = [
             ServingShare(environment=env, version=version, weight=weight)
             for env in environments
-            for version, weight in self.store.served_at(environment=env, model=name, at=when)
+            for version, weight in self.models_store.served_at(environment=env, model=name, at=when)
         ]
         serving_now = serving if at is None else self._serving_now(name, environments)
         items = [
@@ -170,23 +211,29 @@ class Facts:
             serving=serving,
             at=at,
             rollouts=[self._rollout_item(r) for r in rollouts],
-            timeline=[_timeline(e) for e in reversed(self.store.audit(model=name, limit=_TIMELINE))],
+            timeline=[_timeline(e) for e in reversed(self.history.audit(model=name, limit=_TIMELINE))],
         )
+
+    def drift(self, name: str) -> DriftReport:
+        if not self.models_store.list_versions(name):
+            raise Unknown(f"no model {name!r} in the registry")
+        tables = self.drift_source(name) if self.drift_source is not None else []
+        return DriftReport(model=name, environments=[DriftEnvironment.model_validate(t) for t in tables])
 
     # ----------------------------------------------------------- rollouts
 
     def rollout(self, rollout_id: int) -> RolloutDetail:
         try:
-            record = self.store.get_rollout(rollout_id)
+            record = self.history.get_rollout(rollout_id)
         except NotFound as exc:
             raise Unknown(f"no rollout #{rollout_id}") from exc
-        status = rollout_status(self.store, record, now=self.now, catalog=self.catalog)
-        entries = self.store.audit(model=record.model, actions=[_ROUND], since=record.created_at)
+        status = rollout_status(self.models_store, record, now=self.now, catalog=self.catalog)
+        entries = self.history.audit(model=record.model, actions=[_ROUND], since=record.created_at)
         rounds = [self._round(e, record.model) for e in entries if e.version == record.version]
         weights = [
             WeightPoint(at=s.at, environment=env, weight=s.weight)
             for env in record.stages
-            for s in self.store.serving_history(environment=env, model=record.model)
+            for s in self.history.serving_history(environment=env, model=record.model)
             if s.version == record.version and s.at >= record.created_at
         ]
         given = [
@@ -201,7 +248,7 @@ class Facts:
                         at=a.created_at,
                         expires_at=a.expires_at,
                     )
-                    for a in self.store.approvals_for(
+                    for a in self.models_store.approvals_for(
                         model=record.model, version=record.version, environment=env
                     )
                 ],
@@ -227,16 +274,19 @@ class Facts:
             weights=sorted(weights, key=lambda w: w.at),
             approvals=given,
             missing=_missing(status.approval),
-            links=Links(commit=self.links.commit(version)) if version else Links(),
+            links=Links(
+                commit=self.links.commit(version) if version else None,
+                slack=self.slack_thread(record.model, record.version),
+            ),
         )
 
     def pending(self) -> PendingList:
         """Rollouts at an approval gate that still lacks approvals, oldest first."""
         found = []
-        for record in sorted(self.store.active_rollouts(), key=lambda r: r.id):
+        for record in sorted(self.history.active_rollouts(), key=lambda r: r.id):
             if record.state != "gate":
                 continue
-            status = rollout_status(self.store, record, now=self.now, catalog=self.catalog)
+            status = rollout_status(self.models_store, record, now=self.now, catalog=self.catalog)
             gate = _missing(status.approval)
             if gate is None or status.condition != "holding":
                 continue
@@ -255,10 +305,10 @@ class Facts:
     # ------------------------------------------------ proposals and audit
 
     def proposals(self, *, branch: str | None = None) -> ProposalList:
-        statuses = proposal_statuses(self.store, branch=branch, catalog=self.catalog)
+        statuses = proposal_statuses(self.history, branch=branch, catalog=self.catalog)
         if branch is not None and not statuses:
             raise Unknown(f"no proposal {branch!r} has been reviewed")
-        reports = {(r.proposal, r.model): r.body for r in self.store.reviews(proposal=branch)}
+        reports = {(r.proposal, r.model): r.body for r in self.history.reviews(proposal=branch)}
         return ProposalList(
             proposals=[
                 ProposalItem(
@@ -290,7 +340,7 @@ class Facts:
         until: datetime | None = None,
         limit: int = 200,
     ) -> AuditList:
-        entries = self.store.audit(
+        entries = self.history.audit(
             model=model,
             actor=actor,
             actions=[action] if action else None,
@@ -306,23 +356,23 @@ class Facts:
         return [
             ServingShare(environment=env, version=version, weight=weight)
             for env in environments
-            for version, weight in self.store.served_at(environment=env, model=name, at=self.now)
+            for version, weight in self.models_store.served_at(environment=env, model=name, at=self.now)
         ]
 
     def _reused_from(self, run_id: int) -> int | None:
         try:
-            return self.store.get_run(run_id).reused_from
+            return self.models_store.get_run(run_id).reused_from
         except NotFound:
             return None
 
     def _version(self, model: str, number: int) -> str:
         try:
-            return self.store.get_version(model, number).commit
+            return self.models_store.get_version(model, number).commit
         except NotFound:
             return ""
 
     def _rollout_item(self, record: RolloutRecord) -> RolloutItem:
-        status = rollout_status(self.store, record, now=self.now, catalog=self.catalog)
+        status = rollout_status(self.models_store, record, now=self.now, catalog=self.catalog)
         return RolloutItem(
             id=record.id,
             version=record.version,
