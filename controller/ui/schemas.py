@@ -19,6 +19,10 @@ __all__ = [
     "AuditItem",
     "AuditList",
     "CheckPoint",
+    "DriftEnvironment",
+    "DriftFeature",
+    "DriftReport",
+    "DriftVersion",
     "Links",
     "ModelDetail",
     "ModelItem",
@@ -248,6 +252,44 @@ class AuditList(_Shape):
     limit: int
 
 
+class DriftFeature(BaseModel):
+    """One feature of a version's latest live window against its training data (the router's table)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    feature: str
+    kind: str
+    samples: int
+    psi: float | None
+    test: str
+    p_value: float | None
+    threshold: float
+    status: str  # stable | warn | drift | not enough data
+    sustained_windows: int = 0
+
+
+class DriftVersion(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    version: str
+    window: str  # current | previous
+    rows: int
+    features: list[DriftFeature]
+
+
+class DriftEnvironment(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    environment: str
+    versions: list[DriftVersion] = []
+    error: str | None = None  # why the environment's router could not be asked
+
+
+class DriftReport(_Shape):
+    model: str
+    environments: list[DriftEnvironment]
+
+
 class Problem(_Shape):
     """An error: what was asked for, and why it cannot be answered."""
 
@@ -295,6 +337,7 @@ def openapi_document(*, sorts: tuple[str, ...]) -> dict[str, Any]:
         ProposalList,
         PendingList,
         AuditList,
+        DriftReport,
         Problem,
     ]
     schemas: dict[str, Any] = {}
@@ -309,7 +352,7 @@ def openapi_document(*, sorts: tuple[str, ...]) -> dict[str, Any]:
             [
                 _query("q", {"type": "string", "maxLength": 255}, "A part of the name, any case"),
                 _query("sort", {"type": "string", "enum": list(sorts)}, "Order; '-' first: descending"),
-                _query("offset", {"type": "integer", "minimum": 0}, "Models to skip"),
+                _query("offset", {"type": "integer", "minimum": 0, "maximum": 10**9}, "Models to skip"),
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "Models per page"),
             ],
         ),
@@ -327,6 +370,11 @@ def openapi_document(*, sorts: tuple[str, ...]) -> dict[str, Any]:
             "Proposals with their reports",
             ProposalList,
             [_query("branch", _NAME, "Only this proposal branch")],
+        ),
+        "/api/v1/models/{model}/drift": _get(
+            "Drift per feature of the model's served versions, from each environment's router",
+            DriftReport,
+            [_path("model", _NAME)],
         ),
         "/api/v1/approvals/pending": _get("Rollouts waiting at an approval gate", PendingList, []),
         "/api/v1/audit": _get(
