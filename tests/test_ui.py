@@ -103,6 +103,7 @@ def test_a_model_page_shows_versions_with_lineage_serving_and_what_served_at_a_t
     assert "env2" in v2 and "sha256:00000000000" in v2
     assert 'href="https://github.com/octo/ml-specs/commit/' + "2" * 40 + '"' in page.text
     assert "approval.approve" in shown and "carol" in shown  # the timeline
+    assert "accuracy across versions" in page.text and "v2: accuracy = 0.92" in page.text
     then = text(client(world).get("/models/iris", params={"at": before_v2.isoformat()}).text)
     assert "production v1 100%" in then and "production v2" not in then
 

@@ -42,7 +42,7 @@ from controller.backends.store import ModelQuery
 from controller.backends.store.registry import MODEL_SORTS
 from controller.clock import Clock
 from controller.specs.types import Catalog
-from controller.ui.charts import check_charts, weight_chart
+from controller.ui.charts import check_charts, metric_charts, weight_chart
 from controller.ui.facts import DriftSource, Facts, HistoryReads, LinkMaker, ModelReads, Unknown
 from controller.ui.schemas import ModelList, openapi_document
 
@@ -218,7 +218,8 @@ def create_app(
 
     def model(request: Request) -> dict[str, Any]:
         at = _time(request.query_params, "at")
-        return {"data": facts().model(request.path_params["model"], at=at)}
+        data = facts().model(request.path_params["model"], at=at)
+        return {"data": data, "metrics": metric_charts(data.versions)}
 
     def drift_page(request: Request) -> dict[str, Any]:
         return {"data": facts().drift(request.path_params["model"]), "watched": drift is not None}

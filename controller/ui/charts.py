@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
-from controller.ui.schemas import Round, WeightPoint
+from controller.ui.schemas import Round, VersionItem, WeightPoint
 
-__all__ = ["check_charts", "weight_chart"]
+__all__ = ["check_charts", "metric_charts", "weight_chart"]
 
 _W, _H, _PAD = 560, 160, 36
 _COLOURS = ("#2563eb", "#db2777", "#059669", "#d97706", "#7c3aed")
@@ -115,3 +115,32 @@ def weight_chart(points: Sequence[WeightPoint]) -> Markup | None:
     for value in (0, 50, 100):
         parts.append(f'<text x="2" y="{axis.y(value) + 4:.1f}" class="tick">{value}%</text>')
     return _frame("canary weights over time", "".join(parts))
+
+
+def metric_charts(versions: Sequence[VersionItem]) -> list[Markup]:
+    """One chart per metric: its value in each version, oldest first (versions without it are skipped)."""
+    ordered = sorted(versions, key=lambda v: v.version)
+    names = sorted({name for v in ordered for name in v.metrics})
+    charts = []
+    for name in names:
+        points = [(i, v.version, v.metrics[name]) for i, v in enumerate(ordered) if name in v.metrics]
+        values = [value for _, _, value in points]
+        low, high = min(values), max(values)
+        pad = (high - low) * 0.1 or abs(high) * 0.1 or 1.0
+        axis = _Axis(low - pad, high + pad)
+        parts = []
+        if len(points) > 1:
+            path = " ".join(f"{_x(i, len(ordered)):.1f},{axis.y(value):.1f}" for i, _, value in points)
+            parts.append(f'<polyline points="{path}" class="series"/>')
+        for i, number, value in points:
+            x = _x(i, len(ordered))
+            parts.append(
+                f'<circle cx="{x:.1f}" cy="{axis.y(value):.1f}" r="4" class="passed">'
+                f"<title>{escape(f'v{number}: {name} = {value:.4g}')}</title></circle>"
+                f'<text x="{x - 6:.1f}" y="{_H - _PAD / 2:.1f}" class="tick">v{number}</text>'
+            )
+        parts.append(f'<text x="{_PAD}" y="{_PAD / 2 - 4}" class="label">{escape(name)}</text>')
+        parts.append(f'<text x="2" y="{axis.y(high) + 4:.1f}" class="tick">{high:.3g}</text>')
+        parts.append(f'<text x="2" y="{axis.y(low) + 4:.1f}" class="tick">{low:.3g}</text>')
+        charts.append(_frame(f"{name} across versions", "".join(parts)))
+    return charts
