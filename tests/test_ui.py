@@ -23,6 +23,7 @@ from html import unescape
 from pathlib import Path
 
 import pytest
+from click import ClickException
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
@@ -32,12 +33,14 @@ from controller.backends.serving.fake import FakeServing
 from controller.backends.serving.server import free_port
 from controller.backends.store import open_store
 from controller.cli import main
+from controller.cli.ui import main_specs
 from controller.clock import SYSTEM_CLOCK, FakeClock
 from controller.engine.commands import Actor
 from controller.scaffold import scaffold
 from controller.specs import load_tree
 from controller.ui import LinkMaker, create_app
 from tests.fixtures.rollout_world import RolloutWorld
+from tests.gitrepo import GitRepo
 
 pytestmark = pytest.mark.integration
 
@@ -296,3 +299,19 @@ def test_flywheel_ui_serves_the_state_directory_and_refuses_one_without_state(tm
         process.send_signal(signal.SIGTERM)
         output = process.communicate(timeout=30)[0].decode()
     assert f"dashboard on http://127.0.0.1:{port}/" in output
+
+
+def test_the_dashboard_reads_mains_specs_again_when_main_moves(tmp_path: Path) -> None:
+    repo, state = tmp_path / "ml", tmp_path / "state"
+    scaffold(repo)
+    specs = main_specs(str(repo), None, state, required=True)
+    first = specs()
+    assert first is not None and first.models["iris"].rollout.stages[1].canary[0].weight == 20
+    git = GitRepo(repo)
+    git.edit("specs/iris/model.yaml", "- weight: 20", "- weight: 10")
+    git.commit("a smaller first canary step")
+    moved = specs()
+    assert moved is not None and moved.models["iris"].rollout.stages[1].canary[0].weight == 10
+    with pytest.raises(ClickException, match="not a git repository"):
+        main_specs(str(tmp_path), None, state, required=True)
+    assert main_specs(str(tmp_path), None, state, required=False)() is None

@@ -82,13 +82,10 @@ def webhook_service(settings: Settings, controller: Controller) -> Iterator[None
 
 
 def _dashboard(settings: Settings, store: SqlStore, controller: Controller) -> Starlette:
-    """The web dashboard over the service's store, with main's specs as they are at start."""
-    from controller.backends.git import GitError
-    from controller.cli.ui import dashboard
+    """The web dashboard over the service's store, reading main's specs on a repository handle of its own."""
+    from controller.cli.ui import dashboard, main_specs
 
-    try:
-        catalog = controller.main_catalog()
-    except GitError:
-        catalog = None  # the pages say who may approve is not known
+    ours = settings.controller
+    catalog = main_specs(ours.repo, ours.release_branch, ours.state_dir, required=False)
     github = settings.github.repository if settings.github is not None else None
     return dashboard(store, clock=controller.clock, catalog=catalog, github_repository=github)

@@ -1,8 +1,9 @@
 """``flywheel ui [--host H] [--port P]``: the web dashboard over the state ``flywheel run`` keeps.
 
 Opens the store in ``--state-dir`` (which must exist: the controller made
-it), reads main's specs from ``--repo`` once at start when it can (canary
-steps, analysis bounds, who may approve), and serves
+it), reads main's specs from ``--repo`` when it can (canary steps, analysis
+bounds, who may approve; again on each request, so a change on main shows),
+and serves
 :func:`controller.ui.create_app` with uvicorn until interrupted. It takes no
 lock and writes nothing, so it runs beside ``flywheel run``.
 :func:`dashboard` builds the same app for ``flywheel serve``, which mounts it
@@ -11,12 +12,15 @@ at ``/ui``.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from controller.cli.options import existing_store, given, main_catalog, repo_option, state_dir_option
+from controller.cli.options import existing_store, given, repo_option, state_dir_option
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -47,8 +51,7 @@ def ui(
 
     from controller.clock import SYSTEM_CLOCK
 
-    required = given(click.get_current_context(), "repo")
-    catalog = main_catalog(repo, branch, state_dir, required=required)
+    catalog = main_specs(repo, branch, state_dir, required=given(click.get_current_context(), "repo"))
     with existing_store(state_dir) as store:
         app = dashboard(
             store,
@@ -62,15 +65,45 @@ def ui(
         uvicorn.Server(config).run()
 
 
+def main_specs(
+    repo: str, branch: str | None, state_dir: Path, *, required: bool
+) -> Callable[[], Catalog | None]:
+    """Main's specs in ``repo`` as they are at each call (cached by commit), or always ``None``.
+
+    Read once here: a repository that cannot be read is an error when
+    ``required`` (``--repo`` given), else the pages go without main's specs.
+    Later a read that fails keeps the last catalog read. Calls may come from
+    several threads; one at a time reads the repository.
+    """
+    from controller.backends.git import GitError, Repository
+
+    try:
+        repository = Repository.open(repo, mirror_root=state_dir / "mirrors")
+        ref = branch or repository.default_branch
+        last = [repository.catalog(repository.resolve(ref))]
+    except GitError as exc:
+        if required:
+            raise click.ClickException(str(exc)) from exc
+        return lambda: None
+    lock = threading.Lock()
+
+    def read() -> Catalog | None:
+        with lock, contextlib.suppress(GitError):  # unread just now: the pages show the last specs read
+            last[0] = repository.catalog(repository.resolve(ref))
+        return last[0]
+
+    return read
+
+
 def dashboard(
     store: SqlStore,
     *,
     clock: Clock,
-    catalog: Catalog | None,
+    catalog: Callable[[], Catalog | None],
     github_repository: str | None,
     state_dir: Path | None = None,
 ) -> Starlette:
-    """The dashboard's app over ``store``, with main's ``catalog`` as read at start.
+    """The dashboard's app over ``store``, with main's specs as ``catalog`` reads them.
 
     With ``state_dir`` (the embedded home), drift is asked of the routers it runs.
     """
@@ -86,7 +119,7 @@ def dashboard(
         models=store,
         history=store,
         clock=clock,
-        catalog=lambda: catalog,
+        catalog=catalog,
         links=LinkMaker(github_repository=github_repository or None),
         pull_number=store.pull_number_for_branch,
         slack_thread=thread,
