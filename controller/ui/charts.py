@@ -65,7 +65,8 @@ def check_charts(rounds: Sequence[Round]) -> list[Markup]:
                 y = axis.y(bound)
                 parts.append(
                     f'<line x1="{_PAD}" x2="{_W - _PAD}" y1="{y:.1f}" y2="{y:.1f}" class="threshold"/>'
-                    f'<text x="{_W - _PAD + 2}" y="{y + 4:.1f}" class="tick">{word} {bound:g}</text>'
+                    f'<text x="{_W - _PAD - 2}" y="{y - 3:.1f}" text-anchor="end" class="tick">'
+                    f"{word} {bound:g}</text>"
                 )
         line = [(i, c.value) for i, c in points if c.value is not None]
         if len(line) > 1:
@@ -107,6 +108,8 @@ def weight_chart(points: Sequence[WeightPoint]) -> Markup | None:
                 steps.append(f"{x:.1f},{axis.y(previous):.1f}")
             steps.append(f"{x:.1f},{axis.y(point.weight):.1f}")
             previous = point.weight
+        if previous is not None:  # the last share holds to the end of the chart
+            steps.append(f"{_W - _PAD:.1f},{axis.y(previous):.1f}")
         parts.append(f'<polyline points="{" ".join(steps)}" class="weights" stroke="{colour}"/>')
         parts.append(
             f'<text x="{_PAD + 4 + index * 120}" y="{_PAD / 2 - 4}" fill="{colour}" class="label">'
