@@ -150,14 +150,17 @@ def test_pending_approvals_name_the_rule_who_may_approve_and_what_is_missing(wor
     page = text(client(world).get(f"/rollouts/{rollout.id}").text)
     assert "waiting for 1 more approval from business-owners" in page
     assert "carol approved via cli" not in page  # carol approved v1, not v2
+    # Without main's policy the gate still shows as waiting, saying who may approve is not known here.
+    unknown = client(world, catalog=False).get("/api/v1/approvals/pending").json()["pending"]
+    assert [(p["model"], p["version"], p["gate"]["rule"], p["gate"]["missing"]) for p in unknown] == [
+        ("iris", 2, None, None)
+    ]
+    assert "main's policy was not read" in unknown[0]["gate"]["message"]
     assert world.commands().decide(Actor("cli", "carol"), decision="approve", model="iris", version=2).ok
     page = text(client(world).get(f"/rollouts/{rollout.id}").text)
     assert "carol approved via cli" in page
     world.settle(ticks=3)
     assert "nothing waits for an approval" in text(client(world).get("/approvals").text)
-    # Without main's policy the gate still shows as waiting, saying who may approve is not known.
-    world2 = client(world, catalog=False).get("/api/v1/approvals/pending").json()
-    assert world2 == {"pending": []}
 
 
 def test_the_audit_log_filters_by_model_person_action_and_time(world: RolloutWorld) -> None:

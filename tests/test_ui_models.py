@@ -13,8 +13,9 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from controller.backends.store import open_store
+from controller.backends.store import PullRequest, open_store
 from controller.backends.store.sql import SqlStore
+from controller.cli.ui import dashboard
 from controller.clock import FakeClock
 from controller.ui import LinkMaker, create_app
 from tests.fixtures import T0
@@ -104,7 +105,9 @@ def test_the_list_page_searches_sorts_and_links_the_next_and_previous_pages(
     assert "no model matches “nothing-like-it”" in empty.text
 
 
-def test_proposals_show_their_reports_and_link_the_commit(registry: SqlStore, clock: FakeClock) -> None:
+def test_proposals_show_their_reports_and_link_the_commit_and_the_pull_request(
+    registry: SqlStore, clock: FakeClock
+) -> None:
     registry.save_review(
         proposal="feature/deeper",
         model="model-001",
@@ -124,3 +127,19 @@ def test_proposals_show_their_reports_and_link_the_commit(registry: SqlStore, cl
     )
     assert 'href="https://github.com/octo/ml/commit/' + "c" * 40 + '"' in page.text
     assert app.get("/api/v1/proposals", params={"branch": "nope"}).status_code == 404
+    assert "pull request" not in page.text  # none known for the branch yet
+    registry.save_pull_request(
+        PullRequest(
+            number=42,
+            head_ref="feature/deeper",
+            head_sha="c" * 40,
+            base_ref="main",
+            author="alice",
+            fork=False,
+            state="open",
+            merged=False,
+            updated_at="2026-11-27T12:00:00Z",
+        )
+    )
+    served = TestClient(dashboard(registry, clock=clock, catalog=lambda: None, github_repository="octo/ml"))
+    assert '<a href="https://github.com/octo/ml/pull/42">pull request</a>' in served.get("/proposals").text
