@@ -110,5 +110,5 @@ def test_a_person_lists_and_searches_the_models_and_follows_a_rollout_to_its_rou
     assert page.locator("svg.chart").count() >= 3  # one per check, and the weights
 
     page.get_by_role("link", name="Pending approvals").click()
-    pending = page.locator("tr.pending")
+    pending = page.locator("tr.waiting")
     assert pending.count() == 1 and "production-signoff" in pending.inner_text()

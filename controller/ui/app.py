@@ -54,6 +54,16 @@ _MAX_PAGE = 200
 _MAX_AUDIT = 1000
 
 
+_SORT_WORDS = {
+    "name": "name, A to Z",
+    "-name": "name, Z to A",
+    "latest": "registered, oldest first",
+    "-latest": "registered, newest first",
+    "versions": "fewest versions first",
+    "-versions": "most versions first",
+}
+
+
 class _BadQuery(ValueError):
     """A query parameter that cannot be read (answered 400)."""
 
@@ -214,7 +224,11 @@ def create_app(
     # ------------------------------------------------------------ readers
 
     def model_list(request: Request) -> dict[str, Any]:
-        return {"data": facts().models(**_model_query(request.query_params)), "sorts": MODEL_SORTS}
+        return {
+            "data": facts().models(**_model_query(request.query_params)),
+            "sorts": MODEL_SORTS,
+            "sort_words": _SORT_WORDS,
+        }
 
     def model(request: Request) -> dict[str, Any]:
         at = _time(request.query_params, "at")
