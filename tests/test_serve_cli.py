@@ -3,7 +3,7 @@
 Pins down: it refuses to start without a webhook secret; started with one,
 it answers /healthz, accepts a signed delivery (202) and refuses a forged
 one (401), and its controller handles the delivered events from the inbox
-(completed, no error) and stops cleanly on SIGTERM.
+(completed, no error), serves the dashboard under /ui, and stops cleanly on SIGTERM.
 """
 
 from __future__ import annotations
@@ -107,6 +107,13 @@ def test_serve_receives_deliveries_and_the_controller_handles_them(tmp_path: Pat
             "repository": {"full_name": "o/r"},
         }
         assert _post(port, "push", "d-3", push) == 202
+        # The dashboard is mounted at /ui, its links and its API under it.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui/api/v1/models", timeout=5) as response:
+            assert json.load(response)["total"] == 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui/", timeout=5) as response:
+            page = response.read().decode()
+        assert "no model versions registered yet" in page
+        assert f'href="http://127.0.0.1:{port}/ui/static/style.css"' in page
         store = open_store(state, clock=SYSTEM_CLOCK)
         try:
             limit = time.monotonic() + 30

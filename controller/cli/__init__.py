@@ -41,6 +41,7 @@ _COMMANDS: dict[str, str] = {
     "manifests": "controller.cli.manifests:manifests",
     "drift": "controller.cli.drift:drift",
     "triggers": "controller.cli.triggers:triggers",
+    "ui": "controller.cli.ui:ui",
 }
 
 

@@ -24,7 +24,10 @@ from controller.cli.options import run_options
 from controller.cli.run import load, start
 
 if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
     from controller.app import Controller
+    from controller.backends.store.sql import SqlStore
     from controller.settings import Settings
 
 
@@ -35,7 +38,7 @@ if TYPE_CHECKING:
 @click.option("--port", type=int, default=8080, show_default=True, help="Port of the webhook service.")
 @run_options
 def serve(host: str, port: int, log_format: str, verbose: bool, **options: Any) -> None:
-    """Serve POST /hooks/github (and /hooks/slack/actions) and run the controller on the same state."""
+    """Serve POST /hooks/github (and /hooks/slack/actions), the dashboard at /ui/, and run the controller."""
     settings = load(options, webhooks=(host, port))
     raise SystemExit(start(settings, log_format=log_format, verbose=verbose, alongside=webhook_service))
 
@@ -53,18 +56,21 @@ def webhook_service(settings: Settings, controller: Controller) -> Iterator[None
         yield
         return
     import uvicorn
+    from starlette.routing import Mount
 
     from controller.backends.store import open_store
     from webhooks.app import create_app
 
     web_store = open_store(settings.controller.state_dir, clock=controller.clock)
     app = create_app(hooks, web_store, clock=controller.clock)
+    app.routes.append(Mount("/ui", app=_dashboard(settings, web_store, controller)))
     config = uvicorn.Config(app, host=hooks.host, port=hooks.port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="webhooks", daemon=True)
     thread.start()
     click.echo(
-        f"webhooks on http://{hooks.host}:{hooks.port}/hooks/github; "
+        f"webhooks on http://{hooks.host}:{hooks.port}/hooks/github, "
+        f"dashboard on http://{hooks.host}:{hooks.port}/ui/; "
         f"controller watching {settings.controller.repo}"
     )
     try:
@@ -73,3 +79,13 @@ def webhook_service(settings: Settings, controller: Controller) -> Iterator[None
         server.should_exit = True
         thread.join(timeout=10)
         web_store.close()
+
+
+def _dashboard(settings: Settings, store: SqlStore, controller: Controller) -> Starlette:
+    """The web dashboard over the service's store, reading main's specs on a repository handle of its own."""
+    from controller.cli.ui import dashboard, main_specs
+
+    ours = settings.controller
+    catalog = main_specs(ours.repo, ours.release_branch, ours.state_dir, required=False)
+    github = settings.github.repository if settings.github is not None else None
+    return dashboard(store, clock=controller.clock, catalog=catalog, github_repository=github)

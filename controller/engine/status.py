@@ -64,6 +64,7 @@ __all__ = [
     "model_status",
     "model_statuses",
     "proposal_statuses",
+    "rollout_status",
 ]
 
 Condition = Literal[
@@ -305,6 +306,14 @@ def model_status(
         rollout=rollout,
         release_run=_release_run(store, model),
     )
+
+
+def rollout_status(
+    store: ModelStatusRecords, record: RolloutRecord, *, now: datetime, catalog: Catalog | None = None
+) -> RolloutStatus:
+    """Any one rollout (not only a model's newest) as :func:`model_status` reads it."""
+    spec = catalog.models.get(record.model) if catalog is not None else None
+    return _rollout_status(store, record, now=now, spec=spec, catalog=catalog)
 
 
 def proposal_statuses(

@@ -68,7 +68,15 @@ from controller.backends.store.pull_requests import (
     ReportCommentRef,
     pull_ref_number,
 )
-from controller.backends.store.registry import ModelVersion, NewVersion, Registry
+from controller.backends.store.registry import (
+    ModelPage,
+    ModelQuery,
+    ModelSort,
+    ModelSummary,
+    ModelVersion,
+    NewVersion,
+    Registry,
+)
 from controller.backends.store.reviews import CommitStatus, Review, ReviewRecords, ReviewState, ReviewUpdate
 from controller.backends.store.rollouts import (
     NewRollout,
@@ -114,6 +122,10 @@ __all__ = [
     "InboxEvent",
     "JSONObject",
     "Meta",
+    "ModelPage",
+    "ModelQuery",
+    "ModelSort",
+    "ModelSummary",
     "ModelVersion",
     "NewApproval",
     "NewAuditEntry",

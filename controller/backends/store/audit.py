@@ -76,6 +76,11 @@ class AuditLog(Protocol):
         since: datetime | None = None,
         limit: int | None = None,
         actions: Collection[str] | None = None,
+        actor: str | None = None,
+        until: datetime | None = None,
     ) -> list[AuditEntry]:
-        """Entries oldest first; with ``limit``, the newest ``limit``; with ``actions``, those only."""
+        """Entries oldest first; with ``limit``, the newest ``limit``; with ``actions``, those only.
+
+        ``actor`` keeps one person's (or Flywheel's) entries; ``until`` those before that time.
+        """
         ...

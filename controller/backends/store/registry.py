@@ -10,11 +10,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, TypedDict, Unpack
+from typing import Literal, Protocol, TypedDict, Unpack
 
 from controller.backends.store.common import JSONObject
 
-__all__ = ["ModelVersion", "NewVersion", "Registry"]
+__all__ = ["ModelPage", "ModelQuery", "ModelSort", "ModelSummary", "ModelVersion", "NewVersion", "Registry"]
+
+# By name, by when the latest version was registered, or by how many versions; "-" first: descending.
+ModelSort = Literal["name", "-name", "latest", "-latest", "versions", "-versions"]
+MODEL_SORTS: tuple[ModelSort, ...] = ("name", "-name", "latest", "-latest", "versions", "-versions")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,33 @@ class NewVersion(_NewVersionKeys, total=False):
     image: str | None
 
 
+@dataclass(frozen=True)
+class ModelSummary:
+    """One model of the registry: how many versions it has, and its latest one."""
+
+    model: str
+    versions: int
+    latest: int
+    latest_at: datetime
+
+
+@dataclass(frozen=True)
+class ModelPage:
+    """One page of :meth:`Registry.page_models`, and how many models match in all."""
+
+    models: list[ModelSummary]
+    total: int
+
+
+class ModelQuery(TypedDict, total=False):
+    """What :meth:`Registry.page_models` takes; left out: every model, by name, the first 50."""
+
+    search: str | None  # a part of the name, any case
+    sort: ModelSort
+    offset: int
+    limit: int
+
+
 class Registry(Protocol):
     """Model versions, numbered per model and never changed."""
 
@@ -75,4 +106,8 @@ class Registry(Protocol):
 
     def list_models(self) -> list[str]:
         """Names of the models with at least one version, sorted."""
+        ...
+
+    def page_models(self, **query: Unpack[ModelQuery]) -> ModelPage:
+        """One page of the models with at least one version (the dashboard's list: thousands of models)."""
         ...

@@ -50,6 +50,8 @@ class AuditSql(SqlBase):
         since: datetime | None = None,
         limit: int | None = None,
         actions: Collection[str] | None = None,
+        actor: str | None = None,
+        until: datetime | None = None,
     ) -> list[AuditEntry]:
         query = select(audit_log).order_by(audit_log.c.id.desc())
         if model is not None:
@@ -58,6 +60,10 @@ class AuditSql(SqlBase):
             query = query.where(audit_log.c.action.in_(list(actions)))
         if since is not None:
             query = query.where(audit_log.c.at >= aware(since, "since"))
+        if actor is not None:
+            query = query.where(audit_log.c.actor == actor)
+        if until is not None:
+            query = query.where(audit_log.c.at < aware(until, "until"))
         if limit is not None:
             query = query.limit(limit)
         with self._read() as conn:

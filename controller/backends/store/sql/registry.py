@@ -19,7 +19,14 @@ from sqlalchemy import (
     select,
 )
 
-from controller.backends.store.registry import ModelVersion, NewVersion
+from controller.backends.store.registry import (
+    MODEL_SORTS,
+    ModelPage,
+    ModelQuery,
+    ModelSummary,
+    ModelVersion,
+    NewVersion,
+)
 from controller.backends.store.sql.base import SqlBase, arguments
 from controller.backends.store.sql.mapping import found, keyed, one, records
 from controller.backends.store.sql.tables import model_versions
@@ -79,3 +86,30 @@ class RegistrySql(SqlBase):
         table = model_versions
         with self._read() as conn:
             return list(conn.execute(select(table.c.model).distinct().order_by(table.c.model)).scalars())
+
+    def page_models(self, **query: Unpack[ModelQuery]) -> ModelPage:
+        table = model_versions
+        sort, offset, limit = query.get("sort", "name"), query.get("offset", 0), query.get("limit", 50)
+        if sort not in MODEL_SORTS:
+            raise ValueError(f"page_models: sort {sort!r} is not one of {', '.join(MODEL_SORTS)}")
+        if offset < 0 or limit < 1:
+            raise ValueError(f"page_models: offset {offset} and limit {limit} must be >= 0 and >= 1")
+        summary = select(
+            table.c.model,
+            func.count().label("versions"),
+            func.max(table.c.number).label("latest"),
+            func.max(table.c.created_at).label("latest_at"),
+        ).group_by(table.c.model)
+        search = query.get("search")
+        if search:
+            summary = summary.where(func.lower(table.c.model).contains(search.lower(), autoescape=True))
+        rows = summary.subquery()
+        column = rows.c[{"name": "model", "latest": "latest_at", "versions": "versions"}[sort.lstrip("-")]]
+        order = [column.desc() if sort.startswith("-") else column.asc()]
+        if sort.lstrip("-") != "name":
+            order.append(rows.c.model.asc())  # ties in a stable order, so pages do not overlap
+        page = select(rows).order_by(*order).offset(offset).limit(limit)
+        with self._read() as conn:
+            total = conn.execute(select(func.count()).select_from(rows)).scalar_one()
+            found = records(ModelSummary, conn.execute(page).mappings())
+        return ModelPage(models=found, total=total)

@@ -1,0 +1,156 @@
+"""``flywheel ui [--host H] [--port P]``: the web dashboard over the state ``flywheel run`` keeps.
+
+Opens the store in ``--state-dir`` (which must exist: the controller made
+it), reads main's specs from ``--repo`` when it can (canary steps, analysis
+bounds, who may approve; again on each request, so a change on main shows),
+and serves
+:func:`controller.ui.create_app` with uvicorn until interrupted. It takes no
+lock and writes nothing, so it runs beside ``flywheel run``.
+:func:`dashboard` builds the same app for ``flywheel serve``, which mounts it
+at ``/ui``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from controller.cli.options import existing_store, given, repo_option, state_dir_option
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from controller.backends.store.sql import SqlStore
+    from controller.clock import Clock
+    from controller.specs.types import Catalog
+    from controller.ui.facts import DriftSource
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the dashboard listens on.")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8090, show_default=True)
+@click.option(
+    "--github-repository",
+    default=None,
+    envvar="FLYWHEEL_GITHUB_REPOSITORY",
+    help="owner/name on GitHub, to link commits and pull requests (default: none).",
+)
+@repo_option("The GitOps repository whose main branch gives canary steps, bounds and who may approve.")
+@click.option("--branch", default=None, help="The release branch (default: the repository's).")
+@state_dir_option
+def ui(
+    host: str, port: int, github_repository: str | None, repo: str, branch: str | None, state_dir: Path
+) -> None:
+    """Serve the web dashboard (models, versions, rollouts, approvals, audit) on http://HOST:PORT/."""
+    import uvicorn
+
+    from controller.clock import SYSTEM_CLOCK
+
+    catalog = main_specs(repo, branch, state_dir, required=given(click.get_current_context(), "repo"))
+    with existing_store(state_dir) as store:
+        app = dashboard(
+            store,
+            clock=SYSTEM_CLOCK,
+            catalog=catalog,
+            github_repository=github_repository,
+            state_dir=state_dir,
+        )
+        click.echo(f"dashboard on http://{host}:{port}/ reading {state_dir}")
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", server_header=False)
+        uvicorn.Server(config).run()
+
+
+def main_specs(
+    repo: str, branch: str | None, state_dir: Path, *, required: bool
+) -> Callable[[], Catalog | None]:
+    """Main's specs in ``repo`` as they are at each call (cached by commit), or always ``None``.
+
+    Read once here: a repository that cannot be read is an error when
+    ``required`` (``--repo`` given), else the pages go without main's specs.
+    Later a read that fails keeps the last catalog read. Calls may come from
+    several threads; one at a time reads the repository.
+    """
+    from controller.backends.git import GitError, Repository
+
+    try:
+        repository = Repository.open(repo, mirror_root=state_dir / "mirrors")
+        ref = branch or repository.default_branch
+        last = [repository.catalog(repository.resolve(ref))]
+    except GitError as exc:
+        if required:
+            raise click.ClickException(str(exc)) from exc
+        return lambda: None
+    lock = threading.Lock()
+
+    def read() -> Catalog | None:
+        with lock, contextlib.suppress(GitError):  # unread just now: the pages show the last specs read
+            last[0] = repository.catalog(repository.resolve(ref))
+        return last[0]
+
+    return read
+
+
+def dashboard(
+    store: SqlStore,
+    *,
+    clock: Clock,
+    catalog: Callable[[], Catalog | None],
+    github_repository: str | None,
+    state_dir: Path | None = None,
+) -> Starlette:
+    """The dashboard's app over ``store``, with main's specs as ``catalog`` reads them.
+
+    With ``state_dir`` (the embedded home), drift is asked of the routers it runs.
+    """
+    from controller.ui import LinkMaker, create_app
+
+    def thread(model: str, version: int) -> str | None:
+        message = store.slack_message(model=model, version=version)
+        if message is None:
+            return None
+        return f"https://slack.com/archives/{message.channel}/p{message.ts.replace('.', '')}"
+
+    return create_app(
+        models=store,
+        history=store,
+        clock=clock,
+        catalog=catalog,
+        links=LinkMaker(github_repository=github_repository or None),
+        pull_number=store.pull_number_for_branch,
+        slack_thread=thread,
+        drift=local_drift(state_dir) if state_dir is not None else None,
+    )
+
+
+def local_drift(state_dir: Path) -> DriftSource:
+    """A model's drift tables from the routers of the embedded home (``flywheel drift --json``'s reads)."""
+
+    def read(model: str) -> list[dict[str, Any]]:
+        from controller.backends.serving import ServingError
+        from controller.backends.serving.drift_watch import fetch_drift
+        from controller.backends.serving.local import LocalServing
+        from controller.clock import SYSTEM_CLOCK
+
+        try:
+            statuses = LocalServing(state_dir / "serving", clock=SYSTEM_CLOCK).status(None)
+        except ServingError as exc:
+            return [{"environment": "-", "error": str(exc)}]
+        tables: list[dict[str, Any]] = []
+        for status in statuses:
+            if model not in status.routes:
+                continue
+            if not status.running or status.endpoint is None:
+                tables.append({"environment": status.environment, "error": "its router is not running"})
+                continue
+            try:
+                tables.append(fetch_drift(status.endpoint, model))
+            except ServingError as exc:
+                tables.append({"environment": status.environment, "error": str(exc)})
+        return tables
+
+    return read
