@@ -197,7 +197,7 @@ def build_controller(
     options = settings.controller
     state_dir = options.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(state_dir, clock=clock)
+    store = open_store(settings.database_url or state_dir, clock=clock)
     try:
         verify_state(store)  # writable, intact, audit log not behind its mark: else one line, nothing done
     except BaseException:

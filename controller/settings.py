@@ -30,6 +30,11 @@ Environment variables (README.md, "Settings", "GitHub" and "Slack"):
 ``FLYWHEEL_VENV_CACHE``
     Where virtualenvs are built when no state directory's cache is given
     (the demo): :func:`default_venv_cache`.
+``FLYWHEEL_DATABASE_URL``
+    The cluster home's: a PostgreSQL URL (``postgresql+psycopg://user:pw@host/db``)
+    that holds every store instead of SQLite in the state directory
+    (:func:`database_url`; ``flywheel run``, ``serve`` and every command that
+    reads the state).
 ``FLYWHEEL_ARGO_ARTIFACTS_DIR``
     The cluster home's: where this controller sees the artifacts
     PersistentVolumeClaims, each at ``<dir>/<claimName>`` (:class:`ArgoSettings`).
@@ -53,6 +58,7 @@ __all__ = [
     "DEFAULT_GITHUB_API_URL",
     "DEFAULT_MAX_BODY_BYTES",
     "ENV_ARGO_ARTIFACTS_DIR",
+    "ENV_DATABASE_URL",
     "ENV_MAX_BODY_BYTES",
     "ENV_PREVIOUS_SECRET",
     "ENV_SECRET",
@@ -67,6 +73,7 @@ __all__ = [
     "SlackSettings",
     "WebhookSettings",
     "argo_token",
+    "database_url",
     "default_venv_cache",
     "load_settings",
 ]
@@ -78,6 +85,7 @@ ENV_PREVIOUS_SECRET = "FLYWHEEL_GITHUB_WEBHOOK_SECRET_PREVIOUS"
 ENV_MAX_BODY_BYTES = "FLYWHEEL_WEBHOOK_MAX_BODY_BYTES"
 ENV_SLACK_SIGNING_SECRET = "FLYWHEEL_SLACK_SIGNING_SECRET"
 ENV_ARGO_ARTIFACTS_DIR = "FLYWHEEL_ARGO_ARTIFACTS_DIR"
+ENV_DATABASE_URL = "FLYWHEEL_DATABASE_URL"
 # Read by the test suite only (tests/fixtures/required.py): set, a test whose reference data or program is
 # missing fails instead of being skipped. CI sets it.
 ENV_TEST_REQUIRE_ALL = "FLYWHEEL_TEST_REQUIRE_ALL"
@@ -367,6 +375,12 @@ class Settings:
     github: GitHubSettings | None = None
     slack: SlackSettings | None = None
     webhooks: WebhookSettings | None = None
+    database_url: str | None = None  # PostgreSQL for every store; None: SQLite in the state directory
+
+    @property
+    def store_location(self) -> str | Path:
+        """What :func:`~controller.backends.store.open_store` opens: the database URL, else the state dir."""
+        return self.database_url or self.controller.state_dir
 
 
 def load_settings(
@@ -388,7 +402,42 @@ def load_settings(
         github=GitHubSettings.from_env(env) if env.get("FLYWHEEL_GITHUB_REPOSITORY") else None,
         slack=SlackSettings.from_env(env),
         webhooks=hooks,
+        database_url=database_url(env),
     )
+
+
+def database_url(environ: Mapping[str, str] | None = None) -> str | None:
+    """``FLYWHEEL_DATABASE_URL`` as an SQLAlchemy URL for psycopg 3; ``None`` when unset (SQLite).
+
+    ``postgresql://`` and ``postgres://`` get psycopg 3's driver. Anything but a
+    PostgreSQL URL is refused in one line that never shows the password.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    env = os.environ if environ is None else environ
+    raw = env.get(ENV_DATABASE_URL, "").strip()
+    if not raw:
+        return None
+    example = "postgresql+psycopg://user:password@host:5432/database"
+    try:
+        url = make_url(raw)
+    except (ArgumentError, ValueError):
+        raise SettingsError(f"{ENV_DATABASE_URL} is not a database URL; give one like {example}") from None
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    if url.drivername != "postgresql+psycopg":
+        shown = url.render_as_string(hide_password=True)
+        raise SettingsError(
+            f"{ENV_DATABASE_URL} is {shown}: Flywheel keeps its state in PostgreSQL through psycopg 3; "
+            f"give a URL like {example}, or unset it for SQLite in the state directory"
+        )
+    if not url.database:
+        raise SettingsError(
+            f"{ENV_DATABASE_URL} ({url.render_as_string(hide_password=True)}) names no database; "
+            f"give one like {example}"
+        )
+    return url.render_as_string(hide_password=False)
 
 
 def default_venv_cache(environ: Mapping[str, str] | None = None) -> Path:

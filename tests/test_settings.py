@@ -27,6 +27,7 @@ from controller.settings import (
     SettingsError,
     SlackSettings,
     argo_token,
+    database_url,
     default_venv_cache,
     load_settings,
 )
@@ -127,3 +128,25 @@ def test_the_argo_token_comes_from_the_variable_or_file_the_spec_names(tmp_path:
         argo_token(variable="ARGO_TOKEN", file=None, environ={"ARGO_TOKEN": " "})
     with pytest.raises(SettingsError, match=f"cannot read {tmp_path / 'missing'} .*: No such file"):
         argo_token(variable=None, file=str(tmp_path / "missing"), environ={})
+
+
+def test_the_database_url_selects_postgresql_through_psycopg_and_is_refused_without_its_password() -> None:
+    assert database_url({}) is None and database_url({"FLYWHEEL_DATABASE_URL": " "}) is None
+    for given in ("postgresql://u:pw@db/flywheel", "postgres://u:pw@db/flywheel"):
+        assert database_url({"FLYWHEEL_DATABASE_URL": given}) == "postgresql+psycopg://u:pw@db/flywheel"
+    settings = load_settings(
+        ControllerSettings(repo="."), environ={"FLYWHEEL_DATABASE_URL": "postgresql+psycopg://u@db/f"}
+    )
+    assert settings.store_location == settings.database_url == "postgresql+psycopg://u@db/f"
+    assert load_settings(ControllerSettings(repo="."), environ={}).store_location == Path(".flywheel")
+    for wrong, says in (
+        (
+            "mysql://u:topsecret@db/flywheel",
+            "mysql://u:\\*\\*\\*@db/flywheel: Flywheel keeps its state in PostgreSQL",
+        ),
+        ("postgresql://u:topsecret@db", "names no database"),
+        ("not a url topsecret", "is not a database URL"),
+    ):
+        with pytest.raises(SettingsError, match=f"^FLYWHEEL_DATABASE_URL.*{says}") as raised:
+            database_url({"FLYWHEEL_DATABASE_URL": wrong})
+        assert "topsecret" not in str(raised.value)
