@@ -105,6 +105,7 @@ class Controller:
     watch: ServingWatch | None = None  # compares what serves with the store, at start and every tick
     triggers: TriggerEngine | None = None  # schedules and new data: retrain proposals
     closers: list[Callable[[], None]] = field(default_factory=list)  # clients to close with the controller
+    leading: Callable[[], bool] = lambda: True  # False: a follower, whose loop idles (engine/leadership.py)
     # part of tick -> the error it last failed with, so a failure that repeats is logged once
     _failing: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
@@ -463,6 +464,9 @@ def _loop(controller: Controller, settings: ControllerSettings, *, stop: threadi
     last_tick = 0.0
     last_progress = time.monotonic()
     while not stop.is_set():
+        if not controller.leading():
+            stop.wait(0.2)
+            continue
         now = time.monotonic()
         if summary is None or (not once and now - last_poll >= settings.interval_seconds):
             controller.requested.clear()  # every proposal is reconciled now

@@ -35,6 +35,9 @@ Environment variables (README.md, "Settings", "GitHub" and "Slack"):
     that holds every store instead of SQLite in the state directory
     (:func:`database_url`; ``flywheel run``, ``serve`` and every command that
     reads the state).
+``FLYWHEEL_LEADER_ELECTION`` and ``FLYWHEEL_LEASE_*`` (``NAME``, ``NAMESPACE``, ``SECONDS``)
+    Which replica of several controllers leads (:class:`LeaderSettings`);
+    ``FLYWHEEL_INSTANCE`` (else ``HOSTNAME``) names this replica.
 ``FLYWHEEL_ARGO_ARTIFACTS_DIR``
     The cluster home's: where this controller sees the artifacts
     PersistentVolumeClaims, each at ``<dir>/<claimName>`` (:class:`ArgoSettings`).
@@ -45,6 +48,7 @@ Environment variables (README.md, "Settings", "GitHub" and "Slack"):
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +71,7 @@ __all__ = [
     "CheckMode",
     "ControllerSettings",
     "GitHubSettings",
+    "LeaderSettings",
     "LocalSettings",
     "Settings",
     "SettingsError",
@@ -86,11 +91,14 @@ ENV_MAX_BODY_BYTES = "FLYWHEEL_WEBHOOK_MAX_BODY_BYTES"
 ENV_SLACK_SIGNING_SECRET = "FLYWHEEL_SLACK_SIGNING_SECRET"
 ENV_ARGO_ARTIFACTS_DIR = "FLYWHEEL_ARGO_ARTIFACTS_DIR"
 ENV_DATABASE_URL = "FLYWHEEL_DATABASE_URL"
+ENV_LEADER_ELECTION = "FLYWHEEL_LEADER_ELECTION"
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # Read by the test suite only (tests/fixtures/required.py): set, a test whose reference data or program is
 # missing fails instead of being skipped. CI sets it.
 ENV_TEST_REQUIRE_ALL = "FLYWHEEL_TEST_REQUIRE_ALL"
 
 CheckMode = Literal["check-runs", "statuses"]
+Election = Literal["none", "lease", "postgres"]
 
 
 class SettingsError(ValueError):
@@ -361,6 +369,71 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LeaderSettings:
+    """Leader election among controller replicas (``FLYWHEEL_LEADER_ELECTION`` and the ``FLYWHEEL_LEASE_*``).
+
+    ``none`` (the default): this controller is alone (on one machine the state
+    directory's lock sees to it). ``lease``: a ``coordination.k8s.io`` Lease
+    named ``lease_name`` in ``lease_namespace`` (default: the pod's namespace
+    from its service account, else ``default``). ``postgres``: an advisory
+    lock in the database of ``FLYWHEEL_DATABASE_URL``. A term lasts
+    ``lease_seconds`` and is renewed every third of it. ``identity`` names
+    this replica: ``FLYWHEEL_INSTANCE``, else ``HOSTNAME`` (a pod's name), else
+    the host's name.
+    """
+
+    election: Election = "none"
+    lease_name: str = "flywheel-controller"
+    lease_namespace: str = "default"
+    lease_seconds: int = 15
+    identity: str | None = None  # None: the machine's host name (:attr:`name`)
+
+    @property
+    def name(self) -> str:
+        """This replica's name in the election."""
+        return self.identity or socket.gethostname()
+
+    @property
+    def renew_seconds(self) -> float:
+        return self.lease_seconds / 3
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        database_url: str | None = None,
+        namespace_file: Path = SERVICE_ACCOUNT_NAMESPACE,
+    ) -> LeaderSettings:
+        env = os.environ if environ is None else environ
+        election = env.get(ENV_LEADER_ELECTION, "").strip() or "none"
+        if election not in ("none", "lease", "postgres"):
+            raise SettingsError(f"{ENV_LEADER_ELECTION} is {election!r}: give none, lease or postgres")
+        if election == "postgres" and database_url is None:
+            raise SettingsError(
+                f"{ENV_LEADER_ELECTION}=postgres elects the leader in the state database: "
+                f"set {ENV_DATABASE_URL}"
+            )
+        raw = env.get("FLYWHEEL_LEASE_SECONDS", "").strip() or "15"
+        if not raw.isdigit() or int(raw) < 3:
+            raise SettingsError(f"FLYWHEEL_LEASE_SECONDS is {raw!r}: give whole seconds, 3 or more")
+        namespace = env.get("FLYWHEEL_LEASE_NAMESPACE", "").strip()
+        if not namespace:
+            try:
+                namespace = namespace_file.read_text().strip()
+            except OSError:
+                namespace = ""
+        identity = env.get("FLYWHEEL_INSTANCE", "").strip() or env.get("HOSTNAME", "").strip()
+        return cls(
+            election="lease" if election == "lease" else "postgres" if election == "postgres" else "none",
+            lease_name=env.get("FLYWHEEL_LEASE_NAME", "").strip() or "flywheel-controller",
+            lease_namespace=namespace or "default",
+            lease_seconds=int(raw),
+            identity=identity or None,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything one controller process is configured with.
 
@@ -376,6 +449,7 @@ class Settings:
     slack: SlackSettings | None = None
     webhooks: WebhookSettings | None = None
     database_url: str | None = None  # PostgreSQL for every store; None: SQLite in the state directory
+    leader: LeaderSettings = LeaderSettings()
 
     @property
     def store_location(self) -> str | Path:
@@ -395,6 +469,7 @@ def load_settings(
     listens on, turns that service on. Raises :class:`SettingsError` for the first malformed setting."""
     env = os.environ if environ is None else environ
     hooks = None if webhooks is None else WebhookSettings.from_env(env, host=webhooks[0], port=webhooks[1])
+    database = database_url(env)
     return Settings(
         controller=controller,
         local=local or LocalSettings(),
@@ -402,7 +477,8 @@ def load_settings(
         github=GitHubSettings.from_env(env) if env.get("FLYWHEEL_GITHUB_REPOSITORY") else None,
         slack=SlackSettings.from_env(env),
         webhooks=hooks,
-        database_url=database_url(env),
+        database_url=database,
+        leader=LeaderSettings.from_env(env, database_url=database),
     )
 
 
