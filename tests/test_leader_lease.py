@@ -7,18 +7,24 @@ duration, by the injected clock, and the other takes over with
 ``leaseTransitions`` one higher; losing a write to a rival (409 Conflict) is
 a loss, not an error; with the API down the leader stops leading at the
 renew deadline, before anyone else may take over; and a released Lease is
-taken at once.
+taken at once; and ``flywheel run``'s settings pick the Lease and reach
+the API through the kubeconfig, or say in one line that there is none.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 
 from controller.backends.leader.lease import LeaseLeadership
+from controller.cli.leader import leader_term, leadership_for
 from controller.clock import FakeClock
+from controller.settings import ControllerSettings, load_settings
 from tests.fakes.kube_api import FakeKube
 from tests.fakes.kube_leases import FakeLeases, with_leases
 
@@ -136,3 +142,34 @@ def test_a_released_lease_is_taken_at_once(kube: FakeKube, leases: FakeLeases, c
     assert b.try_acquire()
     spec: dict[str, Any] = leases.spec("flywheel-controller", "ml")
     assert (spec["holderIdentity"], spec["leaseTransitions"]) == ("pod-b", 1)
+
+
+def test_flywheel_run_elects_on_the_lease_its_settings_name_through_the_kubeconfig(
+    kube: FakeKube, leases: FakeLeases, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "stand-in", "cluster": {"server": kube.url}}],
+        "users": [{"name": "flywheel", "user": {"token": "t"}}],
+        "contexts": [{"name": "here", "context": {"cluster": "stand-in", "user": "flywheel"}}],
+        "current-context": "here",
+    }
+    (tmp_path / "kubeconfig").write_text(json.dumps(config))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    env = {
+        "FLYWHEEL_LEADER_ELECTION": "lease",
+        "FLYWHEEL_LEASE_NAMESPACE": "ml",
+        "FLYWHEEL_INSTANCE": "pod-a",
+    }
+    settings = load_settings(ControllerSettings(repo="."), environ=env)
+    with leader_term(settings, clock=clock) as term:
+        assert term.leading() and term.leadership.holder() == "pod-a"
+        assert leases.spec("flywheel-controller", "ml")["holderIdentity"] == "pod-a"
+    assert leases.spec("flywheel-controller", "ml")["holderIdentity"] == ""  # released on the way out
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "nothing-here"))
+    with pytest.raises(
+        click.ClickException, match=r"^FLYWHEEL_LEADER_ELECTION=lease needs the Kubernetes API"
+    ):
+        leadership_for(settings, clock=clock)

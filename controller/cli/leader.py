@@ -11,6 +11,7 @@ database. A Kubernetes configuration that cannot be loaded is one line.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -44,7 +45,8 @@ def leadership_for(settings: Settings, *, clock: Clock) -> tuple[Leadership, lis
 
                 api = client.ApiClient()
             except ConfigException:
-                api = config.new_client_from_config()  # type: ignore[no-untyped-call]
+                # KUBECONFIG as it is now (the client reads it once, when imported)
+                api = config.new_client_from_config(os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
         except (ConfigException, OSError) as exc:
             raise click.ClickException(
                 "FLYWHEEL_LEADER_ELECTION=lease needs the Kubernetes API: no service account, no kubeconfig "
