@@ -54,7 +54,7 @@ def test_a_step_tries_to_win_then_renews_and_each_change_is_logged_once(
 ) -> None:
     election = Scripted()
     term = Term(election, renew_seconds=5)
-    with caplog.at_level(logging.INFO, logger="controller.engine.leadership"):
+    with caplog.at_level(logging.INFO, logger="flywheel.leader"):
         assert not term.step() and not term.step() and not term.leading()
         election.winnable = True
         assert term.step() and term.step() and term.leading()

@@ -23,7 +23,7 @@ from controller.backends.leader import Leadership
 
 __all__ = ["Term"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("flywheel.leader")
 
 
 class Term:

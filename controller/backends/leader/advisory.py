@@ -31,7 +31,7 @@ from controller.clock import Clock
 
 __all__ = ["AdvisoryLeadership", "lock_key"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("flywheel.leader")
 
 RENEW_DEADLINE = 2 / 3  # of the lease duration
 

@@ -34,7 +34,7 @@ from controller.clock import Clock
 
 __all__ = ["LeaseLeadership", "LeaseRecord"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("flywheel.leader")
 
 RENEW_DEADLINE = 2 / 3  # of the lease's duration: the leader stops acting after this long without a renewal
 
