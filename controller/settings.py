@@ -375,11 +375,11 @@ class LeaderSettings:
     ``none`` (the default): this controller is alone (on one machine the state
     directory's lock sees to it). ``lease``: a ``coordination.k8s.io`` Lease
     named ``lease_name`` in ``lease_namespace`` (default: the pod's namespace
-    from its service account, else ``default``). ``postgres``: an advisory
+    from ``POD_NAMESPACE`` or its service account, else ``default``). ``postgres``: an advisory
     lock in the database of ``FLYWHEEL_DATABASE_URL``. A term lasts
     ``lease_seconds`` and is renewed every third of it. ``identity`` names
-    this replica: ``FLYWHEEL_INSTANCE``, else ``HOSTNAME`` (a pod's name), else
-    the host's name.
+    this replica: ``FLYWHEEL_INSTANCE``, else ``POD_NAME`` or ``HOSTNAME`` (a
+    pod's name), else the host's name.
     """
 
     election: Election = "none"
@@ -417,13 +417,15 @@ class LeaderSettings:
         raw = env.get("FLYWHEEL_LEASE_SECONDS", "").strip() or "15"
         if not raw.isdigit() or int(raw) < 3:
             raise SettingsError(f"FLYWHEEL_LEASE_SECONDS is {raw!r}: give whole seconds, 3 or more")
-        namespace = env.get("FLYWHEEL_LEASE_NAMESPACE", "").strip()
+        namespace = env.get("FLYWHEEL_LEASE_NAMESPACE", "").strip() or env.get("POD_NAMESPACE", "").strip()
         if not namespace:
             try:
                 namespace = namespace_file.read_text().strip()
             except OSError:
                 namespace = ""
-        identity = env.get("FLYWHEEL_INSTANCE", "").strip() or env.get("HOSTNAME", "").strip()
+        identity = next(
+            (env[n].strip() for n in ("FLYWHEEL_INSTANCE", "POD_NAME", "HOSTNAME") if env.get(n)), ""
+        )
         return cls(
             election="lease" if election == "lease" else "postgres" if election == "postgres" else "none",
             lease_name=env.get("FLYWHEEL_LEASE_NAME", "").strip() or "flywheel-controller",

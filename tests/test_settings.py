@@ -179,6 +179,8 @@ def test_leader_election_is_off_by_default_and_its_settings_name_the_variable_wh
     )
     named = LeaderSettings.from_env({**env, "FLYWHEEL_INSTANCE": "a", "FLYWHEEL_LEASE_NAMESPACE": "ops"})
     assert (named.name, named.lease_namespace) == ("a", "ops")
+    pod = LeaderSettings.from_env({**env, "POD_NAME": "controller-0", "POD_NAMESPACE": "ml"})  # deploy/'s
+    assert (pod.name, pod.lease_namespace) == ("controller-0", "ml")
     for wrong, says in (
         ({"FLYWHEEL_LEADER_ELECTION": "raft"}, "FLYWHEEL_LEADER_ELECTION is 'raft'"),
         ({"FLYWHEEL_LEADER_ELECTION": "postgres"}, "set FLYWHEEL_DATABASE_URL"),
