@@ -30,6 +30,14 @@ Environment variables (README.md, "Settings", "GitHub" and "Slack"):
 ``FLYWHEEL_VENV_CACHE``
     Where virtualenvs are built when no state directory's cache is given
     (the demo): :func:`default_venv_cache`.
+``FLYWHEEL_DATABASE_URL``
+    The cluster home's: a PostgreSQL URL (``postgresql+psycopg://user:pw@host/db``)
+    that holds every store instead of SQLite in the state directory
+    (:func:`database_url`; ``flywheel run``, ``serve`` and every command that
+    reads the state).
+``FLYWHEEL_LEADER_ELECTION`` and ``FLYWHEEL_LEASE_*`` (``NAME``, ``NAMESPACE``, ``SECONDS``)
+    Which replica of several controllers leads (:class:`LeaderSettings`);
+    ``FLYWHEEL_INSTANCE`` (else ``HOSTNAME``) names this replica.
 ``FLYWHEEL_ARGO_ARTIFACTS_DIR``
     The cluster home's: where this controller sees the artifacts
     PersistentVolumeClaims, each at ``<dir>/<claimName>`` (:class:`ArgoSettings`).
@@ -48,6 +56,7 @@ Environment variables (README.md, "Settings", "GitHub" and "Slack"):
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +70,7 @@ __all__ = [
     "DEFAULT_GITHUB_API_URL",
     "DEFAULT_MAX_BODY_BYTES",
     "ENV_ARGO_ARTIFACTS_DIR",
+    "ENV_DATABASE_URL",
     "ENV_HEALTH_PORT",
     "ENV_MAX_BODY_BYTES",
     "ENV_PREVIOUS_SECRET",
@@ -71,12 +81,14 @@ __all__ = [
     "ControllerSettings",
     "GitHubSettings",
     "HealthSettings",
+    "LeaderSettings",
     "LocalSettings",
     "Settings",
     "SettingsError",
     "SlackSettings",
     "WebhookSettings",
     "argo_token",
+    "database_url",
     "default_venv_cache",
     "load_settings",
 ]
@@ -91,11 +103,15 @@ ENV_ARGO_ARTIFACTS_DIR = "FLYWHEEL_ARGO_ARTIFACTS_DIR"
 ENV_KUBECONFIG = "FLYWHEEL_KUBECONFIG"
 ENV_REGISTRY_AUTH_FILE = "FLYWHEEL_REGISTRY_AUTH_FILE"
 ENV_HEALTH_PORT = "FLYWHEEL_HEALTH_PORT"
+ENV_DATABASE_URL = "FLYWHEEL_DATABASE_URL"
+ENV_LEADER_ELECTION = "FLYWHEEL_LEADER_ELECTION"
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # Read by the test suite only (tests/fixtures/required.py): set, a test whose reference data or program is
 # missing fails instead of being skipped. CI sets it.
 ENV_TEST_REQUIRE_ALL = "FLYWHEEL_TEST_REQUIRE_ALL"
 
 CheckMode = Literal["check-runs", "statuses"]
+Election = Literal["none", "lease", "postgres"]
 
 
 class SettingsError(ValueError):
@@ -416,6 +432,73 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LeaderSettings:
+    """Leader election among controller replicas (``FLYWHEEL_LEADER_ELECTION`` and the ``FLYWHEEL_LEASE_*``).
+
+    ``none`` (the default): this controller is alone (on one machine the state
+    directory's lock sees to it). ``lease``: a ``coordination.k8s.io`` Lease
+    named ``lease_name`` in ``lease_namespace`` (default: the pod's namespace
+    from ``POD_NAMESPACE`` or its service account, else ``default``). ``postgres``: an advisory
+    lock in the database of ``FLYWHEEL_DATABASE_URL``. A term lasts
+    ``lease_seconds`` and is renewed every third of it. ``identity`` names
+    this replica: ``FLYWHEEL_INSTANCE``, else ``POD_NAME`` or ``HOSTNAME`` (a
+    pod's name), else the host's name.
+    """
+
+    election: Election = "none"
+    lease_name: str = "flywheel-controller"
+    lease_namespace: str = "default"
+    lease_seconds: int = 15
+    identity: str | None = None  # None: the machine's host name (:attr:`name`)
+
+    @property
+    def name(self) -> str:
+        """This replica's name in the election."""
+        return self.identity or socket.gethostname()
+
+    @property
+    def renew_seconds(self) -> float:
+        return self.lease_seconds / 3
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        database_url: str | None = None,
+        namespace_file: Path = SERVICE_ACCOUNT_NAMESPACE,
+    ) -> LeaderSettings:
+        env = os.environ if environ is None else environ
+        election = env.get(ENV_LEADER_ELECTION, "").strip() or "none"
+        if election not in ("none", "lease", "postgres"):
+            raise SettingsError(f"{ENV_LEADER_ELECTION} is {election!r}: give none, lease or postgres")
+        if election == "postgres" and database_url is None:
+            raise SettingsError(
+                f"{ENV_LEADER_ELECTION}=postgres elects the leader in the state database: "
+                f"set {ENV_DATABASE_URL}"
+            )
+        raw = env.get("FLYWHEEL_LEASE_SECONDS", "").strip() or "15"
+        if not raw.isdigit() or int(raw) < 3:
+            raise SettingsError(f"FLYWHEEL_LEASE_SECONDS is {raw!r}: give whole seconds, 3 or more")
+        namespace = env.get("FLYWHEEL_LEASE_NAMESPACE", "").strip() or env.get("POD_NAMESPACE", "").strip()
+        if not namespace:
+            try:
+                namespace = namespace_file.read_text().strip()
+            except OSError:
+                namespace = ""
+        identity = next(
+            (env[n].strip() for n in ("FLYWHEEL_INSTANCE", "POD_NAME", "HOSTNAME") if env.get(n)), ""
+        )
+        return cls(
+            election="lease" if election == "lease" else "postgres" if election == "postgres" else "none",
+            lease_name=env.get("FLYWHEEL_LEASE_NAME", "").strip() or "flywheel-controller",
+            lease_namespace=namespace or "default",
+            lease_seconds=int(raw),
+            identity=identity or None,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything one controller process is configured with.
 
@@ -431,6 +514,13 @@ class Settings:
     github: GitHubSettings | None = None
     slack: SlackSettings | None = None
     webhooks: WebhookSettings | None = None
+    database_url: str | None = None  # PostgreSQL for every store; None: SQLite in the state directory
+    leader: LeaderSettings = LeaderSettings()
+
+    @property
+    def store_location(self) -> str | Path:
+        """What :func:`~controller.backends.store.open_store` opens: the database URL, else the state dir."""
+        return self.database_url or self.controller.state_dir
 
 
 def load_settings(
@@ -445,6 +535,7 @@ def load_settings(
     listens on, turns that service on. Raises :class:`SettingsError` for the first malformed setting."""
     env = os.environ if environ is None else environ
     hooks = None if webhooks is None else WebhookSettings.from_env(env, host=webhooks[0], port=webhooks[1])
+    database = database_url(env)
     return Settings(
         controller=controller,
         local=local or LocalSettings(),
@@ -453,7 +544,43 @@ def load_settings(
         github=GitHubSettings.from_env(env) if env.get("FLYWHEEL_GITHUB_REPOSITORY") else None,
         slack=SlackSettings.from_env(env),
         webhooks=hooks,
+        database_url=database,
+        leader=LeaderSettings.from_env(env, database_url=database),
     )
+
+
+def database_url(environ: Mapping[str, str] | None = None) -> str | None:
+    """``FLYWHEEL_DATABASE_URL`` as an SQLAlchemy URL for psycopg 3; ``None`` when unset (SQLite).
+
+    ``postgresql://`` and ``postgres://`` get psycopg 3's driver. Anything but a
+    PostgreSQL URL is refused in one line that never shows the password.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    env = os.environ if environ is None else environ
+    raw = env.get(ENV_DATABASE_URL, "").strip()
+    if not raw:
+        return None
+    example = "postgresql+psycopg://user:password@host:5432/database"
+    try:
+        url = make_url(raw)
+    except (ArgumentError, ValueError):
+        raise SettingsError(f"{ENV_DATABASE_URL} is not a database URL; give one like {example}") from None
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    if url.drivername != "postgresql+psycopg":
+        shown = url.render_as_string(hide_password=True)
+        raise SettingsError(
+            f"{ENV_DATABASE_URL} is {shown}: Flywheel keeps its state in PostgreSQL through psycopg 3; "
+            f"give a URL like {example}, or unset it for SQLite in the state directory"
+        )
+    if not url.database:
+        raise SettingsError(
+            f"{ENV_DATABASE_URL} ({url.render_as_string(hide_password=True)}) names no database; "
+            f"give one like {example}"
+        )
+    return url.render_as_string(hide_password=False)
 
 
 def default_venv_cache(environ: Mapping[str, str] | None = None) -> Path:

@@ -36,6 +36,7 @@ from controller.specs import Catalog, load_tree
 from tests.fakes.github_api import FakeGitHub
 from tests.fixtures import T0
 from tests.fixtures.required import reference
+from tests.postgres import Cluster, pg_bin
 
 TIERS = ("unit", "integration", "e2e")
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,3 +119,19 @@ def reference_payloads() -> Path:
 def reference_schema() -> Path:
     """The JSON schema of GitHub's webhook payloads; without it the test is skipped, or failed in CI."""
     return reference("github-webhooks.schema.json")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Cluster]:
+    """A PostgreSQL cluster for the session; without PostgreSQL the test is skipped, or failed in CI."""
+    cluster = Cluster(pg_bin())
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: Cluster) -> str:
+    """The URL of a new, empty PostgreSQL database for this test."""
+    return postgres.new_database()

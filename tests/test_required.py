@@ -57,3 +57,15 @@ def test_what_is_there_is_handed_back(monkeypatch: pytest.MonkeyPatch, tmp_path:
     python = Path(sys.executable)
     monkeypatch.setenv("PATH", str(python.parent))
     assert program(python.name) == str(python)
+
+
+def test_without_postgresql_the_tests_needing_it_skip_or_fail_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests import postgres
+
+    monkeypatch.setattr(postgres.glob, "glob", lambda pattern: [])
+    monkeypatch.setenv(ENV_TEST_REQUIRE_ALL, "")
+    with pytest.raises(pytest.skip.Exception, match=r"\(apt-get install postgresql\)"):
+        postgres.pg_bin()
+    monkeypatch.setenv(ENV_TEST_REQUIRE_ALL, "1")
+    with pytest.raises(pytest.fail.Exception, match=r"\(apt-get install postgresql\) is missing"):
+        postgres.pg_bin()

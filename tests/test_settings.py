@@ -24,11 +24,13 @@ from controller.settings import (
     ENV_SECRET,
     ArgoSettings,
     ControllerSettings,
+    LeaderSettings,
     LocalSettings,
     Settings,
     SettingsError,
     SlackSettings,
     argo_token,
+    database_url,
     default_venv_cache,
     load_settings,
 )
@@ -147,3 +149,69 @@ def test_the_argo_token_comes_from_the_variable_or_file_the_spec_names(tmp_path:
         argo_token(variable="ARGO_TOKEN", file=None, environ={"ARGO_TOKEN": " "})
     with pytest.raises(SettingsError, match=f"cannot read {tmp_path / 'missing'} .*: No such file"):
         argo_token(variable=None, file=str(tmp_path / "missing"), environ={})
+
+
+def test_the_database_url_selects_postgresql_through_psycopg_and_is_refused_without_its_password() -> None:
+    assert database_url({}) is None and database_url({"FLYWHEEL_DATABASE_URL": " "}) is None
+    for given in ("postgresql://u:pw@db/flywheel", "postgres://u:pw@db/flywheel"):
+        assert database_url({"FLYWHEEL_DATABASE_URL": given}) == "postgresql+psycopg://u:pw@db/flywheel"
+    settings = load_settings(
+        ControllerSettings(repo="."), environ={"FLYWHEEL_DATABASE_URL": "postgresql+psycopg://u@db/f"}
+    )
+    assert settings.store_location == settings.database_url == "postgresql+psycopg://u@db/f"
+    assert load_settings(ControllerSettings(repo="."), environ={}).store_location == Path(".flywheel")
+    for wrong, says in (
+        (
+            "mysql://u:topsecret@db/flywheel",
+            "mysql://u:\\*\\*\\*@db/flywheel: Flywheel keeps its state in PostgreSQL",
+        ),
+        ("postgresql://u:topsecret@db", "names no database"),
+        ("not a url topsecret", "is not a database URL"),
+    ):
+        with pytest.raises(SettingsError, match=f"^FLYWHEEL_DATABASE_URL.*{says}") as raised:
+            database_url({"FLYWHEEL_DATABASE_URL": wrong})
+        assert "topsecret" not in str(raised.value)
+
+
+def test_leader_election_is_off_by_default_and_its_settings_name_the_variable_when_wrong(
+    tmp_path: Path,
+) -> None:
+    nowhere = tmp_path / "namespace"
+    alone = LeaderSettings.from_env({}, namespace_file=nowhere)
+    assert (alone.election, alone.lease_name, alone.lease_namespace, alone.lease_seconds) == (
+        "none",
+        "flywheel-controller",
+        "default",
+        15,
+    )
+    nowhere.write_text("ml-prod\n")
+    env = {
+        "FLYWHEEL_LEADER_ELECTION": "lease",
+        "FLYWHEEL_LEASE_SECONDS": "30",
+        "HOSTNAME": "controller-7d9-x2",
+    }
+    lease = LeaderSettings.from_env(env, namespace_file=nowhere)
+    assert (lease.election, lease.lease_namespace, lease.name, lease.renew_seconds) == (
+        "lease",
+        "ml-prod",
+        "controller-7d9-x2",
+        10,
+    )
+    named = LeaderSettings.from_env({**env, "FLYWHEEL_INSTANCE": "a", "FLYWHEEL_LEASE_NAMESPACE": "ops"})
+    assert (named.name, named.lease_namespace) == ("a", "ops")
+    pod = LeaderSettings.from_env({**env, "POD_NAME": "controller-0", "POD_NAMESPACE": "ml"})  # deploy/'s
+    assert (pod.name, pod.lease_namespace) == ("controller-0", "ml")
+    for wrong, says in (
+        ({"FLYWHEEL_LEADER_ELECTION": "raft"}, "FLYWHEEL_LEADER_ELECTION is 'raft'"),
+        ({"FLYWHEEL_LEADER_ELECTION": "postgres"}, "set FLYWHEEL_DATABASE_URL"),
+        ({"FLYWHEEL_LEASE_SECONDS": "2"}, "FLYWHEEL_LEASE_SECONDS is '2'"),
+        ({"FLYWHEEL_LEASE_SECONDS": "ten"}, "FLYWHEEL_LEASE_SECONDS is 'ten'"),
+    ):
+        with pytest.raises(SettingsError, match=says):
+            LeaderSettings.from_env(wrong, namespace_file=nowhere)
+    assert (
+        LeaderSettings.from_env(
+            {"FLYWHEEL_LEADER_ELECTION": "postgres"}, database_url="postgresql+psycopg://u@h/d"
+        ).election
+        == "postgres"
+    )

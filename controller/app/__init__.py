@@ -101,6 +101,7 @@ class Controller:
     triggers: TriggerEngine | None = None  # schedules and new data: retrain proposals
     closers: list[Callable[[], object]] = field(default_factory=list)  # clients to close with the controller
     last_turn: datetime | None = None  # when the loop last turned, by the clock (for /healthz)
+    leading: Callable[[], bool] = lambda: True  # False: a follower, whose loop idles (engine/leadership.py)
     # part of tick -> the error it last failed with, so a failure that repeats is logged once
     _failing: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
@@ -193,7 +194,7 @@ def build_controller(
     options = settings.controller
     state_dir = options.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(state_dir, clock=clock)
+    store = open_store(settings.database_url or state_dir, clock=clock)
     try:
         verify_state(store)  # writable, intact, audit log not behind its mark: else one line, nothing done
     except BaseException:
@@ -424,6 +425,9 @@ def _loop(controller: Controller, settings: ControllerSettings, *, stop: threadi
     last_progress = time.monotonic()
     while not stop.is_set():
         controller.last_turn = controller.clock.now()
+        if not controller.leading():
+            stop.wait(0.2)
+            continue
         now = time.monotonic()
         if summary is None or (not once and now - last_poll >= settings.interval_seconds):
             controller.requested.clear()  # every proposal is reconciled now

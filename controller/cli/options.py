@@ -125,10 +125,26 @@ def shown(state_dir: Path) -> str:
     return text if state_dir.is_absolute() or text.startswith(("./", "../")) else f"./{text}"
 
 
+def database_url() -> str | None:
+    """``FLYWHEEL_DATABASE_URL`` (the state in PostgreSQL), or ``None``; a malformed one is one line."""
+    from controller.settings import SettingsError
+    from controller.settings import database_url as configured
+
+    try:
+        return configured()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def require_state(state_dir: Path) -> None:
-    """Refuse in one line (exit 1) when ``state_dir`` holds no Flywheel state; create nothing."""
+    """Refuse in one line (exit 1) when ``state_dir`` holds no Flywheel state; create nothing.
+
+    With ``FLYWHEEL_DATABASE_URL`` the state is in that database, whatever the directory holds.
+    """
     from controller.backends.store import STATE_DB_NAME
 
+    if database_url() is not None:
+        return
     try:
         found = (state_dir / STATE_DB_NAME).is_file()
     except OSError as exc:
@@ -151,12 +167,13 @@ def state_errors(state_dir: Path) -> Iterator[None]:
         yield
     except (StoreError, SQLAlchemyError, OSError) as exc:
         if isinstance(exc, DBAPIError):
-            why = str(exc.orig)
+            why = str(exc.orig).strip().splitlines()[0]
         elif isinstance(exc, OSError):
             why = exc.strerror or str(exc)
         else:
             why = str(exc)
-        raise click.ClickException(f"cannot use the Flywheel state in {shown(state_dir)}: {why}") from exc
+        where = "the database of FLYWHEEL_DATABASE_URL" if database_url() else shown(state_dir)
+        raise click.ClickException(f"cannot use the Flywheel state in {where}: {why}") from exc
 
 
 @contextmanager
@@ -172,7 +189,7 @@ def existing_store(state_dir: Path, *, writes: bool = False) -> Iterator[SqlStor
 
     require_state(state_dir)
     with state_errors(state_dir):
-        store = open_store(state_dir, clock=SYSTEM_CLOCK)
+        store = open_store(database_url() or state_dir, clock=SYSTEM_CLOCK)
         if writes:
             try:
                 verify_state(store)

@@ -87,13 +87,18 @@ def start(
     """
     from controller.app import run_controller
     from controller.cli.health import health_endpoint
+    from controller.cli.leader import leader_term
     from controller.logs import setup_logging
 
     setup_logging("json" if log_format == "json" else "text", verbose=verbose)
     with state_lock(settings.controller.state_dir) as fresh:
         controller = open_controller(settings, fresh=fresh)
-        beside = alongside(settings, controller) if alongside is not None else nullcontext()
-        with health_endpoint(settings, controller), beside:
+        with (
+            health_endpoint(settings, controller),
+            alongside(settings, controller) if alongside is not None else nullcontext(),
+            leader_term(settings, clock=controller.clock) as term,  # only the leader's loop acts
+        ):
+            controller.leading = term.leading
             return run_controller(settings, once=once, controller=controller)
 
 

@@ -61,7 +61,7 @@ def webhook_service(settings: Settings, controller: Controller) -> Iterator[None
     from controller.backends.store import open_store
     from webhooks.app import create_app
 
-    web_store = open_store(settings.controller.state_dir, clock=controller.clock)
+    web_store = open_store(settings.store_location, clock=controller.clock)
     app = create_app(hooks, web_store, clock=controller.clock)
     app.routes.append(Mount("/ui", app=_dashboard(settings, web_store, controller)))
     config = uvicorn.Config(app, host=hooks.host, port=hooks.port, log_level="warning", access_log=False)

@@ -8,7 +8,9 @@ list pods by ``labelSelector=job-name=…`` and read a pod's log. A Job stays
 running until a watch asks for it; then it finishes as :attr:`FakeKube.outcome`
 says (succeeded or failed, with a log), its pod appears with that log, and
 :attr:`FakeKube.on_finish` runs (a test uses it to push the image the build
-would have pushed). Every request is recorded.
+would have pushed). Every request is recorded. More kinds plug in as
+:attr:`FakeKube.routes` (:mod:`tests.fakes.kube_leases`): each is asked
+first, and answers ``(status, body)`` for a request it serves, else ``None``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ class Outcome:
     log: str = ""
 
 
+Route = Callable[[str, str, Any], "tuple[int, Any] | None"]
+"""(method, path, JSON body or None) -> (status, JSON body), or None for a request it does not serve."""
+
+
 @dataclass
 class FakeKube:
     outcome: Callable[[dict[str, Any]], Outcome] = lambda job: Outcome()
@@ -56,6 +62,7 @@ class FakeKube:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
     _clients: list[k8s.ApiClient] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
 
     def api_client(self) -> k8s.ApiClient:
         """A real ``kubernetes`` client pointed at this server; closed by :meth:`stop`."""
@@ -144,10 +151,24 @@ class FakeKube:
                     },
                 )
 
+            def _routed(self, method: str, body: Any = None) -> bool:
+                for route in outer.routes:
+                    if (answer := route(method, urlsplit(self.path).path, body)) is not None:
+                        self._send(*answer)
+                        return True
+                return False
+
+            def do_PUT(self) -> None:
+                outer.requests.append(("PUT", self.path))
+                if not self._routed("PUT", json.loads(self.rfile.read(int(self.headers["Content-Length"])))):
+                    self._status(404, "NotFound", f"no route for PUT {urlsplit(self.path).path}")
+
             def do_POST(self) -> None:
                 path = urlsplit(self.path).path
                 outer.requests.append(("POST", self.path))
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                if self._routed("POST", body):
+                    return
                 for pattern, store, kind in (
                     (_JOBS, outer.jobs, "jobs.batch"),
                     (_CONFIG_MAPS, outer.config_maps, "configmaps"),
@@ -168,6 +189,8 @@ class FakeKube:
                 split = urlsplit(self.path)
                 query = {k: v[0] for k, v in parse_qs(split.query).items()}
                 outer.requests.append(("GET", self.path))
+                if self._routed("GET"):
+                    return
                 if match := _JOBS.match(split.path):
                     namespace, name = match.groups()
                     if name is not None:

@@ -45,9 +45,9 @@ class ControllerLock:
     after locking, for the message the next one gets. The descriptor is not
     inherited by the pipelines and servers the controller starts. Commands
     that only read the state, and decisions, take no lock. ``flywheel run``
-    and ``flywheel serve`` take it before they open the store. (A
-    controller of the cluster home, once there is one, will elect a leader
-    instead.)
+    and ``flywheel serve`` take it before they open the store. (Replicas of
+    the cluster home's controller, each with a directory of its own, elect
+    their leader as well: :mod:`controller.backends.leader`.)
     """
 
     def __init__(self, path: Path, fd: int) -> None:

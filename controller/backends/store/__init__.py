@@ -52,7 +52,14 @@ from controller.backends.store.approvals import (
     NewApproval,
 )
 from controller.backends.store.audit import AuditEntry, AuditLog, NewAuditEntry
-from controller.backends.store.common import Conflict, JSONObject, NotFound, SchemaTooNew, StoreError
+from controller.backends.store.common import (
+    Conflict,
+    JSONObject,
+    NotFound,
+    SchemaTooNew,
+    StoreError,
+    StoreUnreachable,
+)
 from controller.backends.store.inbox import Inbox, InboxEvent, NewEvent
 from controller.backends.store.integrity import StateIntegrity, StateRefused
 from controller.backends.store.outbox import DestinationPause, Outbox, OutboxMessage
@@ -163,6 +170,7 @@ __all__ = [
     "StateRefused",
     "StepResult",
     "StoreError",
+    "StoreUnreachable",
     "Transactions",
     "open_store",
     "pull_ref_number",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Conflict", "JSONObject", "NotFound", "SchemaTooNew", "StoreError"]
+__all__ = ["Conflict", "JSONObject", "NotFound", "SchemaTooNew", "StoreError", "StoreUnreachable"]
 
 JSONObject = dict[str, Any]
 
@@ -40,3 +40,7 @@ class Conflict(StoreError):
 
 class SchemaTooNew(StoreError):
     """The database was migrated by a newer Flywheel than this one."""
+
+
+class StoreUnreachable(StoreError):
+    """The database server cannot be reached or refused the connection (PostgreSQL); one line, no password."""

@@ -51,10 +51,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import StaticPool
 
-from controller.backends.store.common import SchemaTooNew
+from controller.backends.store.common import SchemaTooNew, StoreUnreachable
 from controller.backends.store.integrity import StateCorrupt, StateNotWritable
 from controller.clock import Clock
 
@@ -250,6 +250,13 @@ def database_file(url: str) -> Path | None:
     return Path(name).resolve()
 
 
+def _reason(exc: DBAPIError, *, password: str | None) -> str:
+    """The driver's reason for ``exc`` in one line (its first), ``password`` blotted out should it appear."""
+    lines = [line.strip() for line in str(exc.orig).splitlines() if line.strip()]
+    reason = lines[0] if lines else type(exc.orig).__name__
+    return reason.replace(password, "***") if password else reason
+
+
 def _driver(conn: Connection) -> Any:
     """The driver's own connection under ``conn``: pragmas outside any transaction SQLAlchemy began."""
     return conn.connection.driver_connection
@@ -292,6 +299,9 @@ class SqlBase:
             self._engine.dispose()
             if isinstance(exc, DBAPIError):
                 self._check_directory()  # SQLite cannot open its log in a directory it cannot write: say so
+            if isinstance(exc, OperationalError) and self._file is None and dialect != "sqlite":
+                why = _reason(exc, password=self._engine.url.password)
+                raise StoreUnreachable(f"cannot reach the state database {self.url}: {why}") from exc
             raise
 
     @property

@@ -223,7 +223,7 @@ def _create_append_only_guards() -> None:
     elif dialect == "postgresql":
         op.execute(
             "CREATE FUNCTION flywheel_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ "
-            "BEGIN RAISE EXCEPTION USING MESSAGE = "
+            "BEGIN RAISE EXCEPTION USING ERRCODE = 'restrict_violation', MESSAGE = "
             "TG_TABLE_NAME || ' is append-only: ' || TG_OP || ' refused'; END $$"
         )
         for table in APPEND_ONLY:
