@@ -56,12 +56,26 @@ Environment variables (README.md, "Settings", "GitHub" and "Slack"):
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
+
+from controller.settings.cluster import (
+    ENV_ARGO_ARTIFACTS_DIR,
+    ENV_DATABASE_URL,
+    ENV_HEALTH_PORT,
+    ENV_KUBECONFIG,
+    ENV_LEADER_ELECTION,
+    ENV_REGISTRY_AUTH_FILE,
+    ArgoSettings,
+    HealthSettings,
+    LeaderSettings,
+    argo_token,
+    database_url,
+)
+from controller.settings.errors import SettingsError
 
 if TYPE_CHECKING:
     from github import Auth
@@ -72,8 +86,11 @@ __all__ = [
     "ENV_ARGO_ARTIFACTS_DIR",
     "ENV_DATABASE_URL",
     "ENV_HEALTH_PORT",
+    "ENV_KUBECONFIG",
+    "ENV_LEADER_ELECTION",
     "ENV_MAX_BODY_BYTES",
     "ENV_PREVIOUS_SECRET",
+    "ENV_REGISTRY_AUTH_FILE",
     "ENV_SECRET",
     "ENV_SLACK_SIGNING_SECRET",
     "ArgoSettings",
@@ -99,23 +116,11 @@ ENV_SECRET = "FLYWHEEL_GITHUB_WEBHOOK_SECRET"
 ENV_PREVIOUS_SECRET = "FLYWHEEL_GITHUB_WEBHOOK_SECRET_PREVIOUS"
 ENV_MAX_BODY_BYTES = "FLYWHEEL_WEBHOOK_MAX_BODY_BYTES"
 ENV_SLACK_SIGNING_SECRET = "FLYWHEEL_SLACK_SIGNING_SECRET"
-ENV_ARGO_ARTIFACTS_DIR = "FLYWHEEL_ARGO_ARTIFACTS_DIR"
-ENV_KUBECONFIG = "FLYWHEEL_KUBECONFIG"
-ENV_REGISTRY_AUTH_FILE = "FLYWHEEL_REGISTRY_AUTH_FILE"
-ENV_HEALTH_PORT = "FLYWHEEL_HEALTH_PORT"
-ENV_DATABASE_URL = "FLYWHEEL_DATABASE_URL"
-ENV_LEADER_ELECTION = "FLYWHEEL_LEADER_ELECTION"
-SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # Read by the test suite only (tests/fixtures/required.py): set, a test whose reference data or program is
 # missing fails instead of being skipped. CI sets it.
 ENV_TEST_REQUIRE_ALL = "FLYWHEEL_TEST_REQUIRE_ALL"
 
 CheckMode = Literal["check-runs", "statuses"]
-Election = Literal["none", "lease", "postgres"]
-
-
-class SettingsError(ValueError):
-    """A setting is missing or malformed; the message is one line naming the variable."""
 
 
 # ------------------------------------------------------------------ the tree
@@ -141,117 +146,6 @@ class LocalSettings:
     """The embedded home's pipeline runner and serving."""
 
     venv_dir: Path | None = None  # where models' virtualenvs are kept; default: <state_dir>/venvs
-
-
-@dataclass(frozen=True, kw_only=True)
-class ArgoSettings:
-    """The cluster home's pipeline runner (``runner: argo``).
-
-    ``artifacts_dir`` is where this controller sees the artifacts
-    PersistentVolumeClaims, claim ``X`` at ``<artifacts_dir>/X``, to bring a
-    run's model home; ``None``: each claim at the ``mountPath`` its
-    Environment gives, as in a controller pod that mounts the claim where the
-    steps do. ``kubeconfig`` is the kubeconfig of the cluster the image build
-    Jobs run in (``None``: the in-cluster config of the controller's pod);
-    ``registry_auth_file`` a ``.dockerconfigjson`` file with the registries'
-    credentials, for asking a registry whether it has a tag (``None``: ask
-    without credentials).
-    """
-
-    artifacts_dir: Path | None = None
-    kubeconfig: Path | None = None
-    registry_auth_file: Path | None = None
-
-    def claim_dir(self, claim_name: str, mount_path: str) -> Path:
-        """Where the controller reads the claim ``claim_name`` (mounted at ``mount_path`` in the steps)."""
-        return self.artifacts_dir / claim_name if self.artifacts_dir is not None else Path(mount_path)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ArgoSettings:
-        """Read ``FLYWHEEL_ARGO_ARTIFACTS_DIR`` (an absolute directory), ``FLYWHEEL_KUBECONFIG`` and
-        ``FLYWHEEL_REGISTRY_AUTH_FILE`` (files), when set."""
-        env = os.environ if environ is None else environ
-        raw = env.get(ENV_ARGO_ARTIFACTS_DIR) or None
-        if raw is not None and not Path(raw).is_absolute():
-            raise SettingsError(
-                f"{ENV_ARGO_ARTIFACTS_DIR} is {raw!r}: give an absolute directory holding each "
-                "artifacts claim by name"
-            )
-        files: dict[str, Path | None] = {}
-        for variable, what in (
-            (ENV_KUBECONFIG, "a kubeconfig"),
-            (ENV_REGISTRY_AUTH_FILE, "a .dockerconfigjson"),
-        ):
-            value = env.get(variable) or None
-            if value is not None and not Path(value).is_file():
-                raise SettingsError(f"{variable} is {value!r}: give {what} file that exists")
-            files[variable] = Path(value) if value is not None else None
-        return cls(
-            artifacts_dir=Path(raw) if raw is not None else None,
-            kubeconfig=files[ENV_KUBECONFIG],
-            registry_auth_file=files[ENV_REGISTRY_AUTH_FILE],
-        )
-
-
-def argo_token(
-    *, variable: str | None, file: str | None, environ: Mapping[str, str] | None = None
-) -> str | None:
-    """The bearer token for an Argo Server: the ``variable`` or the ``file`` its spec's ``token`` names.
-
-    Read at each call, so a rotated token (a projected service-account token)
-    is picked up; ``None`` when the spec names neither. Raises
-    :class:`SettingsError` naming the variable or the file when it is unset,
-    empty or unreadable.
-    """
-    env = os.environ if environ is None else environ
-    if variable is not None:
-        token = env.get(variable, "").strip()
-        if not token:
-            state = "empty" if variable in env else "not set"
-            raise SettingsError(f"{variable} (the Argo Server token of pipeline.argo.token.env) is {state}")
-        return token
-    if file is not None:
-        try:
-            token = Path(file).read_text().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise SettingsError(
-                f"cannot read {file} (the Argo Server token of pipeline.argo.token.file): {why}"
-            ) from None
-        if not token:
-            raise SettingsError(f"{file} (the Argo Server token of pipeline.argo.token.file) is empty")
-        return token
-    return None
-
-
-@dataclass(frozen=True, kw_only=True)
-class HealthSettings:
-    """The controller's health endpoint: ``GET /healthz`` on ``port`` (0: none), on every interface.
-
-    It answers 200 while the controller's loop has turned within
-    ``stale_seconds`` by the controller's clock, 503 otherwise (a Kubernetes
-    probe restarts a controller stuck that long).
-    """
-
-    port: int = 0
-    host: str = "0.0.0.0"
-    stale_seconds: float = 120.0
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> HealthSettings:
-        """Read ``FLYWHEEL_HEALTH_PORT``: a port number, or 0 (the default) for no endpoint."""
-        env = os.environ if environ is None else environ
-        raw = env.get(ENV_HEALTH_PORT, "").strip() or "0"
-        try:
-            port = int(raw)
-        except ValueError:
-            port = -1
-        if not 0 <= port <= 65535:
-            raise SettingsError(
-                f"{ENV_HEALTH_PORT} is {raw!r}: give the port of the controller's /healthz (1-65535), "
-                "or 0 for none"
-            )
-        return cls(port=port)
 
 
 @dataclass(frozen=True)
@@ -432,73 +326,6 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
-class LeaderSettings:
-    """Leader election among controller replicas (``FLYWHEEL_LEADER_ELECTION`` and the ``FLYWHEEL_LEASE_*``).
-
-    ``none`` (the default): this controller is alone (on one machine the state
-    directory's lock sees to it). ``lease``: a ``coordination.k8s.io`` Lease
-    named ``lease_name`` in ``lease_namespace`` (default: the pod's namespace
-    from ``POD_NAMESPACE`` or its service account, else ``default``). ``postgres``: an advisory
-    lock in the database of ``FLYWHEEL_DATABASE_URL``. A term lasts
-    ``lease_seconds`` and is renewed every third of it. ``identity`` names
-    this replica: ``FLYWHEEL_INSTANCE``, else ``POD_NAME`` or ``HOSTNAME`` (a
-    pod's name), else the host's name.
-    """
-
-    election: Election = "none"
-    lease_name: str = "flywheel-controller"
-    lease_namespace: str = "default"
-    lease_seconds: int = 15
-    identity: str | None = None  # None: the machine's host name (:attr:`name`)
-
-    @property
-    def name(self) -> str:
-        """This replica's name in the election."""
-        return self.identity or socket.gethostname()
-
-    @property
-    def renew_seconds(self) -> float:
-        return self.lease_seconds / 3
-
-    @classmethod
-    def from_env(
-        cls,
-        environ: Mapping[str, str] | None = None,
-        *,
-        database_url: str | None = None,
-        namespace_file: Path = SERVICE_ACCOUNT_NAMESPACE,
-    ) -> LeaderSettings:
-        env = os.environ if environ is None else environ
-        election = env.get(ENV_LEADER_ELECTION, "").strip() or "none"
-        if election not in ("none", "lease", "postgres"):
-            raise SettingsError(f"{ENV_LEADER_ELECTION} is {election!r}: give none, lease or postgres")
-        if election == "postgres" and database_url is None:
-            raise SettingsError(
-                f"{ENV_LEADER_ELECTION}=postgres elects the leader in the state database: "
-                f"set {ENV_DATABASE_URL}"
-            )
-        raw = env.get("FLYWHEEL_LEASE_SECONDS", "").strip() or "15"
-        if not raw.isdigit() or int(raw) < 3:
-            raise SettingsError(f"FLYWHEEL_LEASE_SECONDS is {raw!r}: give whole seconds, 3 or more")
-        namespace = env.get("FLYWHEEL_LEASE_NAMESPACE", "").strip() or env.get("POD_NAMESPACE", "").strip()
-        if not namespace:
-            try:
-                namespace = namespace_file.read_text().strip()
-            except OSError:
-                namespace = ""
-        identity = next(
-            (env[n].strip() for n in ("FLYWHEEL_INSTANCE", "POD_NAME", "HOSTNAME") if env.get(n)), ""
-        )
-        return cls(
-            election="lease" if election == "lease" else "postgres" if election == "postgres" else "none",
-            lease_name=env.get("FLYWHEEL_LEASE_NAME", "").strip() or "flywheel-controller",
-            lease_namespace=namespace or "default",
-            lease_seconds=int(raw),
-            identity=identity or None,
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything one controller process is configured with.
 
@@ -509,13 +336,13 @@ class Settings:
 
     controller: ControllerSettings
     local: LocalSettings = LocalSettings()
-    argo: ArgoSettings = ArgoSettings()
-    health: HealthSettings = HealthSettings()
+    argo: ArgoSettings = field(default_factory=ArgoSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
     github: GitHubSettings | None = None
     slack: SlackSettings | None = None
     webhooks: WebhookSettings | None = None
     database_url: str | None = None  # PostgreSQL for every store; None: SQLite in the state directory
-    leader: LeaderSettings = LeaderSettings()
+    leader: LeaderSettings = field(default_factory=LeaderSettings)
 
     @property
     def store_location(self) -> str | Path:
@@ -547,40 +374,6 @@ def load_settings(
         database_url=database,
         leader=LeaderSettings.from_env(env, database_url=database),
     )
-
-
-def database_url(environ: Mapping[str, str] | None = None) -> str | None:
-    """``FLYWHEEL_DATABASE_URL`` as an SQLAlchemy URL for psycopg 3; ``None`` when unset (SQLite).
-
-    ``postgresql://`` and ``postgres://`` get psycopg 3's driver. Anything but a
-    PostgreSQL URL is refused in one line that never shows the password.
-    """
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    env = os.environ if environ is None else environ
-    raw = env.get(ENV_DATABASE_URL, "").strip()
-    if not raw:
-        return None
-    example = "postgresql+psycopg://user:password@host:5432/database"
-    try:
-        url = make_url(raw)
-    except (ArgumentError, ValueError):
-        raise SettingsError(f"{ENV_DATABASE_URL} is not a database URL; give one like {example}") from None
-    if url.drivername in ("postgresql", "postgres"):
-        url = url.set(drivername="postgresql+psycopg")
-    if url.drivername != "postgresql+psycopg":
-        shown = url.render_as_string(hide_password=True)
-        raise SettingsError(
-            f"{ENV_DATABASE_URL} is {shown}: Flywheel keeps its state in PostgreSQL through psycopg 3; "
-            f"give a URL like {example}, or unset it for SQLite in the state directory"
-        )
-    if not url.database:
-        raise SettingsError(
-            f"{ENV_DATABASE_URL} ({url.render_as_string(hide_password=True)}) names no database; "
-            f"give one like {example}"
-        )
-    return url.render_as_string(hide_password=False)
 
 
 def default_venv_cache(environ: Mapping[str, str] | None = None) -> Path:
