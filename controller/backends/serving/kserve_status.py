@@ -42,6 +42,7 @@ class Traffic:
     revision: str
     percent: int
     latest: bool = False
+    url: str | None = None  # the revision's own (tagged) URL, when KServe gives one
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,6 +144,7 @@ def read_service(document: Mapping[str, Any]) -> Service:
             revision=str(entry.get("revisionName") or ""),
             percent=int(entry.get("percent") or 0),
             latest=bool(entry.get("latestRevision")),
+            url=entry.get("url") or None,
         )
         for entry in component.get("traffic") or []
         if entry.get("revisionName")

@@ -1,0 +1,221 @@
+"""The KServe serving backend against a stand-in KServe that serves, through the real ``kubernetes`` client.
+
+Pins down: a model's first version is created whole and serves all traffic;
+a later one starts behind ``canaryTrafficPercent: 0`` and its smoke test goes
+through its own tagged URL; canary weights move the percentage and real
+requests through the InferenceService's URL split accordingly; promotion
+removes the percentage (KServe then reports the new revision rolled out and
+the old one previous); a rollback routes everything back and restores the
+previous predictor, whose new revision serves the old version; repeating a
+call starts nothing twice; a stale write is refused and worked out again;
+a raw deployment (annotation or cluster default) refuses a canary; a
+predictor that does not come up fails the deploy with KServe's reason; the
+observation reports what KServe routes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from controller.backends.serving import ServedVersion, ServingError, inference_request
+from controller.backends.serving.kserve import KServeServing
+from controller.backends.serving.kserve_status import read_service
+from controller.backends.serving.local import LocalServing
+from controller.clock import SYSTEM_CLOCK
+from controller.specs.types import Environment, PvcArtifacts, Serving
+from tests.fakes.kserve_api import STUB_SERVER, FakeKServe
+from tests.fakes.kube_api import FakeKube
+
+pytestmark = pytest.mark.integration
+
+ENV = Environment(
+    name="staging",
+    spec_path="environments/staging.yaml",
+    home="cluster",
+    serving_backend="kserve",
+    serving_namespace="ml-serving",
+    metrics_source="prometheus",
+    prometheus_url="http://127.0.0.1:9",
+    artifacts=PvcArtifacts(claim_name="flywheel-artifacts"),
+)
+
+
+@dataclass
+class Cluster:
+    kube: FakeKube
+    kserve: FakeKServe
+    backend: KServeServing
+    tmp: Path
+
+    def version(self, label: str, *, fail: str = "") -> ServedVersion:
+        artifact = self.tmp / "runs" / label
+        artifact.mkdir(parents=True, exist_ok=True)
+        (artifact / "stub.json").write_text(json.dumps({"fail": fail}))
+        stub = self.tmp / "stub_server.py"
+        stub.write_text(STUB_SERVER)
+        return ServedVersion(
+            model="iris",
+            version=label,
+            serving=Serving(runtime="custom", command=f"{sys.executable} {stub}"),
+            artifact_uri=str(artifact),
+        )
+
+    def service(self) -> dict[str, object]:
+        return self.kserve._view(self.kserve.services[("ml-serving", "iris")])
+
+    def answered_by(self, requests: int) -> list[str]:
+        url = self.backend.endpoint(environment=ENV, model="iris")
+        with httpx.Client(timeout=10) as http:
+            return [
+                http.post(f"{url}/infer", json=inference_request([[5.1, 3.5, 1.4, 0.2]])).json()[
+                    "model_version"
+                ]
+                for _ in range(requests)
+            ]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    kube = FakeKube()
+    kube.start()
+    kserve = FakeKServe(
+        serving=LocalServing(tmp_path / "stand-in", ready_timeout_seconds=30, clock=SYSTEM_CLOCK),
+        claims=tmp_path / "claims",
+    )
+    kserve.start()
+    kube.plugins.append(kserve)
+    backend = KServeServing(
+        api=kube.api_client(),
+        clock=SYSTEM_CLOCK,
+        claim_dir=lambda pvc: tmp_path / "claims" / pvc.claim_name,
+        image_of=lambda environment, version: "registry.example.com/ml/flywheel/iris:abc",
+        ready_timeout_seconds=30,
+        poll_seconds=0.05,
+    )
+    try:
+        yield Cluster(kube=kube, kserve=kserve, backend=backend, tmp=tmp_path)
+    finally:
+        kserve.stop()
+        kube.stop()
+
+
+def routes(cluster: Cluster) -> dict[str, int]:
+    """What KServe routes, as the backend observes it (revisions at 0% left out)."""
+    observed = cluster.backend.observe(environment=ENV).routes.get("iris", {})
+    return {version: weight for version, weight in observed.items() if weight > 0}
+
+
+def test_a_first_version_is_deployed_whole_and_answers_through_the_services_url(cluster: Cluster) -> None:
+    cluster.backend.deploy(environment=ENV, version=cluster.version("v1"))
+    assert routes(cluster) == {"v1": 100}
+    (deployed,) = cluster.backend.deployed(environment=ENV, model="iris")
+    assert (deployed.version, deployed.weight) == ("v1", 100)
+    cluster.backend.smoke_test(environment=ENV, model="iris", version="v1", inputs=[[5.1, 3.5, 1.4, 0.2]] * 3)
+    assert cluster.answered_by(2) == ["iris-predictor-00001"] * 2
+    assert (cluster.tmp / "claims/flywheel-artifacts/models/iris/v1/stub.json").is_file()
+    observed = cluster.backend.observe(environment=ENV)
+    assert observed.known and observed.live == {"iris": frozenset({"v1"})}
+    cluster.backend.deploy(environment=ENV, version=cluster.version("v1"))  # again: nothing new
+    assert cluster.kserve.started == ["iris-predictor-00001"]
+
+
+def test_a_canary_moves_canary_traffic_percent_and_promotion_removes_it(cluster: Cluster) -> None:
+    backend = cluster.backend
+    backend.deploy(environment=ENV, version=cluster.version("v1"))
+    backend.deploy(environment=ENV, version=cluster.version("v2"))
+    assert routes(cluster) == {"v1": 100}
+    assert {d.version: d.weight for d in backend.deployed(environment=ENV, model="iris")} == {
+        "v1": 100,
+        "v2": 0,
+    }
+    backend.smoke_test(environment=ENV, model="iris", version="v2", inputs=[[6.0, 2.2, 5.0, 1.5]])
+
+    backend.set_weights(environment=ENV, model="iris", weights={"v2": 25, "v1": 75})
+    assert routes(cluster) == {"v2": 25, "v1": 75}
+    assert cluster.service()["spec"]["predictor"]["canaryTrafficPercent"] == 25  # type: ignore[index]
+    answered = cluster.answered_by(8)
+    assert answered.count("iris-predictor-00002") == 2 and answered.count("iris-predictor-00001") == 6
+    patches = [method for method, _ in cluster.kube.requests].count("PATCH")
+    backend.set_weights(environment=ENV, model="iris", weights={"v2": 25, "v1": 75})  # again: no write
+    assert [method for method, _ in cluster.kube.requests].count("PATCH") == patches
+
+    backend.set_weights(environment=ENV, model="iris", weights={"v2": 100})
+    service = read_service(cluster.service())
+    assert service.canary_percent is None and "canaryTrafficPercent" not in service.predictor
+    assert (service.latest_rolled_out, service.previous_rolled_out) == (
+        "iris-predictor-00002",
+        "iris-predictor-00001",
+    )
+    assert routes(cluster) == {"v2": 100}
+    backend.retire(environment=ENV, model="iris", version="v1")
+    assert [d.version for d in backend.deployed(environment=ENV, model="iris")] == ["v2"]
+    assert cluster.answered_by(3) == ["iris-predictor-00002"] * 3
+
+
+def test_a_rollback_routes_everything_back_then_restores_the_previous_predictor(cluster: Cluster) -> None:
+    backend = cluster.backend
+    backend.deploy(environment=ENV, version=cluster.version("v1"))
+    backend.deploy(environment=ENV, version=cluster.version("v2"))
+    backend.set_weights(environment=ENV, model="iris", weights={"v2": 50, "v1": 50})
+    with pytest.raises(ServingError, match="still gets 50% of traffic"):
+        backend.retire(environment=ENV, model="iris", version="v2")
+
+    backend.set_weights(environment=ENV, model="iris", weights={"v1": 100})
+    assert cluster.service()["spec"]["predictor"]["canaryTrafficPercent"] == 0  # type: ignore[index]
+    assert routes(cluster) == {"v1": 100}
+    backend.retire(environment=ENV, model="iris", version="v2")
+    service = read_service(cluster.service())
+    assert service.version == "v1" and service.canary_percent is None
+    assert service.predictor["containers"][0]["env"][0]["value"].endswith("/models/iris/v1")  # type: ignore[index]
+    assert service.revisions["iris-predictor-00003"] == "v1"
+    assert routes(cluster) == {"v1": 100}
+    assert cluster.answered_by(2) == ["iris-predictor-00003"] * 2
+    assert [d.version for d in backend.deployed(environment=ENV, model="iris")] == ["v1"]
+
+
+def test_a_stale_write_is_refused_and_worked_out_again(cluster: Cluster) -> None:
+    backend = cluster.backend
+    backend.deploy(environment=ENV, version=cluster.version("v1"))
+    stale = backend._get(ENV, "iris")
+    assert stale is not None
+    cluster.kserve.services[("ml-serving", "iris")].document["metadata"]["resourceVersion"] = "changed"
+    assert backend._patch(ENV, stale, {"metadata": {"annotations": {"x": "y"}}}) is False
+    backend.deploy(environment=ENV, version=cluster.version("v2"))  # reads again, then writes
+    assert read_service(cluster.service()).version == "v2"
+
+
+@pytest.mark.parametrize("where", ["annotation", "cluster default"])
+def test_a_raw_deployment_refuses_a_canary(cluster: Cluster, where: str) -> None:
+    backend = cluster.backend
+    backend.deploy(environment=ENV, version=cluster.version("v1"))
+    if where == "annotation":
+        annotations = cluster.kserve.services[("ml-serving", "iris")].document["metadata"]["annotations"]
+        annotations["serving.kserve.io/deploymentMode"] = "RawDeployment"
+    else:
+        cluster.kserve.default_mode = "Standard"
+    with pytest.raises(ServingError) as refused:
+        backend.deploy(environment=ENV, version=cluster.version("v2"))
+    assert "mode, which ignores canaryTrafficPercent: refusing deploying v2 next to v1" in str(refused.value)
+    assert routes(cluster) == {"v1": 100} and read_service(cluster.service()).version == "v1"
+
+
+def test_a_predictor_that_does_not_come_up_fails_the_deploy_with_kserves_reason(cluster: Cluster) -> None:
+    backend = cluster.backend
+    broken = ServedVersion(
+        model="iris",
+        version="v1",
+        serving=Serving(runtime="custom", command="exit 3"),
+        artifact_uri=str(cluster.version("v1").artifact_uri),
+    )
+    with pytest.raises(
+        ServingError, match=r"does not become ready: PredictorReady: Revision iris-predictor-00001"
+    ):
+        backend.deploy(environment=ENV, version=broken)
+    assert backend.deployed(environment=ENV, model="iris") == ()
