@@ -15,95 +15,22 @@ observation reports what KServe routes.
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from controller.backends.serving import ServedVersion, ServingError, inference_request
-from controller.backends.serving.kserve import KServeServing
+from controller.backends.serving import ServedVersion, ServingError
 from controller.backends.serving.kserve_status import read_service
-from controller.backends.serving.local import LocalServing
-from controller.clock import SYSTEM_CLOCK
-from controller.specs.types import Environment, PvcArtifacts, Serving
-from tests.fakes.kserve_api import STUB_SERVER, FakeKServe
-from tests.fakes.kube_api import FakeKube
+from controller.specs.types import Serving
+from tests.fixtures.kserve import ENV, Cluster, kserve_cluster
 
 pytestmark = pytest.mark.integration
 
-ENV = Environment(
-    name="staging",
-    spec_path="environments/staging.yaml",
-    home="cluster",
-    serving_backend="kserve",
-    serving_namespace="ml-serving",
-    metrics_source="prometheus",
-    prometheus_url="http://127.0.0.1:9",
-    artifacts=PvcArtifacts(claim_name="flywheel-artifacts"),
-)
-
-
-@dataclass
-class Cluster:
-    kube: FakeKube
-    kserve: FakeKServe
-    backend: KServeServing
-    tmp: Path
-
-    def version(self, label: str, *, fail: str = "") -> ServedVersion:
-        artifact = self.tmp / "runs" / label
-        artifact.mkdir(parents=True, exist_ok=True)
-        (artifact / "stub.json").write_text(json.dumps({"fail": fail}))
-        stub = self.tmp / "stub_server.py"
-        stub.write_text(STUB_SERVER)
-        return ServedVersion(
-            model="iris",
-            version=label,
-            serving=Serving(runtime="custom", command=f"{sys.executable} {stub}"),
-            artifact_uri=str(artifact),
-        )
-
-    def service(self) -> dict[str, object]:
-        return self.kserve._view(self.kserve.services[("ml-serving", "iris")])
-
-    def answered_by(self, requests: int) -> list[str]:
-        url = self.backend.endpoint(environment=ENV, model="iris")
-        with httpx.Client(timeout=10) as http:
-            return [
-                http.post(f"{url}/infer", json=inference_request([[5.1, 3.5, 1.4, 0.2]])).json()[
-                    "model_version"
-                ]
-                for _ in range(requests)
-            ]
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    kube = FakeKube()
-    kube.start()
-    kserve = FakeKServe(
-        serving=LocalServing(tmp_path / "stand-in", ready_timeout_seconds=30, clock=SYSTEM_CLOCK),
-        claims=tmp_path / "claims",
-    )
-    kserve.start()
-    kube.plugins.append(kserve)
-    backend = KServeServing(
-        api=kube.api_client(),
-        clock=SYSTEM_CLOCK,
-        claim_dir=lambda pvc: tmp_path / "claims" / pvc.claim_name,
-        image_of=lambda environment, version: "registry.example.com/ml/flywheel/iris:abc",
-        ready_timeout_seconds=30,
-        poll_seconds=0.05,
-    )
-    try:
-        yield Cluster(kube=kube, kserve=kserve, backend=backend, tmp=tmp_path)
-    finally:
-        kserve.stop()
-        kube.stop()
+    with kserve_cluster(tmp_path) as started:
+        yield started
 
 
 def routes(cluster: Cluster) -> dict[str, int]:
