@@ -21,7 +21,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.backends.metrics.prometheus import PrometheusMetrics, Revision, RevisionLookup, revision_queries
+from controller.backends.metrics.prometheus import (
+    PrometheusMetrics,
+    Revision,
+    RevisionLookup,
+    revision_queries,
+)
 from controller.specs.types import AnalysisCheck
 from tests.fixtures.kserve import ENV, Cluster, kserve_cluster
 from tests.fixtures.required import program
