@@ -58,6 +58,7 @@ from controller.backends.store import InboxEvent, ModelVersion, Run, open_store
 from controller.backends.store.integrity import verify_state
 from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK, Clock
+from controller.cluster_serving import kserve_backends, revision_lookup
 from controller.engine.commands import ROLLBACK_EVENT, Commands, Watched, record_watched, repository_location
 from controller.engine.github_events import GITHUB_EVENT_KINDS, GitHubEvents
 from controller.engine.inbox import Handler, InboxDispatcher
@@ -217,7 +218,8 @@ def build_controller(
             settings=settings.argo,
         )
     serving_backends: dict[str, ServingBackend] = {
-        "local": serving or LocalServing(state_dir / "serving", venvs=venvs, clock=clock)
+        "local": serving or LocalServing(state_dir / "serving", venvs=venvs, clock=clock),
+        **kserve_backends(settings.kserve, settings.argo, clock=clock),
     }
     serving_backend = ServingByName(serving_backends)
     release_branch = options.release_branch or repository.default_branch
@@ -243,7 +245,9 @@ def build_controller(
     def metrics_for(environment: Environment) -> MetricsSource:
         if environment.metrics_source == "prometheus" and environment.prometheus_url:
             if environment.prometheus_url not in prometheus:
-                prometheus[environment.prometheus_url] = PrometheusMetrics(environment.prometheus_url)
+                prometheus[environment.prometheus_url] = PrometheusMetrics(
+                    environment.prometheus_url, revisions=revision_lookup(serving_backends, main_catalog)
+                )
             return prometheus[environment.prometheus_url]
         return builtin
 

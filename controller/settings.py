@@ -53,6 +53,7 @@ __all__ = [
     "DEFAULT_GITHUB_API_URL",
     "DEFAULT_MAX_BODY_BYTES",
     "ENV_ARGO_ARTIFACTS_DIR",
+    "ENV_KSERVE_KUBECONFIG",
     "ENV_MAX_BODY_BYTES",
     "ENV_PREVIOUS_SECRET",
     "ENV_SECRET",
@@ -61,6 +62,7 @@ __all__ = [
     "CheckMode",
     "ControllerSettings",
     "GitHubSettings",
+    "KServeSettings",
     "LocalSettings",
     "Settings",
     "SettingsError",
@@ -78,6 +80,7 @@ ENV_PREVIOUS_SECRET = "FLYWHEEL_GITHUB_WEBHOOK_SECRET_PREVIOUS"
 ENV_MAX_BODY_BYTES = "FLYWHEEL_WEBHOOK_MAX_BODY_BYTES"
 ENV_SLACK_SIGNING_SECRET = "FLYWHEEL_SLACK_SIGNING_SECRET"
 ENV_ARGO_ARTIFACTS_DIR = "FLYWHEEL_ARGO_ARTIFACTS_DIR"
+ENV_KSERVE_KUBECONFIG = "FLYWHEEL_KSERVE_KUBECONFIG"
 # Read by the test suite only (tests/fixtures/required.py): set, a test whose reference data or program is
 # missing fails instead of being skipped. CI sets it.
 ENV_TEST_REQUIRE_ALL = "FLYWHEEL_TEST_REQUIRE_ALL"
@@ -142,6 +145,29 @@ class ArgoSettings:
                 "artifacts claim by name"
             )
         return cls(artifacts_dir=Path(raw) if raw is not None else None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class KServeSettings:
+    """The cluster home's serving (``serving.backend: kserve``): how the controller reaches Kubernetes.
+
+    ``kubeconfig`` is ``"in-cluster"`` (the pod's service account) or the
+    path of a kubeconfig file; ``None``: this controller has no kserve
+    backend, and an environment naming it fails saying so.
+    """
+
+    kubeconfig: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> KServeSettings:
+        """Read ``FLYWHEEL_KSERVE_KUBECONFIG`` (``in-cluster`` or an absolute path, when set)."""
+        env = os.environ if environ is None else environ
+        raw = env.get(ENV_KSERVE_KUBECONFIG) or None
+        if raw is not None and raw != "in-cluster" and not Path(raw).is_absolute():
+            raise SettingsError(
+                f"{ENV_KSERVE_KUBECONFIG} is {raw!r}: give in-cluster or the absolute path of a kubeconfig"
+            )
+        return cls(kubeconfig=raw)
 
 
 def argo_token(
@@ -364,6 +390,7 @@ class Settings:
     controller: ControllerSettings
     local: LocalSettings = LocalSettings()
     argo: ArgoSettings = ArgoSettings()
+    kserve: KServeSettings = KServeSettings()
     github: GitHubSettings | None = None
     slack: SlackSettings | None = None
     webhooks: WebhookSettings | None = None
@@ -385,6 +412,7 @@ def load_settings(
         controller=controller,
         local=local or LocalSettings(),
         argo=ArgoSettings.from_env(env),
+        kserve=KServeSettings.from_env(env),
         github=GitHubSettings.from_env(env) if env.get("FLYWHEEL_GITHUB_REPOSITORY") else None,
         slack=SlackSettings.from_env(env),
         webhooks=hooks,

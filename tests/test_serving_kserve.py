@@ -16,6 +16,7 @@ observation reports what KServe routes.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,11 @@ def test_a_predictor_that_does_not_come_up_fails_the_deploy_with_kserves_reason(
     ):
         backend.deploy(environment=ENV, version=broken)
     assert backend.deployed(environment=ENV, model="iris") == ()
+
+
+def test_an_environment_never_takes_over_another_ones_inference_service(cluster: Cluster) -> None:
+    cluster.backend.deploy(environment=ENV, version=cluster.version("v1"))
+    production = replace(ENV, name="production")  # the same namespace
+    with pytest.raises(ServingError, match="serves environment 'staging', not 'production': give each"):
+        cluster.backend.deploy(environment=production, version=cluster.version("v2"))
+    assert read_service(cluster.service()).version == "v1"

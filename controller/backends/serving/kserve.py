@@ -310,7 +310,13 @@ class KServeServing:
             raise ServingError(f"InferenceService {namespace}/{name}: {_why(exc)}") from None
         if not isinstance(document, dict):
             raise ServingError(f"InferenceService {namespace}/{name}: not an object: {document!r}"[:300])
-        return read_service(document)
+        service = read_service(document)
+        if service.environment not in (None, environment.name):
+            raise ServingError(
+                f"InferenceService {namespace}/{name} serves environment {service.environment!r}, not "
+                f"{environment.name!r}: give each environment its own serving.namespace"
+            )
+        return service
 
     def _create(self, environment: Environment, body: dict[str, Any]) -> bool:
         """Create ``body``; False when it exists already (409)."""

@@ -32,6 +32,7 @@ from controller.specs.types import Environment, PvcArtifacts
 __all__ = [
     "API_VERSION",
     "DEPLOYMENT_MODE_ANNOTATION",
+    "ENVIRONMENT_LABEL",
     "GROUP",
     "MODEL_LABEL",
     "PLURAL",
@@ -59,6 +60,7 @@ CUSTOM_CONTAINER = "kserve-container"
 MODEL_MOUNT = "/mnt/models"  # where KServe's storage initializer puts storageUri
 MODEL_LABEL = "flywheel.dev/model"
 VERSION_LABEL = "flywheel.dev/version"
+ENVIRONMENT_LABEL = "flywheel.dev/environment"
 VERSION_ANNOTATION = "flywheel.dev/version"  # the predictor's version
 PREVIOUS_VERSION_ANNOTATION = "flywheel.dev/previous-version"  # rolled out before it
 PREVIOUS_PREDICTOR_ANNOTATION = "flywheel.dev/previous-predictor"  # its predictor, JSON
@@ -163,7 +165,11 @@ def inference_service(
         "metadata": {
             "name": service_name(version.model),
             "namespace": namespace_of(environment),
-            "labels": {"app.kubernetes.io/managed-by": "flywheel", MODEL_LABEL: version.model},
+            "labels": {
+                "app.kubernetes.io/managed-by": "flywheel",
+                MODEL_LABEL: version.model,
+                ENVIRONMENT_LABEL: environment.name,
+            },
             "annotations": annotations,
         },
         "spec": {"predictor": body_predictor},

@@ -25,6 +25,7 @@ from typing import Any
 
 from controller.backends.serving.kserve_spec import (
     DEPLOYMENT_MODE_ANNOTATION,
+    ENVIRONMENT_LABEL,
     PREVIOUS_PREDICTOR_ANNOTATION,
     PREVIOUS_VERSION_ANNOTATION,
     RAW_MODES,
@@ -50,6 +51,7 @@ class Service:
     """One InferenceService as read from the cluster: what Flywheel asked for and what KServe reports."""
 
     name: str
+    environment: str | None  # the environment label: whose the object is
     resource_version: str
     generation: int
     observed_generation: int
@@ -153,6 +155,7 @@ def read_service(document: Mapping[str, Any]) -> Service:
     recorded = _json_object(annotations.get(REVISIONS_ANNOTATION)) or {}
     return Service(
         name=str(metadata.get("name", "")),
+        environment=(metadata.get("labels") or {}).get(ENVIRONMENT_LABEL),
         resource_version=str(metadata.get("resourceVersion", "")),
         generation=int(metadata.get("generation") or 0),
         observed_generation=int(status.get("observedGeneration") or 0),
