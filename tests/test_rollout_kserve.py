@@ -163,7 +163,7 @@ class Traffic:
         with httpx.Client(timeout=10) as http:
             while not self.stop.is_set():
                 for row in (GOOD, GOOD, BAD):
-                    with contextlib.suppress(httpx.HTTPError):  # a cut-off request; the analysis sees the rest
+                    with contextlib.suppress(httpx.HTTPError):  # a cut-off request: the rest counts
                         self.cluster.infer(http, row)
                 self.percents.append(read_service(self.cluster.service()).canary_percent)
                 self.stop.wait(0.02)
