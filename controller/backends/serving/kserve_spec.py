@@ -127,7 +127,8 @@ def predictor(version: ServedVersion, *, uri: str, image: str | None = None) -> 
             "env": [
                 {"name": "STORAGE_URI", "value": uri},
                 {"name": "FLYWHEEL_MODEL_DIR", "value": MODEL_MOUNT},
-                {"name": "FLYWHEEL_MODEL_NAME", "value": version.model},
+                {"name": "FLYWHEEL_MODEL_NAME", "value": service_name(version.model)},  # as in its URL
+                {"name": "FLYWHEEL_MODEL_VERSION", "value": version.version},
             ],
             "ports": [{"containerPort": 8080, "protocol": "TCP"}],
         }
