@@ -20,9 +20,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from kubernetes import client as k8s
 
 from controller.backends.serving import ServedVersion, ServingError
+from controller.backends.serving.kserve import KServeServing
 from controller.backends.serving.kserve_status import read_service
+from controller.backends.serving.server import free_port
+from controller.clock import SYSTEM_CLOCK
 from controller.specs.types import Serving
 from tests.fixtures.kserve import ENV, Cluster, kserve_cluster
 
@@ -155,3 +159,18 @@ def test_an_environment_never_takes_over_another_ones_inference_service(cluster:
     with pytest.raises(ServingError, match="serves environment 'staging', not 'production': give each"):
         cluster.backend.deploy(environment=production, version=cluster.version("v2"))
     assert read_service(cluster.service()).version == "v1"
+
+
+def test_an_unreachable_kubernetes_api_is_unknown_to_observe_and_an_error_elsewhere(tmp_path: Path) -> None:
+    configuration = k8s.Configuration()
+    configuration.host = f"http://127.0.0.1:{free_port()}"  # nothing listens
+    configuration.retries = False
+    with k8s.ApiClient(configuration) as api:
+        backend = KServeServing(api=api, clock=SYSTEM_CLOCK, claim_dir=lambda pvc: tmp_path)
+        observed = backend.observe(environment=ENV)
+        assert not observed.known and observed.unknown is not None
+        assert observed.unknown.startswith("InferenceServices in ml-serving: ")
+        with pytest.raises(ServingError, match=r"^InferenceService ml-serving/iris: "):
+            backend.deployed(environment=ENV, model="iris")
+        with pytest.raises(ServingError, match=r"^InferenceService ml-serving/iris: "):
+            backend.set_weights(environment=ENV, model="iris", weights={"v1": 100})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -219,3 +220,38 @@ def test_the_deployment_mode_comes_from_the_annotation_or_the_status(
     else:
         document["status"]["deploymentMode"] = mode
     assert read_service(document).raw is raw
+
+
+def test_kserve_can_split_only_between_the_rolling_out_and_the_rolled_out_version() -> None:
+    from kubernetes import client as k8s
+
+    from controller.backends.serving.kserve import KServeServing
+    from controller.clock import SYSTEM_CLOCK
+
+    backend = KServeServing(api=k8s.ApiClient(), clock=SYSTEM_CLOCK, claim_dir=lambda pvc: Path("/nowhere"))
+    document = status(
+        latestCreatedRevision="iris-predictor-00002",
+        latestReadyRevision="iris-predictor-00002",
+        latestRolledoutRevision="iris-predictor-00001",
+    )
+    document["status"]["deploymentMode"] = "Serverless"  # known: no need to ask the cluster
+    service = read_service(document)
+    assert backend._canary_for(ENV, service, {"v2": 30, "v1": 70}) == (30, {"v2": 30, "v1": 70})
+    assert backend._canary_for(ENV, service, {"v1": 100}) == (0, {"v2": 0, "v1": 100})
+    assert backend._canary_for(ENV, service, {"v2": 100}) == (None, {"v2": 100})
+    with pytest.raises(ServingError, match=r"between the version rolling out \(v2\) and the one rolled out"):
+        backend._canary_for(ENV, service, {"v2": 50, "v0": 50})
+
+
+def test_a_new_predictor_replaces_the_old_one_whole() -> None:
+    from controller.backends.serving.kserve import _replace_predictor
+
+    old = {"model": {"storageUri": "pvc://c/v1"}, "labels": {"a": "b"}, "canaryTrafficPercent": 10}
+    new = {"containers": [{"name": "kserve-container"}], "labels": {"a": "c"}}
+    patch = _replace_predictor(old, new, canary=0)["spec"]["predictor"]
+    assert patch == {
+        "model": None,
+        "containers": [{"name": "kserve-container"}],
+        "labels": {"a": "c"},
+        "canaryTrafficPercent": 0,
+    }

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
@@ -259,7 +260,7 @@ class KServeServing:
             listed = self.objects.list_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL, label_selector="app.kubernetes.io/managed-by=flywheel"
             )
-        except (ApiException, OSError, ValueError) as exc:
+        except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             return ObservedServing(
                 environment=environment.name, unknown=f"InferenceServices in {namespace}: {_why(exc)}"
             )
@@ -306,7 +307,7 @@ class KServeServing:
             if exc.status == 404:
                 return None
             raise ServingError(f"InferenceService {namespace}/{name}: {_why(exc)}") from None
-        except (OSError, ValueError) as exc:
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             raise ServingError(f"InferenceService {namespace}/{name}: {_why(exc)}") from None
         if not isinstance(document, dict):
             raise ServingError(f"InferenceService {namespace}/{name}: not an object: {document!r}"[:300])
@@ -331,6 +332,10 @@ class KServeServing:
             raise ServingError(
                 f"creating InferenceService {namespace}/{body['metadata']['name']}: {_why(exc)}"
             ) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ServingError(
+                f"creating InferenceService {namespace}/{body['metadata']['name']}: {_why(exc)}"
+            ) from None
         return True
 
     def _patch(self, environment: Environment, service: Service, patch: dict[str, Any]) -> bool:
@@ -352,6 +357,8 @@ class KServeServing:
             if exc.status == 409:
                 return False
             raise ServingError(f"changing InferenceService {namespace}/{service.name}: {_why(exc)}") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ServingError(f"changing InferenceService {namespace}/{service.name}: {_why(exc)}") from None
         return True
 
     def _delete(self, environment: Environment, service: Service) -> None:
@@ -363,6 +370,8 @@ class KServeServing:
                 raise ServingError(
                     f"deleting InferenceService {namespace}/{service.name}: {_why(exc)}"
                 ) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ServingError(f"deleting InferenceService {namespace}/{service.name}: {_why(exc)}") from None
 
     # ------------------------------------------------------------------ waiting for KServe
 
@@ -465,7 +474,7 @@ class KServeServing:
                 deploy = json.loads((config.data or {}).get("deploy", "{}"))
                 mode = deploy.get("defaultDeploymentMode") if isinstance(deploy, dict) else None
                 self._default_mode = mode if isinstance(mode, str) else None
-            except (ApiException, OSError, ValueError):
+            except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError):
                 self._default_mode = None
         return self._default_mode
 
