@@ -156,8 +156,9 @@ def test_flywheel_run_elects_on_the_lease_its_settings_name_through_the_kubeconf
         "current-context": "here",
     }
     (tmp_path / "kubeconfig").write_text(json.dumps(config))
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # not in a cluster: no in-cluster config
     env = {
+        "FLYWHEEL_KUBECONFIG": str(tmp_path / "kubeconfig"),  # as for every call to Kubernetes
         "FLYWHEEL_LEADER_ELECTION": "lease",
         "FLYWHEEL_LEASE_NAMESPACE": "ml",
         "FLYWHEEL_INSTANCE": "pod-a",
@@ -168,8 +169,10 @@ def test_flywheel_run_elects_on_the_lease_its_settings_name_through_the_kubeconf
         assert leases.spec("flywheel-controller", "ml")["holderIdentity"] == "pod-a"
     assert leases.spec("flywheel-controller", "ml")["holderIdentity"] == ""  # released on the way out
 
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "nothing-here"))
-    with pytest.raises(
-        click.ClickException, match=r"^FLYWHEEL_LEADER_ELECTION=lease needs the Kubernetes API"
-    ):
-        leadership_for(settings, clock=clock)
+    del env["FLYWHEEL_KUBECONFIG"]  # and no in-cluster config either
+    with pytest.raises(click.ClickException) as refused:
+        leadership_for(load_settings(ControllerSettings(repo="."), environ=env), clock=clock)
+    assert refused.value.message.startswith(
+        "FLYWHEEL_LEADER_ELECTION=lease needs the Kubernetes API: the in-cluster config: "
+    )
+    assert refused.value.message.endswith("(set FLYWHEEL_KUBECONFIG outside the cluster)")

@@ -212,3 +212,37 @@ def test_a_dockerfile_and_resources_are_refused_where_the_model_trains_on_one_ma
     assert [e.path for e in catalog.errors] == ["spec.source.dockerfile", "spec.pipeline.steps[0].resources"]
     assert all("'staging', on the embedded home" in e.message for e in catalog.errors)
     assert "demo" not in catalog.models
+
+
+def test_kserve_serving_is_typed_and_asks_for_the_cluster_and_prometheus() -> None:
+    doc = cluster(
+        artifacts={"pvc": {"claimName": "flywheel-artifacts"}},
+        serving={"backend": "kserve", "namespace": "ml-serving"},
+        metrics={"source": "prometheus", "prometheusUrl": "http://prometheus:9090"},
+    )
+    assert check("Environment", doc) == [] and check_document("Environment", doc) == []
+    env = build_environment(doc, "environments/staging.yaml")
+    assert (env.serving_backend, env.serving_namespace) == ("kserve", "ml-serving")
+    doc["spec"]["metrics"] = {"source": "builtin"}
+    (problem,) = check_document("Environment", doc)
+    assert problem.path == ("spec", "serving", "backend")
+    assert "needs metrics.source: prometheus" in problem.message
+
+
+def test_kserve_serving_is_refused_on_the_embedded_home_and_its_namespace_without_it() -> None:
+    doc = {
+        "apiVersion": "flywheel.dev/v1alpha1",
+        "kind": "Environment",
+        "metadata": {"name": "dev"},
+        "spec": {
+            "serving": {"backend": "kserve"},
+            "metrics": {"source": "prometheus", "prometheusUrl": "http://localhost:9090"},
+        },
+    }
+    (problem,) = check_document("Environment", doc)
+    assert problem.path == ("spec", "serving", "backend")
+    assert problem.message.startswith("'kserve' needs home: cluster (KServe serves in a Kubernetes cluster")
+    doc["spec"]["serving"] = {"backend": "local", "namespace": "ml-serving"}
+    (problem,) = check_document("Environment", doc)
+    assert problem.path == ("spec", "serving", "namespace")
+    assert "is for serving.backend 'kserve' only" in problem.message

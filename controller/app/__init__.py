@@ -52,6 +52,7 @@ from controller.backends.store import InboxEvent, ModelVersion, Run, open_store
 from controller.backends.store.integrity import verify_state
 from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK, Clock
+from controller.cluster_serving import kserve_backends, revision_lookup
 from controller.engine.commands import ROLLBACK_EVENT, Commands, Watched, record_watched, repository_location
 from controller.engine.github_events import GITHUB_EVENT_KINDS, GitHubEvents
 from controller.engine.inbox import Handler, InboxDispatcher
@@ -65,7 +66,7 @@ from controller.engine.rollout import RolloutEngine, label
 from controller.engine.slack_actions import SlackActions
 from controller.engine.triggers import TriggerEngine, admitting_retrains
 from controller.engine.trust import TrustGate, proposal_heads
-from controller.settings import ControllerSettings, Settings, argo_token
+from controller.settings import ControllerSettings, Settings, SettingsError, argo_token
 from controller.specs.types import Catalog, Environment, Model
 
 log = logging.getLogger("flywheel.controller")
@@ -206,20 +207,24 @@ def build_controller(
     # another one gets an error saying so (proposals.pipeline_runner, ServingByName), never a stand-in
     runners: dict[str, PipelineRunner] = {"local": LocalRunner(venvs=venvs)}
     serving_backends: dict[str, ServingBackend] = {
-        "local": serving or LocalServing(state_dir / "serving", venvs=venvs, clock=clock)
+        "local": serving or LocalServing(state_dir / "serving", venvs=venvs, clock=clock),
     }
-    serving_backend = ServingByName(serving_backends)
     release_branch = options.release_branch or repository.default_branch
     if release_branch not in repository.branches():
         repository.fetch()  # a mirror made before the branch was pushed
     if release_branch not in repository.branches():
         known = ", ".join(sorted(repository.branches())) or "none"
         raise GitError(f"{options.repo} has no branch {release_branch!r} to release from (it has: {known})")
+    release_catalog = repository.catalog(repository.resolve(release_branch))
+    try:
+        serving_backends.update(kserve_backends(release_catalog, settings.argo, clock=clock))
+    except SettingsError:
+        store.close()
+        raise
+    serving_backend = ServingByName(serving_backends)
     closing: list[Callable[[], object]] = []
     if images is None:
-        images = cluster_images(
-            repository.catalog(repository.resolve(release_branch)), settings, state_dir, clock, store, closing
-        )
+        images = cluster_images(release_catalog, settings, state_dir, clock, store, closing)
     from controller.backends.pipelines.argo import ArgoRunner  # one runner: each run names its Argo Server
 
     runners["argo"] = ArgoRunner(
@@ -243,7 +248,9 @@ def build_controller(
     def metrics_for(environment: Environment) -> MetricsSource:
         if environment.metrics_source == "prometheus" and environment.prometheus_url:
             if environment.prometheus_url not in prometheus:
-                prometheus[environment.prometheus_url] = PrometheusMetrics(environment.prometheus_url)
+                prometheus[environment.prometheus_url] = PrometheusMetrics(
+                    environment.prometheus_url, revisions=revision_lookup(serving_backends, main_catalog)
+                )
             return prometheus[environment.prometheus_url]
         return builtin
 

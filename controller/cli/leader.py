@@ -4,14 +4,13 @@
 of ``settings.leader`` (:class:`~controller.settings.LeaderSettings`) and holds
 its :class:`~controller.engine.leadership.Term` while the controller runs
 (:func:`controller.cli.run.start`): ``none`` is :class:`~controller.backends.leader.Solo`,
-``lease`` a Lease through the Kubernetes API (the pod's service account, else
-the kubeconfig), ``postgres`` an advisory lock in ``FLYWHEEL_DATABASE_URL``'s
+``lease`` a Lease through the Kubernetes API (``FLYWHEEL_KUBECONFIG``'s,
+else the pod's service account), ``postgres`` an advisory lock in ``FLYWHEEL_DATABASE_URL``'s
 database. A Kubernetes configuration that cannot be loaded is one line.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -33,24 +32,15 @@ def leadership_for(settings: Settings, *, clock: Clock) -> tuple[Leadership, lis
 
     leader = settings.leader
     if leader.election == "lease":
-        from kubernetes import config
-        from kubernetes.config.config_exception import ConfigException
-
+        from controller.backends.kube import KubeConfigError, kube_client
         from controller.backends.leader.lease import LeaseLeadership
 
         try:
-            try:
-                config.load_incluster_config()  # type: ignore[no-untyped-call]
-                from kubernetes import client
-
-                api = client.ApiClient()
-            except ConfigException:
-                # KUBECONFIG as it is now (the client reads it once, when imported)
-                api = config.new_client_from_config(os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
-        except (ConfigException, OSError) as exc:
+            api = kube_client(settings.argo.kubeconfig)
+        except KubeConfigError as exc:
+            hint = "" if settings.argo.kubeconfig else " (set FLYWHEEL_KUBECONFIG outside the cluster)"
             raise click.ClickException(
-                "FLYWHEEL_LEADER_ELECTION=lease needs the Kubernetes API: no service account, no kubeconfig "
-                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                f"FLYWHEEL_LEADER_ELECTION=lease needs the Kubernetes API: {exc}{hint}"
             ) from exc
         lease = LeaseLeadership(
             api,

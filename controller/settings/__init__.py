@@ -42,8 +42,9 @@ Environment variables (README.md, "Settings", "GitHub" and "Slack"):
     The cluster home's: where this controller sees the artifacts
     PersistentVolumeClaims, each at ``<dir>/<claimName>`` (:class:`ArgoSettings`).
 ``FLYWHEEL_KUBECONFIG``, ``FLYWHEEL_REGISTRY_AUTH_FILE``
-    The cluster home's image builds: the kubeconfig of the cluster the build
-    Jobs run in (unset: the controller pod's in-cluster config) and the
+    The cluster home's: the kubeconfig of the cluster whose API the
+    controller calls (image build Jobs, KServe, the leader's Lease; unset:
+    the controller pod's in-cluster config) and the
     registry credentials (a ``.dockerconfigjson`` file) the controller asks
     the registry with (:class:`ArgoSettings`).
     The bearer token of an Environment's Argo Server is read from the variable

@@ -157,6 +157,7 @@ def _check_environment(spec: dict[str, Any]) -> list[Problem]:
             if field_name in pipeline:
                 where = ("spec", "pipeline", field_name)
                 problems.append(Problem(where, "is for runner 'argo' only", at_key=True, named=True))
+    problems += _check_serving(spec, home)
     for field_name, what in (("images", "models' images"), ("artifacts", "where steps save models")):
         if home == "cluster" and field_name not in spec:
             problems.append(Problem(("spec", "home"), f"home 'cluster' needs {field_name} ({what})"))
@@ -164,6 +165,33 @@ def _check_environment(spec: dict[str, Any]) -> list[Problem]:
             problems.append(
                 Problem(("spec", field_name), "is for home 'cluster' only", at_key=True, named=True)
             )
+    return problems
+
+
+def _check_serving(spec: dict[str, Any], home: str) -> list[Problem]:
+    """``serving.backend: kserve`` serves in a cluster, is analysed by Prometheus, alone has a namespace."""
+    serving = spec.get("serving", {})
+    if serving.get("backend", "local") != "kserve":
+        if "namespace" in serving:
+            where: DocPath = ("spec", "serving", "namespace")
+            return [Problem(where, "is for serving.backend 'kserve' only", at_key=True, named=True)]
+        return []
+    problems: list[Problem] = []
+    if home != "cluster":
+        problems.append(
+            Problem(
+                ("spec", "serving", "backend"),
+                "'kserve' needs home: cluster "
+                "(KServe serves in a Kubernetes cluster; use local on one machine)",
+            )
+        )
+    if spec.get("metrics", {}).get("source", "builtin") != "prometheus":
+        problems.append(
+            Problem(
+                ("spec", "serving", "backend"),
+                "'kserve' needs metrics.source: prometheus (the builtin source reads the local router only)",
+            )
+        )
     return problems
 
 
@@ -325,18 +353,6 @@ NOT_YET: tuple[NotYet, ...] = (
         ("spec", "triggers", "drift"),
         None,
         "nothing retrains on drift; remove it",
-    ),
-    NotYet(
-        "Environment",
-        ("spec", "serving", "backend"),
-        "kserve",
-        "models are served only by the local backend; use local",
-    ),
-    NotYet(
-        "Environment",
-        ("spec", "serving", "namespace"),
-        None,
-        "it is for the kserve backend, which is not built; remove it",
     ),
 )
 

@@ -63,6 +63,7 @@ class FakeKube:
     _server: ThreadingHTTPServer | None = None
     _clients: list[k8s.ApiClient] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
+    plugins: list[Any] = field(default_factory=list)  # more routes: handles(path), answer(...); kserve_api
 
     def api_client(self) -> k8s.ApiClient:
         """A real ``kubernetes`` client pointed at this server; closed by :meth:`stop`."""
@@ -163,7 +164,29 @@ class FakeKube:
                 if not self._routed("PUT", json.loads(self.rfile.read(int(self.headers["Content-Length"])))):
                     self._status(404, "NotFound", f"no route for PUT {urlsplit(self.path).path}")
 
+            def _plugged(self, method: str) -> bool:
+                split = urlsplit(self.path)
+                plugin = next((p for p in outer.plugins if p.handles(split.path)), None)
+                if plugin is None:
+                    return False
+                outer.requests.append((method, self.path))
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length)) if length else None
+                query = {k: v[0] for k, v in parse_qs(split.query).items()}
+                self._send(*plugin.answer(method, split.path, query, body))
+                return True
+
+            def do_PATCH(self) -> None:
+                if not self._plugged("PATCH"):
+                    self._status(404, "NotFound", f"no route for PATCH {self.path}")
+
+            def do_DELETE(self) -> None:
+                if not self._plugged("DELETE"):
+                    self._status(404, "NotFound", f"no route for DELETE {self.path}")
+
             def do_POST(self) -> None:
+                if self._plugged("POST"):
+                    return
                 path = urlsplit(self.path).path
                 outer.requests.append(("POST", self.path))
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
@@ -186,6 +209,8 @@ class FakeKube:
                 self._status(404, "NotFound", f"no route for POST {path}")
 
             def do_GET(self) -> None:
+                if self._plugged("GET"):
+                    return
                 split = urlsplit(self.path)
                 query = {k: v[0] for k, v in parse_qs(split.query).items()}
                 outer.requests.append(("GET", self.path))

@@ -31,13 +31,14 @@ from pathlib import Path
 from typing import Any, cast
 
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
 from controller.backends.images import BuiltImage, ImageError, ImageRequest
 from controller.backends.images.dockerfile import DOCKERFILE, archive
 from controller.backends.images.registry import Registries, Registry
+from controller.backends.kube import KubeConfigError
+from controller.backends.kube import kube_client as shared_kube_client
 from controller.clock import Clock
 from controller.specs.types import ImagesSpec
 
@@ -63,23 +64,11 @@ def job_name(model: str, tag: str) -> str:
 
 
 def kube_client(kubeconfig: Path | None) -> k8s.ApiClient:
-    """A ``kubernetes`` client from ``kubeconfig`` (its current context), else the in-cluster config.
-
-    Raises :class:`ImageError` saying which could not be read and why.
-    """
+    """:func:`controller.backends.kube.kube_client`, raising :class:`ImageError` saying which and why."""
     try:
-        if kubeconfig is not None:
-            configuration = k8s.Configuration()
-            k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=str(kubeconfig), client_configuration=configuration
-            )
-        else:
-            configuration = k8s.Configuration()
-            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        return k8s.ApiClient(configuration)
-    except (k8s_config.ConfigException, OSError, ValueError) as error:
-        where = f"kubeconfig {kubeconfig}" if kubeconfig is not None else "the in-cluster config"
-        raise ImageError(f"no Kubernetes API to build images in: {where}: {error}") from None
+        return shared_kube_client(kubeconfig)
+    except KubeConfigError as error:
+        raise ImageError(f"no Kubernetes API to build images in: {error}") from None
 
 
 def manifest_digest(log: str) -> str | None:

@@ -6,11 +6,17 @@ module turns the check into an instant PromQL query and runs it through
 ``prometheus_api_client.PrometheusConnect``.
 
 - Built-in checks become PromQL over the router's ``flywheel_*`` metrics
-  (see :func:`builtin_queries`).
+  (see :func:`builtin_queries`), or, where a version is served by a KServe
+  revision (the ``revisions`` lookup the composition root gives, see
+  :class:`Revision`), over the metrics that revision's queue proxy exports
+  (see :func:`revision_queries`), so a spec's checks read the same on both
+  homes.
 - A check's own ``query`` has ``{{model}}``, ``{{version}}`` and
   ``{{environment}}`` filled in as escaped label values, so a name cannot end
-  the string it sits in and inject PromQL, and ``{{window}}`` as a PromQL
-  duration such as ``1m``.
+  the string it sits in and inject PromQL, ``{{window}}`` as a PromQL
+  duration such as ``1m``, and on KServe ``{{revision}}`` and
+  ``{{namespace}}`` as the revision serving the version and its namespace
+  (no revision known: no value, with the reason).
 - The query must give one number: an empty result ("no series"), NaN (0/0,
   no requests), several series, an HTTP error and an unreachable server all
   become a measurement without a value and with the reason; nothing raises.
@@ -22,6 +28,7 @@ import ast
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -41,7 +48,26 @@ from controller.backends.metrics import (
 )
 from controller.specs.types import AnalysisCheck
 
-_PLACEHOLDER = re.compile(r"\{\{\s*(model|version|environment|window)\s*\}\}")
+_PLACEHOLDER = re.compile(r"\{\{\s*(model|version|environment|window|revision|namespace)\s*\}\}")
+# What a KServe revision's queue proxy exports (Knative serving's names); latencies in milliseconds.
+REVISION_REQUESTS = "revision_app_request_count"  # counter: namespace_name, revision_name, response_code…
+REVISION_LATENCIES = "revision_app_request_latencies"  # histogram, milliseconds
+
+
+@dataclass(frozen=True)
+class Revision:
+    """The KServe revision serving one version: its namespace and name, as its metrics are labelled."""
+
+    namespace: str
+    name: str
+
+
+RevisionLookup = Callable[[str, str, str], "Revision | None"]
+"""(environment, model, version) → the revision serving it; None where the environment is not on KServe.
+
+Raises :class:`LookupError` saying why when the environment is on KServe but
+no revision of the version is known (not deployed, or KServe unreachable).
+"""
 _BODY_REPR = re.compile(r"\((b(['\"]).*\2)\)\s*$", re.DOTALL)
 
 
@@ -81,15 +107,37 @@ def promql_duration(seconds: float) -> str:
     return "".join(parts)
 
 
-def render_query(template: str, *, model: str, version: str, environment: str, window_seconds: float) -> str:
-    """Fill the ``{{...}}`` placeholders of a check's PromQL template."""
+def render_query(
+    template: str,
+    *,
+    model: str,
+    version: str,
+    environment: str,
+    window_seconds: float,
+    revision: Revision | None = None,
+) -> str:
+    """Fill the ``{{...}}`` placeholders of a check's PromQL template.
+
+    Raises :class:`ValueError` when the template names ``{{revision}}`` or
+    ``{{namespace}}`` and no ``revision`` is given.
+    """
     values = {
         "model": escape_label_value(model),
         "version": escape_label_value(version),
         "environment": escape_label_value(environment),
         "window": promql_duration(window_seconds),
     }
-    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
+    if revision is not None:
+        values["revision"] = escape_label_value(revision.name)
+        values["namespace"] = escape_label_value(revision.namespace)
+
+    def fill(match: re.Match[str]) -> str:
+        if match.group(1) not in values:
+            name = match.group(1)
+            raise ValueError(f"{{{{{name}}}}} is known only where a KServe revision serves the version")
+        return values[match.group(1)]
+
+    return _PLACEHOLDER.sub(fill, template)
 
 
 @dataclass(frozen=True)
@@ -131,6 +179,33 @@ def builtin_queries(
     raise ValueError(f"unknown builtin check {builtin!r}")
 
 
+def revision_queries(
+    builtin: str, *, percentile: float | None, revision: Revision, window_seconds: float
+) -> Queries:
+    """The PromQL for a built-in check over a KServe revision's queue-proxy metrics.
+
+    The same measures as :func:`builtin_queries`: a success is a 2xx answer,
+    a latency is in seconds.
+    """
+    selector = (
+        f'namespace_name="{escape_label_value(revision.namespace)}",'
+        f'revision_name="{escape_label_value(revision.name)}"'
+    )
+    window = promql_duration(window_seconds)
+    total = f"sum(increase({REVISION_REQUESTS}{{{selector}}}[{window}]))"
+    if builtin == "requestCount":
+        return Queries(value=total)
+    if builtin == "successRate":
+        success = f'sum(increase({REVISION_REQUESTS}{{{selector},response_code_class="2xx"}}[{window}]))'
+        return Queries(value=f"({success} or vector(0)) / {total}", samples=total)
+    if builtin == "latency":
+        q = (percentile if percentile is not None else DEFAULT_PERCENTILE) / 100.0
+        buckets = f"sum by (le) (rate({REVISION_LATENCIES}_bucket{{{selector}}}[{window}]))"
+        count = f"sum(increase({REVISION_LATENCIES}_count{{{selector}}}[{window}]))"
+        return Queries(value=f"histogram_quantile({q:g}, {buckets}) / 1000", samples=count)
+    raise ValueError(f"unknown builtin check {builtin!r}")
+
+
 class PrometheusMetrics:
     """A :class:`~controller.backends.metrics.MetricsSource` backed by a Prometheus server.
 
@@ -139,8 +214,9 @@ class PrometheusMetrics:
     release its HTTP connections.
     """
 
-    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 5.0, revisions: RevisionLookup | None = None) -> None:
         self.url = url.rstrip("/")
+        self.revisions = revisions
         retry = Retry(total=1, connect=1, read=0, status=0, backoff_factor=0, raise_on_status=False)
         # The library annotates timeout as int; requests takes any number of seconds.
         client_timeout: Any = timeout
@@ -161,6 +237,10 @@ class PrometheusMetrics:
         self, check: AnalysisCheck, *, model: str, version: str, environment: str, window_seconds: float
     ) -> Measurement:
         try:
+            revision = self.revisions(environment, model, version) if self.revisions is not None else None
+        except LookupError as err:
+            return Measurement.missing(str(err.args[0]) if err.args else f"no revision of {model} {version}")
+        try:
             if check.query is not None:
                 queries = Queries(
                     value=render_query(
@@ -169,8 +249,16 @@ class PrometheusMetrics:
                         version=version,
                         environment=environment,
                         window_seconds=window_seconds,
+                        revision=revision,
                     ),
                     nan_reason=f"query returned NaN ({NO_REQUESTS}?)",
+                )
+            elif check.builtin is not None and revision is not None:
+                queries = revision_queries(
+                    check.builtin,
+                    percentile=check.percentile,
+                    revision=revision,
+                    window_seconds=window_seconds,
                 )
             elif check.builtin is not None:
                 queries = builtin_queries(

@@ -1,0 +1,85 @@
+"""The composition root's part for KServe: the kserve serving backend and the revisions analysis reads.
+
+:func:`controller.app.build_controller` calls :func:`kserve_backends` for the
+serving backends this controller has by name (``kserve`` when the release
+branch has an Environment served by KServe, through the Kubernetes API of
+``FLYWHEEL_KUBECONFIG``, else the pod's own) and gives the Prometheus metrics
+source :func:`revision_lookup`, so a check on a version served by KServe
+reads the metrics of the revision serving it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from kubernetes import client as k8s
+
+from controller.backends.images import image_reference
+from controller.backends.kube import KubeConfigError, kube_client
+from controller.backends.metrics.prometheus import Revision, RevisionLookup
+from controller.backends.serving import ServedVersion, ServingBackend
+from controller.backends.serving.kserve import KServeServing
+from controller.backends.serving.kserve_spec import namespace_of
+from controller.clock import Clock
+from controller.settings import ArgoSettings, SettingsError
+from controller.specs.types import Catalog, Environment, PvcArtifacts
+
+__all__ = ["kserve_backends", "revision_lookup"]
+
+
+def _image_of(environment: Environment, version: ServedVersion) -> str | None:
+    if environment.images is None or version.environment is None:
+        return None
+    return image_reference(environment.images, version.model, version.environment.hash)
+
+
+def kserve_backends(
+    catalog: Catalog, argo: ArgoSettings, *, clock: Clock, api: k8s.ApiClient | None = None
+) -> dict[str, ServingBackend]:
+    """``{"kserve": KServeServing}`` when ``catalog`` (the release branch's) serves on KServe, else nothing.
+
+    The Kubernetes API is ``api``, else :func:`~controller.backends.kube.kube_client`'s;
+    none to be had is one :class:`SettingsError` naming the environment. An
+    Environment served by KServe that is merged while the controller runs
+    gets the backend at the next start (until then its rollouts fail saying
+    this controller has no kserve backend).
+    """
+    served = sorted(
+        (e for e in catalog.environments.values() if e.serving_backend == "kserve"), key=lambda e: e.name
+    )
+    if api is None and not served:
+        return {}
+    if api is None:
+        try:
+            api = kube_client(argo.kubeconfig)
+        except KubeConfigError as exc:
+            hint = "" if argo.kubeconfig else " (set FLYWHEEL_KUBECONFIG outside the cluster)"
+            raise SettingsError(
+                f"{served[0].spec_path}: environment {served[0].name!r} is served by KServe: "
+                f"no Kubernetes API: {exc}{hint}"
+            ) from None
+
+    def claim_dir(pvc: PvcArtifacts) -> Path:
+        return argo.claim_dir(pvc.claim_name, pvc.mount_path)
+
+    backend = KServeServing(api=api, clock=clock, claim_dir=claim_dir, image_of=_image_of)
+    return {"kserve": backend}
+
+
+def revision_lookup(backends: Mapping[str, ServingBackend], catalog: Callable[[], Catalog]) -> RevisionLookup:
+    """The revision serving a version in an environment on KServe; None for other environments."""
+
+    def lookup(environment: str, model: str, version: str) -> Revision | None:
+        env = catalog().environments.get(environment)
+        if env is None or env.serving_backend != "kserve":
+            return None
+        backend = backends.get("kserve")
+        if not isinstance(backend, KServeServing):
+            raise LookupError(f"environment {environment!r} is served by kserve, which this controller lacks")
+        name = backend.revision(environment=env, model=model, version=version)
+        if name is None:
+            raise LookupError(f"no KServe revision of {model} {version} is known in {environment}")
+        return Revision(namespace=namespace_of(env), name=name)
+
+    return lookup
