@@ -53,6 +53,7 @@ from controller.backends.serving import (
     ServingBackend,
     ServingError,
 )
+from controller.backends.serving.drift_source import ServedDrift
 from controller.backends.serving.local import LocalServing
 from controller.backends.store import InboxEvent, ModelVersion, Run, open_store
 from controller.backends.store.integrity import verify_state
@@ -335,6 +336,7 @@ def build_controller(
     all_senders.update(senders or {})
     commands = Commands(store=store, catalog=main_catalog, clock=clock)
     triggers, closers = _triggers(settings, repository, store, main_catalog, release_branch, clock)
+    triggers.drift = ServedDrift(serving_backends)  # the routers' live windows
     return Controller(
         store=store,
         repository=repository,

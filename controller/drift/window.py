@@ -61,6 +61,22 @@ class DriftReport:
     def sustained_drift(self, feature: str) -> bool:
         return self.sustained.get(feature, 0) >= self.settings.sustained_windows
 
+    @property
+    def enough_data(self) -> bool:
+        """Some feature of the window has enough rows to say whether it drifts."""
+        return any(f.status != NOT_ENOUGH_DATA for f in self.features)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> DriftReport:
+        """The inverse of :meth:`to_json` (its ``window_started``, a monotonic time, is not kept)."""
+        features = doc["features"]
+        return cls(
+            window=str(doc["window"]), window_started=0.0, rows=int(doc["rows"]),
+            features=tuple(FeatureDrift.from_json(f) for f in features),
+            sustained={str(f["feature"]): int(f.get("sustained_windows", 0)) for f in features},
+            settings=DriftMonitoring.from_json(doc.get("settings") or {}),
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "window": self.window,
