@@ -100,8 +100,9 @@ def _feature(name: str, status: str, samples: int = 500, psi: float = 0.01) -> F
 def _report(sustained: dict[str, int] | None = None, **statuses: str) -> DriftReport:
     features = tuple(_feature(name, status, psi=0.9 if status == "drift" else 0.01)
                      for name, status in statuses.items())
+    streaks = {name: (sustained or {}).get(name, 0) for name in statuses}
     return DriftReport(window="current", window_started=0.0, rows=500, features=features,
-                       sustained={name: (sustained or {}).get(name, 0) for name in statuses}, settings=SETTINGS)
+                       sustained=streaks, settings=SETTINGS)
 
 
 # ------------------------------------------------------------------ spec
@@ -122,7 +123,8 @@ def test_the_spec_takes_true_or_the_features_and_false_is_no_trigger() -> None:
 
 def _decide(report: DriftReport | None, *, episode: DriftEpisode | None = None, version: str | None = "v1",
             trigger: Drift | None = None) -> Any:
-    return drift_decision(trigger or Drift(), environment="production", version=version, report=report, episode=episode)
+    return drift_decision(trigger or Drift(), environment="production", version=version, report=report,
+                          episode=episode)
 
 
 def test_too_few_rows_is_waiting_never_no_drift() -> None:
