@@ -284,7 +284,7 @@ class TriggerEngine:
     # ---------------------------------------------------------- proposing
 
     def _fire(self, model: Model, state: TriggerState, reason: Reason, record: dict[str, Any]) -> set[str]:
-        detail: dict[str, Any] = {**record, **reason.detail, "reason": reason.title}
+        detail: dict[str, Any] = {**record, **reason.detail, "reason": reason.title, "body": reason.body}
         try:
             proposed = self.proposer.propose(model, reason)
         except AlreadyOnMain as exc:
