@@ -22,7 +22,9 @@ build the app with :func:`create_app` around a store of their own.
 
 When ``settings.slack_signing_secret`` is set, ``POST /hooks/slack/actions``
 is mounted too (:mod:`webhooks.slack`: the Approve/Reject buttons, whose
-requests' freshness is judged on the ``clock`` passed in).
+requests' freshness is judged on the ``clock`` passed in). When
+``settings.drift_token`` is set, ``POST /drift/{model}/{environment}`` is
+mounted (:mod:`webhooks.drift`: KServe's inference logger's CloudEvents).
 
 The service only verifies and enqueues: it never waits on training, and
 decides nothing; the controller's inbox consumer (:mod:`controller.engine.inbox`)
@@ -58,7 +60,9 @@ from starlette.routing import Route
 from controller.backends.forge.payloads import GITHUB_SOURCE
 from controller.backends.store import Inbox, Transactions
 from controller.clock import Clock
+from controller.drift.logger import DRIFT_LOGGER_PATH
 from controller.settings import SettingsError, WebhookSettings
+from webhooks.drift import drift_endpoint
 from webhooks.github import HANDLED_EVENTS, BadDelivery, Delivery, parse_delivery, verify_signature
 from webhooks.slack import SLACK_ACTIONS_PATH, actions_endpoint
 
@@ -360,6 +364,10 @@ def create_app(settings: WebhookSettings, store: InboxStore, *, clock: Clock | N
             max_body_bytes=settings.max_body_bytes,
         )
         routes.append(Route(SLACK_ACTIONS_PATH, slack_actions, methods=["POST"]))
+    if settings.drift_token is not None:
+        drift = drift_endpoint(token=settings.drift_token, inbox=store, read_body=_read_limited,
+                               max_body_bytes=settings.max_body_bytes, registry=metrics.registry)
+        routes.append(Route(DRIFT_LOGGER_PATH, drift, methods=["POST"]))
     return Starlette(routes=routes)
 
 
