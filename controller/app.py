@@ -336,7 +336,7 @@ def build_controller(
     all_senders.update(senders or {})
     commands = Commands(store=store, catalog=main_catalog, clock=clock)
     triggers, closers = _triggers(settings, repository, store, main_catalog, release_branch, clock)
-    triggers.drift = ServedDrift(serving_backends)  # the routers' live windows
+    triggers.drift = drift = ServedDrift.with_cluster(serving_backends, state_dir / "drift", clock=clock)
     return Controller(
         store=store,
         repository=repository,
@@ -345,6 +345,7 @@ def build_controller(
         serving=serving_backend,
         inbox=InboxDispatcher(
             store, _handlers(store, proposals, rollouts, commands, forge=forge, catalog=main_catalog)
+            | drift.handlers()
         ),
         senders=all_senders,
         commands=commands,
@@ -353,7 +354,7 @@ def build_controller(
         clock=clock,
         watch=watch,
         triggers=triggers,
-        closers=closers,
+        closers=[*closers, drift.save],
     )
 
 

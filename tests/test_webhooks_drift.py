@@ -1,4 +1,4 @@
-"""The drift endpoint of the webhook service: KServe's inference logger's CloudEvents into the inbox.
+"""The drift endpoint of the webhook service and the controller's consumer of what it queues.
 
 Pins down: a request and its answer, in CloudEvents binary mode (``ce-*``
 headers) and structured mode (``application/cloudevents+json``), with the
@@ -9,7 +9,11 @@ nothing; a missing or wrong token is a 401 and an unknown model changes
 nothing either; a body that is not a CloudEvent, or whose data is not a JSON
 object, is a 400; other event types are ignored; the counts are on
 ``/metrics``; the endpoint is mounted only with a token, which must be long
-enough; the KServe backend's logger URL is the endpoint's.
+enough; the KServe backend's logger URL is the endpoint's. The controller's
+consumer pairs each request with its answer (either may come first) and adds
+the rows to the answering version's window, which the drift trigger reads
+(a shifted feature drifts, the others do not) and which is saved under the
+state directory.
 """
 
 from __future__ import annotations
@@ -134,3 +138,53 @@ def test_the_logger_the_kserve_backend_renders_posts_to_the_endpoint(client: Tes
     headers, body = binary(REQUEST_EVENT, "e-2")
     assert client.post(f"{url.path}?{url.query}", headers=headers, content=body).status_code == 202
     assert [d for _, d, _, _ in rows(state)] == ["e-2/request"]
+
+
+# ------------------------------------------------------------------ the controller's consumer
+
+
+def test_the_consumer_pairs_requests_with_answers_and_fills_the_versions_window(
+    client: TestClient, store: SqlStore, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from controller.backends.serving.drift_source import ServedDrift
+    from controller.clock import FakeClock
+    from controller.drift import build_profile
+    from controller.drift.profile import write_profile
+    from controller.engine.inbox import InboxDispatcher
+    from controller.specs.types import DriftMonitoring, Environment
+    from controller.steplib import flywheel_reference
+
+    features = ["a", "b", "c", "d"]
+    reference = np.random.default_rng(0).normal(size=(2000, 4))
+    data = flywheel_reference.write(reference, features, path=tmp_path / "reference.csv")
+    assert data is not None
+    write_profile(build_profile(data), tmp_path)
+    drift = ServedDrift.with_cluster({}, tmp_path / "drift", clock=FakeClock())
+    assert drift.cluster is not None
+    settings = DriftMonitoring(min_samples=200, sustained_windows=1)
+    drift.cluster.watch(environment="production", model="iris", version="v1",
+                        profile=tmp_path / "flywheel-reference-profile.json", settings=settings)
+
+    live = np.random.default_rng(1).normal(size=(300, 4))
+    live[:, 1] += 1.0
+    for index in range(0, 300, 30):
+        chunk = live[index:index + 30]
+        tensor = {"name": "x", "shape": [30, 4], "datatype": "FP64", "data": chunk.ravel().tolist()}
+        request = {"inputs": [tensor]}
+        answer = {"model_name": "iris", "model_version": "v1",
+                  "outputs": [{"name": "p", "shape": [30], "datatype": "INT64", "data": [0] * 30}]}
+        for event_type, body in ((RESPONSE_EVENT, answer), (REQUEST_EVENT, request)):  # either may come first
+            headers, content = binary(event_type, f"e-{index}", body)
+            assert client.post(f"{PATH}?token={TOKEN}", headers=headers, content=content).status_code == 202
+    InboxDispatcher(store, drift.handlers()).handle_due(limit=100)
+
+    cluster = Environment(name="production", spec_path="environments/production.yaml", home="cluster",
+                          serving_backend="kserve")
+    version, report = drift.production(environment=cluster, model="iris")
+    assert version == "v1" and report is not None and report.rows == 300
+    statuses = {f.feature: f.status for f in report.features}
+    assert statuses["b"] == "drift" and statuses["a"] == "stable"
+    drift.save()
+    assert (tmp_path / "drift" / "production" / "drift-windows" / "iris" / "v1.json").exists()

@@ -36,12 +36,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from controller.backends.store import Inbox
-from controller.drift.logger import REQUEST_EVENT, RESPONSE_EVENT, TOKEN_HEADER, TOKEN_PARAMETER
+from controller.drift.logger import (
+    DRIFT_EVENT_KIND,
+    DRIFT_EVENT_SOURCE,
+    REQUEST_EVENT,
+    RESPONSE_EVENT,
+    TOKEN_HEADER,
+    TOKEN_PARAMETER,
+)
 
-__all__ = ["DRIFT_EVENT_KIND", "DRIFT_SOURCE", "drift_endpoint"]
-
-DRIFT_SOURCE = "kserve"
-DRIFT_EVENT_KIND = "drift.inference"
+__all__ = ["drift_endpoint"]
 _PARTS = {REQUEST_EVENT: "request", RESPONSE_EVENT: "response"}
 _log = logging.getLogger("flywheel.webhooks.drift")
 
@@ -82,7 +86,7 @@ def drift_endpoint(
         event_id = str(event.get_id())
         payload = {"model": model, "environment": environment, "id": event_id, "part": part,
                    "source": str(event.get_source()), "data": data}
-        put = partial(inbox.put_event, source=DRIFT_SOURCE, delivery_id=f"{event_id}/{part}",
+        put = partial(inbox.put_event, source=DRIFT_EVENT_SOURCE, delivery_id=f"{event_id}/{part}",
                       kind=DRIFT_EVENT_KIND, payload=payload)
         try:
             fresh = await anyio.to_thread.run_sync(put)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import urllib.parse
 
 __all__ = [
+    "DRIFT_EVENT_KIND",
+    "DRIFT_EVENT_SOURCE",
     "DRIFT_LOGGER_PATH",
     "REQUEST_EVENT",
     "RESPONSE_EVENT",
@@ -28,6 +30,8 @@ __all__ = [
 ]
 
 DRIFT_LOGGER_PATH = "/drift/{model}/{environment}"
+DRIFT_EVENT_SOURCE = "kserve"  # the inbox's source of the logger's events
+DRIFT_EVENT_KIND = "drift.inference"  # their kind: one request or one answer, by ce-id
 REQUEST_EVENT = "org.kubeflow.serving.inference.request"
 RESPONSE_EVENT = "org.kubeflow.serving.inference.response"
 TOKEN_PARAMETER = "token"

@@ -144,6 +144,10 @@ class DriftWatch(Collector):
     def watches(self, model: str, version: str) -> bool:
         return (model, version) in self._monitors
 
+    def versions(self) -> list[tuple[str, str]]:
+        """The (model, version) pairs watched."""
+        return sorted(self._monitors)
+
     def observe(self, model: str, version: str, request: bytes, answer: bytes) -> None:
         """Sample one answered inference request; bodies that are not OIP JSON are skipped."""
         monitor = self._monitors.get((model, version))
