@@ -225,8 +225,9 @@ class ServingWatch:
         watched: set[tuple[str, str]] = set()
         for environment, models in _watched(catalog, rollouts):
             observed = self._observe(environment)
+            served_in = self.rollouts.served_in(environment=environment.name, at=now)  # one read for all
             for model in models:
-                served = self.rollouts.served_at(environment=environment.name, model=model, at=now)
+                served = served_in.get(model, [])
                 expected = expected_serving(
                     environment=environment.name, model=model, served=served, rollout=rollouts.get(model)
                 )
