@@ -228,10 +228,13 @@ class ServingWatch:
             served_in = self.rollouts.served_in(environment=environment.name, at=now)  # one read for all
             for model in models:
                 served = served_in.get(model, [])
+                watched.add((environment.name, model))
+                idle = not served and model not in rollouts
+                if idle and model not in observed.routes and model not in observed.live:
+                    continue  # nothing expected, nothing serving: compare() would find nothing
                 expected = expected_serving(
                     environment=environment.name, model=model, served=served, rollout=rollouts.get(model)
                 )
-                watched.add((environment.name, model))
                 found.update((d.key, d) for d in compare(expected, observed))
         for key, discrepancy in found.items():
             if key not in self._open:
