@@ -12,8 +12,8 @@ object, is a 400; other event types are ignored; the counts are on
 enough; the KServe backend's logger URL is the endpoint's. The controller's
 consumer pairs each request with its answer (either may come first) and adds
 the rows to the answering version's window, which the drift trigger reads
-(a shifted feature drifts, the others do not) and which is saved under the
-state directory.
+(a shifted feature drifts, the others do not), which is saved under the
+state directory, and whose gauges the webhook service's ``/metrics`` exports.
 """
 
 from __future__ import annotations
@@ -188,3 +188,10 @@ def test_the_consumer_pairs_requests_with_answers_and_fills_the_versions_window(
     assert statuses["b"] == "drift" and statuses["a"] == "stable"
     drift.save()
     assert (tmp_path / "drift" / "production" / "drift-windows" / "iris" / "v1.json").exists()
+
+    hooks_app = create_app(WebhookSettings(github_secrets=("s",)), store, collectors=[drift.cluster])
+    with TestClient(hooks_app) as hooks:
+        gauges = hooks.get("/metrics").text
+    for feature, drifted in (("b", "1.0"), ("a", "0.0")):
+        labels = f'environment="production",feature="{feature}",model="iris",version="v1"'
+        assert f"flywheel_drift_drifted{{{labels}}} {drifted}" in gauges

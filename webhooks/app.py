@@ -47,11 +47,13 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -278,14 +280,22 @@ class _InboxWriter:
                 loop.call_soon_threadsafe(_settle, answers)
 
 
-def create_app(settings: WebhookSettings, store: InboxStore, *, clock: Clock | None = None) -> Starlette:
+def create_app(
+    settings: WebhookSettings,
+    store: InboxStore,
+    *,
+    clock: Clock | None = None,
+    collectors: Sequence[Collector] = (),
+) -> Starlette:
     """The receiver's ASGI app, writing verified deliveries to ``store``.
 
     ``store`` is called from the app's inbox writer thread and from worker
     threads, so it must be usable from any thread (a file-backed or
     PostgreSQL store; not ``sqlite://`` in memory).
     ``clock`` judges how old a Slack request is; it is required when a Slack
-    signing secret is set, and unused otherwise.
+    signing secret is set, and unused otherwise. ``collectors`` are exported
+    on ``/metrics`` too (``flywheel serve`` passes the controller's drift
+    gauges of the cluster's environments).
     """
     if settings.slack_signing_secret is not None and clock is None:
         raise SettingsError(
@@ -293,6 +303,8 @@ def create_app(settings: WebhookSettings, store: InboxStore, *, clock: Clock | N
             "Slack's requests by; pass clock=... or unset the Slack signing secret"
         )
     metrics = _Metrics()
+    for collector in collectors:
+        metrics.registry.register(collector)
     secrets = settings.github_secrets
     inbox = _InboxWriter(store)
 

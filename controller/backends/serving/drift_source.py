@@ -13,10 +13,14 @@ logger posts to the webhook service.
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from controller.backends.serving import ServingBackend, ServingError
 from controller.backends.serving.drift_watch import DriftWatch
@@ -85,7 +89,7 @@ class ServedDrift:
         return version, None
 
 
-class ClusterDrift:
+class ClusterDrift(Collector):
     """The live windows of the versions KServe serves, kept by the controller from the logger's events.
 
     The KServe backend calls :meth:`watch` when it deploys a version that has
@@ -97,7 +101,10 @@ class ClusterDrift:
     the one version of the model watched there. Each environment's windows
     are a :class:`~.drift_watch.DriftWatch` under ``state_dir/<environment>``
     (saved as the router saves its own), so they survive a restart of the
-    controller.
+    controller. As a Prometheus collector it exports every environment's
+    ``flywheel_drift_*`` gauges; ``flywheel serve`` registers it on the
+    webhook service's ``/metrics`` (which scrapes it from the service's
+    thread: a lock keeps the windows consistent).
     """
 
     def __init__(self, state_dir: Path, *, now: Callable[[], float], wall: Callable[[], float]) -> None:
@@ -105,6 +112,7 @@ class ClusterDrift:
         self._now, self._wall = now, wall
         self._watches: dict[str, DriftWatch] = {}
         self._halves: OrderedDict[tuple[str, str, str], tuple[str, Any]] = OrderedDict()
+        self._lock = threading.RLock()
 
     def environment(self, name: str) -> DriftWatch:
         watch = self._watches.get(name)
@@ -117,12 +125,16 @@ class ClusterDrift:
     def watch(self, *, environment: str, model: str, version: str, profile: Path, settings: DriftMonitoring
               ) -> None:
         """Watch ``version`` of ``model`` in ``environment`` against the reference profile at ``profile``."""
-        self.environment(environment).watch(model, version, {"profile": str(profile),
-                                                             "settings": settings.to_json()})
+        with self._lock:
+            self.environment(environment).watch(model, version, {"profile": str(profile),
+                                                                 "settings": settings.to_json()})
 
     def observe_event(self, event: InboxEvent) -> None:
         """Add a request and its answer (two events, either first) to their version's window."""
-        payload = event.payload
+        with self._lock:
+            self._observe(event.payload)
+
+    def _observe(self, payload: Any) -> None:
         model, environment = str(payload.get("model")), str(payload.get("environment"))
         key, part = (model, environment, str(payload.get("id"))), str(payload.get("part"))
         data = payload.get("data")
@@ -144,7 +156,8 @@ class ClusterDrift:
 
     def production(self, *, environment: Environment, model: str) -> tuple[str | None, DriftReport | None]:
         """The watched version of ``model`` with the most rows in its window, and its drift."""
-        reports = list(self.environment(environment.name).to_json(model)["versions"])
+        with self._lock:
+            reports = list(self.environment(environment.name).to_json(model)["versions"])
         if not reports:
             return None, None
         chosen = max(reports, key=lambda r: (r["rows"], r["version"]))
@@ -152,8 +165,21 @@ class ClusterDrift:
 
     def save(self) -> None:
         """Write every environment's windows with their open samples (the controller stops)."""
-        for watch in self._watches.values():
-            watch.save_windows(include_open=True)
+        with self._lock:
+            for watch in self._watches.values():
+                watch.save_windows(include_open=True)
+
+    def collect(self) -> Iterator[Metric]:
+        """Every environment's gauges, one family per name."""
+        merged: dict[str, Metric] = {}
+        with self._lock:
+            for watch in self._watches.values():
+                for family in watch.collect():
+                    if family.name in merged:
+                        merged[family.name].samples.extend(family.samples)
+                    else:
+                        merged[family.name] = family
+        yield from merged.values()
 
 
 _MAX_HALVES = 10_000
