@@ -360,6 +360,27 @@ def test_served_at_answers_for_times_between_changes(store: SqlStore) -> None:
         store.record_serving(environment="production", model="churn", version=1, weight=101)
 
 
+def test_served_in_is_served_at_of_every_model_of_an_environment(store: SqlStore) -> None:
+    _register(store, _succeeded_run(store, commit="a"))
+    _register(store, _succeeded_run(store, commit="b"))
+    _register(store, _succeeded_run(store, model="fraud", commit="c"))
+    _register(store, _succeeded_run(store, model="spam", commit="d"))
+    t = [T0 + timedelta(hours=h) for h in range(3)]
+    store.record_traffic(environment="production", model="churn", weights={1: 90, 2: 10}, at=t[0])
+    store.record_traffic(environment="production", model="churn", weights={2: 100}, at=t[1])
+    store.record_traffic(environment="production", model="fraud", weights={1: 100}, at=t[1])
+    store.record_traffic(environment="production", model="fraud", weights={}, at=t[2])
+    store.record_traffic(environment="staging", model="spam", weights={1: 100}, at=t[0])
+    for at in (t[0], t[1], t[2]):
+        served = store.served_in(environment="production", at=at)
+        assert served == {
+            model: store.served_at(environment="production", model=model, at=at)
+            for model in ("churn", "fraud") if store.served_at(environment="production", model=model, at=at)
+        }
+    assert store.served_in(environment="production", at=t[1]) == {"churn": [(2, 100)], "fraud": [(1, 100)]}
+    assert store.served_in(environment="production", at=t[2]) == {"churn": [(2, 100)]}
+
+
 # ------------------------------------------------------------------ approvals
 
 

@@ -22,7 +22,9 @@ build the app with :func:`create_app` around a store of their own.
 
 When ``settings.slack_signing_secret`` is set, ``POST /hooks/slack/actions``
 is mounted too (:mod:`webhooks.slack`: the Approve/Reject buttons, whose
-requests' freshness is judged on the ``clock`` passed in).
+requests' freshness is judged on the ``clock`` passed in). When
+``settings.drift_token`` is set, ``POST /drift/{model}/{environment}`` is
+mounted (:mod:`webhooks.drift`: KServe's inference logger's CloudEvents).
 
 The service only verifies and enqueues: it never waits on training, and
 decides nothing; the controller's inbox consumer (:mod:`controller.engine.inbox`)
@@ -45,11 +47,13 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -58,7 +62,9 @@ from starlette.routing import Route
 from controller.backends.forge.payloads import GITHUB_SOURCE
 from controller.backends.store import Inbox, Transactions
 from controller.clock import Clock
+from controller.drift.logger import DRIFT_LOGGER_PATH
 from controller.settings import SettingsError, WebhookSettings
+from webhooks.drift import drift_endpoint
 from webhooks.github import HANDLED_EVENTS, BadDelivery, Delivery, parse_delivery, verify_signature
 from webhooks.slack import SLACK_ACTIONS_PATH, actions_endpoint
 
@@ -274,14 +280,22 @@ class _InboxWriter:
                 loop.call_soon_threadsafe(_settle, answers)
 
 
-def create_app(settings: WebhookSettings, store: InboxStore, *, clock: Clock | None = None) -> Starlette:
+def create_app(
+    settings: WebhookSettings,
+    store: InboxStore,
+    *,
+    clock: Clock | None = None,
+    collectors: Sequence[Collector] = (),
+) -> Starlette:
     """The receiver's ASGI app, writing verified deliveries to ``store``.
 
     ``store`` is called from the app's inbox writer thread and from worker
     threads, so it must be usable from any thread (a file-backed or
     PostgreSQL store; not ``sqlite://`` in memory).
     ``clock`` judges how old a Slack request is; it is required when a Slack
-    signing secret is set, and unused otherwise.
+    signing secret is set, and unused otherwise. ``collectors`` are exported
+    on ``/metrics`` too (``flywheel serve`` passes the controller's drift
+    gauges of the cluster's environments).
     """
     if settings.slack_signing_secret is not None and clock is None:
         raise SettingsError(
@@ -289,6 +303,8 @@ def create_app(settings: WebhookSettings, store: InboxStore, *, clock: Clock | N
             "Slack's requests by; pass clock=... or unset the Slack signing secret"
         )
     metrics = _Metrics()
+    for collector in collectors:
+        metrics.registry.register(collector)
     secrets = settings.github_secrets
     inbox = _InboxWriter(store)
 
@@ -360,6 +376,10 @@ def create_app(settings: WebhookSettings, store: InboxStore, *, clock: Clock | N
             max_body_bytes=settings.max_body_bytes,
         )
         routes.append(Route(SLACK_ACTIONS_PATH, slack_actions, methods=["POST"]))
+    if settings.drift_token is not None:
+        drift = drift_endpoint(token=settings.drift_token, inbox=store, read_body=_read_limited,
+                               max_body_bytes=settings.max_body_bytes, registry=metrics.registry)
+        routes.append(Route(DRIFT_LOGGER_PATH, drift, methods=["POST"]))
     return Starlette(routes=routes)
 
 

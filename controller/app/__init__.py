@@ -47,6 +47,7 @@ from controller.backends.pipelines import PipelineRunner
 from controller.backends.pipelines.local import LocalRunner
 from controller.backends.python_env import PythonEnvironment
 from controller.backends.serving import ServedVersion, ServingBackend
+from controller.backends.serving.drift_source import ServedDrift
 from controller.backends.serving.local import LocalServing
 from controller.backends.store import InboxEvent, ModelVersion, Run, open_store
 from controller.backends.store.integrity import verify_state
@@ -342,6 +343,7 @@ def build_controller(
     all_senders.update(senders or {})
     commands = Commands(store=store, catalog=main_catalog, clock=clock)
     triggers, closers = trigger_engine(settings, repository, store, main_catalog, release_branch, clock)
+    triggers.drift = drift = ServedDrift.with_cluster(serving_backends, state_dir / "drift", clock=clock)
     return Controller(
         store=store,
         repository=repository,
@@ -350,6 +352,7 @@ def build_controller(
         serving=serving_backend,
         inbox=InboxDispatcher(
             store, _handlers(store, proposals, rollouts, commands, forge=forge, catalog=main_catalog)
+            | drift.handlers()
         ),
         senders=all_senders,
         commands=commands,
@@ -358,7 +361,7 @@ def build_controller(
         clock=clock,
         watch=watch,
         triggers=triggers,
-        closers=closing + closers,
+        closers=[*closing, *closers, drift.save],
     )
 
 

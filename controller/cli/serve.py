@@ -58,11 +58,14 @@ def webhook_service(settings: Settings, controller: Controller) -> Iterator[None
     import uvicorn
     from starlette.routing import Mount
 
+    from controller.backends.serving.drift_source import ServedDrift
     from controller.backends.store import open_store
     from webhooks.app import create_app
 
     web_store = open_store(settings.store_location, clock=controller.clock)
-    app = create_app(hooks, web_store, clock=controller.clock)
+    drift = controller.triggers.drift if controller.triggers is not None else None
+    gauges = [drift.cluster] if isinstance(drift, ServedDrift) and drift.cluster is not None else []
+    app = create_app(hooks, web_store, clock=controller.clock, collectors=gauges)  # the cluster's drift
     app.routes.append(Mount("/ui", app=_dashboard(settings, web_store, controller)))
     config = uvicorn.Config(app, host=hooks.host, port=hooks.port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)

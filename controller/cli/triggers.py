@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 @click.argument("model", required=False)
 @view_options("The GitOps repository whose main branch has the models' triggers.")
 def triggers(model: str | None, repo: str, branch: str | None, as_json: bool, state_dir: Path) -> None:
-    """Each model's triggers (schedule, dataChange): what they watch, when they last fired and fire next,
-    and why (the last reason and its proposal, a skip or a failure)."""
+    """Each model's triggers (schedule, dataChange, drift): what they watch, when they last fired and
+    fire next, and why (the last reason and its proposal, a skip or a failure)."""
     from controller.clock import SYSTEM_CLOCK
     from controller.engine.trigger_status import trigger_statuses
 

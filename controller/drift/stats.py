@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -53,6 +53,20 @@ class FeatureDrift:
             "feature": self.feature, "kind": self.kind, "samples": self.samples, "status": self.status,
             "psi": self.psi, "test": self.test, "p_value": self.p_value, "threshold": self.threshold,
         }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> FeatureDrift:
+        """The inverse of :meth:`to_json` (a drift table read back from a router or a file)."""
+        status = str(doc["status"])
+        if status not in ("not enough data", "stable", "warn", "drift"):
+            raise ValueError(f"unknown drift status {status!r}")
+        return cls(
+            feature=str(doc["feature"]), kind=str(doc["kind"]), samples=int(doc["samples"]),
+            status=cast(Status, status),
+            psi=None if doc.get("psi") is None else float(doc["psi"]), test=str(doc.get("test", "")),
+            p_value=None if doc.get("p_value") is None else float(doc["p_value"]),
+            threshold=float(doc.get("threshold", 0.0)),
+        )
 
 
 def psi(expected: npt.NDArray[np.float64], actual: npt.NDArray[np.float64]) -> float:

@@ -9,7 +9,15 @@ memory is bounded whatever the traffic. :meth:`VersionMonitor.report` says
 how the latest window with enough rows (the current one, else the last
 closed one) drifts, feature by feature, and for how many windows in a row
 each feature has drifted. Time comes from the caller (a monotonic clock).
+
+:meth:`VersionMonitor.to_state` and :meth:`VersionMonitor.restore` carry the
+windows across a restart of the router (:mod:`controller.backends.serving.drift_watch`
+writes them to its state directory): the closed windows' results, and, when
+asked, the open window's sample. Window starts are kept as seconds before
+the moment of saving, so a monitor restored under another monotonic clock
+(a rebooted machine) places them by the wall-clock time that passed.
 """
+
 
 from __future__ import annotations
 
@@ -61,6 +69,22 @@ class DriftReport:
     def sustained_drift(self, feature: str) -> bool:
         return self.sustained.get(feature, 0) >= self.settings.sustained_windows
 
+    @property
+    def enough_data(self) -> bool:
+        """Some feature of the window has enough rows to say whether it drifts."""
+        return any(f.status != NOT_ENOUGH_DATA for f in self.features)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> DriftReport:
+        """The inverse of :meth:`to_json` (its ``window_started``, a monotonic time, is not kept)."""
+        features = doc["features"]
+        return cls(
+            window=str(doc["window"]), window_started=0.0, rows=int(doc["rows"]),
+            features=tuple(FeatureDrift.from_json(f) for f in features),
+            sustained={str(f["feature"]): int(f.get("sustained_windows", 0)) for f in features},
+            settings=DriftMonitoring.from_json(doc.get("settings") or {}),
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "window": self.window,
@@ -100,6 +124,7 @@ class VersionMonitor:
         self._closed: deque[list[FeatureDrift]] = deque(maxlen=max(1, settings.sustained_windows))
         self._previous: tuple[float, int, list[FeatureDrift]] | None = None
         self._cache: tuple[float, int, list[FeatureDrift]] | None = None
+        self.closed_windows = 0  # windows closed since this monitor started (the router saves on a change)
 
     @property
     def width(self) -> int:
@@ -155,6 +180,57 @@ class VersionMonitor:
         self._window = _Window(window.started + skipped * width, Reservoir(self.settings.sample_size,
                                                                            seed=self._seed))
         self._cache = None
+        self.closed_windows += 1
+
+    # ------------------------------------------------------------ restarts
+
+    def to_state(self, *, now: float, include_open: bool) -> dict[str, Any]:
+        """The windows as JSON: the closed ones' results; the open one's sample when ``include_open``."""
+        state: dict[str, Any] = {
+            "windowSeconds": self.settings.window_seconds,
+            "closed": [[f.to_json() for f in results] for results in self._closed],
+            "previous": None,
+            "open": None,
+        }
+        if self._previous is not None:
+            started, rows, results = self._previous
+            features = [f.to_json() for f in results]
+            state["previous"] = {"age": now - started, "rows": rows, "features": features}
+        window = self._window
+        if include_open:
+            state["open"] = {"age": now - window.started, "seen": window.sample.seen,
+                             "rows": [[list(row), prediction] for row, prediction in window.sample.items]}
+        return state
+
+    def restore(self, state: dict[str, Any], *, now: float, elapsed: float) -> None:
+        """Take back the windows :meth:`to_state` gave, saved ``elapsed`` seconds ago (wall clock).
+
+        Windows of another width are not comparable and are dropped; the open
+        window, when saved, goes on from where it was (and closes at once if
+        its time passed while the router was down).
+        """
+        if float(state.get("windowSeconds", -1)) != self.settings.window_seconds:
+            return
+        for results in state.get("closed", []):
+            self._closed.append([FeatureDrift.from_json(f) for f in results])
+        previous = state.get("previous")
+        if previous:
+            results = [FeatureDrift.from_json(f) for f in previous["features"]]
+            self._previous = (now - elapsed - float(previous["age"]), int(previous["rows"]), results)
+        opened = state.get("open")
+        if opened:
+            sample = Reservoir(self.settings.sample_size, seed=self._seed)
+            sample.items = [(row, prediction) for row, prediction in opened["rows"]][: sample.capacity]
+            sample.seen = max(int(opened["seen"]), len(sample.items))
+            self._window = _Window(now - elapsed - float(opened["age"]), sample)
+        else:  # the open window was lost: the next one starts where it would have
+            width = self.settings.window_seconds
+            last = self._previous[0] if self._previous is not None else now
+            self._window = _Window(last + width, self._window.sample)
+            if self._window.started > now:
+                self._window = _Window(now, self._window.sample)
+        self._cache = None
+        self._roll(now)
 
     def _evaluate_current(self) -> list[FeatureDrift]:
         window = self._window

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -31,6 +31,7 @@ from controller.drift.profile import ProfileError, build_profile, write_profile
 from controller.engine.gates import GateResult, evaluate_gates, failed_gates
 from controller.engine.plan import ReportSpecErrors, ReuseRun
 from controller.engine.report import ReviewReport, StepLine, render_report
+from controller.engine.retrain import RETRAIN_PREFIX
 from controller.specs.types import Catalog, Model
 
 __all__ = [
@@ -74,6 +75,15 @@ class JudgeRecords(ProductionRecords, Protocol):
     def get_run(self, run_id: int) -> Run: ...
 
     def append_audit(self, **entry: Unpack[NewAuditEntry]) -> AuditEntry: ...
+
+    def audit(
+        self,
+        *,
+        model: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+        actions: Collection[str] | None = None,
+    ) -> list[AuditEntry]: ...
 
     def transaction(self) -> AbstractContextManager[None]: ...
 
@@ -303,10 +313,20 @@ class Judge:
             data_fingerprints=run.data_fingerprints,
             steps=steps,
             logs_location=logs if run.status not in ("queued",) else None,
+            why=self._retrain_reason(run),
         )
         if run.ref == self.release_branch:
             return
         self.forge.publish_report(ReviewTarget(run.ref, model.name, run.commit), render_report(report))
+
+    def _retrain_reason(self, run: Run) -> str:
+        """Why a retrain branch's commit was made: the body of the trigger entry that committed it."""
+        if not run.ref.startswith(RETRAIN_PREFIX):
+            return ""
+        for entry in reversed(self.store.audit(model=run.model, actions=("trigger.fired",), limit=20)):
+            if entry.detail.get("branch") == run.ref and entry.detail.get("commit") == run.commit:
+                return str(entry.detail.get("body") or entry.detail.get("reason") or "")
+        return ""
 
     def set_status(self, run: Run, state: CommitState, description: str) -> None:
         if run.ref == self.release_branch:

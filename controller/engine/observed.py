@@ -225,12 +225,16 @@ class ServingWatch:
         watched: set[tuple[str, str]] = set()
         for environment, models in _watched(catalog, rollouts):
             observed = self._observe(environment)
+            served_in = self.rollouts.served_in(environment=environment.name, at=now)  # one read for all
             for model in models:
-                served = self.rollouts.served_at(environment=environment.name, model=model, at=now)
+                served = served_in.get(model, [])
+                watched.add((environment.name, model))
+                idle = not served and model not in rollouts
+                if idle and model not in observed.routes and model not in observed.live:
+                    continue  # nothing expected, nothing serving: compare() would find nothing
                 expected = expected_serving(
                     environment=environment.name, model=model, served=served, rollout=rollouts.get(model)
                 )
-                watched.add((environment.name, model))
                 found.update((d.key, d) for d in compare(expected, observed))
         for key, discrepancy in found.items():
             if key not in self._open:

@@ -68,6 +68,7 @@ class ReviewReport:
     steps: Sequence[StepLine] = ()
     logs_location: str | None = None
     spec_errors: Sequence[str] = ()
+    why: str = ""  # a retrain's reason (Markdown: the data that changed, the tick, the drift table)
 
 
 def render_report(report: ReviewReport, *, limit: int = COMMENT_LIMIT) -> str:
@@ -95,6 +96,8 @@ def _render(report: ReviewReport, *, tail_lines: int, fold_everything: bool) -> 
     ]
     if report.summary:
         lines += ["", report.summary]
+    if report.why:
+        lines += ["", *_section("Why this retrain", [report.why], fold=fold_everything)]
     if report.reused_run:
         reused = f"run `{report.reused_run}`'s result is reused"
         lines += ["", f"♻️ Cache hit: the inputs are unchanged, so {reused}."]

@@ -23,8 +23,8 @@ __all__ = ["TriggerStatus", "trigger_statuses"]
 @dataclass(frozen=True)
 class TriggerStatus:
     model: str
-    trigger: str  # schedule | dataChange
-    watches: str  # the schedule (cron and zone), or the data inputs watched
+    trigger: str  # schedule | dataChange | drift
+    watches: str  # the schedule (cron and zone), the data inputs watched, or the drift's environment
     last_fired: datetime | None
     next: str  # an ISO 8601 time, "due now", or "on new data"
     why: str
@@ -48,7 +48,7 @@ def trigger_statuses(
     for name, spec in sorted(catalog.models.items()):
         if model is not None and name != model:
             continue
-        if spec.triggers.schedule is None and not spec.triggers.data_change:
+        if spec.triggers.schedule is None and not spec.triggers.data_change and spec.triggers.drift is None:
             continue
         entries = records.audit(model=name, actions=(ARMED, FIRED, SKIPPED, FAILED))
         state = TriggerState.read([e for e in entries if e.action != FAILED])
@@ -56,6 +56,8 @@ def trigger_statuses(
             rows.append(_schedule_row(spec, entries, state, now))
         if spec.triggers.data_change:
             rows.append(_data_row(spec, entries, state))
+        if spec.triggers.drift is not None:
+            rows.append(_drift_row(spec, entries, state))
     return rows
 
 
@@ -124,5 +126,30 @@ def _data_row(model: Model, entries: list[AuditEntry], state: TriggerState) -> T
         watches=", ".join(parts) or "no data inputs",
         last_fired=fired.at if fired is not None and fired.action == FIRED else None,
         next="on new data",
+        why=_why(fired, failed, otherwise),
+    )
+
+
+def _drift_row(model: Model, entries: list[AuditEntry], state: TriggerState) -> TriggerStatus:
+    trigger, settings = model.triggers.drift, model.serving.drift
+    assert trigger is not None
+    where = model.rollout.stages[-1].environment if model.rollout.stages else "no environment"
+    watches = (f"{where}: PSI >= {settings.psi_alert:g} or p < {settings.p_value:g}/features, "
+               f"{settings.sustained_windows} window(s), {settings.min_samples} rows")
+    if trigger.features:
+        watches += f"; only {', '.join(trigger.features)}"
+    fired, failed = _last(entries, "drift")
+    if state.episode is not None:
+        upcoming = (f"after the episode of {state.episode.version} (drift back under the threshold, or "
+                    "another version)")
+    else:
+        upcoming = "on sustained drift"
+    otherwise = "armed; no drift episode yet" if state.drift_armed else "not armed yet"
+    return TriggerStatus(
+        model=model.name,
+        trigger="drift",
+        watches=watches,
+        last_fired=fired.at if fired is not None and fired.action == FIRED else None,
+        next=upcoming,
         why=_why(fired, failed, otherwise),
     )

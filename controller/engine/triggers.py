@@ -1,8 +1,8 @@
-"""The trigger engine: schedules and new data start retrains, each one proposed through git.
+"""The trigger engine: schedules, new data and drift start retrains, each one proposed through git.
 
 Called by the controller's tick (:meth:`controller.app.Controller.tick`) with
-the release branch's catalog. For every model with ``triggers.schedule`` or
-``triggers.dataChange`` it decides, with the pure functions of
+the release branch's catalog. For every model with ``triggers.schedule``,
+``triggers.dataChange`` or ``triggers.drift`` it decides, with the pure functions of
 :mod:`controller.engine.trigger_plan`, whether there is a reason to retrain,
 and hands the reason to the :class:`~controller.engine.retrain.RetrainProposer`,
 which commits it on ``flywheel/retrain/<model>`` and proposes it. Nothing
@@ -17,6 +17,13 @@ needs no proposal (the release branch already pins that data), and
 (once while the same failure repeats; the reason is tried again). A restart
 reads each model's last entries back, so a tick or a data version that fired
 never fires again, and ticks missed while the controller was down fire once.
+
+Drift is read (through a :class:`DriftReader`, every ``data_check_seconds``)
+for the version serving the rollout's last environment. Its entries:
+``trigger.armed`` when the trigger is first seen and when a drift episode is
+over (the drift fell back, another version serves), ``trigger.fired`` once
+per episode with the drift table, ``trigger.skipped`` once per version that
+cannot be judged (no reference profile).
 """
 
 from __future__ import annotations
@@ -31,24 +38,29 @@ from controller.backends.data import DataError
 from controller.backends.data_versions import Observed, watchable
 from controller.backends.store import AuditEntry, NewAuditEntry
 from controller.clock import Clock
+from controller.drift import DriftReport
 from controller.engine.retrain import RETRAIN_PREFIX, AlreadyOnMain, RetrainProposer
 from controller.engine.trigger_plan import (
+    DriftEpisode,
     Reason,
     Version,
     changed_inputs,
     data_reason,
+    drift_decision,
+    drift_reason,
     due_tick,
     next_tick,
     schedule_key,
     schedule_reason,
 )
-from controller.specs.types import Catalog, DataInput, Model
+from controller.specs.types import Catalog, DataInput, Environment, Model
 
 __all__ = [
     "ARMED",
     "FAILED",
     "FIRED",
     "SKIPPED",
+    "DriftReader",
     "TriggerEngine",
     "TriggerRecords",
     "TriggerState",
@@ -86,6 +98,15 @@ class VersionReader(Protocol):
     def current(self, data: DataInput) -> Observed: ...
 
 
+class DriftReader(Protocol):
+    """Where the drift of a served model is read: the router's windows on one machine
+    (:class:`controller.backends.serving.drift_source.ServedDrift`), or a test's stand-in."""
+
+    def production(self, *, environment: Environment, model: str) -> tuple[str | None, DriftReport | None]:
+        """The version of ``model`` with the most traffic in ``environment`` (``None``: none serves) and its
+        drift (``None``: not watched, it has no reference profile); raises when it cannot be read."""
+
+
 @dataclass
 class TriggerState:
     """One model's triggers as the audit log has them (and, in memory, when data is next read)."""
@@ -99,6 +120,10 @@ class TriggerState:
     due_at: float | None = None  # when the schedule's next tick is (a timestamp); None: not read yet
     failures: set[str] = field(default_factory=set)  # audited while they repeat, so each is audited once
     failing: bool = False  # something failed in this evaluation
+    drift_armed: bool = False  # the drift trigger has been seen (audited once)
+    episode: DriftEpisode | None = None  # the drift episode that fired and is not over
+    drift_skipped: str | None = None  # the version last skipped (audited once per version)
+    next_drift_check: float = 0.0  # clock.monotonic() when drift is read next
 
     @classmethod
     def read(cls, entries: list[AuditEntry]) -> TriggerState:
@@ -117,6 +142,14 @@ class TriggerState:
                 self.schedule, self.armed_at, self.last_tick = str(detail.get("schedule")), entry.at, None
             if entry.action != ARMED and detail.get("tick"):
                 self.last_tick = datetime.fromisoformat(str(detail["tick"]))
+        elif detail.get("trigger") == "drift":
+            if entry.action == ARMED:
+                self.drift_armed, self.episode = True, None
+            elif entry.action == FIRED:
+                where, version = str(detail.get("environment")), str(detail.get("version"))
+                self.episode = DriftEpisode(where, version, entry.at)
+            elif entry.action == SKIPPED:
+                self.drift_skipped = str(detail.get("version"))
         elif detail.get("trigger") == "dataChange" and isinstance(detail.get("versions"), dict):
             self.versions = {
                 name: Version(str(v["pin"]), str(v["value"])) for name, v in detail["versions"].items()
@@ -130,16 +163,18 @@ class TriggerEngine:
     proposer: RetrainProposer
     versions: VersionReader
     clock: Clock
-    data_check_seconds: float = 300.0
+    data_check_seconds: float = 300.0  # also how often drift is read
+    drift: DriftReader | None = None  # without one, drift triggers fail saying so
     _states: dict[str, TriggerState] = field(default_factory=dict, init=False, repr=False)
 
     def tick(self) -> set[str]:
         """Evaluate every model's triggers once; the retrain branches proposed (to reconcile now)."""
         proposed: set[str] = set()
         now = self.clock.now()
-        for name, model in sorted(self.catalog().models.items()):
+        catalog = self.catalog()
+        for name, model in sorted(catalog.models.items()):
             triggers = model.triggers
-            if triggers.schedule is None and not triggers.data_change:
+            if triggers.schedule is None and not triggers.data_change and triggers.drift is None:
                 continue
             state = self.state(name)
             state.failing = False
@@ -148,6 +183,8 @@ class TriggerEngine:
                     proposed |= self._schedule(model, state, now)
                 if triggers.data_change:
                     proposed |= self._data(model, state)
+                if triggers.drift is not None:
+                    proposed |= self._drift(model, state, catalog, now)
             except Exception as exc:  # one model's failure never stops the others'
                 self._failed(model, state, "proposing a retrain", exc)
             if not state.failing:
@@ -209,10 +246,45 @@ class TriggerEngine:
         versions = {**known, **observed}
         return self._fire(model, state, reason, {"trigger": "dataChange", "versions": _json(versions)})
 
+    # --------------------------------------------------------------- drift
+
+    def _drift(self, model: Model, state: TriggerState, catalog: Catalog, now: datetime) -> set[str]:
+        trigger = model.triggers.drift
+        assert trigger is not None
+        if self.clock.monotonic() < state.next_drift_check or not model.rollout.stages:
+            return set()
+        state.next_drift_check = self.clock.monotonic() + self.data_check_seconds
+        name = model.rollout.stages[-1].environment
+        if not state.drift_armed:
+            self._audit(model, state, ARMED, {"trigger": "drift", "environment": name})
+        environment = catalog.environments.get(name)
+        if environment is None or self.drift is None:
+            why = f"no environment {name!r}" if environment is None else "this controller reads no drift"
+            self._failed(model, state, "reading drift", RuntimeError(why), trigger="drift")
+            return set()
+        try:
+            version, report = self.drift.production(environment=environment, model=model.name)
+        except Exception as exc:  # a router that is down: tried again at the next check
+            self._failed(model, state, f"reading the drift of {name}", exc, trigger="drift")
+            return set()
+        decision = drift_decision(trigger, environment=name, version=version, report=report,
+                                  episode=state.episode)
+        where = {"trigger": "drift", "environment": name, "version": version, "why": decision.why}
+        if decision.action == "rearm":
+            self._audit(model, state, ARMED, where)
+        elif decision.action == "skip" and state.drift_skipped != version:
+            self._audit(model, state, SKIPPED, {**where, "reason": f"drift of {model.name} not judged"})
+        elif decision.action == "fire":
+            assert version is not None and report is not None
+            reason = drift_reason(model, environment=name, version=version, report=report,
+                                  drifted=decision.drifted, now=now)
+            return self._fire(model, state, reason, {"trigger": "drift"})
+        return set()
+
     # ---------------------------------------------------------- proposing
 
     def _fire(self, model: Model, state: TriggerState, reason: Reason, record: dict[str, Any]) -> set[str]:
-        detail: dict[str, Any] = {**record, **reason.detail, "reason": reason.title}
+        detail: dict[str, Any] = {**record, **reason.detail, "reason": reason.title, "body": reason.body}
         try:
             proposed = self.proposer.propose(model, reason)
         except AlreadyOnMain as exc:

@@ -86,6 +86,7 @@ __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "ENV_ARGO_ARTIFACTS_DIR",
     "ENV_DATABASE_URL",
+    "ENV_DRIFT_TOKEN",
     "ENV_HEALTH_PORT",
     "ENV_KUBECONFIG",
     "ENV_LEADER_ELECTION",
@@ -117,6 +118,7 @@ ENV_SECRET = "FLYWHEEL_GITHUB_WEBHOOK_SECRET"
 ENV_PREVIOUS_SECRET = "FLYWHEEL_GITHUB_WEBHOOK_SECRET_PREVIOUS"
 ENV_MAX_BODY_BYTES = "FLYWHEEL_WEBHOOK_MAX_BODY_BYTES"
 ENV_SLACK_SIGNING_SECRET = "FLYWHEEL_SLACK_SIGNING_SECRET"
+ENV_DRIFT_TOKEN = "FLYWHEEL_DRIFT_TOKEN"
 # Read by the test suite only (tests/fixtures/required.py): set, a test whose reference data or program is
 # missing fails instead of being skipped. CI sets it.
 ENV_TEST_REQUIRE_ALL = "FLYWHEEL_TEST_REQUIRE_ALL"
@@ -263,6 +265,7 @@ class WebhookSettings:
     slack_signing_secret: str | None = field(default=None, repr=False)
     host: str = "127.0.0.1"
     port: int = 8080
+    drift_token: str | None = field(default=None, repr=False)  # mounts POST /drift/{model}/{environment}
 
     def __post_init__(self) -> None:
         if not self.github_secrets or any(not s.strip() for s in self.github_secrets):
@@ -317,12 +320,19 @@ class WebhookSettings:
                 f"{ENV_SLACK_SIGNING_SECRET} is empty: set it to the Slack app's signing secret, "
                 "or unset it to serve no Slack requests"
             )
+        drift_token = env.get(ENV_DRIFT_TOKEN)
+        if drift_token is not None and len(drift_token.strip()) < 16:
+            raise SettingsError(
+                f"{ENV_DRIFT_TOKEN} must be at least 16 characters (a random token the inference loggers "
+                "send), or unset to accept no drift events"
+            )
         return cls(
             github_secrets=tuple(secrets),
             max_body_bytes=limit,
             slack_signing_secret=slack_secret,
             host=host,
             port=port,
+            drift_token=drift_token,
         )
 
 

@@ -140,7 +140,7 @@ def build_model(doc: dict[str, Any], spec_path: str) -> tuple[Model, list[Proble
         triggers=Triggers(
             schedule=_schedule(triggers_doc.get("schedule")),
             data_change=triggers_doc.get("dataChange", False),
-            drift=None if drift_doc is None else Drift(drift_doc["metric"], float(drift_doc["threshold"])),
+            drift=_drift_trigger(drift_doc),
         ),
         notifications=tuple([_notification(n) for n in spec.get("notifications", ())]),
         labels=dict(doc["metadata"].get("labels", {})),
@@ -330,6 +330,13 @@ def _artifacts(doc: dict[str, Any] | None) -> ArtifactsSpec | None:
         )
     pvc = doc["pvc"]
     return PvcArtifacts(claim_name=pvc["claimName"], mount_path=pvc.get("mountPath", "/artifacts"))
+
+
+def _drift_trigger(doc: Any) -> Drift | None:
+    """``triggers.drift``: ``true``, or ``{features: [...]}``; ``false`` or absent: no drift trigger."""
+    if doc is None or doc is False:
+        return None
+    return Drift(features=tuple(doc.get("features", ())) if isinstance(doc, dict) else ())
 
 
 def _drift_monitoring(doc: dict[str, Any]) -> DriftMonitoring:

@@ -87,9 +87,7 @@ def _check_model(spec: dict[str, Any]) -> list[Problem]:
     for index, gate in enumerate(spec.get("validation", {}).get("gates", [])):
         need_metric(gate["metric"], ("spec", "validation", "gates", index, "metric"))
     problems += _check_schedule(spec.get("triggers", {}).get("schedule"))
-    drift = spec.get("triggers", {}).get("drift")
-    if drift is not None:
-        need_metric(drift["metric"], ("spec", "triggers", "drift", "metric"))
+    problems += _check_drift_features(spec)
 
     psi = spec.get("serving", {}).get("drift", {}).get("psi", {})
     if psi.get("warn", 0.1) >= psi.get("alert", 0.25):
@@ -133,6 +131,20 @@ def _check_schedule(schedule: str | dict[str, Any] | None) -> Iterable[Problem]:
             ZoneInfo(zone)
         except (ZoneInfoNotFoundError, ValueError):
             yield Problem(("spec", "triggers", "schedule", "timezone"), f"unknown time zone {zone!r}")
+
+
+def _check_drift_features(spec: dict[str, Any]) -> list[Problem]:
+    """A drift trigger's features are among those ``serving.drift`` watches (when it names some)."""
+    drift = spec.get("triggers", {}).get("drift")
+    watched = spec.get("serving", {}).get("drift", {}).get("features") or []
+    if not isinstance(drift, dict) or not watched:
+        return []
+    return [
+        Problem(("spec", "triggers", "drift", "features", index),
+                f"{name!r} is not watched for drift (serving.drift.features: {', '.join(watched)})")
+        for index, name in enumerate(drift.get("features", ()))
+        if name not in watched and name != "__prediction__"
+    ]
 
 
 def _check_environment(spec: dict[str, Any]) -> list[Problem]:
@@ -347,12 +359,6 @@ NOT_YET: tuple[NotYet, ...] = (
         ("spec", "serving", "runtime"),
         "lightgbm",
         "no lightgbm model server is built; use sklearn, xgboost or custom",
-    ),
-    NotYet(
-        "Model",
-        ("spec", "triggers", "drift"),
-        None,
-        "nothing retrains on drift; remove it",
     ),
 )
 

@@ -214,8 +214,14 @@ class Rollout:
 
 @dataclass(frozen=True)
 class Drift:
-    metric: str
-    threshold: float
+    """``triggers.drift``: sustained drift of the version serving the rollout's last environment retrains.
+
+    The thresholds, the window, the minimum rows and how many windows in a
+    row make drift sustained are the model's ``serving.drift``
+    (:class:`DriftMonitoring`): one place for each threshold.
+    """
+
+    features: tuple[str, ...] = ()  # only these features' drift counts; any watched feature when empty
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,13 @@ controller tells it, per model version, where the version's reference
 profile is and how to judge drift (``PUT /-/drift/{model}/{version}``, sent by
 :meth:`.routers.Routers.watch_drift` when a version is deployed); the watch
 keeps that in ``drift.json`` beside the router's routes, so a restarted
-router watches the same versions (its windows start afresh). For every
+router watches the same versions. Their windows survive it too: each time a
+version's window closes, the watch writes the closed windows' results to
+``drift-windows/<model>/<version>.json`` beside it, and when the router stops
+(:meth:`DriftWatch.save_windows`) the open window's sample as well; a
+restarted router reads them back. These files are the router's own: the
+controller reads drift through ``GET /-/drift`` and stays the only writer of
+its store. For every
 answered inference request of a watched version, the router hands the
 request's and the answer's Open Inference Protocol bodies to
 :meth:`DriftWatch.observe`: the input tensors give one row per instance (the
@@ -44,12 +50,22 @@ _LABELS = ["environment", "model", "version", "feature"]
 class DriftWatch(Collector):
     """The live windows of every watched version of one environment."""
 
-    def __init__(self, *, environment: str, state_file: Path, now: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        *,
+        environment: str,
+        state_file: Path,
+        now: Callable[[], float],
+        wall: Callable[[], float] | None = None,
+    ) -> None:
         self.environment = environment
         self.state_file = state_file
+        self.windows_dir = state_file.with_name("drift-windows")
         self._now = now
+        self._wall = wall or now  # wall-clock seconds: how long the saved windows waited
         self._watched: dict[tuple[str, str], dict[str, Any]] = {}
         self._monitors: dict[tuple[str, str], VersionMonitor] = {}
+        self._saved: dict[tuple[str, str], int] = {}  # closed windows at the last save, per version
         for key, entry in _load(state_file).items():
             try:
                 self._start(key, entry)
@@ -76,13 +92,45 @@ class DriftWatch(Collector):
         for key in [k for k in self._watched if k[0] == model and (versions is None or k[1] in versions)]:
             self._watched.pop(key, None)
             self._monitors.pop(key, None)
+            self._saved.pop(key, None)
+            self._windows_file(key).unlink(missing_ok=True)
         self._save()
 
     def _start(self, key: tuple[str, str], entry: dict[str, Any]) -> None:
         settings = DriftMonitoring.from_json(entry.get("settings") or {})
         profile = read_profile(Path(entry["profile"]))
-        self._monitors[key] = VersionMonitor(profile, settings, now=self._now())
+        monitor = VersionMonitor(profile, settings, now=self._now())
+        try:
+            saved = json.loads(self._windows_file(key).read_text())
+            elapsed = max(0.0, self._wall() - float(saved["savedAt"]))
+            monitor.restore(saved["windows"], now=self._now(), elapsed=elapsed)
+        except FileNotFoundError:
+            pass
+        except (ValueError, KeyError, TypeError) as exc:  # a torn or foreign file: start afresh
+            log.warning("%s: not read (%s); the windows of %s %s start afresh", self._windows_file(key), exc,
+                        *key)
+            monitor = VersionMonitor(profile, settings, now=self._now())
+        self._monitors[key] = monitor
+        self._saved[key] = monitor.closed_windows
         self._watched[key] = entry
+
+    def _windows_file(self, key: tuple[str, str]) -> Path:
+        return self.windows_dir / key[0] / f"{key[1]}.json"
+
+    def save_windows(self, *, include_open: bool = False) -> None:
+        """Write the windows of every version whose window closed since the last save (all of them, with
+        their open window's sample, when ``include_open``: the router stops)."""
+        now, wall = self._now(), self._wall()
+        for key, monitor in self._monitors.items():
+            if not include_open and self._saved.get(key) == monitor.closed_windows:
+                continue
+            path = self._windows_file(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            document = {"savedAt": wall, "windows": monitor.to_state(now=now, include_open=include_open)}
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(document))
+            os.replace(tmp, path)
+            self._saved[key] = monitor.closed_windows
 
     def _save(self) -> None:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
@@ -95,6 +143,10 @@ class DriftWatch(Collector):
 
     def watches(self, model: str, version: str) -> bool:
         return (model, version) in self._monitors
+
+    def versions(self) -> list[tuple[str, str]]:
+        """The (model, version) pairs watched."""
+        return sorted(self._monitors)
 
     def observe(self, model: str, version: str, request: bytes, answer: bytes) -> None:
         """Sample one answered inference request; bodies that are not OIP JSON are skipped."""
@@ -109,7 +161,10 @@ class DriftWatch(Collector):
         if rows is None or not rows or len(rows[0]) != monitor.width:
             return
         predictions = _predictions(outputs, len(rows))
+        closed = monitor.closed_windows
         monitor.add(rows, predictions, now=self._now())
+        if monitor.closed_windows != closed:
+            self.save_windows()
 
     def to_json(self, model: str | None = None) -> dict[str, Any]:
         now = self._now()
@@ -117,6 +172,7 @@ class DriftWatch(Collector):
         for (name, version), monitor in sorted(self._monitors.items()):
             if model is None or name == model:
                 versions.append({"model": name, "version": version, **monitor.report(now=now).to_json()})
+        self.save_windows()  # a report rolls windows that closed without traffic
         return {"environment": self.environment, "versions": versions}
 
     def collect(self) -> Iterator[GaugeMetricFamily]:

@@ -59,6 +59,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from controller.backends.local.processes import INSTANCE_ENV, is_alive, new_instance, process_start_time
 from controller.backends.local.venvs import VenvBuildError, VenvCache
@@ -70,6 +71,7 @@ from controller.backends.serving import (
     check_weights,
     inference_request,
 )
+from controller.backends.serving.drift_watch import fetch_drift
 from controller.backends.serving.local_status import EnvironmentServing, ServerState
 from controller.backends.serving.observe_local import observe_local
 from controller.backends.serving.routers import Routers
@@ -263,6 +265,17 @@ class LocalServing:
         _check_names(environment.name)
         with self._lock(environment.name):
             return self._ensure_router(environment).metrics_url
+
+    def drift(self, *, environment: Environment, model: str) -> dict[str, Any]:
+        """The router's drift table of ``model`` (``GET /-/drift``, :func:`.drift_watch.fetch_drift`).
+
+        Not part of the Protocol: the composition root hands it to the drift trigger
+        (:mod:`.drift_source`).
+        """
+        _check_names(environment.name, model)
+        with self._lock(environment.name):
+            url = self._ensure_router(environment).url
+        return fetch_drift(url, model)
 
     def shutdown(self) -> None:
         """Stop every server and router recorded under the state directory, and forget their routes."""

@@ -221,7 +221,8 @@ class _Router:
             self.table.set(model, versions)
         self.stats = _Metrics(environment)
         self.drift = DriftWatch(
-            environment=environment, state_file=state_file.with_name("drift.json"), now=clock.monotonic
+            environment=environment, state_file=state_file.with_name("drift.json"), now=clock.monotonic,
+            wall=clock.timestamp,
         )
         self.stats.registry.register(self.drift)
         self.session: aiohttp.ClientSession | None = None
@@ -241,6 +242,7 @@ class _Router:
         )
 
     async def stop(self, _app: web.Application) -> None:
+        self.drift.save_windows(include_open=True)  # a restarted router goes on with the same windows
         if self.session is not None:
             await self.session.close()
 

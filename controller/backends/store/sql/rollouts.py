@@ -162,6 +162,33 @@ class RolloutsSql(SqlBase):
         with self._read() as conn:
             return [(int(version), int(weight)) for version, weight in conn.execute(query)]
 
+    def served_in(self, *, environment: str, at: datetime) -> dict[str, list[tuple[int, int]]]:
+        ranked = (
+            select(
+                serving.c.model,
+                serving.c.version,
+                serving.c.weight,
+                func.row_number()
+                .over(
+                    partition_by=(serving.c.model, serving.c.version),
+                    order_by=(serving.c.at.desc(), serving.c.id.desc()),
+                )
+                .label("rank"),
+            )
+            .where(serving.c.environment == environment, serving.c.at <= aware(at, "at"))
+            .subquery()
+        )
+        query = (
+            select(ranked.c.model, ranked.c.version, ranked.c.weight)
+            .where(ranked.c.rank == 1, ranked.c.weight > 0)
+            .order_by(ranked.c.model, ranked.c.version)
+        )
+        served: dict[str, list[tuple[int, int]]] = {}
+        with self._read() as conn:
+            for model, version, weight in conn.execute(query):
+                served.setdefault(str(model), []).append((int(version), int(weight)))
+        return served
+
     def serving_history(self, *, environment: str, model: str) -> list[ServingRecord]:
         query = (
             select(serving)
