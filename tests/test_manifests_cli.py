@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from click.testing import CliRunner
-from jsonschema import Draft7Validator
+from jsonschema import Draft7Validator, Draft202012Validator
 
 from controller.backends.pipelines.argo_workflow import REPO_DIR
 from controller.cli import main
@@ -143,3 +143,29 @@ def test_a_repository_made_for_the_cluster_renders_as_made(tmp_path: Path) -> No
                 assert [e.message for e in validator.iter_errors(document)] == [], name
         else:
             kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+
+
+def test_a_stage_served_by_kserve_renders_its_inference_service(repo: GitRepo, tmp_path: Path) -> None:
+    """Production served by KServe: the InferenceService a first version there gets, valid for KServe."""
+    production = STAGING.format(namespace="ml-pipelines", server="https://argo:2746")
+    production = production.replace("name: staging", "name: production").replace(
+        "  serving:\n    backend: local\n",
+        "  serving:\n    backend: kserve\n    namespace: ml-serving\n"
+        "  metrics:\n    source: prometheus\n    prometheusUrl: http://prometheus:9090\n",
+    )
+    assert "backend: kserve" in production
+    repo.write("environments/production.yaml", production)
+    repo.commit("Serve production on KServe")
+    code, output, documents = render(repo, tmp_path / "m")
+    assert code == 0, output
+    [service] = [d for d in documents if d["kind"] == "InferenceService"]
+    [workflow] = [d for d in documents if d["kind"] == "Workflow"]
+    assert list((tmp_path / "m" / "iris" / "production").glob("InferenceService-*.yaml"))
+    schema = json.loads(reference("kserve-inferenceservice-v1beta1.schema.json").read_text())
+    assert [e.message for e in Draft202012Validator(schema).iter_errors(service)] == []
+    assert service["metadata"]["namespace"] == "ml-serving"
+    model = service["spec"]["predictor"]["model"]
+    assert model["modelFormat"] == {"name": "sklearn"} and model["protocolVersion"] == "v2"
+    version = workflow["metadata"]["labels"]["flywheel.dev/run"]  # the version is named like the run
+    assert model["storageUri"] == f"pvc://flywheel-artifacts/models/iris/{version}"
+    assert "canaryTrafficPercent" not in service["spec"]["predictor"]  # a first version: deployed whole

@@ -6,14 +6,19 @@ runner would send for a proposal at that commit: the image build (the
 ConfigMap holding the build context and the BuildKit Job) and the Workflow,
 both rendered by the functions the runner and the image builder use
 (:func:`~controller.backends.pipelines.argo_workflow.render_workflow`,
-:meth:`~controller.backends.images.buildkit.BuildKitImages.manifests`). No
+:meth:`~controller.backends.images.buildkit.BuildKitImages.manifests`); and
+for each of its stages served by KServe, the InferenceService the kserve
+backend would apply for a first version there
+(:func:`~controller.backends.serving.kserve_spec.inference_service`), the
+version named like the run. No
 cluster, registry or Argo Server is contacted, so the Workflow names its
 image by tag (the runner pins the digest the registry answers) and takes the
 run's id from its cache key (the controller uses the run's number): the same
 inputs render the same files, which is what a GitOps diff wants.
 
 Files go to ``OUT/<model>/<environment>/<Kind>-<name>.yaml``; each path is
-printed. A model that trains on one machine is listed as skipped.
+printed. A model that trains on one machine and is served by no KServe stage
+is listed as skipped.
 """
 
 from __future__ import annotations
@@ -79,8 +84,9 @@ def manifests(
             raise click.ClickException(str(error)) from None
     if not written:
         raise click.ClickException(
-            f"nothing to render at {commit[:10]}: no model trains on an Argo environment "
-            "(give one a stage whose environment has pipeline.runner: argo, or pass --env)"
+            f"nothing to render at {commit[:10]}: no model trains on an Argo environment or is served by "
+            "KServe (give one a stage whose environment has pipeline.runner: argo or serving.backend: "
+            "kserve, or pass --env)"
         )
 
 
@@ -112,13 +118,23 @@ def _render_all(
     for name in [model_name] if model_name is not None else sorted(catalog.models):
         model = catalog.models[name]
         environment = chosen or pipeline_environment(model, catalog)
-        if environment is None or environment.runner != "argo" or environment.images is None:
+        objects: list[tuple[str, dict[str, Any]]] = []
+        run_id, image = f"preview-{commit[:12]}", None
+        if environment is not None and environment.runner == "argo" and environment.images is not None:
+            run_id, image, built = _objects(
+                repository, commit, model, environment, url=url, scratch=scratch / name
+            )
+            objects += [(environment.name, obj) for obj in built]
+        objects += _served(model, catalog, chosen, version=run_id, image=image)
+        if not objects:
             where = f"environment {environment.name}" if environment is not None else "no environment"
-            click.echo(f"skipped {name}: it trains on one machine ({where})", err=True)
+            click.echo(
+                f"skipped {name}: it trains on one machine ({where}) and no stage serves it on KServe",
+                err=True,
+            )
             continue
-        objects = _objects(repository, commit, model, environment, url=url, scratch=scratch / name)
-        for obj in objects:
-            path = out / name / environment.name / f"{obj['kind']}-{obj['metadata']['name']}.yaml"
+        for env_name_of, obj in objects:
+            path = out / name / env_name_of / f"{obj['kind']}-{obj['metadata']['name']}.yaml"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(yaml.safe_dump(obj, sort_keys=False), encoding="utf-8")
             click.echo(str(path))
@@ -126,10 +142,39 @@ def _render_all(
     return written
 
 
+def _served(
+    model: Model, catalog: Catalog, chosen: Environment | None, *, version: str, image: str | None
+) -> list[tuple[str, dict[str, Any]]]:
+    """The InferenceService of each stage served by KServe, as the first version there would be deployed."""
+    from controller.backends.serving import ServedVersion, ServingError
+    from controller.backends.serving.kserve_spec import inference_service, predictor, storage_uri
+
+    objects = []
+    for stage in model.rollout.stages:
+        environment = catalog.environments.get(stage.environment)
+        if environment is None or environment.serving_backend != "kserve":
+            continue
+        if chosen is not None and environment.name != chosen.name:
+            continue
+        served = ServedVersion(model=model.name, version=version, serving=model.serving, artifact_uri="")
+        try:
+            body = predictor(served, uri=storage_uri(environment, model.name, version), image=image)
+        except ServingError as error:
+            click.echo(f"skipped {model.name} in {environment.name}: {error}", err=True)
+            continue
+        objects.append(
+            (
+                environment.name,
+                inference_service(environment=environment, version=served, spec_predictor=body),
+            )
+        )
+    return objects
+
+
 def _objects(
     repository: Repository, commit: str, model: Model, environment: Environment, *, url: str, scratch: Path
-) -> list[dict[str, Any]]:
-    """The image build's ConfigMap and Job, then the Workflow, of one model's run at ``commit``."""
+) -> tuple[str, str, list[dict[str, Any]]]:
+    """(run id, image, [the image build's ConfigMap and Job, then the Workflow]) of one run at ``commit``."""
     from controller.backends.images.buildkit import BuildKitImages
     from controller.backends.pipelines.argo_workflow import image_request, render_workflow, workflow_inputs
     from controller.clock import SYSTEM_CLOCK
@@ -166,4 +211,4 @@ def _objects(
     finally:
         builder.close()
     workflow = render_workflow(workflow_inputs(request, environment, image=wanted.reference, repository=url))
-    return [*build, workflow]
+    return request.run_id, wanted.reference, [*build, workflow]
