@@ -19,13 +19,16 @@ from controller.backends.images import image_reference
 from controller.backends.kube import KubeConfigError, kube_client
 from controller.backends.metrics.prometheus import Revision, RevisionLookup
 from controller.backends.serving import ServedVersion, ServingBackend
+from controller.backends.serving.drift_source import ClusterDrift
 from controller.backends.serving.kserve import KServeServing
 from controller.backends.serving.kserve_spec import namespace_of
 from controller.clock import Clock
-from controller.settings import ArgoSettings, SettingsError
+from controller.drift import PROFILE_FILE
+from controller.drift.logger import predictor_logger
+from controller.settings import ArgoSettings, DriftLoggerSettings, SettingsError
 from controller.specs.types import Catalog, Environment, PvcArtifacts
 
-__all__ = ["kserve_backends", "revision_lookup"]
+__all__ = ["drift_logging", "kserve_backends", "revision_lookup"]
 
 
 def _image_of(environment: Environment, version: ServedVersion) -> str | None:
@@ -83,3 +86,36 @@ def revision_lookup(backends: Mapping[str, ServingBackend], catalog: Callable[[]
         return Revision(namespace=namespace_of(env), name=name)
 
     return lookup
+
+
+def drift_logging(
+    backends: Mapping[str, ServingBackend], settings: DriftLoggerSettings, drift: ClusterDrift | None
+) -> None:
+    """Have the kserve backend log every request and answer to the webhook service, and watch each version.
+
+    With ``settings.url`` each InferenceService's predictor gets a ``logger``
+    (mode ``all``, to ``POST /drift/{model}/{environment}`` of that URL with the
+    token), and each version deployed with a reference profile in its
+    artifact is watched by ``drift`` (the controller's windows, fed by the
+    inbox's consumer). Without it, or without a kserve backend, nothing.
+    """
+    backend = backends.get("kserve")
+    if not isinstance(backend, KServeServing) or settings.url is None or drift is None:
+        return
+    url, token = settings.url, settings.token or ""
+
+    def logger(environment: Environment, model: str) -> dict[str, str]:
+        return predictor_logger(url, model=model, environment=environment.name, token=token)
+
+    def watch(environment: Environment, version: ServedVersion) -> None:
+        profile = Path(version.artifact_uri) / PROFILE_FILE
+        if profile.is_file():
+            drift.watch(
+                environment=environment.name,
+                model=version.model,
+                version=version.version,
+                profile=profile,
+                settings=version.serving.drift,
+            )
+
+    backend.drift_logger, backend.drift_watch = logger, watch

@@ -13,22 +13,28 @@ stays out of the way (None) elsewhere.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from controller.app import build_controller
 from controller.backends.images.fake import FakeImages
 from controller.backends.metrics.prometheus import Revision
+from controller.backends.serving.drift_source import ClusterDrift
 from controller.backends.serving.fake import FakeServing
 from controller.backends.serving.kserve import KServeServing
-from controller.cluster_serving import revision_lookup
+from controller.clock import SYSTEM_CLOCK
+from controller.cluster_serving import drift_logging, revision_lookup
+from controller.drift.profile import build_profile, write_profile
 from controller.scaffold import scaffold
-from controller.settings import ArgoSettings, ControllerSettings, Settings, SettingsError
+from controller.settings import ArgoSettings, ControllerSettings, DriftLoggerSettings, Settings, SettingsError
 from controller.specs.types import Catalog
 from tests.e2e.test_argo import STAGING
 from tests.fixtures.kserve import ENV, Cluster, kserve_cluster
+from tests.fixtures.required import reference as reference_data
 from tests.gitrepo import GitRepo
 
 
@@ -117,3 +123,46 @@ def test_the_revision_lookup_names_the_serving_revision_on_kserve_only(cluster: 
     without = revision_lookup({}, lambda: catalog)
     with pytest.raises(LookupError, match="is served by kserve, which this controller lacks"):
         without("staging", "iris", "v1")
+
+
+@pytest.mark.integration
+def test_with_the_loggers_url_each_inference_service_logs_to_the_webhook_service_and_is_watched(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Drift in the cluster: the predictor's logger posts to /drift/{model}/{env}; the version is watched."""
+    token = "t" * 24
+    settings = DriftLoggerSettings.from_env(
+        {
+            "FLYWHEEL_DRIFT_LOGGER_URL": "http://flywheel-webhooks.flywheel.svc:8080",
+            "FLYWHEEL_DRIFT_TOKEN": token,
+        }
+    )
+    drift = ClusterDrift(tmp_path / "drift", now=SYSTEM_CLOCK.monotonic, wall=SYSTEM_CLOCK.timestamp)
+    drift_logging({"kserve": cluster.backend}, settings, drift)
+    version = cluster.version("v1")
+    reference = tmp_path / "reference.csv"
+    reference.write_text("a,b\n" + "".join(f"{i % 7},{i % 3}\n" for i in range(200)))
+    write_profile(build_profile(reference), Path(version.artifact_uri))  # as the judge keeps it
+
+    cluster.backend.deploy(environment=ENV, version=version)
+    logger = cluster.service()["spec"]["predictor"]["logger"]
+    assert logger == {
+        "mode": "all",
+        "url": f"http://flywheel-webhooks.flywheel.svc:8080/drift/iris/{ENV.name}?token={token}",
+    }
+    schema = Draft202012Validator(
+        json.loads(reference_data("kserve-inferenceservice-v1beta1.schema.json").read_text())
+    )
+    assert [e.message for e in schema.iter_errors(cluster.service())] == []
+    assert drift.environment(ENV.name).watches("iris", "v1")  # the controller's windows take its events
+
+
+@pytest.mark.unit
+def test_the_loggers_url_needs_the_webhook_services_token() -> None:
+    assert DriftLoggerSettings.from_env({}).url is None
+    with pytest.raises(SettingsError, match=r"^FLYWHEEL_DRIFT_LOGGER_URL needs FLYWHEEL_DRIFT_TOKEN"):
+        DriftLoggerSettings.from_env({"FLYWHEEL_DRIFT_LOGGER_URL": "http://hooks:8080"})
+    with pytest.raises(SettingsError, match=r"^FLYWHEEL_DRIFT_LOGGER_URL is 'hooks:8080': give the webhook"):
+        DriftLoggerSettings.from_env(
+            {"FLYWHEEL_DRIFT_LOGGER_URL": "hooks:8080", "FLYWHEEL_DRIFT_TOKEN": "x" * 16}
+        )

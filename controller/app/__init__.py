@@ -53,7 +53,7 @@ from controller.backends.store import InboxEvent, ModelVersion, Run, open_store
 from controller.backends.store.integrity import verify_state
 from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK, Clock
-from controller.cluster_serving import kserve_backends, revision_lookup
+from controller.cluster_serving import drift_logging, kserve_backends, revision_lookup
 from controller.engine.commands import ROLLBACK_EVENT, Commands, Watched, record_watched, repository_location
 from controller.engine.github_events import GITHUB_EVENT_KINDS, GitHubEvents
 from controller.engine.inbox import Handler, InboxDispatcher
@@ -344,6 +344,7 @@ def build_controller(
     commands = Commands(store=store, catalog=main_catalog, clock=clock)
     triggers, closers = trigger_engine(settings, repository, store, main_catalog, release_branch, clock)
     triggers.drift = drift = ServedDrift.with_cluster(serving_backends, state_dir / "drift", clock=clock)
+    drift_logging(serving_backends, settings.drift_logger, drift.cluster)
     return Controller(
         store=store,
         repository=repository,

@@ -66,11 +66,13 @@ from urllib.parse import urlsplit
 from controller.settings.cluster import (
     ENV_ARGO_ARTIFACTS_DIR,
     ENV_DATABASE_URL,
+    ENV_DRIFT_LOGGER_URL,
     ENV_HEALTH_PORT,
     ENV_KUBECONFIG,
     ENV_LEADER_ELECTION,
     ENV_REGISTRY_AUTH_FILE,
     ArgoSettings,
+    DriftLoggerSettings,
     HealthSettings,
     LeaderSettings,
     argo_token,
@@ -86,6 +88,7 @@ __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "ENV_ARGO_ARTIFACTS_DIR",
     "ENV_DATABASE_URL",
+    "ENV_DRIFT_LOGGER_URL",
     "ENV_DRIFT_TOKEN",
     "ENV_HEALTH_PORT",
     "ENV_KUBECONFIG",
@@ -98,6 +101,7 @@ __all__ = [
     "ArgoSettings",
     "CheckMode",
     "ControllerSettings",
+    "DriftLoggerSettings",
     "GitHubSettings",
     "HealthSettings",
     "LeaderSettings",
@@ -354,6 +358,7 @@ class Settings:
     webhooks: WebhookSettings | None = None
     database_url: str | None = None  # PostgreSQL for every store; None: SQLite in the state directory
     leader: LeaderSettings = field(default_factory=LeaderSettings)
+    drift_logger: DriftLoggerSettings = field(default_factory=DriftLoggerSettings)
 
     @property
     def store_location(self) -> str | Path:
@@ -384,6 +389,7 @@ def load_settings(
         webhooks=hooks,
         database_url=database,
         leader=LeaderSettings.from_env(env, database_url=database),
+        drift_logger=DriftLoggerSettings.from_env(env),
     )
 
 

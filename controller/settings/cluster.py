@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -18,12 +18,14 @@ from controller.settings.errors import SettingsError
 __all__ = [
     "ENV_ARGO_ARTIFACTS_DIR",
     "ENV_DATABASE_URL",
+    "ENV_DRIFT_LOGGER_URL",
     "ENV_HEALTH_PORT",
     "ENV_KUBECONFIG",
     "ENV_LEADER_ELECTION",
     "ENV_REGISTRY_AUTH_FILE",
     "SERVICE_ACCOUNT_NAMESPACE",
     "ArgoSettings",
+    "DriftLoggerSettings",
     "Election",
     "HealthSettings",
     "LeaderSettings",
@@ -36,6 +38,7 @@ ENV_KUBECONFIG = "FLYWHEEL_KUBECONFIG"
 ENV_REGISTRY_AUTH_FILE = "FLYWHEEL_REGISTRY_AUTH_FILE"
 ENV_HEALTH_PORT = "FLYWHEEL_HEALTH_PORT"
 ENV_DATABASE_URL = "FLYWHEEL_DATABASE_URL"
+ENV_DRIFT_LOGGER_URL = "FLYWHEEL_DRIFT_LOGGER_URL"
 ENV_LEADER_ELECTION = "FLYWHEEL_LEADER_ELECTION"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -90,6 +93,40 @@ class ArgoSettings:
             kubeconfig=files[ENV_KUBECONFIG],
             registry_auth_file=files[ENV_REGISTRY_AUTH_FILE],
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DriftLoggerSettings:
+    """Drift in the cluster: where KServe's inference loggers reach the webhook service, and its token.
+
+    ``url`` is the webhook service's base URL as the InferenceServices' pods
+    reach it (``http://flywheel-webhooks.flywheel.svc:8080``); ``None``: the
+    kserve backend gives InferenceServices no logger. ``token`` is the
+    service's ``FLYWHEEL_DRIFT_TOKEN``, put in the logger's URL.
+    """
+
+    url: str | None = None
+    token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> DriftLoggerSettings:
+        """Read ``FLYWHEEL_DRIFT_LOGGER_URL`` (an http(s) URL) and ``FLYWHEEL_DRIFT_TOKEN``, when set."""
+        env = os.environ if environ is None else environ
+        url = env.get(ENV_DRIFT_LOGGER_URL, "").strip() or None
+        if url is None:
+            return cls()
+        if not url.startswith(("http://", "https://")):
+            raise SettingsError(
+                f"{ENV_DRIFT_LOGGER_URL} is {url!r}: give the webhook service's base URL as the model "
+                "servers reach it (http://… or https://…)"
+            )
+        token = env.get("FLYWHEEL_DRIFT_TOKEN", "").strip()
+        if len(token) < 16:
+            raise SettingsError(
+                f"{ENV_DRIFT_LOGGER_URL} needs FLYWHEEL_DRIFT_TOKEN (at least 16 characters), the token the "
+                "webhook service checks on the loggers' events"
+            )
+        return cls(url=url, token=token)
 
 
 def argo_token(

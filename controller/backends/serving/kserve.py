@@ -107,6 +107,10 @@ class KServeServing:
         kserve_namespace: str = "kserve",
         http_timeout: float = 10.0,
     ) -> None:
+        # drift in the cluster (set by the composition root when the logger's URL is configured): the
+        # predictor's ``logger`` for a model in an environment, and who watches a deployed version
+        self.drift_logger: Callable[[Environment, str], dict[str, str]] | None = None
+        self.drift_watch: Callable[[Environment, ServedVersion], None] | None = None
         self.objects = k8s.CustomObjectsApi(api)
         self.core = k8s.CoreV1Api(api)
         self.clock = clock
@@ -126,6 +130,8 @@ class KServeServing:
         uri = self._publish(environment, version)
         image = self.image_of(environment, version) if version.serving.runtime == "custom" else None
         wanted = predictor(version, uri=uri, image=image)
+        if self.drift_logger is not None:  # every request and answer to the webhook service, for drift
+            wanted["logger"] = self.drift_logger(environment, version.model)
         for _ in range(_CONFLICT_RETRIES):
             service = self._get(environment, version.model)
             if service is None:
@@ -156,6 +162,8 @@ class KServeServing:
         else:
             raise ServingError(f"{version.model} in {environment.name}: the InferenceService kept changing")
         self._wait_serving(environment, version.model, version.version)
+        if self.drift_watch is not None:
+            self.drift_watch(environment, version)
 
     def set_weights(self, *, environment: Environment, model: str, weights: Mapping[str, int]) -> None:
         checked = check_weights(weights)
