@@ -131,3 +131,45 @@ def test_serve_receives_deliveries_and_the_controller_handles_them(tmp_path: Pat
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
         log.close()
+
+
+def test_serve_without_a_controller_only_receives_into_the_shared_inbox(tmp_path: Path) -> None:
+    """A receiver replica: deliveries reach the inbox and wait there for a controller; nothing else runs."""
+    repo, state, port = tmp_path / "ml", tmp_path / "state", free_port()
+    scaffold(repo)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
+    env["FLYWHEEL_GITHUB_WEBHOOK_SECRET"] = SECRET
+    log = (tmp_path / "serve.log").open("wb")
+    command = [FLYWHEEL, "serve", "--no-controller", "--repo", str(repo), "--state-dir", str(state)]
+    process = subprocess.Popen(
+        [*command, "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        limit = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < limit, (tmp_path / "serve.log").read_text()
+                time.sleep(0.3)
+        assert _post(port, "ping", "d-1", {"zen": "Keep it logically awesome.", "hook_id": 1}) == 202
+        assert _post(port, "ping", "d-2", {"zen": "forged"}, secret="wrong") == 401
+        time.sleep(2)  # a controller would have handled it by now (see the test above)
+        store = open_store(state, clock=SYSTEM_CLOCK)
+        try:
+            event = store.get_event(1)
+            assert event is not None and event.delivery_id == "d-1"
+            assert event.completed_at is None  # queued for whichever controller leads
+        finally:
+            store.close()
+        assert "no controller here" in (tmp_path / "serve.log").read_text()
+        assert not (state / "mirrors").exists() and not list(state.glob("*.lock"))  # no loop, no lock
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        log.close()
