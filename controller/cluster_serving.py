@@ -15,7 +15,6 @@ from pathlib import Path
 
 from kubernetes import client as k8s
 
-from controller.backends.images import image_reference
 from controller.backends.kube import KubeConfigError, kube_client
 from controller.backends.metrics.prometheus import Revision, RevisionLookup
 from controller.backends.serving import ServedVersion, ServingBackend
@@ -32,9 +31,8 @@ __all__ = ["drift_logging", "kserve_backends", "revision_lookup"]
 
 
 def _image_of(environment: Environment, version: ServedVersion) -> str | None:
-    if environment.images is None or version.environment is None:
-        return None
-    return image_reference(environment.images, version.model, version.environment.hash)
+    """The image a custom server runs in on KServe: the one the version's run ran in (its lineage's)."""
+    return version.image
 
 
 def kserve_backends(

@@ -280,6 +280,40 @@ def test_an_argo_environment_merged_after_start_gets_builds_when_its_first_run_a
         kube.stop()
 
 
+def test_a_version_is_served_with_the_image_its_run_ran_in(repo: Path, tmp_path: Path) -> None:
+    """What a serving backend is given names the image of the version's lineage (a custom server, KServe)."""
+    controller = build_controller(
+        Settings(controller=ControllerSettings(repo=str(repo), state_dir=tmp_path / "state")),
+        serving=FakeServing(),
+    )
+    try:
+        store = controller.store
+        run = store.create_run(
+            model="iris",
+            ref="main",
+            commit=GitRepo(repo).git("rev-parse", "HEAD").strip(),
+            cache_key="k",
+            status="succeeded",
+        )
+        pinned = "registry.example.com/ml/iris:abc-def@sha256:" + "1" * 64
+        version = store.register_version(
+            model="iris",
+            run_id=run.id,
+            commit=run.commit,
+            artifact_digest="sha256:x",
+            artifact_uri=str(tmp_path),
+            environment_hash="h",
+            metrics={},
+            params={},
+            image=pinned,
+        )
+        model = controller.repository.catalog("main").models["iris"]
+        served = controller.rollouts.served_version(version, model)
+        assert served.image == pinned and served.version == "v1"
+    finally:
+        controller.close()
+
+
 CLUSTER_STAGING = """\
 apiVersion: flywheel.dev/v1alpha1
 kind: Environment

@@ -271,6 +271,7 @@ def build_controller(
                 requirements=requirements.decode("utf-8", "replace"), python=model.source.python
             ),
             source_uri=str(source_dir) if source_dir is not None else None,
+            image=version.image,
         )
 
     watch = ServingWatch(

@@ -21,8 +21,10 @@ from croniter import croniter
 from controller.specs.loader import DocPath
 from controller.specs.schema import Problem
 
-Target = Literal["Environment", "approval rule", "cluster home"]
-"""``cluster home``: a field that acts only where the model's pipeline runs in a cluster environment."""
+Target = Literal["Environment", "approval rule", "cluster home", "custom server"]
+"""``cluster home``: a field that acts only where the model's pipeline runs in a cluster environment;
+``custom server``: a custom serving runtime, which KServe runs in the model's image (its code only with the
+model's own Dockerfile)."""
 
 
 @dataclass(frozen=True)
@@ -324,6 +326,9 @@ def mentions(kind: str, doc: dict[str, Any]) -> tuple[list[Mention], list[Mentio
                 refers.append(Mention("approval rule", stage["approval"], (*base, "approval")))
         if "dockerfile" in spec.get("source", {}):
             refers.append(Mention("cluster home", "dockerfile", ("spec", "source", "dockerfile")))
+        serving = spec.get("serving", {})
+        if serving.get("runtime") == "custom" and "dockerfile" not in spec.get("source", {}):
+            refers.append(Mention("custom server", "runtime", ("spec", "serving", "runtime")))
         for index, step in enumerate(spec["pipeline"]["steps"]):
             if "resources" in step:
                 where: DocPath = ("spec", "pipeline", "steps", index, "resources")

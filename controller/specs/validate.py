@@ -101,6 +101,11 @@ def check_catalog(parsed: Iterable[ParsedFile]) -> Catalog:
                 if message:
                     fail(file, ref.location, ref.path, message)
                 continue
+            if ref.target == "custom server":
+                message = _custom_on_kserve(file.references, environments)
+                if message:
+                    fail(file, ref.location, ref.path, message)
+                continue
             if ref.target == "Environment":
                 if ref.name in valid_envs:
                     continue
@@ -164,6 +169,25 @@ def _cluster_only(field: str, references: Iterable[Reference], environments: Map
         f"acts only where the pipeline runs in a cluster environment ({what} there); this model trains in "
         f"'{stage}', on the embedded home, where {instead}; remove it"
     )
+
+
+def _custom_on_kserve(references: Iterable[Reference], environments: Mapping[str, ParsedFile]) -> str:
+    """Why a custom server without its own Dockerfile cannot serve on KServe here, or ``""``.
+
+    KServe runs a custom server in the model's image, and the image Flywheel
+    generates holds the environment only (the code reaches training pods from
+    git): only the model's own Dockerfile can put the server's code in it.
+    """
+    for ref in references:
+        file = environments.get(ref.name) if ref.target == "Environment" else None
+        document = file.document if file is not None else None
+        if isinstance(document, Environment) and document.serving_backend == "kserve":
+            return (
+                f"a custom server on KServe ('{ref.name}') runs in the model's image, which holds its code "
+                "only when the model builds it from its own Dockerfile (source.dockerfile, copying the "
+                "code in); add one, or serve with a built-in runtime"
+            )
+    return ""
 
 
 def summary(catalog: Catalog) -> str:

@@ -73,6 +73,7 @@ class ServedVersion:
     artifact_uri: str
     environment: PythonEnvironment | None = None
     source_uri: str | None = None
+    image: str | None = None  # reference@digest of the image its run ran in (cluster home); None: none
 
 
 @dataclass(frozen=True, kw_only=True)
