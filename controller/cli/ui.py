@@ -1,11 +1,15 @@
 """``flywheel ui [--host H] [--port P]``: the web dashboard over the state ``flywheel run`` keeps.
 
 Opens the store in ``--state-dir`` (which must exist: the controller made
-it), reads main's specs from ``--repo`` when it can (canary steps, analysis
-bounds, who may approve; again on each request, so a change on main shows),
-and serves
+it), reads main's specs from the repository the controller watches (else
+``--repo``) when it can (canary steps, analysis bounds, who may approve;
+again on each request, so a change on main shows), and serves
 :func:`controller.ui.create_app` with uvicorn until interrupted. It takes no
-lock and writes nothing, so it runs beside ``flywheel run``.
+lock, so it runs beside ``flywheel run``; it writes only what people ask for
+(decisions, requests and their audit entries), through the engine's commands.
+It prints a one-time sign-in address that signs in as the operating-system
+user who started it (mapped by the policy's ``identities``); the settings of
+:class:`~controller.settings.UiSettings` say who may read and which proxies to believe.
 :func:`dashboard` builds the same app for ``flywheel serve``, which mounts it
 at ``/ui``.
 """
@@ -13,6 +17,8 @@ at ``/ui``.
 from __future__ import annotations
 
 import contextlib
+import getpass
+import ipaddress
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +34,7 @@ if TYPE_CHECKING:
     from controller.backends.store.sql import SqlStore
     from controller.clock import Clock
     from controller.specs.types import Catalog
+    from controller.ui.access import Access, SignIn
     from controller.ui.facts import DriftSource
 
 
@@ -50,17 +57,26 @@ def ui(
     import uvicorn
 
     from controller.clock import SYSTEM_CLOCK
+    from controller.engine.commands import watched
+    from controller.ui.access import SignIn
 
-    catalog = main_specs(repo, branch, state_dir, required=given(click.get_current_context(), "repo"))
+    required = given(click.get_current_context(), "repo")
     with existing_store(state_dir) as store:
+        known = watched(store)  # people's requests are judged under the watched repository's main only
+        if known is not None:
+            repo, branch = known.repository, known.release_branch
+        catalog = main_specs(repo, branch, state_dir, required=required)
+        sign_in = SignIn(getpass.getuser())
         app = dashboard(
             store,
             clock=SYSTEM_CLOCK,
             catalog=catalog,
             github_repository=github_repository,
             state_dir=state_dir,
+            access=access_for(host, sign_in=sign_in),
         )
         click.echo(f"dashboard on http://{host}:{port}/ reading {state_dir}")
+        click.echo(f"sign in as {sign_in.user} (once) at http://{host}:{port}/signin?token={sign_in.token}")
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", server_header=False)
         uvicorn.Server(config).run()
 
@@ -102,12 +118,22 @@ def dashboard(
     catalog: Callable[[], Catalog | None],
     github_repository: str | None,
     state_dir: Path | None = None,
+    access: Access | None = None,
 ) -> Starlette:
     """The dashboard's app over ``store``, with main's specs as ``catalog`` reads them.
 
-    With ``state_dir`` (the embedded home), drift is asked of the routers it runs.
+    With ``state_dir`` (the embedded home), drift is asked of the routers it
+    runs, and the session key is kept there unless ``FLYWHEEL_UI_SECRET`` gives it.
+    People act as ``access`` knows them (default: :func:`access_for` a non-loopback host).
     """
+    from controller.settings import SettingsError, ui_settings
     from controller.ui import LinkMaker, create_app
+    from controller.ui.access import session_secret
+
+    try:
+        secret = session_secret(ui_settings().secret, state_dir)
+    except (SettingsError, OSError) as exc:
+        raise click.ClickException(f"dashboard: {exc}") from exc
 
     def thread(model: str, version: int) -> str | None:
         message = store.slack_message(model=model, version=version)
@@ -124,6 +150,30 @@ def dashboard(
         pull_number=store.pull_number_for_branch,
         slack_thread=thread,
         drift=local_drift(state_dir) if state_dir is not None else None,
+        records=store,
+        access=access or access_for("0.0.0.0", sign_in=None),
+        secret=secret,
+    )
+
+
+def access_for(host: str, *, sign_in: SignIn | None) -> Access:
+    """Who may read and act, from the settings: reading is open by default only on a loopback ``host``."""
+    from controller.settings import SettingsError, ui_settings
+    from controller.ui.access import Access, networks
+
+    try:
+        settings = ui_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    return Access(
+        read=settings.read or ("open" if loopback else "signed-in"),
+        trusted_proxies=networks(settings.trusted_proxies),
+        user_header=settings.user_header,
+        sign_in=sign_in,
     )
 
 
