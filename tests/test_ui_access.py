@@ -205,3 +205,37 @@ def test_the_api_door_takes_a_bearer_token_and_nothing_else(world: RolloutWorld)
     assert decisions(world) == [("carol", "approve", "dashboard")]
     again = api.post("/api/v1/models/iris/actions", json={"command": "pause"}, headers=good)
     assert again.status_code == 403 and "carol may not pause" in again.json()["message"]
+
+
+def test_flywheel_ui_prints_a_sign_in_address_that_works_once_and_keeps_its_key_private(
+    world: RolloutWorld,
+) -> None:
+    import getpass
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    from controller.backends.serving.server import free_port
+
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "flywheel"), "ui", "--state-dir", str(world.state)]
+    command += ["--repo", str(world.repo), "--port", str(port)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_UI_")}
+    ui = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert ui.stdout is not None
+        lines = [ui.stdout.readline(), ui.stdout.readline()]
+        found = re.search(r"^sign in as (\S+) \(once\) at (http://\S+)$", lines[1].strip())
+        assert found, lines
+        assert found.group(1) == getpass.getuser()
+        with httpx.Client(follow_redirects=True, timeout=30) as browser:
+            signed = browser.get(found.group(2))
+            assert signed.status_code == 200 and f"signed in as {getpass.getuser()}" in text(signed.text)
+        with httpx.Client(timeout=30) as other:
+            assert other.get(found.group(2)).status_code == 403
+    finally:
+        ui.terminate()
+        ui.communicate(timeout=30)
+    assert (world.state / "ui-secret").stat().st_mode & 0o777 == 0o600
