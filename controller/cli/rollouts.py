@@ -2,13 +2,16 @@
 
 Each parses its arguments and calls :class:`controller.engine.commands.Commands`
 with the policy of the release branch (main) of ``--repo``; the running
-controller acts on what they record at its next tick.
+controller acts on what they record at its next tick. Who asks is the
+operating-system user running the command (:func:`os_login`), as main's
+policy maps them (:func:`~controller.engine.approvals.login_user`); ``--as``
+(or ``FLYWHEEL_USER``) must name that same person, or the request is refused.
 """
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, NoReturn, TypedDict, TypeVar, Unpack
@@ -16,6 +19,7 @@ from typing import Literal, NoReturn, TypedDict, TypeVar, Unpack
 import click
 
 from controller.cli.options import existing_store, state_dir_option
+from controller.engine.approvals import login_user
 from controller.engine.commands import Actor, CommandOutcome, Commands, ControlCommand
 from controller.specs.types import Catalog
 
@@ -34,7 +38,8 @@ as_option = click.option(
     "--as",
     "user",
     default=None,
-    help="Who you are in the policy (default: $FLYWHEEL_USER, else your login name).",
+    help="Who you are in the policy; it must be who your operating-system user is there "
+    "(default: $FLYWHEEL_USER, else that person).",
 )
 reason_option = click.option("--reason", "-m", default="", help="Why; kept in the audit log.")
 
@@ -70,10 +75,12 @@ def _with_commands(
     """
     from controller.backends.git import GitError, Repository
     from controller.clock import SYSTEM_CLOCK
-    from controller.engine.commands import repository_location, watched
+    from controller.engine.commands import main_policy, repository_location, watched
 
     user, repo, branch, state_dir = who["user"], who["repo"], who["branch"], who["state_dir"]
-    actor = Actor("cli", user or os.environ.get("FLYWHEEL_USER") or getpass.getuser())
+    login = os_login()
+    claimed = user or os.environ.get("FLYWHEEL_USER") or None
+    actor = Actor("cli", claimed or login)
     # a decision needs a rollout, so a state, to act on
     with existing_store(state_dir, writes=True) as store:
         known = watched(store)
@@ -99,10 +106,34 @@ def _with_commands(
         commands = Commands(
             store=store, catalog=lambda: repository.catalog(repository.resolve(release)), clock=SYSTEM_CLOCK
         )
+        policy = main_policy(commands.catalog())
+        if policy is not None:
+            me = login_user(policy, login)
+            if claimed is not None and claimed != me:
+                why = _not_you(claimed, login, me)
+                _refused(commands.refuse(actor, command=command, model=model, refusal="not_you", why=why))
+            actor = Actor("cli", me or login)
         outcome = act(commands, actor)
     if not outcome.ok:
         _refused(outcome)
     click.echo(outcome.message)
+
+
+def os_login() -> str:
+    """The name of the operating-system user running this process (its real user id's, not $USER's)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a user id with no name (a container's arbitrary uid): nobody the policy can map
+        return str(os.getuid())
+
+
+def _not_you(claimed: str, login: str, me: str | None) -> str:
+    if me is None:
+        return (
+            f"--as {claimed} is not you: your operating-system user {login} is nobody in main's policy "
+            f"(add `login: {login}` to your identity there)."
+        )
+    return f"--as {claimed} is not you: your operating-system user {login} is {me} in main's policy."
 
 
 def _refused(outcome: CommandOutcome) -> NoReturn:

@@ -45,6 +45,7 @@ __all__ = [
     "approval_gate",
     "expires_at",
     "groups_of",
+    "login_user",
     "may_run",
     "policy_with_rule",
     "resolve_user",
@@ -135,6 +136,20 @@ def _flywheel_user(policy: Policy, name: str) -> str | None:
     if any(name in members for members in policy.groups.values()):
         return name
     return name if any(identity.user == name for identity in policy.identities) else None
+
+
+def login_user(policy: Policy, login: str) -> str | None:
+    """The Flywheel user the operating-system user ``login`` is in ``policy`` (main's), or ``None``.
+
+    The identity whose ``login`` is ``login``; else ``login`` itself when it is
+    a Flywheel user (a member of a group, or listed in the identities).
+    """
+    if not login:
+        return None
+    for identity in policy.identities:
+        if identity.login is not None and identity.login == login:
+            return identity.user
+    return _flywheel_user(policy, login)
 
 
 def groups_of(policy: Policy, user: str | None) -> frozenset[str]:
