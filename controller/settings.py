@@ -51,6 +51,9 @@ Environment variables (README.md, "Settings", "GitHub" and "Slack"):
 ``FLYWHEEL_UI_READ``, ``FLYWHEEL_UI_TRUSTED_PROXIES``, ``FLYWHEEL_UI_USER_HEADER``, ``FLYWHEEL_UI_SECRET``
     Who may read the dashboard and how people prove who they are
     (:class:`UiSettings`, read by ``flywheel ui`` and ``flywheel serve``).
+``FLYWHEEL_SERVER``, ``FLYWHEEL_TOKEN``
+    A shared Flywheel's dashboard that the decision commands ask, and the API
+    token they send (read by those commands: ``--server``).
 ``FLYWHEEL_HEALTH_PORT``
     The port of the controller's ``GET /healthz`` (0 or unset: none), served
     by ``flywheel run`` and ``flywheel serve`` (:class:`HealthSettings`).

@@ -6,6 +6,11 @@ controller acts on what they record at its next tick. Who asks is the
 operating-system user running the command (:func:`os_login`), as main's
 policy maps them (:func:`~controller.engine.approvals.login_user`); ``--as``
 (or ``FLYWHEEL_USER``) must name that same person, or the request is refused.
+
+With ``--server URL`` (``FLYWHEEL_SERVER``) the request goes instead to a
+shared Flywheel's dashboard API with the bearer token in ``FLYWHEEL_TOKEN``
+(``flywheel ui token create``); there the token's person asks, and an
+``--as`` naming anyone else is refused by the server.
 """
 
 from __future__ import annotations
@@ -42,11 +47,18 @@ as_option = click.option(
     "(default: $FLYWHEEL_USER, else that person).",
 )
 reason_option = click.option("--reason", "-m", default="", help="Why; kept in the audit log.")
+server_option = click.option(
+    "--server",
+    default=None,
+    envvar="FLYWHEEL_SERVER",
+    help="A shared Flywheel's dashboard (e.g. https://flywheel.example.com/ui) to ask instead of the "
+    "local state, with the token in $FLYWHEEL_TOKEN.",
+)
 
 
 def _request_options(func: F) -> F:
     """Who asks, why, and under which controller's policy: --as, --reason, --repo, --branch, --state-dir."""
-    for option in (state_dir_option, branch_option, repo_option, reason_option, as_option):
+    for option in (state_dir_option, server_option, branch_option, repo_option, reason_option, as_option):
         func = option(func)
     return func
 
@@ -55,6 +67,7 @@ class _Requester(TypedDict):
     """What :func:`_request_options` parse: who asks (``--as``), and the controller whose policy judges it."""
 
     user: str | None
+    server: str | None
     repo: str | None
     branch: str | None
     state_dir: Path
@@ -65,6 +78,7 @@ def _with_commands(
     *,
     command: str,
     model: str,
+    fields: dict[str, str],
     **who: Unpack[_Requester],
 ) -> None:
     """Run ``act`` as the user asking under the policy of the release branch of the watched repository.
@@ -80,6 +94,10 @@ def _with_commands(
     user, repo, branch, state_dir = who["user"], who["repo"], who["branch"], who["state_dir"]
     login = os_login()
     claimed = user or os.environ.get("FLYWHEEL_USER") or None
+    if who["server"]:
+        asked = {"command": command, **fields}
+        click.echo(_remote(who["server"], model=model, fields=asked, claimed=claimed))
+        return
     actor = Actor("cli", claimed or login)
     # a decision needs a rollout, so a state, to act on
     with existing_store(state_dir, writes=True) as store:
@@ -117,6 +135,35 @@ def _with_commands(
     if not outcome.ok:
         _refused(outcome)
     click.echo(outcome.message)
+
+
+def _remote(server: str, *, model: str, fields: dict[str, str], claimed: str | None) -> str:
+    """Ask the dashboard API at ``server`` with ``FLYWHEEL_TOKEN``; its answer, or one line why not."""
+    from urllib.parse import quote
+
+    import httpx
+
+    token = os.environ.get("FLYWHEEL_TOKEN")
+    if not token:
+        raise click.ClickException("--server needs a token in FLYWHEEL_TOKEN (flywheel ui token create)")
+    url = f"{server.rstrip('/')}/api/v1/models/{quote(model, safe='')}/actions"
+    body = {**{k: v for k, v in fields.items() if v}, **({"as": claimed} if claimed else {})}
+    try:
+        answer = httpx.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot reach {server}: {exc}") from exc
+    try:
+        data = answer.json()
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    if answer.status_code == 200 and data.get("ok"):
+        return str(data.get("message", ""))
+    if answer.status_code == 403 and "message" in data:
+        raise click.ClickException(f"refused: {data['message']}")
+    why = data.get("error") or data.get("message") or f"HTTP {answer.status_code}"
+    raise click.ClickException(f"{server} answered {answer.status_code}: {why}")
 
 
 def os_login() -> str:
@@ -163,7 +210,8 @@ def _decision(decision: Literal["approve", "reject"]) -> click.Command:
                 comment=reason,
             )
 
-        _with_commands(act, command=decision, model=model, **who)
+        fields = {"version": "" if version is None else str(version), "environment": environment or ""}
+        _with_commands(act, command=decision, model=model, fields={**fields, "reason": reason}, **who)
 
     verb = "Approve" if decision == "approve" else "Reject"
     command.help = (
@@ -181,7 +229,7 @@ def _control(name: ControlCommand, help_text: str) -> click.Command:
         def act(commands: Commands, actor: Actor) -> CommandOutcome:
             return commands.control(actor, command=name, model=model, reason=reason)
 
-        _with_commands(act, command=name, model=model, **who)
+        _with_commands(act, command=name, model=model, fields={"reason": reason}, **who)
 
     return command
 

@@ -94,5 +94,5 @@ def _dashboard(settings: Settings, store: SqlStore, controller: Controller) -> S
         clock=controller.clock,
         catalog=catalog,
         github_repository=github,
-        access=access_for(host, sign_in=None),  # in the cluster: a proxy's header, or a token
+        access=access_for(host, sign_in=None, store=store),  # in the cluster: a proxy's header, or a token
     )

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from controller.ui.facts import DriftSource
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the dashboard listens on.")
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8090, show_default=True)
 @click.option(
@@ -50,17 +50,29 @@ if TYPE_CHECKING:
 @repo_option("The GitOps repository whose main branch gives canary steps, bounds and who may approve.")
 @click.option("--branch", default=None, help="The release branch (default: the repository's).")
 @state_dir_option
+@click.pass_context
 def ui(
-    host: str, port: int, github_repository: str | None, repo: str, branch: str | None, state_dir: Path
+    ctx: click.Context,
+    host: str,
+    port: int,
+    github_repository: str | None,
+    repo: str,
+    branch: str | None,
+    state_dir: Path,
 ) -> None:
-    """Serve the web dashboard (models, versions, rollouts, approvals, audit) on http://HOST:PORT/."""
+    """Serve the web dashboard (models, versions, rollouts, approvals, audit) on http://HOST:PORT/.
+
+    `flywheel ui token create NAME --as PERSON` issues a token for the API (the CLI's --server).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     import uvicorn
 
     from controller.clock import SYSTEM_CLOCK
     from controller.engine.commands import watched
     from controller.ui.access import SignIn
 
-    required = given(click.get_current_context(), "repo")
+    required = given(ctx, "repo")
     with existing_store(state_dir) as store:
         known = watched(store)  # people's requests are judged under the watched repository's main only
         if known is not None:
@@ -73,7 +85,7 @@ def ui(
             catalog=catalog,
             github_repository=github_repository,
             state_dir=state_dir,
-            access=access_for(host, sign_in=sign_in),
+            access=access_for(host, sign_in=sign_in, store=store),
         )
         click.echo(f"dashboard on http://{host}:{port}/ reading {state_dir}")
         click.echo(f"sign in as {sign_in.user} (once) at http://{host}:{port}/signin?token={sign_in.token}")
@@ -151,15 +163,21 @@ def dashboard(
         slack_thread=thread,
         drift=local_drift(state_dir) if state_dir is not None else None,
         records=store,
-        access=access or access_for("0.0.0.0", sign_in=None),
+        access=access or access_for("0.0.0.0", sign_in=None, store=store),
         secret=secret,
     )
 
 
-def access_for(host: str, *, sign_in: SignIn | None) -> Access:
-    """Who may read and act, from the settings: reading is open by default only on a loopback ``host``."""
+def access_for(host: str, *, sign_in: SignIn | None, store: SqlStore) -> Access:
+    """Who may read and act, from the settings: reading is open by default only on a loopback ``host``.
+
+    Bearer tokens are the ones issued into ``store`` (``flywheel ui token create``).
+    """
+    import functools
+
     from controller.settings import SettingsError, ui_settings
     from controller.ui.access import Access, networks
+    from controller.ui.tokens import token_user
 
     try:
         settings = ui_settings()
@@ -174,7 +192,45 @@ def access_for(host: str, *, sign_in: SignIn | None) -> Access:
         trusted_proxies=networks(settings.trusted_proxies),
         user_header=settings.user_header,
         sign_in=sign_in,
+        tokens=functools.partial(token_user, store),
     )
+
+
+@ui.group()
+def token() -> None:
+    """API tokens for the CLI's --server: each acts as one person, checked by main's policy per request."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--as", "person", required=True, help="Who the token acts as (a name main's policy maps).")
+@state_dir_option
+def token_create(name: str, person: str, state_dir: Path) -> None:
+    """Issue a token named NAME acting as PERSON; it is printed once and kept only as a hash."""
+    from controller.cli.rollouts import os_login
+    from controller.ui.tokens import TokenTaken, issue_token
+
+    with existing_store(state_dir, writes=True) as store:
+        try:
+            secret = issue_token(store, name=name, user=person, by=os_login())
+        except TokenTaken as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"token {name} acts as {person}; it is shown this once:")
+    click.echo(secret)
+
+
+@token.command("revoke")
+@click.argument("name")
+@state_dir_option
+def token_revoke(name: str, state_dir: Path) -> None:
+    """Revoke the token named NAME: requests bearing it are refused from now on."""
+    from controller.cli.rollouts import os_login
+    from controller.ui.tokens import revoke_token
+
+    with existing_store(state_dir, writes=True) as store:
+        if not revoke_token(store, name=name, by=os_login()):
+            raise click.ClickException(f"there is no token named {name!r}")
+    click.echo(f"token {name} revoked")
 
 
 def local_drift(state_dir: Path) -> DriftSource:

@@ -73,6 +73,10 @@ class Actions:
         commands = Commands(store=self._records, catalog=lambda: main or Catalog(), clock=self._clock)
         if main is None:
             return commands.refuse(actor, command=command, model=model, refusal="no_specs", why=_NO_SPECS)
+        claimed = fields.get("as")
+        if claimed and claimed != person.name:
+            why = f"--as {claimed} is not you: this token acts as {person.name}."
+            return commands.refuse(actor, command=command, model=model, refusal="not_you", why=why)
         reason = fields.get("reason", "")[:1000]
         if command in ("approve", "reject"):
             return commands.decide(
@@ -98,6 +102,7 @@ class Actions:
         if person is None or person.via == "token":
             return 403, "sign in first: only a signed-in person may approve, reject or steer a rollout."
         fields["model"] = request.path_params["model"]
+        fields.pop("as", None)  # only the API's callers claim a name; a form's person is who signed in
         try:
             outcome = await run_in_threadpool(self.run, person, fields)
         except _BadAction as exc:
