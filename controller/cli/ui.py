@@ -136,7 +136,8 @@ def dashboard(
 
     With ``state_dir`` (the embedded home), drift is asked of the routers it
     runs, and the session key is kept there unless ``FLYWHEEL_UI_SECRET`` gives it.
-    People act as ``access`` knows them (default: :func:`access_for` a non-loopback host).
+    People act as ``access`` knows them (default: :func:`access_for` a loopback address,
+    without a local sign-in; ``flywheel ui`` and ``flywheel serve`` give theirs).
     """
     from controller.settings import SettingsError, ui_settings
     from controller.ui import LinkMaker, create_app
@@ -163,7 +164,7 @@ def dashboard(
         slack_thread=thread,
         drift=local_drift(state_dir) if state_dir is not None else None,
         records=store,
-        access=access or access_for("0.0.0.0", sign_in=None, store=store),
+        access=access or access_for("127.0.0.1", sign_in=None, store=store),
         secret=secret,
     )
 
