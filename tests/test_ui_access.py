@@ -239,3 +239,19 @@ def test_flywheel_ui_prints_a_sign_in_address_that_works_once_and_keeps_its_key_
         ui.terminate()
         ui.communicate(timeout=30)
     assert (world.state / "ui-secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_dashboards_settings_are_read_once_and_a_malformed_one_is_one_line_naming_it() -> None:
+    from controller.settings import SettingsError, ui_settings
+
+    read = ui_settings({"FLYWHEEL_UI_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.7", "FLYWHEEL_UI_SECRET": "k"})
+    assert (read.read, read.trusted_proxies, read.user_header) == (
+        None,
+        ("10.0.0.0/8", "192.0.2.7"),
+        "X-Forwarded-User",
+    )
+    assert "k" not in repr(read)
+    with pytest.raises(SettingsError, match=r"^FLYWHEEL_UI_TRUSTED_PROXIES: '10\.0\.0\.0/33' is not"):
+        ui_settings({"FLYWHEEL_UI_TRUSTED_PROXIES": "10.0.0.0/33"})
+    with pytest.raises(SettingsError, match=r"^FLYWHEEL_UI_READ is 'everyone': give open or signed-in$"):
+        ui_settings({"FLYWHEEL_UI_READ": "everyone"})
