@@ -41,7 +41,7 @@ POLICY = Policy(
         Identity("alice", github="alice-ml"),
         Identity("bob", github="bob-ml"),
         Identity("carol", github="carol-biz", slack="U0CAROL01"),
-        Identity("dave", slack="U0DAVE002"),
+        Identity("dave", slack="U0DAVE002", login="dmiller"),
         Identity("erin", github="erin-platform"),
         Identity("grace", github="grace-gh"),  # known, but in no group
     ),
@@ -127,6 +127,15 @@ def _check(
         ("github", "carol-biz ", None),
         ("github", "carol-b\u0131z", None),  # dotless i: no Unicode case folding onto a login
         ("github", "Carol-Biz\u212a", None),  # Kelvin sign, which casefold() turns into "k"
+        # the dashboard: a Flywheel user, an operating-system login, or a GitHub login (oauth2-proxy's)
+        ("dashboard", "carol", "carol"),
+        ("dashboard", "dmiller", "dave"),
+        ("dashboard", "DMiller", None),  # logins are exact
+        ("dashboard", "Carol-Biz", "carol"),
+        ("dashboard", "U0DAVE002", None),  # a Slack id is no name a sign-in asserts
+        ("dashboard", "mallory", None),
+        ("dashboard", "carol\xa0", None),
+        ("cli", "dmiller", None),  # an operating-system login is not a Flywheel user name
     ],
 )
 def test_resolve_user_per_channel(channel: str, name: str, user: str | None) -> None:

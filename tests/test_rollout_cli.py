@@ -10,6 +10,7 @@ import json
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from click.testing import CliRunner
@@ -51,8 +52,12 @@ def setup(tmp_path: Path) -> tuple[Path, Path]:
     return repo, state
 
 
-def _cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args))
+def _cli(*args: str, login: str | None = None) -> tuple[int, str]:
+    """Run ``flywheel ARGS`` as the operating-system user ``login`` (default: the one ``--as`` names)."""
+    if login is None and "--as" in args:
+        login = args[args.index("--as") + 1]
+    with mock.patch("controller.cli.rollouts.os_login", return_value=login or "nobody-here"):
+        result = CliRunner().invoke(main, list(args))
     return result.exit_code, result.output
 
 
@@ -122,3 +127,39 @@ def test_requests_under_another_branch_or_repository_are_refused_and_audited(
     # without --repo or --branch, the watched repository's main decides: alice is still no business owner
     code, out = _cli("approve", "iris", "2", "--as", "alice", *on_state)
     assert code == 1 and "business-owners" in out
+
+
+def test_as_must_name_who_the_operating_system_user_is_in_mains_policy(setup: tuple[Path, Path]) -> None:
+    repo, state = setup
+    where = ("--repo", str(repo), "--state-dir", str(state))
+    code, out = _cli("approve", "iris", "2", "--as", "carol", *where, login="alice")
+    assert code == 1
+    assert "--as carol is not you: your operating-system user alice is alice in main's policy." in out
+    code, out = _cli("approve", "iris", "2", "--as", "carol", *where, login="cmiller")
+    assert code == 1 and "cmiller is nobody in main's policy (add `login: cmiller`" in out
+    with mock.patch.dict("os.environ", {"FLYWHEEL_USER": "carol"}):
+        code, out = _cli("approve", "iris", "2", *where, login="alice")
+    assert code == 1 and "--as carol is not you" in out
+
+    store = open_store(state, clock=SYSTEM_CLOCK)
+    try:
+        assert store.approvals_for(model="iris", version=2, environment="production") == []
+        refused = [e for e in store.audit(model="iris") if e.action == "command.refused"]
+        assert [(e.detail["refusal"], e.detail["as"]) for e in refused] == [("not_you", "carol")] * 3
+    finally:
+        store.close()
+
+
+def test_the_policys_identities_map_an_operating_system_login_to_its_person(setup: tuple[Path, Path]) -> None:
+    repo, state = setup
+    policy = repo / "policies" / "default.yaml"
+    policy.write_text(
+        policy.read_text().replace("    - user: carol\n", "    - user: carol\n      login: cmiller\n")
+    )
+    git = ("git", "-C", str(repo), "-c", "user.name=ops", "-c", "user.email=ops@example.com")
+    subprocess.run([*git, "commit", "-qam", "carol signs in as cmiller"], check=True)
+    where = ("--repo", str(repo), "--state-dir", str(state))
+    code, out = _cli("approve", "iris", "2", *where, login="cmiller")
+    assert code == 0 and "carol approved iris v2 for production" in out
+    code, out = _cli("reject", "iris", "2", "--as", "carol", *where, login="cmiller")
+    assert code == 0 and "carol rejected iris v2 for production" in out

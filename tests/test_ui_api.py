@@ -69,7 +69,7 @@ def api(app: Starlette) -> schemathesis.schemas.BaseSchema:
 
 def test_every_answer_fits_the_openapi_document(api: schemathesis.schemas.BaseSchema) -> None:
     operations = [result.ok() for result in api.get_all_operations()]
-    assert len(operations) == 7
+    assert len(operations) == 8
     for operation in operations:
 
         @given(case=operation.as_strategy())
@@ -87,6 +87,7 @@ def test_the_document_names_every_operation_the_pages_stand_on(app: Starlette) -
         "/api/v1/audit",
         "/api/v1/models",
         "/api/v1/models/{model}",
+        "/api/v1/models/{model}/actions",
         "/api/v1/models/{model}/drift",
         "/api/v1/proposals",
         "/api/v1/rollouts/{rollout}",

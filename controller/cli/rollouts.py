@@ -2,13 +2,21 @@
 
 Each parses its arguments and calls :class:`controller.engine.commands.Commands`
 with the policy of the release branch (main) of ``--repo``; the running
-controller acts on what they record at its next tick.
+controller acts on what they record at its next tick. Who asks is the
+operating-system user running the command (:func:`os_login`), as main's
+policy maps them (:func:`~controller.engine.approvals.login_user`); ``--as``
+(or ``FLYWHEEL_USER``) must name that same person, or the request is refused.
+
+With ``--server URL`` (``FLYWHEEL_SERVER``) the request goes instead to a
+shared Flywheel's dashboard API with the bearer token in ``FLYWHEEL_TOKEN``
+(``flywheel ui token create``); there the token's person asks, and an
+``--as`` naming anyone else is refused by the server.
 """
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, NoReturn, TypedDict, TypeVar, Unpack
@@ -16,6 +24,7 @@ from typing import Literal, NoReturn, TypedDict, TypeVar, Unpack
 import click
 
 from controller.cli.options import existing_store, state_dir_option
+from controller.engine.approvals import login_user
 from controller.engine.commands import Actor, CommandOutcome, Commands, ControlCommand
 from controller.specs.types import Catalog
 
@@ -34,14 +43,22 @@ as_option = click.option(
     "--as",
     "user",
     default=None,
-    help="Who you are in the policy (default: $FLYWHEEL_USER, else your login name).",
+    help="Who you are in the policy; it must be who your operating-system user is there "
+    "(default: $FLYWHEEL_USER, else that person).",
 )
 reason_option = click.option("--reason", "-m", default="", help="Why; kept in the audit log.")
+server_option = click.option(
+    "--server",
+    default=None,
+    envvar="FLYWHEEL_SERVER",
+    help="A shared Flywheel's dashboard (e.g. https://flywheel.example.com/ui) to ask instead of the "
+    "local state, with the token in $FLYWHEEL_TOKEN.",
+)
 
 
 def _request_options(func: F) -> F:
     """Who asks, why, and under which controller's policy: --as, --reason, --repo, --branch, --state-dir."""
-    for option in (state_dir_option, branch_option, repo_option, reason_option, as_option):
+    for option in (state_dir_option, server_option, branch_option, repo_option, reason_option, as_option):
         func = option(func)
     return func
 
@@ -50,6 +67,7 @@ class _Requester(TypedDict):
     """What :func:`_request_options` parse: who asks (``--as``), and the controller whose policy judges it."""
 
     user: str | None
+    server: str | None
     repo: str | None
     branch: str | None
     state_dir: Path
@@ -60,6 +78,7 @@ def _with_commands(
     *,
     command: str,
     model: str,
+    fields: dict[str, str],
     **who: Unpack[_Requester],
 ) -> None:
     """Run ``act`` as the user asking under the policy of the release branch of the watched repository.
@@ -70,10 +89,16 @@ def _with_commands(
     """
     from controller.backends.git import GitError, Repository
     from controller.clock import SYSTEM_CLOCK
-    from controller.engine.commands import repository_location, watched
+    from controller.engine.commands import main_policy, repository_location, watched
 
     user, repo, branch, state_dir = who["user"], who["repo"], who["branch"], who["state_dir"]
-    actor = Actor("cli", user or os.environ.get("FLYWHEEL_USER") or getpass.getuser())
+    login = os_login()
+    claimed = user or os.environ.get("FLYWHEEL_USER") or None
+    if who["server"]:
+        asked = {"command": command, **fields}
+        click.echo(_remote(who["server"], model=model, fields=asked, claimed=claimed))
+        return
+    actor = Actor("cli", claimed or login)
     # a decision needs a rollout, so a state, to act on
     with existing_store(state_dir, writes=True) as store:
         known = watched(store)
@@ -99,10 +124,63 @@ def _with_commands(
         commands = Commands(
             store=store, catalog=lambda: repository.catalog(repository.resolve(release)), clock=SYSTEM_CLOCK
         )
+        policy = main_policy(commands.catalog())
+        if policy is not None:
+            me = login_user(policy, login)
+            if claimed is not None and claimed != me:
+                why = _not_you(claimed, login, me)
+                _refused(commands.refuse(actor, command=command, model=model, refusal="not_you", why=why))
+            actor = Actor("cli", me or login)
         outcome = act(commands, actor)
     if not outcome.ok:
         _refused(outcome)
     click.echo(outcome.message)
+
+
+def _remote(server: str, *, model: str, fields: dict[str, str], claimed: str | None) -> str:
+    """Ask the dashboard API at ``server`` with ``FLYWHEEL_TOKEN``; its answer, or one line why not."""
+    from urllib.parse import quote
+
+    import httpx
+
+    token = os.environ.get("FLYWHEEL_TOKEN")
+    if not token:
+        raise click.ClickException("--server needs a token in FLYWHEEL_TOKEN (flywheel ui token create)")
+    url = f"{server.rstrip('/')}/api/v1/models/{quote(model, safe='')}/actions"
+    body = {**{k: v for k, v in fields.items() if v}, **({"as": claimed} if claimed else {})}
+    try:
+        answer = httpx.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot reach {server}: {exc}") from exc
+    try:
+        data = answer.json()
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    if answer.status_code == 200 and data.get("ok"):
+        return str(data.get("message", ""))
+    if answer.status_code == 403 and "message" in data:
+        raise click.ClickException(f"refused: {data['message']}")
+    why = data.get("error") or data.get("message") or f"HTTP {answer.status_code}"
+    raise click.ClickException(f"{server} answered {answer.status_code}: {why}")
+
+
+def os_login() -> str:
+    """The name of the operating-system user running this process (its real user id's, not $USER's)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a user id with no name (a container's arbitrary uid): nobody the policy can map
+        return str(os.getuid())
+
+
+def _not_you(claimed: str, login: str, me: str | None) -> str:
+    if me is None:
+        return (
+            f"--as {claimed} is not you: your operating-system user {login} is nobody in main's policy "
+            f"(add `login: {login}` to your identity there)."
+        )
+    return f"--as {claimed} is not you: your operating-system user {login} is {me} in main's policy."
 
 
 def _refused(outcome: CommandOutcome) -> NoReturn:
@@ -132,7 +210,8 @@ def _decision(decision: Literal["approve", "reject"]) -> click.Command:
                 comment=reason,
             )
 
-        _with_commands(act, command=decision, model=model, **who)
+        fields = {"version": "" if version is None else str(version), "environment": environment or ""}
+        _with_commands(act, command=decision, model=model, fields={**fields, "reason": reason}, **who)
 
     verb = "Approve" if decision == "approve" else "Reject"
     command.help = (
@@ -150,7 +229,7 @@ def _control(name: ControlCommand, help_text: str) -> click.Command:
         def act(commands: Commands, actor: Actor) -> CommandOutcome:
             return commands.control(actor, command=name, model=model, reason=reason)
 
-        _with_commands(act, command=name, model=model, **who)
+        _with_commands(act, command=name, model=model, fields={"reason": reason}, **who)
 
     return command
 

@@ -141,9 +141,16 @@ def webhook_service(settings: Settings, controller: Controller) -> Iterator[None
 
 def _dashboard(settings: Settings, store: SqlStore, clock: Clock) -> Starlette:
     """The web dashboard over the service's store, reading main's specs on a repository handle of its own."""
-    from controller.cli.ui import dashboard, main_specs
+    from controller.cli.ui import access_for, dashboard, main_specs
 
     ours = settings.controller
     catalog = main_specs(ours.repo, ours.release_branch, ours.state_dir, required=False)
     github = settings.github.repository if settings.github is not None else None
-    return dashboard(store, clock=clock, catalog=catalog, github_repository=github)
+    host = settings.webhooks.host if settings.webhooks is not None else "0.0.0.0"
+    return dashboard(
+        store,
+        clock=clock,
+        catalog=catalog,
+        github_repository=github,
+        access=access_for(host, sign_in=None, store=store),  # in the cluster: a proxy's header, or a token
+    )

@@ -1,11 +1,15 @@
 """``flywheel ui [--host H] [--port P]``: the web dashboard over the state ``flywheel run`` keeps.
 
 Opens the store in ``--state-dir`` (which must exist: the controller made
-it), reads main's specs from ``--repo`` when it can (canary steps, analysis
-bounds, who may approve; again on each request, so a change on main shows),
-and serves
+it), reads main's specs from the repository the controller watches (else
+``--repo``) when it can (canary steps, analysis bounds, who may approve;
+again on each request, so a change on main shows), and serves
 :func:`controller.ui.create_app` with uvicorn until interrupted. It takes no
-lock and writes nothing, so it runs beside ``flywheel run``.
+lock, so it runs beside ``flywheel run``; it writes only what people ask for
+(decisions, requests and their audit entries), through the engine's commands.
+It prints a one-time sign-in address that signs in as the operating-system
+user who started it (mapped by the policy's ``identities``); the settings of
+:class:`~controller.settings.UiSettings` say who may read and which proxies to believe.
 :func:`dashboard` builds the same app for ``flywheel serve``, which mounts it
 at ``/ui``.
 """
@@ -13,6 +17,8 @@ at ``/ui``.
 from __future__ import annotations
 
 import contextlib
+import getpass
+import ipaddress
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -28,10 +34,11 @@ if TYPE_CHECKING:
     from controller.backends.store.sql import SqlStore
     from controller.clock import Clock
     from controller.specs.types import Catalog
+    from controller.ui.access import Access, SignIn
     from controller.ui.facts import DriftSource
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the dashboard listens on.")
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8090, show_default=True)
 @click.option(
@@ -43,24 +50,45 @@ if TYPE_CHECKING:
 @repo_option("The GitOps repository whose main branch gives canary steps, bounds and who may approve.")
 @click.option("--branch", default=None, help="The release branch (default: the repository's).")
 @state_dir_option
+@click.pass_context
 def ui(
-    host: str, port: int, github_repository: str | None, repo: str, branch: str | None, state_dir: Path
+    ctx: click.Context,
+    host: str,
+    port: int,
+    github_repository: str | None,
+    repo: str,
+    branch: str | None,
+    state_dir: Path,
 ) -> None:
-    """Serve the web dashboard (models, versions, rollouts, approvals, audit) on http://HOST:PORT/."""
+    """Serve the web dashboard (models, versions, rollouts, approvals, audit) on http://HOST:PORT/.
+
+    `flywheel ui token create NAME --as PERSON` issues a token for the API (the CLI's --server).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     import uvicorn
 
     from controller.clock import SYSTEM_CLOCK
+    from controller.engine.commands import watched
+    from controller.ui.access import SignIn
 
-    catalog = main_specs(repo, branch, state_dir, required=given(click.get_current_context(), "repo"))
+    required = given(ctx, "repo")
     with existing_store(state_dir) as store:
+        known = watched(store)  # people's requests are judged under the watched repository's main only
+        if known is not None:
+            repo, branch = known.repository, known.release_branch
+        catalog = main_specs(repo, branch, state_dir, required=required)
+        sign_in = SignIn(getpass.getuser())
         app = dashboard(
             store,
             clock=SYSTEM_CLOCK,
             catalog=catalog,
             github_repository=github_repository,
             state_dir=state_dir,
+            access=access_for(host, sign_in=sign_in, store=store),
         )
         click.echo(f"dashboard on http://{host}:{port}/ reading {state_dir}")
+        click.echo(f"sign in as {sign_in.user} (once) at http://{host}:{port}/signin?token={sign_in.token}")
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", server_header=False)
         uvicorn.Server(config).run()
 
@@ -102,12 +130,23 @@ def dashboard(
     catalog: Callable[[], Catalog | None],
     github_repository: str | None,
     state_dir: Path | None = None,
+    access: Access | None = None,
 ) -> Starlette:
     """The dashboard's app over ``store``, with main's specs as ``catalog`` reads them.
 
-    With ``state_dir`` (the embedded home), drift is asked of the routers it runs.
+    With ``state_dir`` (the embedded home), drift is asked of the routers it
+    runs, and the session key is kept there unless ``FLYWHEEL_UI_SECRET`` gives it.
+    People act as ``access`` knows them (default: :func:`access_for` a loopback address,
+    without a local sign-in; ``flywheel ui`` and ``flywheel serve`` give theirs).
     """
+    from controller.settings import SettingsError, ui_settings
     from controller.ui import LinkMaker, create_app
+    from controller.ui.access import session_secret
+
+    try:
+        secret = session_secret(ui_settings().secret, state_dir)
+    except (SettingsError, OSError) as exc:
+        raise click.ClickException(f"dashboard: {exc}") from exc
 
     def thread(model: str, version: int) -> str | None:
         message = store.slack_message(model=model, version=version)
@@ -124,7 +163,75 @@ def dashboard(
         pull_number=store.pull_number_for_branch,
         slack_thread=thread,
         drift=local_drift(state_dir) if state_dir is not None else None,
+        records=store,
+        access=access or access_for("127.0.0.1", sign_in=None, store=store),
+        secret=secret,
     )
+
+
+def access_for(host: str, *, sign_in: SignIn | None, store: SqlStore) -> Access:
+    """Who may read and act, from the settings: reading is open by default only on a loopback ``host``.
+
+    Bearer tokens are the ones issued into ``store`` (``flywheel ui token create``).
+    """
+    import functools
+
+    from controller.settings import SettingsError, ui_settings
+    from controller.ui.access import Access, networks
+    from controller.ui.tokens import token_user
+
+    try:
+        settings = ui_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    return Access(
+        read=settings.read or ("open" if loopback else "signed-in"),
+        trusted_proxies=networks(settings.trusted_proxies),
+        user_header=settings.user_header,
+        sign_in=sign_in,
+        tokens=functools.partial(token_user, store),
+    )
+
+
+@ui.group()
+def token() -> None:
+    """API tokens for the CLI's --server: each acts as one person, checked by main's policy per request."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--as", "person", required=True, help="Who the token acts as (a name main's policy maps).")
+@state_dir_option
+def token_create(name: str, person: str, state_dir: Path) -> None:
+    """Issue a token named NAME acting as PERSON; it is printed once and kept only as a hash."""
+    from controller.cli.rollouts import os_login
+    from controller.ui.tokens import TokenTaken, issue_token
+
+    with existing_store(state_dir, writes=True) as store:
+        try:
+            secret = issue_token(store, name=name, user=person, by=os_login())
+        except TokenTaken as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"token {name} acts as {person}; it is shown this once:")
+    click.echo(secret)
+
+
+@token.command("revoke")
+@click.argument("name")
+@state_dir_option
+def token_revoke(name: str, state_dir: Path) -> None:
+    """Revoke the token named NAME: requests bearing it are refused from now on."""
+    from controller.cli.rollouts import os_login
+    from controller.ui.tokens import revoke_token
+
+    with existing_store(state_dir, writes=True) as store:
+        if not revoke_token(store, name=name, by=os_login()):
+            raise click.ClickException(f"there is no token named {name!r}")
+    click.echo(f"token {name} revoked")
 
 
 def local_drift(state_dir: Path) -> DriftSource:

@@ -45,12 +45,13 @@ __all__ = [
     "approval_gate",
     "expires_at",
     "groups_of",
+    "login_user",
     "may_run",
     "policy_with_rule",
     "resolve_user",
 ]
 
-Channel = Literal["cli", "github", "slack"]
+Channel = Literal["cli", "github", "slack", "dashboard"]
 Decision = Literal["approve", "reject"]
 Refusal = Literal["unmapped", "not_in_groups", "author", "duplicate"]
 
@@ -98,14 +99,24 @@ def resolve_user(policy: Policy, *, channel: Channel, name: str) -> str | None:
     against the identities' GitHub logins, ignoring ASCII case only, as GitHub
     does (its logins are ASCII letters, digits and hyphens, so no Unicode case
     folding can turn a look-alike into a login). ``slack``: matched against
-    the identities' Slack member ids. ``policy`` must be main's.
+    the identities' Slack member ids. ``dashboard``: ``name`` is who the
+    dashboard's sign-in or an authenticating proxy asserts: a Flywheel user
+    (as on ``cli``), else an identity's operating-system ``login``, else its
+    GitHub login (what oauth2-proxy's GitHub provider asserts).
+    ``policy`` must be main's.
     """
     if not name:
         return None
     if channel == "cli":
-        if any(name in members for members in policy.groups.values()):
-            return name
-        return name if any(identity.user == name for identity in policy.identities) else None
+        return _flywheel_user(policy, name)
+    if channel == "dashboard":
+        known = _flywheel_user(policy, name)
+        if known is not None:
+            return known
+        for identity in policy.identities:
+            if identity.login is not None and identity.login == name:
+                return identity.user
+        return resolve_user(policy, channel="github", name=name)
     if channel == "github":
         if not _GITHUB_LOGIN.fullmatch(name):
             return None
@@ -118,6 +129,27 @@ def resolve_user(policy: Policy, *, channel: Channel, name: str) -> str | None:
         if identity.slack is not None and identity.slack == name:
             return identity.user
     return None
+
+
+def _flywheel_user(policy: Policy, name: str) -> str | None:
+    """``name`` when it is a Flywheel user of ``policy``: a member of a group, or listed in the identities."""
+    if any(name in members for members in policy.groups.values()):
+        return name
+    return name if any(identity.user == name for identity in policy.identities) else None
+
+
+def login_user(policy: Policy, login: str) -> str | None:
+    """The Flywheel user the operating-system user ``login`` is in ``policy`` (main's), or ``None``.
+
+    The identity whose ``login`` is ``login``; else ``login`` itself when it is
+    a Flywheel user (a member of a group, or listed in the identities).
+    """
+    if not login:
+        return None
+    for identity in policy.identities:
+        if identity.login is not None and identity.login == login:
+            return identity.user
+    return _flywheel_user(policy, login)
 
 
 def groups_of(policy: Policy, user: str | None) -> frozenset[str]:

@@ -49,6 +49,12 @@ Environment variables (README.md, "Settings", "GitHub" and "Slack"):
     the registry with (:class:`ArgoSettings`).
     The bearer token of an Environment's Argo Server is read from the variable
     or file its spec names, at each use (:func:`argo_token`).
+``FLYWHEEL_UI_READ``, ``FLYWHEEL_UI_TRUSTED_PROXIES``, ``FLYWHEEL_UI_USER_HEADER``, ``FLYWHEEL_UI_SECRET``
+    Who may read the dashboard and how people prove who they are
+    (:class:`UiSettings`, read by ``flywheel ui`` and ``flywheel serve``).
+``FLYWHEEL_SERVER``, ``FLYWHEEL_TOKEN``
+    A shared Flywheel's dashboard that the decision commands ask, and the API
+    token they send (read by those commands: ``--server``).
 ``FLYWHEEL_HEALTH_PORT``
     The port of the controller's ``GET /healthz`` (0 or unset: none), served
     by ``flywheel run`` and ``flywheel serve`` (:class:`HealthSettings`).
@@ -448,3 +454,49 @@ def _poll_seconds(text: str) -> float:
     if not 0 <= seconds < float("inf"):
         raise SettingsError(f"FLYWHEEL_GITHUB_POLL_SECONDS is {text!r}: give seconds, or 0 for no polling")
     return seconds
+
+
+# ------------------------------------------------------------------ the dashboard
+
+
+@dataclass(frozen=True)
+class UiSettings:
+    """Who may read the dashboard and act on it (``flywheel ui``, and ``flywheel serve`` at /ui).
+
+    ``read``: ``open`` or ``signed-in`` (``FLYWHEEL_UI_READ``; ``None``: open on
+    a loopback address, signed-in elsewhere). ``trusted_proxies``: the CIDRs
+    whose ``user_header`` names the person (``FLYWHEEL_UI_TRUSTED_PROXIES``,
+    comma-separated; ``FLYWHEEL_UI_USER_HEADER``, default ``X-Forwarded-User``).
+    ``secret`` signs the session cookie (``FLYWHEEL_UI_SECRET``; unset: a key
+    made once in the state directory, mode 0600).
+    """
+
+    read: Literal["open", "signed-in"] | None = None
+    trusted_proxies: tuple[str, ...] = ()
+    user_header: str = "X-Forwarded-User"
+    secret: str | None = field(default=None, repr=False)
+
+
+def ui_settings(environ: Mapping[str, str] | None = None) -> UiSettings:
+    """The dashboard's settings from the environment; a malformed one raises :class:`SettingsError`."""
+    import ipaddress
+
+    env = os.environ if environ is None else environ
+    read = env.get("FLYWHEEL_UI_READ") or None
+    if read not in (None, "open", "signed-in"):
+        raise SettingsError(f"FLYWHEEL_UI_READ is {read!r}: give open or signed-in")
+    proxies = tuple(p.strip() for p in env.get("FLYWHEEL_UI_TRUSTED_PROXIES", "").split(",") if p.strip())
+    for proxy in proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise SettingsError(
+                f"FLYWHEEL_UI_TRUSTED_PROXIES: {proxy!r} is not an address or a CIDR"
+            ) from None
+    header = env.get("FLYWHEEL_UI_USER_HEADER") or "X-Forwarded-User"
+    return UiSettings(
+        read=read,  # type: ignore[arg-type]  # one of the literals, checked above
+        trusted_proxies=proxies,
+        user_header=header,
+        secret=env.get("FLYWHEEL_UI_SECRET") or None,
+    )

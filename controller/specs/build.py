@@ -245,7 +245,7 @@ def build_policy(doc: dict[str, Any], spec_path: str) -> Policy:
         spec_path=spec_path,
         groups={name: tuple(group["members"]) for name, group in spec.get("groups", {}).items()},
         identities=tuple(
-            Identity(user=i["user"], github=i.get("github"), slack=i.get("slack"))
+            Identity(user=i["user"], github=i.get("github"), slack=i.get("slack"), login=i.get("login"))
             for i in spec.get("identities", ())
         ),
         trusted_groups=tuple(trust.get("groups", ())),

@@ -277,6 +277,7 @@ class Identity:
     user: str
     github: str | None = None
     slack: str | None = None
+    login: str | None = None  # the operating-system login name (the CLI and the dashboard's local sign-in)
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,11 @@
 store of their own. Every page and every API answer is one read of
 :class:`~controller.ui.facts.Facts` at the clock's "now"; the pages render the
 same objects the API returns as JSON (its OpenAPI document is at
-``/api/v1/openapi.json``). Reading only: nothing here writes to the store,
-and nothing secret (tokens, webhook secrets) is within its reach.
+``/api/v1/openapi.json``). Given the store to write to (``records``), it
+also takes people's requests (:mod:`controller.ui.actions`), as the person
+:class:`~controller.ui.access.Access` knows; reading is open, or only for
+those signed in. Nothing secret (tokens, webhook secrets, the session key)
+is ever rendered.
 
 Routes (relative to where the app is mounted):
 
@@ -19,6 +22,8 @@ Routes (relative to where the app is mounted):
 ``/approvals``               rollouts waiting at an approval gate
 ``/audit``                   the audit log by model, person, action and time
 ``/api/v1/...``              the same facts as JSON
+``/signin?token=...``        the one-time local sign-in ``flywheel ui`` prints; ``POST /signout``
+``POST /models/{model}/actions`` and ``POST /api/v1/models/{model}/actions``: see :mod:`controller.ui.actions`
 """
 
 from __future__ import annotations
@@ -32,8 +37,10 @@ import jinja2
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -41,7 +48,10 @@ from starlette.templating import Jinja2Templates
 from controller.backends.store import ModelQuery
 from controller.backends.store.registry import MODEL_SORTS
 from controller.clock import Clock
+from controller.engine.commands import CommandRecords
 from controller.specs.types import Catalog
+from controller.ui.access import Access, csrf_ok, csrf_token, session_secret
+from controller.ui.actions import Actions
 from controller.ui.charts import check_charts, metric_charts, weight_chart
 from controller.ui.facts import DriftSource, Facts, HistoryReads, LinkMaker, ModelReads, Unknown
 from controller.ui.schemas import ModelList, openapi_document
@@ -62,6 +72,15 @@ _SORT_WORDS = {
     "versions": "fewest versions first",
     "-versions": "most versions first",
 }
+
+
+_SIGN_IN_TO_READ = (
+    "sign in to read this dashboard: open the sign-in address `flywheel ui` printed, "
+    "or come through the proxy."
+)
+_SIGN_IN_USED = (
+    "this sign-in address is wrong or was used already; each works once. Restart `flywheel ui` for a new one."
+)
 
 
 class _BadQuery(ValueError):
@@ -156,6 +175,10 @@ def create_app(
     pull_number: Callable[[str], int | None] | None = None,
     drift: DriftSource | None = None,
     slack_thread: Callable[[str, int], str | None] | None = None,
+    records: CommandRecords | None = None,
+    access: Access | None = None,
+    secret: str | None = None,
+    secure_cookies: bool = False,
 ) -> Starlette:
     """The dashboard's app over the store (``models`` and ``history``: one store, or two views of it).
 
@@ -165,7 +188,16 @@ def create_app(
     ``slack_thread`` the address of a version's rollout thread in Slack;
     ``drift`` asks the routers serving a model for its drift tables. The store
     is called from worker threads, so it must be usable from any thread. Read at ``clock``'s now.
+
+    With ``records`` (the same store, written to) people may act; ``access``
+    says who may read and how people prove who they are (default: open
+    reading, no way to sign in). ``secret`` signs the session cookie (default:
+    a key for this app only); ``secure_cookies`` sends it over HTTPS only.
     """
+    gate = access or Access()
+    actions = (
+        Actions(records=records, catalog=catalog, clock=clock, access=gate) if records is not None else None
+    )
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("controller.ui", "templates"),
         autoescape=True,
@@ -192,6 +224,8 @@ def create_app(
 
     def api(read: Callable[[Request], BaseModel]) -> Callable[[Request], Response]:
         def endpoint(request: Request) -> Response:
+            if not gate.may_read(request):
+                return JSONResponse({"error": "sign in, or send a bearer token, to read"}, status_code=401)
             try:
                 return JSONResponse(read(request).model_dump(mode="json"))
             except _BadQuery as exc:
@@ -203,23 +237,67 @@ def create_app(
 
     def page(name: str, read: Callable[[Request], dict[str, Any]]) -> Callable[[Request], Response]:
         def endpoint(request: Request) -> Response:
+            if not gate.may_read(request):
+                return _error_page(request, 401, _SIGN_IN_TO_READ)
             try:
                 context = read(request)
             except _BadQuery as exc:
                 return _error_page(request, 400, str(exc))
             except Unknown as exc:
                 return _error_page(request, 404, str(exc))
-            return templates.TemplateResponse(request, name, {"now": clock.now(), **context})
+            return templates.TemplateResponse(request, name, {**_common(request), **context})
 
         return endpoint
+
+    def _common(request: Request) -> dict[str, Any]:
+        """What every page shows: who is signed in, the outcome of their last request, the form token."""
+        return {
+            "now": clock.now(),
+            "person": gate.person(request),
+            "flash": request.session.pop("flash", None),
+            "csrf": csrf_token(request),
+            "can_act": actions is not None,
+            "here": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+        }
 
     def _error_page(request: Request, status: int, message: str) -> Response:
         return templates.TemplateResponse(
             request,
             "error.html",
-            {"now": clock.now(), "status": status, "message": message},
+            {**_common(request), "status": status, "message": message},
             status_code=status,
         )
+
+    # ------------------------------------------------------------ people
+
+    def sign_in(request: Request) -> Response:
+        user = gate.sign_in_as(request, request.query_params.get("token", ""))
+        if user is None:
+            return _error_page(request, 403, _SIGN_IN_USED)
+        request.session["flash"] = {"ok": True, "message": f"signed in as {user}"}
+        return RedirectResponse(request.url_for("models").path, status_code=303)
+
+    async def sign_out(request: Request) -> Response:
+        form = await request.form()
+        if not csrf_ok(request, form.get("csrf")):
+            return _error_page(
+                request, 403, "this form did not come from this dashboard session; nothing changed."
+            )
+        request.session.clear()
+        return RedirectResponse(request.url_for("models").path, status_code=303)
+
+    async def act(request: Request) -> Response:
+        if actions is None:
+            return _error_page(request, 403, "this dashboard only reads; nothing can be done here.")
+        answer = await actions.form(request)
+        if isinstance(answer, tuple):
+            return _error_page(request, *answer)
+        return answer
+
+    async def act_api(request: Request) -> Response:
+        if actions is None:
+            return JSONResponse({"error": "this dashboard only reads"}, status_code=403)
+        return await actions.api(request)
 
     # ------------------------------------------------------------ readers
 
@@ -272,6 +350,10 @@ def create_app(
         Route("/proposals", page("proposals.html", proposals), name="proposals"),
         Route("/approvals", page("approvals.html", approvals), name="approvals"),
         Route("/audit", page("audit.html", audit), name="audit"),
+        Route("/signin", sign_in, name="signin"),
+        Route("/signout", sign_out, methods=["POST"], name="signout"),
+        Route("/models/{model}/actions", act, methods=["POST"], name="act"),
+        Route(f"{API_PREFIX}/models/{{model}}/actions", act_api, methods=["POST"], name="api_act"),
         Route(f"{API_PREFIX}/openapi.json", openapi, name="openapi"),
         Route(f"{API_PREFIX}/models", api(lambda r: model_list(r)["data"]), name="api_models"),
         Route(f"{API_PREFIX}/models/{{model}}", api(lambda r: model(r)["data"]), name="api_model"),
@@ -286,4 +368,13 @@ def create_app(
         Route(f"{API_PREFIX}/audit", api(lambda r: audit(r)["data"]), name="api_audit"),
         Mount("/static", StaticFiles(packages=[("controller.ui", "static")]), name="static"),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: not_found})
+    session = Middleware(
+        SessionMiddleware,
+        secret_key=session_secret(secret, None),
+        session_cookie="flywheel_session",
+        max_age=12 * 3600,
+        same_site="lax",
+        https_only=secure_cookies,
+    )
+    app = Starlette(routes=routes, exception_handlers={HTTPException: not_found}, middleware=[session])
+    return app

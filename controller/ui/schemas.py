@@ -9,7 +9,7 @@ same objects, so a page never shows a fact the API does not have.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -296,6 +296,27 @@ class Problem(_Shape):
     error: str
 
 
+class ActionRequest(_Shape):
+    """What a person asks of a model's rollout through the API (with a bearer token)."""
+
+    command: Literal["approve", "reject", "pause", "resume", "promote", "abort", "rollback"]
+    version: int | None = None  # approve and reject: the version at the gate (default: the one there)
+    environment: str | None = None  # approve and reject: the gate (default: the next one)
+    reason: str | None = None  # kept in the audit log
+    claimed: str | None = Field(default=None, alias="as")  # who the caller says the token is (the CLI's --as)
+
+
+class ActionOutcome(_Shape):
+    """The engine's answer to one request: done or refused, in a sentence."""
+
+    ok: bool
+    message: str
+    refusal: str | None
+    user: str | None
+    rollout: int | None
+    duplicate: bool
+
+
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
@@ -339,6 +360,8 @@ def openapi_document(*, sorts: tuple[str, ...]) -> dict[str, Any]:
         AuditList,
         DriftReport,
         Problem,
+        ActionRequest,
+        ActionOutcome,
     ]
     schemas: dict[str, Any] = {}
     for shape in shapes:
@@ -390,9 +413,44 @@ def openapi_document(*, sorts: tuple[str, ...]) -> dict[str, Any]:
             ],
         ),
     }
+    problem = {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    outcome = {"application/json": {"schema": {"$ref": "#/components/schemas/ActionOutcome"}}}
+    refused = {
+        "application/json": {
+            "schema": {
+                "oneOf": [
+                    {"$ref": "#/components/schemas/ActionOutcome"},
+                    {"$ref": "#/components/schemas/Problem"},
+                ]
+            }
+        }
+    }
+    paths["/api/v1/models/{model}/actions"] = {
+        "post": {
+            "summary": "Approve, reject, pause, resume, promote, abort or roll back, as the token's person",
+            "security": [{"token": []}],
+            "parameters": [_path("model", _NAME)],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ActionRequest"}}},
+            },
+            "responses": {
+                "200": {"description": "Done (or already so)", "content": outcome},
+                "400": {"description": "The request cannot be read", "content": problem},
+                "401": {"description": "No valid bearer token", "content": problem},
+                "403": {
+                    "description": "Refused by main's policy, or this dashboard only reads",
+                    "content": refused,
+                },
+            },
+        }
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "Flywheel dashboard API", "version": "1"},
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
+        },
     }

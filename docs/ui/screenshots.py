@@ -5,9 +5,11 @@ chromium): PYTHONPATH=. python docs/ui/screenshots.py
 
 Builds state with the rollout engine as the tests do (tests/fixtures/rollout_world.py:
 iris v1 in production and v2 waiting at production's approval gate, wine
-beside it; then v2 approved and promoted, and v3's failing canary rolled
-back), serves the dashboard with uvicorn and saves a PNG of each main page
-next to this script.
+beside it; then v2 approved on the dashboard and promoted, and v3's
+failing canary rolled back), serves the dashboard with uvicorn behind a
+stand-in for an authenticating proxy (the browser names the person in
+X-Forwarded-User, 127.0.0.1 is the trusted proxy) and saves a PNG of each
+main page next to this script, and one of alice's refused approval.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import uvicorn
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Page, ViewportSize, sync_playwright
 
 from controller.backends.metrics import Measurement
 from controller.backends.metrics.fake import FakeMetrics
@@ -27,10 +29,10 @@ from controller.backends.serving.fake import FakeServing
 from controller.backends.serving.server import free_port
 from controller.backends.store import open_store
 from controller.clock import SYSTEM_CLOCK, FakeClock
-from controller.engine.commands import Actor
 from controller.scaffold import scaffold
 from controller.specs import load_tree
 from controller.ui import create_app
+from controller.ui.access import Access, networks
 from tests.fixtures.rollout_world import RolloutWorld
 
 HERE = Path(__file__).parent
@@ -53,8 +55,7 @@ def waiting(scratch: Path) -> RolloutWorld:
 
 
 def rolled_back(world: RolloutWorld) -> None:
-    """v2 approved by carol and promoted; then v3's canary fails its rounds and is rolled back."""
-    assert world.commands().decide(Actor("cli", "carol"), decision="approve", model="iris", version=2).ok
+    """v2 (approved by carol) promoted; then v3's canary fails its rounds and is rolled back."""
     world.settle(seconds=11, ticks=12)
     world.clock.advance(600)
     world.engine().start(world.register(3), world.catalog.models["iris"], author="bob")
@@ -69,7 +70,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         world = waiting(Path(scratch))
         app = create_app(
-            models=world.store, history=world.store, clock=world.clock, catalog=lambda: world.catalog
+            models=world.store,
+            history=world.store,
+            clock=world.clock,
+            catalog=lambda: world.catalog,
+            records=world.store,
+            access=Access(trusted_proxies=networks(["127.0.0.1/32"])),
         )
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -79,14 +85,31 @@ def main() -> None:
         site = f"http://127.0.0.1:{port}"
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
-            tab = browser.new_page(viewport={"width": 1280, "height": 900})
+
+            def person(user: str) -> Page:
+                viewport: ViewportSize = {"width": 1280, "height": 900}
+                context = browser.new_context(
+                    viewport=viewport, extra_http_headers={"X-Forwarded-User": user}
+                )
+                return context.new_page()
+
+            tab, alice = person("carol"), person("alice")
+
+            def save(page: Page, name: str) -> None:
+                page.screenshot(path=str(HERE / f"{name}.png"))
+                print(f"saved {HERE / f'{name}.png'}")
 
             def shoot(name: str, path: str) -> None:
                 tab.goto(site + path)
-                tab.screenshot(path=str(HERE / f"{name}.png"))
-                print(f"saved {HERE / f'{name}.png'}")
+                save(tab, name)
 
             shoot("approvals", "/approvals")
+            gate = f"/rollouts/{world.store.rollouts_for('iris')[0].id}"
+            alice.goto(site + gate)
+            alice.get_by_role("button", name="Approve").click()
+            save(alice, "refused")
+            tab.goto(site + gate)
+            tab.get_by_role("button", name="Approve").click()
             rolled_back(world)
             shoot("models", "/")
             shoot("model", "/models/iris")

@@ -37,6 +37,7 @@ from controller.settings import ENV_DATABASE_URL, ControllerSettings, Settings
 from tests.fakes.kube_api import FakeKube
 from tests.fakes.kube_leases import FakeLeases, with_leases
 from tests.fixtures import T0
+from tests.fixtures.people import login_as
 from tests.gitrepo import GitRepo
 
 pytestmark = pytest.mark.e2e
@@ -92,6 +93,7 @@ def repo(tmp_path: Path) -> GitRepo:
     start, end = text.index("  rollout:\n"), text.index("  notifications:\n")
     work.write("specs/iris/model.yaml", text[:start] + ROLLOUT + text[end:])
     work.git("commit", "-qam", "a canary without analysis: steps pass on their duration")
+    login_as(work, "carol")  # the CLI approves as carol: whoever runs the tests is carol
     return work
 
 

@@ -35,6 +35,7 @@ from controller.clock import SYSTEM_CLOCK
 from controller.scaffold import scaffold
 from controller.settings import default_venv_cache
 from tests.e2e.test_promotion import FLYWHEEL, _cli, _shutdown_serving, _traffic, _tune
+from tests.fixtures.people import login_as
 from tests.gitrepo import GitRepo
 
 pytestmark = pytest.mark.e2e
@@ -187,6 +188,7 @@ def drill(tmp_path: Path) -> Iterator[Drill]:
     repo = GitRepo(tmp_path / "ml")
     scaffold(repo.path)
     _tune(repo)
+    login_as(repo, "carol")  # the CLI approves as carol: whoever runs the tests is carol
     drill = Drill(repo, tmp_path)
     try:
         yield drill

@@ -32,6 +32,7 @@ from controller.demo import DEMO_ROLLOUT, DemoOptions, run_demo
 from controller.engine.rollout_state import load_state
 from controller.scaffold import scaffold
 from controller.settings import default_venv_cache
+from tests.fixtures.people import login_as
 from tests.gitrepo import GitRepo
 
 pytestmark = pytest.mark.e2e
@@ -68,6 +69,7 @@ def test_kill_9_mid_canary_resumes_the_same_step_without_repeating(tmp_path: Pat
     repo = GitRepo(tmp_path / "ml")
     scaffold(repo.path)
     _tune(repo)
+    login_as(repo, "carol")  # the CLI approves as carol: whoever runs the tests is carol
     state = tmp_path / "state"
     logs: list[Path] = []
     handles = []

@@ -14,7 +14,7 @@ from typing import Literal, Protocol, TypedDict, Unpack
 __all__ = ["Approval", "ApprovalChannel", "ApprovalRecords", "Decision", "NewApproval"]
 
 Decision = Literal["approve", "reject"]
-ApprovalChannel = Literal["cli", "github", "slack"]
+ApprovalChannel = Literal["cli", "github", "slack", "dashboard"]
 
 
 @dataclass(frozen=True)
