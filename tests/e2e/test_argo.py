@@ -203,7 +203,8 @@ def test_a_controller_killed_mid_workflow_follows_it_when_started_again(
 ) -> None:
     state = tmp_path / "state"
     repo.branch("slow")
-    repo.edit("specs/iris/train.py", "p = params()", "import time\ntime.sleep(3)\np = params()")
+    # slow enough that the Workflow still runs when the controller is killed, on a loaded machine too
+    repo.edit("specs/iris/train.py", "p = params()", "import time\ntime.sleep(12)\np = params()")
     repo.commit("Train slowly")
     claims = argo.claim("flywheel-artifacts").parent
     first = subprocess.Popen(
@@ -213,7 +214,9 @@ def test_a_controller_killed_mid_workflow_follows_it_when_started_again(
     )
     try:
         _wait_for(
-            lambda: [r for r in _runs(state, "slow") if _workflows_of(argo, r)], "the slow run's Workflow"
+            lambda: [r for r in _runs(state, "slow") if _workflows_of(argo, r)],
+            "the slow run's Workflow",
+            timeout=180,  # a controller process starting under load
         )
     finally:
         first.send_signal(signal.SIGKILL)
