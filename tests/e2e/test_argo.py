@@ -224,13 +224,14 @@ def test_a_controller_killed_mid_workflow_follows_it_when_started_again(
     [run] = _runs(state, "slow")
     [workflow] = _workflows_of(argo, run)
     assert argo.workflows[(NAMESPACE, workflow)]["status"]["phase"] == "Running"
-    before = _submissions(argo)
 
     assert _run_once(repo, state, argo, FakeImages()) == 0
     [again] = _runs(state, "slow")
     assert again.id == run.id and again.status == "succeeded"
     assert _workflows_of(argo, run) == [workflow] and argo.stopped == []
-    assert _submissions(argo) == before  # the Workflow was found by its labels, not submitted again
+    # the Workflow was found by its labels, not submitted again (the release branch's run may have been
+    # submitted by either controller: it is not the one this drill is about)
+    assert argo.submitted.count(workflow) == 1
     assert "status: success" in _review(state, "slow")
 
 

@@ -62,6 +62,7 @@ class FakeArgoServer:
         self.python = python or Path(sys.executable)
         self.workflows: dict[tuple[str, str], dict[str, Any]] = {}
         self.created: list[str] = []  # names, in order of creation (a refused duplicate is not counted)
+        self.submitted: list[str] = []  # names of every create asked for, refused duplicates included
         self.stopped: list[str] = []
         self.requests: list[tuple[str, str]] = []
         self.claims: dict[str, Path] = {}
@@ -130,6 +131,7 @@ class FakeArgoServer:
     def create(self, namespace: str, workflow: dict[str, Any]) -> tuple[int, Any]:
         name = workflow["metadata"]["name"]
         with self._changed:
+            self.submitted.append(name)
             if (namespace, name) in self.workflows:
                 return 409, {"code": 6, "message": f'workflows.argoproj.io "{name}" already exists'}
             workflow = copy.deepcopy(workflow)
