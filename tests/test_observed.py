@@ -8,7 +8,8 @@ Pinned down here:
   *unexpected*; the same versions with other weights is *weights*; a router
   that cannot be read is *unknown* (never "nothing serves"), and is no news
   where nothing is expected; while an active rollout moves traffic, weights
-  are not compared;
+  are not compared; a first deployment routed whole as it is deployed (as
+  KServe does) is expected, until its rollout routes it;
 * the serving watch, on fake serving and a real store: a production server
   killed behind the controller's back is audited and announced once (one
   outbox message, one ``serving.discrepancy``), not again on later ticks nor

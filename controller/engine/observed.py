@@ -15,6 +15,11 @@ rollout's state) with the pure :func:`compare`. What differs is a
 ``unknown``     what serves could not be read (the router is down or does not answer):
                 never taken for "nothing serves".
 
+A model's first version in an environment may take all of its traffic
+before its rollout routes it: a backend that deploys a first version whole
+(KServe does) routes it as it deploys it. That, and only that, is expected
+while the rollout deploys it or waits at its gate.
+
 Each new discrepancy is audited once (``serving.discrepancy``, with what was
 expected and what was observed) and announced once through the outbox
 (``serving_discrepancy``); when it goes away it is audited
