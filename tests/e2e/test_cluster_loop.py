@@ -311,13 +311,15 @@ class Traffic:
 
 
 def production(cluster: Cluster) -> dict[str, Any]:
-    """Production's InferenceService as the stand-in KServe reports it."""
-    return cluster.kserve._view(cluster.kserve.services[("ml-production", "iris")])
+    """Production's InferenceService as the stand-in KServe reports it (under its lock, as its API does)."""
+    with cluster.kserve._lock:
+        return cluster.kserve._view(cluster.kserve.services[("ml-production", "iris")])
 
 
 def serving_version(cluster: Cluster, document: dict[str, Any]) -> dict[str, int]:
     """Which versions' artifacts get the traffic, by ``status.components.predictor.traffic``."""
-    revisions = {r.name: r for s in cluster.kserve.services.values() for r in s.revisions}
+    with cluster.kserve._lock:
+        revisions = {r.name: r for s in cluster.kserve.services.values() for r in s.revisions}
     shares: Counter[str] = Counter()
     for entry in document["status"]["components"]["predictor"]["traffic"]:
         uri = revisions[entry["revisionName"]].predictor["model"]["storageUri"]
