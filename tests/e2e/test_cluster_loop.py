@@ -41,8 +41,9 @@ from typing import Any
 
 import httpx
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
+from controller import scaffold
 from controller.app import Controller, build_controller
 from controller.backends.images.fake import FakeImages
 from controller.backends.local.venvs import VenvCache
@@ -66,6 +67,7 @@ from tests.test_metrics_prometheus import PrometheusServer
 
 pytestmark = pytest.mark.e2e
 
+TEMPLATE = Path(scaffold.__file__).parent / "template"
 TOKEN = "s3cret"
 CLAIM = "flywheel-artifacts"
 ENVIRONMENT = """\
@@ -160,7 +162,9 @@ def argo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeArgoSe
 @pytest.fixture
 def cluster(prometheus_program: None, argo: FakeArgoServer, tmp_path: Path) -> Iterator[Cluster]:
     """The stand-in Kubernetes API and KServe; revisions served by MLServer from the steps' claim."""
-    requirements = (Path(__file__).resolve().parents[2] / "specs" / "iris" / "requirements.txt").read_text()
+    requirements = (
+        TEMPLATE / "specs" / "iris" / "requirements.txt"
+    ).read_text()  # what `flywheel init` writes
     with kserve_cluster(
         tmp_path,
         claims=argo.claim(CLAIM).parent,
@@ -260,7 +264,7 @@ class Loop:
         audit = [(e.action, e.version, e.environment, e.detail) for e in store.audit(model="iris")][-8:]
         return f"runs {runs}, rollouts {rollouts}, audit {audit}"
 
-    def cli(self, *args: str) -> Any:
+    def cli(self, *args: str) -> Result:
         where = ["--repo", str(self.repo.path), "--state-dir", str(self.cli_state)]
         return CliRunner().invoke(main, [*args, *where], env={ENV_DATABASE_URL: self.pg_url})
 
