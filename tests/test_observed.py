@@ -8,7 +8,8 @@ Pinned down here:
   *unexpected*; the same versions with other weights is *weights*; a router
   that cannot be read is *unknown* (never "nothing serves"), and is no news
   where nothing is expected; while an active rollout moves traffic, weights
-  are not compared;
+  are not compared; a first deployment routed whole as it is deployed (as
+  KServe does) is expected, until its rollout routes it;
 * the serving watch, on fake serving and a real store: a production server
   killed behind the controller's back is audited and announced once (one
   outbox message, one ``serving.discrepancy``), not again on later ticks nor
@@ -139,6 +140,35 @@ def test_expected_serving_reads_the_rollout_in_this_environment_only() -> None:
     assert expected_serving(environment="production", model="iris", served=served, rollout=canary).settling
     done = expected_serving(environment="production", model="iris", served=served, rollout=routed)
     assert not done.settling
+
+
+def test_a_first_version_routed_whole_as_it_was_deployed_is_expected_until_the_rollout_routes_it() -> None:
+    """KServe gives a model's first version all the traffic as it deploys it: not a discrepancy."""
+    for phase in ("deploy", "gate"):
+        first = RolloutState(model="iris", version=1, stages=("staging", "production"), stage_index=1,
+                             phase=phase)  # type: ignore[arg-type]  # fmt: skip
+        expected = expected_serving(environment="production", model="iris", served=[], rollout=first)
+        assert expected.whole == "v1" and expected.weights == {}
+        assert compare(expected, _seen({"v1": 100}, {"v1"})) == ()  # routed whole by the backend (KServe)
+        assert compare(expected, _seen({}, {"v1"})) == ()  # not routed yet (the embedded home)
+        found = compare(expected, _seen({"v0": 100}, {"v0"}))
+        assert [(d.kind, d.version) for d in found] == [("unexpected", "v0")]  # another version is news
+        found = compare(expected, _seen({"v1": 100}, set()))
+        assert [(d.kind, d.version) for d in found] == [("missing", "v1")]  # routed, but not running
+        found = compare(expected, _seen({"v1": 50}, {"v1"}))
+        assert [(d.kind, d.version) for d in found] == [("unexpected", "v1")]  # whole, or not at all
+    second = RolloutState(model="iris", version=2, stages=("production",), phase="gate", stable=1)
+    served = [(1, 100)]
+    assert (
+        expected_serving(environment="production", model="iris", served=served, rollout=second).whole is None
+    )
+    replaced = replace(second, stable=None)  # something serves there already: not a first deployment
+    assert (
+        expected_serving(environment="production", model="iris", served=served, rollout=replaced).whole
+        is None
+    )
+    canary = replace(replaced, phase="canary", canary=StepProgress(started_at=None, routed=True))
+    assert expected_serving(environment="production", model="iris", served=[], rollout=canary).whole is None
 
 
 def test_open_discrepancies_are_those_not_reconciled_since() -> None:

@@ -15,6 +15,11 @@ rollout's state) with the pure :func:`compare`. What differs is a
 ``unknown``     what serves could not be read (the router is down or does not answer):
                 never taken for "nothing serves".
 
+A model's first version in an environment may take all of its traffic
+before its rollout routes it: a backend that deploys a first version whole
+(KServe does) routes it as it deploys it. That, and only that, is expected
+while the rollout deploys it or waits at its gate.
+
 Each new discrepancy is audited once (``serving.discrepancy``, with what was
 expected and what was observed) and announced once through the outbox
 (``serving_discrepancy``); when it goes away it is audited
@@ -63,6 +68,7 @@ ACTOR = "flywheel"
 
 Kind = Literal["missing", "unexpected", "weights", "unknown"]
 _SETTLING_PHASES = frozenset({"promote", "rolling_back"})
+_FIRST_PHASES = frozenset({"deploy", "gate"})  # a first deployment's phases before it is routed
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,9 @@ class Expected:
     weights: Mapping[str, int]  # version label -> percent, only versions with traffic
     allowed: frozenset[str] = frozenset()  # versions that may run without traffic (an active rollout's)
     settling: bool = False  # an active rollout moves the traffic right now: weights are not compared
+    # a first deployment here, before the rollout routes it: a backend that routes a model's first version
+    # whole as it deploys it (KServe does) may already give it all the traffic
+    whole: str | None = None
 
 
 def expected_serving(
@@ -129,7 +138,9 @@ def expected_serving(
         return Expected(environment, model, weights)
     routing = rollout.phase == "canary" and (rollout.canary is None or not rollout.canary.routed)
     settling = rollout.phase in _SETTLING_PHASES or routing
-    return Expected(environment, model, weights, frozenset({label(rollout.version)}), settling)
+    first = rollout.stable is None and not weights and rollout.phase in _FIRST_PHASES
+    whole = label(rollout.version) if first else None
+    return Expected(environment, model, weights, frozenset({label(rollout.version)}), settling, whole)
 
 
 def compare(expected: Expected, observed: ObservedServing) -> tuple[Discrepancy, ...]:
@@ -146,6 +157,8 @@ def compare(expected: Expected, observed: ObservedServing) -> tuple[Discrepancy,
     routes = dict(observed.routes.get(model, {}))
     routed = {version: weight for version, weight in routes.items() if weight > 0}
     live = observed.live.get(model, frozenset())
+    if expected.whole is not None and not want and routed == {expected.whole: 100}:
+        want = dict(routed)  # the first version, routed whole by the backend as it was deployed
     result: list[Discrepancy] = []
     for version, weight in sorted(want.items()):
         should = f"{model} {version} should take {weight}% of {env}"
