@@ -29,7 +29,7 @@ from controller.clock import SYSTEM_CLOCK, FakeClock
 from controller.scaffold import scaffold
 from controller.specs import load_tree
 from controller.ui import create_app
-from tests.fixtures.required import program
+from tests.fixtures.required import browser_env, program
 from tests.fixtures.rollout_world import RolloutWorld
 
 pytestmark = pytest.mark.integration
@@ -76,8 +76,9 @@ def _serve(world: RolloutWorld) -> Iterator[str]:
 
 
 @pytest.fixture
-def page(site: str) -> Iterator[Page]:
+def page(site: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Page]:
     chromium = program("chromium")
+    browser_env(monkeypatch)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
         try:

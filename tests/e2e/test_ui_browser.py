@@ -35,7 +35,7 @@ from controller.specs import load_tree
 from controller.ui import create_app
 from controller.ui.access import Access, SignIn, networks
 from tests.fixtures.people import with_people
-from tests.fixtures.required import program
+from tests.fixtures.required import browser_env, program
 from tests.fixtures.rollout_world import RolloutWorld
 
 pytestmark = pytest.mark.e2e
@@ -92,8 +92,9 @@ def site(world: RolloutWorld) -> Iterator[str]:
 
 
 @pytest.fixture
-def browser() -> Iterator[Browser]:
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Browser]:
     chromium = program("chromium")
+    browser_env(monkeypatch)
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
         try:
