@@ -23,7 +23,9 @@ so the pods and the controller agree.
 from __future__ import annotations
 
 import shutil
+import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
@@ -84,8 +86,7 @@ class ClaimArtifacts:
         source = self.root / run_paths(workflow)[1]
         if not source.is_dir():
             raise self._missing(source)
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(source, target, dirs_exist_ok=True)  # two handles of one run may copy at once
+        _into_place(target, lambda staging: shutil.copytree(source, staging))
 
     def bring_reference(self, workflow: str, target: Path) -> bool:
         source = self.root / run_paths(workflow)[0] / PurePosixPath(REFERENCE_PATH).name
@@ -138,11 +139,16 @@ class BucketArtifacts:
         ]
         if not keys:
             raise ArtifactsError(f"the run saved no model at {self._where(prefix)}/")
-        shutil.rmtree(target, ignore_errors=True)
-        for key in keys:
-            local = target / PurePosixPath(key[len(prefix) + 1 :])
-            local.parent.mkdir(parents=True, exist_ok=True)
-            self._call("bring the model from", key, client.download_file, self.spec.bucket, key, str(local))
+
+        def download(staging: Path) -> None:
+            for key in keys:
+                local = staging / PurePosixPath(key[len(prefix) + 1 :])
+                local.parent.mkdir(parents=True, exist_ok=True)
+                self._call(
+                    "bring the model from", key, client.download_file, self.spec.bucket, key, str(local)
+                )
+
+        _into_place(target, download)
 
     def bring_reference(self, workflow: str, target: Path) -> bool:
         from botocore.exceptions import ClientError
@@ -159,3 +165,27 @@ class BucketArtifacts:
             "bring the reference sample from", key, client.download_file, self.spec.bucket, key, str(target)
         )
         return True
+
+
+def _into_place(target: Path, fill: Callable[[Path], object]) -> None:
+    """Fill a directory of its own beside ``target``, then rename it into place.
+
+    Two handles following one run (a controller that adopted a Workflow while
+    another handle still followed it) may bring its model home at the same
+    time: each copies into its own directory, the first rename wins and the
+    second finds the same model already there. A ``target`` that exists is
+    whole (renames are atomic); the run's directory is cleaned when a run is
+    started again, so it is never a stale one.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        staging.rmdir()  # fill makes it, as copytree wants
+        fill(staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
