@@ -5,10 +5,11 @@ makes: create a ConfigMap and a ``batch/v1`` Job (201, or 409 ``AlreadyExists``
 as a ``Status``), get a Job, watch Jobs by ``fieldSelector=metadata.name=…``
 (newline-delimited ``{"type", "object"}`` events after ``resourceVersion``),
 list pods by ``labelSelector=job-name=…`` and read a pod's log. A Job stays
-running until a watch asks for it; then it finishes as :attr:`FakeKube.outcome`
-says (succeeded or failed, with a log), its pod appears with that log, and
-:attr:`FakeKube.on_finish` runs (a test uses it to push the image the build
-would have pushed). Every request is recorded. More kinds plug in as
+running until a watch asks for it; then :attr:`FakeKube.on_finish` runs (a
+test uses it to push the image the build would have pushed) and only after it
+the Job finishes as :attr:`FakeKube.outcome` says (succeeded or failed, with a
+log) and its pod appears with that log, so no reader sees a finished build
+whose image is not pushed yet. Every request is recorded. More kinds plug in as
 :attr:`FakeKube.routes` (:mod:`tests.fakes.kube_leases`): each is asked
 first, and answers ``(status, body)`` for a request it serves, else ``None``.
 """
@@ -100,6 +101,7 @@ class FakeKube:
         if job.get("status", {}).get("conditions"):
             return job
         outcome = self.outcome(job)
+        self.on_finish(job)  # the push happens before the Job completes, as BuildKit's does
         kind = "Complete" if outcome.succeeded else "Failed"
         job["status"] = {
             "succeeded" if outcome.succeeded else "failed": 1,
@@ -118,7 +120,6 @@ class FakeKube:
             key[0],
         )
         self.logs[(key[0], pod_name)] = outcome.log
-        self.on_finish(job)
         return job
 
     # ------------------------------------------------------------------ server
