@@ -5,16 +5,18 @@ controller on it (real git, the local runner with isolated virtualenvs,
 MLServer model servers behind weighted routers, SQLite), and then plays the
 people:
 
-1. main's iris model is trained, registered as v1 and rolled out; the
-   business owner (carol) approves production;
-2. an ML engineer (alice) proposes a change on a branch; the controller
+1. main's two example models (iris, and breast-cancer from ``flywheel init
+   --example``) are trained, registered as v1 and rolled out; the business
+   owner (carol) approves production for each;
+2. an ML engineer (alice) proposes a change to iris on a branch; the controller
    trains it and the review report is printed;
 3. the branch is merged; the proposal's run becomes v2 (what was reviewed is
    what ships) and goes through staging and canary steps under generated
    traffic, with live analysis;
 4. at the approval gate alice's approval is refused (the rule asks for a
    business owner) and carol's is accepted; v2 reaches production and v1 retires;
-5. the serving history and the audit log are printed.
+5. the serving history, the versions and the audit log are printed
+   (``--keep`` leaves the state, so ``flywheel ui`` shows all of it).
 
 Every process it starts is stopped at the end, and the directory removed
 (unless ``keep``). The demo shortens the example's canary steps and analysis
@@ -35,6 +37,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from controller.app import Controller, build_controller
@@ -43,12 +46,13 @@ from controller.backends.serving.server import free_port
 from controller.backends.store import RolloutRecord
 from controller.engine.commands import Actor, Commands
 from controller.engine.rollout_state import load_state
-from controller.scaffold import scaffold
+from controller.scaffold import EXAMPLES, scaffold
 from controller.settings import ControllerSettings, LocalSettings, Settings, default_venv_cache
 
 __all__ = ["DemoError", "DemoOptions", "run_demo"]
 
-MODEL = "iris"
+MODEL = "iris"  # the model alice changes
+MODELS = (MODEL, *EXAMPLES)  # every model the demo's repository holds
 BRANCH = "tune-regularisation"
 DEMO_ROLLOUT = """  rollout:
     stages:
@@ -113,7 +117,7 @@ class _Demo:
         self.say(
             "Scaffolding the example repository (flywheel init) and shortening its canary steps for the demo"
         )
-        scaffold(self.repo)
+        scaffold(self.repo, examples=EXAMPLES)
         self._tune_for_demo()
         venv_dir = self.options.venv_dir or default_venv_cache()
         settings = Settings(
@@ -129,12 +133,18 @@ class _Demo:
             store=self.controller.store, catalog=self.controller.main_catalog, clock=self.controller.clock
         )
 
-        self.say(f"Training {MODEL} on main; it becomes v1 (virtualenvs are built once, in {venv_dir})")
-        self.wait_for(lambda: self._rollout(1) is not None, "v1 to be registered", timeout=600)
-        self.wait_for(lambda: self._at_gate(1), "v1 to reach the production approval gate")
-        self._approve(commands, "carol", 1)
-        self.wait_for(lambda: self._state(1) == "succeeded", "v1 to reach production")
-        self.say("v1 serves production. Now alice proposes a change on a branch.")
+        self.say(
+            f"Training {' and '.join(MODELS)} on main; each becomes v1 "
+            f"(virtualenvs are built once, in {venv_dir})"
+        )
+        for model in MODELS:
+            self.wait_for(partial(self._registered, 1, model), f"{model} v1", timeout=600)
+        for model in MODELS:
+            self.wait_for(partial(self._at_gate, 1, model), f"{model} v1 to reach the approval gate")
+            self._approve(commands, "carol", 1, model)
+        for model in MODELS:
+            self.wait_for(partial(self._succeeded, 1, model), f"{model} v1 to reach production")
+        self.say(f"v1 of each serves production. Now alice proposes a change to {MODEL} on a branch.")
 
         self.git("checkout", "--quiet", "-b", BRANCH, author="alice")
         model_yaml = self.repo / "specs" / MODEL / "model.yaml"
@@ -149,24 +159,25 @@ class _Demo:
         self.say(f"Merging {BRANCH} into main")
         self.git("checkout", "--quiet", "main", author="alice")
         self.git("merge", "--quiet", "--no-ff", BRANCH, "-m", f"Merge {BRANCH}", author="alice")
-        self.wait_for(lambda: self._rollout(2) is not None, "v2 to be registered")
+        self.wait_for(partial(self._registered, 2, MODEL), "v2 to be registered")
         self.say("v2 is the proposal's own run (what was reviewed is what ships); rolling out under traffic")
-        self.wait_for(lambda: self._at_gate(2), "v2 to pass its canary steps and reach the approval gate")
+        self.wait_for(partial(self._at_gate, 2, MODEL), "v2 to pass its canary steps and reach its gate")
         refused = commands.decide(Actor("cli", "alice"), decision="approve", model=MODEL, version=2)
         self.say(
             f"alice (the ML engineer who made the change) tries to approve it: "
             f"{'accepted' if refused.ok else 'refused'}: {refused.message}"
         )
-        self._approve(commands, "carol", 2)
-        self.wait_for(lambda: self._state(2) == "succeeded", "v2 to reach production")
+        self._approve(commands, "carol", 2, MODEL)
+        self.wait_for(partial(self._succeeded, 2, MODEL), "v2 to reach production")
         self._report()
 
     def _tune_for_demo(self) -> None:
-        model_yaml = self.repo / "specs" / MODEL / "model.yaml"
-        text = model_yaml.read_text()
-        start = text.index("  rollout:\n")
-        end = text.index("  notifications:\n")
-        model_yaml.write_text(text[:start] + DEMO_ROLLOUT + text[end:])
+        for model in MODELS:
+            model_yaml = self.repo / "specs" / model / "model.yaml"
+            text = model_yaml.read_text()
+            start = text.index("  rollout:\n")
+            end = text.index("  notifications:\n")
+            model_yaml.write_text(text[:start] + DEMO_ROLLOUT + text[end:])
         for name in ("staging", "production"):
             env = self.repo / "environments" / f"{name}.yaml"
             lines = env.read_text().splitlines()
@@ -178,28 +189,33 @@ class _Demo:
             )
         self.git("commit", "--quiet", "-am", "demo: short canary steps, free ports", author="flywheel")
 
-    def _approve(self, commands: Commands, user: str, version: int) -> None:
-        outcome = commands.decide(Actor("cli", user), decision="approve", model=MODEL, version=version)
+    def _approve(self, commands: Commands, user: str, version: int, model: str) -> None:
+        outcome = commands.decide(Actor("cli", user), decision="approve", model=model, version=version)
         if not outcome.ok:
-            raise DemoError(f"{user} could not approve v{version}: {outcome.message}")
+            raise DemoError(f"{user} could not approve {model} v{version}: {outcome.message}")
         self.say(f"{user} (business owner) approves: {outcome.message}")
 
     def _report(self) -> None:
         assert self.controller is not None
         store = self.controller.store
-        self.say("Serving history:")
+        self.say(f"Serving history of {MODEL}:")
         for environment in ("staging", "production"):
             for record in store.serving_history(environment=environment, model=MODEL):
                 self.echo(f"  {record.at:%H:%M:%S}  {environment:<10} v{record.version} → {record.weight}%")
         self.say("Versions:")
-        for version in store.list_versions(MODEL):
-            run = store.get_run(version.run_id)
-            origin = f"reused run {run.reused_from} of the proposal" if run.reused_from else f"run {run.id}"
-            accuracy = version.metrics.get("accuracy")
-            self.echo(
-                f"  v{version.number}  commit {version.commit[:10]}  {origin}  "
-                f"accuracy={accuracy:.4f}  artifact {version.artifact_digest[:23]}"
-            )
+        catalog = self.controller.main_catalog()
+        for model in MODELS:
+            primary = catalog.models[model].primary_metric or ""
+            for version in store.list_versions(model):
+                run = store.get_run(version.run_id)
+                reused = run.reused_from
+                origin = f"reused run {reused} of the proposal" if reused else f"run {run.id}"
+                value = version.metrics.get(primary)
+                shown = f"{primary}={value:.4f}" if value is not None else "-"
+                self.echo(
+                    f"  {model:<14} v{version.number}  commit {version.commit[:10]}  {origin}  "
+                    f"{shown}  artifact {version.artifact_digest[:23]}"
+                )
         decisions = [
             e for e in store.audit(model=MODEL) if e.action.startswith(("approval.", "command.refused"))
         ]
@@ -228,24 +244,30 @@ class _Demo:
             self.stop.wait(0.3)
 
     def _traffic(self) -> None:
-        """Steady requests to every environment's router once it routes the model, as clients would send."""
+        """Steady requests to every environment's router once it routes a model, as clients would send.
+
+        Each model gets its spec's sample inputs (what the smoke test sends too).
+        """
         assert self.controller is not None
         controller = self.controller
-        rows = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
-        body = json.dumps(inference_request(rows)).encode()
-        urls: list[str] = []
+        targets: list[tuple[str, bytes]] = []
         refreshed = 0.0
         while not self.stop.is_set():
             if time.monotonic() - refreshed > 2.0:
                 catalog = controller.main_catalog()
-                urls = [
-                    controller.serving.endpoint(environment=catalog.environments[name], model=MODEL)
-                    + "/infer"
+                now = controller.clock.now()
+                targets = [
+                    (
+                        controller.serving.endpoint(environment=catalog.environments[name], model=model)
+                        + "/infer",
+                        json.dumps(inference_request(catalog.models[model].serving.sample_inputs)).encode(),
+                    )
+                    for model in MODELS
                     for name in ("staging", "production")
-                    if controller.store.served_at(environment=name, model=MODEL, at=controller.clock.now())
+                    if controller.store.served_at(environment=name, model=model, at=now)
                 ]
                 refreshed = time.monotonic()
-            for url in urls:
+            for url, body in targets:
                 request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
                 try:
                     with urllib.request.urlopen(request, timeout=5) as response:
@@ -256,21 +278,31 @@ class _Demo:
 
     # ------------------------------------------------------------ helpers
 
-    def _rollout(self, version: int) -> RolloutRecord | None:
+    def _rollout(self, version: int, model: str) -> RolloutRecord | None:
         assert self.controller is not None
-        return next((r for r in self.controller.store.rollouts_for(MODEL) if r.version == version), None)
+        return next((r for r in self.controller.store.rollouts_for(model) if r.version == version), None)
 
-    def _state(self, version: int) -> str | None:
-        rollout = self._rollout(version)
+    def _registered(self, version: int, model: str) -> bool:
+        return self._rollout(version, model) is not None
+
+    def _succeeded(self, version: int, model: str) -> bool:
+        return self._state(version, model) == "succeeded"
+
+    def _state(self, version: int, model: str) -> str | None:
+        rollout = self._rollout(version, model)
         if rollout is not None and rollout.state in ("rolled_back", "failed", "rejected", "aborted"):
             outcome = load_state(rollout).outcome
             why = outcome.reason if outcome is not None else "no reason recorded"
-            raise DemoError(f"the rollout of v{version} ended {rollout.state}: {why}")
+            raise DemoError(f"the rollout of {model} v{version} ended {rollout.state}: {why}")
         return rollout.state if rollout else None
 
-    def _at_gate(self, version: int) -> bool:
-        rollout = self._rollout(version)
-        return self._state(version) == "gate" and rollout is not None and rollout.environment == "production"
+    def _at_gate(self, version: int, model: str) -> bool:
+        rollout = self._rollout(version, model)
+        return (
+            self._state(version, model) == "gate"
+            and rollout is not None
+            and rollout.environment == "production"
+        )
 
     def _review_done(self) -> bool:
         assert self.controller is not None
@@ -321,7 +353,8 @@ class _Demo:
             self.controller.serving.shutdown()
             self.controller.close()
         if self.options.keep:
-            self.echo(f"Kept {self.workdir} (repository, state and logs).")
+            self.echo(f"Kept {self.workdir} (repository, state and logs). To look at it in the dashboard:")
+            self.echo(f"  flywheel ui --state-dir {self.workdir / 'state'} --repo {self.repo}")
         else:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -341,4 +374,3 @@ def run_demo(options: DemoOptions | None = None) -> None:
         notify.removeHandler(handler)
         notify.propagate = True
         demo.close()
-

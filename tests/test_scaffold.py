@@ -140,3 +140,39 @@ def test_init_refuses_an_unknown_home(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "'moon' is not one of 'embedded', 'cluster'" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_init_example_adds_breast_cancer_and_the_repository_validates(tmp_path: Path) -> None:
+    target = tmp_path / "ml-repo"
+    result = CliRunner().invoke(main, ["init", "--example", "breast-cancer", str(target)])
+    assert result.exit_code == 0, result.output
+    validated = CliRunner().invoke(main, ["validate", str(target)])
+    assert validated.output == "ok: 2 models, 1 policy, 2 environments\n", validated.output
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=target, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "specs/breast-cancer/prepare.py" in tracked and "specs/iris/model.yaml" in tracked
+
+
+def test_init_refuses_an_unknown_example(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["init", "--example", "mnist", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "breast-cancer" in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_packaged_breast_cancer_is_the_example_on_the_embedded_home() -> None:
+    """Its code is this repository's example; its spec too, less Slack and the PromQL check (no Prometheus)."""
+    packaged = REPO_ROOT / "controller/scaffold/examples/breast-cancer"
+    example = REPO_ROOT / "specs/breast-cancer"
+    assert sorted(p.name for p in packaged.iterdir() if p.name != "__pycache__") == sorted(
+        p.name for p in example.iterdir() if p.name != "__pycache__"
+    )
+    for name in ("train.py", "evaluate.py", "prepare.py", "common.py", "requirements.txt"):
+        assert (packaged / name).read_bytes() == (example / name).read_bytes(), name
+    spec = (example / "model.yaml").read_text()
+    promql = spec[spec.index("        - name: error-ratio\n") : spec.index("  notifications:\n")]
+    assert "prometheus:" in promql
+    expected = spec.replace(promql, "").replace(
+        '    - slack:\n        channel: "#ml-releases"\n', "    - console: {}\n"
+    )
+    assert (packaged / "model.yaml").read_text() == expected

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from controller.scaffold import HOMES, Home, ScaffoldError, scaffold
+from controller.scaffold import EXAMPLES, HOMES, Home, ScaffoldError, scaffold
 
 
 @click.command()
@@ -20,16 +20,23 @@ from controller.scaffold import HOMES, Home, ScaffoldError, scaffold
     show_default=True,
     help="Where the environments train and serve: this machine, or a Kubernetes cluster (Argo Workflows).",
 )
-def init(directory: Path, no_git: bool, branch: str, home: Home) -> None:
+@click.option(
+    "--example",
+    "examples",
+    multiple=True,
+    type=click.Choice(EXAMPLES),
+    help="Add another example model beside iris (repeatable).",
+)
+def init(directory: Path, no_git: bool, branch: str, home: Home, examples: tuple[str, ...]) -> None:
     """Scaffold a new Flywheel repository in DIRECTORY.
 
-    One example model, a policy with an approval rule for production, staging
+    One example model (more with --example), a policy with an approval rule for production, staging
     and production environments, and a .gitignore for Flywheel's state. With
     --home cluster the environments run pipelines on Argo Workflows: replace
     their placeholders (Argo Server, namespace, token variable, registry).
     """
     try:
-        written = scaffold(directory, git=not no_git, branch=branch, home=home)
+        written = scaffold(directory, git=not no_git, branch=branch, home=home, examples=examples)
     except ScaffoldError as exc:
         raise click.ClickException(str(exc)) from exc
     where = "" if no_git else f" (git, branch {branch})"

@@ -6,7 +6,9 @@ staging and a production environment on the embedded home. With
 ``home="cluster"`` (``flywheel init DIR --home cluster``) the environments are
 the cluster home's instead (``cluster/environments/``: pipelines on Argo
 Workflows, images in a registry, artifacts on a PersistentVolumeClaim), with
-placeholders for the cluster's addresses to replace.
+placeholders for the cluster's addresses to replace. ``examples`` adds more
+example models from ``examples/`` beside it (``flywheel init --example
+breast-cancer``; ``flywheel demo`` adds them all).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
@@ -25,6 +28,8 @@ _RENAMES = {"gitignore": ".gitignore"}
 
 Home = Literal["embedded", "cluster"]
 HOMES: tuple[Home, ...] = ("embedded", "cluster")
+# More example models than the template's iris, each a directory of examples/ that becomes specs/<name>/
+EXAMPLES: tuple[str, ...] = ("breast-cancer",)
 
 
 class ScaffoldError(Exception):
@@ -47,16 +52,25 @@ def _copy(node: Traversable, dest: Path) -> list[Path]:
 
 
 def scaffold(
-    directory: Path, *, git: bool = True, branch: str = "main", home: Home = "embedded"
+    directory: Path,
+    *,
+    git: bool = True,
+    branch: str = "main",
+    home: Home = "embedded",
+    examples: Sequence[str] = (),
 ) -> list[Path]:
     """Write the template into ``directory`` and, with ``git``, make it a repository with one commit.
 
     ``home`` picks the environments: the embedded home's (the template's own)
-    or the cluster home's, which take their place. Refuses a directory that
+    or the cluster home's, which take their place; each of ``examples`` (see
+    :data:`EXAMPLES`) adds that example model. Refuses a directory that
     exists and is not empty. Returns the files written.
     """
     if home not in HOMES:
         raise ScaffoldError(f"home {home!r} is not one of {', '.join(HOMES)}")
+    unknown = [name for name in examples if name not in EXAMPLES]
+    if unknown:
+        raise ScaffoldError(f"no example model {unknown[0]!r} (examples: {', '.join(EXAMPLES)})")
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise ScaffoldError(f"{directory}: exists and is not an empty directory")
     directory.mkdir(parents=True, exist_ok=True)
@@ -65,6 +79,9 @@ def scaffold(
     if home == "cluster":
         replaced = _copy(package.joinpath("cluster"), directory)
         written = sorted(set(written) | set(replaced))
+    for name in dict.fromkeys(examples):
+        (directory / "specs" / name).mkdir(parents=True)
+        written += _copy(package.joinpath("examples").joinpath(name), directory / "specs" / name)
     if git:
         _git_init(directory, branch)
     return written

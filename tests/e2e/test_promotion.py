@@ -1,8 +1,9 @@
 """Promotion end to end on the embedded home: real git, real training, MLServer, routers, SQLite.
 
 Pins down: ``flywheel demo`` finishes (v2 reaches production through a canary
-under traffic after a business owner approves, and every process it started
-is gone afterwards); and ``kill -9`` of a ``flywheel run`` controller in the
+under traffic after a business owner approves, both example models serve,
+the dashboard shows them with their lineage and the rollout's analysis rounds,
+and every process it started is gone afterwards); and ``kill -9`` of a ``flywheel run`` controller in the
 middle of a canary step, then a restart, continues from the same step — the
 step's timer kept, no second deployment of the version, no notification
 announced twice — and reaches the approval gate.
@@ -23,15 +24,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
 from controller.backends.local.processes import is_alive
 from controller.backends.serving import inference_request
 from controller.backends.store import RolloutRecord, open_store
+from controller.backends.store.sql import SqlStore
 from controller.clock import SYSTEM_CLOCK
 from controller.demo import DEMO_ROLLOUT, DemoOptions, run_demo
 from controller.engine.rollout_state import load_state
 from controller.scaffold import scaffold
 from controller.settings import default_venv_cache
+from controller.ui.app import create_app
 from tests.fixtures.people import login_as
 from tests.gitrepo import GitRepo
 
@@ -59,9 +63,27 @@ def test_demo_reaches_production_and_cleans_up(tmp_path: Path) -> None:
             r.weight for r in store.serving_history(environment="production", model="iris") if r.version == 2
         ]
         assert weights[:3] == [20, 50, 100]  # through both canary steps
+        assert store.served_at(environment="production", model="breast-cancer", at=_now()) == [(1, 100)]
+        _dashboard_shows_the_demo(store, rollout=rollouts[2].id)
     finally:
         store.close()
     assert not _live_processes(tmp_path / "demo" / "state" / "serving")
+
+
+def _dashboard_shows_the_demo(store: SqlStore, *, rollout: int) -> None:
+    """What ``flywheel ui`` shows after ``flywheel demo --keep``: both models, lineage, analysis rounds."""
+    client = TestClient(create_app(models=store, history=store, clock=SYSTEM_CLOCK))
+    listed = client.get("/api/v1/models").json()
+    assert sorted(item["model"] for item in listed["models"]) == ["breast-cancer", "iris"]
+    for model, newest in (("iris", 2), ("breast-cancer", 1)):
+        detail = client.get(f"/api/v1/models/{model}").json()
+        assert detail["versions"][0]["version"] == newest, model
+        assert all(v["commit"] and v["artifact_digest"] and v["metrics"] for v in detail["versions"]), model
+    shown = client.get(f"/api/v1/rollouts/{rollout}").json()
+    assert shown["condition"] == "succeeded" and shown["rounds"], shown
+    assert all(r["checks"] for r in shown["rounds"])
+    page = client.get(f"/rollouts/{rollout}")
+    assert page.status_code == 200 and "success-rate" in page.text
 
 
 @pytest.mark.timeout(1200)
@@ -195,7 +217,9 @@ def _wait(
 def _traffic(state: Path, stop: threading.Event) -> None:
     done = subprocess.run(
         [FLYWHEEL, "serving", "ls", "--env", "production", "--json", "--state-dir", str(state)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     url = json.loads(done.stdout)[0]["models"]["iris"]["url"] + "/infer"
     body = json.dumps(inference_request([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])).encode()
