@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -24,7 +24,7 @@ from typing import Protocol, Unpack
 
 from controller.backends.forge import CommitState, Forge, ReviewTarget
 from controller.backends.pipelines import RunResult
-from controller.backends.store import AuditEntry, ModelVersion, NewAuditEntry, NewRun, Run, RunChanges
+from controller.backends.store import AuditLog, ModelVersion, NewRun, Run, RunChanges
 from controller.backends.store import StepResult as StoredStep
 from controller.clock import Clock
 from controller.drift.profile import ProfileError, build_profile, write_profile
@@ -65,7 +65,7 @@ class ProductionRecords(Protocol):
     def get_version(self, model: str, number: int) -> ModelVersion: ...
 
 
-class JudgeRecords(ProductionRecords, Protocol):
+class JudgeRecords(ProductionRecords, AuditLog, Protocol):
     """What :class:`Judge` reads and writes: runs and the audit log, written together in one transaction."""
 
     def create_run(self, **run: Unpack[NewRun]) -> Run: ...
@@ -73,17 +73,6 @@ class JudgeRecords(ProductionRecords, Protocol):
     def update_run(self, run_id: int, **changes: Unpack[RunChanges]) -> Run: ...
 
     def get_run(self, run_id: int) -> Run: ...
-
-    def append_audit(self, **entry: Unpack[NewAuditEntry]) -> AuditEntry: ...
-
-    def audit(
-        self,
-        *,
-        model: str | None = None,
-        since: datetime | None = None,
-        limit: int | None = None,
-        actions: Collection[str] | None = None,
-    ) -> list[AuditEntry]: ...
 
     def transaction(self) -> AbstractContextManager[None]: ...
 

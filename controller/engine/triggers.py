@@ -29,14 +29,14 @@ cannot be judged (no reference profile).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, Unpack
+from typing import Any, Protocol
 
 from controller.backends.data import DataError
 from controller.backends.data_versions import Observed, watchable
-from controller.backends.store import AuditEntry, NewAuditEntry
+from controller.backends.store import AuditEntry, AuditLog
 from controller.clock import Clock
 from controller.drift import DriftReport
 from controller.engine.retrain import RETRAIN_PREFIX, AlreadyOnMain, RetrainProposer
@@ -77,19 +77,8 @@ FAILED = "trigger.failed"
 _RECORD = (ARMED, FIRED, SKIPPED)  # the entries a model's trigger state is read back from
 
 
-class TriggerRecords(Protocol):
+class TriggerRecords(AuditLog, Protocol):
     """The audit log, which is the triggers' record."""
-
-    def append_audit(self, **entry: Unpack[NewAuditEntry]) -> AuditEntry: ...
-
-    def audit(
-        self,
-        *,
-        model: str | None = None,
-        since: datetime | None = None,
-        limit: int | None = None,
-        actions: Collection[str] | None = None,
-    ) -> list[AuditEntry]: ...
 
 
 class VersionReader(Protocol):
@@ -267,8 +256,9 @@ class TriggerEngine:
         except Exception as exc:  # a router that is down: tried again at the next check
             self._failed(model, state, f"reading the drift of {name}", exc, trigger="drift")
             return set()
-        decision = drift_decision(trigger, environment=name, version=version, report=report,
-                                  episode=state.episode)
+        decision = drift_decision(
+            trigger, environment=name, version=version, report=report, episode=state.episode
+        )
         where = {"trigger": "drift", "environment": name, "version": version, "why": decision.why}
         if decision.action == "rearm":
             self._audit(model, state, ARMED, where)
@@ -276,8 +266,9 @@ class TriggerEngine:
             self._audit(model, state, SKIPPED, {**where, "reason": f"drift of {model.name} not judged"})
         elif decision.action == "fire":
             assert version is not None and report is not None
-            reason = drift_reason(model, environment=name, version=version, report=report,
-                                  drifted=decision.drifted, now=now)
+            reason = drift_reason(
+                model, environment=name, version=version, report=report, drifted=decision.drifted, now=now
+            )
             return self._fire(model, state, reason, {"trigger": "drift"})
         return set()
 

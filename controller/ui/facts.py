@@ -10,13 +10,14 @@ from the injected clock.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, Unpack
 
 from controller.backends.store import (
     AuditEntry,
+    AuditReads,
     ModelPage,
     ModelQuery,
     ModelVersion,
@@ -78,7 +79,7 @@ class ModelReads(ModelStatusRecords, Protocol):
     def get_run(self, run_id: int) -> Run: ...
 
 
-class HistoryReads(ReviewStatusRecords, Protocol):
+class HistoryReads(ReviewStatusRecords, AuditReads, Protocol):
     """What the dashboard reads of what happened: rollouts, traffic over time, the audit log, reviews."""
 
     def get_rollout(self, rollout_id: int) -> RolloutRecord: ...
@@ -86,17 +87,6 @@ class HistoryReads(ReviewStatusRecords, Protocol):
     def active_rollouts(self) -> list[RolloutRecord]: ...
 
     def serving_history(self, *, environment: str, model: str) -> list[ServingRecord]: ...
-
-    def audit(
-        self,
-        *,
-        model: str | None = None,
-        since: datetime | None = None,
-        limit: int | None = None,
-        actions: Collection[str] | None = None,
-        actor: str | None = None,
-        until: datetime | None = None,
-    ) -> list[AuditEntry]: ...
 
 
 class Unknown(LookupError):

@@ -51,7 +51,7 @@ from controller.backends.store.approvals import (
     Decision,
     NewApproval,
 )
-from controller.backends.store.audit import AuditEntry, AuditLog, NewAuditEntry
+from controller.backends.store.audit import AuditEntry, AuditLog, AuditReads, NewAuditEntry
 from controller.backends.store.common import (
     Conflict,
     JSONObject,
@@ -118,6 +118,7 @@ __all__ = [
     "ApprovalRecords",
     "AuditEntry",
     "AuditLog",
+    "AuditReads",
     "BranchPullRef",
     "CheckRunRef",
     "CommitStatus",

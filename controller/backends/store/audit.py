@@ -14,7 +14,7 @@ from typing import Any, Protocol, TypedDict, Unpack
 
 from controller.backends.store.common import JSONObject
 
-__all__ = ["AuditEntry", "AuditLog", "NewAuditEntry"]
+__all__ = ["AuditEntry", "AuditLog", "AuditReads", "NewAuditEntry"]
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,8 @@ class NewAuditEntry(_NewAuditKeys, total=False):
     detail: JSONObject | None
 
 
-class AuditLog(Protocol):
-    """Entries are appended, never changed."""
-
-    def append_audit(self, **entry: Unpack[NewAuditEntry]) -> AuditEntry: ...
+class AuditReads(Protocol):
+    """Reading the audit log (what every part that reads it narrows the store to)."""
 
     def audit(
         self,
@@ -84,3 +82,9 @@ class AuditLog(Protocol):
         ``actor`` keeps one person's (or Flywheel's) entries; ``until`` those before that time.
         """
         ...
+
+
+class AuditLog(AuditReads, Protocol):
+    """Entries are appended, never changed."""
+
+    def append_audit(self, **entry: Unpack[NewAuditEntry]) -> AuditEntry: ...
