@@ -207,6 +207,32 @@ def test_the_api_door_takes_a_bearer_token_and_nothing_else(world: RolloutWorld)
     assert again.status_code == 403 and "carol may not pause" in again.json()["message"]
 
 
+def test_a_state_the_controller_would_refuse_takes_no_decision_from_the_dashboard(
+    world: RolloutWorld,
+) -> None:
+    """As ``flywheel approve`` does, the dashboard checks the state first: a damaged one records nothing."""
+    from controller.cli.ui import dashboard
+
+    gate = Access(trusted_proxies=networks(["10.0.0.0/24"]))
+    app = dashboard(
+        world.store, clock=world.clock, catalog=lambda: world.catalog, github_repository=None, access=gate
+    )
+    browser = TestClient(app, client=PROXY, headers={"X-Forwarded-User": "carol"})
+    mark = world.store.audit_mark_path
+    assert mark is not None and mark.is_file()
+    mark.write_text("{not json")
+    entries = len(world.store.audit())
+    status, page = approve(browser)
+    assert status == 200  # back on the rollout's page, the refusal shown there
+    assert "the state store must not be acted on as it is, so nothing was recorded" in page
+    assert f"the audit mark {mark} is damaged" in page
+    assert decisions(world) == [] and len(world.store.audit()) == entries
+    mark.unlink()  # what `flywheel state accept` settles; without a mark the log is taken as it is
+    status, page = approve(browser)
+    assert "carol approved iris v2 for production" in page
+    assert decisions(world) == [("carol", "approve", "dashboard")]
+
+
 def test_flywheel_ui_prints_a_sign_in_address_that_works_once_and_keeps_its_key_private(
     world: RolloutWorld,
 ) -> None:

@@ -137,8 +137,10 @@ def dashboard(
     With ``state_dir`` (the embedded home), drift is asked of the routers it
     runs, and the session key is kept there unless ``FLYWHEEL_UI_SECRET`` gives it.
     People act as ``access`` knows them (default: :func:`access_for` a loopback address,
-    without a local sign-in; ``flywheel ui`` and ``flywheel serve`` give theirs).
+    without a local sign-in; ``flywheel ui`` and ``flywheel serve`` give theirs), on a store that
+    passes the controller's state check at each request (as ``flywheel approve`` does).
     """
+    from controller.backends.store.integrity import verify_state
     from controller.settings import SettingsError, ui_settings
     from controller.ui import LinkMaker, create_app
     from controller.ui.access import session_secret
@@ -166,6 +168,7 @@ def dashboard(
         records=store,
         access=access or access_for("127.0.0.1", sign_in=None, store=store),
         secret=secret,
+        verify=lambda: verify_state(store),
     )
 
 

@@ -6,6 +6,9 @@ store to write to. Every request goes to
 :class:`~controller.ui.access.Access` knows, on the channel ``dashboard``:
 the engine maps them through main's policy, checks them as on every other
 channel and writes the audit log; nothing here decides who may do what.
+Before each, the state is checked as ``flywheel approve`` checks it (``verify``:
+:func:`~controller.backends.store.integrity.verify_state`): a store the
+controller would refuse records nothing, and the answer says why.
 
 Two doors, each with its own proof:
 
@@ -27,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from controller.backends.store.integrity import StateRefused
 from controller.clock import Clock
 from controller.engine.commands import Actor, CommandOutcome, CommandRecords, Commands
 from controller.specs.types import Catalog
@@ -57,17 +61,24 @@ class Actions:
         catalog: Callable[[], Catalog | None],
         clock: Clock,
         access: Access,
+        verify: Callable[[], object] = lambda: None,
     ) -> None:
         self._records = records
         self._catalog = catalog
         self._clock = clock
         self._access = access
+        self._verify = verify
 
     def run(self, person: Person, fields: dict[str, str]) -> CommandOutcome:
         """Do as ``person`` what ``fields`` ask: command, model, version, environment, reason."""
         command, model = fields.get("command", ""), fields.get("model", "")
         if command not in ACTIONS:
             raise _BadAction(f"{command!r} is not one of {', '.join(ACTIONS)}")
+        try:
+            self._verify()
+        except StateRefused as exc:  # nothing may be written, not even the refusal's audit entry
+            why = f"the state store must not be acted on as it is, so nothing was recorded: {exc}"
+            return CommandOutcome(ok=False, message=why, refusal="state_refused")
         actor = Actor("dashboard", person.name)
         main = self._catalog()
         commands = Commands(store=self._records, catalog=lambda: main or Catalog(), clock=self._clock)

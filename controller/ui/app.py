@@ -179,6 +179,7 @@ def create_app(
     access: Access | None = None,
     secret: str | None = None,
     secure_cookies: bool = False,
+    verify: Callable[[], object] = lambda: None,
 ) -> Starlette:
     """The dashboard's app over the store (``models`` and ``history``: one store, or two views of it).
 
@@ -193,10 +194,14 @@ def create_app(
     says who may read and how people prove who they are (default: open
     reading, no way to sign in). ``secret`` signs the session cookie (default:
     a key for this app only); ``secure_cookies`` sends it over HTTPS only.
+    ``verify`` refuses, before each request people make, a store the
+    controller would refuse (it raises ``StateRefused``).
     """
     gate = access or Access()
     actions = (
-        Actions(records=records, catalog=catalog, clock=clock, access=gate) if records is not None else None
+        Actions(records=records, catalog=catalog, clock=clock, access=gate, verify=verify)
+        if records is not None
+        else None
     )
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("controller.ui", "templates"),
