@@ -163,20 +163,16 @@ def builtin_queries(
         f'environment="{escape_label_value(environment)}",'
         f'model="{escape_label_value(model)}",version="{escape_label_value(version)}"'
     )
-    window = promql_duration(window_seconds)
-    total = f"sum(increase({REQUESTS_TOTAL}{{{selector}}}[{window}]))"
-    if builtin == "requestCount":
-        return Queries(value=total)
-    if builtin == "successRate":
-        # `or vector(0)`: a version with only errors has no success series at all.
-        success = f'sum(increase({REQUESTS_TOTAL}{{{selector},outcome="success"}}[{window}]))'
-        return Queries(value=f"({success} or vector(0)) / {total}", samples=total)
-    if builtin == "latency":
-        q = (percentile if percentile is not None else DEFAULT_PERCENTILE) / 100.0
-        buckets = f"sum by (le) (rate({REQUEST_DURATION}_bucket{{{selector}}}[{window}]))"
-        count = f"sum(increase({REQUEST_DURATION}_count{{{selector}}}[{window}]))"
-        return Queries(value=f"histogram_quantile({q:g}, {buckets})", samples=count)
-    raise ValueError(f"unknown builtin check {builtin!r}")
+    return _shaped(
+        builtin,
+        percentile=percentile,
+        window=promql_duration(window_seconds),
+        selector=selector,
+        requests=REQUESTS_TOTAL,
+        success='outcome="success"',
+        latency=REQUEST_DURATION,
+        to_seconds="",
+    )
 
 
 def revision_queries(
@@ -185,24 +181,48 @@ def revision_queries(
     """The PromQL for a built-in check over a KServe revision's queue-proxy metrics.
 
     The same measures as :func:`builtin_queries`: a success is a 2xx answer,
-    a latency is in seconds.
+    a latency is in seconds (the queue-proxy counts milliseconds).
     """
     selector = (
         f'namespace_name="{escape_label_value(revision.namespace)}",'
         f'revision_name="{escape_label_value(revision.name)}"'
     )
-    window = promql_duration(window_seconds)
-    total = f"sum(increase({REVISION_REQUESTS}{{{selector}}}[{window}]))"
+    return _shaped(
+        builtin,
+        percentile=percentile,
+        window=promql_duration(window_seconds),
+        selector=selector,
+        requests=REVISION_REQUESTS,
+        success='response_code_class="2xx"',
+        latency=REVISION_LATENCIES,
+        to_seconds=" / 1000",
+    )
+
+
+def _shaped(
+    builtin: str,
+    *,
+    percentile: float | None,
+    window: str,
+    selector: str,
+    requests: str,
+    success: str,
+    latency: str,
+    to_seconds: str,
+) -> Queries:
+    """The built-in checks over one home's metrics: a request counter, its success label, a histogram."""
+    total = f"sum(increase({requests}{{{selector}}}[{window}]))"
     if builtin == "requestCount":
         return Queries(value=total)
     if builtin == "successRate":
-        success = f'sum(increase({REVISION_REQUESTS}{{{selector},response_code_class="2xx"}}[{window}]))'
-        return Queries(value=f"({success} or vector(0)) / {total}", samples=total)
+        # `or vector(0)`: a version with only errors has no success series at all.
+        succeeded = f"sum(increase({requests}{{{selector},{success}}}[{window}]))"
+        return Queries(value=f"({succeeded} or vector(0)) / {total}", samples=total)
     if builtin == "latency":
         q = (percentile if percentile is not None else DEFAULT_PERCENTILE) / 100.0
-        buckets = f"sum by (le) (rate({REVISION_LATENCIES}_bucket{{{selector}}}[{window}]))"
-        count = f"sum(increase({REVISION_LATENCIES}_count{{{selector}}}[{window}]))"
-        return Queries(value=f"histogram_quantile({q:g}, {buckets}) / 1000", samples=count)
+        buckets = f"sum by (le) (rate({latency}_bucket{{{selector}}}[{window}]))"
+        count = f"sum(increase({latency}_count{{{selector}}}[{window}]))"
+        return Queries(value=f"histogram_quantile({q:g}, {buckets}){to_seconds}", samples=count)
     raise ValueError(f"unknown builtin check {builtin!r}")
 
 
