@@ -23,96 +23,22 @@ from click.testing import CliRunner
 
 from controller.backends.metrics import Measurement
 from controller.backends.metrics.fake import FakeMetrics
-from controller.backends.serving import ServedVersion
 from controller.backends.serving.fake import FakeServing
-from controller.backends.store import ModelVersion, open_store
-from controller.backends.store.sql import SqlStore
+from controller.backends.store import open_store
 from controller.cli import main
 from controller.clock import SYSTEM_CLOCK, FakeClock
-from controller.engine.commands import Actor, Commands
-from controller.engine.rollout import RolloutEngine
+from controller.engine.commands import Actor
 from controller.engine.status import model_status
 from controller.scaffold import scaffold
 from controller.specs import load_tree
-from controller.specs.types import Catalog, Model
+from tests.fixtures.rollout_world import RolloutWorld
 
 pytestmark = pytest.mark.integration
-GOOD = {
-    "success-rate": Measurement(value=1.0, samples=100),
-    "latency-p99": Measurement(value=0.05, samples=100),
-    "enough-traffic": Measurement(value=100.0, samples=100),
-}
 
 
 @dataclass
-class World:
-    repo: Path
-    state: Path
-    store: SqlStore
-    catalog: Catalog
-    serving: FakeServing
-    metrics: FakeMetrics
-    clock: FakeClock
-
-    def engine(self) -> RolloutEngine:
-        def served(version: ModelVersion, model: Model) -> ServedVersion:
-            return ServedVersion(
-                model=model.name,
-                version=f"v{version.number}",
-                artifact_uri=str(self.state),
-                serving=model.serving,
-            )
-
-        return RolloutEngine(
-            rollouts=self.store,
-            approvals=self.store,
-            registry=self.store,
-            audit=self.store,
-            outbox=self.store,
-            transactions=self.store,
-            serving=self.serving,
-            metrics=lambda env: self.metrics,
-            catalog=lambda: self.catalog,
-            served_version=served,
-            clock=self.clock,
-        )
-
-    def commands(self) -> Commands:
-        return Commands(store=self.store, catalog=lambda: self.catalog, clock=self.clock)
-
-    def register(self, n: int) -> ModelVersion:
-        run = self.store.create_run(
-            model="iris",
-            ref="main",
-            commit=f"{n:040d}",
-            cache_key=f"k{n}",
-            trigger="merge",
-            status="succeeded",
-        )
-        return self.store.register_version(
-            model="iris",
-            run_id=run.id,
-            commit=run.commit,
-            artifact_digest=f"sha256:{n}",
-            artifact_uri=str(self.state),
-            environment_hash="env",
-            metrics={"accuracy": 0.9},
-        )
-
-    def settle(self, *, seconds: float = 0.0, ticks: int = 30) -> None:
-        engine = self.engine()
-        for _ in range(ticks):
-            engine.tick()
-            self.clock.advance(seconds)
-
-    def to_canary(self) -> None:
-        """v1 in production (approved by carol), v2 in production's first canary step."""
-        self.engine().start(self.register(1), self.catalog.models["iris"], author="alice")
-        self.settle()
-        assert self.commands().decide(Actor("cli", "carol"), decision="approve", model="iris", version=1).ok
-        self.settle()
-        self.engine().start(self.register(2), self.catalog.models["iris"], author="alice")
-        self.settle(ticks=5)
+class World(RolloutWorld):
+    """The rollout world of the dashboard's tests, and the CLI run over its state and repository."""
 
     def cli(self, *args: str) -> tuple[int, str]:
         result = CliRunner().invoke(main, [*args, "--state-dir", str(self.state), "--repo", str(self.repo)])
@@ -203,8 +129,7 @@ def test_a_canary_without_data_holds_and_says_why_with_each_check_against_its_th
 
 
 def test_a_passing_canary_step_is_in_progress_and_waits_out_its_duration(world: World) -> None:
-    for check, measurement in GOOD.items():
-        world.metrics.set(check, "v2", measurement)
+    world.good("v2")
     world.to_canary()
     rollout = model_status(world.store, "iris", now=world.clock.now(), catalog=world.catalog).rollout
     assert rollout is not None and (rollout.condition, rollout.state, rollout.reason) == (
@@ -223,8 +148,7 @@ def test_a_passing_canary_step_is_in_progress_and_waits_out_its_duration(world: 
 
 def test_an_approval_gate_holds_and_names_the_rule_and_who_may_approve(world: World) -> None:
     world.to_canary()
-    for check, measurement in GOOD.items():
-        world.metrics.set(check, "v2", measurement)
+    world.good("v2")
     world.settle(seconds=11, ticks=8)
 
     status = model_status(world.store, "iris", now=world.clock.now(), catalog=world.catalog)
@@ -276,8 +200,7 @@ def test_a_paused_rollout_names_who_paused_it_and_waits_for_a_resume(world: Worl
 
 def test_a_rolled_back_rollout_reads_rolled_back_with_why_not_succeeded(world: World) -> None:
     world.to_canary()
-    for check, measurement in GOOD.items():
-        world.metrics.set(check, "v2", measurement)
+    world.good("v2")
     world.metrics.set("success-rate", "v2", Measurement(value=0.7, samples=100))
     world.settle(seconds=11, ticks=6)
 
