@@ -37,6 +37,7 @@ def state_dir_option(func: F) -> F:
 
 server_option = click.option(
     "--server",
+    metavar="URL",
     default=None,
     envvar="FLYWHEEL_SERVER",
     help="A shared Flywheel's dashboard (e.g. https://flywheel.example.com/ui) to ask instead of the "

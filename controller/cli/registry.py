@@ -119,7 +119,7 @@ def history(
 
 @click.command()
 @click.argument("model", required=False)
-@click.option("--limit", type=int, default=None, help="Only the newest N entries.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the newest N entries.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line (a log: it can be long).")
 @state_dir_option
 @server_option
