@@ -69,7 +69,7 @@ def api(app: Starlette) -> schemathesis.schemas.BaseSchema:
 
 def test_every_answer_fits_the_openapi_document(api: schemathesis.schemas.BaseSchema) -> None:
     operations = [result.ok() for result in api.get_all_operations()]
-    assert len(operations) == 8
+    assert len(operations) == 13
     for operation in operations:
 
         @given(case=operation.as_strategy())
@@ -80,16 +80,21 @@ def test_every_answer_fits_the_openapi_document(api: schemathesis.schemas.BaseSc
         answers_as_documented()
 
 
-def test_the_document_names_every_operation_the_pages_stand_on(app: Starlette) -> None:
+def test_the_document_names_every_operation_the_pages_and_the_cli_stand_on(app: Starlette) -> None:
     document = TestClient(app).get("/api/v1/openapi.json").json()
     assert sorted(document["paths"]) == [
         "/api/v1/approvals/pending",
         "/api/v1/audit",
+        "/api/v1/audit/entries",
         "/api/v1/models",
         "/api/v1/models/{model}",
         "/api/v1/models/{model}/actions",
         "/api/v1/models/{model}/drift",
+        "/api/v1/models/{model}/history",
+        "/api/v1/models/{model}/status",
+        "/api/v1/models/{model}/versions",
         "/api/v1/proposals",
         "/api/v1/rollouts/{rollout}",
+        "/api/v1/status",
     ]
     assert document["components"]["schemas"]["ModelList"]["properties"]["total"]["type"] == "integer"

@@ -1,7 +1,9 @@
 """Options and helpers shared by several commands.
 
-The state directory and the store in it, the options of ``run`` and ``serve``,
-``--json`` and the tables or JSON the read-only commands print, main's specs.
+The state directory and the store in it, ``--server`` (a shared Flywheel to ask
+instead, through :class:`controller.cli.client.Server`), the options of ``run``
+and ``serve``, ``--json`` and the tables or JSON the read-only commands print,
+main's specs.
 """
 
 from __future__ import annotations
@@ -31,6 +33,16 @@ def state_dir_option(func: F) -> F:
         envvar="FLYWHEEL_STATE_DIR",
         help="Where Flywheel keeps its state (SQLite database, runs, virtualenvs).",
     )(func)
+
+
+server_option = click.option(
+    "--server",
+    metavar="URL",
+    default=None,
+    envvar="FLYWHEEL_SERVER",
+    help="A shared Flywheel's dashboard (e.g. https://flywheel.example.com/ui) to ask instead of the "
+    "local state, with the token in $FLYWHEEL_TOKEN (optional for reading where reading is open).",
+)
 
 
 def run_options(func: F) -> F:

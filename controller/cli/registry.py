@@ -1,60 +1,72 @@
 """``flywheel versions``, ``history`` and ``audit``: what the registry and the audit log hold.
 
-``flywheel models`` (every model's state) is in :mod:`controller.cli.status`.
+Each builds its ``--json`` document (:mod:`controller.engine.documents`) from
+the local state, or with ``--server`` reads the same document from a shared
+Flywheel's dashboard API (:class:`controller.cli.client.Server`), and renders
+it: the text is the same either way. ``flywheel models`` (every model's
+state) is in :mod:`controller.cli.status`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import click
 
-from controller.cli.options import echo_json, existing_store, json_option, state_dir_option
+from controller.cli.options import echo_json, existing_store, json_option, server_option, state_dir_option
 
 
 def _when(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
+def _shown(text: str) -> str:
+    """An ISO 8601 time of a document as the tables show it."""
+    return _when(datetime.fromisoformat(text))
+
+
+def _remote(server: str, path: str, params: Mapping[str, str | int | None] | None = None) -> Any:
+    from controller.cli.client import Server
+
+    return Server.from_environment(server).read(path, params)
+
+
+def _path(model: str, what: str) -> str:
+    return f"models/{quote(model, safe='')}/{what}"
+
+
 @click.command()
 @click.argument("model")
 @json_option
 @state_dir_option
-def versions(model: str, as_json: bool, state_dir: Path) -> None:
+@server_option
+def versions(model: str, as_json: bool, state_dir: Path, server: str | None) -> None:
     """The versions of MODEL with their lineage (run, commit, metrics, artifact digest)."""
-    with existing_store(state_dir) as store:
-        found = store.list_versions(model)
-        if not found:
-            raise click.ClickException(f"{model} has no registered versions")
-        if as_json:
-            rows = [
-                {
-                    "version": v.number,
-                    "content_id": v.content_id,
-                    "run": v.run_id,
-                    "reused_from": store.get_run(v.run_id).reused_from,
-                    "commit": v.commit,
-                    "artifact_digest": v.artifact_digest,
-                    "artifact_uri": v.artifact_uri,
-                    "environment_hash": v.environment_hash,
-                    "data_fingerprints": v.data_fingerprints,
-                    "params": v.params,
-                    "metrics": v.metrics,
-                    "created_at": v.created_at.isoformat(),
-                }
-                for v in found
-            ]
-            echo_json(rows)
-            return
-        click.echo(f"{'VERSION':<8} {'CREATED (UTC)':<20} {'COMMIT':<11} {'RUN':<6} {'ARTIFACT':<20} METRICS")
-        for v in found:
-            metrics = ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.metrics.items()))
-            click.echo(
-                f"v{v.number:<7} {_when(v.created_at):<20} {v.commit[:10]:<11} {v.run_id:<6} "
-                f"{v.artifact_digest[:19]:<20} {metrics}"
-            )
+    from controller.engine.documents import Missing, versions_document
+
+    if server:
+        rows = _remote(server, _path(model, "versions"))
+    else:
+        with existing_store(state_dir) as store:
+            try:
+                rows = versions_document(store, model)
+            except Missing as exc:
+                raise click.ClickException(str(exc)) from exc
+    if as_json:
+        echo_json(rows)
+        return
+    click.echo(f"{'VERSION':<8} {'CREATED (UTC)':<20} {'COMMIT':<11} {'RUN':<6} {'ARTIFACT':<20} METRICS")
+    for row in rows:
+        metrics = ", ".join(f"{k}={val:.4g}" for k, val in sorted(row["metrics"].items()))
+        click.echo(
+            f"v{row['version']:<7} {_shown(row['created_at']):<20} {row['commit'][:10]:<11} {row['run']:<6} "
+            f"{row['artifact_digest'][:19]:<20} {metrics}"
+        )
 
 
 @click.command()
@@ -65,73 +77,67 @@ def versions(model: str, as_json: bool, state_dir: Path) -> None:
 )
 @json_option
 @state_dir_option
-def history(model: str, environment: str | None, at: str | None, as_json: bool, state_dir: Path) -> None:
+@server_option
+def history(
+    model: str, environment: str | None, at: str | None, as_json: bool, state_dir: Path, server: str | None
+) -> None:
     """What served MODEL in each environment: every traffic change, or the split at one time (--at)."""
+    from controller.engine.documents import Missing, history_document
+
     when = None
     if at is not None:
         try:
             when = datetime.fromisoformat(at)
         except ValueError as exc:
             raise click.BadParameter(f"{at!r} is not an ISO 8601 time", param_hint="--at") from exc
-        when = when if when.tzinfo else when.replace(tzinfo=UTC)
-    with existing_store(state_dir) as store:
-        environments = sorted({s for r in store.rollouts_for(model) for s in r.stages})
-        if environment is not None:
-            environments = [environment]
-        if not environments:
-            raise click.ClickException(f"{model} has never been rolled out")
-        if when is not None:
-            splits = {env: store.served_at(environment=env, model=model, at=when) for env in environments}
-            if as_json:
-                echo_json(
-                    {
-                        "model": model,
-                        "at": when.isoformat(),
-                        "environments": {
-                            env: [{"version": v, "weight": w} for v, w in split]
-                            for env, split in splits.items()
-                        },
-                    }
-                )
-                return
-            for env, split in splits.items():
-                served = ", ".join(f"v{v} ({w}%)" for v, w in split) or "nothing"
-                click.echo(f"{env}: {served} at {_when(when)}")
-            return
-        records = {env: store.serving_history(environment=env, model=model) for env in environments}
+        when = (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
+    if server:
+        query = {"environment": environment, "at": when.isoformat() if when else None}
+        found = _remote(server, _path(model, "history"), query)
+    else:
+        with existing_store(state_dir) as store:
+            try:
+                found = history_document(store, store, model, environment=environment, at=when)
+            except Missing as exc:
+                raise click.ClickException(str(exc)) from exc
     if as_json:
-        echo_json(
-            {
-                "model": model,
-                "at": None,
-                "environments": {
-                    env: [{"at": r.at.isoformat(), "version": r.version, "weight": r.weight} for r in changes]
-                    for env, changes in records.items()
-                },
-            }
-        )
+        echo_json(found)
         return
-    for env, changes in records.items():
+    environments: dict[str, list[dict[str, Any]]] = found["environments"]
+    if found["at"] is not None:
+        for env, split in environments.items():
+            served = ", ".join(f"v{s['version']} ({s['weight']}%)" for s in split) or "nothing"
+            click.echo(f"{env}: {served} at {_shown(found['at'])}")
+        return
+    for env, changes in environments.items():
         click.echo(f"{env}:")
         if not changes:
             click.echo("  (never served)")
-        for record in changes:
-            click.echo(f"  {_when(record.at)}  v{record.version} → {record.weight}%")
+        for change in changes:
+            click.echo(f"  {_shown(change['at'])}  v{change['version']} → {change['weight']}%")
 
 
 @click.command()
 @click.argument("model", required=False)
-@click.option("--limit", type=int, default=None, help="Only the newest N entries.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the newest N entries.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line (a log: it can be long).")
 @state_dir_option
-def audit(model: str | None, limit: int | None, as_json: bool, state_dir: Path) -> None:
+@server_option
+def audit(model: str | None, limit: int | None, as_json: bool, state_dir: Path, server: str | None) -> None:
     """The append-only audit log (of MODEL): who did what, when and why."""
-    with existing_store(state_dir) as store:
-        entries = store.audit(model=model, limit=limit)
-    for entry in entries:
+    from controller.backends.store import AuditEntry
+    from controller.engine.documents import audit_document
+
+    if server:
+        entries = _remote(server, "audit/entries", {"model": model, "limit": limit})
+    else:
+        with existing_store(state_dir) as store:
+            entries = audit_document(store, model=model, limit=limit)
+    for data in entries:
         if as_json:
-            click.echo(json.dumps(entry.to_json(), sort_keys=True))
+            click.echo(json.dumps(data, sort_keys=True))
             continue
+        entry = AuditEntry(**{**data, "at": datetime.fromisoformat(data["at"])})
         what = entry.subject
         why = entry.detail.get("reason") or entry.detail.get("why") or entry.detail.get("comment") or ""
         click.echo(f"{_when(entry.at)}  {entry.actor:<12} {entry.action:<24} {what}  {why}".rstrip())

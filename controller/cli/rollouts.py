@@ -23,7 +23,7 @@ from typing import Literal, NoReturn, TypedDict, TypeVar, Unpack
 
 import click
 
-from controller.cli.options import existing_store, state_dir_option
+from controller.cli.options import existing_store, server_option, state_dir_option
 from controller.engine.approvals import login_user
 from controller.engine.commands import Actor, CommandOutcome, Commands, ControlCommand
 from controller.specs.types import Catalog
@@ -47,13 +47,6 @@ as_option = click.option(
     "(default: $FLYWHEEL_USER, else that person).",
 )
 reason_option = click.option("--reason", "-m", default="", help="Why; kept in the audit log.")
-server_option = click.option(
-    "--server",
-    default=None,
-    envvar="FLYWHEEL_SERVER",
-    help="A shared Flywheel's dashboard (e.g. https://flywheel.example.com/ui) to ask instead of the "
-    "local state, with the token in $FLYWHEEL_TOKEN.",
-)
 
 
 def _request_options(func: F) -> F:
@@ -141,29 +134,17 @@ def _remote(server: str, *, model: str, fields: dict[str, str], claimed: str | N
     """Ask the dashboard API at ``server`` with ``FLYWHEEL_TOKEN``; its answer, or one line why not."""
     from urllib.parse import quote
 
-    import httpx
+    from controller.cli.client import Server
 
-    token = os.environ.get("FLYWHEEL_TOKEN")
-    if not token:
-        raise click.ClickException("--server needs a token in FLYWHEEL_TOKEN (flywheel ui token create)")
-    url = f"{server.rstrip('/')}/api/v1/models/{quote(model, safe='')}/actions"
+    dashboard = Server.from_environment(server)
     body = {**{k: v for k, v in fields.items() if v}, **({"as": claimed} if claimed else {})}
-    try:
-        answer = httpx.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    except httpx.HTTPError as exc:
-        raise click.ClickException(f"cannot reach {server}: {exc}") from exc
-    try:
-        data = answer.json()
-    except ValueError:
-        data = {}
-    if not isinstance(data, dict):
-        data = {}
-    if answer.status_code == 200 and data.get("ok"):
+    status, data = dashboard.act(f"models/{quote(model, safe='')}/actions", body)
+    if status == 200 and data.get("ok"):
         return str(data.get("message", ""))
-    if answer.status_code == 403 and "message" in data:
+    if status == 403 and "message" in data:
         raise click.ClickException(f"refused: {data['message']}")
-    why = data.get("error") or data.get("message") or f"HTTP {answer.status_code}"
-    raise click.ClickException(f"{server} answered {answer.status_code}: {why}")
+    why = data.get("error") or data.get("message") or f"HTTP {status}"
+    raise click.ClickException(f"{dashboard.url} answered {status}: {why}")
 
 
 def os_login() -> str:

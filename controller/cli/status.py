@@ -3,22 +3,35 @@
 Both read :mod:`controller.engine.status` (the store, and main's specs from
 ``--repo`` when they can be read: canary steps, analysis limits, who may
 approve) and the open discrepancies between what serves and the store
-(:func:`controller.engine.observed.open_discrepancies`, from the audit log),
-and only render them, as text or ``--json``. Neither takes the
-controller's lock: they work while it runs.
+(:func:`controller.engine.observed.open_discrepancies`, from the audit log)
+as the documents of :mod:`controller.engine.documents`, and only render them,
+as text or ``--json``. With ``--server`` they read the same documents from a
+shared Flywheel's dashboard API (:class:`controller.cli.client.Server`) and
+render them the same way. Neither takes the controller's lock: they work while it runs.
 """
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import click
 
-from controller.cli.options import echo_json, echo_rows, shown, store_and_catalog, view_options
+from controller.cli.options import (
+    echo_json,
+    echo_rows,
+    server_option,
+    shown,
+    store_and_catalog,
+    view_options,
+)
 
 if TYPE_CHECKING:
+    from pydantic import TypeAdapter
+
     from controller.engine.observed import Discrepancy
     from controller.engine.status import (
         AnalysisRound,
@@ -41,53 +54,86 @@ _WORDS = {
 
 @click.command()
 @_options
-def models(repo: str, branch: str | None, as_json: bool, state_dir: Path) -> None:
+@server_option
+def models(repo: str, branch: str | None, as_json: bool, state_dir: Path, server: str | None) -> None:
     """Every model: latest version, its rollout's state (and why it holds or ended), what serves where."""
-    from controller.clock import SYSTEM_CLOCK
-    from controller.engine.observed import open_discrepancies
-    from controller.engine.status import model_statuses
+    found: list[dict[str, Any]]
+    if server:
+        from controller.cli.client import Server
 
-    with store_and_catalog(repo, branch, state_dir) as (store, catalog):
-        found = model_statuses(store, now=SYSTEM_CLOCK.now(), catalog=catalog)
-        differs = list(open_discrepancies(store.audit()).values())
+        found = Server.from_environment(server).read("status")
+    else:
+        from controller.clock import SYSTEM_CLOCK
+        from controller.engine.documents import models_document
 
-    def of(model: str) -> list[Discrepancy]:
-        return [d for d in differs if d.model == model]
+        with store_and_catalog(repo, branch, state_dir) as (store, catalog):
+            found = models_document(store, store, now=SYSTEM_CLOCK.now(), catalog=catalog)
+
+    def lines(document: dict[str, Any]) -> list[str]:
+        status, differs = _parsed(document)
+        return [*_model_lines(status), *(f"  ↳ {d.message}" for d in differs)]
 
     echo_rows(
         found,
         as_json=as_json,
-        to_json=lambda status: {**status.to_json(), "discrepancies": [d.to_json() for d in of(status.model)]},
+        to_json=lambda document: document,
         empty="no model versions registered yet",
         header=f"{'MODEL':<20} {'LATEST':<8} {'ROLLOUT':<44} SERVING",
-        lines=lambda status: [*_model_lines(status), *(f"  ↳ {d.message}" for d in of(status.model))],
+        lines=lines,
     )
 
 
 @click.command()
 @click.argument("model")
 @_options
-def status(model: str, repo: str, branch: str | None, as_json: bool, state_dir: Path) -> None:
+@server_option
+def status(
+    model: str, repo: str, branch: str | None, as_json: bool, state_dir: Path, server: str | None
+) -> None:
     """MODEL's rollout: stage, weight, canary step, the last analysis round, what it waits for."""
-    from controller.clock import SYSTEM_CLOCK
-    from controller.engine.observed import open_discrepancies
-    from controller.engine.status import model_status, model_statuses
+    from controller.engine.documents import Missing
 
-    with store_and_catalog(repo, branch, state_dir) as (store, catalog):
-        now = SYSTEM_CLOCK.now()
-        found = model_status(store, model, now=now, catalog=catalog)
-        differs = list(open_discrepancies(store.audit(model=model)).values())
-        if found.latest_version is None and found.rollout is None and found.release_run is None:
-            known = ", ".join(s.model for s in model_statuses(store, now=now)) or "none yet"
-            raise click.ClickException(f"no model {model!r} in {shown(state_dir)} (models: {known})")
+    found: dict[str, Any]
+    if server:
+        from controller.cli.client import Server
+
+        found = Server.from_environment(server).read(f"models/{quote(model, safe='')}/status")
+        policy_read = True  # the server reads its own main's policy; --repo means nothing there
+    else:
+        from controller.clock import SYSTEM_CLOCK
+        from controller.engine.documents import status_document
+
+        with store_and_catalog(repo, branch, state_dir) as (store, catalog):
+            try:
+                found = status_document(store, store, model, now=SYSTEM_CLOCK.now(), catalog=catalog)
+            except Missing as exc:
+                raise click.ClickException(f"{exc.what} in {shown(state_dir)} ({exc.hint})") from exc
+        policy_read = catalog is not None and model in catalog.models
     if as_json:
-        echo_json({**found.to_json(), "discrepancies": [d.to_json() for d in differs]})
+        echo_json(found)
         return
-    for line in _status_lines(found, policy_read=catalog is not None and model in catalog.models):
+    parsed, differs = _parsed(found)
+    for line in _status_lines(parsed, policy_read=policy_read):
         click.echo(line)
     for index, discrepancy in enumerate(differs):
         label = "observed:" if index == 0 else ""
         click.echo(f"  {label:<15} {discrepancy.message} ({discrepancy.kind})")
+
+
+def _parsed(document: dict[str, Any]) -> tuple[ModelStatus, list[Discrepancy]]:
+    """A status document (``--json``'s, locally or from a server) as the records the text is rendered from."""
+    status, differs = _readers()
+    return status.validate_python(document), differs.validate_python(document.get("discrepancies", []))
+
+
+@functools.cache
+def _readers() -> tuple[TypeAdapter[ModelStatus], TypeAdapter[list[Discrepancy]]]:
+    from pydantic import TypeAdapter
+
+    from controller.engine.observed import Discrepancy
+    from controller.engine.status import ModelStatus
+
+    return TypeAdapter(ModelStatus), TypeAdapter(list[Discrepancy])
 
 
 # ------------------------------------------------------------------ rendering

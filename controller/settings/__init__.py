@@ -53,7 +53,7 @@ Environment variables (README.md, "Settings", "GitHub" and "Slack"):
     Who may read the dashboard and how people prove who they are
     (:class:`UiSettings`, read by ``flywheel ui`` and ``flywheel serve``).
 ``FLYWHEEL_SERVER``, ``FLYWHEEL_TOKEN``
-    A shared Flywheel's dashboard that the decision commands ask, and the API
+    A shared Flywheel's dashboard that the decision and read commands ask, and the API
     token they send (read by those commands: ``--server``).
 ``FLYWHEEL_HEALTH_PORT``
     The port of the controller's ``GET /healthz`` (0 or unset: none), served

@@ -130,6 +130,15 @@ class Access:
             return False
         return any(peer in network for network in self.trusted_proxies)
 
+    def refused_token(self, request: HTTPConnection) -> bool:
+        """Whether ``request`` sends a bearer token nobody holds (unknown, revoked): refused even to read."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return (
+            scheme.lower() == "bearer"
+            and bool(token.strip())
+            and not self.tokens(token_digest(token.strip()))
+        )
+
     def may_read(self, request: HTTPConnection) -> bool:
         return self.read == "open" or self.person(request) is not None
 

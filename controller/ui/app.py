@@ -22,6 +22,10 @@ Routes (relative to where the app is mounted):
 ``/approvals``               rollouts waiting at an approval gate
 ``/audit``                   the audit log by model, person, action and time
 ``/api/v1/...``              the same facts as JSON
+``/api/v1/status``, ``/api/v1/models/{model}/status|versions|history``, ``/api/v1/audit/entries``:
+                             the documents ``flywheel models``, ``status``, ``versions``, ``history`` and
+                             ``audit`` print with ``--json`` (:mod:`controller.engine.documents`), which
+                             those commands read with ``--server``
 ``/signin?token=...``        the one-time local sign-in ``flywheel ui`` prints; ``POST /signout``
 ``POST /models/{model}/actions`` and ``POST /api/v1/models/{model}/actions``: see :mod:`controller.ui.actions`
 """
@@ -49,6 +53,14 @@ from controller.backends.store import ModelQuery
 from controller.backends.store.registry import MODEL_SORTS
 from controller.clock import Clock
 from controller.engine.commands import CommandRecords
+from controller.engine.documents import (
+    Missing,
+    audit_document,
+    history_document,
+    models_document,
+    status_document,
+    versions_document,
+)
 from controller.specs.types import Catalog
 from controller.ui.access import Access, csrf_ok, csrf_token, session_secret
 from controller.ui.actions import Actions
@@ -227,16 +239,21 @@ def create_app(
             slack_thread=slack_thread or (lambda model, version: None),
         )
 
-    def api(read: Callable[[Request], BaseModel]) -> Callable[[Request], Response]:
+    def api(
+        read: Callable[[Request], BaseModel | list[Any] | Mapping[str, Any]],
+    ) -> Callable[[Request], Response]:
         def endpoint(request: Request) -> Response:
+            if gate.refused_token(request):
+                return JSONResponse({"error": "this bearer token is unknown or revoked"}, status_code=401)
             if not gate.may_read(request):
                 return JSONResponse({"error": "sign in, or send a bearer token, to read"}, status_code=401)
             try:
-                return JSONResponse(read(request).model_dump(mode="json"))
+                answer = read(request)
             except _BadQuery as exc:
                 return JSONResponse({"error": str(exc)}, status_code=400)
-            except Unknown as exc:
+            except (Unknown, Missing) as exc:
                 return JSONResponse({"error": str(exc)}, status_code=404)
+            return JSONResponse(answer.model_dump(mode="json") if isinstance(answer, BaseModel) else answer)
 
         return endpoint
 
@@ -335,6 +352,33 @@ def create_app(
         query = _audit_query(request.query_params)
         return {"data": facts().audit(**query), "query": query}
 
+    # ------------------------------------------- the read commands' documents
+
+    def statuses(request: Request) -> list[dict[str, Any]]:
+        return models_document(models, history, now=clock.now(), catalog=catalog())
+
+    def status(request: Request) -> dict[str, Any]:
+        name = request.path_params["model"]
+        return status_document(models, history, name, now=clock.now(), catalog=catalog())
+
+    def versions(request: Request) -> list[Any]:
+        return list(versions_document(models, request.path_params["model"]))
+
+    def served(request: Request) -> Mapping[str, Any]:
+        params = request.query_params
+        return history_document(
+            models,
+            history,
+            request.path_params["model"],
+            environment=_text(params, "environment"),
+            at=_time(params, "at"),
+        )
+
+    def entries(request: Request) -> list[dict[str, Any]]:
+        params = request.query_params
+        limit = _int(params, "limit", 0, low=1, high=10**9) or None
+        return audit_document(history, model=_text(params, "model"), limit=limit)
+
     document = openapi_document(sorts=MODEL_SORTS)
 
     def openapi(request: Request) -> Response:
@@ -371,6 +415,11 @@ def create_app(
         Route(f"{API_PREFIX}/proposals", api(lambda r: proposals(r)["data"]), name="api_proposals"),
         Route(f"{API_PREFIX}/approvals/pending", api(lambda r: facts().pending()), name="api_pending"),
         Route(f"{API_PREFIX}/audit", api(lambda r: audit(r)["data"]), name="api_audit"),
+        Route(f"{API_PREFIX}/status", api(statuses), name="api_statuses"),
+        Route(f"{API_PREFIX}/models/{{model}}/status", api(status), name="api_status"),
+        Route(f"{API_PREFIX}/models/{{model}}/versions", api(versions), name="api_versions"),
+        Route(f"{API_PREFIX}/models/{{model}}/history", api(served), name="api_history"),
+        Route(f"{API_PREFIX}/audit/entries", api(entries), name="api_audit_entries"),
         Mount("/static", StaticFiles(packages=[("controller.ui", "static")]), name="static"),
     ]
     session = Middleware(

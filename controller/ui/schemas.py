@@ -329,8 +329,13 @@ _TIME = {"type": "string", "format": "date-time"}
 _NAME = {"type": "string", "minLength": 1, "maxLength": 255}
 
 
-def _get(summary: str, shape: type[BaseModel], parameters: list[dict[str, Any]]) -> dict[str, Any]:
+def _get(
+    summary: str, shape: type[BaseModel] | str, parameters: list[dict[str, Any]], *, many: bool = False
+) -> dict[str, Any]:
+    """A GET operation answering ``shape`` (a pydantic model, or a component's name), or a list of them."""
     problem = {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    name = shape if isinstance(shape, str) else shape.__name__
+    answer: dict[str, Any] = {"$ref": f"#/components/schemas/{name}"}
     return {
         "get": {
             "summary": summary,
@@ -339,14 +344,60 @@ def _get(summary: str, shape: type[BaseModel], parameters: list[dict[str, Any]])
                 "200": {
                     "description": "OK",
                     "content": {
-                        "application/json": {"schema": {"$ref": f"#/components/schemas/{shape.__name__}"}}
+                        "application/json": {"schema": {"type": "array", "items": answer} if many else answer}
                     },
                 },
                 "400": {"description": "A parameter is not valid", "content": problem},
+                "401": {
+                    "description": "Reading needs sign-in or a token, or the token is refused",
+                    "content": problem,
+                },
                 "404": {"description": "No such thing in the store", "content": problem},
             },
         }
     }
+
+
+def _document_schemas() -> dict[str, Any]:
+    """The schemas of the read commands' ``--json`` documents (:mod:`controller.engine.documents`).
+
+    They are the engine's records' own (pydantic reads the dataclasses and typed dicts), with what
+    their ``to_json`` adds: a rollout's ``active``, a release run's ``needs_attention``, the
+    discrepancies of what serves.
+    """
+    from pydantic import TypeAdapter
+
+    from controller.backends.store import AuditEntry
+    from controller.engine.documents import HistoryDocument, VersionRow
+    from controller.engine.observed import Discrepancy
+    from controller.engine.status import ModelStatus
+
+    found: dict[str, Any] = {}
+    named: list[tuple[str, Any]] = [
+        ("ModelStatusDocument", ModelStatus),
+        ("Discrepancy", Discrepancy),
+        ("VersionRow", VersionRow),
+        ("HistoryDocument", HistoryDocument),
+        ("AuditEntry", AuditEntry),
+    ]
+    for name, shape in named:
+        schema = TypeAdapter(shape).json_schema(ref_template=_REF, mode="serialization")
+        found.update(schema.pop("$defs", {}))
+        found[name] = schema
+    found["RolloutStatus"]["properties"]["active"] = {"type": "boolean"}
+    found["RolloutStatus"]["required"].append("active")
+    found["ReleaseRun"]["properties"]["needs_attention"] = {"type": "boolean"}
+    found["ReleaseRun"]["required"].append("needs_attention")
+    status = found["ModelStatusDocument"]
+    status["properties"]["discrepancies"] = {
+        "type": "array",
+        "items": {"$ref": _REF.format(model="Discrepancy")},
+    }
+    status["required"].append("discrepancies")
+    return found
+
+
+_REF = "#/components/schemas/{model}"
 
 
 def openapi_document(*, sorts: tuple[str, ...]) -> dict[str, Any]:
@@ -365,9 +416,12 @@ def openapi_document(*, sorts: tuple[str, ...]) -> dict[str, Any]:
     ]
     schemas: dict[str, Any] = {}
     for shape in shapes:
-        schema = shape.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+        schema = shape.model_json_schema(ref_template=_REF, mode="serialization")
         schemas.update(schema.pop("$defs", {}))
         schemas[shape.__name__] = schema
+    documents = _document_schemas()
+    assert not set(documents) & set(schemas), "a document's schema is named like one of the API's shapes"
+    schemas.update(documents)
     paths = {
         "/api/v1/models": _get(
             "Models, searched, sorted and paginated",
@@ -411,6 +465,41 @@ def openapi_document(*, sorts: tuple[str, ...]) -> dict[str, Any]:
                 _query("until", _TIME, "Before this time"),
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Entries at most"),
             ],
+        ),
+        "/api/v1/status": _get(
+            "Every model's status (what `flywheel models --json` prints)",
+            "ModelStatusDocument",
+            [],
+            many=True,
+        ),
+        "/api/v1/models/{model}/status": _get(
+            "A model's status (what `flywheel status MODEL --json` prints)",
+            "ModelStatusDocument",
+            [_path("model", _NAME)],
+        ),
+        "/api/v1/models/{model}/versions": _get(
+            "A model's versions, oldest first (what `flywheel versions MODEL --json` prints)",
+            "VersionRow",
+            [_path("model", _NAME)],
+            many=True,
+        ),
+        "/api/v1/models/{model}/history": _get(
+            "What served a model: every traffic change, or the split at a time (`flywheel history --json`)",
+            "HistoryDocument",
+            [
+                _path("model", _NAME),
+                _query("environment", _NAME, "Only this environment"),
+                _query("at", _TIME, "The split at this time, instead of every change"),
+            ],
+        ),
+        "/api/v1/audit/entries": _get(
+            "Audit entries with every field, oldest first (what `flywheel audit --json` prints)",
+            "AuditEntry",
+            [
+                _query("model", _NAME, "Only this model"),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 10**9}, "Only the newest N"),
+            ],
+            many=True,
         ),
     }
     problem = {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
