@@ -161,7 +161,7 @@ def test_init_refuses_an_unknown_example(tmp_path: Path) -> None:
 
 
 def test_packaged_breast_cancer_is_the_example_on_the_embedded_home() -> None:
-    """Its code is this repository's example; its spec too, less Slack and the PromQL check (no Prometheus)."""
+    """Its code is this repository's example; its spec too, less Slack and its PromQL check."""
     packaged = REPO_ROOT / "controller/scaffold/examples/breast-cancer"
     example = REPO_ROOT / "specs/breast-cancer"
     assert sorted(p.name for p in packaged.iterdir() if p.name != "__pycache__") == sorted(
