@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import functools
 import json
-import threading
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 
 import jsonschema
 import pytest
-import uvicorn
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
@@ -40,6 +37,7 @@ from controller.ui.access import Access
 from controller.ui.tokens import issue_token, token_user
 from tests.fixtures.people import with_people
 from tests.fixtures.rollout_world import RolloutWorld
+from tests.fixtures.served import served
 
 pytestmark = pytest.mark.integration
 
@@ -77,19 +75,8 @@ def server(world: RolloutWorld, token: str) -> Iterator[str]:
         catalog=read_main,
         access=Access(read="signed-in", tokens=functools.partial(token_user, world.store)),
     )
-    port = free_port()
-    served = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=served.run, daemon=True)
-    thread.start()
-    limit = time.monotonic() + 30
-    while not served.started:
-        assert time.monotonic() < limit and thread.is_alive(), "the dashboard did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        served.should_exit = True
-        thread.join(timeout=10)
+    with served(app) as url:
+        yield url
 
 
 def flywheel(*args: str, token: str = "") -> tuple[int, str]:
@@ -113,7 +100,7 @@ READS = [
 def test_a_read_command_prints_the_same_from_the_server_as_from_the_local_state(
     world: RolloutWorld, server: str, token: str, command: tuple[str, ...], as_json: bool
 ) -> None:
-    here = ("--state-dir", str(world.state))
+    here: tuple[str, ...] = ("--state-dir", str(world.state))
     if command[0] in ("models", "status"):
         here += ("--repo", str(world.repo))
     shown = ("--json",) if as_json else ()

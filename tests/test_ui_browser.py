@@ -11,19 +11,15 @@ and finds the rollout on the pending approvals page. Skipped without
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import uvicorn
 from playwright.sync_api import Page, sync_playwright
 
 from controller.backends.metrics.fake import FakeMetrics
 from controller.backends.serving.fake import FakeServing
-from controller.backends.serving.server import free_port
 from controller.backends.store import open_store
 from controller.clock import SYSTEM_CLOCK, FakeClock
 from controller.scaffold import scaffold
@@ -31,6 +27,7 @@ from controller.specs import load_tree
 from controller.ui import create_app
 from tests.fixtures.required import browser_env, program
 from tests.fixtures.rollout_world import RolloutWorld
+from tests.fixtures.served import served
 
 pytestmark = pytest.mark.integration
 CHROMIUM_ARGS = [
@@ -59,19 +56,10 @@ def _serve(world: RolloutWorld) -> Iterator[str]:
     app = create_app(
         models=world.store, history=world.store, clock=world.clock, catalog=lambda: world.catalog
     )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    limit = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < limit and thread.is_alive(), "the dashboard did not start"
-        time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}"
+        with served(app) as url:
+            yield url
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         world.store.close()
 
 

@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-import threading
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import uvicorn
 from click.testing import CliRunner
 
 from controller.backends.metrics.fake import FakeMetrics
 from controller.backends.serving.fake import FakeServing
-from controller.backends.serving.server import free_port
 from controller.backends.store import STATE_DB_NAME, open_store
 from controller.cli import main
 from controller.clock import SYSTEM_CLOCK, FakeClock
@@ -36,6 +32,7 @@ from controller.ui.access import Access
 from controller.ui.tokens import token_user
 from tests.fixtures.people import with_people
 from tests.fixtures.rollout_world import RolloutWorld
+from tests.fixtures.served import served
 
 pytestmark = pytest.mark.integration
 
@@ -66,19 +63,8 @@ def server(world: RolloutWorld) -> Iterator[str]:
         records=world.store,
         access=Access(read="signed-in", tokens=functools.partial(token_user, world.store)),
     )
-    port = free_port()
-    served = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=served.run, daemon=True)
-    thread.start()
-    limit = time.monotonic() + 30
-    while not served.started:
-        assert time.monotonic() < limit and thread.is_alive(), "the dashboard did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        served.should_exit = True
-        thread.join(timeout=10)
+    with served(app) as url:
+        yield url
 
 
 def flywheel(*args: str, token: str | None = None) -> tuple[int, str]:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +27,6 @@ from urllib.parse import quote, urlencode
 import anyio
 import httpx
 import pytest
-import uvicorn
 from starlette.testclient import TestClient
 
 from controller.backends.store.sql import SqlStore
@@ -42,6 +39,7 @@ from controller.settings import (
     WebhookSettings,
 )
 from tests.fixtures.required import REFERENCE_ROOT
+from tests.fixtures.served import served
 from webhooks.app import GITHUB_HOOK_PATH, create_app
 from webhooks.github import HANDLED_EVENTS, sign, verify_signature
 
@@ -515,23 +513,9 @@ def test_settings_from_env() -> None:
 @pytest.fixture
 def live(settings: WebhookSettings, store: SqlStore) -> Iterator[str]:
     """The app under a real uvicorn on a loopback port; yields its base URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     limited = WebhookSettings(github_secrets=settings.github_secrets, max_body_bytes=64 * 1024)
-    config = uvicorn.Config(
-        create_app(limited, store), host="127.0.0.1", port=port, log_level="error", lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with served(create_app(limited, store), lifespan="off") as url:
+        yield url
 
 
 @pytest.mark.integration

@@ -15,19 +15,15 @@ by her operating-system login. Skipped without ``/usr/bin/chromium``
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import uvicorn
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from controller.backends.metrics.fake import FakeMetrics
 from controller.backends.serving.fake import FakeServing
-from controller.backends.serving.server import free_port
 from controller.backends.store import open_store
 from controller.clock import SYSTEM_CLOCK, FakeClock
 from controller.scaffold import scaffold
@@ -37,6 +33,7 @@ from controller.ui.access import Access, SignIn, networks
 from tests.fixtures.people import with_people
 from tests.fixtures.required import browser_env, program
 from tests.fixtures.rollout_world import RolloutWorld
+from tests.fixtures.served import served
 
 pytestmark = pytest.mark.e2e
 CHROMIUM_ARGS = [
@@ -76,19 +73,8 @@ def site(world: RolloutWorld) -> Iterator[str]:
         records=world.store,
         access=access,
     )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    limit = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < limit and thread.is_alive(), "the dashboard did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with served(app) as url:
+        yield url
 
 
 @pytest.fixture
