@@ -4,7 +4,7 @@ Pins down: every rendered InferenceService (sklearn, xgboost, custom; with and
 without a canary percentage; with the previous predictor kept) validates
 against KServe's own v1beta1 schema, and an invalid one does not; the
 MLServer runtime speaks v2 with the model's format and reads the version's
-artifact from the artifacts claim; names are DNS labels KServe can derive
+artifact from the artifacts claim, or from the bucket under its prefix; names are DNS labels KServe can derive
 from; the status reader maps revisions to versions only where it knows
 (recorded, or the latest revision of the generation KServe observed), reports
 any other revision by its name, and tells a raw deployment from a serverless
@@ -121,13 +121,31 @@ def test_a_custom_server_runs_the_models_image_with_its_command() -> None:
         predictor(version("custom", command="serve"), uri="pvc://c/p", image=None)
 
 
-def test_names_are_dns_labels_and_only_a_claim_is_an_artifact_store() -> None:
+def test_names_are_dns_labels() -> None:
     assert service_name("Iris_Model") == "iris-model"
     assert service_name("1st") == "m-1st"
     assert len(service_name("x" * 80)) <= 45
-    s3 = Environment(name="s", spec_path="e.yaml", artifacts=S3Artifacts(bucket="models"))
-    with pytest.raises(ServingError, match=r"environment 's'.*artifacts\.pvc"):
-        storage_uri(s3, "iris", "v1")
+
+
+@pytest.mark.parametrize(
+    ("prefix", "uri"),
+    [
+        ("", "s3://models/models/iris/v1/"),
+        ("flywheel", "s3://models/flywheel/models/iris/v1/"),
+        ("/flywheel//ml/", "s3://models/flywheel/ml/models/iris/v1/"),
+    ],
+)
+def test_a_bucket_serves_the_version_under_its_prefix_with_a_trailing_slash(prefix: str, uri: str) -> None:
+    s3 = Environment(name="s", spec_path="e.yaml", artifacts=S3Artifacts(bucket="models", prefix=prefix))
+    assert storage_uri(s3, "iris", "v1") == uri  # the slash: KServe's initializer would take v10's keys too
+
+
+def test_an_environment_without_an_artifact_store_has_no_storage_uri() -> None:
+    bare = Environment(name="s", spec_path="e.yaml")
+    with pytest.raises(
+        ServingError, match=r"environment 's'.*names none \(artifacts\.pvc or artifacts\.s3\)"
+    ):
+        storage_uri(bare, "iris", "v1")
 
 
 def status(**predictor_status: Any) -> dict[str, Any]:

@@ -65,11 +65,12 @@ class Bucket:
 
     def call(self, what: str, key: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``call(*args, **kwargs)``; S3's failure as :class:`ObjectStoreError` ``"<what> s3://…: <why>"``."""
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return call(*args, **kwargs)
-        except (BotoCoreError, ClientError) as exc:
+        except (BotoCoreError, ClientError, Boto3Error) as exc:  # Boto3Error: S3UploadFailedError
             raise ObjectStoreError(f"{what} {self.where(key)}: {exc}") from None
 
     def exists(self, key: str, *, what: str = "read") -> bool:
