@@ -134,7 +134,7 @@ class KServeServing:
     def deploy(self, *, environment: Environment, version: ServedVersion) -> None:
         uri = self.publisher.publish(environment, version)
         image = self.image_of(environment, version) if version.serving.runtime == "custom" else None
-        wanted = predictor(version, uri=uri, image=image)
+        wanted = predictor(version, uri=uri, image=image, service_account=environment.serving_service_account)
         if self.drift_logger is not None:  # every request and answer to the webhook service, for drift
             wanted["logger"] = self.drift_logger(environment, version.model)
         for _ in range(_CONFLICT_RETRIES):

@@ -14,6 +14,10 @@ predictor is the version that is rolling out or rolled out:
   command, with the same ``storageUri`` mounted by KServe's storage
   initializer at ``/mnt/models``.
 
+Every predictor runs as the Environment's ``serving.serviceAccountName``
+when it names one (``predictor.serviceAccountName``): the ServiceAccount
+whose Secret gives KServe's storage initializer the bucket's credentials.
+
 The object's labels name the model; its annotations the version of the
 predictor (:data:`VERSION_ANNOTATION`), the version rolled out before it and
 that version's predictor (for a rollback), and which revision serves which
@@ -111,8 +115,22 @@ def storage_uri(environment: Environment, model: str, version: str) -> str:
     )
 
 
-def predictor(version: ServedVersion, *, uri: str, image: str | None = None) -> dict[str, Any]:
-    """The predictor that serves ``version`` from ``uri`` (and, for a custom server, ``image``)."""
+def predictor(
+    version: ServedVersion, *, uri: str, image: str | None = None, service_account: str | None = None
+) -> dict[str, Any]:
+    """The predictor that serves ``version`` from ``uri`` (and, for a custom server, ``image``).
+
+    ``service_account`` is the predictor's ``serviceAccountName`` (the
+    Environment's ``serving.serviceAccountName``): KServe's storage
+    initializer reads a bucket with the credentials of its Secret.
+    """
+    body = _predictor(version, uri=uri, image=image)
+    if service_account is not None:
+        body["serviceAccountName"] = service_account
+    return body
+
+
+def _predictor(version: ServedVersion, *, uri: str, image: str | None) -> dict[str, Any]:
     runtime = version.serving.runtime
     labels = {MODEL_LABEL: version.model, VERSION_LABEL: version.version}
     if runtime in BUILTIN_FORMATS:
