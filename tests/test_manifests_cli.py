@@ -169,3 +169,37 @@ def test_a_stage_served_by_kserve_renders_its_inference_service(repo: GitRepo, t
     version = workflow["metadata"]["labels"]["flywheel.dev/run"]  # the version is named like the run
     assert model["storageUri"] == f"pvc://flywheel-artifacts/models/iris/{version}"
     assert "canaryTrafficPercent" not in service["spec"]["predictor"]  # a first version: deployed whole
+
+
+def test_a_stage_served_by_kserve_from_a_bucket_renders_its_s3_storage_uri_and_service_account(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    """Production on KServe with models in a bucket: the predictor reads them as the named ServiceAccount."""
+    production = STAGING.format(namespace="ml-pipelines", server="https://argo:2746")
+    production = (
+        production.replace("name: staging", "name: production")
+        .replace(
+            "pvc: {claimName: flywheel-artifacts, mountPath: /artifacts}",
+            "s3: {bucket: models, prefix: flywheel, endpoint: 'http://minio.minio:9000', "
+            "secret: s3-credentials}",
+        )
+        .replace(
+            "  serving:\n    backend: local\n",
+            "  serving:\n    backend: kserve\n    namespace: ml-serving\n"
+            "    serviceAccountName: kserve-models\n"
+            "  metrics:\n    source: prometheus\n    prometheusUrl: http://prometheus:9090\n",
+        )
+    )
+    assert "s3: {bucket: models" in production and "serviceAccountName: kserve-models" in production
+    repo.write("environments/production.yaml", production)
+    repo.commit("Serve production on KServe from the bucket")
+    code, output, documents = render(repo, tmp_path / "m")
+    assert code == 0, output
+    [service] = [d for d in documents if d["kind"] == "InferenceService"]
+    [workflow] = [d for d in documents if d["kind"] == "Workflow"]
+    schema = json.loads(reference("kserve-inferenceservice-v1beta1.schema.json").read_text())
+    assert [e.message for e in Draft202012Validator(schema).iter_errors(service)] == []
+    version = workflow["metadata"]["labels"]["flywheel.dev/run"]
+    predictor = service["spec"]["predictor"]
+    assert predictor["model"]["storageUri"] == f"s3://models/flywheel/models/iris/{version}/"
+    assert predictor["serviceAccountName"] == "kserve-models"

@@ -4,7 +4,8 @@ Pins down: every rendered InferenceService (sklearn, xgboost, custom; with and
 without a canary percentage; with the previous predictor kept) validates
 against KServe's own v1beta1 schema, and an invalid one does not; the
 MLServer runtime speaks v2 with the model's format and reads the version's
-artifact from the artifacts claim; names are DNS labels KServe can derive
+artifact from the artifacts claim, or from the bucket under its prefix, as
+the Environment's ServiceAccount; names are DNS labels KServe can derive
 from; the status reader maps revisions to versions only where it knows
 (recorded, or the latest revision of the generation KServe observed), reports
 any other revision by its name, and tells a raw deployment from a serverless
@@ -14,6 +15,7 @@ one by the annotation or the status.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -57,16 +59,29 @@ def version(runtime: str = "sklearn", label: str = "v3", command: str | None = N
     )
 
 
-def render(runtime: str = "sklearn", **kwargs: Any) -> dict[str, Any]:
+def render(runtime: str = "sklearn", environment: Environment = ENV, **kwargs: Any) -> dict[str, Any]:
     served = version(runtime, command="python serve.py" if runtime == "custom" else None)
-    spec = predictor(served, uri=storage_uri(ENV, "iris", "v3"), image="registry.example.com/ml/iris:abc")
-    return inference_service(environment=ENV, version=served, spec_predictor=spec, **kwargs)
+    spec = predictor(
+        served,
+        uri=storage_uri(environment, "iris", "v3"),
+        image="registry.example.com/ml/iris:abc",
+        service_account=environment.serving_service_account,
+    )
+    return inference_service(environment=environment, version=served, spec_predictor=spec, **kwargs)
+
+
+S3_ENV = replace(
+    ENV,
+    artifacts=S3Artifacts(bucket="models", prefix="flywheel", endpoint="http://minio.minio:9000"),
+    serving_service_account="kserve-models",
+)
 
 
 def errors(document: dict[str, Any]) -> list[str]:
     return [f"{list(e.path)}: {e.message}" for e in validator().iter_errors(document)]
 
 
+@pytest.mark.parametrize("environment", [ENV, S3_ENV], ids=["claim", "bucket"])
 @pytest.mark.parametrize("runtime", ["sklearn", "xgboost", "custom"])
 @pytest.mark.parametrize(
     "extra",
@@ -78,9 +93,9 @@ def errors(document: dict[str, Any]) -> list[str]:
     ids=["whole", "canary", "previous"],
 )
 def test_every_inference_service_validates_against_kserves_schema(
-    runtime: str, extra: dict[str, Any]
+    runtime: str, extra: dict[str, Any], environment: Environment
 ) -> None:
-    document = render(runtime, **extra)
+    document = render(runtime, environment, **extra)
     assert errors(document) == []
     broken = json.loads(json.dumps(document))
     broken["spec"]["predictor"]["canaryTrafficPercent"] = "ten"
@@ -121,13 +136,31 @@ def test_a_custom_server_runs_the_models_image_with_its_command() -> None:
         predictor(version("custom", command="serve"), uri="pvc://c/p", image=None)
 
 
-def test_names_are_dns_labels_and_only_a_claim_is_an_artifact_store() -> None:
+def test_names_are_dns_labels() -> None:
     assert service_name("Iris_Model") == "iris-model"
     assert service_name("1st") == "m-1st"
     assert len(service_name("x" * 80)) <= 45
-    s3 = Environment(name="s", spec_path="e.yaml", artifacts=S3Artifacts(bucket="models"))
-    with pytest.raises(ServingError, match=r"environment 's'.*artifacts\.pvc"):
-        storage_uri(s3, "iris", "v1")
+
+
+@pytest.mark.parametrize(
+    ("prefix", "uri"),
+    [
+        ("", "s3://models/models/iris/v1/"),
+        ("flywheel", "s3://models/flywheel/models/iris/v1/"),
+        ("/flywheel//ml/", "s3://models/flywheel/ml/models/iris/v1/"),
+    ],
+)
+def test_a_bucket_serves_the_version_under_its_prefix_with_a_trailing_slash(prefix: str, uri: str) -> None:
+    s3 = Environment(name="s", spec_path="e.yaml", artifacts=S3Artifacts(bucket="models", prefix=prefix))
+    assert storage_uri(s3, "iris", "v1") == uri  # the slash: KServe's initializer would take v10's keys too
+
+
+def test_an_environment_without_an_artifact_store_has_no_storage_uri() -> None:
+    bare = Environment(name="s", spec_path="e.yaml")
+    with pytest.raises(
+        ServingError, match=r"environment 's'.*names none \(artifacts\.pvc or artifacts\.s3\)"
+    ):
+        storage_uri(bare, "iris", "v1")
 
 
 def status(**predictor_status: Any) -> dict[str, Any]:
@@ -255,3 +288,18 @@ def test_a_new_predictor_replaces_the_old_one_whole() -> None:
         "labels": {"a": "c"},
         "canaryTrafficPercent": 0,
     }
+
+
+@pytest.mark.parametrize("runtime", ["sklearn", "xgboost", "custom"])
+def test_every_predictor_runs_as_the_environments_service_account_reading_the_bucket(runtime: str) -> None:
+    spec = render(runtime, S3_ENV)["spec"]["predictor"]
+    assert spec["serviceAccountName"] == "kserve-models"
+    uri = "s3://models/flywheel/models/iris/v3/"
+    if runtime == "custom":
+        assert {"name": "STORAGE_URI", "value": uri} in spec["containers"][0]["env"]
+    else:
+        assert spec["model"]["storageUri"] == uri
+    assert "serviceAccountName" not in render(runtime)["spec"]["predictor"]  # none named: KServe's default
+    broken = render(runtime, S3_ENV)
+    broken["spec"]["predictor"]["serviceAccountName"] = ["kserve-models"]
+    assert errors(broken)  # the schema checks the field

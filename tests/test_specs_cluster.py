@@ -246,3 +246,25 @@ def test_kserve_serving_is_refused_on_the_embedded_home_and_its_namespace_withou
     (problem,) = check_document("Environment", doc)
     assert problem.path == ("spec", "serving", "namespace")
     assert "is for serving.backend 'kserve' only" in problem.message
+
+
+def test_kserve_reading_a_bucket_runs_as_a_service_account_and_only_kserve_has_one() -> None:
+    doc = cluster(
+        artifacts={"s3": {"bucket": "models", "prefix": "flywheel", "endpoint": "http://minio.minio:9000"}},
+        serving={"backend": "kserve", "serviceAccountName": "kserve-models"},
+        metrics={"source": "prometheus", "prometheusUrl": "http://prometheus:9090"},
+    )
+    assert check("Environment", doc) == [] and check_document("Environment", doc) == []
+    env = build_environment(doc, "environments/staging.yaml")
+    assert env.serving_service_account == "kserve-models"
+    doc["spec"]["serving"]["serviceAccountName"] = "Not A Name"
+    assert [e.path for e in check("Environment", doc)] == [("spec", "serving", "serviceAccountName")]
+    del doc["spec"]["serving"]["serviceAccountName"]
+    (problem,) = check_document("Environment", doc)
+    assert problem.path == ("spec", "serving", "backend")
+    assert problem.message.startswith("'kserve' with artifacts.s3 needs serving.serviceAccountName")
+    doc["spec"]["serving"] = {"backend": "local", "serviceAccountName": "kserve-models"}
+    doc["spec"]["metrics"] = {"source": "builtin"}
+    (problem,) = check_document("Environment", doc)
+    assert problem.path == ("spec", "serving", "serviceAccountName")
+    assert "is for serving.backend 'kserve' only" in problem.message

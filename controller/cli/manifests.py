@@ -158,7 +158,12 @@ def _served(
             continue
         served = ServedVersion(model=model.name, version=version, serving=model.serving, artifact_uri="")
         try:
-            body = predictor(served, uri=storage_uri(environment, model.name, version), image=image)
+            body = predictor(
+                served,
+                uri=storage_uri(environment, model.name, version),
+                image=image,
+                service_account=environment.serving_service_account,
+            )
         except ServingError as error:
             click.echo(f"skipped {model.name} in {environment.name}: {error}", err=True)
             continue

@@ -283,6 +283,7 @@ def build_environment(doc: dict[str, Any], spec_path: str) -> Environment:
         prometheus_url=metrics.get("prometheusUrl"),
         pipeline_namespace=pipeline.get("namespace"),
         serving_namespace=serving.get("namespace"),
+        serving_service_account=serving.get("serviceAccountName"),
         argo=_argo(pipeline.get("argo")),
         images=_images(spec.get("images")),
         artifacts=_artifacts(spec.get("artifacts")),

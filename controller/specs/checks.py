@@ -183,14 +183,24 @@ def _check_environment(spec: dict[str, Any]) -> list[Problem]:
 
 
 def _check_serving(spec: dict[str, Any], home: str) -> list[Problem]:
-    """``serving.backend: kserve`` serves in a cluster, is analysed by Prometheus, alone has a namespace."""
+    """``serving.backend: kserve`` serves in a cluster, is analysed by Prometheus, alone has a namespace,
+    and alone runs as a ServiceAccount, which it needs to read models from a bucket."""
     serving = spec.get("serving", {})
     if serving.get("backend", "local") != "kserve":
-        if "namespace" in serving:
-            where: DocPath = ("spec", "serving", "namespace")
-            return [Problem(where, "is for serving.backend 'kserve' only", at_key=True, named=True)]
-        return []
+        return [
+            Problem(("spec", "serving", name), "is for serving.backend 'kserve' only", at_key=True, named=True)
+            for name in ("namespace", "serviceAccountName")
+            if name in serving
+        ]
     problems: list[Problem] = []
+    if "s3" in spec.get("artifacts", {}) and "serviceAccountName" not in serving:
+        problems.append(
+            Problem(
+                ("spec", "serving", "backend"),
+                "'kserve' with artifacts.s3 needs serving.serviceAccountName (the ServiceAccount whose "
+                "Secret gives KServe's storage initializer the bucket's credentials)",
+            )
+        )
     if home != "cluster":
         problems.append(
             Problem(

@@ -364,6 +364,7 @@ class Environment:
     prometheus_url: str | None = None
     pipeline_namespace: str | None = None  # cluster home: where Argo runs the steps
     serving_namespace: str | None = None  # cluster home: where KServe serves
+    serving_service_account: str | None = None  # kserve: the predictors' serviceAccountName
     argo: ArgoSpec | None = None  # runner argo: the Argo Server
     images: ImagesSpec | None = None  # cluster home: where models' images go
     artifacts: ArtifactsSpec | None = None  # cluster home: where steps save models

@@ -13,8 +13,17 @@ It behaves as KServe in serverless mode does. A change of the predictor
 creates a revision ``<name>-predictor-0000N``, whose model server is started
 in the background by the embedded home's own :class:`LocalServing` (a custom
 server's command, or MLServer for ``sklearn``/``xgboost`` given a Python
-environment), on the artifact its ``storageUri`` names on a claim under
-``claims``. ``status.components.predictor`` is filled as KServe fills it:
+environment), on the artifact its ``storageUri`` names: a directory on a
+claim under ``claims`` (``pvc://``), or the objects under the key of an
+``s3://`` URI, downloaded from :attr:`FakeKServe.s3` (a boto3 client of
+moto's S3 server) into a directory of the revision's under ``downloads``,
+as KServe's storage initializer downloads them into ``/mnt/models``: every
+key that starts with the URI's path, but empty objects. As with KServe, a
+predictor reading a bucket needs a ``serviceAccountName`` whose Secret
+holds the bucket's credentials (:attr:`FakeKServe.s3_accounts`); without
+one, or with nothing under the key, the revision fails with the storage
+initializer's reason in its ``PredictorReady`` condition.
+``status.components.predictor`` is filled as KServe fills it:
 ``latestCreatedRevision``, ``latestReadyRevision``, ``latestRolledoutRevision``
 (the last revision that had all traffic), ``previousRolledoutRevision`` and
 ``traffic`` (with ``canaryTrafficPercent`` and a rolled-out revision: the
@@ -211,6 +220,9 @@ class FakeKServe:
     claims: Path  # claim X is the directory claims/X
     environment: PythonEnvironment | None = None  # the model's, for MLServer revisions
     default_mode: str | None = None  # KServe's defaultDeploymentMode in inferenceservice-config
+    s3: Any = None  # a boto3 S3 client, for s3:// storageUris
+    s3_accounts: frozenset[str] = frozenset()  # ServiceAccounts whose Secret holds the bucket's credentials
+    downloads: Path | None = None  # where s3:// models are downloaded (default: beside claims)
     services: dict[tuple[str, str], _Service] = field(default_factory=dict)
     started: list[str] = field(default_factory=list)  # revisions whose server was started, in order
     _versions: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
@@ -384,10 +396,13 @@ class FakeKServe:
             container = spec["containers"][0]
             env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
             runtime, uri, command = "custom", env["STORAGE_URI"], container["command"][-1]
-        claim, _, relative = uri.removeprefix("pvc://").partition("/")
-        artifact = self.claims / claim / relative
-        if not artifact.is_dir():
-            raise ValueError(f"storageUri {uri}: no such directory on the claim")
+        if uri.startswith("s3://"):
+            artifact = self._download(uri, spec.get("serviceAccountName"), revision.name)
+        else:
+            claim, _, relative = uri.removeprefix("pvc://").partition("/")
+            artifact = self.claims / claim / relative
+            if not artifact.is_dir():
+                raise ValueError(f"storageUri {uri}: no such directory on the claim")
         return ServedVersion(
             model=service.name,
             version=revision.name,
@@ -395,6 +410,34 @@ class FakeKServe:
             artifact_uri=str(artifact),
             environment=self.environment if runtime != "custom" else None,
         )
+
+    def _download(self, uri: str, account: str | None, revision: str) -> Path:
+        """The storage initializer: the objects under ``uri``'s key, downloaded as ``/mnt/models``."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if account is None:
+            raise ValueError(
+                f"storage-initializer: no credentials for {uri}: the predictor names no serviceAccountName"
+            )
+        if account not in self.s3_accounts:
+            raise ValueError(
+                f"storage-initializer: ServiceAccount {account!r} has no Secret with S3 credentials"
+            )
+        bucket, _, path = uri.removeprefix("s3://").partition("/")
+        target = (self.downloads or self.claims.parent / "mnt-models") / revision
+        try:
+            pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=path)
+            found = [o for page in pages for o in page.get("Contents", []) if o["Size"] > 0]
+            for item in found:
+                key = item["Key"]
+                local = target / (key.removeprefix(path).lstrip("/") or key.rsplit("/", 1)[-1])
+                local.parent.mkdir(parents=True, exist_ok=True)
+                self.s3.download_file(bucket, key, str(local))
+        except (BotoCoreError, ClientError) as exc:
+            raise ValueError(f"storage-initializer: {uri}: {exc}") from None
+        if not found:
+            raise ValueError(f"storage-initializer: Failed to fetch model. No model found in {path}.")
+        return target
 
     def _retire(self, service: _Service, keep: tuple[str, ...]) -> None:
         environment = Environment(name=f"{service.namespace}-{service.name}", spec_path="kserve")

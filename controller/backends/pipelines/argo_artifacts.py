@@ -13,22 +13,24 @@ so the pods and the controller agree.
 * :class:`ClaimArtifacts`: the PersistentVolumeClaim, which the controller
   mounts too (``FLYWHEEL_ARGO_ARTIFACTS_DIR/<claimName>``, else the
   Environment's ``mountPath``).
-* :class:`BucketArtifacts`: the bucket through boto3, at the Environment's
-  ``endpoint`` (else AWS), with the credentials of boto3's own chain (the
-  ``AWS_*`` variables, a profile, the pod's role); the steps use the Secret
-  the Environment names. A directory is stored as one object per file under
-  its key, as Argo stores an artifact with ``archive: none``.
+* :class:`BucketArtifacts`: the bucket through a
+  :class:`~controller.backends.objects.Bucket` (boto3 at the Environment's
+  ``endpoint``, else AWS, with the credentials of boto3's own chain); the
+  steps use the Secret the Environment names. A directory is stored as one
+  object per file under its key, as Argo stores an artifact with
+  ``archive: none``.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
+from controller.backends.objects import Bucket, ObjectStoreError
 from controller.backends.pipelines.argo_workflow import (
     REFERENCE_PATH,
     baseline_path,
@@ -99,72 +101,42 @@ class ClaimArtifacts:
 class BucketArtifacts:
     def __init__(self, spec: S3Artifacts, *, client: Any = None) -> None:
         self.spec = spec
-        self._client = client
-        self._lock = threading.Lock()
-
-    def _s3(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                import boto3
-
-                self._client = boto3.client("s3", endpoint_url=self.spec.endpoint)
-            return self._client
-
-    def _where(self, key: str) -> str:
-        return f"s3://{self.spec.bucket}/{key}"
-
-    def _call(self, what: str, key: str, call: Any, *args: Any, **kwargs: Any) -> Any:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            return call(*args, **kwargs)
-        except (BotoCoreError, ClientError) as exc:
-            raise ArtifactsError(f"{what} {self._where(key)}: {exc}") from None
+        self.bucket = Bucket(spec, client=client)
 
     def put_baseline(self, workflow: str, source: Path) -> None:
         prefix = bucket_key(self.spec, f"{workflow}/baseline")
-        client = self._s3()
-        for path in sorted(p for p in source.rglob("*") if p.is_file()):
-            key = f"{prefix}/{path.relative_to(source).as_posix()}"
-            self._call("put production's model at", key, client.upload_file, str(path), self.spec.bucket, key)
+        with _as_artifacts_error():
+            self.bucket.upload_directory(source, prefix, what="put production's model at")
 
     def bring_model(self, workflow: str, target: Path) -> None:
         prefix = bucket_key(self.spec, f"{workflow}/model")
-        client = self._s3()
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.spec.bucket, Prefix=f"{prefix}/")
-        keys = [
-            item["Key"]
-            for page in self._call("list", prefix, list, pages)
-            for item in page.get("Contents", [])
-        ]
+        with _as_artifacts_error():
+            keys = self.bucket.keys(prefix)
         if not keys:
-            raise ArtifactsError(f"the run saved no model at {self._where(prefix)}/")
+            raise ArtifactsError(f"the run saved no model at {self.bucket.where(prefix)}/")
 
         def download(staging: Path) -> None:
-            for key in keys:
-                local = staging / PurePosixPath(key[len(prefix) + 1 :])
-                local.parent.mkdir(parents=True, exist_ok=True)
-                self._call(
-                    "bring the model from", key, client.download_file, self.spec.bucket, key, str(local)
-                )
+            with _as_artifacts_error():
+                self.bucket.download_directory(prefix, keys, staging, what="bring the model from")
 
         _into_place(target, download)
 
     def bring_reference(self, workflow: str, target: Path) -> bool:
-        from botocore.exceptions import ClientError
-
         key = bucket_key(self.spec, f"{workflow}/work/{PurePosixPath(REFERENCE_PATH).name}")
-        client = self._s3()
-        try:
-            client.head_object(Bucket=self.spec.bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        with _as_artifacts_error():
+            if not self.bucket.exists(key):
                 return False
-            raise ArtifactsError(f"read {self._where(key)}: {exc}") from None
-        self._call(
-            "bring the reference sample from", key, client.download_file, self.spec.bucket, key, str(target)
-        )
+            self.bucket.download_file(key, target, what="bring the reference sample from")
         return True
+
+
+@contextmanager
+def _as_artifacts_error() -> Iterator[None]:
+    """The bucket's failure, as this module's error (the runner reports :class:`ArtifactsError`)."""
+    try:
+        yield
+    except ObjectStoreError as exc:
+        raise ArtifactsError(str(exc)) from None
 
 
 def _into_place(target: Path, fill: Callable[[Path], object]) -> None:

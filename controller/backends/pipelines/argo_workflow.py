@@ -53,6 +53,7 @@ from controller import steplib
 from controller.backends.images import ImageRequest
 from controller.backends.local.processes import uses_shell
 from controller.backends.local.venvs import model_environment
+from controller.backends.objects import object_key
 from controller.backends.pipelines import RunRequest
 from controller.specs.types import Environment, Model, PvcArtifacts, S3Artifacts, Step
 
@@ -387,8 +388,7 @@ def _resources(step: Step) -> dict[str, Any]:
 
 def bucket_key(artifacts: S3Artifacts, relative: str) -> str:
     """The key of ``relative`` (``<workflow>/work``, ``…/model``, ``…/baseline``) in the bucket."""
-    prefix = artifacts.prefix.strip("/")
-    return f"{prefix}/{relative}" if prefix else relative
+    return object_key(artifacts, relative)
 
 
 def _s3(artifacts: S3Artifacts, key: str) -> dict[str, Any]:

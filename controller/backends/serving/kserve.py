@@ -27,7 +27,12 @@ until its revision is ready, then without it. In raw (standard) deployment
 mode KServe ignores ``canaryTrafficPercent``, so a second version would take
 all traffic at once: that is refused with the reason. The artifact of a
 version is published once to ``models/<model>/<version>`` on the
-environment's artifacts claim, where the predictor's ``storageUri`` points.
+environment's artifact store, where the predictor's ``storageUri`` points:
+copied onto the claim into a directory of its own and renamed into place,
+or uploaded to the bucket file by file with a marker last (see
+:mod:`.kserve_publish`). S3 failing is a
+:class:`~controller.backends.serving.ServingError` saying where and what,
+and the rollout tries again at its next tick.
 Smoke tests go through the InferenceService's URL (the revision's tagged URL
 while a canary runs).
 """
@@ -35,8 +40,6 @@ while a canary runs).
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -47,6 +50,7 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from controller.backends.objects import Bucket
 from controller.backends.serving import (
     DeployedVersion,
     ObservedServing,
@@ -55,6 +59,7 @@ from controller.backends.serving import (
     check_weights,
     inference_request,
 )
+from controller.backends.serving.kserve_publish import ArtifactPublisher
 from controller.backends.serving.kserve_spec import (
     GROUP,
     MODEL_LABEL,
@@ -65,17 +70,14 @@ from controller.backends.serving.kserve_spec import (
     REVISIONS_ANNOTATION,
     VERSION,
     VERSION_ANNOTATION,
-    artifact_path,
     inference_service,
     namespace_of,
     predictor,
     service_name,
-    storage_uri,
 )
 from controller.backends.serving.kserve_status import Service, read_service
-from controller.backends.serving.server import local_path
 from controller.clock import Clock
-from controller.specs.types import Environment, PvcArtifacts
+from controller.specs.types import Environment, PvcArtifacts, S3Artifacts
 
 __all__ = ["FIELD_MANAGER", "KServeServing"]
 
@@ -89,7 +91,9 @@ class KServeServing:
     """Serves model versions as KServe InferenceServices through a ``kubernetes`` API client.
 
     ``claim_dir`` says where this controller sees an artifacts claim (to
-    publish a version's artifact on it); ``image_of`` names a custom server's
+    publish a version's artifact on it), ``bucket_of`` how it reaches an
+    artifacts bucket (a :class:`~controller.backends.objects.Bucket`, with
+    boto3's own credentials); ``image_of`` names a custom server's
     image. ``sleep`` waits between reads of the status (tests pass a short
     one); time is read from ``clock``.
     """
@@ -101,6 +105,7 @@ class KServeServing:
         clock: Clock,
         claim_dir: Callable[[PvcArtifacts], Path],
         image_of: Callable[[Environment, ServedVersion], str | None] = lambda environment, version: None,
+        bucket_of: Callable[[S3Artifacts], Bucket] = Bucket,
         ready_timeout_seconds: float = 600.0,
         poll_seconds: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
@@ -114,7 +119,7 @@ class KServeServing:
         self.objects = k8s.CustomObjectsApi(api)
         self.core = k8s.CoreV1Api(api)
         self.clock = clock
-        self.claim_dir = claim_dir
+        self.publisher = ArtifactPublisher(claim_dir=claim_dir, bucket_of=bucket_of)
         self.image_of = image_of
         self.ready_timeout_seconds = ready_timeout_seconds
         self.poll_seconds = poll_seconds
@@ -127,9 +132,9 @@ class KServeServing:
     # ------------------------------------------------------------------ the interface
 
     def deploy(self, *, environment: Environment, version: ServedVersion) -> None:
-        uri = self._publish(environment, version)
+        uri = self.publisher.publish(environment, version)
         image = self.image_of(environment, version) if version.serving.runtime == "custom" else None
-        wanted = predictor(version, uri=uri, image=image)
+        wanted = predictor(version, uri=uri, image=image, service_account=environment.serving_service_account)
         if self.drift_logger is not None:  # every request and answer to the webhook service, for drift
             wanted["logger"] = self.drift_logger(environment, version.model)
         for _ in range(_CONFLICT_RETRIES):
@@ -496,25 +501,6 @@ class KServeServing:
             if entry.revision == revision and entry.url:
                 return entry.url
         return None
-
-    def _publish(self, environment: Environment, version: ServedVersion) -> str:
-        """Copy the version's artifact onto the artifacts claim once; its ``storageUri`` there."""
-        uri = storage_uri(environment, version.model, version.version)
-        assert isinstance(environment.artifacts, PvcArtifacts)  # storage_uri refuses anything else
-        target = self.claim_dir(environment.artifacts) / artifact_path(version.model, version.version)
-        if target.is_dir():
-            return uri  # a version's artifact never changes
-        source = local_path(version.artifact_uri, f"the artifact of {version.model} {version.version}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{version.version}-", dir=target.parent))
-        try:
-            shutil.copytree(source, staging, dirs_exist_ok=True)
-            staging.rename(target)
-        except OSError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            if not target.is_dir():
-                raise ServingError(f"cannot publish {source} to {target}: {exc}") from None
-        return uri
 
 
 def _replace_predictor(

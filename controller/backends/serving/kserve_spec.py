@@ -7,11 +7,16 @@ predictor is the version that is rolling out or rolled out:
 
 * ``sklearn``/``xgboost``: KServe's MLServer runtime (``kserve-mlserver``)
   on the Open Inference Protocol (``protocolVersion: v2``), with the model's
-  ``modelFormat`` and ``storageUri`` on the artifacts claim,
-  ``pvc://<claim>/models/<model>/<version>`` (see :func:`artifact_path`);
+  ``modelFormat`` and ``storageUri`` on the Environment's artifact store (see
+  :func:`storage_uri`): the claim, ``pvc://<claim>/models/<model>/<version>``,
+  or the bucket, ``s3://<bucket>/<prefix>/models/<model>/<version>/``;
 * ``custom``: one container in the model's own image running the spec's
   command, with the same ``storageUri`` mounted by KServe's storage
   initializer at ``/mnt/models``.
+
+Every predictor runs as the Environment's ``serving.serviceAccountName``
+when it names one (``predictor.serviceAccountName``): the ServiceAccount
+whose Secret gives KServe's storage initializer the bucket's credentials.
 
 The object's labels name the model; its annotations the version of the
 predictor (:data:`VERSION_ANNOTATION`), the version rolled out before it and
@@ -26,8 +31,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from controller.backends.objects import object_key
 from controller.backends.serving import ServedVersion, ServingError
-from controller.specs.types import Environment, PvcArtifacts
+from controller.specs.types import Environment, PvcArtifacts, S3Artifacts
 
 __all__ = [
     "API_VERSION",
@@ -91,17 +97,40 @@ def artifact_path(model: str, version: str) -> str:
 
 
 def storage_uri(environment: Environment, model: str, version: str) -> str:
-    """``pvc://<claim>/models/<model>/<version>``: the version's artifact, as KServe reads it."""
-    if not isinstance(environment.artifacts, PvcArtifacts):
-        raise ServingError(
-            f"environment {environment.name!r}: the kserve backend serves models from the artifacts "
-            "PersistentVolumeClaim (artifacts.pvc)"
-        )
-    return f"pvc://{environment.artifacts.claim_name}/{artifact_path(model, version)}"
+    """The version's artifact as KServe's storage initializer reads it, on the Environment's artifact store.
+
+    On the claim ``pvc://<claim>/models/<model>/<version>``; in the bucket
+    ``s3://<bucket>/<prefix>/models/<model>/<version>/``: the trailing slash
+    matters, as the initializer downloads every key that starts with the
+    URI's path, and ``…/v1`` would take ``…/v10/``'s files too.
+    """
+    artifacts = environment.artifacts
+    if isinstance(artifacts, PvcArtifacts):
+        return f"pvc://{artifacts.claim_name}/{artifact_path(model, version)}"
+    if isinstance(artifacts, S3Artifacts):
+        return f"s3://{artifacts.bucket}/{object_key(artifacts, artifact_path(model, version))}/"
+    raise ServingError(
+        f"environment {environment.name!r}: the kserve backend serves models from the environment's "
+        "artifact store, and it names none (artifacts.pvc or artifacts.s3)"
+    )
 
 
-def predictor(version: ServedVersion, *, uri: str, image: str | None = None) -> dict[str, Any]:
-    """The predictor that serves ``version`` from ``uri`` (and, for a custom server, ``image``)."""
+def predictor(
+    version: ServedVersion, *, uri: str, image: str | None = None, service_account: str | None = None
+) -> dict[str, Any]:
+    """The predictor that serves ``version`` from ``uri`` (and, for a custom server, ``image``).
+
+    ``service_account`` is the predictor's ``serviceAccountName`` (the
+    Environment's ``serving.serviceAccountName``): KServe's storage
+    initializer reads a bucket with the credentials of its Secret.
+    """
+    body = _predictor(version, uri=uri, image=image)
+    if service_account is not None:
+        body["serviceAccountName"] = service_account
+    return body
+
+
+def _predictor(version: ServedVersion, *, uri: str, image: str | None) -> dict[str, Any]:
     runtime = version.serving.runtime
     labels = {MODEL_LABEL: version.model, VERSION_LABEL: version.version}
     if runtime in BUILTIN_FORMATS:
