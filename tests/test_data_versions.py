@@ -23,11 +23,11 @@ import boto3
 import httpx
 import pytest
 import trustme
-from moto.server import ThreadedMotoServer
 
 from controller.backends.data import DataError
 from controller.backends.data_versions import DataVersions, Observed, watchable
 from controller.specs.types import DataInput
+from tests.fixtures.s3 import s3_server
 
 pytestmark = pytest.mark.integration
 
@@ -75,21 +75,18 @@ def https() -> Iterator[tuple[str, httpx.Client]]:
 @pytest.fixture(scope="module")
 def s3() -> Iterator[Any]:
     """A boto3 S3 client of moto's S3 server on a loopback port."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    client = boto3.client(
-        "s3",
-        endpoint_url=f"http://{host}:{port}",
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
-    try:
-        yield client
-    finally:
-        client.close()
-        server.stop()
+    with s3_server() as endpoint:
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
+        try:
+            yield client
+        finally:
+            client.close()
 
 
 def test_a_file_is_versioned_by_its_content(tmp_path: Path) -> None:

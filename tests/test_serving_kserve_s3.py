@@ -19,10 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx
 import pytest
 from botocore.config import Config
-from moto.server import ThreadedMotoServer
 
 from controller.backends.objects import Bucket
 from controller.backends.serving import ServingError
@@ -30,6 +28,7 @@ from controller.backends.serving.kserve_publish import PUBLISHED
 from controller.backends.serving.kserve_status import read_service
 from controller.specs.types import S3Artifacts
 from tests.fixtures.kserve import ENV, Cluster, kserve_cluster
+from tests.fixtures.s3 import s3_server
 
 pytestmark = pytest.mark.integration
 
@@ -45,18 +44,13 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Any]]:
         "AWS_DEFAULT_REGION": "us-east-1",
     }.items():
         monkeypatch.setenv(name, value)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    httpx.post(f"{endpoint}/moto-api/reset").raise_for_status()  # moto keeps its buckets per process
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket="models")
-    try:
-        yield endpoint, client
-    finally:
-        client.close()
-        server.stop()
+    with s3_server() as endpoint:
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket="models")
+        try:
+            yield endpoint, client
+        finally:
+            client.close()
 
 
 @pytest.fixture
@@ -130,9 +124,10 @@ def test_a_storage_uri_naming_nothing_in_the_bucket_does_not_come_up(
     def elsewhere(spec: S3Artifacts) -> Bucket:  # a controller publishing to another bucket
         return Bucket(replace(spec, bucket="elsewhere"))
 
-    with kserve_cluster(
-        tmp_path, s3=client, s3_accounts=frozenset({ACCOUNT}), bucket_of=elsewhere
-    ) as cluster, pytest.raises(ServingError) as failed:
+    with (
+        kserve_cluster(tmp_path, s3=client, s3_accounts=frozenset({ACCOUNT}), bucket_of=elsewhere) as cluster,
+        pytest.raises(ServingError) as failed,
+    ):
         cluster.backend.deploy(environment=bucket_env(endpoint), version=cluster.version("v1"))
     assert "No model found in flywheel/models/iris/v1/" in str(failed.value)
     listed = client.list_objects_v2(Bucket="elsewhere", Prefix="flywheel/models/iris/v1/")["Contents"]

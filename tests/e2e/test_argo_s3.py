@@ -19,7 +19,6 @@ from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from controller.app import build_controller, run_controller
 from controller.backends.images.fake import FakeImages
@@ -29,6 +28,7 @@ from controller.specs.types import S3Artifacts
 from tests.e2e.test_argo import NAMESPACE, STAGING, _runs, _workflows_of
 from tests.e2e.test_proposals import _review, _seed_production
 from tests.fakes.argo_server import FakeArgoServer
+from tests.fixtures.s3 import s3_server
 from tests.gitrepo import GitRepo
 
 pytestmark = pytest.mark.e2e
@@ -45,17 +45,13 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Any]]:
         "AWS_DEFAULT_REGION": "us-east-1",
     }.items():
         monkeypatch.setenv(name, value)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket=BUCKET)
-    try:
-        yield endpoint, client
-    finally:
-        client.close()
-        server.stop()
+    with s3_server() as endpoint:
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket=BUCKET)
+        try:
+            yield endpoint, client
+        finally:
+            client.close()
 
 
 @pytest.fixture
