@@ -10,8 +10,9 @@ test uses it to push the image the build would have pushed) and only after it
 the Job finishes as :attr:`FakeKube.outcome` says (succeeded or failed, with a
 log) and its pod appears with that log, so no reader sees a finished build
 whose image is not pushed yet. Every request is recorded. More kinds plug in as
-:attr:`FakeKube.routes` (:mod:`tests.fakes.kube_leases`): each is asked
-first, and answers ``(status, body)`` for a request it serves, else ``None``.
+:attr:`FakeKube.plugins` (Leases: :mod:`tests.fakes.kube_leases`;
+InferenceServices: :mod:`tests.fakes.kserve_api`): the first that handles a
+request's path is asked first, and answers it ``(status, body)``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from kubernetes import client as k8s
@@ -45,8 +46,14 @@ class Outcome:
     log: str = ""
 
 
-Route = Callable[[str, str, Any], "tuple[int, Any] | None"]
-"""(method, path, JSON body or None) -> (status, JSON body), or None for a request it does not serve."""
+class Plugin(Protocol):
+    """More kinds served on the same port: the first plugin that ``handles`` a path answers it."""
+
+    def handles(self, path: str) -> bool: ...
+
+    def answer(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
+        """(status, JSON body, or text for a log) for ``method`` on ``path`` with its query and JSON body."""
+        ...
 
 
 @dataclass
@@ -63,8 +70,9 @@ class FakeKube:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
     _clients: list[k8s.ApiClient] = field(default_factory=list)
-    routes: list[Route] = field(default_factory=list)
-    plugins: list[Any] = field(default_factory=list)  # more routes: handles(path), answer(...); kserve_api
+    plugins: list[Plugin] = field(
+        default_factory=list
+    )  # Leases (kube_leases), InferenceServices (kserve_api)
 
     def api_client(self) -> k8s.ApiClient:
         """A real ``kubernetes`` client pointed at this server; closed by :meth:`stop`."""
@@ -153,16 +161,8 @@ class FakeKube:
                     },
                 )
 
-            def _routed(self, method: str, body: Any = None) -> bool:
-                for route in outer.routes:
-                    if (answer := route(method, urlsplit(self.path).path, body)) is not None:
-                        self._send(*answer)
-                        return True
-                return False
-
             def do_PUT(self) -> None:
-                outer.requests.append(("PUT", self.path))
-                if not self._routed("PUT", json.loads(self.rfile.read(int(self.headers["Content-Length"])))):
+                if not self._plugged("PUT"):
                     self._status(404, "NotFound", f"no route for PUT {urlsplit(self.path).path}")
 
             def _plugged(self, method: str) -> bool:
@@ -191,8 +191,6 @@ class FakeKube:
                 path = urlsplit(self.path).path
                 outer.requests.append(("POST", self.path))
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                if self._routed("POST", body):
-                    return
                 for pattern, store, kind in (
                     (_JOBS, outer.jobs, "jobs.batch"),
                     (_CONFIG_MAPS, outer.config_maps, "configmaps"),
@@ -215,8 +213,6 @@ class FakeKube:
                 split = urlsplit(self.path)
                 query = {k: v[0] for k, v in parse_qs(split.query).items()}
                 outer.requests.append(("GET", self.path))
-                if self._routed("GET"):
-                    return
                 if match := _JOBS.match(split.path):
                     namespace, name = match.groups()
                     if name is not None:

@@ -1,6 +1,6 @@
 """``coordination.k8s.io/v1`` Leases for the stand-in Kubernetes API (:class:`tests.fakes.kube_api.FakeKube`).
 
-:class:`FakeLeases` is one of :attr:`FakeKube.routes`: GET, POST (create: 409
+:class:`FakeLeases` is one of :attr:`FakeKube.plugins`: GET, POST (create: 409
 ``AlreadyExists`` when the Lease exists) and PUT (replace: 409 ``Conflict``
 when the body's ``metadata.resourceVersion`` is not the stored one, as the
 API server answers an optimistic-concurrency loss) of
@@ -46,10 +46,12 @@ class FakeLeases:
         """The stored Lease's spec (a copy)."""
         return copy.deepcopy(self.leases[(namespace, name)]["spec"])
 
-    def __call__(self, method: str, path: str, body: Any) -> tuple[int, Any] | None:
+    def handles(self, path: str) -> bool:
+        return _LEASES.match(path) is not None
+
+    def answer(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
         match = _LEASES.match(path)
-        if match is None:
-            return None
+        assert match is not None  # asked only for what it handles
         if self.down:
             return _status(503, "ServiceUnavailable", "the API server is down")
         namespace, name = match.groups()
@@ -103,5 +105,5 @@ class FakeLeases:
 def with_leases(kube: FakeKube) -> FakeLeases:
     """Serve Leases on ``kube``; the Leases' state."""
     leases = FakeLeases()
-    kube.routes.append(leases)
+    kube.plugins.append(leases)
     return leases
