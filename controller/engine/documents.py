@@ -13,19 +13,17 @@ times are ISO 8601. Nothing is written; "now" is the caller's.
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from typing_extensions import TypedDict
 
-from controller.backends.store import AuditEntry, ModelVersion, Run, ServingRecord
+from controller.backends.store import AuditReads, ModelVersion, Run, ServingRecord
 from controller.engine.observed import open_discrepancies
 from controller.engine.status import ModelStatusRecords, model_status, model_statuses
 from controller.specs.types import Catalog
 
 __all__ = [
-    "AuditLogReads",
     "Change",
     "HistoryDocument",
     "Missing",
@@ -48,19 +46,6 @@ class Missing(LookupError):
         super().__init__(f"{what} ({hint})" if hint else what)
         self.what = what
         self.hint = hint
-
-
-class AuditLogReads(Protocol):
-    def audit(
-        self,
-        *,
-        model: str | None = None,
-        since: datetime | None = None,
-        limit: int | None = None,
-        actions: Collection[str] | None = None,
-        actor: str | None = None,
-        until: datetime | None = None,
-    ) -> list[AuditEntry]: ...
 
 
 class VersionReads(Protocol):
@@ -114,7 +99,7 @@ class HistoryDocument(TypedDict):
 
 
 def models_document(
-    store: ModelStatusRecords, log: AuditLogReads, *, now: datetime, catalog: Catalog | None
+    store: ModelStatusRecords, log: AuditReads, *, now: datetime, catalog: Catalog | None
 ) -> list[dict[str, Any]]:
     """``flywheel models --json``: every model's status with the open discrepancies of what serves it."""
     differs = list(open_discrepancies(log.audit()).values())
@@ -125,7 +110,7 @@ def models_document(
 
 
 def status_document(
-    store: ModelStatusRecords, log: AuditLogReads, model: str, *, now: datetime, catalog: Catalog | None
+    store: ModelStatusRecords, log: AuditReads, model: str, *, now: datetime, catalog: Catalog | None
 ) -> dict[str, Any]:
     """``flywheel status MODEL --json``; :class:`Missing` when the store knows nothing of ``model``."""
     found = model_status(store, model, now=now, catalog=catalog)
@@ -196,6 +181,6 @@ def history_document(
     return HistoryDocument(model=model, at=None, environments=changes)
 
 
-def audit_document(log: AuditLogReads, *, model: str | None, limit: int | None) -> list[dict[str, Any]]:
+def audit_document(log: AuditReads, *, model: str | None, limit: int | None) -> list[dict[str, Any]]:
     """``flywheel audit --json``'s entries (of ``model``), oldest first; with ``limit``, the newest N."""
     return [entry.to_json() for entry in log.audit(model=model, limit=limit)]
