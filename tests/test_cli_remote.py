@@ -16,27 +16,20 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterator
-from datetime import timedelta
 
 import jsonschema
 import pytest
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
-from controller.backends.metrics.fake import FakeMetrics
-from controller.backends.serving.fake import FakeServing
 from controller.backends.serving.server import free_port
-from controller.backends.store import open_store
 from controller.cli import main
 from controller.cli.options import main_catalog
-from controller.clock import SYSTEM_CLOCK, FakeClock
-from controller.scaffold import scaffold
-from controller.specs import load_tree
+from controller.clock import SYSTEM_CLOCK
 from controller.ui import create_app
 from controller.ui.access import Access
 from controller.ui.tokens import issue_token, token_user
-from tests.fixtures.people import with_people
-from tests.fixtures.rollout_world import RolloutWorld
+from tests.fixtures.rollout_world import RolloutWorld, rollout_world
 from tests.fixtures.served import served
 
 pytestmark = pytest.mark.integration
@@ -44,19 +37,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutWorld]:
-    root = tmp_path_factory.mktemp("remote")
-    repo, state = root / "ml", root / "state"
-    scaffold(repo)
-    clock = FakeClock(SYSTEM_CLOCK.now() - timedelta(hours=1))
-    store = open_store(state, clock=clock)
-    world = RolloutWorld(
-        repo, state, store, with_people(load_tree(repo)), FakeServing(), FakeMetrics(), clock
-    )
-    world.to_canary()
-    world.good("v2")
-    world.settle(seconds=11, ticks=8)
-    yield world
-    store.close()
+    with rollout_world(tmp_path_factory.mktemp("remote"), people=True) as world:
+        world.to_gate()
+        yield world
 
 
 @pytest.fixture(scope="module")

@@ -28,18 +28,15 @@ from click.testing import CliRunner
 from starlette.testclient import TestClient
 
 from controller.backends.metrics import Measurement
-from controller.backends.metrics.fake import FakeMetrics
-from controller.backends.serving.fake import FakeServing
 from controller.backends.serving.server import free_port
 from controller.backends.store import open_store
 from controller.cli import main
 from controller.cli.ui import main_specs
-from controller.clock import SYSTEM_CLOCK, FakeClock
+from controller.clock import SYSTEM_CLOCK
 from controller.engine.commands import Actor
 from controller.scaffold import scaffold
-from controller.specs import load_tree
 from controller.ui import LinkMaker, create_app
-from tests.fixtures.rollout_world import RolloutWorld
+from tests.fixtures.rollout_world import RolloutWorld, rollout_world
 from tests.gitrepo import GitRepo
 
 pytestmark = pytest.mark.integration
@@ -47,12 +44,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[RolloutWorld]:
-    repo, state = tmp_path / "ml", tmp_path / "state"
-    scaffold(repo)
-    clock = FakeClock(SYSTEM_CLOCK.now() - timedelta(hours=1))
-    store = open_store(state, clock=clock)
-    yield RolloutWorld(repo, state, store, load_tree(repo), FakeServing(), FakeMetrics(), clock)
-    store.close()
+    with rollout_world(tmp_path) as world:
+        yield world
 
 
 def client(world: RolloutWorld, *, catalog: bool = True) -> TestClient:

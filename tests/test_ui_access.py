@@ -18,23 +18,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import timedelta
 from html import unescape
 from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
-from controller.backends.metrics.fake import FakeMetrics
-from controller.backends.serving.fake import FakeServing
-from controller.backends.store import open_store
-from controller.clock import SYSTEM_CLOCK, FakeClock
-from controller.scaffold import scaffold
-from controller.specs import load_tree
 from controller.ui import create_app
 from controller.ui.access import Access, SignIn, networks, token_digest
-from tests.fixtures.people import with_people
-from tests.fixtures.rollout_world import RolloutWorld
+from tests.fixtures.rollout_world import RolloutWorld, rollout_world
 
 pytestmark = pytest.mark.integration
 PROXY = ("10.0.0.7", 40000)
@@ -43,18 +35,9 @@ SECRET = "s3cret-session-key-for-the-tests"
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[RolloutWorld]:
-    repo, state = tmp_path / "ml", tmp_path / "state"
-    scaffold(repo)
-    clock = FakeClock(SYSTEM_CLOCK.now() - timedelta(hours=1))
-    store = open_store(state, clock=clock)
-    world = RolloutWorld(
-        repo, state, store, with_people(load_tree(repo)), FakeServing(), FakeMetrics(), clock
-    )
-    world.to_canary()
-    world.good("v2")
-    world.settle(seconds=11, ticks=8)
-    yield world
-    store.close()
+    with rollout_world(tmp_path, people=True) as world:
+        world.to_gate()
+        yield world
 
 
 def client(

@@ -12,21 +12,14 @@ and finds the rollout on the pending approvals page. Skipped without
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from controller.backends.metrics.fake import FakeMetrics
-from controller.backends.serving.fake import FakeServing
-from controller.backends.store import open_store
-from controller.clock import SYSTEM_CLOCK, FakeClock
-from controller.scaffold import scaffold
-from controller.specs import load_tree
 from controller.ui import create_app
 from tests.fixtures.required import browser_env, program
-from tests.fixtures.rollout_world import RolloutWorld
+from tests.fixtures.rollout_world import rollout_world
 from tests.fixtures.served import served
 
 pytestmark = pytest.mark.integration
@@ -41,26 +34,14 @@ CHROMIUM_ARGS = [
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[str]:
     """The dashboard's address, over iris v2 waiting at production's approval gate and wine v1."""
-    repo, state = tmp_path / "ml", tmp_path / "state"
-    scaffold(repo)
-    clock = FakeClock(SYSTEM_CLOCK.now() - timedelta(hours=1))
-    store = open_store(state, clock=clock)
-    yield from _serve(RolloutWorld(repo, state, store, load_tree(repo), FakeServing(), FakeMetrics(), clock))
-
-
-def _serve(world: RolloutWorld) -> Iterator[str]:
-    world.to_canary(gap=60)
-    world.good("v2")
-    world.settle(seconds=11, ticks=8)
-    world.register(1, model="wine")
-    app = create_app(
-        models=world.store, history=world.store, clock=world.clock, catalog=lambda: world.catalog
-    )
-    try:
+    with rollout_world(tmp_path) as world:
+        world.to_gate(gap=60)
+        world.register(1, model="wine")
+        app = create_app(
+            models=world.store, history=world.store, clock=world.clock, catalog=lambda: world.catalog
+        )
         with served(app) as url:
             yield url
-    finally:
-        world.store.close()
 
 
 @pytest.fixture

@@ -14,24 +14,17 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from controller.backends.metrics.fake import FakeMetrics
-from controller.backends.serving.fake import FakeServing
-from controller.backends.store import STATE_DB_NAME, open_store
+from controller.backends.store import STATE_DB_NAME
 from controller.cli import main
-from controller.clock import SYSTEM_CLOCK, FakeClock
-from controller.scaffold import scaffold
-from controller.specs import load_tree
 from controller.ui import create_app
 from controller.ui.access import Access
 from controller.ui.tokens import token_user
-from tests.fixtures.people import with_people
-from tests.fixtures.rollout_world import RolloutWorld
+from tests.fixtures.rollout_world import RolloutWorld, rollout_world
 from tests.fixtures.served import served
 
 pytestmark = pytest.mark.integration
@@ -39,18 +32,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[RolloutWorld]:
-    repo, state = tmp_path / "ml", tmp_path / "state"
-    scaffold(repo)
-    clock = FakeClock(SYSTEM_CLOCK.now() - timedelta(hours=1))
-    store = open_store(state, clock=clock)
-    world = RolloutWorld(
-        repo, state, store, with_people(load_tree(repo)), FakeServing(), FakeMetrics(), clock
-    )
-    world.to_canary()
-    world.good("v2")
-    world.settle(seconds=11, ticks=8)
-    yield world
-    store.close()
+    with rollout_world(tmp_path, people=True) as world:
+        world.to_gate()
+        yield world
 
 
 @pytest.fixture

@@ -16,23 +16,15 @@ by her operating-system login. Skipped without ``/usr/bin/chromium``
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from controller.backends.metrics.fake import FakeMetrics
-from controller.backends.serving.fake import FakeServing
-from controller.backends.store import open_store
-from controller.clock import SYSTEM_CLOCK, FakeClock
-from controller.scaffold import scaffold
-from controller.specs import load_tree
 from controller.ui import create_app
 from controller.ui.access import Access, SignIn, networks
-from tests.fixtures.people import with_people
 from tests.fixtures.required import browser_env, program
-from tests.fixtures.rollout_world import RolloutWorld
+from tests.fixtures.rollout_world import RolloutWorld, rollout_world
 from tests.fixtures.served import served
 
 pytestmark = pytest.mark.e2e
@@ -47,19 +39,10 @@ TOKEN = "one-time-token-for-the-browser"
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[RolloutWorld]:
-    repo, state = tmp_path / "ml", tmp_path / "state"
-    scaffold(repo)
-    clock = FakeClock(SYSTEM_CLOCK.now() - timedelta(hours=1))
-    store = open_store(state, clock=clock)
-    world = RolloutWorld(
-        repo, state, store, with_people(load_tree(repo)), FakeServing(), FakeMetrics(), clock
-    )
-    world.to_canary(gap=60)
-    world.good("v2")
-    world.settle(seconds=11, ticks=8)
-    world.register(1, model="wine")
-    yield world
-    store.close()
+    with rollout_world(tmp_path, people=True) as world:
+        world.to_gate(gap=60)
+        world.register(1, model="wine")
+        yield world
 
 
 @pytest.fixture
