@@ -24,6 +24,7 @@ from controller.backends.objects import Bucket
 from controller.backends.serving import ServedVersion, ServingError
 from controller.backends.serving.kserve_publish import PUBLISHED, ArtifactPublisher
 from controller.specs.types import Environment, S3Artifacts, Serving
+from tests.fixtures.s3 import fake_aws_credentials
 
 pytestmark = pytest.mark.unit
 
@@ -64,12 +65,7 @@ class Recording:
 
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
+    fake_aws_credentials(monkeypatch)
     with mock_aws():
         client = boto3.client("s3")
         client.create_bucket(Bucket="models")

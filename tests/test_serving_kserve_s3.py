@@ -28,7 +28,7 @@ from controller.backends.serving.kserve_publish import PUBLISHED
 from controller.backends.serving.kserve_status import read_service
 from controller.specs.types import S3Artifacts
 from tests.fixtures.kserve import ENV, Cluster, kserve_cluster
-from tests.fixtures.s3 import s3_server
+from tests.fixtures.s3 import fake_aws_credentials, s3_server
 
 pytestmark = pytest.mark.integration
 
@@ -38,12 +38,7 @@ ACCOUNT = "kserve-models"
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Any]]:
     """moto's S3 server with the bucket ``models``; ``AWS_*``: the controller's credentials."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
+    fake_aws_credentials(monkeypatch)
     with s3_server() as endpoint:
         client = boto3.client("s3", endpoint_url=endpoint)
         client.create_bucket(Bucket="models")

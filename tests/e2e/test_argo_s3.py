@@ -28,7 +28,7 @@ from controller.specs.types import S3Artifacts
 from tests.e2e.test_argo import NAMESPACE, STAGING, _runs, _workflows_of
 from tests.e2e.test_proposals import _review, _seed_production
 from tests.fakes.argo_server import FakeArgoServer
-from tests.fixtures.s3 import s3_server
+from tests.fixtures.s3 import fake_aws_credentials, s3_server
 from tests.gitrepo import GitRepo
 
 pytestmark = pytest.mark.e2e
@@ -39,12 +39,7 @@ BUCKET = "models"
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Any]]:
     """moto's S3 server with the bucket, and the credentials both the controller and the 'pods' use."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
+    fake_aws_credentials(monkeypatch)
     with s3_server() as endpoint:
         client = boto3.client("s3", endpoint_url=endpoint)
         client.create_bucket(Bucket=BUCKET)
