@@ -32,6 +32,19 @@ FLYWHEEL = str(Path(sys.executable).parent / "flywheel")
 SECRET = "It's a Secret to Everybody"
 
 
+def _wait_healthy(port: int, log: Path) -> None:
+    """Until ``flywheel serve`` on ``port`` answers ``/healthz`` 200 (a minute at most; then its log)."""
+    limit = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                assert response.status == 200
+                return
+        except OSError:
+            assert time.monotonic() < limit, log.read_text()
+            time.sleep(0.3)
+
+
 def _post(port: int, kind: str, delivery: str, payload: dict[str, object], *, secret: str = SECRET) -> int:
     body = json.dumps(payload).encode()
     signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
@@ -89,15 +102,7 @@ def test_serve_receives_deliveries_and_the_controller_handles_them(tmp_path: Pat
         env={**env, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        limit = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
-                    assert response.status == 200
-                    break
-            except OSError:
-                assert time.monotonic() < limit, (tmp_path / "serve.log").read_text()
-                time.sleep(0.3)
+        _wait_healthy(port, tmp_path / "serve.log")
         assert _post(port, "ping", "d-1", {"zen": "Keep it logically awesome.", "hook_id": 1}) == 202
         assert _post(port, "ping", "d-2", {"zen": "forged"}, secret="wrong") == 401
         push = {
@@ -148,15 +153,7 @@ def test_serve_without_a_controller_only_receives_into_the_shared_inbox(tmp_path
         env={**env, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        limit = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
-                    assert response.status == 200
-                    break
-            except OSError:
-                assert time.monotonic() < limit, (tmp_path / "serve.log").read_text()
-                time.sleep(0.3)
+        _wait_healthy(port, tmp_path / "serve.log")
         assert _post(port, "ping", "d-1", {"zen": "Keep it logically awesome.", "hook_id": 1}) == 202
         assert _post(port, "ping", "d-2", {"zen": "forged"}, secret="wrong") == 401
         time.sleep(2)  # a controller would have handled it by now (see the test above)
